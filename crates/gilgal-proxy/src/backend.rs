@@ -1,0 +1,185 @@
+//! Live state of one upstream instance: in-flight count, passive ejection and draining.
+//!
+//! The state outlives routing tables (the handle keeps a registry by backend id), so a table swap
+//! neither resets connection counts nor loses track of requests that a drain must wait for.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Shared, mutable state of one backend instance.
+#[derive(Debug)]
+pub(crate) struct BackendState {
+    pub(crate) id: String,
+    pub(crate) addr: SocketAddr,
+    /// `ip:port` ready to put in an upstream URI without reformatting it per request.
+    pub(crate) authority: Authority,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` until which the backend is avoided (0 = healthy).
+    ejected_until_ms: AtomicU64,
+    epoch: Instant,
+    draining: AtomicBool,
+    idle: Notify,
+    /// Fired when a drain deadline passes: in-flight requests answer 504, tunnels close.
+    pub(crate) cut: CancellationToken,
+}
+
+impl BackendState {
+    pub(crate) fn new(id: String, addr: SocketAddr) -> Self {
+        let authority = Authority::try_from(addr.to_string().as_str())
+            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
+        Self {
+            id,
+            addr,
+            authority,
+            in_flight: AtomicUsize::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            draining: AtomicBool::new(false),
+            idle: Notify::new(),
+            cut: CancellationToken::new(),
+        }
+    }
+
+    /// Requests (and tunnels) currently using this backend.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// False while the backend is passively ejected after a connection failure.
+    pub(crate) fn is_available(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until == 0 || self.now_ms() >= until
+    }
+
+    /// Avoid this backend for `period` (it refused or timed out a connection).
+    pub(crate) fn eject(&self, period: Duration) {
+        let until = self.now_ms() + u64::try_from(period.as_millis()).unwrap_or(u64::MAX / 2);
+        self.ejected_until_ms.store(until.max(1), Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
+    }
+
+    /// Mark the backend as leaving: it is already out of the table, this only arms drain waits.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.idle.notify_waiters();
+    }
+
+    /// Put a drained backend back in service (it re-appeared in a table).
+    pub(crate) fn stop_draining(&self) {
+        self.draining.store(false, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Wait until nothing is in flight; returns immediately if already idle.
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts one request against a backend for as long as it lives (RAII).
+#[derive(Debug)]
+pub(crate) struct InFlightGuard {
+    backend: Arc<BackendState>,
+}
+
+impl InFlightGuard {
+    pub(crate) fn new(backend: Arc<BackendState>) -> Self {
+        backend.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self { backend }
+    }
+
+    pub(crate) fn backend(&self) -> &Arc<BackendState> {
+        &self.backend
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let before = self.backend.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if before == 1 && self.backend.draining.load(Ordering::SeqCst) {
+            self.backend.idle.notify_waiters();
+        }
+    }
+}
+
+/// Power-of-two-choices over the candidates: pick two at random, keep the less loaded one.
+/// Ejected backends are skipped unless every candidate is ejected.
+pub(crate) fn pick_backend<'a>(
+    candidates: &'a [Arc<BackendState>],
+    exclude: Option<&BackendState>,
+) -> Option<&'a Arc<BackendState>> {
+    let usable = |b: &&Arc<BackendState>| {
+        b.is_available() && exclude.is_none_or(|e| !std::ptr::eq(e, b.as_ref()))
+    };
+    match candidates.len() {
+        0 => None,
+        1 => {
+            let only = &candidates[0];
+            exclude
+                .is_none_or(|e| !std::ptr::eq(e, only.as_ref()))
+                .then_some(only)
+        }
+        n => {
+            let a = &candidates[fast_random(n)];
+            let mut b = &candidates[fast_random(n)];
+            if std::ptr::eq(a, b) {
+                b = &candidates[(fast_random(n - 1) + 1 + index_of(candidates, a)) % n];
+            }
+            let pick = match (usable(&a), usable(&b)) {
+                (true, true) => Some(if b.in_flight() < a.in_flight() { b } else { a }),
+                (true, false) => Some(a),
+                (false, true) => Some(b),
+                (false, false) => None,
+            };
+            pick.or_else(|| candidates.iter().find(usable)).or_else(|| {
+                candidates
+                    .iter()
+                    .find(|b| exclude.is_none_or(|e| !std::ptr::eq(e, b.as_ref())))
+            })
+        }
+    }
+}
+
+fn index_of(candidates: &[Arc<BackendState>], item: &Arc<BackendState>) -> usize {
+    candidates
+        .iter()
+        .position(|c| std::ptr::eq(c, item))
+        .unwrap_or(0)
+}
+
+/// Uniform index in `0..n` from a thread-local xorshift generator (cheap; not for secrets).
+pub(crate) fn fast_random(n: usize) -> usize {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(rand::random::<u64>() | 1);
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        // Multiply-shift maps the 64-bit value onto 0..n without modulo bias worth caring about.
+        ((u128::from(x) * n as u128) >> 64) as usize
+    })
+}

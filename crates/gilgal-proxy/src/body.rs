@@ -1,0 +1,297 @@
+//! Body types the proxy streams through: the request body sent upstream (size-limited, counted)
+//! and the response body sent to the client (counted, and holding the request's bookkeeping
+//! guards until the last byte is written).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::backend::InFlightGuard;
+use crate::metrics::RouteMetrics;
+
+/// Error type of every body the proxy produces.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body grew past the route's `max_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the route limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The limit that was crossed.
+    pub limit: u64,
+}
+
+pin_project! {
+    /// Client request body on its way upstream: enforces the route's size limit while streaming
+    /// and counts bytes for the route's metrics.
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Option<Incoming>,
+        limit: u64,
+        seen: u64,
+        metrics: Option<Arc<RouteMetrics>>,
+    }
+
+    impl PinnedDrop for UpstreamBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(m) = this.metrics.as_ref() {
+                m.add_bytes_in(*this.seen);
+            }
+        }
+    }
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(inner: Incoming, limit: Option<u64>, metrics: Arc<RouteMetrics>) -> Self {
+        Self {
+            inner: Some(inner),
+            limit: limit.unwrap_or(u64::MAX),
+            seen: 0,
+            metrics: Some(metrics),
+        }
+    }
+
+    /// An empty body (bodyless requests, which can be re-sent on retry).
+    pub(crate) fn empty() -> Self {
+        Self {
+            inner: None,
+            limit: u64::MAX,
+            seen: 0,
+            metrics: None,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.seen += data.len() as u64;
+                    if *this.seen > *this.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: *this.limit,
+                        }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// Milliseconds on a process-wide monotonic clock (cheap timestamps for idle tracking).
+pub(crate) fn coarse_now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+/// Per client connection: how many requests are open and when the last one finished, so the
+/// idle watchdog never closes a connection that is streaming (SSE) or waiting on a backend.
+#[derive(Debug, Default)]
+pub(crate) struct ConnActivity {
+    open_requests: AtomicUsize,
+    last_finished_ms: AtomicU64,
+}
+
+impl ConnActivity {
+    pub(crate) fn new() -> Self {
+        Self {
+            open_requests: AtomicUsize::new(0),
+            last_finished_ms: AtomicU64::new(coarse_now_ms()),
+        }
+    }
+
+    /// How long the connection has been without any open request (`None` while one is open).
+    pub(crate) fn idle_for(&self) -> Option<Duration> {
+        if self.open_requests.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = self.last_finished_ms.load(Ordering::Acquire);
+        Some(Duration::from_millis(coarse_now_ms().saturating_sub(last)))
+    }
+}
+
+/// Everything a request holds until its response body is finished: connection activity, the
+/// backend's in-flight slot and the route's byte/open counters.
+pub(crate) struct RequestGuard {
+    activity: Arc<ConnActivity>,
+    pub(crate) route: Option<Arc<RouteMetrics>>,
+    pub(crate) backend: Option<InFlightGuard>,
+    bytes_out: u64,
+}
+
+impl RequestGuard {
+    pub(crate) fn new(activity: Arc<ConnActivity>) -> Self {
+        activity.open_requests.fetch_add(1, Ordering::AcqRel);
+        Self {
+            activity,
+            route: None,
+            backend: None,
+            bytes_out: 0,
+        }
+    }
+
+    /// Attach the route so its open gauge and byte counters follow this request.
+    pub(crate) fn set_route(&mut self, metrics: Arc<RouteMetrics>) {
+        metrics.add_open(1);
+        if let Some(old) = self.route.replace(metrics) {
+            old.add_open(-1);
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if let Some(route) = &self.route {
+            route.add_bytes_out(self.bytes_out);
+            route.add_open(-1);
+        }
+        self.activity
+            .last_finished_ms
+            .store(coarse_now_ms(), Ordering::Release);
+        self.activity.open_requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind {
+        Upstream { #[pin] inner: Incoming },
+        Full { #[pin] inner: Full<Bytes> },
+        Boxed { #[pin] inner: UnsyncBoxBody<Bytes, BoxError> },
+    }
+}
+
+pin_project! {
+    /// Response body sent to clients: an upstream stream, a generated page or a static file.
+    pub struct ProxyBody {
+        #[pin]
+        kind: Kind,
+        guard: Option<RequestGuard>,
+    }
+}
+
+impl ProxyBody {
+    pub(crate) fn upstream(inner: Incoming, guard: RequestGuard) -> Self {
+        Self {
+            kind: Kind::Upstream { inner },
+            guard: Some(guard),
+        }
+    }
+
+    pub(crate) fn full(bytes: impl Into<Bytes>, guard: Option<RequestGuard>) -> Self {
+        Self {
+            kind: Kind::Full {
+                inner: Full::new(bytes.into()),
+            },
+            guard,
+        }
+    }
+
+    pub(crate) fn boxed<B>(body: B, guard: RequestGuard) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Self {
+            kind: Kind::Boxed {
+                inner: body.map_err(Into::into).boxed_unsync(),
+            },
+            guard: Some(guard),
+        }
+    }
+
+    pub(crate) fn set_guard(&mut self, guard: RequestGuard) {
+        self.guard = Some(guard);
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = match this.kind.project() {
+            KindProj::Upstream { inner } => match inner.poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            KindProj::Full { inner } => match inner.poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            KindProj::Boxed { inner } => inner.poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(guard)) = (frame.data_ref(), this.guard.as_mut()) {
+                    guard.bytes_out += data.len() as u64;
+                }
+            }
+            // Release the backend slot and counters as soon as the body is done, not when
+            // hyper gets around to dropping it.
+            Poll::Ready(None) => {
+                this.guard.take();
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream { inner } => inner.is_end_stream(),
+            Kind::Full { inner } => inner.is_end_stream(),
+            Kind::Boxed { inner } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream { inner } => inner.size_hint(),
+            Kind::Full { inner } => inner.size_hint(),
+            Kind::Boxed { inner } => inner.size_hint(),
+        }
+    }
+}

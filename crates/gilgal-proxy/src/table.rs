@@ -1,0 +1,288 @@
+//! The compiled, immutable routing snapshot the hot path reads.
+//!
+//! Lookup is an exact-host `HashMap` probe followed by a scan of that host's few path prefixes
+//! (longest first), so its cost does not grow with the number of hosts.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::backend::BackendState;
+use crate::error::ProxyError;
+use crate::metrics::RouteMetrics;
+use crate::spec::{RouteLimits, RouteSpec, RouteTarget};
+
+/// One route ready to serve: resolved backends, metrics and limits.
+pub(crate) struct CompiledRoute {
+    pub(crate) id: Arc<str>,
+    pub(crate) prefix: Option<Box<str>>,
+    pub(crate) target: CompiledTarget,
+    pub(crate) limits: RouteLimits,
+    pub(crate) redirect_https: bool,
+    pub(crate) metrics: Arc<RouteMetrics>,
+    pub(crate) client: crate::upstream::UpstreamClient,
+}
+
+/// Where a compiled route sends requests.
+pub(crate) enum CompiledTarget {
+    Upstream {
+        all: Vec<Arc<BackendState>>,
+        split: Option<CompiledSplit>,
+    },
+    Static {
+        root: PathBuf,
+        fallback: Option<PathBuf>,
+    },
+}
+
+/// A canary split with its two backend groups resolved.
+pub(crate) struct CompiledSplit {
+    pub(crate) primary_group: Box<str>,
+    pub(crate) primary: Vec<Arc<BackendState>>,
+    pub(crate) canary_group: Box<str>,
+    pub(crate) canary: Vec<Arc<BackendState>>,
+    pub(crate) canary_basis_points: u32,
+    pub(crate) sticky_cookie: Option<Box<str>>,
+}
+
+/// Immutable routing snapshot, swapped atomically by [`crate::ProxyHandle`].
+#[derive(Default)]
+pub struct RouteTable {
+    hosts: HashMap<Box<str>, Vec<Arc<CompiledRoute>>>,
+    route_count: usize,
+}
+
+impl std::fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteTable")
+            .field("hosts", &self.hosts.len())
+            .field("routes", &self.route_count)
+            .finish()
+    }
+}
+
+/// Things table compilation needs from the handle: stable per-id state.
+pub(crate) trait Registry {
+    fn backend(&mut self, id: &str, addr: std::net::SocketAddr) -> Arc<BackendState>;
+    fn route_metrics(&mut self, id: &str) -> Arc<RouteMetrics>;
+    fn client(&mut self, limits: &RouteLimits) -> crate::upstream::UpstreamClient;
+}
+
+impl RouteTable {
+    /// Compile specs into a table, validating them (duplicate hosts/prefixes, bad splits...).
+    pub(crate) fn compile(
+        specs: &[RouteSpec],
+        registry: &mut impl Registry,
+    ) -> Result<Self, ProxyError> {
+        let mut hosts: HashMap<Box<str>, Vec<Arc<CompiledRoute>>> = HashMap::new();
+        let mut ids = HashSet::new();
+        let mut backend_addrs: HashMap<&str, std::net::SocketAddr> = HashMap::new();
+        for spec in specs {
+            if !ids.insert(spec.id.as_str()) {
+                return Err(ProxyError::DuplicateRouteId(spec.id.clone()));
+            }
+            let invalid = |reason: &str| ProxyError::InvalidRoute {
+                route: spec.id.clone(),
+                reason: reason.to_string(),
+            };
+            if spec.hosts.is_empty() {
+                return Err(invalid("no hosts"));
+            }
+            let prefix = match spec.path_prefix.as_deref() {
+                None | Some("") | Some("/") => None,
+                Some(p) if !p.starts_with('/') => {
+                    return Err(invalid("path prefix must start with '/'"))
+                }
+                Some(p) => Some(p.trim_end_matches('/').into()),
+            };
+            if let RouteTarget::Upstream { backends, .. } = &spec.target {
+                for b in backends {
+                    if let Some(first) = backend_addrs.insert(&b.id, b.addr) {
+                        if first != b.addr {
+                            return Err(ProxyError::ConflictingBackend {
+                                id: b.id.clone(),
+                                first,
+                                second: b.addr,
+                            });
+                        }
+                    }
+                }
+            }
+            let target = compile_target(spec, registry).map_err(|r| invalid(&r))?;
+            let route = Arc::new(CompiledRoute {
+                id: spec.id.as_str().into(),
+                prefix,
+                target,
+                limits: spec.limits.clone(),
+                redirect_https: spec.redirect_https,
+                metrics: registry.route_metrics(&spec.id),
+                client: registry.client(&spec.limits),
+            });
+            for host in &spec.hosts {
+                let host = normalize_host(host);
+                if host.is_empty() || host.contains(['/', ' ']) {
+                    return Err(invalid("empty or malformed host"));
+                }
+                let entry = hosts.entry(host.clone().into_boxed_str()).or_default();
+                if let Some(other) = entry.iter().find(|r| r.prefix == route.prefix) {
+                    return Err(ProxyError::DuplicateRoute {
+                        host,
+                        prefix: route.prefix.as_deref().unwrap_or("").to_string(),
+                        first: other.id.to_string(),
+                        second: spec.id.clone(),
+                    });
+                }
+                entry.push(route.clone());
+            }
+        }
+        for routes in hosts.values_mut() {
+            routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.as_deref().map_or(0, str::len)));
+        }
+        Ok(Self {
+            hosts,
+            route_count: specs.len(),
+        })
+    }
+
+    /// Number of routes in the snapshot.
+    pub fn len(&self) -> usize {
+        self.route_count
+    }
+
+    /// True when no route is configured (every request gets a 404).
+    pub fn is_empty(&self) -> bool {
+        self.route_count == 0
+    }
+
+    /// Which route id would serve `host` (case-insensitive, port allowed) and `path`; for
+    /// diagnostics and tests of routing rules.
+    pub fn route_id_for(&self, host: &str, path: &str) -> Option<&str> {
+        let host = normalize_host(host);
+        self.lookup(&host, path).map(|r| &*r.id)
+    }
+
+    /// Exact host, then longest matching path prefix. `host` must already be normalized.
+    pub(crate) fn lookup(&self, host: &str, path: &str) -> Option<&Arc<CompiledRoute>> {
+        let routes = self.hosts.get(host)?;
+        routes.iter().find(|r| match r.prefix.as_deref() {
+            None => true,
+            Some(prefix) => prefix_matches(prefix, path),
+        })
+    }
+
+    /// Every backend state referenced by the table (to find the ones a swap removed).
+    pub(crate) fn backend_ids(&self) -> HashSet<Arc<str>> {
+        let mut out = HashSet::new();
+        for routes in self.hosts.values() {
+            for route in routes {
+                if let CompiledTarget::Upstream { all, .. } = &route.target {
+                    out.extend(all.iter().map(|b| Arc::<str>::from(b.id.as_str())));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `/v2` matches `/v2`, `/v2/` and `/v2/x`, but not `/v2x`.
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Lowercase and drop any `:port` (IPv6 literals keep their brackets).
+pub(crate) fn normalize_host(host: &str) -> String {
+    let without_port = strip_port(host);
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Host without its port, borrowing when possible (hot path).
+pub(crate) fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) => &host[..i],
+        None => host,
+    }
+}
+
+fn compile_target(
+    spec: &RouteSpec,
+    registry: &mut impl Registry,
+) -> Result<CompiledTarget, String> {
+    match &spec.target {
+        RouteTarget::Static { root, fallback } => {
+            let fallback = match fallback {
+                None => None,
+                Some(f) => {
+                    let rel = std::path::Path::new(f.trim_start_matches('/'));
+                    if rel
+                        .components()
+                        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                    {
+                        return Err("static fallback must be a plain relative path".into());
+                    }
+                    Some(root.join(rel))
+                }
+            };
+            Ok(CompiledTarget::Static {
+                root: root.clone(),
+                fallback,
+            })
+        }
+        RouteTarget::Upstream { backends, split } => {
+            let all: Vec<_> = backends
+                .iter()
+                .map(|b| registry.backend(&b.id, b.addr))
+                .collect();
+            let split = match split {
+                None => None,
+                Some(s) => {
+                    if s.canary_basis_points > 10_000 {
+                        return Err("canary_basis_points must be at most 10000".into());
+                    }
+                    if s.primary_group == s.canary_group {
+                        return Err("split groups must differ".into());
+                    }
+                    for g in [&s.primary_group, &s.canary_group] {
+                        if g.is_empty() || !g.bytes().all(is_cookie_safe) {
+                            return Err(format!("split group {g:?} must be [A-Za-z0-9._-]+"));
+                        }
+                    }
+                    if let Some(c) = &s.sticky_cookie {
+                        if c.is_empty() || !c.bytes().all(is_cookie_safe) {
+                            return Err("sticky cookie name must be [A-Za-z0-9._-]+".into());
+                        }
+                    }
+                    let members = |group: &str| -> Vec<Arc<BackendState>> {
+                        backends
+                            .iter()
+                            .zip(&all)
+                            .filter(|(b, _)| b.group == group)
+                            .map(|(_, s)| s.clone())
+                            .collect()
+                    };
+                    Some(CompiledSplit {
+                        primary_group: s.primary_group.as_str().into(),
+                        primary: members(&s.primary_group),
+                        canary_group: s.canary_group.as_str().into(),
+                        canary: members(&s.canary_group),
+                        canary_basis_points: s.canary_basis_points,
+                        sticky_cookie: s.sticky_cookie.as_deref().map(Into::into),
+                    })
+                }
+            };
+            Ok(CompiledTarget::Upstream { all, split })
+        }
+    }
+}
+
+fn is_cookie_safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+}
