@@ -1,0 +1,26 @@
+//! The "source → artifact" half of Gilgal's deploy pipeline.
+//!
+//! - [`archive`]: safe intake of uploaded tarballs and packing of a directory for upload.
+//! - [`procfile`], [`command`], [`config`]: what to run and how, validated with line numbers.
+//! - [`detect`]: which builder an app needs.
+//! - [`builder`]: turning a source tree into an immutable, self-contained release directory.
+
+pub mod archive;
+pub mod builder;
+pub mod command;
+pub mod config;
+pub mod detect;
+pub mod procfile;
+
+pub use archive::{
+    pack_dir, unpack_tar_gz, ArchiveError, PackSummary, UnpackLimits, UnpackSummary,
+};
+pub use builder::{
+    build, Artifact, BuildError, BuildRequest, LogLine, LogSink, LogStream, ProcessSpec,
+};
+pub use command::{CommandError, CommandLine};
+pub use config::{
+    AppConfig, ConfigError, EffectiveConfig, HealthCheck, ProcessSize, ReleaseSettings,
+};
+pub use detect::{detect_stack, resolve_stack, DetectError, Stack};
+pub use procfile::{ProcessType, Procfile, ProcfileError};
