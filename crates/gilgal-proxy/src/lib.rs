@@ -19,6 +19,7 @@
 mod backend;
 mod body;
 mod error;
+mod framing;
 mod handle;
 mod metrics;
 mod proxy;

@@ -48,6 +48,8 @@ pub(crate) struct ConnContext {
     pub(crate) client_ip: HeaderValue,
     pub(crate) https: bool,
     pub(crate) activity: Arc<ConnActivity>,
+    /// Raised by the connection's framing scanner when a request head was ambiguous.
+    pub(crate) smuggling: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Answer one client request (never fails: errors become pages carrying the request id).
@@ -57,7 +59,11 @@ pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Res
     let request_id = request_id(req.headers());
     let unrouted = &ctx.shared.unrouted;
 
-    if let Some(reason) = framing_violation(&req) {
+    let ambiguous = ctx
+        .smuggling
+        .load(Ordering::Acquire)
+        .then_some("conflicting Content-Length / Transfer-Encoding framing");
+    if let Some(reason) = ambiguous.or_else(|| framing_violation(&req)) {
         let mut resp = error_page(StatusCode::BAD_REQUEST, reason, &request_id);
         if req.version() <= Version::HTTP_11 {
             resp.headers_mut()
@@ -685,7 +691,7 @@ async fn serve_static(
     let req = Request::from_parts(parts, http_body_util::Empty::<Bytes>::new());
     let served = match fallback {
         Some(file) => ServeDir::new(root)
-            .not_found_service(ServeFile::new(file))
+            .fallback(ServeFile::new(file))
             .oneshot(req)
             .await
             .map(|r| r.map(|b| b.map_err(Into::into).boxed_unsync())),

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::ConnActivity;
 use crate::error::ProxyError;
+use crate::framing::FramingGuard;
 use crate::handle::{ProxyHandle, Shared};
 use crate::proxy::{handle, ConnContext};
 
@@ -148,12 +149,15 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(ConnActivity::new());
+    let smuggling = Arc::new(AtomicBool::new(false));
+    let io = FramingGuard::new(io, smuggling.clone());
     let ctx = Arc::new(ConnContext {
         shared: shared.clone(),
         client_ip: HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown")),
         https,
         activity: activity.clone(),
+        smuggling,
     });
     let service = service_fn(move |req| {
         let ctx = ctx.clone();

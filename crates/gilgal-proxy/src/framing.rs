@@ -1,0 +1,354 @@
+//! Request-smuggling detector: follows HTTP/1.1 message framing on the raw client byte stream.
+//!
+//! hyper already resolves ambiguous framing safely (Transfer-Encoding wins over Content-Length,
+//! duplicate equal lengths are merged) but it hides the ambiguity from the service, and we want
+//! such requests *rejected*. This wrapper re-reads each request head with `httparse` as the
+//! bytes go by (skipping bodies by their framing) and raises a per-connection flag when a head
+//! carries both Content-Length and Transfer-Encoding, or several Content-Length fields. HTTP/2
+//! and upgraded connections are not scanned.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Largest head (or chunk-size / trailer line) buffered while it arrives in pieces.
+const MAX_PENDING: usize = 128 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Head,
+    Fixed(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkCrlf(u8),
+    Trailers,
+    Passthrough,
+}
+
+/// Incremental HTTP/1.1 framing follower.
+#[derive(Debug)]
+pub(crate) struct Scanner {
+    state: State,
+    pending: Vec<u8>,
+    started: bool,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self {
+            state: State::Head,
+            pending: Vec::new(),
+            started: false,
+        }
+    }
+}
+
+impl Scanner {
+    /// Feed bytes read from the client; returns true if an ambiguous request head was seen.
+    pub(crate) fn feed(&mut self, mut data: &[u8]) -> bool {
+        if !self.started && !data.is_empty() {
+            self.started = true;
+            if data.starts_with(b"PRI * HTTP/2.0") {
+                self.state = State::Passthrough;
+            }
+        }
+        while !data.is_empty() {
+            match self.state {
+                State::Passthrough => return false,
+                State::Head => match self.head(data) {
+                    HeadStep::NeedMore => return false,
+                    HeadStep::Violation => {
+                        self.state = State::Passthrough;
+                        return true;
+                    }
+                    HeadStep::Consumed(n) => data = &data[n..],
+                },
+                State::Fixed(n) => {
+                    let k = (data.len() as u64).min(n);
+                    data = &data[k as usize..];
+                    self.state = if n == k {
+                        State::Head
+                    } else {
+                        State::Fixed(n - k)
+                    };
+                }
+                State::ChunkData(n) => {
+                    let k = (data.len() as u64).min(n);
+                    data = &data[k as usize..];
+                    self.state = if n == k {
+                        State::ChunkCrlf(2)
+                    } else {
+                        State::ChunkData(n - k)
+                    };
+                }
+                State::ChunkCrlf(left) => {
+                    let k = data.len().min(usize::from(left));
+                    data = &data[k..];
+                    let left = left - k as u8;
+                    self.state = if left == 0 {
+                        State::ChunkSize
+                    } else {
+                        State::ChunkCrlf(left)
+                    };
+                }
+                State::ChunkSize | State::Trailers => {
+                    let Some(line_end) = data.iter().position(|b| *b == b'\n') else {
+                        self.buffer(data);
+                        return false;
+                    };
+                    self.pending.extend_from_slice(&data[..=line_end]);
+                    data = &data[line_end + 1..];
+                    let line = std::mem::take(&mut self.pending);
+                    self.state = self.after_line(&line);
+                    self.pending = line;
+                    self.pending.clear();
+                }
+            }
+        }
+        false
+    }
+
+    fn buffer(&mut self, data: &[u8]) {
+        self.pending.extend_from_slice(data);
+        if self.pending.len() > MAX_PENDING {
+            // hyper rejects heads this large itself; stop following the stream.
+            self.state = State::Passthrough;
+            self.pending = Vec::new();
+        }
+    }
+
+    fn after_line(&self, line: &[u8]) -> State {
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if self.state == State::Trailers {
+            return if text.is_empty() {
+                State::Head
+            } else {
+                State::Trailers
+            };
+        }
+        let size = text.split(|b| *b == b';').next().unwrap_or(b"");
+        let size = std::str::from_utf8(size).ok().map(str::trim);
+        match size.and_then(|s| u64::from_str_radix(s, 16).ok()) {
+            Some(0) => State::Trailers,
+            Some(n) => State::ChunkData(n),
+            None => State::Passthrough,
+        }
+    }
+
+    fn head(&mut self, data: &[u8]) -> HeadStep {
+        // Blank lines between pipelined requests are allowed and skipped.
+        if self.pending.is_empty() {
+            let skip = data
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
+            if skip > 0 {
+                return HeadStep::Consumed(skip);
+            }
+        }
+        let buffered = self.pending.len();
+        let parsed = if buffered == 0 {
+            inspect_head(data)
+        } else {
+            self.pending.extend_from_slice(data);
+            inspect_head(&self.pending)
+        };
+        match parsed {
+            Parsed::Partial => {
+                if buffered == 0 {
+                    self.buffer(data);
+                } else if self.pending.len() > MAX_PENDING {
+                    self.state = State::Passthrough;
+                    self.pending = Vec::new();
+                }
+                HeadStep::NeedMore
+            }
+            Parsed::Invalid => {
+                self.state = State::Passthrough;
+                self.pending = Vec::new();
+                HeadStep::Consumed(data.len())
+            }
+            Parsed::Ambiguous => HeadStep::Violation,
+            Parsed::Complete { len, next } => {
+                self.pending.clear();
+                self.state = next;
+                HeadStep::Consumed(len - buffered)
+            }
+        }
+    }
+}
+
+enum HeadStep {
+    NeedMore,
+    Violation,
+    Consumed(usize),
+}
+
+enum Parsed {
+    Partial,
+    Invalid,
+    Ambiguous,
+    Complete { len: usize, next: State },
+}
+
+fn inspect_head(bytes: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Invalid,
+    };
+    let mut content_lengths = 0usize;
+    let mut length = 0u64;
+    let mut chunked = false;
+    let mut has_te = false;
+    let mut upgrade = req.method == Some("CONNECT");
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            content_lengths += 1;
+            match std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+            {
+                Some(n) => length = n,
+                None => return Parsed::Invalid,
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            has_te = true;
+            chunked = std::str::from_utf8(h.value)
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    if content_lengths > 1 || (has_te && content_lengths > 0) {
+        return Parsed::Ambiguous;
+    }
+    let next = if upgrade {
+        State::Passthrough
+    } else if has_te && chunked {
+        State::ChunkSize
+    } else if has_te {
+        State::Passthrough
+    } else if length > 0 {
+        State::Fixed(length)
+    } else {
+        State::Head
+    };
+    Parsed::Complete { len, next }
+}
+
+pin_project! {
+    /// Client stream wrapper that feeds every read into a [`Scanner`] and raises `flag` when a
+    /// request with ambiguous framing arrives.
+    pub(crate) struct FramingGuard<I> {
+        #[pin]
+        inner: I,
+        scanner: Scanner,
+        flag: Arc<AtomicBool>,
+    }
+}
+
+impl<I> FramingGuard<I> {
+    pub(crate) fn new(inner: I, flag: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            scanner: Scanner::default(),
+            flag,
+        }
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for FramingGuard<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            if this.scanner.state != State::Passthrough
+                && this.scanner.feed(&buf.filled()[before..])
+            {
+                this.flag.store(true, Ordering::Release);
+            }
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for FramingGuard<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Scanner;
+
+    fn scan_in_pieces(input: &[u8], piece: usize) -> bool {
+        let mut s = Scanner::default();
+        input.chunks(piece).any(|c| s.feed(c))
+    }
+
+    #[test]
+    fn follows_framing_and_flags_ambiguity() {
+        let clean = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\nX-T: 1\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n";
+        let smuggled = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let dup = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx";
+        // A body that merely *contains* the words is not a violation.
+        let quoted = b"POST / HTTP/1.1\r\nContent-Length: 62\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n";
+        for piece in [1, 3, 7, 64, 4096] {
+            assert!(
+                !scan_in_pieces(clean, piece),
+                "clean flagged at piece {piece}"
+            );
+            assert!(
+                scan_in_pieces(smuggled, piece),
+                "smuggled missed at piece {piece}"
+            );
+            assert!(
+                scan_in_pieces(dup, piece),
+                "duplicate missed at piece {piece}"
+            );
+            assert!(
+                !scan_in_pieces(&quoted[..], piece),
+                "body content flagged at piece {piece}"
+            );
+        }
+    }
+}

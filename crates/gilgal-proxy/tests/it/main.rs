@@ -1,0 +1,7 @@
+//! Integration tests of the edge proxy with real upstream servers and real sockets.
+
+mod live;
+mod protection;
+mod routing;
+mod support;
+mod tls_static;

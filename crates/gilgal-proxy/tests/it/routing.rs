@@ -1,0 +1,500 @@
+//! Routing rules, forwarding headers, load balancing, keep-alive, HTTP/2, splits and metrics.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use gilgal_proxy::{
+    app_hostname, Backend, ProxyError, RouteSpec, RouteTarget, WeightedSplit, DEFAULT_BASE_DOMAIN,
+};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::support::*;
+
+fn route(id: &str, hosts: &[&str], prefix: Option<&str>, backends: Vec<Backend>) -> RouteSpec {
+    let mut spec = RouteSpec::upstream(id, hosts.iter().map(|h| h.to_string()).collect(), backends);
+    spec.path_prefix = prefix.map(str::to_string);
+    spec
+}
+
+#[test]
+fn hostnames_follow_the_project_env_convention() {
+    assert_eq!(
+        app_hostname("shop", "production", DEFAULT_BASE_DOMAIN),
+        "shop.localhost"
+    );
+    assert_eq!(
+        app_hostname("shop", "staging", "apps.example.com"),
+        "shop-staging.apps.example.com"
+    );
+    assert_eq!(
+        app_hostname("Shop", "PR-7", "localhost"),
+        "shop-pr-7.localhost"
+    );
+}
+
+#[tokio::test]
+async fn routes_by_host_custom_domain_and_longest_prefix() {
+    let prod = Upstream::start("prod").await;
+    let staging = Upstream::start("staging").await;
+    let v2 = Upstream::start("v2").await;
+    let v2beta = Upstream::start("v2beta").await;
+    let proxy = Proxy::start().await;
+    proxy
+        .handle
+        .replace(vec![
+            route(
+                "shop/production",
+                &["shop.localhost", "www.shop.example"],
+                None,
+                vec![prod.backend()],
+            ),
+            route(
+                "shop/staging",
+                &["shop-staging.localhost"],
+                None,
+                vec![staging.backend()],
+            ),
+            route(
+                "shop/production/v2",
+                &["shop.localhost"],
+                Some("/v2"),
+                vec![v2.backend()],
+            ),
+            route(
+                "shop/production/v2beta",
+                &["shop.localhost"],
+                Some("/v2/beta/"),
+                vec![v2beta.backend()],
+            ),
+        ])
+        .unwrap();
+    let c = client();
+    let cases = [
+        ("shop.localhost", "/", "prod"),
+        ("shop.localhost", "/cart?x=1", "prod"),
+        ("SHOP.LocalHost:8080", "/", "prod"),
+        ("www.shop.example", "/", "prod"),
+        ("shop-staging.localhost", "/", "staging"),
+        ("shop.localhost", "/v2", "v2"),
+        ("shop.localhost", "/v2/", "v2"),
+        ("shop.localhost", "/v2/orders", "v2"),
+        ("shop.localhost", "/v2x", "prod"),
+        ("shop.localhost", "/v2/beta", "v2beta"),
+        ("shop.localhost", "/v2/beta/x", "v2beta"),
+        ("shop.localhost", "/v2/betamax", "v2"),
+    ];
+    for (host, path, expected) in cases {
+        let a = get(&c, &proxy, host, path).await;
+        assert_eq!(a.status, 200, "{host}{path}");
+        assert_eq!(a.body, expected, "{host}{path}");
+        let table = proxy.handle.table();
+        assert!(table.route_id_for(host, path).is_some());
+    }
+    // The full path (with query) reaches the backend unchanged.
+    let a = get(&c, &proxy, "shop.localhost", "/echo-headers?q=1").await;
+    assert!(a.body.starts_with("uri=/echo-headers?q=1\n"), "{}", a.body);
+
+    let unknown = get(&c, &proxy, "nope.localhost", "/").await;
+    assert_eq!(unknown.status, 404);
+    let id = unknown.header("x-request-id").unwrap().to_string();
+    assert!(unknown.body.contains(&id), "404 page names the request id");
+}
+
+#[tokio::test]
+async fn adds_forwarding_headers_and_strips_hop_by_hop() {
+    let up = Upstream::start("up").await;
+    let proxy = Proxy::start().await;
+    proxy
+        .handle
+        .replace(vec![route(
+            "r",
+            &["app.localhost"],
+            None,
+            vec![up.backend()],
+        )])
+        .unwrap();
+    let c = client();
+    let req = Request::get(proxy.url("/echo-headers"))
+        .header("host", "app.localhost:1234")
+        .header("connection", "keep-alive, x-secret-hop")
+        .header("x-secret-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("x-end-to-end", "kept")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let a = send(&c, req).await;
+    let seen: HashMap<&str, &str> = a.body.lines().filter_map(|l| l.split_once(": ")).collect();
+    assert_eq!(seen.get("x-forwarded-for"), Some(&"10.1.2.3, 127.0.0.1"));
+    assert_eq!(seen.get("x-forwarded-proto"), Some(&"http"));
+    assert_eq!(seen.get("x-forwarded-host"), Some(&"app.localhost:1234"));
+    assert_eq!(seen.get("host"), Some(&"app.localhost:1234"));
+    assert_eq!(seen.get("x-end-to-end"), Some(&"kept"));
+    for hop in [
+        "x-secret-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "connection",
+    ] {
+        assert!(
+            !seen.contains_key(hop),
+            "{hop} must not reach the backend: {}",
+            a.body
+        );
+    }
+    let id = seen.get("x-request-id").unwrap();
+    assert_eq!(id.len(), 32);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    // A valid incoming id is kept; a hostile one is replaced.
+    for (incoming, kept) in [("abc-123.def", true), ("bad id\"<script>", false)] {
+        let req = Request::get(proxy.url("/echo-headers"))
+            .header("host", "app.localhost")
+            .header("x-request-id", incoming)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let a = send(&c, req).await;
+        assert_eq!(
+            a.body.contains(&format!("x-request-id: {incoming}\n")),
+            kept,
+            "{}",
+            a.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn balances_across_instances_and_prefers_the_less_busy_one() {
+    let ups = [
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    ];
+    let proxy = Proxy::start().await;
+    proxy
+        .handle
+        .replace(vec![route(
+            "r",
+            &["app.localhost"],
+            None,
+            ups.iter().map(Upstream::backend).collect(),
+        )])
+        .unwrap();
+    let c = client();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..300 {
+        *counts
+            .entry(get(&c, &proxy, "app.localhost", "/").await.body)
+            .or_default() += 1;
+    }
+    for u in &ups {
+        let n = counts.get(&u.name).copied().unwrap_or(0);
+        assert!(n > 50, "instance {} got {n} of 300: {counts:?}", u.name);
+    }
+
+    // Least-loaded choice: with "a" and "b" each holding long requests, new quick ones go to "c".
+    let mut slow = Vec::new();
+    for _ in 0..6 {
+        let c = c.clone();
+        let url = proxy.url("/slow?ms=1500");
+        slow.push(tokio::spawn(async move {
+            let req = Request::get(url)
+                .header("host", "app.localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            send(&c, req).await.status
+        }));
+    }
+    let handle = proxy.handle.clone();
+    assert!(
+        eventually(std::time::Duration::from_secs(2), || {
+            ["a", "b", "c"]
+                .iter()
+                .map(|id| handle.in_flight(id))
+                .sum::<usize>()
+                == 6
+        })
+        .await
+    );
+    let busy: Vec<usize> = ["a", "b", "c"]
+        .iter()
+        .map(|id| proxy.handle.in_flight(id))
+        .collect();
+    let least = busy.iter().copied().min().unwrap();
+    let most = busy.iter().copied().max().unwrap();
+    assert!(
+        most - least <= 2,
+        "p2c keeps in-flight counts close: {busy:?}"
+    );
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+}
+
+#[tokio::test]
+async fn reuses_upstream_connections() {
+    let up = Upstream::start("up").await;
+    let proxy = Proxy::start().await;
+    proxy
+        .handle
+        .replace(vec![route(
+            "r",
+            &["app.localhost"],
+            None,
+            vec![up.backend()],
+        )])
+        .unwrap();
+    let c = client();
+    let total = 2000;
+    for _ in 0..total {
+        assert_eq!(get(&c, &proxy, "app.localhost", "/").await.status, 200);
+    }
+    let conns = up.connections.load(Ordering::SeqCst);
+    let reuse = 1.0 - conns as f64 / total as f64;
+    println!(
+        "upstream connections: {conns} for {total} requests (reuse {:.4})",
+        reuse
+    );
+    assert!(reuse >= 0.999, "connection reuse {reuse} below 99.9 %");
+}
+
+#[tokio::test]
+async fn serves_http2_clients_over_cleartext() {
+    let up = Upstream::start("up").await;
+    let proxy = Proxy::start().await;
+    proxy
+        .handle
+        .replace(vec![route(
+            "r",
+            &["app.localhost"],
+            None,
+            vec![up.backend()],
+        )])
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let req = Request::get(format!("http://app.localhost/echo-headers?i={i}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let fut = sender.send_request(req);
+        tasks.push(tokio::spawn(async move {
+            let resp = fut.await.unwrap();
+            assert_eq!(resp.version(), http::Version::HTTP_2);
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            body.starts_with(&format!("uri=/echo-headers?i={i}\n")),
+            "{body}"
+        );
+        assert!(body.contains("host: app.localhost\n"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn weighted_split_holds_its_ratio_and_sticks_by_cookie() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let proxy = Proxy::start().await;
+    let mut spec = route(
+        "r",
+        &["app.localhost"],
+        None,
+        vec![stable.backend_in("v1"), canary.backend_in("v2")],
+    );
+    if let RouteTarget::Upstream { split, .. } = &mut spec.target {
+        *split = Some(WeightedSplit {
+            primary_group: "v1".into(),
+            canary_group: "v2".into(),
+            canary_basis_points: 1_000,
+            sticky_cookie: None,
+        });
+    }
+    proxy.handle.replace(vec![spec.clone()]).unwrap();
+    let c = client();
+    let total = 10_000;
+    let mut to_canary = 0;
+    let mut batch = Vec::new();
+    for i in 0..total {
+        let c = c.clone();
+        let url = proxy.url("/");
+        batch.push(tokio::spawn(async move {
+            let req = Request::get(url)
+                .header("host", "app.localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            send(&c, req).await.body
+        }));
+        if batch.len() == 32 || i == total - 1 {
+            for t in batch.drain(..) {
+                if t.await.unwrap() == "canary" {
+                    to_canary += 1;
+                }
+            }
+        }
+    }
+    let share = to_canary as f64 / total as f64;
+    println!("canary share over {total} requests: {share:.4} (target 0.10)");
+    assert!((share - 0.10).abs() <= 0.03, "canary share {share}");
+
+    // Sticky: a new client gets a cookie naming its group and then always lands there.
+    if let RouteTarget::Upstream { split: Some(s), .. } = &mut spec.target {
+        s.sticky_cookie = Some("gilgal_release".into());
+        s.canary_basis_points = 5_000;
+    }
+    proxy.handle.replace(vec![spec]).unwrap();
+    for _ in 0..10 {
+        let first = get(&c, &proxy, "app.localhost", "/").await;
+        let cookie = first.header("set-cookie").unwrap().to_string();
+        let pair = cookie.split(';').next().unwrap().to_string();
+        let expected = if pair.ends_with("=v2") {
+            "canary"
+        } else {
+            "stable"
+        };
+        assert_eq!(first.body, expected);
+        for _ in 0..20 {
+            let req = Request::get(proxy.url("/"))
+                .header("host", "app.localhost")
+                .header("cookie", format!("theme=dark; {pair}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let a = send(&c, req).await;
+            assert_eq!(a.body, expected);
+            assert!(a.header("set-cookie").is_none());
+        }
+    }
+}
+
+#[tokio::test]
+async fn counts_metrics_per_route() {
+    let up = Upstream::start("up").await;
+    let proxy = Proxy::start().await;
+    proxy
+        .handle
+        .replace(vec![route(
+            "shop/production",
+            &["app.localhost"],
+            None,
+            vec![up.backend()],
+        )])
+        .unwrap();
+    let c = client();
+    for _ in 0..10 {
+        get(&c, &proxy, "app.localhost", "/").await;
+    }
+    let req = Request::post(proxy.url("/body"))
+        .header("host", "app.localhost")
+        .body(Full::new(Bytes::from(vec![b'x'; 1000])))
+        .unwrap();
+    assert_eq!(send(&c, req).await.body, "1000 bytes");
+    get(&c, &proxy, "unknown.localhost", "/").await;
+    let m = proxy.handle.metrics();
+    let r = m.route("shop/production").unwrap();
+    assert_eq!(r.status_classes[1], 11);
+    assert_eq!(r.requests(), 11);
+    assert_eq!(r.latency_buckets.iter().sum::<u64>(), 11);
+    assert_eq!(r.bytes_in, 1000);
+    assert_eq!(r.bytes_out, 10 * 2 + "1000 bytes".len() as u64);
+    assert_eq!(r.open_connections, 0);
+    assert_eq!(
+        m.route(gilgal_proxy::UNROUTED).unwrap().status_classes[3],
+        1
+    );
+    assert!(m.open_client_connections >= 1);
+    let text = m.render_prometheus();
+    assert!(
+        text.contains("gilgal_proxy_requests_total{route=\"shop/production\",class=\"2xx\"} 11"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gilgal_proxy_request_duration_seconds_count{route=\"shop/production\"} 11")
+    );
+    assert!(text.contains("gilgal_proxy_bytes_in_total{route=\"shop/production\"} 1000"));
+}
+
+#[test]
+fn rejects_ambiguous_or_malformed_tables() {
+    let handle = gilgal_proxy::ProxyHandle::default();
+    let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let a = route("a", &["x.localhost"], None, vec![Backend::new("i1", addr)]);
+    let b = route(
+        "b",
+        &["X.localhost"],
+        Some("/"),
+        vec![Backend::new("i2", addr)],
+    );
+    assert!(matches!(
+        handle.replace(vec![a.clone(), b]),
+        Err(ProxyError::DuplicateRoute { .. })
+    ));
+    let bad_prefix = route("c", &["y.localhost"], Some("v2"), vec![]);
+    assert!(matches!(
+        handle.replace(vec![bad_prefix]),
+        Err(ProxyError::InvalidRoute { .. })
+    ));
+    let other: std::net::SocketAddr = "127.0.0.1:10".parse().unwrap();
+    let conflicting = route("d", &["z.localhost"], None, vec![Backend::new("i1", other)]);
+    assert!(matches!(
+        handle.replace(vec![a.clone(), conflicting]),
+        Err(ProxyError::ConflictingBackend { .. })
+    ));
+    // A failed replace leaves the previous table in place.
+    handle.replace(vec![a]).unwrap();
+    assert!(handle.replace(vec![route("e", &[], None, vec![])]).is_err());
+    assert_eq!(handle.table().route_id_for("x.localhost", "/"), Some("a"));
+}
+
+#[tokio::test]
+async fn lookup_cost_is_flat_from_one_to_ten_thousand_hosts() {
+    let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut times = Vec::new();
+    for n in [1usize, 10_000] {
+        let handle = gilgal_proxy::ProxyHandle::default();
+        let specs: Vec<_> = (0..n)
+            .map(|i| {
+                route(
+                    &format!("p{i}"),
+                    &[&app_hostname(&format!("p{i}"), "production", "localhost")],
+                    None,
+                    vec![Backend::new(format!("b{i}"), addr)],
+                )
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        handle.replace(specs).unwrap();
+        let build = t.elapsed();
+        let table = handle.table();
+        let host = format!("p{}.localhost", n - 1);
+        let t = std::time::Instant::now();
+        let rounds = 200_000;
+        for _ in 0..rounds {
+            assert!(table
+                .route_id_for(std::hint::black_box(&host), "/x")
+                .is_some());
+        }
+        let per = t.elapsed() / rounds;
+        println!("{n} hosts: table build {build:?}, lookup {per:?}");
+        times.push(per);
+        assert!(build < std::time::Duration::from_millis(2_000));
+    }
+    assert!(
+        times[1] < times[0] * 4 + std::time::Duration::from_nanos(200),
+        "lookup not flat: {times:?}"
+    );
+}
