@@ -1,0 +1,47 @@
+//! Runs Gilgal app instances: the [`Runtime`] trait the deploy pipeline and reconciler use,
+//! the default [`ProcessRuntime`], restart [`backoff`], and [`health`] checks.
+//!
+//! # Isolation (for ARCHITECTURE.md)
+//! Each instance is a plain process in its own session/process group, started with an empty
+//! environment plus what the spec gives, as a dedicated system user `gilgal-<app>`
+//! ([`RunAs::AppUser`]) with no supplementary groups and `no_new_privs`. Per-app users are the
+//! cheapest isolation that works everywhere without Docker: apps cannot touch each other's
+//! files or Gilgal's 0700 root data dir. Each instance also gets cgroup v1 memory/cpu/pids
+//! groups (limits, OOM detection, and a complete list of its processes); where cgroups are not
+//! writable the runtime warns and runs without limits. Namespaces are not used yet (no new
+//! mount/PID/network namespace), so apps still see the host's process list and network.
+//!
+//! # Crash-safety invariant
+//! *No instance process is ever spawned before the instance's record is durably on disk*
+//! (`<state_dir>/instances/<id>/record.json`, temp file + fsync + rename, state `Starting`),
+//! and every process of an instance is findable from that record: by the `GILGAL_INSTANCE_ID`
+//! marker in its environment, by its cgroup (joined before exec), and by its process group
+//! (pid + `/proc` start time recorded right after spawn, defeating PID reuse). Output goes to
+//! append-only files, not pipes, so apps survive the server. Hence, after `kill -9` of the
+//! server, [`ProcessRuntime::new`] on the same state dir can: re-adopt every live instance
+//! (verified pid + start time, watched via pidfd, log tailing resumed from saved offsets);
+//! restart instances whose process died meanwhile; finish interrupted stops; and kill every
+//! process of one-off runs, stopped instances and half-spawned instances. Dropping a
+//! `ProcessRuntime` detaches like a crash; [`ProcessRuntime::shutdown`] stops everything.
+
+pub mod backoff;
+pub mod error;
+pub mod health;
+pub mod process;
+pub mod runtime;
+pub mod spec;
+
+pub use backoff::{BackoffPolicy, BackoffState};
+pub use error::{Result, RuntimeError};
+pub use health::{
+    wait_healthy, HealthCheck, HealthError, HealthMonitor, HealthState, Probe, ProbeError,
+};
+pub use process::{
+    app_user_name, CgroupConfig, ProcessRuntime, ProcessRuntimeConfig, DEFAULT_PATH,
+    INSTANCE_ID_ENV,
+};
+pub use runtime::{OneoffHandle, Runtime};
+pub use spec::{
+    ExitInfo, InstanceId, InstanceLabels, InstanceSpec, InstanceState, InstanceStatus, LogLine,
+    LogStream, ResourceLimits, ResourceStats, RestartPolicy, RunAs, RuntimeEvent, RuntimeEventKind,
+};

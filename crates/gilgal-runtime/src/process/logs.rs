@@ -1,0 +1,187 @@
+//! Log capture. An instance's stdout and stderr are append-only files in its state directory
+//! (not pipes: a pipe to the server would SIGPIPE the app when the server dies). The runtime
+//! tails them, splits lines, and remembers the byte offset it has delivered up to in
+//! `offsets.json`, so a restarted server resumes where the old one stopped (at-least-once:
+//! up to one save interval of lines may be delivered twice).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::record::{write_atomic, InstancePaths};
+use crate::spec::LogStream;
+
+/// Longest line kept whole; longer output is cut into pieces of this size.
+const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Most bytes read from one stream per poll, so a chatty app cannot starve the runtime.
+const MAX_READ_PER_POLL: usize = 1024 * 1024;
+/// How often delivered offsets are persisted.
+const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Offsets {
+    stdout: u64,
+    stderr: u64,
+}
+
+#[derive(Debug)]
+struct Source {
+    stream: LogStream,
+    path: PathBuf,
+    file: Option<File>,
+    /// Bytes of the file read so far.
+    offset: u64,
+    /// Bytes read after the last newline.
+    partial: Vec<u8>,
+}
+
+impl Source {
+    fn committed_offset(&self) -> u64 {
+        self.offset.saturating_sub(self.partial.len() as u64)
+    }
+
+    fn poll(
+        &mut self,
+        flush_partial: bool,
+        max_file_bytes: u64,
+        out: &mut Vec<(LogStream, String)>,
+    ) {
+        if self.file.is_none() {
+            self.file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)
+                .ok();
+        }
+        let Some(file) = &self.file else { return };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
+            // Truncated behind our back: start over.
+            self.offset = 0;
+            self.partial.clear();
+        }
+        let mut budget = MAX_READ_PER_POLL;
+        let mut buf = vec![0u8; 64 * 1024];
+        while self.offset < len && budget > 0 {
+            let want = buf.len().min(budget);
+            let Some(chunk) = buf.get_mut(..want) else {
+                break;
+            };
+            let n = match file.read_at(chunk, self.offset) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            self.offset += n as u64;
+            budget = budget.saturating_sub(n);
+            for &byte in &chunk[..n] {
+                if byte == b'\n' {
+                    out.push((self.stream, take_line(&mut self.partial)));
+                } else {
+                    self.partial.push(byte);
+                    if self.partial.len() >= MAX_LINE_BYTES {
+                        out.push((self.stream, take_line(&mut self.partial)));
+                    }
+                }
+            }
+        }
+        if flush_partial && !self.partial.is_empty() {
+            out.push((self.stream, take_line(&mut self.partial)));
+        }
+        if self.partial.is_empty() && self.offset >= len && self.offset > max_file_bytes {
+            // Everything delivered: start the file over so it cannot fill the disk. The child
+            // writes with O_APPEND, so its next write lands at the new end. Lines written
+            // between our read and the truncate are lost; that window is one syscall wide.
+            if file.set_len(0).is_ok() {
+                self.offset = 0;
+            }
+        }
+    }
+}
+
+fn take_line(partial: &mut Vec<u8>) -> String {
+    let mut line = String::from_utf8_lossy(partial).into_owned();
+    partial.clear();
+    if line.ends_with('\r') {
+        line.pop();
+    }
+    line
+}
+
+/// Tails one instance's two log files.
+#[derive(Debug)]
+pub(crate) struct LogTailer {
+    sources: [Source; 2],
+    offsets_path: PathBuf,
+    last_saved: Instant,
+    saved: (u64, u64),
+    max_file_bytes: u64,
+}
+
+impl LogTailer {
+    /// A tailer for `paths`; with `resume` it continues from the persisted offsets.
+    pub fn new(paths: &InstancePaths, resume: bool, max_file_bytes: u64) -> Self {
+        let offsets: Offsets = if resume {
+            std::fs::read(paths.offsets())
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .unwrap_or_default()
+        } else {
+            Offsets::default()
+        };
+        let source = |stream, path, offset| Source {
+            stream,
+            path,
+            file: None,
+            offset,
+            partial: Vec::new(),
+        };
+        LogTailer {
+            sources: [
+                source(LogStream::Stdout, paths.stdout(), offsets.stdout),
+                source(LogStream::Stderr, paths.stderr(), offsets.stderr),
+            ],
+            offsets_path: paths.offsets(),
+            last_saved: Instant::now(),
+            saved: (offsets.stdout, offsets.stderr),
+            max_file_bytes,
+        }
+    }
+
+    /// Reads new complete lines; `flush_partial` also returns an unterminated last line
+    /// (used once the process has exited).
+    pub fn poll(&mut self, flush_partial: bool) -> Vec<(LogStream, String)> {
+        let mut out = Vec::new();
+        for source in &mut self.sources {
+            source.poll(flush_partial, self.max_file_bytes, &mut out);
+        }
+        self.save_offsets(flush_partial);
+        out
+    }
+
+    fn save_offsets(&mut self, force: bool) {
+        let current = (
+            self.sources[0].committed_offset(),
+            self.sources[1].committed_offset(),
+        );
+        if current == self.saved || (!force && self.last_saved.elapsed() < SAVE_INTERVAL) {
+            return;
+        }
+        let offsets = Offsets {
+            stdout: current.0,
+            stderr: current.1,
+        };
+        let Ok(bytes) = serde_json::to_vec(&offsets) else {
+            return;
+        };
+        match write_atomic(&self.offsets_path, &bytes) {
+            Ok(()) => {
+                self.saved = current;
+                self.last_saved = Instant::now();
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot save log offsets"),
+        }
+    }
+}

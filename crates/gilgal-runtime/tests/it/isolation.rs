@@ -1,0 +1,123 @@
+//! Isolation and limits: cgroup memory limit with OOM reporting, and per-app Unix users that
+//! cannot read a root-only directory. Each test checks the degraded behaviour when the
+//! machine does not allow the real thing (not root, no writable cgroups).
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use gilgal_runtime::{
+    app_user_name, InstanceState, RestartPolicy, RunAs, Runtime, RuntimeError, RuntimeEventKind,
+};
+
+use crate::common::*;
+
+#[tokio::test]
+async fn memory_limit_gets_the_instance_oom_killed_and_reported() {
+    let sandbox = Sandbox::new();
+    let runtime = sandbox.runtime().await;
+    let mut events = runtime.subscribe_events();
+    let mut spec = sandbox.spec("allocate.py", &[]);
+    spec.limits.memory_mb = Some(64);
+    spec.limits.cpu_shares = Some(256);
+    spec.limits.max_pids = Some(64);
+    spec.restart = RestartPolicy::Never;
+    let id = runtime.start(spec).await.unwrap();
+
+    if !memory_cgroups_writable() {
+        // Degraded mode: no limit is enforced and stats say so.
+        let stats = runtime.stats(&id).await.unwrap();
+        assert_eq!(stats.memory_limit_bytes, None);
+        runtime.stop(&id, Duration::from_secs(1)).await.unwrap();
+        return;
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if let RuntimeEventKind::Exited(exit) = event.kind {
+                assert_eq!(event.instance, id);
+                return exit;
+            }
+        }
+    })
+    .await
+    .expect("allocating fixture was not stopped by the memory limit");
+    assert!(exit.oom_killed, "{exit:?}");
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    assert!(exit.describe().contains("out of memory"));
+    let status = runtime.status(&id).await.unwrap();
+    assert_eq!(status.state, InstanceState::Exited);
+    // It got somewhere below the limit before dying, but not far past it.
+    let tail = runtime.log_tail(&id, 100).await.unwrap();
+    let reached = tail
+        .iter()
+        .filter_map(|l| {
+            l.line
+                .strip_prefix("allocated ")?
+                .strip_suffix(" MiB")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        reached <= 64,
+        "allocated {reached} MiB under a 64 MiB limit"
+    );
+}
+
+#[tokio::test]
+async fn app_runs_as_its_own_user_and_cannot_read_root_only_dirs() {
+    let sandbox = Sandbox::new();
+    let runtime = sandbox.runtime().await;
+    let secret_dir = sandbox.root.path().join("gilgal-data");
+    std::fs::create_dir(&secret_dir).unwrap();
+    std::fs::set_permissions(&secret_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let secret = secret_dir.join("gilgal.db");
+    std::fs::write(&secret, "secret").unwrap();
+    let secret_arg = secret.to_str().unwrap().to_owned();
+
+    let mut spec = sandbox.spec("whoami.py", &[&secret_arg]);
+    spec.labels.app = "rttest".into();
+    spec.run_as = RunAs::AppUser;
+    if !is_root() {
+        assert!(matches!(
+            runtime.run_oneoff(spec).await,
+            Err(RuntimeError::UserIsolation(_))
+        ));
+        return;
+    }
+    let (lines, exit) = runtime
+        .run_oneoff(spec)
+        .await
+        .unwrap()
+        .collect(Some(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?} {lines:?}");
+    let text: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+    let user = app_user_name("rttest");
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let uid: u32 = passwd
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields[0] == user).then(|| fields[2].parse().unwrap())
+        })
+        .expect("app user was not created");
+    assert_ne!(uid, 0);
+    assert!(
+        text[0].starts_with(&format!("uid={uid} ")) && text[0].ends_with("groups=[]"),
+        "{text:?}"
+    );
+    assert_eq!(text[1], "read-denied PermissionError", "{text:?}");
+
+    // The same fixture as the server user can read it: the denial is the isolation.
+    let (lines, _) = runtime
+        .run_oneoff(sandbox.spec("whoami.py", &[&secret_arg]))
+        .await
+        .unwrap()
+        .collect(Some(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(lines[1].line, "read-ok");
+}

@@ -1,0 +1,170 @@
+//! Server death and restart: dropping a runtime detaches (instances keep running), a new
+//! runtime on the same state dir re-adopts live instances, restarts or marks dead ones, and
+//! sweeps processes spawned just before a crash.
+
+use std::time::Duration;
+
+use gilgal_runtime::{InstanceState, RestartPolicy, Runtime};
+
+use crate::common::*;
+
+fn tick_number(line: &str) -> Option<u64> {
+    line.strip_prefix("tick ")?.parse().ok()
+}
+
+#[tokio::test]
+async fn dropped_runtime_leaves_instance_running_and_new_runtime_adopts_it() {
+    let sandbox = Sandbox::new();
+    let first = sandbox.runtime().await;
+    let mut logs = first.subscribe_logs();
+    let mut spec = sandbox.spec("counter.py", &[]);
+    spec.restart = RestartPolicy::Always;
+    let id = first.start(spec).await.unwrap();
+    let seen = wait_line(&mut logs, Duration::from_secs(5), |l| {
+        tick_number(&l.line).is_some_and(|n| n >= 3)
+    })
+    .await;
+    let last_seen = tick_number(&seen.line).unwrap();
+    let pid = first.status(&id).await.unwrap().pid.unwrap();
+
+    drop(logs);
+    drop(first); // the "server" dies without stopping anything
+                 // The app keeps running and keeps printing while no server watches it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(alive(pid));
+
+    let second = sandbox.runtime().await;
+    let mut logs = second.subscribe_logs();
+    let status = second.status(&id).await.unwrap();
+    assert_eq!(status.state, InstanceState::Running);
+    assert_eq!(status.pid, Some(pid));
+    assert!(status.adopted);
+    assert_eq!(second.list().await.unwrap().len(), 1);
+
+    // Tailing resumes from the saved offset: the next line delivered is no later than what
+    // was printed while the server was away (nothing skipped), and numbers keep increasing.
+    let resumed = wait_line(&mut logs, Duration::from_secs(5), |l| {
+        tick_number(&l.line).is_some()
+    })
+    .await;
+    let resumed_at = tick_number(&resumed.line).unwrap();
+    assert!(
+        resumed_at <= last_seen + 5,
+        "resumed at {resumed_at}, last seen {last_seen}"
+    );
+    let later = wait_line(&mut logs, Duration::from_secs(5), |l| {
+        tick_number(&l.line).is_some_and(|n| n > resumed_at + 3)
+    })
+    .await;
+    assert_eq!(later.instance, id);
+
+    let exit = second.stop(&id, Duration::from_secs(2)).await.unwrap();
+    assert!(!alive(pid));
+    assert!(exit.note.unwrap_or_default().contains("adopted"));
+    assert_eq!(
+        second.status(&id).await.unwrap().state,
+        InstanceState::Stopped
+    );
+}
+
+#[tokio::test]
+async fn instance_that_died_while_server_was_down_is_marked_or_restarted() {
+    let sandbox = Sandbox::new();
+    let first = sandbox.runtime().await;
+    let mut once = sandbox.spec("never_binds.py", &[]);
+    once.restart = RestartPolicy::Never;
+    let once = first.start(once).await.unwrap();
+    let mut always = sandbox.spec("never_binds.py", &[]);
+    always.restart = RestartPolicy::Always;
+    always.labels.index = 1;
+    let always = first.start(always).await.unwrap();
+    let once_pid = first.status(&once).await.unwrap().pid.unwrap();
+    let always_pid = first.status(&always).await.unwrap().pid.unwrap();
+    drop(first);
+
+    for pid in [once_pid, always_pid] {
+        // SAFETY: signalling a process this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    eventually(Duration::from_secs(5), "fixtures to die", || async {
+        (!alive(once_pid) && !alive(always_pid)).then_some(())
+    })
+    .await;
+
+    let second = sandbox.runtime().await;
+    let status = eventually(
+        Duration::from_secs(5),
+        "stale record marked exited",
+        || async {
+            let status = second.status(&once).await.unwrap();
+            (status.state == InstanceState::Exited).then_some(status)
+        },
+    )
+    .await;
+    let exit = status.last_exit.unwrap();
+    assert!(exit.note.unwrap().contains("gone"));
+
+    let restarted = eventually(
+        Duration::from_secs(5),
+        "lost instance restarted",
+        || async {
+            let status = second.status(&always).await.unwrap();
+            (status.state == InstanceState::Running && status.pid != Some(always_pid))
+                .then_some(status)
+        },
+    )
+    .await;
+    assert!(!restarted.adopted);
+    assert!(alive(restarted.pid.unwrap()));
+    second.shutdown(Duration::from_secs(2)).await;
+    assert!(!alive(restarted.pid.unwrap()));
+}
+
+#[tokio::test]
+async fn process_spawned_just_before_a_crash_is_swept() {
+    let sandbox = Sandbox::new();
+    let first = sandbox.runtime().await;
+    let mut spec = sandbox.spec("forks_grandchild.py", &[]);
+    spec.restart = RestartPolicy::Always;
+    let mut logs = first.subscribe_logs();
+    let id = first.start(spec).await.unwrap();
+    let escaped = wait_line(&mut logs, Duration::from_secs(5), |l| {
+        l.line.starts_with("escaped ")
+    })
+    .await;
+    let escaped: u32 = escaped.line["escaped ".len()..].parse().unwrap();
+    let old_pid = first.status(&id).await.unwrap().pid.unwrap();
+    drop(first);
+
+    // Rewind the record to "starting, no pid": what a crash between spawn and the record
+    // update leaves behind.
+    let record_path = sandbox
+        .state_dir()
+        .join("instances")
+        .join(id.as_str())
+        .join("record.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    record["state"] = "Starting".into();
+    record["pid"] = serde_json::Value::Null;
+    record["start_time_ticks"] = serde_json::Value::Null;
+    std::fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+
+    let second = sandbox.runtime().await;
+    // Untracked processes of the instance are found by marker/cgroup and killed...
+    eventually(
+        Duration::from_secs(5),
+        "unrecorded processes swept",
+        || async { (!alive(old_pid) && !alive(escaped)).then_some(()) },
+    )
+    .await;
+    // ...and the instance is brought back (its record says it should run).
+    let status = eventually(Duration::from_secs(5), "instance restarted", || async {
+        let status = second.status(&id).await.unwrap();
+        (status.state == InstanceState::Running && status.pid.is_some()).then_some(status)
+    })
+    .await;
+    assert_ne!(status.pid, Some(old_pid));
+    second.shutdown(Duration::from_secs(1)).await;
+    assert!(!alive(status.pid.unwrap()));
+}
