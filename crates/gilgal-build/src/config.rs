@@ -89,7 +89,7 @@ struct RawLayer {
     static_site: Option<RawStatic>,
     /// Per-environment overrides, `[environments.<name>]`, with any of the keys above.
     /// Values given there replace the top-level ones for deploys to that environment.
-    environments: Option<Spanned<BTreeMap<Spanned<String>, RawLayer>>>,
+    environments: Option<BTreeMap<Spanned<String>, RawLayer>>,
 }
 
 /// `[build]`.
@@ -354,7 +354,11 @@ impl AppConfig {
             ConfigError::Invalid {
                 line,
                 column,
-                message: err.message().trim().to_owned(),
+                message: err
+                    .message()
+                    .trim()
+                    .replace("expected u64", "expected a whole number")
+                    .replace("expected u32", "expected a whole number"),
             }
         })?;
         let validator = Validator { text };
@@ -485,7 +489,7 @@ impl Validator<'_> {
             environments: BTreeMap::new(),
         };
         if let Some(environments) = environments {
-            for (name, mut layer) in environments.into_inner() {
+            for (name, mut layer) in environments {
                 if !is_valid_environment_name(name.get_ref()) {
                     return Err(self.error(
                         name.span(),
@@ -495,9 +499,9 @@ impl Validator<'_> {
                         ),
                     ));
                 }
-                if let Some(nested) = layer.environments.take() {
+                if layer.environments.take().is_some() {
                     return Err(self.error(
-                        nested.span(),
+                        name.span(),
                         "`environments` cannot be nested inside an environment",
                     ));
                 }

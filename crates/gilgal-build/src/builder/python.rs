@@ -93,7 +93,7 @@ pub(crate) async fn build(
                 .log
                 .system("requirements.txt unchanged: reusing the cached venv, no pip install")
                 .await;
-            relocate(&cached, &venv).await?;
+            relocate(&cached, &venv, &venv).await?;
             let _ = fs::remove_file(venv.join(COMPLETE_MARKER));
             touch(&cached);
             cache = DependencyCache::Reused;
@@ -208,13 +208,14 @@ fn is_location_bound(path: &Path) -> bool {
     in_bin || name == "pyvenv.cfg" || name.ends_with(".pth")
 }
 
-/// Copies a venv to `to`, rewriting its absolute location.
-async fn relocate(from: &Path, to: &Path) -> Result<(), BuildError> {
-    let (from, to) = (from.to_owned(), to.to_owned());
+/// Copies a venv from `from` to `to`, rewriting its absolute location to `location` (its
+/// final path, which differs from `to` when staging a copy before renaming it into place).
+async fn relocate(from: &Path, to: &Path, location: &Path) -> Result<(), BuildError> {
+    let (from, to, location) = (from.to_owned(), to.to_owned(), location.to_owned());
     let target = to.clone();
     tokio::task::spawn_blocking(move || {
         let from_bytes = from.as_os_str().as_encoded_bytes().to_vec();
-        let to_bytes = to.as_os_str().as_encoded_bytes().to_vec();
+        let to_bytes = location.as_os_str().as_encoded_bytes().to_vec();
         let rewrite = Rewrite {
             from: &from_bytes,
             to: &to_bytes,
@@ -235,7 +236,7 @@ async fn store_in_cache(runner: &StepRunner, venv: &Path, venvs: &Path, key: &st
         return;
     }
     let _ = remove_path(&staging);
-    if relocate(venv, &staging).await.is_err()
+    if relocate(venv, &staging, &final_path).await.is_err()
         || fs::write(staging.join(COMPLETE_MARKER), b"").is_err()
     {
         let _ = remove_path(&staging);

@@ -1,3 +1,10 @@
-//! Integration tests of gilgal-build (filled in below).
-#[test]
-fn placeholder() {}
+//! Integration tests of gilgal-build, with real tarballs, real toolchains (python3, npm, cargo)
+//! and real processes.
+
+mod archive;
+mod builds;
+mod config;
+mod detect;
+mod pack;
+mod procfile;
+mod support;
