@@ -1,0 +1,26 @@
+//! Handlers, one module per resource; each module exposes `routes()` for [`crate::router`].
+
+pub mod admin;
+pub mod auth;
+pub mod fallback;
+pub mod health;
+pub mod projects;
+pub mod tokens;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Seconds since the epoch, for token lifetimes.
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch, `ttl` from now, in the store's unit.
+pub(crate) fn millis_from_now(ttl: Duration) -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    i64::try_from((now + ttl).as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,163 @@
+//! `/api/projects`: the caller's projects. Another user's project is a 404, never a 403.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use gilgal_store::{ProjectChanges, StoreError};
+use gilgal_types::{
+    CreateProjectRequest, ErrorBody, Project, UpdateProjectRequest, MAX_DESCRIPTION_LEN,
+};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::extract::{parse_path_id, ApiJson, AuthUser};
+use crate::{ApiError, AppState};
+
+/// Routes of this module.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_projects, create_project))
+        .routes(routes!(get_project, update_project, delete_project))
+}
+
+fn check_description(description: &str) -> Result<(), ApiError> {
+    if description.chars().count() > MAX_DESCRIPTION_LEN {
+        return Err(ApiError::invalid(format!(
+            "description must be at most {MAX_DESCRIPTION_LEN} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn project_not_found(err: StoreError) -> ApiError {
+    match err {
+        StoreError::NotFound => ApiError::not_found("project"),
+        StoreError::Conflict(_) => ApiError::new(
+            StatusCode::CONFLICT,
+            "name_taken",
+            "a project with this name already exists on this instance; pick another name",
+        ),
+        other => other.into(),
+    }
+}
+
+/// The caller's projects, by name.
+#[utoipa::path(get, path = "/api/projects", tag = "projects",
+    responses(
+        (status = 200, description = "Projects", body = Vec<Project>),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn list_projects(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<Json<Vec<Project>>, ApiError> {
+    Ok(Json(state.store().list_projects(caller.user.id).await?))
+}
+
+/// Create a project; its name becomes its hostname label.
+#[utoipa::path(post, path = "/api/projects", tag = "projects", request_body = CreateProjectRequest,
+    responses(
+        (status = 201, description = "Created", body = Project),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 409, description = "Name taken", body = ErrorBody),
+        (status = 422, description = "Invalid name or description", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn create_project(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    ApiJson(request): ApiJson<CreateProjectRequest>,
+) -> Result<(StatusCode, Json<Project>), ApiError> {
+    check_description(&request.description)?;
+    let project = state
+        .store()
+        .create_project(caller.user.id, &request.name, &request.description)
+        .await
+        .map_err(project_not_found)?;
+    tracing::info!(project_id = %project.id, name = %project.name, "project created");
+    Ok((StatusCode::CREATED, Json(project)))
+}
+
+/// One of the caller's projects.
+#[utoipa::path(get, path = "/api/projects/{id}", tag = "projects",
+    params(("id" = String, Path, description = "Project id")),
+    responses(
+        (status = 200, description = "The project", body = Project),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such project for this caller", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn get_project(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Project>, ApiError> {
+    let id = parse_path_id(&id, "project")?;
+    Ok(Json(
+        state
+            .store()
+            .project(caller.user.id, id)
+            .await
+            .map_err(project_not_found)?,
+    ))
+}
+
+/// Rename or re-describe one of the caller's projects.
+#[utoipa::path(put, path = "/api/projects/{id}", tag = "projects", request_body = UpdateProjectRequest,
+    params(("id" = String, Path, description = "Project id")),
+    responses(
+        (status = 200, description = "Updated", body = Project),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such project for this caller", body = ErrorBody),
+        (status = 409, description = "Name taken", body = ErrorBody),
+        (status = 422, description = "Invalid name or description", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn update_project(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<UpdateProjectRequest>,
+) -> Result<Json<Project>, ApiError> {
+    let id = parse_path_id(&id, "project")?;
+    if let Some(description) = &request.description {
+        check_description(description)?;
+    }
+    let changes = ProjectChanges {
+        name: request.name,
+        description: request.description,
+    };
+    let project = state
+        .store()
+        .update_project(caller.user.id, id, &changes)
+        .await
+        .map_err(project_not_found)?;
+    Ok(Json(project))
+}
+
+/// Delete one of the caller's projects.
+#[utoipa::path(delete, path = "/api/projects/{id}", tag = "projects",
+    params(("id" = String, Path, description = "Project id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such project for this caller", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn delete_project(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_path_id(&id, "project")?;
+    state
+        .store()
+        .delete_project(caller.user.id, id)
+        .await
+        .map_err(project_not_found)?;
+    tracing::info!(project_id = %id, "project deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,298 @@
+//! A typed client for the Gilgal API.
+//!
+//! One method per endpoint, returning the wire types of `gilgal-types`. Failures come back as
+//! [`ClientError`], which keeps the server's error code, message and request id, or says the
+//! server could not be reached, so the CLI can print one line that tells the user what to do.
+
+use std::time::Duration;
+
+use gilgal_types::{
+    ApiToken, CreateApiTokenRequest, CreateProjectRequest, CreatedApiToken, ErrorBody,
+    InstanceSettings, LoginRequest, Project, RefreshRequest, RegisterRequest, TokenPair,
+    UpdateProjectRequest, User,
+};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error body.
+    #[error("{message} ({code}, HTTP {status}, request {request_id})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Stable error code, e.g. `invalid_credentials`.
+        code: String,
+        /// The server's message.
+        message: String,
+        /// The request id to quote.
+        request_id: String,
+    },
+    /// No HTTP exchange happened: connection refused, DNS, TLS, timeout.
+    #[error("cannot reach the Gilgal server at {url}: {reason}")]
+    Unreachable {
+        /// The server URL tried.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The server answered something that is not the API's JSON.
+    #[error("unexpected response from {url} (HTTP {status}); is this a Gilgal server?")]
+    Unexpected {
+        /// The server URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+    },
+    /// The server URL given is not a usable URL.
+    #[error("invalid server URL {0:?}: use the form http://host:port")]
+    BadUrl(String),
+}
+
+impl ClientError {
+    /// The API error code, if the server sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, if the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } | Self::Unexpected { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to one Gilgal server, optionally with a bearer token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base_url: &str) -> Result<Self, ClientError> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://"))
+            || reqwest::Url::parse(&base).is_err()
+        {
+            return Err(ClientError::BadUrl(base_url.to_owned()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("gilgal-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Unreachable {
+                url: base.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            http,
+            base,
+            token: None,
+        })
+    }
+
+    /// The same client, authenticating with `token` (access token or API token).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let builder = self.http.request(method, format!("{}{}", self.base, path));
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    async fn send(&self, builder: RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let response = builder.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        match response.json::<ErrorBody>().await {
+            Ok(body) => Err(ClientError::Api {
+                status,
+                code: body.error.code,
+                message: body.error.message,
+                request_id: body.error.request_id,
+            }),
+            Err(_) => Err(ClientError::Unexpected {
+                url: self.base.clone(),
+                status,
+            }),
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(&self, builder: RequestBuilder) -> Result<T, ClientError> {
+        let response = self.send(builder).await?;
+        let status = response.status().as_u16();
+        response
+            .json::<T>()
+            .await
+            .map_err(|_| ClientError::Unexpected {
+                url: self.base.clone(),
+                status,
+            })
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.json(self.request(method, path).json(body)).await
+    }
+
+    async fn empty(&self, method: Method, path: &str) -> Result<(), ClientError> {
+        let response = self.send(self.request(method, path)).await?;
+        if response.status() == StatusCode::NO_CONTENT || response.status().is_success() {
+            Ok(())
+        } else {
+            Err(ClientError::Unexpected {
+                url: self.base.clone(),
+                status: response.status().as_u16(),
+            })
+        }
+    }
+
+    /// `POST /api/auth/register`.
+    pub async fn register(&self, request: &RegisterRequest) -> Result<TokenPair, ClientError> {
+        self.call(Method::POST, "/api/auth/register", request).await
+    }
+
+    /// `POST /api/auth/login`.
+    pub async fn login(&self, request: &LoginRequest) -> Result<TokenPair, ClientError> {
+        self.call(Method::POST, "/api/auth/login", request).await
+    }
+
+    /// `POST /api/auth/refresh`.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, ClientError> {
+        let body = RefreshRequest {
+            refresh_token: refresh_token.to_owned(),
+        };
+        self.call(Method::POST, "/api/auth/refresh", &body).await
+    }
+
+    /// `POST /api/auth/logout`: ends the session, or revokes the API token used.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        self.empty(Method::POST, "/api/auth/logout").await
+    }
+
+    /// `GET /api/auth/me`.
+    pub async fn me(&self) -> Result<User, ClientError> {
+        self.json(self.request(Method::GET, "/api/auth/me")).await
+    }
+
+    /// `POST /api/tokens`.
+    pub async fn create_token(
+        &self,
+        request: &CreateApiTokenRequest,
+    ) -> Result<CreatedApiToken, ClientError> {
+        self.call(Method::POST, "/api/tokens", request).await
+    }
+
+    /// `GET /api/tokens`.
+    pub async fn list_tokens(&self) -> Result<Vec<ApiToken>, ClientError> {
+        self.json(self.request(Method::GET, "/api/tokens")).await
+    }
+
+    /// `DELETE /api/tokens/{id}`.
+    pub async fn revoke_token(&self, id: Uuid) -> Result<(), ClientError> {
+        self.empty(Method::DELETE, &format!("/api/tokens/{id}"))
+            .await
+    }
+
+    /// `GET /api/projects`.
+    pub async fn list_projects(&self) -> Result<Vec<Project>, ClientError> {
+        self.json(self.request(Method::GET, "/api/projects")).await
+    }
+
+    /// `POST /api/projects`.
+    pub async fn create_project(
+        &self,
+        request: &CreateProjectRequest,
+    ) -> Result<Project, ClientError> {
+        self.call(Method::POST, "/api/projects", request).await
+    }
+
+    /// `GET /api/projects/{id}`.
+    pub async fn project(&self, id: Uuid) -> Result<Project, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/projects/{id}")))
+            .await
+    }
+
+    /// `PUT /api/projects/{id}`.
+    pub async fn update_project(
+        &self,
+        id: Uuid,
+        request: &UpdateProjectRequest,
+    ) -> Result<Project, ClientError> {
+        self.call(Method::PUT, &format!("/api/projects/{id}"), request)
+            .await
+    }
+
+    /// `DELETE /api/projects/{id}`.
+    pub async fn delete_project(&self, id: Uuid) -> Result<(), ClientError> {
+        self.empty(Method::DELETE, &format!("/api/projects/{id}"))
+            .await
+    }
+
+    /// Finds one of the caller's projects by name (the CLI's way of naming projects).
+    pub async fn project_by_name(&self, name: &str) -> Result<Project, ClientError> {
+        self.list_projects()
+            .await?
+            .into_iter()
+            .find(|p| p.name.as_str() == name)
+            .ok_or_else(|| ClientError::Api {
+                status: 404,
+                code: "not_found".to_owned(),
+                message: format!("project {name:?} not found; `gilgal projects list` shows yours"),
+                request_id: "-".to_owned(),
+            })
+    }
+
+    /// `PUT /api/admin/settings`.
+    pub async fn put_settings(
+        &self,
+        settings: &InstanceSettings,
+    ) -> Result<InstanceSettings, ClientError> {
+        self.call(Method::PUT, "/api/admin/settings", settings)
+            .await
+    }
+
+    /// `GET /ready`: whether the server and its store answer.
+    pub async fn ready(&self) -> Result<(), ClientError> {
+        self.empty(Method::GET, "/ready").await
+    }
+}
+
+/// The innermost cause of a transport error (e.g. "Connection refused"), not reqwest's wrapper.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

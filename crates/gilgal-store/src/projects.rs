@@ -1,0 +1,148 @@
+//! Projects, always read and written on behalf of a user.
+
+use gilgal_types::{Project, ProjectName};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::{from_millis, now_millis, parse_id, Store, StoreError};
+
+/// Fields a project update may change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectChanges {
+    /// New name.
+    pub name: Option<ProjectName>,
+    /// New description.
+    pub description: Option<String>,
+}
+
+const PROJECT_COLUMNS: &str = "id, owner_id, name, description, created_at, updated_at";
+const NAME_TAKEN: &str = "a project with this name";
+
+fn project_from_row(row: &sqlx::any::AnyRow) -> Result<Project, StoreError> {
+    let name: String = row.try_get("name")?;
+    Ok(Project {
+        id: parse_id(&row.try_get::<String, _>("id")?)?,
+        name: name
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("stored project name: {e}")))?,
+        description: row.try_get("description")?,
+        owner_id: parse_id(&row.try_get::<String, _>("owner_id")?)?,
+        created_at: from_millis(row.try_get("created_at")?),
+        updated_at: from_millis(row.try_get("updated_at")?),
+    })
+}
+
+impl Store {
+    /// Creates a project owned by `owner`. Names are unique per instance (they are hostnames).
+    pub async fn create_project(
+        &self,
+        owner: Uuid,
+        name: &ProjectName,
+        description: &str,
+    ) -> Result<Project, StoreError> {
+        let id = Uuid::new_v4();
+        let now = now_millis();
+        sqlx::query(
+            "INSERT INTO projects (id, owner_id, name, description, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5)",
+        )
+        .bind(id.to_string())
+        .bind(owner.to_string())
+        .bind(name.as_str())
+        .bind(description)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::conflict_on_unique(e, NAME_TAKEN))?;
+        Ok(Project {
+            id,
+            name: name.clone(),
+            description: description.to_owned(),
+            owner_id: owner,
+            created_at: from_millis(now),
+            updated_at: from_millis(now),
+        })
+    }
+
+    /// The user's projects, by name.
+    pub async fn list_projects(&self, owner: Uuid) -> Result<Vec<Project>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {PROJECT_COLUMNS} FROM projects WHERE owner_id = $1 ORDER BY name"
+        ))
+        .bind(owner.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(project_from_row)
+        .collect()
+    }
+
+    /// One of the user's projects; someone else's is [`StoreError::NotFound`].
+    pub async fn project(&self, owner: Uuid, id: Uuid) -> Result<Project, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1 AND owner_id = $2"
+        ))
+        .bind(id.to_string())
+        .bind(owner.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        project_from_row(&row)
+    }
+
+    /// One of the user's projects by name (the CLI names projects, the API uses ids).
+    pub async fn project_by_name(
+        &self,
+        owner: Uuid,
+        name: &ProjectName,
+    ) -> Result<Project, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {PROJECT_COLUMNS} FROM projects WHERE name = $1 AND owner_id = $2"
+        ))
+        .bind(name.as_str())
+        .bind(owner.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        project_from_row(&row)
+    }
+
+    /// Applies `changes` to one of the user's projects and returns the result.
+    pub async fn update_project(
+        &self,
+        owner: Uuid,
+        id: Uuid,
+        changes: &ProjectChanges,
+    ) -> Result<Project, StoreError> {
+        let done = sqlx::query(
+            "UPDATE projects SET name = COALESCE($1, name), description = COALESCE($2, description), \
+             updated_at = $3 WHERE id = $4 AND owner_id = $5",
+        )
+        .bind(changes.name.as_ref().map(|n| n.as_str().to_owned()))
+        .bind(changes.description.clone())
+        .bind(now_millis())
+        .bind(id.to_string())
+        .bind(owner.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::conflict_on_unique(e, NAME_TAKEN))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.project(owner, id).await
+    }
+
+    /// Deletes one of the user's projects.
+    pub async fn delete_project(&self, owner: Uuid, id: Uuid) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM projects WHERE id = $1 AND owner_id = $2")
+            .bind(id.to_string())
+            .bind(owner.to_string())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+}

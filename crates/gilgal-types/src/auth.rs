@@ -1,0 +1,117 @@
+//! Bodies of the `/api/auth/*` and `/api/tokens` endpoints.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{Email, Timestamp};
+
+/// Sign-up request; the first account on an instance becomes its admin.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Login email, unique per instance (case-insensitive).
+    pub email: Email,
+    /// At least 10 characters; stored only as an argon2id hash.
+    pub password: String,
+}
+
+/// Email + password exchange for a token pair.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// Login email.
+    pub email: Email,
+    /// Password.
+    pub password: String,
+}
+
+/// Presents a refresh token, either to rotate it or to end its session.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    /// The refresh token from the last login or refresh; each is valid once.
+    pub refresh_token: String,
+}
+
+/// A short-lived access token plus a single-use refresh token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenPair {
+    /// Bearer token for `Authorization: Bearer …`, valid for `expires_in` seconds.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// Exchange at `/api/auth/refresh` for a new pair; reusing it revokes the whole session.
+    pub refresh_token: String,
+    /// The account the tokens belong to.
+    pub user: User,
+}
+
+/// An account as its owner sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct User {
+    /// Stable id.
+    pub id: Uuid,
+    /// Login email.
+    pub email: Email,
+    /// Instance administrators manage settings and every account.
+    pub is_admin: bool,
+    /// When the account was created.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+/// Request for a personal API token (for the CLI and CI).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiTokenRequest {
+    /// A label to recognise the token by, e.g. `ci-github`; 1 to 100 characters.
+    pub name: String,
+    /// Days until it expires; omit for a token that lives until revoked.
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
+}
+
+/// A personal API token's metadata; the secret itself is never shown again after creation.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ApiToken {
+    /// Stable id, used to revoke it.
+    pub id: Uuid,
+    /// The label given at creation.
+    pub name: String,
+    /// The first characters of the token, to tell tokens apart without revealing them.
+    pub prefix: String,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    /// When it was last used to authenticate, if ever.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<Timestamp>,
+    /// When it stops working, if it expires.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// The response to token creation: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedApiToken {
+    /// The secret; store it now, it cannot be shown again.
+    pub token: String,
+    /// Its metadata.
+    #[serde(flatten)]
+    pub info: ApiToken,
+}
+
+/// Instance-wide settings an administrator controls.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSettings {
+    /// Whether anyone may create an account with `POST /api/auth/register`.
+    pub registration_open: bool,
+}

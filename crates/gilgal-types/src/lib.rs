@@ -1,0 +1,18 @@
+//! Wire types shared by the API server, the typed client and the CLI.
+//!
+//! This crate does no IO. It owns the JSON shapes of every request and response, the single
+//! error body (`{"error":{"code","message","request_id"}}`), and the strict identifier types
+//! (such as [`ProjectName`]) that reject bad input at the edge, so that no other layer has to.
+
+mod auth;
+mod error;
+mod names;
+mod projects;
+
+pub use auth::*;
+pub use error::*;
+pub use names::*;
+pub use projects::*;
+
+/// Timestamps travel as RFC 3339 strings; this alias documents that in signatures.
+pub type Timestamp = time::OffsetDateTime;
