@@ -263,7 +263,12 @@ impl ProcessRuntime {
         cgroup.remove();
     }
 
-    fn recover_one(&self, record: Record) {
+    fn recover_one(&self, mut record: Record) {
+        if record.boot_id.is_some() && record.boot_id != procfs::boot_id() {
+            // Recorded before a reboot: the pid and process group now belong to strangers.
+            record.pid = None;
+            record.start_time_ticks = None;
+        }
         let live = record
             .pid
             .zip(record.start_time_ticks)
@@ -369,6 +374,7 @@ impl ProcessRuntime {
             state: InstanceState::Starting,
             pid: None,
             start_time_ticks: None,
+            boot_id: None,
             started_at: None,
             restarts: 0,
             last_exit: None,

@@ -78,6 +78,13 @@ pub(crate) fn environ_contains(pid: i32, entry: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
+/// This boot's random id; pids and start times from another boot must not be trusted.
+pub(crate) fn boot_id() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|id| id.trim().to_owned())
+}
+
 /// Clock ticks per second, for converting CPU ticks.
 pub(crate) fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.

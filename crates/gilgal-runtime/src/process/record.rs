@@ -34,6 +34,9 @@ pub(crate) struct Record {
     pub pid: Option<i32>,
     /// `/proc/PID/stat` field 22 of that process: PID + start time identify it uniquely.
     pub start_time_ticks: Option<u64>,
+    /// Kernel boot id when the process was spawned: after a reboot pids mean nothing.
+    #[serde(default)]
+    pub boot_id: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
     pub restarts: u32,

@@ -275,6 +275,7 @@ impl Supervisor {
             record.state = InstanceState::Starting;
             record.pid = None;
             record.start_time_ticks = None;
+            record.boot_id = None;
         })?;
         let mut cgroup = self.entry.cgroup.clone();
         cgroup.create(&spec.limits);
@@ -297,6 +298,7 @@ impl Supervisor {
             record.state = InstanceState::Running;
             record.pid = Some(pid);
             record.start_time_ticks = Some(start_time);
+            record.boot_id = procfs::boot_id();
             record.started_at = Some(started_at);
         })?;
         lock(&self.entry.shared).adopted = false;

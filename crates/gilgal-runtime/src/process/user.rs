@@ -21,6 +21,9 @@ pub(crate) struct AppIdentity {
 /// Serialises `useradd` calls within this process (it takes a lock on /etc/passwd anyway).
 static USERADD_LOCK: Mutex<()> = Mutex::const_new(());
 
+/// Longest a `useradd` may take.
+const USERADD_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Linux user names are at most 32 characters.
 const MAX_USER_NAME: usize = 32;
 
@@ -87,7 +90,8 @@ pub(crate) async fn ensure_app_user(app: &str) -> Result<AppIdentity> {
         if let Some(identity) = lookup(&name)? {
             return Ok(identity);
         }
-        let output = Command::new("useradd")
+        let mut useradd = Command::new("useradd");
+        useradd
             .args([
                 "--system",
                 "--no-create-home",
@@ -96,8 +100,12 @@ pub(crate) async fn ensure_app_user(app: &str) -> Result<AppIdentity> {
                 "--",
             ])
             .arg(&name)
-            .output()
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(USERADD_TIMEOUT, useradd.output())
             .await
+            .map_err(|_| {
+                RuntimeError::UserIsolation(format!("useradd {name} did not finish in time"))
+            })?
             .map_err(|err| RuntimeError::io("running useradd", err))?;
         if output.status.success() {
             break;

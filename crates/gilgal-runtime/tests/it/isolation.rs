@@ -121,3 +121,56 @@ async fn app_runs_as_its_own_user_and_cannot_read_root_only_dirs() {
         .unwrap();
     assert_eq!(lines[1].line, "read-ok");
 }
+
+#[tokio::test]
+async fn limits_are_written_to_the_instance_cgroups_and_removed_after_stop() {
+    let sandbox = Sandbox::new();
+    let runtime = sandbox.runtime().await;
+    let mut spec = sandbox.spec("never_binds.py", &[]);
+    spec.limits.memory_mb = Some(96);
+    spec.limits.cpu_shares = Some(256);
+    spec.limits.max_pids = Some(32);
+    let id = runtime.start(spec).await.unwrap();
+    let pid = runtime.status(&id).await.unwrap().pid.unwrap();
+    let stats = runtime.stats(&id).await.unwrap();
+    if !memory_cgroups_writable() {
+        assert_eq!(stats.memory_limit_bytes, None);
+        runtime.stop(&id, Duration::from_secs(1)).await.unwrap();
+        return;
+    }
+    let cgroup = |controller: &str| {
+        std::path::PathBuf::from("/sys/fs/cgroup")
+            .join(controller)
+            .join("gilgal-test")
+            .join(id.as_str())
+    };
+    let read = |controller: &str, file: &str| {
+        std::fs::read_to_string(cgroup(controller).join(file))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (96u64 << 20).to_string()
+    );
+    assert_eq!(read("cpu", "cpu.shares"), "256");
+    assert_eq!(read("pids", "pids.max"), "32");
+    for controller in ["memory", "cpu", "pids"] {
+        let procs = read(controller, "cgroup.procs");
+        assert!(
+            procs.lines().any(|p| p == pid.to_string()),
+            "{controller}: {procs}"
+        );
+    }
+    assert_eq!(stats.memory_limit_bytes, Some(96 << 20));
+    assert!(stats.memory_cgroup_bytes.unwrap() > 0);
+
+    runtime.stop(&id, Duration::from_secs(1)).await.unwrap();
+    for controller in ["memory", "cpu", "pids"] {
+        assert!(
+            !cgroup(controller).exists(),
+            "{controller} cgroup left behind"
+        );
+    }
+}

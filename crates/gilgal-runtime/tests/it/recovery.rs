@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use gilgal_runtime::{InstanceState, RestartPolicy, Runtime};
+use gilgal_runtime::{InstanceState, RestartPolicy, Runtime, RuntimeEventKind};
 
 use crate::common::*;
 
@@ -167,4 +167,40 @@ async fn process_spawned_just_before_a_crash_is_swept() {
     assert_ne!(status.pid, Some(old_pid));
     second.shutdown(Duration::from_secs(1)).await;
     assert!(!alive(status.pid.unwrap()));
+}
+
+#[tokio::test]
+async fn adopted_instance_that_crashes_later_is_noticed_and_restarted() {
+    let sandbox = Sandbox::new();
+    let first = sandbox.runtime().await;
+    let mut spec = sandbox.spec("never_binds.py", &[]);
+    spec.restart = RestartPolicy::Always;
+    let id = first.start(spec).await.unwrap();
+    let pid = first.status(&id).await.unwrap().pid.unwrap();
+    drop(first);
+
+    let second = sandbox.runtime().await;
+    assert!(second.status(&id).await.unwrap().adopted);
+    let mut events = second.subscribe_events();
+    // SAFETY: signalling a fixture process this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let exit = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let RuntimeEventKind::Exited(exit) = events.recv().await.unwrap().kind {
+                return exit;
+            }
+        }
+    })
+    .await
+    .expect("exit of an adopted process was not noticed");
+    assert!(exit.note.unwrap().contains("adopted"));
+    let restarted = eventually(Duration::from_secs(5), "restart", || async {
+        let status = second.status(&id).await.unwrap();
+        (status.state == InstanceState::Running && status.pid != Some(pid)).then_some(status)
+    })
+    .await;
+    assert_eq!(restarted.restarts, 1);
+    assert!(!restarted.adopted);
+    second.shutdown(Duration::from_secs(1)).await;
+    assert!(!alive(restarted.pid.unwrap()));
 }
