@@ -27,10 +27,13 @@ pub enum RuntimeError {
         reason: String,
     },
     /// The process could not be started (exec failed, pre-exec isolation step refused...).
-    #[error("could not start `{program}`: {source}")]
+    #[error("could not start `{program}` in {}: {source}", working_dir.display())]
     Spawn {
         /// argv[0] of the spec.
         program: String,
+        /// The working directory it was to run in (a permission error often means the app
+        /// user cannot reach it).
+        working_dir: PathBuf,
         /// The OS error.
         #[source]
         source: std::io::Error,
@@ -55,6 +58,9 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// Another runtime (another `gilgal server`) already manages this state directory.
+    #[error("runtime state dir {0} is in use by another process")]
+    StateDirInUse(PathBuf),
     /// The runtime (or its background task for this instance) has shut down.
     #[error("runtime is shut down")]
     ShutDown,

@@ -54,7 +54,7 @@ impl Default for HealthCheck {
     fn default() -> Self {
         HealthCheck {
             probe: Probe::Tcp,
-            interval: Duration::from_millis(500),
+            interval: Duration::from_millis(250),
             timeout: Duration::from_secs(2),
             success_threshold: 1,
             failure_threshold: 3,

@@ -112,6 +112,9 @@ impl Inner {
 #[derive(Debug)]
 pub struct ProcessRuntime {
     inner: Arc<Inner>,
+    /// Exclusive `flock` on `<state_dir>/runtime.lock`: two servers must never supervise the
+    /// same instances. Released when this handle drops (or the process dies).
+    _lock: fs::File,
 }
 
 impl Drop for ProcessRuntime {
@@ -136,6 +139,7 @@ impl ProcessRuntime {
                 .create(&dir)
                 .map_err(|err| RuntimeError::state(&dir, err))?;
         }
+        let lock = lock_state_dir(&state_dir).await?;
         let cgroups = Cgroups::detect(&config.cgroups);
         let (logs, _) = broadcast::channel(config.channel_capacity.max(16));
         let (events, _) = broadcast::channel(config.channel_capacity.max(16));
@@ -149,6 +153,7 @@ impl ProcessRuntime {
                 events,
                 tasks: Mutex::new(Vec::new()),
             }),
+            _lock: lock,
         };
         runtime.recover()?;
         Ok(runtime)
@@ -395,6 +400,31 @@ impl ProcessRuntime {
             }
         }
     }
+}
+
+/// Takes the state dir's exclusive lock, waiting briefly for a previous owner in this same
+/// process (a just-dropped runtime) to let go.
+async fn lock_state_dir(state_dir: &Path) -> Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = state_dir.join("runtime.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|err| RuntimeError::state(&path, err))?;
+    for _ in 0..50 {
+        // SAFETY: flock on a valid fd we own; no memory involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(RuntimeError::state(&path, err));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(RuntimeError::StateDirInUse(state_dir.to_path_buf()))
 }
 
 async fn stop_entry(entry: &Entry, grace: Duration) -> ExitInfo {

@@ -125,6 +125,7 @@ pub(crate) fn spawn(
     }
     let child = command.spawn().map_err(|source| RuntimeError::Spawn {
         program: program.clone(),
+        working_dir: spec.working_dir.clone(),
         source,
     })?;
     drop(procs_files);

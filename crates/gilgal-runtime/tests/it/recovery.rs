@@ -204,3 +204,17 @@ async fn adopted_instance_that_crashes_later_is_noticed_and_restarted() {
     second.shutdown(Duration::from_secs(1)).await;
     assert!(!alive(restarted.pid.unwrap()));
 }
+
+#[tokio::test]
+async fn two_runtimes_cannot_share_a_state_dir() {
+    let sandbox = Sandbox::new();
+    let first = sandbox.runtime().await;
+    match gilgal_runtime::ProcessRuntime::new(sandbox.state_dir(), test_config()).await {
+        Err(gilgal_runtime::RuntimeError::StateDirInUse(path)) => {
+            assert_eq!(path, sandbox.state_dir())
+        }
+        other => panic!("expected StateDirInUse, got {other:?}"),
+    }
+    drop(first);
+    sandbox.runtime().await;
+}
