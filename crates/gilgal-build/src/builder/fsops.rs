@@ -118,3 +118,28 @@ pub(crate) fn move_tree(from: &Path, to: &Path) -> io::Result<()> {
         Err(_) => copy_tree(from, to, None),
     }
 }
+
+/// Changes the owner of everything under `root` (symlinks themselves, never their targets).
+pub(crate) fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(root, Some(uid), Some(gid))?;
+    if fs::symlink_metadata(root)?.is_dir() {
+        for entry in fs::read_dir(root)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Like [`chown_tree`], but skips the walk when `root` is already owned by `uid` (the cache
+/// can be large, and everything in it was written by that user).
+pub(crate) fn chown_tree_once(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(root)?;
+    if meta.uid() == uid && meta.gid() == gid {
+        let home = root.join("home");
+        if fs::symlink_metadata(&home).is_ok_and(|m| m.uid() == uid) {
+            return Ok(());
+        }
+    }
+    chown_tree(root, uid, gid)
+}

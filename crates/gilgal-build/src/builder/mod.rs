@@ -66,6 +66,20 @@ pub struct BuildRequest {
     pub step_timeout: Duration,
     /// Cancels the build: the running step's process group is killed at once.
     pub cancel: CancellationToken,
+    /// Runs every build command as this user instead of Gilgal's own (recommended: the app's
+    /// own Unix user, so build scripts such as npm `postinstall` or `build.rs` cannot touch
+    /// Gilgal's data). The release and cache directories are then chowned to it, and `HOME`
+    /// is `<cache_dir>/home`. The toolchains must be readable by that user.
+    pub run_as: Option<BuildUser>,
+}
+
+/// A Unix user and group that build commands run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildUser {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id; supplementary groups are dropped.
+    pub gid: u32,
 }
 
 impl BuildRequest {
@@ -85,6 +99,7 @@ impl BuildRequest {
             env: BTreeMap::new(),
             step_timeout: DEFAULT_STEP_TIMEOUT,
             cancel: CancellationToken::new(),
+            run_as: None,
         }
     }
 }
@@ -390,7 +405,28 @@ async fn build_inner(
             .map_err(io_error("cannot move the source into", &app_dir))?;
     }
 
-    let runner = StepRunner::new(log.clone(), req.cancel.clone(), req.step_timeout, &req.env);
+    let build_home = cache_dir.join("home");
+    if let Some(user) = req.run_as {
+        fs::create_dir_all(&build_home).map_err(io_error("cannot create", &build_home))?;
+        let (app, cache) = (app_dir.clone(), cache_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            fsops::chown_tree(&app, user.uid, user.gid)?;
+            fsops::chown_tree_once(&cache, user.uid, user.gid)
+        })
+        .await
+        .map_err(|err| BuildError::Internal(err.to_string()))?
+        .map_err(io_error(
+            "cannot hand the build directories to the build user:",
+            &app_dir,
+        ))?;
+    }
+    let runner = StepRunner::new(
+        log.clone(),
+        req.cancel.clone(),
+        req.step_timeout,
+        &req.env,
+        req.run_as.map(|user| (user, build_home.as_path())),
+    );
     let output = match stack {
         Stack::Python => python::build(&runner, &app_dir, &cache_dir).await?,
         Stack::Node => node::build(&runner, &app_dir, &cache_dir).await?,

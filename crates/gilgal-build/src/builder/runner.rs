@@ -59,6 +59,7 @@ pub(crate) struct StepRunner {
     pub cancel: CancellationToken,
     pub timeout: Duration,
     base_env: Vec<(OsString, OsString)>,
+    run_as: Option<super::BuildUser>,
 }
 
 enum Outcome {
@@ -73,6 +74,7 @@ impl StepRunner {
         cancel: CancellationToken,
         timeout: Duration,
         build_env: &std::collections::BTreeMap<String, String>,
+        run_as: Option<(super::BuildUser, &Path)>,
     ) -> Self {
         let mut base_env: Vec<(OsString, OsString)> = INHERITED_VARIABLES
             .iter()
@@ -83,11 +85,17 @@ impl StepRunner {
                 .iter()
                 .map(|(key, value)| (key.into(), value.into())),
         );
+        if let Some((_, home)) = run_as {
+            // The build user cannot write Gilgal's HOME; give it one inside the app's cache.
+            base_env.retain(|(key, _)| key != "HOME");
+            base_env.insert(0, ("HOME".into(), home.as_os_str().to_owned()));
+        }
         Self {
             log,
             cancel,
             timeout,
             base_env,
+            run_as: run_as.map(|(user, _)| user),
         }
     }
 
@@ -120,6 +128,10 @@ impl StepRunner {
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(user) = self.run_as {
+            // std drops supplementary groups when switching away from root.
+            command.uid(user.uid).gid(user.gid);
+        }
         command
     }
 

@@ -167,16 +167,6 @@ async fn python_app_builds_runs_and_reuses_its_venv() {
     );
     assert_eq!(Artifact::load(&first.artifact_dir).unwrap(), first);
 
-    // The web process serves, started as the runtime would.
-    let port = free_port();
-    let child = start_process(&first, &ProcessType::web(), port);
-    let response = http_get(port);
-    stop_group(child);
-    assert!(
-        response.contains("hello from python, six 1.16.0"),
-        "{response}"
-    );
-
     // A code change with the same requirements.txt: the venv comes from the cache, relocated.
     let source = work.source("src2", Some("python-app"), &[("extra.py", "X = 1\n")]);
     let warm_started = Instant::now();
@@ -207,6 +197,21 @@ async fn python_app_builds_runs_and_reuses_its_venv() {
         }
     }
     assert!(warm < Duration::from_secs(5), "warm build took {warm:?}");
+
+    // The relocated venv's console scripts work: gunicorn serves the new release.
+    let gunicorn = fs::read_to_string(venv2.join("bin/gunicorn")).unwrap();
+    assert!(
+        gunicorn.starts_with(&format!("#!{}", venv2.join("bin/python").display())),
+        "{gunicorn}"
+    );
+    let port = free_port();
+    let child = start_process(&second, &ProcessType::web(), port);
+    let response = http_get(port);
+    stop_group(child);
+    assert!(
+        response.contains("hello from python, six 1.16.0"),
+        "{response}"
+    );
     // The first release is untouched by the second build.
     assert_eq!(
         python_in_venv(&first, "import sys; print(sys.prefix)"),
@@ -580,4 +585,48 @@ async fn invalid_input_fails_before_anything_is_built() {
         work.path("occupied/file").exists(),
         "an existing directory is never removed"
     );
+}
+
+#[tokio::test]
+async fn build_commands_can_run_as_an_unprivileged_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let work = Workspace::new();
+    fs::set_permissions(work.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let source = work.source(
+        "src",
+        None,
+        &[
+            (
+                "gilgal.toml",
+                "[build]\ncommand = \"sh -c 'id -u > uid.txt; echo $HOME > home.txt; touch /etc/gilgal-build-probe 2> denied.txt; true'\"\n",
+            ),
+            ("Procfile", "worker: true\n"),
+        ],
+    );
+    let mut request = work.request(&source, "release");
+    request.run_as = Some(gilgal_build::builder::BuildUser {
+        uid: 65534,
+        gid: 65534,
+    });
+    let artifact = build(request, LogSink::discard()).await.unwrap();
+    let app = &artifact.app_dir;
+    assert_eq!(fs::read_to_string(app.join("uid.txt")).unwrap(), "65534\n");
+    assert_eq!(
+        fs::read_to_string(app.join("home.txt")).unwrap().trim(),
+        work.cache()
+            .canonicalize()
+            .unwrap()
+            .join("home")
+            .display()
+            .to_string()
+    );
+    assert!(fs::read_to_string(app.join("denied.txt"))
+        .unwrap()
+        .contains("Permission denied"));
+    assert!(!Path::new("/etc/gilgal-build-probe").exists());
+    assert_eq!(fs::metadata(app.join("Procfile")).unwrap().uid(), 65534);
 }
