@@ -1,0 +1,148 @@
+//! Command-line grammar (clap derive). Each subcommand maps to one API call or a short flow.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Gilgal: a self-hosted platform for deploying apps.
+#[derive(Debug, Parser)]
+#[command(name = "gilgal", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Options every client command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options of every client command.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// API server URL; defaults to the one you logged in to, else http://127.0.0.1:8080.
+    #[arg(long, global = true, env = "GILGAL_SERVER")]
+    pub server: Option<String>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the platform: API server (and, as it grows, proxy and supervisor).
+    Server(ServerArgs),
+    /// Create an account on a server (the first account becomes the administrator) and log in.
+    Register(CredentialArgs),
+    /// Log in and keep an API token in ~/.config/gilgal (0600).
+    Login(CredentialArgs),
+    /// Revoke the stored token and forget it.
+    Logout,
+    /// Show who you are logged in as.
+    Whoami,
+    /// Manage projects.
+    #[command(subcommand)]
+    Projects(ProjectsCommand),
+    /// Manage personal API tokens (for CI and scripts).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+/// How to pass credentials without a prompt.
+#[derive(Debug, Args)]
+pub struct CredentialArgs {
+    /// Account email (prompted for when omitted on a terminal).
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Read the password from standard input (one line) instead of prompting.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+/// `gilgal server` options.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Where Gilgal keeps its database, keys and apps; default /var/lib/gilgal as root, else
+    /// ~/.local/share/gilgal.
+    #[arg(long, env = "GILGAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the API.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "GILGAL_LISTEN")]
+    pub listen: SocketAddr,
+    /// Use this PostgreSQL database instead of the embedded SQLite (postgres://…).
+    #[arg(long, env = "GILGAL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Open or close self-service registration (kept in the store; omitted: unchanged).
+    #[arg(long, value_enum)]
+    pub registration: Option<Registration>,
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json, env = "GILGAL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// Registration switch values.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Registration {
+    /// Anyone who can reach the API may sign up.
+    Open,
+    /// Only existing accounts (and the first user) may sign in.
+    Closed,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (for collectors).
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// `gilgal projects …`.
+#[derive(Debug, Subcommand)]
+pub enum ProjectsCommand {
+    /// Create a project.
+    Create {
+        /// Name: lowercase letters, digits and hyphens; becomes the hostname.
+        name: String,
+        /// Free-text description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List your projects.
+    List,
+    /// Show one project.
+    Show {
+        /// Project name.
+        name: String,
+    },
+    /// Delete a project.
+    Delete {
+        /// Project name.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+/// `gilgal tokens …`.
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        /// A label, e.g. `github-actions`.
+        name: String,
+        /// Days until it expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List your tokens (never their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke {
+        /// Token id (from `gilgal tokens list`).
+        id: String,
+    },
+}

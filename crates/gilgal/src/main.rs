@@ -1,0 +1,36 @@
+//! `gilgal`: one binary for the platform (`gilgal server`) and its command-line client.
+//!
+//! `main` stays thin: parse arguments, run, print any error as one line that says what to do.
+
+mod cli;
+mod commands;
+mod credentials;
+mod output;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {}", commands::describe_error(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
+    match args.command {
+        cli::Command::Server(server_args) => server::run(server_args),
+        command => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(commands::run(args.global, command))
+        }
+    }
+}

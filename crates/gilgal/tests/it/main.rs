@@ -1,0 +1,310 @@
+//! End-to-end tests of the `gilgal` binary: a real `gilgal server` process and the CLI
+//! talking to it over HTTP, on SQLite and on PostgreSQL.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use gilgal_testkit::{backend_tests, Backend};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gilgal");
+
+/// A `gilgal server` child process on a free port; killed on drop.
+struct ServerProcess {
+    child: Child,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    async fn start(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(BIN);
+        command
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env_remove("GILGAL_DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if backend == Backend::Postgres {
+            let admin = std::env::var(gilgal_testkit::POSTGRES_URL_VAR)
+                .expect("GILGAL_TEST_POSTGRES_URL (run scripts/test)");
+            let name = format!("gilgal_e2e_{}", uuid::Uuid::new_v4().simple());
+            let url = gilgal_store::create_postgres_database(&admin, &name)
+                .await
+                .unwrap();
+            command.env("GILGAL_DATABASE_URL", url);
+        }
+        let mut child = command.spawn().expect("spawn gilgal server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("gilgal server ready") {
+                    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    let _ = tx.send(value["api"].as_str().unwrap().to_owned());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server announced its address");
+        Self { child, url, dir }
+    }
+
+    fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    /// Runs the CLI against this server with its own config dir.
+    fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        cli_with(&self.config_dir(), Some(&self.url), args, stdin, &[])
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli_with(
+    config: &Path,
+    server: Option<&str>,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> Output {
+    let mut command = Command::new(BIN);
+    if let Some(server) = server {
+        command.args(["--server", server]);
+    }
+    command
+        .args(args)
+        .env("GILGAL_CONFIG_DIR", config)
+        .env_remove("GILGAL_TOKEN")
+        .env_remove("GILGAL_SERVER")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[track_caller]
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed:\nstdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// Asserts a failure printed exactly one line, containing `needle`, and no panic or backtrace.
+#[track_caller]
+fn fails_with(out: Output, needle: &str) {
+    assert!(
+        !out.status.success(),
+        "expected failure, got: {}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+const PASSWORD: &str = "a long enough password\n";
+
+backend_tests!(cli_full_flow);
+
+async fn cli_full_flow(backend: Backend) {
+    let server = ServerProcess::start(backend).await;
+
+    let registered = ok(server.cli(
+        &[
+            "register",
+            "--email",
+            "admin@example.com",
+            "--password-stdin",
+        ],
+        Some(PASSWORD),
+    ));
+    assert!(registered.contains("Logged in to"), "{registered}");
+    let creds = server.config_dir().join("credentials.json");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&creds).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // The stored login remembers the server, so later commands need no --server.
+    assert_eq!(
+        ok(cli_with(&server.config_dir(), None, &["whoami"], None, &[])).trim(),
+        "admin@example.com (admin)"
+    );
+
+    ok(server.cli(
+        &["projects", "create", "shop-api", "--description", "orders"],
+        None,
+    ));
+    ok(server.cli(&["projects", "create", "blog"], None));
+    let list = ok(server.cli(&["projects", "list"], None));
+    assert!(list.starts_with("NAME"), "{list}");
+    assert!(
+        list.find("blog").unwrap() < list.find("shop-api").unwrap(),
+        "sorted by name: {list}"
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(server.cli(&["projects", "list", "--json"], None))).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let shown: serde_json::Value = serde_json::from_str(&ok(
+        server.cli(&["projects", "show", "shop-api", "--json"], None)
+    ))
+    .unwrap();
+    assert_eq!(shown["description"], "orders");
+    fails_with(
+        server.cli(&["projects", "create", "shop-api"], None),
+        "already exists",
+    );
+    fails_with(
+        server.cli(&["projects", "create", "Shop API"], None),
+        "lowercase",
+    );
+    fails_with(server.cli(&["projects", "delete", "blog"], None), "--yes");
+    ok(server.cli(&["projects", "delete", "blog", "--yes"], None));
+    fails_with(server.cli(&["projects", "show", "blog"], None), "not found");
+
+    // A CI token from `tokens create` works through GILGAL_TOKEN for any command.
+    let ci_token = ok(server.cli(&["tokens", "create", "ci"], None))
+        .trim()
+        .to_owned();
+    assert!(ci_token.starts_with("gilgal_pat_"));
+    let other_config = server.dir.path().join("ci-config");
+    let as_ci = cli_with(
+        &other_config,
+        Some(&server.url),
+        &["whoami"],
+        None,
+        &[("GILGAL_TOKEN", &ci_token)],
+    );
+    assert_eq!(ok(as_ci).trim(), "admin@example.com (admin)");
+    let tokens: serde_json::Value =
+        serde_json::from_str(&ok(server.cli(&["tokens", "list", "--json"], None))).unwrap();
+    assert!(
+        !tokens.to_string().contains(&ci_token),
+        "secrets never listed"
+    );
+    let ci_id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(server.cli(&["tokens", "revoke", &ci_id], None));
+    fails_with(
+        cli_with(
+            &other_config,
+            Some(&server.url),
+            &["whoami"],
+            None,
+            &[("GILGAL_TOKEN", &ci_token)],
+        ),
+        "gilgal login",
+    );
+
+    // Wrong credentials, an unreachable server and a missing login each get one clear line.
+    fails_with(
+        server.cli(
+            &["login", "--email", "admin@example.com", "--password-stdin"],
+            Some("wrong password!\n"),
+        ),
+        "wrong email or password",
+    );
+    let dead = "http://127.0.0.1:9";
+    fails_with(
+        cli_with(
+            &other_config,
+            Some(dead),
+            &["whoami"],
+            None,
+            &[("GILGAL_TOKEN", "x")],
+        ),
+        "cannot reach the Gilgal server",
+    );
+    fails_with(
+        cli_with(
+            &other_config,
+            Some(&server.url),
+            &["projects", "list"],
+            None,
+            &[],
+        ),
+        "not logged in",
+    );
+    fails_with(
+        server.cli(&["login", "--email", "admin@example.com"], None),
+        "--password-stdin",
+    );
+
+    // Logout revokes the stored token on the server, not just locally.
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
+    let old_token = stored["token"].as_str().unwrap().to_owned();
+    ok(server.cli(&["logout"], None));
+    assert!(!creds.exists());
+    fails_with(
+        cli_with(
+            &other_config,
+            Some(&server.url),
+            &["whoami"],
+            None,
+            &[("GILGAL_TOKEN", &old_token)],
+        ),
+        "gilgal login",
+    );
+    ok(server.cli(
+        &["login", "--email", "admin@example.com", "--password-stdin"],
+        Some(PASSWORD),
+    ));
+    assert!(ok(server.cli(&["projects", "list"], None)).contains("shop-api"));
+}
+
+#[test]
+fn server_reports_a_bad_database_url_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("GILGAL_DATABASE_URL", "postgres://nobody@127.0.0.1:9/none")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("error: cannot open the postgres store"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
