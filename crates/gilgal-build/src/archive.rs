@@ -645,3 +645,65 @@ pub fn pack_dir<W: Write>(src_dir: &Path, writer: W) -> Result<PackSummary, Arch
         .map_err(io_error("cannot finish archive of", src_dir))?;
     Ok(summary)
 }
+
+/// Checks a tree that did not come from [`unpack_tar_gz`] (a git checkout) against the same
+/// rules: within `limits`, every symlink resolving inside `root`, no devices or FIFOs.
+pub fn inspect_tree(root: &Path, limits: &UnpackLimits) -> Result<UnpackSummary, ArchiveError> {
+    let root = root
+        .canonicalize()
+        .map_err(io_error("cannot resolve", root))?;
+    let mut summary = UnpackSummary::default();
+    let mut pending = vec![root.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).map_err(io_error("cannot read", &dir))? {
+            let entry = entry.map_err(io_error("cannot read", &dir))?;
+            let path = entry.path();
+            let relative = path.strip_prefix(&root).unwrap_or(&path).to_owned();
+            let name = relative.display().to_string();
+            summary.entries += 1;
+            if summary.entries > limits.max_entries {
+                return Err(ArchiveError::TooManyEntries {
+                    limit: limits.max_entries,
+                });
+            }
+            let meta = fs::symlink_metadata(&path).map_err(io_error("cannot inspect", &path))?;
+            let file_type = meta.file_type();
+            if file_type.is_dir() {
+                summary.directories += 1;
+                pending.push(path);
+            } else if file_type.is_symlink() {
+                if resolve_within(&root, &relative, true).is_none() {
+                    let target = fs::read_link(&path)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default();
+                    return Err(ArchiveError::LinkEscapes {
+                        entry: name,
+                        kind: "symlink",
+                        target,
+                    });
+                }
+                summary.symlinks += 1;
+            } else if file_type.is_file() {
+                if meta.len() > limits.max_file_bytes {
+                    return Err(ArchiveError::FileTooLarge {
+                        entry: name,
+                        limit: limits.max_file_bytes,
+                    });
+                }
+                summary.total_bytes += meta.len();
+                if summary.total_bytes > limits.max_total_bytes {
+                    return Err(ArchiveError::TotalTooLarge {
+                        limit: limits.max_total_bytes,
+                    });
+                }
+                summary.files += 1;
+            } else {
+                return Err(ArchiveError::UnsupportedEntry {
+                    entry: name,
+                    kind: "special file".to_owned(),
+                });
+            }
+        }
+    }
+    Ok(summary)
+}

@@ -3,6 +3,7 @@
 //! - [`archive`]: safe intake of uploaded tarballs and packing of a directory for upload.
 //! - [`procfile`], [`command`], [`config`]: what to run and how, validated with line numbers.
 //! - [`detect`]: which builder an app needs.
+//! - [`git`]: fetching source from a repository URL and ref instead of an upload.
 //! - [`builder`]: turning a source tree into an immutable, self-contained release directory.
 
 pub mod archive;
@@ -10,6 +11,7 @@ pub mod builder;
 pub mod command;
 pub mod config;
 pub mod detect;
+pub mod git;
 pub mod procfile;
 
 pub use archive::{
@@ -23,4 +25,5 @@ pub use config::{
     AppConfig, ConfigError, EffectiveConfig, HealthCheck, ProcessSize, ReleaseSettings,
 };
 pub use detect::{detect_stack, resolve_stack, DetectError, Stack};
+pub use git::{fetch_git, GitCheckout, GitError, GitFetchOptions, GitSource};
 pub use procfile::{ProcessType, Procfile, ProcfileError};

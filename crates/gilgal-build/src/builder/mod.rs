@@ -15,7 +15,7 @@ mod fsops;
 mod log;
 mod node;
 mod python;
-mod runner;
+pub(crate) mod runner;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

@@ -5,6 +5,7 @@ mod archive;
 mod builds;
 mod config;
 mod detect;
+mod git;
 mod pack;
 mod procfile;
 mod support;
