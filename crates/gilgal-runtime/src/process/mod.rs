@@ -82,6 +82,8 @@ pub(crate) struct Inner {
     logs: broadcast::Sender<LogLine>,
     events: broadcast::Sender<RuntimeEvent>,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// Adopted/Lost events produced while opening, before anyone could subscribe.
+    recovery_events: Mutex<Vec<RuntimeEvent>>,
 }
 
 impl Inner {
@@ -152,11 +154,21 @@ impl ProcessRuntime {
                 logs,
                 events,
                 tasks: Mutex::new(Vec::new()),
+                recovery_events: Mutex::new(Vec::new()),
             }),
             _lock: lock,
         };
         runtime.recover()?;
         Ok(runtime)
+    }
+
+    /// The `Adopted` and `Lost` events of the recovery done by [`ProcessRuntime::new`]
+    /// (emitted before any subscriber could exist), for the lead to store. Drains the list.
+    ///
+    /// Events of supervisors started by the recovery (restarts of lost instances) go to
+    /// [`Runtime::subscribe_events`] as usual; subscribe right after `new` to see them.
+    pub fn take_recovery_events(&self) -> Vec<RuntimeEvent> {
+        std::mem::take(&mut *lock(&self.inner.recovery_events))
     }
 
     /// The directory holding instance records and logs.
@@ -306,12 +318,14 @@ impl ProcessRuntime {
         lock(&self.inner.instances).insert(id.clone(), entry.clone());
         let emit = |kind: RuntimeEventKind| {
             let labels = lock(&entry.shared).record.spec.labels.clone();
-            let _ = self.inner.events.send(RuntimeEvent {
+            let event = RuntimeEvent {
                 instance: id.clone(),
                 labels,
                 at: time::OffsetDateTime::now_utc(),
                 kind,
-            });
+            };
+            lock(&self.inner.recovery_events).push(event.clone());
+            let _ = self.inner.events.send(event);
         };
         match state {
             InstanceState::Exited | InstanceState::Stopped => {

@@ -92,6 +92,12 @@ async fn instance_that_died_while_server_was_down_is_marked_or_restarted() {
     .await;
 
     let second = sandbox.runtime().await;
+    let recovered = second.take_recovery_events();
+    assert_eq!(recovered.len(), 2, "{recovered:?}");
+    assert!(recovered
+        .iter()
+        .all(|e| matches!(e.kind, RuntimeEventKind::Lost { .. })));
+    assert!(second.take_recovery_events().is_empty());
     let status = eventually(
         Duration::from_secs(5),
         "stale record marked exited",
@@ -181,6 +187,11 @@ async fn adopted_instance_that_crashes_later_is_noticed_and_restarted() {
 
     let second = sandbox.runtime().await;
     assert!(second.status(&id).await.unwrap().adopted);
+    let recovered = second.take_recovery_events();
+    assert!(
+        matches!(recovered.as_slice(), [e] if e.instance == id && e.kind == RuntimeEventKind::Adopted { pid }),
+        "{recovered:?}"
+    );
     let mut events = second.subscribe_events();
     // SAFETY: signalling a fixture process this test started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
