@@ -39,6 +39,18 @@ pub(crate) fn copy_tree(from: &Path, to: &Path, rewrite: Option<&Rewrite<'_>>) -
                     fs::copy(&source, &target)?;
                 }
             }
+            // Keep modification times: Python's bytecode caches are validated against them.
+            if let Ok(meta) = entry.metadata() {
+                use std::os::unix::fs::MetadataExt;
+                let modified = nix::sys::time::TimeSpec::new(meta.mtime(), meta.mtime_nsec());
+                let _ = nix::sys::stat::utimensat(
+                    None,
+                    &target,
+                    &nix::sys::time::TimeSpec::UTIME_OMIT,
+                    &modified,
+                    nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+                );
+            }
         }
         // Sockets, FIFOs and devices are not part of a build and are skipped.
     }

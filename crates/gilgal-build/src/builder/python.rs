@@ -84,14 +84,15 @@ pub(crate) async fn build(
     let requirements = app_dir.join("requirements.txt");
     let mut cache = DependencyCache::NotApplicable;
     if requirements.is_file() {
-        let bytes = fs::read(&requirements).map_err(io_error("cannot read", &requirements))?;
-        let key = cache_key(&interpreter, &bytes);
+        let mut fingerprint = Vec::new();
+        let cacheable = requirements_fingerprint(app_dir, &requirements, 0, &mut fingerprint)?;
+        let key = cache_key(&interpreter, &fingerprint, &runner.env_with_prefix("PIP_"));
         let venvs = cache_dir.join("python").join("venvs");
         let cached = venvs.join(&key);
-        if cached.join(COMPLETE_MARKER).is_file() {
+        if cacheable && cached.join(COMPLETE_MARKER).is_file() {
             runner
                 .log
-                .system("requirements.txt unchanged: reusing the cached venv, no pip install")
+                .system("requirements unchanged: reusing the cached venv, no pip install")
                 .await;
             relocate(&cached, &venv, &venv).await?;
             let _ = fs::remove_file(venv.join(COMPLETE_MARKER));
@@ -101,8 +102,18 @@ pub(crate) async fn build(
             create_venv(runner, &interpreter, app_dir, &venv).await?;
             let mut args = vec!["-r".into(), requirements.into_os_string()];
             pip_install(runner, &interpreter, app_dir, cache_dir, &venv, &mut args).await?;
-            store_in_cache(runner, &venv, &venvs, &key).await;
-            cache = DependencyCache::Populated;
+            if cacheable {
+                store_in_cache(runner, &venv, &venvs, &key).await;
+                cache = DependencyCache::Populated;
+            } else {
+                runner
+                    .log
+                    .system(
+                        "requirements refer to local paths or editable installs: \
+                         the venv is not cached (the pip cache still is)",
+                    )
+                    .await;
+            }
         }
     } else {
         create_venv(runner, &interpreter, app_dir, &venv).await?;
@@ -123,15 +134,92 @@ pub(crate) async fn build(
     })
 }
 
-fn cache_key(interpreter: &Interpreter, requirements: &[u8]) -> String {
+fn cache_key(
+    interpreter: &Interpreter,
+    requirements: &[u8],
+    pip_env: &[(String, String)],
+) -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"gilgal-python-venv-v1\0");
     hasher.update(interpreter.executable.as_os_str().as_encoded_bytes());
     hasher.update(b"\0");
     hasher.update(interpreter.version.as_bytes());
     hasher.update(b"\0");
+    for (key, value) in pip_env {
+        hasher.update(format!("{key}={value}\0").as_bytes());
+    }
     hasher.update(requirements);
     hex::encode(hasher.finalize())
+}
+
+/// Most levels of `-r`/`-c` includes followed.
+const MAX_INCLUDE_DEPTH: usize = 10;
+
+/// Appends to `out` everything that determines what `pip install -r <file>` installs — the
+/// file and, recursively, the requirement and constraint files it includes — and returns
+/// whether that is *all* it depends on. It is not when a line installs from a local path or
+/// in editable mode (the installed code then depends on files outside the requirements), or
+/// includes a remote file; such venvs are never reused.
+pub(crate) fn requirements_fingerprint(
+    app_dir: &Path,
+    file: &Path,
+    depth: usize,
+    out: &mut Vec<u8>,
+) -> Result<bool, BuildError> {
+    if depth > MAX_INCLUDE_DEPTH {
+        return Ok(false);
+    }
+    let text = fs::read_to_string(file).map_err(io_error("cannot read", file))?;
+    out.extend_from_slice(
+        file.strip_prefix(app_dir)
+            .unwrap_or(file)
+            .as_os_str()
+            .as_encoded_bytes(),
+    );
+    out.push(0);
+    out.extend_from_slice(text.as_bytes());
+    out.push(0);
+    let joined = text.replace("\\\r\n", "").replace("\\\n", "");
+    for raw in joined.lines() {
+        let line = match raw.find(" #") {
+            Some(index) => &raw[..index],
+            None => raw,
+        }
+        .trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let include = ["--requirement", "--constraint", "-r", "-c"]
+            .iter()
+            .find_map(|option| line.strip_prefix(option));
+        if let Some(rest) = include {
+            let target = rest.trim_start().trim_start_matches('=').trim();
+            if target.is_empty() || target.contains("://") {
+                return Ok(false);
+            }
+            let base = file.parent().unwrap_or(app_dir);
+            let included = base.join(target);
+            let inside = included
+                .canonicalize()
+                .ok()
+                .zip(app_dir.canonicalize().ok())
+                .is_some_and(|(included, app)| included.starts_with(app));
+            if !inside || !requirements_fingerprint(app_dir, &included, depth + 1, out)? {
+                return Ok(false);
+            }
+            continue;
+        }
+        if line.starts_with("-e") || line.starts_with("--editable") {
+            return Ok(false);
+        }
+        if line.starts_with('-') {
+            continue; // --index-url, --hash, --pre, ...: captured by the bytes above
+        }
+        if line.starts_with(['.', '/', '~']) || line.contains("file:") {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 async fn create_venv(
@@ -286,4 +374,65 @@ fn remove_path(path: &Path) -> Result<(), BuildError> {
         Err(_) => Ok(()),
     };
     result.map_err(io_error("cannot remove", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::requirements_fingerprint;
+    use std::fs;
+
+    fn check(files: &[(&str, &str)]) -> (bool, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("app")).unwrap();
+        let app = dir.path().join("app");
+        for (name, content) in files {
+            let path = if let Some(outside) = name.strip_prefix("../") {
+                dir.path().join(outside)
+            } else {
+                app.join(name)
+            };
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, content).unwrap();
+        }
+        let mut out = Vec::new();
+        let cacheable =
+            requirements_fingerprint(&app, &app.join("requirements.txt"), 0, &mut out).unwrap();
+        (cacheable, out)
+    }
+
+    #[test]
+    fn registry_requirements_and_includes_are_cacheable() {
+        let (ok, base) = check(&[(
+            "requirements.txt",
+            "# deps\n--index-url https://pypi.org/simple\nflask==3.0.0 ; python_version > \"3\"\n\nsix  # inline\n-r reqs/base.txt\n--constraint=reqs/pins.txt\n",
+        ), ("reqs/base.txt", "gunicorn\n"), ("reqs/pins.txt", "gunicorn==23.0.0\n")]);
+        assert!(ok);
+        let (_, changed) = check(&[(
+            "requirements.txt",
+            "# deps\n--index-url https://pypi.org/simple\nflask==3.0.0 ; python_version > \"3\"\n\nsix  # inline\n-r reqs/base.txt\n--constraint=reqs/pins.txt\n",
+        ), ("reqs/base.txt", "gunicorn\n"), ("reqs/pins.txt", "gunicorn==22.0.0\n")]);
+        assert_ne!(base, changed, "an included file is part of the key");
+    }
+
+    #[test]
+    fn local_and_editable_installs_are_not_cacheable() {
+        for requirements in [
+            "-e .\n",
+            "--editable ./lib\n",
+            "./wheels/thing-1.0-py3-none-any.whl\n",
+            "/abs/path/pkg\n",
+            "pkg @ file:///srv/pkg\n",
+            "-r https://example.invalid/reqs.txt\n",
+            "-r ../outside.txt\n",
+            "-r missing.txt\n",
+            "six \\\n  ==1.16.0\n-e .\n",
+        ] {
+            let files = [
+                ("requirements.txt", requirements),
+                ("../outside.txt", "six\n"),
+            ];
+            let (cacheable, _) = check(&files);
+            assert!(!cacheable, "{requirements:?}");
+        }
+    }
 }

@@ -108,6 +108,18 @@ impl StepRunner {
             .map(|(_, value)| value.to_string_lossy().into_owned())
     }
 
+    /// Build variables whose names start with `prefix`, sorted; for cache keys.
+    pub fn env_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut found = std::collections::BTreeMap::new();
+        for (key, value) in &self.base_env {
+            if let Some(key) = key.to_str().filter(|key| key.starts_with(prefix)) {
+                // Later entries (the build's own variables) override inherited ones.
+                found.insert(key.to_owned(), value.to_string_lossy().into_owned());
+            }
+        }
+        found.into_iter().collect()
+    }
+
     /// Errors with [`BuildError::Cancelled`] if cancellation was requested between steps.
     pub fn check_cancelled(&self) -> Result<(), BuildError> {
         if self.cancel.is_cancelled() {
