@@ -346,6 +346,8 @@ impl Default for EffectiveConfig {
 impl AppConfig {
     /// Parses and validates `gilgal.toml` text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        // A byte-order mark (Windows editors) is not content; spans stay correct without it.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let raw: RawLayer = toml::from_str(text).map_err(|err| {
             let (line, column) = err
                 .span()

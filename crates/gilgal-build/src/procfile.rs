@@ -145,6 +145,7 @@ impl Procfile {
     /// Parses Procfile text.
     pub fn parse(text: &str) -> Result<Self, ProcfileError> {
         let mut entries: Vec<ProcfileEntry> = Vec::new();
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (index, raw_line) in text.lines().enumerate() {
             let line = index + 1;
             let trimmed = raw_line.trim();

@@ -7,10 +7,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Rewrites one absolute prefix to another inside text files that a predicate selects.
+#[derive(Clone, Copy)]
 pub(crate) struct Rewrite<'a> {
     pub from: &'a [u8],
     pub to: &'a [u8],
-    pub applies: &'a dyn Fn(&Path) -> bool,
+    pub applies: fn(&Path) -> bool,
 }
 
 /// Copies the tree at `from` to `to` (which must not exist): directories, regular files with

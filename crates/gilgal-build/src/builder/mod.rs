@@ -11,6 +11,7 @@
 //! process group killed on timeout, cancellation or completion.
 
 mod cargo;
+mod dep_cache;
 mod fsops;
 mod log;
 mod node;

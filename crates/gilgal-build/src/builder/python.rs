@@ -20,14 +20,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::fsops::{copy_tree, Rewrite};
+use super::dep_cache::{remove_tree, DependencyStore};
 use super::runner::StepRunner;
 use super::{io_error, BuildError, DependencyCache, StackOutput};
-
-/// Cached venvs kept per app; older ones are pruned.
-const CACHED_VENVS_KEPT: usize = 3;
-/// Marks a cached venv as completely written.
-const COMPLETE_MARKER: &str = ".gilgal-complete";
 
 struct Interpreter {
     executable: PathBuf,
@@ -69,7 +64,7 @@ pub(crate) async fn build(
             .log
             .system("removing the uploaded .venv; Gilgal builds its own")
             .await;
-        remove_path(&venv)?;
+        remove_tree(&venv)?;
     }
     let interpreter = probe(runner, app_dir).await?;
     runner
@@ -87,23 +82,25 @@ pub(crate) async fn build(
         let mut fingerprint = Vec::new();
         let cacheable = requirements_fingerprint(app_dir, &requirements, 0, &mut fingerprint)?;
         let key = cache_key(&interpreter, &fingerprint, &runner.env_with_prefix("PIP_"));
-        let venvs = cache_dir.join("python").join("venvs");
-        let cached = venvs.join(&key);
-        if cacheable && cached.join(COMPLETE_MARKER).is_file() {
+        let store = DependencyStore::new(cache_dir.join("python").join("venvs"), "venv");
+        let cached = if cacheable { store.lookup(&key) } else { None };
+        if let Some(cached) = cached {
             runner
                 .log
                 .system("requirements unchanged: reusing the cached venv, no pip install")
                 .await;
-            relocate(&cached, &venv, &venv).await?;
-            let _ = fs::remove_file(venv.join(COMPLETE_MARKER));
-            touch(&cached);
+            store
+                .restore(&cached, &venv, Some(is_location_bound))
+                .await?;
             cache = DependencyCache::Reused;
         } else {
             create_venv(runner, &interpreter, app_dir, &venv).await?;
             let mut args = vec!["-r".into(), requirements.into_os_string()];
             pip_install(runner, &interpreter, app_dir, cache_dir, &venv, &mut args).await?;
             if cacheable {
-                store_in_cache(runner, &venv, &venvs, &key).await;
+                store
+                    .store(runner, &venv, &key, Some(is_location_bound))
+                    .await;
                 cache = DependencyCache::Populated;
             } else {
                 runner
@@ -294,86 +291,6 @@ fn is_location_bound(path: &Path) -> bool {
         .and_then(|name| name.to_str())
         .unwrap_or("");
     in_bin || name == "pyvenv.cfg" || name.ends_with(".pth")
-}
-
-/// Copies a venv from `from` to `to`, rewriting its absolute location to `location` (its
-/// final path, which differs from `to` when staging a copy before renaming it into place).
-async fn relocate(from: &Path, to: &Path, location: &Path) -> Result<(), BuildError> {
-    let (from, to, location) = (from.to_owned(), to.to_owned(), location.to_owned());
-    let target = to.clone();
-    tokio::task::spawn_blocking(move || {
-        let from_bytes = from.as_os_str().as_encoded_bytes().to_vec();
-        let to_bytes = location.as_os_str().as_encoded_bytes().to_vec();
-        let rewrite = Rewrite {
-            from: &from_bytes,
-            to: &to_bytes,
-            applies: &is_location_bound,
-        };
-        copy_tree(&from, &to, Some(&rewrite))
-    })
-    .await
-    .map_err(|err| BuildError::Internal(err.to_string()))?
-    .map_err(io_error("cannot copy the cached venv to", &target))
-}
-
-/// Keeps a relocated copy of a fresh venv for later builds; failures only cost speed.
-async fn store_in_cache(runner: &StepRunner, venv: &Path, venvs: &Path, key: &str) {
-    let staging = venvs.join(format!(".staging-{key}-{}", std::process::id()));
-    let final_path = venvs.join(key);
-    if fs::create_dir_all(venvs).is_err() {
-        return;
-    }
-    let _ = remove_path(&staging);
-    if relocate(venv, &staging, &final_path).await.is_err()
-        || fs::write(staging.join(COMPLETE_MARKER), b"").is_err()
-    {
-        let _ = remove_path(&staging);
-        return;
-    }
-    // If a concurrent build stored the same key first, keep theirs.
-    if fs::rename(&staging, &final_path).is_err() {
-        let _ = remove_path(&staging);
-    }
-    prune(venvs);
-    runner
-        .log
-        .system("stored the venv in the app's build cache for the next deploy")
-        .await;
-}
-
-fn touch(path: &Path) {
-    let _ = fs::File::open(path.join(COMPLETE_MARKER))
-        .and_then(|file| file.set_modified(std::time::SystemTime::now()));
-}
-
-/// Removes all but the most recently used cached venvs.
-fn prune(venvs: &Path) {
-    let Ok(entries) = fs::read_dir(venvs) else {
-        return;
-    };
-    let mut cached: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.'))
-        .filter_map(|entry| {
-            let used = fs::metadata(entry.path().join(COMPLETE_MARKER))
-                .and_then(|meta| meta.modified())
-                .ok()?;
-            Some((used, entry.path()))
-        })
-        .collect();
-    cached.sort_by_key(|entry| std::cmp::Reverse(entry.0));
-    for (_, path) in cached.into_iter().skip(CACHED_VENVS_KEPT) {
-        let _ = fs::remove_dir_all(path);
-    }
-}
-
-fn remove_path(path: &Path) -> Result<(), BuildError> {
-    let result = match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(_) => Ok(()),
-    };
-    result.map_err(io_error("cannot remove", path))
 }
 
 #[cfg(test)]

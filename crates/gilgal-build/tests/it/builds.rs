@@ -226,6 +226,7 @@ async fn node_app_installs_from_its_lock_file_and_runs_the_build_script() {
     let artifact = build(work.request(&source, "release"), LogSink::discard())
         .await
         .unwrap();
+    eprintln!("node build took {} ms", artifact.build_millis);
     assert_eq!(artifact.stack, Stack::Node);
     assert!(artifact
         .app_dir
@@ -248,11 +249,35 @@ async fn node_app_installs_from_its_lock_file_and_runs_the_build_script() {
     );
     assert!(work.cache().join("npm").is_dir(), "npm cache kept per app");
 
+    assert_eq!(artifact.dependency_cache, DependencyCache::Populated);
+
+    // Same package.json and lock file, changed code: node_modules comes from the cache.
+    let source = work.source("src2", Some("node-app"), &[]);
+    let server = fs::read_to_string(source.join("server.js")).unwrap();
+    fs::write(
+        source.join("server.js"),
+        server.replace("hello from node", "hello again from node"),
+    )
+    .unwrap();
+    let second = build(work.request(&source, "release2"), LogSink::discard())
+        .await
+        .unwrap();
+    eprintln!("warm node build took {} ms", second.build_millis);
+    assert_eq!(second.dependency_cache, DependencyCache::Reused);
+    assert_eq!(
+        fs::read_to_string(second.app_dir.join("built.txt")).unwrap(),
+        "is-number(42) = true\n",
+        "the build script still runs, with the reused dependencies"
+    );
+    assert!(fs::symlink_metadata(artifact.app_dir.join("node_modules"))
+        .unwrap()
+        .is_dir());
+
     let port = free_port();
-    let child = start_process(&artifact, &ProcessType::web(), port);
+    let child = start_process(&second, &ProcessType::web(), port);
     let response = http_get(port);
     stop_group(child);
-    assert!(response.contains("hello from node"), "{response}");
+    assert!(response.contains("hello again from node"), "{response}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,6 +287,7 @@ async fn rust_app_builds_in_release_mode_into_the_artifact() {
     let artifact = build(work.request(&source, "release"), LogSink::discard())
         .await
         .unwrap();
+    eprintln!("rust build took {} ms", artifact.build_millis);
     assert_eq!(artifact.stack, Stack::Rust);
     let binary = artifact.app_dir.join("target/release/gilgal-rust-fixture");
     assert!(binary.is_file());

@@ -25,6 +25,14 @@ fn parses_types_in_order_with_comments_and_blank_lines() {
 }
 
 #[test]
+fn tolerates_windows_line_endings_and_a_byte_order_mark() {
+    let procfile =
+        Procfile::parse("\u{feff}web: python app.py\r\nworker: python w.py\r\n").unwrap();
+    assert_eq!(procfile.entries.len(), 2);
+    assert_eq!(procfile.entries[1].command.words(), ["python", "w.py"]);
+}
+
+#[test]
 fn a_worker_only_procfile_is_valid() {
     let procfile = Procfile::parse("worker: python worker.py\n").unwrap();
     assert!(procfile.get(&ProcessType::web()).is_none());
