@@ -269,8 +269,8 @@ pub enum BuildError {
         /// The stack that was built.
         stack: Stack,
     },
-    /// A static site's directory is missing.
-    #[error("the static site directory {} does not exist", .0.display())]
+    /// A static site's directory is missing or resolves outside the app.
+    #[error("the static site directory {} does not exist inside the app", .0.display())]
     StaticDirMissing(PathBuf),
     /// package.json, cargo metadata or artifact.json could not be understood.
     #[error("invalid {0}")]
@@ -351,7 +351,10 @@ pub async fn build(req: BuildRequest, log: LogSink) -> Result<Artifact, BuildErr
             .await;
         }
         Err(err) => {
-            log.system(format!("build failed: {err}")).await;
+            // The failing command's output was streamed already: log the headline only.
+            let message = err.to_string();
+            let headline = message.lines().next().unwrap_or_default();
+            log.system(format!("build failed: {headline}")).await;
             if created_dir {
                 let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(artifact_dir)).await;
             }
@@ -446,7 +449,7 @@ async fn build_inner(
             .into_iter()
             .map(OsString::from)
             .collect();
-        let path = prepend_path(&output.path_prepend);
+        let path = prepend_path(&output.path_prepend, runner.env_value("PATH"));
         let mut env: Vec<(OsString, OsString)> = output
             .env
             .iter()
@@ -467,6 +470,13 @@ async fn build_inner(
                 .unwrap_or_else(|| PathBuf::from(".")),
         );
         if !dir.is_dir() {
+            return Err(BuildError::StaticDirMissing(dir));
+        }
+        // The build may have created links; the proxy must never serve from outside the app.
+        let inside = dir
+            .canonicalize()
+            .is_ok_and(|resolved| resolved.starts_with(&app_dir));
+        if !inside {
             return Err(BuildError::StaticDirMissing(dir));
         }
         Some(dir)
@@ -501,12 +511,12 @@ async fn build_inner(
     Ok(artifact)
 }
 
-fn prepend_path(dirs: &[PathBuf]) -> Option<OsString> {
+fn prepend_path(dirs: &[PathBuf], existing: Option<String>) -> Option<OsString> {
     if dirs.is_empty() {
         return None;
     }
     let mut parts: Vec<PathBuf> = dirs.to_vec();
-    if let Some(existing) = std::env::var_os("PATH") {
+    if let Some(existing) = existing {
         parts.extend(std::env::split_paths(&existing));
     }
     std::env::join_paths(parts).ok()

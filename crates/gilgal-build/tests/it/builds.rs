@@ -321,6 +321,20 @@ async fn static_site_has_no_process_and_records_its_directory() {
         .await
         .unwrap();
     assert_eq!(artifact.static_dir.unwrap(), artifact.app_dir.join("site"));
+
+    // A build step that points the served directory outside the app is refused.
+    let source = work.source(
+        "src3",
+        None,
+        &[(
+            "gilgal.toml",
+            "[build]\nbuilder = \"static\"\ncommand = \"ln -s /etc public\"\n\n[static]\ndir = \"public\"\n",
+        )],
+    );
+    let err = build(work.request(&source, "release3"), LogSink::discard())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BuildError::StaticDirMissing(_)), "{err}");
 }
 
 #[tokio::test]
