@@ -175,6 +175,7 @@ pub async fn wait_healthy(
     let initial = runtime.status(id).await?;
     let mut successes = 0u32;
     let mut last_error = "no probe completed".to_owned();
+    let mut probes_failed = 0u32;
     loop {
         let status = runtime.status(id).await?;
         let alive = matches!(
@@ -193,6 +194,7 @@ pub async fn wait_healthy(
                 last_error,
             });
         }
+        let clipped = deadline - now < check.timeout;
         match probe(addr, &check.probe, check.timeout.min(deadline - now)).await {
             Ok(()) => {
                 successes += 1;
@@ -200,8 +202,11 @@ pub async fn wait_healthy(
                     return Ok(());
                 }
             }
+            // A probe cut short by the deadline says less than the failure before it.
+            Err(ProbeError::Timeout(_)) if clipped && probes_failed > 0 => successes = 0,
             Err(err) => {
                 successes = 0;
+                probes_failed += 1;
                 last_error = err.to_string();
             }
         }

@@ -23,6 +23,39 @@
 //! restart instances whose process died meanwhile; finish interrupted stops; and kill every
 //! process of one-off runs, stopped instances and half-spawned instances. Dropping a
 //! `ProcessRuntime` detaches like a crash; [`ProcessRuntime::shutdown`] stops everything.
+//!
+//! # Use
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use gilgal_runtime::*;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime: Arc<dyn Runtime> =
+//!     Arc::new(ProcessRuntime::new("/var/lib/gilgal/runtime", ProcessRuntimeConfig::default()).await?);
+//! let labels = InstanceLabels {
+//!     app: "billing".into(),
+//!     env: "production".into(),
+//!     release: 12,
+//!     process_type: "web".into(),
+//!     index: 0,
+//! };
+//! let mut spec = InstanceSpec::new(labels, vec!["gunicorn".into(), "app:app".into()], "/srv/gilgal/releases/billing/12");
+//! spec.port = Some(20_001);
+//! spec.run_as = RunAs::AppUser;
+//! spec.limits.memory_mb = Some(512);
+//! let id = runtime.start(spec).await?;
+//! let addr = "127.0.0.1:20001".parse()?;
+//! if let Err(err) = wait_healthy(runtime.as_ref(), &id, addr, &HealthCheck::default()).await {
+//!     let tail = runtime.log_tail(&id, 20).await?;
+//!     eprintln!("deploy failed: {err}; last lines: {tail:?}");
+//!     runtime.stop(&id, Duration::from_secs(30)).await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod backoff;
 pub mod error;

@@ -306,9 +306,7 @@ impl ProcessRuntime {
 
         if kind == RecordKind::Oneoff {
             // Nobody is waiting for its output any more: end it.
-            if let Some(running) = live {
-                drop(running);
-            }
+            drop(live);
             entry.members().signal_all(libc::SIGKILL);
             entry.cgroup.remove();
             let _ = fs::remove_dir_all(&entry.paths.dir);

@@ -294,13 +294,22 @@ impl Supervisor {
         // The child is not reaped until we wait for it, so its /proc entry is still there.
         let start_time = procfs::read_stat(pid).map_or(0, |stat| stat.start_time);
         let started_at = OffsetDateTime::now_utc();
-        self.entry.update(|record| {
+        let recorded = self.entry.update(|record| {
             record.state = InstanceState::Running;
             record.pid = Some(pid);
             record.start_time_ticks = Some(start_time);
             record.boot_id = procfs::boot_id();
             record.started_at = Some(started_at);
-        })?;
+        });
+        if let Err(err) = recorded {
+            // An instance we cannot record must not run: nobody could find it after a crash.
+            let mut child = child;
+            // SAFETY: signals the new process group we just created.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            let _ = child.wait().await;
+            self.entry.members().signal_all(libc::SIGKILL);
+            return Err(err);
+        }
         lock(&self.entry.shared).adopted = false;
         let restarts = lock(&self.entry.shared).record.restarts;
         self.emit(RuntimeEventKind::Started {

@@ -44,7 +44,7 @@ async fn crash_on_boot_fails_fast_with_exit_status_and_log_tail() {
         other => panic!("expected an early exit error, got {other:?}"),
     }
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(10),
         "crash noticed late"
     );
     let tail = runtime.log_tail(&id, 10).await.unwrap();
@@ -84,7 +84,7 @@ async fn never_binding_hits_the_boot_deadline() {
     }
     let took = started.elapsed();
     assert!(
-        took >= deadline && took < deadline + Duration::from_secs(2),
+        took >= deadline && took < deadline + Duration::from_secs(6),
         "{took:?}"
     );
     runtime.stop(&id, Duration::from_secs(1)).await.unwrap();
