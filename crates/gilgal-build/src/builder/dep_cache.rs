@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use super::fsops::{copy_tree, Rewrite};
@@ -67,17 +68,24 @@ impl DependencyStore {
         key: &str,
         location_bound: Option<LocationBound>,
     ) {
+        // Unique per store call, so concurrent builds of the same app never share a staging dir.
+        static NEXT_STAGING: AtomicU64 = AtomicU64::new(0);
+        let serial = NEXT_STAGING.fetch_add(1, Ordering::Relaxed);
         let staging = self
             .dir
-            .join(format!(".staging-{key}-{}", std::process::id()));
+            .join(format!(".staging-{key}-{}-{serial}", std::process::id()));
         let final_path = self.dir.join(key);
         let stored = async {
             fs::create_dir_all(&self.dir).map_err(io_error("cannot create", &self.dir))?;
             remove_tree(&staging)?;
             copy_relocated(tree, &staging, &final_path, location_bound).await?;
+            let marker = self.marker(key);
+            if marker.is_file() {
+                // A concurrent build stored the same key first; keep theirs.
+                return remove_tree(&staging);
+            }
             remove_tree(&final_path)?;
             fs::rename(&staging, &final_path).map_err(io_error("cannot store", &final_path))?;
-            let marker = self.marker(key);
             fs::write(&marker, b"").map_err(io_error("cannot write", &marker))
         }
         .await;

@@ -670,3 +670,34 @@ async fn build_commands_can_run_as_an_unprivileged_user() {
     assert!(!Path::new("/etc/gilgal-build-probe").exists());
     assert_eq!(fs::metadata(app.join("Procfile")).unwrap().uid(), 65534);
 }
+
+#[tokio::test]
+async fn a_packed_directory_unpacks_and_builds_like_a_deploy() {
+    use gilgal_build::archive::{pack_dir, unpack_tar_gz, UnpackLimits};
+    let work = Workspace::new();
+    let project = work.source(
+        "project",
+        Some("static-site"),
+        &[
+            (".gilgalignore", "drafts/\n"),
+            ("gilgal.toml", "[healthcheck]\npath = \"/\"\n"),
+        ],
+    );
+    fs::create_dir(project.join("drafts")).unwrap();
+    fs::write(project.join("drafts/secret.html"), "draft").unwrap();
+
+    let mut upload = Vec::new();
+    pack_dir(&project, &mut upload).unwrap();
+    let unpacked = work.path("upload");
+    let summary = unpack_tar_gz(upload.as_slice(), &unpacked, &UnpackLimits::default()).unwrap();
+    assert_eq!(summary.files, 3, "index.html, .gilgalignore, gilgal.toml");
+
+    let artifact = build(work.request(&unpacked, "release"), LogSink::discard())
+        .await
+        .unwrap();
+    assert_eq!(artifact.stack, Stack::Static);
+    assert_eq!(artifact.config.healthcheck.path.as_deref(), Some("/"));
+    assert!(artifact.app_dir.join("index.html").is_file());
+    assert!(!artifact.app_dir.join("drafts").exists());
+    assert_eq!(Artifact::load(&artifact.artifact_dir).unwrap(), artifact);
+}
