@@ -174,3 +174,55 @@ async fn limits_are_written_to_the_instance_cgroups_and_removed_after_stop() {
         );
     }
 }
+
+#[tokio::test]
+async fn app_user_without_access_to_its_working_dir_fails_to_start_clearly() {
+    let sandbox = Sandbox::new();
+    let runtime = sandbox.runtime().await;
+    let private = sandbox.root.path().join("private-release");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut spec = sandbox.spec("env_dump.py", &[]);
+    spec.labels.app = "rttest".into();
+    spec.run_as = RunAs::AppUser;
+    spec.working_dir = private.clone();
+    match runtime.start(spec).await {
+        Err(RuntimeError::Spawn {
+            working_dir,
+            source,
+            ..
+        }) if is_root() => {
+            assert_eq!(working_dir, private);
+            assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied);
+        }
+        Err(RuntimeError::UserIsolation(_)) if !is_root() => {}
+        other => panic!("expected a clear start error, got {other:?}"),
+    }
+    assert!(runtime.list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn without_cgroups_escaped_children_are_still_found_and_killed() {
+    let sandbox = Sandbox::new();
+    let config = gilgal_runtime::ProcessRuntimeConfig {
+        cgroups: gilgal_runtime::CgroupConfig::Disabled,
+        ..test_config()
+    };
+    let runtime = gilgal_runtime::ProcessRuntime::new(sandbox.state_dir(), config)
+        .await
+        .unwrap();
+    let mut logs = runtime.subscribe_logs();
+    let mut spec = sandbox.spec("forks_grandchild.py", &[]);
+    spec.limits.memory_mb = Some(64);
+    let id = runtime.start(spec).await.unwrap();
+    let escaped = wait_line(&mut logs, Duration::from_secs(5), |l| {
+        l.line.starts_with("escaped ")
+    })
+    .await;
+    let escaped: u32 = escaped.line["escaped ".len()..].parse().unwrap();
+    let stats = runtime.stats(&id).await.unwrap();
+    assert_eq!(stats.memory_limit_bytes, None, "no cgroup, no limit");
+    assert!(stats.processes >= 3, "{stats:?}");
+    runtime.stop(&id, Duration::from_millis(300)).await.unwrap();
+    assert!(!alive(escaped), "setsid escapee survived without cgroups");
+}
