@@ -123,13 +123,18 @@ async fn accept_one(
     stop: watch::Receiver<bool>,
     tls: Option<TlsAcceptor>,
 ) {
+    // Each branch is boxed so a plain connection's task is not sized for the TLS state.
     match tls {
-        None => serve_connection(stream, peer, false, shared, builder, stop).await,
+        None => Box::pin(serve_connection(stream, peer, false, shared, builder, stop)).await,
         Some(acceptor) => {
             let timeout = shared.settings.tls_handshake_timeout;
-            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            let handshake = Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream)));
+            match handshake.await {
                 Ok(Ok(tls_stream)) => {
-                    serve_connection(tls_stream, peer, true, shared, builder, stop).await
+                    Box::pin(serve_connection(
+                        tls_stream, peer, true, shared, builder, stop,
+                    ))
+                    .await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
