@@ -6,6 +6,8 @@
 //! - [`git`]: fetching source from a repository URL and ref instead of an upload.
 //! - [`builder`]: turning a source tree into an immutable, self-contained release directory.
 
+#![warn(missing_docs)]
+
 pub mod archive;
 pub mod builder;
 pub mod command;
