@@ -29,7 +29,7 @@ pub enum RuntimeError {
     /// The process could not be started (exec failed, pre-exec isolation step refused...).
     #[error("could not start `{program}` in {}: {source}", working_dir.display())]
     Spawn {
-        /// argv[0] of the spec.
+        /// `argv[0]` of the spec.
         program: String,
         /// The working directory it was to run in (a permission error often means the app
         /// user cannot reach it).

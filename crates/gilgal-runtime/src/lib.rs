@@ -22,7 +22,7 @@
 //! (verified pid + start time, watched via pidfd, log tailing resumed from saved offsets);
 //! restart instances whose process died meanwhile; finish interrupted stops; and kill every
 //! process of one-off runs, stopped instances and half-spawned instances. Dropping a
-//! `ProcessRuntime` detaches like a crash; [`ProcessRuntime::shutdown`] stops everything.
+//! `ProcessRuntime` detaches like a crash; [`Runtime::shutdown`] stops everything.
 //!
 //! # Use
 //! ```no_run

@@ -58,6 +58,17 @@ pub trait Runtime: Send + Sync {
 
     /// Every lifecycle event (start, exit, OOM, restart, stop, adoption) from now on.
     fn subscribe_events(&self) -> broadcast::Receiver<RuntimeEvent>;
+
+    /// Events produced while the runtime was opened (re-adoption, instances lost while the
+    /// server was down), before anyone could subscribe. Drains the list.
+    fn take_recovery_events(&self) -> Vec<RuntimeEvent> {
+        Vec::new()
+    }
+
+    /// Stops every instance (SIGTERM, `grace`, SIGKILL), for an orderly server shutdown that
+    /// should not leave apps running. Not calling it leaves instances running for the next
+    /// server to re-adopt.
+    async fn shutdown(&self, grace: Duration);
 }
 
 /// A running one-off process: its output lines as they come, then its exit.

@@ -110,7 +110,7 @@ impl Inner {
 ///
 /// Dropping it detaches: supervision stops but instances keep running, exactly as if the
 /// server had been killed; a new `ProcessRuntime` on the same `state_dir` re-adopts them.
-/// [`ProcessRuntime::shutdown`] stops them instead.
+/// [`Runtime::shutdown`] stops them instead.
 #[derive(Debug)]
 pub struct ProcessRuntime {
     inner: Arc<Inner>,
@@ -162,32 +162,9 @@ impl ProcessRuntime {
         Ok(runtime)
     }
 
-    /// The `Adopted` and `Lost` events of the recovery done by [`ProcessRuntime::new`]
-    /// (emitted before any subscriber could exist), for the lead to store. Drains the list.
-    ///
-    /// Events of supervisors started by the recovery (restarts of lost instances) go to
-    /// [`Runtime::subscribe_events`] as usual; subscribe right after `new` to see them.
-    pub fn take_recovery_events(&self) -> Vec<RuntimeEvent> {
-        std::mem::take(&mut *lock(&self.inner.recovery_events))
-    }
-
     /// The directory holding instance records and logs.
     pub fn state_dir(&self) -> &Path {
         &self.inner.state_dir
-    }
-
-    /// Stops every instance (SIGTERM, `grace`, SIGKILL) and ends supervision. Records stay,
-    /// marked stopped, so `list` still shows them.
-    pub async fn shutdown(&self, grace: Duration) {
-        let entries: Vec<Arc<Entry>> = lock(&self.inner.instances).values().cloned().collect();
-        let mut stops = tokio::task::JoinSet::new();
-        for entry in entries {
-            stops.spawn(async move { stop_entry(&entry, grace).await });
-        }
-        while stops.join_next().await.is_some() {}
-        for task in lock(&self.inner.tasks).drain(..) {
-            task.abort();
-        }
     }
 
     fn launch(&self, supervisor: Supervisor, begin: Begin) {
@@ -566,5 +543,26 @@ impl Runtime for ProcessRuntime {
 
     fn subscribe_events(&self) -> broadcast::Receiver<RuntimeEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// The `Adopted` and `Lost` events of the recovery done by [`ProcessRuntime::new`].
+    /// Events of supervisors started by the recovery (restarts of lost instances) go to
+    /// [`Runtime::subscribe_events`] as usual; subscribe right after `new` to see them.
+    fn take_recovery_events(&self) -> Vec<RuntimeEvent> {
+        std::mem::take(&mut *lock(&self.inner.recovery_events))
+    }
+
+    /// Stops every instance (SIGTERM, `grace`, SIGKILL) and ends supervision. Records stay,
+    /// marked stopped, so `list` still shows them.
+    async fn shutdown(&self, grace: Duration) {
+        let entries: Vec<Arc<Entry>> = lock(&self.inner.instances).values().cloned().collect();
+        let mut stops = tokio::task::JoinSet::new();
+        for entry in entries {
+            stops.spawn(async move { stop_entry(&entry, grace).await });
+        }
+        while stops.join_next().await.is_some() {}
+        for task in lock(&self.inner.tasks).drain(..) {
+            task.abort();
+        }
     }
 }
