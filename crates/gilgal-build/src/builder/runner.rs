@@ -164,6 +164,8 @@ impl StepRunner {
             source,
         })?;
         let group = child.id().and_then(|id| i32::try_from(id).ok());
+        // Also covers the build future being dropped mid-step (e.g. by an outer timeout).
+        let mut guard = GroupGuard(group);
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL_LINES)));
         let mut pumps = Vec::new();
         if let Some(stdout) = child.stdout.take() {
@@ -189,9 +191,7 @@ impl StepRunner {
             () = self.cancel.cancelled() => Outcome::Cancelled,
         };
         // Whatever happened, nothing started by this step may outlive it.
-        if let Some(group) = group {
-            kill_group(group);
-        }
+        guard.kill_now();
         if !matches!(outcome, Outcome::Exited(_)) {
             let _ = child.wait().await;
         }
@@ -248,17 +248,16 @@ impl StepRunner {
             source,
         })?;
         let group = child.id().and_then(|id| i32::try_from(id).ok());
+        let mut guard = GroupGuard(group);
         let result = tokio::select! {
             output = child.wait_with_output() => Some(output),
             () = tokio::time::sleep(self.timeout) => None,
             () = self.cancel.cancelled() => {
-                if let Some(group) = group { kill_group(group); }
+                guard.kill_now();
                 return Err(BuildError::Cancelled { command: Some(shown) });
             }
         };
-        if let Some(group) = group {
-            kill_group(group);
-        }
+        guard.kill_now();
         match result {
             None => Err(BuildError::TimedOut {
                 command: shown,
@@ -286,6 +285,24 @@ impl StepRunner {
                     .collect(),
             }),
         }
+    }
+}
+
+/// Kills a step's process group once: explicitly when the step ends, or when dropped (the
+/// build future was dropped mid-step, e.g. by an outer timeout).
+struct GroupGuard(Option<i32>);
+
+impl GroupGuard {
+    fn kill_now(&mut self) {
+        if let Some(group) = self.0.take() {
+            kill_group(group);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill_now();
     }
 }
 

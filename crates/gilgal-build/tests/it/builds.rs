@@ -701,3 +701,43 @@ async fn a_packed_directory_unpacks_and_builds_like_a_deploy() {
     assert!(!artifact.app_dir.join("drafts").exists());
     assert_eq!(Artifact::load(&artifact.artifact_dir).unwrap(), artifact);
 }
+
+#[tokio::test]
+async fn dropping_the_build_future_kills_the_process_group() {
+    let work = Workspace::new();
+    let pid_file = work.path("grandchild.pid");
+    let source = work.source(
+        "src",
+        None,
+        &[
+            (
+                "gilgal.toml",
+                "[build]\ncommand = \"sh -c 'sleep 600 & echo $! > \\\"$PID_FILE\\\"; wait'\"\n",
+            ),
+            ("Procfile", "worker: true\n"),
+        ],
+    );
+    let mut request = work.request(&source, "release");
+    request
+        .env
+        .insert("PID_FILE".to_owned(), pid_file.display().to_string());
+    // An outer deadline that simply drops the build future, as a caller's timeout would.
+    let building = build(request, LogSink::discard());
+    let watcher = async {
+        let grandchild: i32 = wait_for_file(&pid_file).await.trim().parse().unwrap();
+        grandchild
+    };
+    let grandchild = tokio::select! {
+        result = building => panic!("the build ended by itself: {result:?}"),
+        grandchild = watcher => grandchild,
+    };
+    // `building` is dropped here, mid-step.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !process_is_gone(grandchild) {
+        assert!(
+            Instant::now() < deadline,
+            "grandchild {grandchild} survived the dropped build"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
