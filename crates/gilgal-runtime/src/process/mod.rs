@@ -276,7 +276,12 @@ impl ProcessRuntime {
             });
         let kind = record.kind;
         let state = record.state;
-        let grace = Duration::from_millis(record.stop_grace_ms.unwrap_or(10_000));
+        // What is left of an interrupted stop's grace period.
+        let grace = record
+            .stop_deadline
+            .map(|deadline| deadline - time::OffsetDateTime::now_utc())
+            .and_then(|left| Duration::try_from(left).ok())
+            .unwrap_or(Duration::ZERO);
         let adopted = live.is_some();
         let (entry, control) = self.new_entry(record, adopted);
         let id = entry.id.clone();
@@ -372,7 +377,7 @@ impl ProcessRuntime {
             started_at: None,
             restarts: 0,
             last_exit: None,
-            stop_grace_ms: None,
+            stop_deadline: None,
         };
         let (entry, control) = self.new_entry(record, false);
         create_instance_dir(&entry.paths)?;

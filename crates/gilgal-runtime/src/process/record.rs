@@ -41,8 +41,10 @@ pub(crate) struct Record {
     pub started_at: Option<OffsetDateTime>,
     pub restarts: u32,
     pub last_exit: Option<ExitInfo>,
-    /// Grace period of a stop in progress, so a restarted server can finish it.
-    pub stop_grace_ms: Option<u64>,
+    /// When the grace period of a stop in progress ends, so a restarted server can finish
+    /// the stop on the original schedule.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub stop_deadline: Option<OffsetDateTime>,
 }
 
 /// Paths of one instance's state.

@@ -429,7 +429,7 @@ impl Supervisor {
     async fn stop_running(&mut self, mut running: Running, grace: Duration) -> ExitInfo {
         self.save(|record| {
             record.state = InstanceState::Stopping;
-            record.stop_grace_ms = Some(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+            record.stop_deadline = Some(OffsetDateTime::now_utc() + grace);
         });
         let deadline = Instant::now() + grace;
         self.entry.members().signal_all(libc::SIGTERM);
@@ -492,7 +492,7 @@ impl Supervisor {
         self.save(|record| {
             record.state = InstanceState::Stopped;
             record.last_exit = Some(exit.clone());
-            record.stop_grace_ms = None;
+            record.stop_deadline = None;
         });
         self.entry.cgroup.remove();
         self.emit(RuntimeEventKind::Stopped(exit.clone()));

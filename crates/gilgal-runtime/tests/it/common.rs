@@ -17,15 +17,18 @@ pub const PYTHON: &str = "/usr/bin/python3";
 
 /// A temp dir holding the runtime state and a 0755 app dir with all fixtures.
 pub struct Sandbox {
-    pub root: tempfile::TempDir,
+    root: PathBuf,
+    /// Owns (and on drop deletes) the directory; `None` for a view opened by a helper process.
+    temp: Option<tempfile::TempDir>,
 }
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        let root = tempfile::tempdir().unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().to_path_buf();
         // The app user must be able to reach the app dir (tempdirs are 0700).
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let app = root.path().join("app");
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let app = root.join("app");
         std::fs::create_dir(&app).unwrap();
         std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).unwrap();
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -35,18 +38,30 @@ impl Sandbox {
             std::fs::copy(entry.path(), &target).unwrap();
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
-        let state = root.path().join("state");
+        let state = root.join("state");
         std::fs::create_dir(&state).unwrap();
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
-        Sandbox { root }
+        Sandbox {
+            root,
+            temp: Some(temp),
+        }
+    }
+
+    /// Opens an existing sandbox made by another (parent) test process.
+    pub fn open(root: PathBuf) -> Sandbox {
+        Sandbox { root, temp: None }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     pub fn app_dir(&self) -> PathBuf {
-        self.root.path().join("app")
+        self.root.join("app")
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.root.path().join("state")
+        self.root.join("state")
     }
 
     pub async fn runtime(&self) -> ProcessRuntime {
@@ -70,6 +85,9 @@ impl Drop for Sandbox {
     /// A failed test must not leak fixture processes: kill whatever still runs in this
     /// sandbox's app dir (identified by cwd), then remove the temp dir.
     fn drop(&mut self) {
+        if self.temp.is_none() {
+            return;
+        }
         let app = self.app_dir();
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return;

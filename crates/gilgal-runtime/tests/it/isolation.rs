@@ -69,7 +69,7 @@ async fn memory_limit_gets_the_instance_oom_killed_and_reported() {
 async fn app_runs_as_its_own_user_and_cannot_read_root_only_dirs() {
     let sandbox = Sandbox::new();
     let runtime = sandbox.runtime().await;
-    let secret_dir = sandbox.root.path().join("gilgal-data");
+    let secret_dir = sandbox.root().join("gilgal-data");
     std::fs::create_dir(&secret_dir).unwrap();
     std::fs::set_permissions(&secret_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let secret = secret_dir.join("gilgal.db");
@@ -179,7 +179,7 @@ async fn limits_are_written_to_the_instance_cgroups_and_removed_after_stop() {
 async fn app_user_without_access_to_its_working_dir_fails_to_start_clearly() {
     let sandbox = Sandbox::new();
     let runtime = sandbox.runtime().await;
-    let private = sandbox.root.path().join("private-release");
+    let private = sandbox.root().join("private-release");
     std::fs::create_dir(&private).unwrap();
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
     let mut spec = sandbox.spec("env_dump.py", &[]);

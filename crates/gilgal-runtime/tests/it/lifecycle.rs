@@ -263,7 +263,7 @@ async fn bad_specs_fail_with_clear_errors() {
     }
 
     let mut spec = sandbox.spec("x.py", &[]);
-    spec.working_dir = sandbox.root.path().join("missing");
+    spec.working_dir = sandbox.root().join("missing");
     assert!(matches!(
         runtime.start(spec).await,
         Err(RuntimeError::WorkingDir { .. })

@@ -242,3 +242,129 @@ async fn two_runtimes_cannot_share_a_state_dir() {
     drop(first);
     sandbox.runtime().await;
 }
+
+/// Environment variable that turns [`host_process`] into the helper "server".
+const HOST_ENV: &str = "GILGAL_RUNTIME_TEST_HOST_ROOT";
+
+/// The helper "server" of `server_killed_with_sigkill_mid_rollout_converges`: it opens a
+/// runtime on the parent's sandbox, starts a new instance, begins draining an old one, reports
+/// on stdout, and waits to be SIGKILLed. Ignored on its own; the parent runs it by name.
+#[tokio::test]
+#[ignore = "helper process, started only by server_killed_with_sigkill_mid_rollout_converges"]
+async fn host_process() {
+    let root = std::env::var(HOST_ENV).expect("run only as a helper process");
+    let sandbox = Sandbox::open(root.into());
+    let runtime = sandbox.runtime().await;
+    let mut logs = runtime.subscribe_logs();
+    let mut new = sandbox.spec("counter.py", &[]);
+    new.restart = RestartPolicy::Always;
+    new.labels.release = 8;
+    let new = runtime.start(new).await.unwrap();
+    let mut old = sandbox.spec("ignores_sigterm.py", &[]);
+    old.restart = RestartPolicy::Always;
+    let old = runtime.start(old).await.unwrap();
+    wait_line(&mut logs, Duration::from_secs(10), |l| {
+        l.instance == old && l.line.starts_with("ready")
+    })
+    .await;
+    let new_pid = runtime.status(&new).await.unwrap().pid.unwrap();
+    let old_pid = runtime.status(&old).await.unwrap().pid.unwrap();
+    println!("new {new} {new_pid}");
+    println!("old {old} {old_pid}");
+    // Drain the old release with a grace period the kill will interrupt.
+    let runtime = std::sync::Arc::new(runtime);
+    let draining = runtime.clone();
+    let old_id = old.clone();
+    tokio::spawn(async move { draining.stop(&old_id, Duration::from_secs(3)).await });
+    eventually(Duration::from_secs(10), "stopping state", || async {
+        (runtime.status(&old).await.unwrap().state == InstanceState::Stopping).then_some(())
+    })
+    .await;
+    println!("stopping");
+    std::future::pending::<()>().await;
+}
+
+fn parent_pid(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    after.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn server_killed_with_sigkill_mid_rollout_converges() {
+    use tokio::io::AsyncBufReadExt;
+    let sandbox = Sandbox::new();
+    let mut host = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "recovery::host_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(HOST_ENV, sandbox.root())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let host_pid = host.id().unwrap();
+    let mut lines = tokio::io::BufReader::new(host.stdout.take().unwrap()).lines();
+    let (mut new, mut old) = (None, None);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["new", id, pid] => new = Some((id.to_string(), pid.parse::<u32>().unwrap())),
+                ["old", id, pid] => old = Some((id.to_string(), pid.parse::<u32>().unwrap())),
+                ["stopping"] => return,
+                _ => {}
+            }
+        }
+        panic!("helper exited early");
+    })
+    .await
+    .expect("helper server did not report");
+    let (new_id, new_pid) = new.unwrap();
+    let (old_id, old_pid) = old.unwrap();
+
+    // kill -9 the "server" in the middle of draining the old release.
+    // SAFETY: signalling the helper process this test started.
+    unsafe { libc::kill(host_pid as i32, libc::SIGKILL) };
+    host.wait().await.unwrap();
+    // Both apps survive the server, now orphaned (no longer the helper's children).
+    for pid in [new_pid, old_pid] {
+        assert!(alive(pid));
+        assert_ne!(parent_pid(pid), host_pid);
+    }
+
+    let runtime = sandbox.runtime().await;
+    let new_id = gilgal_runtime::InstanceId::parse(&new_id).unwrap();
+    let old_id = gilgal_runtime::InstanceId::parse(&old_id).unwrap();
+    // The new release is re-adopted without a restart...
+    let status = runtime.status(&new_id).await.unwrap();
+    assert_eq!(
+        (status.state, status.pid, status.adopted, status.restarts),
+        (InstanceState::Running, Some(new_pid), true, 0)
+    );
+    // ...and the interrupted drain is finished: SIGKILL once the original grace runs out,
+    // not restarted, no orphan.
+    let stopped = eventually(Duration::from_secs(15), "drain finished", || async {
+        let status = runtime.status(&old_id).await.unwrap();
+        (status.state == InstanceState::Stopped).then_some(status)
+    })
+    .await;
+    assert!(!alive(old_pid), "old instance survived");
+    assert_eq!(stopped.restarts, 0);
+    let live: Vec<_> = runtime
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.state == InstanceState::Running)
+        .collect();
+    assert_eq!(live.len(), 1, "exactly one live instance: {live:?}");
+    assert_eq!(live[0].labels.release, 8);
+
+    // The adopted instance is stopped for real through the new runtime.
+    runtime.stop(&new_id, Duration::from_secs(2)).await.unwrap();
+    assert!(!alive(new_pid));
+}
