@@ -8,17 +8,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::uri::Authority;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::pool::ConnPool;
+use crate::spec::ProxySettings;
 
 /// Shared, mutable state of one backend instance.
 #[derive(Debug)]
 pub(crate) struct BackendState {
     pub(crate) id: String,
     pub(crate) addr: SocketAddr,
-    /// `ip:port` ready to put in an upstream URI without reformatting it per request.
-    pub(crate) authority: Authority,
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` until which the backend is avoided (0 = healthy).
     ejected_until_ms: AtomicU64,
@@ -27,16 +27,20 @@ pub(crate) struct BackendState {
     idle: Notify,
     /// Fired when a drain deadline passes: in-flight requests answer 504, tunnels close.
     pub(crate) cut: CancellationToken,
+    /// Idle keep-alive connections to this instance.
+    pub(crate) pool: ConnPool,
 }
 
 impl BackendState {
-    pub(crate) fn new(id: String, addr: SocketAddr) -> Self {
-        let authority = Authority::try_from(addr.to_string().as_str())
-            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
+    pub(crate) fn new(id: String, addr: SocketAddr, settings: &ProxySettings) -> Self {
         Self {
+            pool: ConnPool::new(
+                addr,
+                settings.upstream_max_idle_per_backend,
+                settings.upstream_idle_timeout,
+            ),
             id,
             addr,
-            authority,
             in_flight: AtomicUsize::new(0),
             ejected_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),

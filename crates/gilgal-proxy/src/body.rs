@@ -16,6 +16,7 @@ use pin_project_lite::pin_project;
 
 use crate::backend::InFlightGuard;
 use crate::metrics::RouteMetrics;
+use crate::pool::Lease;
 
 /// Error type of every body the proxy produces.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -150,6 +151,9 @@ pub(crate) struct RequestGuard {
     activity: Arc<ConnActivity>,
     pub(crate) route: Option<Arc<RouteMetrics>>,
     pub(crate) backend: Option<InFlightGuard>,
+    /// The upstream connection, returned to its pool only if the response ended cleanly.
+    pub(crate) lease: Option<Lease>,
+    clean: bool,
     bytes_out: u64,
 }
 
@@ -160,6 +164,8 @@ impl RequestGuard {
             activity,
             route: None,
             backend: None,
+            lease: None,
+            clean: false,
             bytes_out: 0,
         }
     }
@@ -175,6 +181,9 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        if let (true, Some(lease), Some(backend)) = (self.clean, self.lease.take(), &self.backend) {
+            backend.backend().pool.put_back(lease);
+        }
         if let Some(route) = &self.route {
             route.add_bytes_out(self.bytes_out);
             route.add_open(-1);
@@ -205,7 +214,8 @@ pin_project! {
 }
 
 impl ProxyBody {
-    pub(crate) fn upstream(inner: Incoming, guard: RequestGuard) -> Self {
+    pub(crate) fn upstream(inner: Incoming, mut guard: RequestGuard) -> Self {
+        guard.clean = inner.is_end_stream();
         Self {
             kind: Kind::Upstream { inner },
             guard: Some(guard),
@@ -249,9 +259,18 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let polled = match this.kind.project() {
-            KindProj::Upstream { inner } => match inner.poll_frame(cx) {
+            KindProj::Upstream { mut inner } => match inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
-                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(Some(Ok(f))) => {
+                    // hyper stops polling once a sized body reports its end, so the last
+                    // frame is where a clean finish must be noticed.
+                    if inner.is_end_stream() {
+                        if let Some(guard) = this.guard.as_mut() {
+                            guard.clean = true;
+                        }
+                    }
+                    Poll::Ready(Some(Ok(f)))
+                }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
@@ -272,7 +291,9 @@ impl Body for ProxyBody {
             // Release the backend slot and counters as soon as the body is done, not when
             // hyper gets around to dropping it.
             Poll::Ready(None) => {
-                this.guard.take();
+                if let Some(mut guard) = this.guard.take() {
+                    guard.clean = true;
+                }
             }
             _ => {}
         }

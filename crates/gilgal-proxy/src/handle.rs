@@ -12,10 +12,9 @@ use arc_swap::ArcSwap;
 use crate::backend::BackendState;
 use crate::error::ProxyError;
 use crate::metrics::{MetricsSnapshot, RouteMetrics};
-use crate::spec::{CertificatePem, ProxySettings, RouteDiff, RouteLimits, RouteSpec};
+use crate::spec::{CertificatePem, ProxySettings, RouteDiff, RouteSpec};
 use crate::table::{Registry, RouteTable};
 use crate::tls::SniResolver;
-use crate::upstream::{build_client, UpstreamClient};
 
 /// Metrics id of traffic that matched no route (404s, malformed requests).
 pub const UNROUTED: &str = "_unrouted";
@@ -50,7 +49,6 @@ struct Control {
     backends: HashMap<String, Arc<BackendState>>,
     routed_backends: std::collections::HashSet<Arc<str>>,
     route_metrics: BTreeMap<String, Arc<RouteMetrics>>,
-    clients: HashMap<Duration, UpstreamClient>,
     settings: ProxySettings,
 }
 
@@ -62,7 +60,7 @@ impl Registry for Control {
                 return existing.clone();
             }
         }
-        let fresh = Arc::new(BackendState::new(id.to_string(), addr));
+        let fresh = Arc::new(BackendState::new(id.to_string(), addr, &self.settings));
         self.backends.insert(id.to_string(), fresh.clone());
         fresh
     }
@@ -71,14 +69,6 @@ impl Registry for Control {
         self.route_metrics
             .entry(id.to_string())
             .or_default()
-            .clone()
-    }
-
-    fn client(&mut self, limits: &RouteLimits) -> UpstreamClient {
-        let settings = &self.settings;
-        self.clients
-            .entry(limits.connect_timeout)
-            .or_insert_with(|| build_client(limits.connect_timeout, settings))
             .clone()
     }
 }
@@ -112,7 +102,6 @@ impl ProxyHandle {
             backends: HashMap::new(),
             routed_backends: Default::default(),
             route_metrics: BTreeMap::new(),
-            clients: HashMap::new(),
             settings: settings.clone(),
         };
         Self {

@@ -22,12 +22,12 @@ mod error;
 mod framing;
 mod handle;
 mod metrics;
+mod pool;
 mod proxy;
 mod server;
 mod spec;
 mod table;
 mod tls;
-mod upstream;
 
 pub use body::{BodyTooLarge, BoxError, ProxyBody};
 pub use error::ProxyError;

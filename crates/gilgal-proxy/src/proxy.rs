@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
@@ -17,6 +17,7 @@ use crate::backend::{fast_random, pick_backend, BackendState, InFlightGuard};
 use crate::body::{BodyTooLarge, ConnActivity, ProxyBody, RequestGuard, UpstreamBody};
 use crate::handle::Shared;
 use crate::metrics::RouteMetrics;
+use crate::pool::{Lease, UpstreamError};
 use crate::table::{strip_port, CompiledRoute, CompiledSplit, CompiledTarget};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -140,8 +141,8 @@ struct Forwarded<'a> {
 }
 
 enum Attempt {
-    Response(Response<Incoming>),
-    Failed(hyper_util::client::legacy::Error),
+    Response(Response<Incoming>, Lease),
+    Failed(UpstreamError),
     TimedOut,
     Cut,
 }
@@ -207,16 +208,19 @@ impl Forwarded<'_> {
             let last = attempt == attempts;
             let mut upstream_req = Request::new(body.take().unwrap_or_else(UpstreamBody::empty));
             *upstream_req.method_mut() = method.clone();
-            *upstream_req.uri_mut() = upstream_uri(&backend, &path_and_query);
+            *upstream_req.uri_mut() = upstream_uri(&path_and_query);
             *upstream_req.headers_mut() = if last {
                 std::mem::take(&mut headers)
             } else {
                 headers.clone()
             };
 
-            match self.attempt(&backend, upstream_req).await {
-                Attempt::Response(resp) => {
-                    return self.relay(resp, in_flight, guard, set_cookie, client_upgrade);
+            match self
+                .attempt(&backend, upstream_req, upgrade.is_some())
+                .await
+            {
+                Attempt::Response(resp, lease) => {
+                    return self.relay(resp, lease, in_flight, guard, set_cookie, client_upgrade);
                 }
                 Attempt::TimedOut => {
                     return self.fail(
@@ -265,16 +269,22 @@ impl Forwarded<'_> {
         )
     }
 
-    async fn attempt(&self, backend: &BackendState, req: Request<UpstreamBody>) -> Attempt {
-        let send = self.route.client.request(req);
-        let timed = tokio::time::timeout(self.route.limits.response_timeout, send);
+    async fn attempt(
+        &self,
+        backend: &BackendState,
+        req: Request<UpstreamBody>,
+        upgrade: bool,
+    ) -> Attempt {
+        let limits = &self.route.limits;
+        let send = backend.pool.send(req, limits.connect_timeout, upgrade);
+        let timed = tokio::time::timeout(limits.response_timeout, send);
         tokio::select! {
             biased;
             _ = backend.cut.cancelled() => Attempt::Cut,
             result = timed => match result {
                 Err(_) => Attempt::TimedOut,
                 Ok(Err(e)) => Attempt::Failed(e),
-                Ok(Ok(resp)) => Attempt::Response(resp),
+                Ok(Ok((resp, lease))) => Attempt::Response(resp, lease),
             },
         }
     }
@@ -288,6 +298,7 @@ impl Forwarded<'_> {
     fn relay(
         &self,
         mut resp: Response<Incoming>,
+        lease: Lease,
         in_flight: InFlightGuard,
         mut guard: RequestGuard,
         set_cookie: Option<HeaderValue>,
@@ -309,6 +320,7 @@ impl Forwarded<'_> {
         }
         strip_hop_by_hop(resp.headers_mut());
         guard.backend = Some(in_flight);
+        guard.lease = Some(lease);
         let (parts, body) = resp.into_parts();
         Response::from_parts(parts, ProxyBody::upstream(body, guard))
     }
@@ -346,12 +358,11 @@ impl Forwarded<'_> {
     }
 }
 
-fn upstream_uri(backend: &BackendState, path_and_query: &PathAndQuery) -> Uri {
+/// Origin-form request target (`/path?query`), as HTTP/1.1 sends it to a backend.
+fn upstream_uri(path_and_query: &PathAndQuery) -> Uri {
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(backend.authority.clone());
     parts.path_and_query = Some(path_and_query.clone());
-    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("http://127.0.0.1/"))
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// Splice client and backend after a 101, until either side closes or the backend is cut.

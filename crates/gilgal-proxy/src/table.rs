@@ -20,7 +20,6 @@ pub(crate) struct CompiledRoute {
     pub(crate) limits: RouteLimits,
     pub(crate) redirect_https: bool,
     pub(crate) metrics: Arc<RouteMetrics>,
-    pub(crate) client: crate::upstream::UpstreamClient,
 }
 
 /// Where a compiled route sends requests.
@@ -65,7 +64,6 @@ impl std::fmt::Debug for RouteTable {
 pub(crate) trait Registry {
     fn backend(&mut self, id: &str, addr: std::net::SocketAddr) -> Arc<BackendState>;
     fn route_metrics(&mut self, id: &str) -> Arc<RouteMetrics>;
-    fn client(&mut self, limits: &RouteLimits) -> crate::upstream::UpstreamClient;
 }
 
 impl RouteTable {
@@ -116,7 +114,6 @@ impl RouteTable {
                 limits: spec.limits.clone(),
                 redirect_https: spec.redirect_https,
                 metrics: registry.route_metrics(&spec.id),
-                client: registry.client(&spec.limits),
             });
             for host in &spec.hosts {
                 let host = normalize_host(host);

@@ -1,0 +1,162 @@
+//! Per-backend pool of HTTP/1.1 keep-alive connections, built on hyper's low-level client.
+//!
+//! A proxy talks to few backends over many requests, so a LIFO stack of ready `SendRequest`
+//! handles per backend is all the pooling it needs: no per-request task spawn, no shared
+//! authority-keyed map. A connection goes back to the stack only after its response body ended
+//! cleanly; a request that a reused connection could not send is handed back by hyper and
+//! re-sent on a fresh connection.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::UpstreamBody;
+
+/// Why a request to a backend failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// The TCP connection could not be opened (refused, unreachable, timed out).
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The exchange failed after the connection was open.
+    #[error("upstream exchange: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+impl UpstreamError {
+    pub(crate) fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect { .. })
+    }
+}
+
+struct Idle {
+    sender: http1::SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// Idle keep-alive connections to one backend.
+pub(crate) struct ConnPool {
+    addr: SocketAddr,
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnPool")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// A connection lent to one request; give it back with [`ConnPool::put_back`].
+pub(crate) struct Lease {
+    sender: http1::SendRequest<UpstreamBody>,
+}
+
+impl ConnPool {
+    pub(crate) fn new(addr: SocketAddr, max_idle: usize, idle_timeout: Duration) -> Self {
+        Self {
+            addr,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    fn take_idle(&self) -> Option<http1::SendRequest<UpstreamBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(entry) = idle.pop() {
+            if entry.sender.is_ready() && entry.since.elapsed() < self.idle_timeout {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Return a connection whose response finished cleanly, for the next request.
+    pub(crate) fn put_back(&self, lease: Lease) {
+        if lease.sender.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= self.max_idle {
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            sender: lease.sender,
+            since: Instant::now(),
+        });
+    }
+
+    async fn connect(
+        &self,
+        timeout: Duration,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+        let connect_err = |source| UpstreamError::Connect {
+            addr: self.addr,
+            source,
+        };
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(connect_err(e)),
+            Err(_) => {
+                return Err(connect_err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )))
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        if upgrades {
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+        } else {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        Ok(sender)
+    }
+
+    /// Send `req` on a pooled connection (or a new one), returning the response and the lease
+    /// to give back once the response body is done. Upgrade requests always use a fresh,
+    /// never-pooled connection.
+    pub(crate) async fn send(
+        &self,
+        mut req: Request<UpstreamBody>,
+        connect_timeout: Duration,
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        if !upgrade {
+            while let Some(mut sender) = self.take_idle() {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, Lease { sender })),
+                    Err(mut e) => match e.take_message() {
+                        // Never written (the connection died while idle): try another one.
+                        Some(unsent) => req = unsent,
+                        None => return Err(UpstreamError::Http(e.into_error())),
+                    },
+                }
+            }
+        }
+        let mut sender = self.connect(connect_timeout, upgrade).await?;
+        let resp = sender.send_request(req).await?;
+        Ok((resp, Lease { sender }))
+    }
+}
