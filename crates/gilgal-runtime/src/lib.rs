@@ -24,6 +24,19 @@
 //! process of one-off runs, stopped instances and half-spawned instances. Dropping a
 //! `ProcessRuntime` detaches like a crash; [`Runtime::shutdown`] stops everything.
 //!
+//! # Operating notes (for the server and the reconciler)
+//! - Put `state_dir` inside Gilgal's 0700 data dir: records hold config vars.
+//! - An app user must be able to reach its release dir: keep releases outside the 0700 data
+//!   dir (or give the path 0711 traverse rights) with files 0644/0755 owned by root, which
+//!   also makes them read-only to the app. Otherwise `start` fails with a permission error.
+//! - Under systemd use `KillMode=process` for `gilgal server`, or a restart of the unit
+//!   kills the apps too (they would then be restarted, not re-adopted).
+//! - After a restart, instances keep their ids and labels: match desired state by labels
+//!   (app, env, release, process type, index), not by remembering ids.
+//! - Log lines are timestamped when read (one poll interval late at most); lines written
+//!   while the server was down get the time of re-adoption and may be delivered twice.
+//! - Backoff resets after an instance ran `reset_after` (10 min), whatever its health.
+//!
 //! # Use
 //! ```no_run
 //! use std::sync::Arc;

@@ -320,7 +320,10 @@ impl ProcessRuntime {
                 let supervisor = self.supervisor(entry.clone(), control, true, None);
                 match live {
                     Some(running) => {
-                        let pid = entry.status().pid.unwrap_or(0);
+                        let pid = entry
+                            .leader()
+                            .and_then(|(pid, _)| u32::try_from(pid).ok())
+                            .unwrap_or(0);
                         tracing::info!(instance = %id, pid, "re-adopted running instance");
                         emit(RuntimeEventKind::Adopted { pid });
                         if state != InstanceState::Running {

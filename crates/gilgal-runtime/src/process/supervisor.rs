@@ -80,7 +80,15 @@ impl Entry {
             id: self.id.clone(),
             labels: record.spec.labels.clone(),
             state: record.state,
-            pid: record.pid.and_then(|pid| u32::try_from(pid).ok()),
+            pid: record
+                .pid
+                .filter(|_| {
+                    matches!(
+                        record.state,
+                        InstanceState::Running | InstanceState::Stopping
+                    )
+                })
+                .and_then(|pid| u32::try_from(pid).ok()),
             port: record.spec.port,
             restarts: record.restarts,
             started_at: record.started_at,
