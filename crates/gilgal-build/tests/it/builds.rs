@@ -104,9 +104,9 @@ fn stop_group(mut child: Child) {
     child.wait().unwrap();
 }
 
-/// GETs `/` on a local port, retrying until the server is up (10 s at most).
+/// GETs `/` on a local port, retrying until the server is up (30 s at most).
 fn http_get(port: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
             stream
@@ -196,7 +196,8 @@ async fn python_app_builds_runs_and_reuses_its_venv() {
             );
         }
     }
-    assert!(warm < Duration::from_secs(5), "warm build took {warm:?}");
+    // Typically ~0.2 s; the bound only guards against pip having run after all.
+    assert!(warm < Duration::from_secs(10), "warm build took {warm:?}");
 
     // The relocated venv's console scripts work: gunicorn serves the new release.
     let gunicorn = fs::read_to_string(venv2.join("bin/gunicorn")).unwrap();
@@ -269,9 +270,11 @@ async fn node_app_installs_from_its_lock_file_and_runs_the_build_script() {
         "is-number(42) = true\n",
         "the build script still runs, with the reused dependencies"
     );
-    assert!(fs::symlink_metadata(artifact.app_dir.join("node_modules"))
-        .unwrap()
-        .is_dir());
+    assert!(
+        fs::symlink_metadata(second.app_dir.join("node_modules/is-number/index.js"))
+            .unwrap()
+            .is_file()
+    );
 
     let port = free_port();
     let child = start_process(&second, &ProcessType::web(), port);
