@@ -117,6 +117,8 @@ pub struct ResourceLimits {
     pub memory_mb: Option<u64>,
     /// Relative CPU weight (cgroup v1 `cpu.shares`, default 1024).
     pub cpu_shares: Option<u64>,
+    /// Hard CPU cap in thousandths of a core (500 = half a core; CFS quota).
+    pub cpu_millicores: Option<u64>,
     /// Maximum number of processes/threads (fork-bomb guard).
     pub max_pids: Option<u64>,
 }

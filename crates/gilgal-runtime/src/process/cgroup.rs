@@ -1,8 +1,9 @@
 //! cgroup v1 support: one cgroup per instance under `<root>/<controller>/<parent>/<instance-id>`
-//! in the memory, cpu and pids hierarchies, with `memory.limit_in_bytes`, `cpu.shares` and
-//! `pids.max`. The child joins its cgroups itself before exec (see `spawn`), so every process
-//! of an instance is inside from its first instruction; that makes the cgroup a complete list
-//! of the instance's processes (for kill and sweep) and its `oom_kill` counter an OOM signal.
+//! in the memory, cpu and pids hierarchies, with `memory.limit_in_bytes`, `cpu.shares`,
+//! `cpu.cfs_quota_us` and `pids.max`. The child joins its cgroups itself before exec (see
+//! `spawn`), so every process of an instance is inside from its first instruction; that makes
+//! the cgroup a complete list of the instance's processes (for kill and sweep) and its
+//! `oom_kill` counter an OOM signal.
 //!
 //! When a hierarchy is missing or not writable the controller is skipped with a warning, and
 //! limits are not enforced.
@@ -227,6 +228,12 @@ fn apply_limit(controller: Controller, dir: &Path, limits: &ResourceLimits) -> i
         Controller::Cpu => {
             if let Some(shares) = limits.cpu_shares {
                 fs::write(dir.join("cpu.shares"), shares.max(2).to_string())?;
+            }
+            if let Some(millicores) = limits.cpu_millicores {
+                // quota/period = cores; a 100 ms period, at least 1 ms of quota.
+                fs::write(dir.join("cpu.cfs_period_us"), "100000")?;
+                let quota = millicores.saturating_mul(100).max(1000);
+                fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
             }
         }
         Controller::Pids => {

@@ -129,6 +129,7 @@ async fn limits_are_written_to_the_instance_cgroups_and_removed_after_stop() {
     let mut spec = sandbox.spec("never_binds.py", &[]);
     spec.limits.memory_mb = Some(96);
     spec.limits.cpu_shares = Some(256);
+    spec.limits.cpu_millicores = Some(500);
     spec.limits.max_pids = Some(32);
     let id = runtime.start(spec).await.unwrap();
     let pid = runtime.status(&id).await.unwrap().pid.unwrap();
@@ -155,6 +156,8 @@ async fn limits_are_written_to_the_instance_cgroups_and_removed_after_stop() {
         (96u64 << 20).to_string()
     );
     assert_eq!(read("cpu", "cpu.shares"), "256");
+    assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
     assert_eq!(read("pids", "pids.max"), "32");
     for controller in ["memory", "cpu", "pids"] {
         let procs = read(controller, "cgroup.procs");
