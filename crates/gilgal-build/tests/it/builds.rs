@@ -744,3 +744,43 @@ async fn dropping_the_build_future_kills_the_process_group() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_builds_as_an_unprivileged_user_and_reuses_the_venv() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let nobody = gilgal_build::builder::BuildUser {
+        uid: 65534,
+        gid: 65534,
+    };
+    let work = Workspace::new();
+    fs::set_permissions(work.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let source = work.source("src1", Some("python-app"), &[]);
+    let mut request = work.request(&source, "release-1");
+    request.run_as = Some(nobody);
+    let first = build(request, LogSink::discard()).await.unwrap();
+    assert_eq!(first.dependency_cache, DependencyCache::Populated);
+    let venv_config = fs::metadata(first.app_dir.join(".venv/pyvenv.cfg")).unwrap();
+    assert_eq!(
+        venv_config.uid(),
+        65534,
+        "the venv was built by the build user"
+    );
+
+    let source = work.source("src2", Some("python-app"), &[]);
+    let mut request = work.request(&source, "release-2");
+    request.run_as = Some(nobody);
+    let second = build(request, LogSink::discard()).await.unwrap();
+    assert_eq!(second.dependency_cache, DependencyCache::Reused);
+    let output = Command::new(second.app_dir.join(".venv/bin/python"))
+        .args(["-c", "import gunicorn, six, sys; print(sys.prefix)"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        second.app_dir.join(".venv").display().to_string()
+    );
+}
