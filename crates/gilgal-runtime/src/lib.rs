@@ -4,12 +4,13 @@
 //! # Isolation (for ARCHITECTURE.md)
 //! Each instance is a plain process in its own session/process group, started with an empty
 //! environment plus what the spec gives, as a dedicated system user `gilgal-<app>`
-//! ([`RunAs::AppUser`]) with no supplementary groups and `no_new_privs`. Per-app users are the
-//! cheapest isolation that works everywhere without Docker: apps cannot touch each other's
-//! files or Gilgal's 0700 root data dir. Each instance also gets cgroup v1 memory/cpu/pids
-//! groups (limits, OOM detection, and a complete list of its processes); where cgroups are not
-//! writable the runtime warns and runs without limits. Namespaces are not used yet (no new
-//! mount/PID/network namespace), so apps still see the host's process list and network.
+//! ([`RunAs::AppUser`]) with no supplementary groups and `no_new_privs`: apps cannot touch
+//! each other's files or Gilgal's 0700 root data dir, and this works on any Linux without
+//! Docker. Each instance also gets cgroup v1 memory/cpu/pids groups (limits, OOM detection,
+//! and a complete list of its processes); where cgroups are not writable the runtime warns and
+//! runs without limits. Optionally ([`MountIsolation`], root only) each instance gets its own
+//! mount namespace with a private `/tmp` and the data dir covered by an empty tmpfs. No PID or
+//! network namespaces: apps still see the host's process list and must bind 127.0.0.1:$PORT.
 //!
 //! # Crash-safety invariant
 //! *No instance process is ever spawned before the instance's record is durably on disk*
@@ -83,8 +84,8 @@ pub use health::{
     wait_healthy, HealthCheck, HealthError, HealthMonitor, HealthState, Probe, ProbeError,
 };
 pub use process::{
-    app_user_name, CgroupConfig, ProcessRuntime, ProcessRuntimeConfig, DEFAULT_PATH,
-    INSTANCE_ID_ENV,
+    app_user_name, CgroupConfig, MountIsolation, ProcessRuntime, ProcessRuntimeConfig,
+    DEFAULT_PATH, INSTANCE_ID_ENV,
 };
 pub use runtime::{OneoffHandle, Runtime};
 pub use spec::{

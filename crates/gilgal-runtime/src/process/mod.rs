@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 pub use cgroup::CgroupConfig;
-pub use spawn::{DEFAULT_PATH, INSTANCE_ID_ENV};
+pub use spawn::{MountIsolation, DEFAULT_PATH, INSTANCE_ID_ENV};
 pub use user::app_user_name;
 
 use self::cgroup::Cgroups;
@@ -56,6 +56,8 @@ pub struct ProcessRuntimeConfig {
     pub default_path: String,
     /// Capacity of the log and event broadcast channels.
     pub channel_capacity: usize,
+    /// Per-instance mount namespace (private /tmp, hidden paths); applied only as root.
+    pub mount_isolation: MountIsolation,
 }
 
 impl Default for ProcessRuntimeConfig {
@@ -68,6 +70,7 @@ impl Default for ProcessRuntimeConfig {
             max_log_file_bytes: 64 * 1024 * 1024,
             default_path: DEFAULT_PATH.to_owned(),
             channel_capacity: 4096,
+            mount_isolation: MountIsolation::default(),
         }
     }
 }

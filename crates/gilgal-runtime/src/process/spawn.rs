@@ -26,6 +26,114 @@ pub const INSTANCE_ID_ENV: &str = "GILGAL_INSTANCE_ID";
 /// PATH given to apps that do not set their own.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Mount-namespace isolation applied to every instance when the server runs as root.
+///
+/// Each instance gets its own mount namespace (mounts made in it never reach the host), in
+/// which `hidden_paths` are covered by an empty read-only tmpfs (e.g. Gilgal's data dir: the
+/// app cannot even see it, whatever the permissions) and, with `private_tmp`, `/tmp` is a
+/// fresh tmpfs so apps cannot see or plant each other's temp files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountIsolation {
+    /// Give each instance its own empty `/tmp`.
+    pub private_tmp: bool,
+    /// Directories to cover with an empty read-only tmpfs inside the instance's namespace.
+    pub hidden_paths: Vec<std::path::PathBuf>,
+}
+
+impl MountIsolation {
+    /// Whether anything is to be done.
+    pub fn is_enabled(&self) -> bool {
+        self.private_tmp || !self.hidden_paths.is_empty()
+    }
+
+    /// Why `working_dir` would be invisible inside the namespace, if it would.
+    pub fn hides(&self, working_dir: &std::path::Path) -> Option<String> {
+        if self.private_tmp && working_dir.starts_with("/tmp") {
+            return Some("is under /tmp, which each instance gets a private copy of".into());
+        }
+        self.hidden_paths
+            .iter()
+            .find(|hidden| working_dir.starts_with(hidden))
+            .map(|hidden| format!("is under the hidden path {}", hidden.display()))
+    }
+}
+
+/// [`MountIsolation`] turned into C strings before the fork (nothing may allocate after it).
+#[derive(Debug)]
+pub(crate) struct MountPlan {
+    private_tmp: bool,
+    hidden: Vec<CString>,
+}
+
+impl MountPlan {
+    /// Prepares the plan; `None` when disabled or when not root (namespaces need root here).
+    pub fn prepare(isolation: &MountIsolation) -> Result<Option<MountPlan>> {
+        // SAFETY: geteuid has no preconditions.
+        if !isolation.is_enabled() || unsafe { libc::geteuid() } != 0 {
+            return Ok(None);
+        }
+        let hidden = isolation
+            .hidden_paths
+            .iter()
+            .map(|path| {
+                CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+                    RuntimeError::InvalidSpec(format!("hidden path {} has a NUL", path.display()))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(MountPlan {
+            private_tmp: isolation.private_tmp,
+            hidden,
+        }))
+    }
+
+    /// Runs in the forked child before exec: async-signal-safe system calls only.
+    fn apply(&self) -> std::io::Result<()> {
+        const TMPFS: &std::ffi::CStr = c"tmpfs";
+        // SAFETY: all pointers are valid NUL-terminated strings or null, as mount(2) expects.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Keep our mounts from propagating back to the host.
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if self.private_tmp
+                && libc::mount(
+                    TMPFS.as_ptr(),
+                    c"/tmp".as_ptr(),
+                    TMPFS.as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    c"mode=1777".as_ptr().cast(),
+                ) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            for path in &self.hidden {
+                if libc::mount(
+                    TMPFS.as_ptr(),
+                    path.as_ptr(),
+                    TMPFS.as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"size=4k,mode=0555".as_ptr().cast(),
+                ) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The complete environment of an instance process.
 pub(crate) fn build_env(
     id: &InstanceId,
@@ -68,6 +176,7 @@ pub(crate) fn spawn(
     paths: &InstancePaths,
     cgroup: &InstanceCgroup,
     identity: Option<AppIdentity>,
+    mounts: Option<MountPlan>,
 ) -> Result<Child> {
     let program = spec
         .argv
@@ -104,6 +213,9 @@ pub(crate) fn spawn(
                 if libc::write(*fd, b"0".as_ptr().cast(), 1) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            if let Some(plan) = &mounts {
+                plan.apply()?;
             }
             if let Some((uid, gid)) = ids {
                 if libc::setgroups(0, std::ptr::null()) < 0

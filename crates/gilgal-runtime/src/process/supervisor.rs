@@ -294,7 +294,16 @@ impl Supervisor {
             user_name.as_deref(),
             &self.inner.config.default_path,
         );
-        let child = spawn::spawn(&spec, &env, &self.entry.paths, &cgroup, identity)?;
+        let mounts = spawn::MountPlan::prepare(&self.inner.config.mount_isolation)?;
+        if mounts.is_some() {
+            if let Some(reason) = self.inner.config.mount_isolation.hides(&spec.working_dir) {
+                return Err(RuntimeError::WorkingDir {
+                    path: spec.working_dir.clone(),
+                    reason,
+                });
+            }
+        }
+        let child = spawn::spawn(&spec, &env, &self.entry.paths, &cgroup, identity, mounts)?;
         let pid = child
             .id()
             .and_then(|pid| i32::try_from(pid).ok())

@@ -24,7 +24,13 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        let temp = tempfile::tempdir().unwrap();
+        Sandbox::new_in(&std::env::temp_dir())
+    }
+
+    /// A sandbox under `parent` (e.g. outside /tmp, for private-/tmp tests).
+    pub fn new_in(parent: &Path) -> Sandbox {
+        std::fs::create_dir_all(parent).unwrap();
+        let temp = tempfile::tempdir_in(parent).unwrap();
         let root = temp.path().to_path_buf();
         // The app user must be able to reach the app dir (tempdirs are 0700).
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();

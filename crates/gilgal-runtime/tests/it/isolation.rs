@@ -229,3 +229,61 @@ async fn without_cgroups_escaped_children_are_still_found_and_killed() {
     runtime.stop(&id, Duration::from_millis(300)).await.unwrap();
     assert!(!alive(escaped), "setsid escapee survived without cgroups");
 }
+
+#[tokio::test]
+async fn mount_namespace_hides_the_data_dir_and_gives_a_private_tmp() {
+    // Not under /tmp: that becomes private (and empty) inside the instance.
+    let sandbox = Sandbox::new_in(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let data_dir = sandbox.root().join("gilgal-data");
+    std::fs::create_dir(&data_dir).unwrap();
+    std::fs::write(data_dir.join("gilgal.db"), "secret").unwrap();
+    let config = gilgal_runtime::ProcessRuntimeConfig {
+        mount_isolation: gilgal_runtime::MountIsolation {
+            private_tmp: true,
+            hidden_paths: vec![data_dir.clone()],
+        },
+        ..test_config()
+    };
+    let runtime = gilgal_runtime::ProcessRuntime::new(sandbox.state_dir(), config)
+        .await
+        .unwrap();
+    let marker = format!("gilgal-runtime-test-{}", std::process::id());
+    let data_arg = data_dir.to_str().unwrap().to_owned();
+    let run = |spec| async {
+        let (lines, exit) = runtime
+            .run_oneoff(spec)
+            .await
+            .unwrap()
+            .collect(Some(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        assert!(exit.success(), "{exit:?} {lines:?}");
+        lines.into_iter().map(|l| l.line).collect::<Vec<_>>()
+    };
+    // Even an app running as root (the server user here) sees an empty data dir.
+    let first = run(sandbox.spec("mounts.py", &[&data_arg, &marker])).await;
+    if !is_root() {
+        assert_eq!(first[0], "hidden=['gilgal.db']", "namespaces need root");
+        let _ = std::fs::remove_file(std::path::Path::new("/tmp").join(&marker));
+        return;
+    }
+    assert_eq!(first[0], "hidden=[]");
+    assert_eq!(first[1], "existed=False");
+    assert_eq!(first[2], format!("tmp=['{marker}']"), "a fresh, empty /tmp");
+    // The marker went to the instance's own /tmp, not the host's or the next instance's.
+    assert!(!std::path::Path::new("/tmp").join(&marker).exists());
+    let second = run(sandbox.spec("mounts.py", &[&data_arg, &marker])).await;
+    assert_eq!(second[1], "existed=False");
+    // The host still sees its data.
+    assert!(data_dir.join("gilgal.db").exists());
+
+    // A release dir the namespace would hide is refused with a clear reason.
+    let mut hidden_release = sandbox.spec("mounts.py", &[]);
+    hidden_release.working_dir = data_dir.clone();
+    match runtime.run_oneoff(hidden_release).await {
+        Err(RuntimeError::WorkingDir { reason, .. }) => {
+            assert!(reason.contains("hidden path"), "{reason}")
+        }
+        other => panic!("expected a working dir error, got {other:?}"),
+    }
+}
