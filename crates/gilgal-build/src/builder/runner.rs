@@ -25,7 +25,7 @@ const MAX_LINE_BYTES: usize = 8 * 1024;
 const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Variables passed through from Gilgal's own environment to build commands; everything else
-/// (Gilgal's secrets included) is withheld.
+/// (Gilgal's secrets included, unless named like tool configuration) is withheld.
 const INHERITED_VARIABLES: &[&str] = &[
     "PATH",
     "HOME",
@@ -47,10 +47,20 @@ const INHERITED_VARIABLES: &[&str] = &[
     "http_proxy",
     "https_proxy",
     "no_proxy",
-    "PIP_INDEX_URL",
-    "PIP_EXTRA_INDEX_URL",
-    "NPM_CONFIG_REGISTRY",
-    "npm_config_registry",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+];
+
+/// Prefixes of operator-level tool configuration (package index mirrors, certificates,
+/// timeouts) that is also passed through.
+const INHERITED_PREFIXES: &[&str] = &[
+    "PIP_",
+    "NPM_CONFIG_",
+    "npm_config_",
+    "CARGO_NET_",
+    "CARGO_HTTP_",
+    "CARGO_REGISTRY_",
+    "CARGO_REGISTRIES_",
 ];
 
 /// Executes the steps of one build with shared settings.
@@ -76,9 +86,15 @@ impl StepRunner {
         build_env: &std::collections::BTreeMap<String, String>,
         run_as: Option<(super::BuildUser, &Path)>,
     ) -> Self {
-        let mut base_env: Vec<(OsString, OsString)> = INHERITED_VARIABLES
-            .iter()
-            .filter_map(|name| std::env::var_os(name).map(|value| ((*name).into(), value)))
+        let mut base_env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(name, _)| {
+                name.to_str().is_some_and(|name| {
+                    INHERITED_VARIABLES.contains(&name)
+                        || INHERITED_PREFIXES
+                            .iter()
+                            .any(|prefix| name.starts_with(prefix))
+                })
+            })
             .collect();
         base_env.extend(
             build_env

@@ -784,3 +784,39 @@ async fn python_builds_as_an_unprivileged_user_and_reuses_the_venv() {
         second.app_dir.join(".venv").display().to_string()
     );
 }
+
+#[tokio::test]
+async fn build_commands_see_a_controlled_environment() {
+    // nextest runs every test in its own process, so changing this process's environment
+    // cannot affect other tests.
+    std::env::set_var("GILGAL_TEST_SECRET", "hunter2");
+    std::env::set_var("PIP_TEST_MIRROR", "https://mirror.invalid/simple");
+    let work = Workspace::new();
+    let source = work.source(
+        "src",
+        None,
+        &[
+            (
+                "gilgal.toml",
+                "[build]\ncommand = \"sh -c 'env > build-env.txt'\"\n",
+            ),
+            ("Procfile", "worker: true\n"),
+        ],
+    );
+    let mut request = work.request(&source, "release");
+    request
+        .env
+        .insert("APP_SETTING".to_owned(), "from-config".to_owned());
+    let artifact = build(request, LogSink::discard()).await.unwrap();
+    let seen = fs::read_to_string(artifact.app_dir.join("build-env.txt")).unwrap();
+    assert!(
+        !seen.contains("hunter2"),
+        "Gilgal's own variables leaked:\n{seen}"
+    );
+    assert!(seen.contains("APP_SETTING=from-config"), "{seen}");
+    assert!(
+        seen.contains("PIP_TEST_MIRROR=https://mirror.invalid/simple"),
+        "{seen}"
+    );
+    assert!(seen.lines().any(|line| line.starts_with("PATH=")), "{seen}");
+}
