@@ -17,10 +17,11 @@ pub mod git;
 pub mod procfile;
 
 pub use archive::{
-    pack_dir, unpack_tar_gz, ArchiveError, PackSummary, UnpackLimits, UnpackSummary,
+    inspect_tree, pack_dir, unpack_tar_gz, ArchiveError, PackSummary, UnpackLimits, UnpackSummary,
 };
 pub use builder::{
-    build, Artifact, BuildError, BuildRequest, LogLine, LogSink, LogStream, ProcessSpec,
+    build, Artifact, BuildError, BuildRequest, BuildUser, DependencyCache, LogLine, LogSink,
+    LogStream, ProcessSpec, ReleasePhase,
 };
 pub use command::{CommandError, CommandLine};
 pub use config::{
