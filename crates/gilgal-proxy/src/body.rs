@@ -4,9 +4,8 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -112,36 +111,23 @@ impl Body for UpstreamBody {
     }
 }
 
-/// Milliseconds on a process-wide monotonic clock (cheap timestamps for idle tracking).
-pub(crate) fn coarse_now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX / 2)
-}
-
-/// Per client connection: how many requests are open and when the last one finished, so the
-/// idle watchdog never closes a connection that is streaming (SSE) or waiting on a backend.
+/// Per client connection: how many requests are open and how many finished, so the idle
+/// watchdog never closes a connection that is streaming (SSE) or waiting on a backend, without
+/// reading the clock on every request.
 #[derive(Debug, Default)]
 pub(crate) struct ConnActivity {
     open_requests: AtomicUsize,
-    last_finished_ms: AtomicU64,
+    finished_requests: AtomicU64,
 }
 
 impl ConnActivity {
-    pub(crate) fn new() -> Self {
-        Self {
-            open_requests: AtomicUsize::new(0),
-            last_finished_ms: AtomicU64::new(coarse_now_ms()),
-        }
-    }
-
-    /// How long the connection has been without any open request (`None` while one is open).
-    pub(crate) fn idle_for(&self) -> Option<Duration> {
+    /// `None` while a request is open, else the number of requests finished so far (a change
+    /// since the last look means the connection was not idle meanwhile).
+    pub(crate) fn idle_marker(&self) -> Option<u64> {
         if self.open_requests.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let last = self.last_finished_ms.load(Ordering::Acquire);
-        Some(Duration::from_millis(coarse_now_ms().saturating_sub(last)))
+        Some(self.finished_requests.load(Ordering::Acquire))
     }
 }
 
@@ -189,8 +175,8 @@ impl Drop for RequestGuard {
             route.add_open(-1);
         }
         self.activity
-            .last_finished_ms
-            .store(coarse_now_ms(), Ordering::Release);
+            .finished_requests
+            .fetch_add(1, Ordering::AcqRel);
         self.activity.open_requests.fetch_sub(1, Ordering::AcqRel);
     }
 }

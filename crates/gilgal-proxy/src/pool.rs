@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::body::UpstreamBody;
 
@@ -103,6 +104,7 @@ impl ConnPool {
         &self,
         timeout: Duration,
         upgrades: bool,
+        cut: &CancellationToken,
     ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
         let connect_err = |source| UpstreamError::Connect {
             addr: self.addr,
@@ -122,13 +124,22 @@ impl ConnPool {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
+        // Past a drain deadline the backend's connections are dropped: requests waiting on
+        // them fail at once and are answered 504 by the caller.
+        let cut = cut.clone();
         if upgrades {
             tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
+                tokio::select! {
+                    _ = conn.with_upgrades() => {}
+                    _ = cut.cancelled() => {}
+                }
             });
         } else {
             tokio::spawn(async move {
-                let _ = conn.await;
+                tokio::select! {
+                    _ = conn => {}
+                    _ = cut.cancelled() => {}
+                }
             });
         }
         Ok(sender)
@@ -142,6 +153,7 @@ impl ConnPool {
         mut req: Request<UpstreamBody>,
         connect_timeout: Duration,
         upgrade: bool,
+        cut: &CancellationToken,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         if !upgrade {
             while let Some(mut sender) = self.take_idle() {
@@ -155,7 +167,7 @@ impl ConnPool {
                 }
             }
         }
-        let mut sender = self.connect(connect_timeout, upgrade).await?;
+        let mut sender = self.connect(connect_timeout, upgrade, cut).await?;
         let resp = sender.send_request(req).await?;
         Ok((resp, Lease { sender }))
     }

@@ -276,16 +276,17 @@ impl Forwarded<'_> {
         upgrade: bool,
     ) -> Attempt {
         let limits = &self.route.limits;
-        let send = backend.pool.send(req, limits.connect_timeout, upgrade);
-        let timed = tokio::time::timeout(limits.response_timeout, send);
-        tokio::select! {
-            biased;
-            _ = backend.cut.cancelled() => Attempt::Cut,
-            result = timed => match result {
-                Err(_) => Attempt::TimedOut,
-                Ok(Err(e)) => Attempt::Failed(e),
-                Ok(Ok((resp, lease))) => Attempt::Response(resp, lease),
-            },
+        if backend.cut.is_cancelled() {
+            return Attempt::Cut;
+        }
+        let send = backend
+            .pool
+            .send(req, limits.connect_timeout, upgrade, &backend.cut);
+        match tokio::time::timeout(limits.response_timeout, send).await {
+            Err(_) => Attempt::TimedOut,
+            Ok(Err(_)) if backend.cut.is_cancelled() => Attempt::Cut,
+            Ok(Err(e)) => Attempt::Failed(e),
+            Ok(Ok((resp, lease))) => Attempt::Response(resp, lease),
         }
     }
 
@@ -468,6 +469,11 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<&HeaderValue> {
 
 /// Remove hop-by-hop headers, including any the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually none is present: one pass over the keys beats ten hashed removals.
+    let hop = hop_by_hop();
+    if !headers.keys().any(|k| hop.contains(&k)) {
+        return;
+    }
     if let Some(connection) = headers.get(header::CONNECTION) {
         let named: Vec<HeaderName> = connection
             .to_str()

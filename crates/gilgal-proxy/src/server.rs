@@ -153,7 +153,7 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(ConnActivity::new());
+    let activity = Arc::new(ConnActivity::default());
     let smuggling = Arc::new(AtomicBool::new(false));
     let io = FramingGuard::new(io, smuggling.clone());
     let ctx = Arc::new(ConnContext {
@@ -171,8 +171,13 @@ async fn serve_connection<I>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let idle_timeout = shared.settings.idle_timeout;
-    let idle_check = tokio::time::sleep(idle_timeout);
+    // Checked every half timeout: a connection is closed once it has been seen with no open
+    // request and the same finished count for a whole timeout.
+    let check_every = idle_timeout / 2;
+    let idle_check = tokio::time::sleep(check_every);
     tokio::pin!(idle_check);
+    let mut last_marker: Option<u64> = None;
+    let mut idle_since = tokio::time::Instant::now();
     let mut closing = false;
     let mut stop_open = !*stop.borrow();
     if !stop_open {
@@ -195,18 +200,16 @@ async fn serve_connection<I>(
                 }
             }
             _ = &mut idle_check, if !closing => {
-                match activity.idle_for() {
-                    Some(idle) if idle >= idle_timeout => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    Some(idle) => idle_check
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + (idle_timeout - idle)),
-                    None => idle_check
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + idle_timeout),
+                let now = tokio::time::Instant::now();
+                let marker = activity.idle_marker();
+                if marker.is_none() || marker != last_marker {
+                    last_marker = marker;
+                    idle_since = now;
+                } else if now.duration_since(idle_since) >= idle_timeout {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
                 }
+                idle_check.as_mut().reset(now + check_every);
             }
         }
     }
