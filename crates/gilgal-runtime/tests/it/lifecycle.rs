@@ -322,3 +322,40 @@ async fn oneoff_streams_output_and_times_out() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].stream, LogStream::Stderr);
 }
+
+#[tokio::test]
+async fn node_app_serves_and_shuts_down_cleanly() {
+    let sandbox = Sandbox::new();
+    let runtime = sandbox.runtime().await;
+    let port = free_port();
+    let mut spec = sandbox.spec("node_app.js", &[]);
+    spec.argv = vec!["node".into(), "node_app.js".into()];
+    spec.port = Some(port);
+    let id = runtime.start(spec).await.unwrap();
+    let check = HealthCheck {
+        probe: Probe::Http {
+            path: "/health".into(),
+            host: None,
+        },
+        interval: Duration::from_millis(50),
+        boot_deadline: Duration::from_secs(15),
+        ..HealthCheck::default()
+    };
+    gilgal_runtime::wait_healthy(&runtime, &id, local(port), &check)
+        .await
+        .unwrap();
+    let (status, body) = http_get(port, "/health").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("ok"), "{body:?}");
+    let exit = runtime.stop(&id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+    let tail = runtime.log_tail(&id, 10).await.unwrap();
+    let lines: Vec<&str> = tail.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(
+        lines,
+        [
+            format!("node listening on {port}").as_str(),
+            "node got SIGTERM"
+        ]
+    );
+}
