@@ -370,6 +370,10 @@ async fn build_inner(
     created_dir: &mut bool,
 ) -> Result<Artifact, BuildError> {
     let source_dir = &req.source_dir;
+    if !source_dir.is_dir() {
+        let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory");
+        return Err(io_error("cannot read the source", source_dir)(missing));
+    }
     // Validate everything the user wrote before any work is done.
     let app_config = AppConfig::load(source_dir)?;
     let config = app_config.for_environment(&req.environment);
