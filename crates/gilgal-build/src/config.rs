@@ -356,11 +356,7 @@ impl AppConfig {
             ConfigError::Invalid {
                 line,
                 column,
-                message: err
-                    .message()
-                    .trim()
-                    .replace("expected u64", "expected a whole number")
-                    .replace("expected u32", "expected a whole number"),
+                message: friendly_message(err.message()),
             }
         })?;
         let validator = Validator { text };
@@ -444,6 +440,25 @@ impl AppConfig {
             static_dir: over.static_dir.clone().or_else(|| base.static_dir.clone()),
         }
     }
+}
+
+/// Rewords serde's messages where they would expose Rust type names.
+fn friendly_message(message: &str) -> String {
+    let mut message = message
+        .trim()
+        .replace("expected u64", "expected a whole number")
+        .replace("expected u32", "expected a whole number")
+        .replace("expected a map", "expected a table");
+    if let Some(index) = message.find("expected struct Raw") {
+        message.truncate(index);
+        message.push_str("expected a table");
+    }
+    if message == "wanted string or table" {
+        message =
+            "expected a string, one of \"python\", \"node\", \"rust\", \"static\", \"command\""
+                .to_owned();
+    }
+    message
 }
 
 /// Converts a byte offset into a 1-based (line, column-in-characters) pair.

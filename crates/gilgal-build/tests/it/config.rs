@@ -149,6 +149,10 @@ fn errors_carry_line_and_column() {
         ),
         // Negative number.
         ("grace_period_secs = -1\n", (1, 21), ""),
+        // A value where a table belongs, and a number for the builder.
+        ("healthcheck = 5\n", (1, 15), "expected a table"),
+        ("processes = { web = 3 }\n", (1, 21), "expected a table"),
+        ("[build]\nbuilder = 3\n", (2, 11), "\"python\""),
         // Unknown builder.
         (
             "[build]\nbuilder = \"pyhton\"\n",
