@@ -194,14 +194,44 @@ impl InstanceCgroup {
     }
 
     /// Removes the (empty) cgroups; failures are logged, never fatal.
+    ///
+    /// A cgroup stays busy until its last zombie is reaped (by us, or by init for orphaned
+    /// grandchildren), so busy ones are retried in the background for a while.
     pub fn remove(&self) {
-        for (_, dir) in &self.dirs {
-            if let Err(err) = fs::remove_dir(dir) {
-                if err.kind() != io::ErrorKind::NotFound {
+        let busy: Vec<PathBuf> = self
+            .dirs
+            .iter()
+            .filter_map(|(_, dir)| match fs::remove_dir(dir) {
+                Ok(()) => None,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+                Err(err) if err.raw_os_error() == Some(libc::EBUSY) => Some(dir.clone()),
+                Err(err) => {
                     tracing::warn!(path = %dir.display(), error = %err, "cannot remove instance cgroup");
+                    None
+                }
+            })
+            .collect();
+        if busy.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let mut left = busy;
+            for _ in 0..100 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                left.retain(|dir| {
+                    matches!(fs::remove_dir(dir), Err(err) if err.kind() != io::ErrorKind::NotFound)
+                });
+                if left.is_empty() {
+                    return;
                 }
             }
-        }
+            for dir in left {
+                tracing::warn!(path = %dir.display(), "instance cgroup still busy; left in place");
+            }
+        });
     }
 }
 
