@@ -185,3 +185,91 @@ impl LogTailer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::spec::InstanceId;
+
+    fn setup() -> (tempfile::TempDir, InstancePaths) {
+        let dir = tempfile::tempdir().unwrap();
+        let id = InstanceId::parse("i-test").unwrap();
+        let paths = InstancePaths::new(dir.path(), &id);
+        std::fs::create_dir_all(&paths.dir).unwrap();
+        (dir, paths)
+    }
+
+    fn append(path: &std::path::Path, bytes: &[u8]) {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        file.write_all(bytes).unwrap();
+    }
+
+    fn texts(lines: Vec<(LogStream, String)>) -> Vec<String> {
+        lines.into_iter().map(|(_, line)| line).collect()
+    }
+
+    #[test]
+    fn splits_lines_keeps_partials_and_flushes_at_exit() {
+        let (_dir, paths) = setup();
+        let mut tailer = LogTailer::new(&paths, false, u64::MAX);
+        assert!(tailer.poll(false).is_empty(), "no files yet");
+        append(&paths.stdout(), b"one\r\ntwo\nthr");
+        append(&paths.stderr(), b"caf\xc3\xa9 \xff\n");
+        let lines = tailer.poll(false);
+        assert_eq!(
+            lines,
+            [
+                (LogStream::Stdout, "one".to_owned()),
+                (LogStream::Stdout, "two".to_owned()),
+                (LogStream::Stderr, "caf\u{e9} \u{fffd}".to_owned()),
+            ]
+        );
+        append(&paths.stdout(), b"ee");
+        assert!(tailer.poll(false).is_empty(), "partial line held back");
+        assert_eq!(texts(tailer.poll(true)), ["three"]);
+    }
+
+    #[test]
+    fn cuts_very_long_lines() {
+        let (_dir, paths) = setup();
+        let mut tailer = LogTailer::new(&paths, false, u64::MAX);
+        let long = vec![b'a'; MAX_LINE_BYTES * 2 + 10];
+        append(&paths.stdout(), &long);
+        append(&paths.stdout(), b"\n");
+        let lens: Vec<usize> = tailer.poll(false).iter().map(|(_, l)| l.len()).collect();
+        assert_eq!(lens, [MAX_LINE_BYTES, MAX_LINE_BYTES, 10]);
+    }
+
+    #[test]
+    fn resumes_from_saved_offsets_after_a_restart() {
+        let (_dir, paths) = setup();
+        let mut first = LogTailer::new(&paths, false, u64::MAX);
+        append(&paths.stdout(), b"a\nb\npart");
+        assert_eq!(texts(first.poll(false)), ["a", "b"]);
+        first.save_offsets(true);
+        drop(first);
+        append(&paths.stdout(), b"ial\nc\n");
+        let mut second = LogTailer::new(&paths, true, u64::MAX);
+        assert_eq!(texts(second.poll(false)), ["partial", "c"]);
+        // Without resume, everything is read from the start.
+        let mut fresh = LogTailer::new(&paths, false, u64::MAX);
+        assert_eq!(texts(fresh.poll(false)), ["a", "b", "partial", "c"]);
+    }
+
+    #[test]
+    fn truncates_a_fully_read_file_past_the_size_cap() {
+        let (_dir, paths) = setup();
+        let mut tailer = LogTailer::new(&paths, false, 16);
+        append(&paths.stdout(), b"0123456789\n0123456789\n");
+        assert_eq!(tailer.poll(false).len(), 2);
+        assert_eq!(std::fs::metadata(paths.stdout()).unwrap().len(), 0);
+        append(&paths.stdout(), b"after\n");
+        assert_eq!(texts(tailer.poll(false)), ["after"]);
+    }
+}
