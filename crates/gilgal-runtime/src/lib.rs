@@ -2,15 +2,12 @@
 //! the default [`ProcessRuntime`], restart [`backoff`], and [`health`] checks.
 //!
 //! # Isolation (for ARCHITECTURE.md)
-//! Each instance is a plain process in its own session/process group, started with an empty
-//! environment plus what the spec gives, as a dedicated system user `gilgal-<app>`
-//! ([`RunAs::AppUser`]) with no supplementary groups and `no_new_privs`: apps cannot touch
-//! each other's files or Gilgal's 0700 root data dir, and this works on any Linux without
-//! Docker. Each instance also gets cgroup v1 memory/cpu/pids groups (limits, OOM detection,
-//! and a complete list of its processes); where cgroups are not writable the runtime warns and
-//! runs without limits. Optionally ([`MountIsolation`], root only) each instance gets its own
-//! mount namespace with a private `/tmp` and the data dir covered by an empty tmpfs. No PID or
-//! network namespaces: apps still see the host's process list and must bind 127.0.0.1:$PORT.
+//! Each app runs as its own unprivileged system user `gilgal-<app>` (no extra groups,
+//! `no_new_privs`, own session, environment built from scratch): the cheapest isolation that
+//! works on any Linux without Docker, and it keeps apps out of each other's files and out of
+//! Gilgal's 0700 root data dir. Each instance gets cgroup v1 memory/cpu/pids groups for limits,
+//! OOM detection and complete process tracking (skipped with a warning where not writable), and
+//! optionally ([`MountIsolation`]) a mount namespace with a private /tmp and the data dir hidden.
 //!
 //! # Crash-safety invariant
 //! *No instance process is ever spawned before the instance's record is durably on disk*
