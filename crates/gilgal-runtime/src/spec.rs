@@ -165,7 +165,8 @@ pub struct InstanceSpec {
     /// The command, already expanded: never a shell string. `argv[0]` is looked up in `PATH`
     /// from `env` (or the default PATH) when it has no `/`.
     pub argv: Vec<String>,
-    /// The release's artifact directory; the instance's working directory and `HOME`.
+    /// The release's artifact directory; the instance's working directory, and its `HOME`
+    /// unless the runtime gives app users their own (`app_home_root`).
     pub working_dir: PathBuf,
     /// Environment variables (config vars, `GILGAL_RELEASE`, ...). The server's own environment
     /// is NOT inherited: only a minimal PATH/HOME/LANG is added under these.

@@ -58,6 +58,10 @@ pub struct ProcessRuntimeConfig {
     pub channel_capacity: usize,
     /// Per-instance mount namespace (private /tmp, hidden paths); applied only as root.
     pub mount_isolation: MountIsolation,
+    /// Where per-app writable HOME dirs live for [`crate::RunAs::AppUser`] instances
+    /// (`<root>/gilgal-<app>`, 0700). Must be reachable by app users, so not inside the 0700
+    /// data dir. `None`: HOME is the (read-only) release dir.
+    pub app_home_root: Option<PathBuf>,
 }
 
 impl Default for ProcessRuntimeConfig {
@@ -71,6 +75,7 @@ impl Default for ProcessRuntimeConfig {
             default_path: DEFAULT_PATH.to_owned(),
             channel_capacity: 4096,
             mount_isolation: MountIsolation::default(),
+            app_home_root: None,
         }
     }
 }

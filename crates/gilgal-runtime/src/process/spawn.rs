@@ -139,14 +139,13 @@ pub(crate) fn build_env(
     id: &InstanceId,
     spec: &InstanceSpec,
     user_name: Option<&str>,
+    home: Option<&std::path::Path>,
     default_path: &str,
 ) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("PATH".to_owned(), default_path.to_owned());
-    env.insert(
-        "HOME".to_owned(),
-        spec.working_dir.to_string_lossy().into_owned(),
-    );
+    let home = home.unwrap_or(&spec.working_dir);
+    env.insert("HOME".to_owned(), home.to_string_lossy().into_owned());
     env.insert("LANG".to_owned(), "C.UTF-8".to_owned());
     if let Some(name) = user_name {
         env.insert("USER".to_owned(), name.to_owned());
@@ -242,4 +241,42 @@ pub(crate) fn spawn(
     })?;
     drop(procs_files);
     Ok(child)
+}
+
+/// Creates (or re-owns) `<home_root>/<user>` as the app user's private, writable HOME.
+///
+/// `home_root` is made root-owned 0755 so nobody else can plant entries in it; the home itself
+/// is 0700 and owned by the app user, so tools that write to `~` (npm, pip) work while the
+/// release dir stays read-only.
+pub(crate) fn prepare_home(
+    home_root: &std::path::Path,
+    user_name: &str,
+    identity: AppIdentity,
+) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let fail = |path: &std::path::Path, err| RuntimeError::state(path, err);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(home_root)
+        .map_err(|err| fail(home_root, err))?;
+    let home = home_root.join(user_name);
+    match std::fs::symlink_metadata(&home) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(fail(
+                &home,
+                std::io::Error::other("exists and is not a directory"),
+            ))
+        }
+        Err(_) => std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&home)
+            .map_err(|err| fail(&home, err))?,
+    }
+    std::os::unix::fs::lchown(&home, Some(identity.uid), Some(identity.gid))
+        .map_err(|err| fail(&home, err))?;
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
+        .map_err(|err| fail(&home, err))?;
+    Ok(home)
 }

@@ -288,10 +288,17 @@ impl Supervisor {
         let mut cgroup = self.entry.cgroup.clone();
         cgroup.create(&spec.limits);
         let oom_baseline = cgroup.oom_kills();
+        let home = match (&self.inner.config.app_home_root, identity, &user_name) {
+            (Some(root), Some(identity), Some(name)) => {
+                Some(spawn::prepare_home(root, name, identity)?)
+            }
+            _ => None,
+        };
         let env = spawn::build_env(
             &self.entry.id,
             &spec,
             user_name.as_deref(),
+            home.as_deref(),
             &self.inner.config.default_path,
         );
         let mounts = spawn::MountPlan::prepare(&self.inner.config.mount_isolation)?;

@@ -287,3 +287,48 @@ async fn mount_namespace_hides_the_data_dir_and_gives_a_private_tmp() {
         other => panic!("expected a working dir error, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn app_user_gets_a_private_writable_home() {
+    let sandbox = Sandbox::new();
+    let homes = sandbox.root().join("homes");
+    let config = gilgal_runtime::ProcessRuntimeConfig {
+        app_home_root: Some(homes.clone()),
+        ..test_config()
+    };
+    let runtime = gilgal_runtime::ProcessRuntime::new(sandbox.state_dir(), config)
+        .await
+        .unwrap();
+    let mut spec = sandbox.spec("unused", &[]);
+    spec.argv = vec![
+        PYTHON.into(),
+        "-c".into(),
+        "import os; open(os.path.join(os.environ['HOME'], '.probe'), 'w').write('x'); \
+         print('home=' + os.environ['HOME'])"
+            .into(),
+    ];
+    spec.labels.app = "rttest".into();
+    spec.run_as = RunAs::AppUser;
+    if !is_root() {
+        assert!(runtime.run_oneoff(spec).await.is_err());
+        return;
+    }
+    let (lines, exit) = runtime
+        .run_oneoff(spec)
+        .await
+        .unwrap()
+        .collect(Some(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?} {lines:?}");
+    let home = homes.join(app_user_name("rttest"));
+    assert_eq!(lines[0].line, format!("home={}", home.display()));
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&home).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o700);
+    assert_ne!(meta.uid(), 0);
+    assert_eq!(
+        std::fs::metadata(home.join(".probe")).unwrap().uid(),
+        meta.uid()
+    );
+}
