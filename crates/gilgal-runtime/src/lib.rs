@@ -34,6 +34,10 @@
 //! - Log lines are timestamped when read (one poll interval late at most); lines written
 //!   while the server was down get the time of re-adoption and may be delivered twice.
 //! - Backoff resets after an instance ran `reset_after` (10 min), whatever its health.
+//! - Suggested production config as root: `run_as: AppUser` in every spec, and
+//!   `ProcessRuntimeConfig { mount_isolation: MountIsolation { private_tmp: true,
+//!   hidden_paths: vec![data_dir] }, app_home_root: Some("/var/lib/gilgal-homes".into()),
+//!   ..Default::default() }` (release dirs then must be outside /tmp and the data dir).
 //!
 //! # Use
 //! ```no_run
