@@ -332,3 +332,55 @@ async fn app_user_gets_a_private_writable_home() {
         meta.uid()
     );
 }
+
+#[tokio::test]
+async fn all_isolation_together_still_serves_http() {
+    // Production shape: app user, private /tmp, hidden data dir, own HOME, cgroup limits.
+    let sandbox = Sandbox::new_in(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let data_dir = sandbox.root().join("gilgal-data");
+    std::fs::create_dir(&data_dir).unwrap();
+    let config = gilgal_runtime::ProcessRuntimeConfig {
+        mount_isolation: gilgal_runtime::MountIsolation {
+            private_tmp: true,
+            hidden_paths: vec![data_dir],
+        },
+        app_home_root: Some(sandbox.root().join("homes")),
+        ..test_config()
+    };
+    let runtime = gilgal_runtime::ProcessRuntime::new(sandbox.state_dir(), config)
+        .await
+        .unwrap();
+    let port = free_port();
+    let mut spec = sandbox.spec("http_app.py", &[]);
+    spec.port = Some(port);
+    spec.labels.app = "rttest".into();
+    spec.run_as = if is_root() {
+        RunAs::AppUser
+    } else {
+        RunAs::ServerUser
+    };
+    spec.limits.memory_mb = Some(128);
+    spec.limits.cpu_millicores = Some(1000);
+    let id = runtime.start(spec).await.unwrap();
+    let check = gilgal_runtime::HealthCheck {
+        probe: gilgal_runtime::Probe::Http {
+            path: "/env".into(),
+            host: None,
+        },
+        interval: Duration::from_millis(50),
+        boot_deadline: Duration::from_secs(15),
+        ..gilgal_runtime::HealthCheck::default()
+    };
+    gilgal_runtime::wait_healthy(&runtime, &id, local(port), &check)
+        .await
+        .unwrap();
+    let (status, body) = http_get(port, "/env").await;
+    assert_eq!(status, 200);
+    let env: std::collections::BTreeMap<String, String> = serde_json::from_str(&body).unwrap();
+    if is_root() {
+        assert_eq!(env["USER"], app_user_name("rttest"));
+        assert!(env["HOME"].ends_with(&app_user_name("rttest")), "{env:?}");
+    }
+    let exit = runtime.stop(&id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+}
