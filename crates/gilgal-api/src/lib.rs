@@ -22,6 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 pub use extract::{AuthUser, Credential};
+pub use routes::certificates::load_certificates_into_proxy;
 pub use state::{ApiConfig, AppState};
 
 /// The complete API router over `state`.
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::tokens::routes())
         .merge(routes::projects::routes())
         .merge(routes::admin::routes())
+        .merge(routes::certificates::routes())
         .merge(routes::health::routes())
         .split_for_parts();
     api.merge(openapi::docs_routes(spec))

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use gilgal_auth::access::AccessTokenCodec;
 use gilgal_auth::keys::SigningKey;
+use gilgal_proxy::ProxyHandle;
 use gilgal_store::Store;
 
 /// Tunables of the API, with production defaults.
@@ -38,6 +39,7 @@ pub struct AppState {
 
 struct Inner {
     store: Store,
+    proxy: ProxyHandle,
     codec: AccessTokenCodec,
     decoy_hash: String,
 }
@@ -46,12 +48,14 @@ impl AppState {
     /// Builds the state. Computes the timing-decoy hash once (tens of milliseconds).
     pub fn new(
         store: Store,
+        proxy: ProxyHandle,
         signing_key: &SigningKey,
         config: ApiConfig,
     ) -> Result<Self, gilgal_auth::AuthError> {
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
+                proxy,
                 codec: AccessTokenCodec::new(signing_key),
                 decoy_hash: gilgal_auth::password::timing_decoy_hash()?,
             }),
@@ -62,6 +66,11 @@ impl AppState {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The edge proxy's control handle (routes, certificates, metrics).
+    pub fn proxy(&self) -> &ProxyHandle {
+        &self.inner.proxy
     }
 
     /// The access-token codec.

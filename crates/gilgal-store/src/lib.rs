@@ -6,6 +6,7 @@
 //! migrations (`migrations/`) serve both. Every query that reads tenant data takes the caller's
 //! user id, so another user's row is simply not found.
 
+mod certificates;
 mod error;
 mod projects;
 mod settings;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::AnyPool;
 
+pub use certificates::CertificateRecord;
 pub use error::StoreError;
 pub use projects::ProjectChanges;
 pub use users::{ApiTokenOwner, RefreshOutcome, SessionRecord, UserCredentials};

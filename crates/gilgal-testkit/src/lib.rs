@@ -55,7 +55,8 @@ impl TestServer {
             .expect("store connects");
         let key = SigningKey::load_or_generate(&data_dir.path().join("keys/signing.key"))
             .expect("signing key");
-        let state = AppState::new(store, &key, config).expect("app state");
+        let proxy = gilgal_proxy::ProxyHandle::new(gilgal_proxy::ProxySettings::default());
+        let state = AppState::new(store, proxy, &key, config).expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -186,6 +186,72 @@ impl<'de> Deserialize<'de> for Email {
     }
 }
 
+/// A fully qualified hostname (lowercase DNS labels joined by dots), optionally a `*.` wildcard.
+///
+/// Used for custom domains and TLS certificates; each label follows [`DnsLabel`]'s rules.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, ToSchema)]
+#[schema(value_type = String, example = "api.example.com")]
+#[serde(transparent)]
+pub struct Hostname(String);
+
+impl Hostname {
+    /// Longest hostname DNS allows.
+    pub const MAX_LEN: usize = 253;
+
+    /// The validated text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Hostname {
+    type Err = NameError;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        const WHAT: &str = "hostname";
+        let lowered = value.trim_end_matches('.').to_ascii_lowercase();
+        if lowered.is_empty() {
+            return Err(NameError::Empty { what: WHAT });
+        }
+        if lowered.len() > Self::MAX_LEN {
+            return Err(NameError::TooLong {
+                what: WHAT,
+                max: Self::MAX_LEN,
+            });
+        }
+        let rest = lowered.strip_prefix("*.").unwrap_or(&lowered);
+        let labels: Vec<&str> = rest.split('.').collect();
+        if labels.len() < 2 && rest != "localhost" {
+            return Err(NameError::Invalid {
+                what: WHAT,
+                rule: "must have at least two labels, like example.com",
+            });
+        }
+        for label in labels {
+            DnsLabel::parse_as(label, "each hostname label").map_err(|e| match e {
+                NameError::Empty { .. } => NameError::Invalid {
+                    what: WHAT,
+                    rule: "must not contain empty labels",
+                },
+                other => other,
+            })?;
+        }
+        Ok(Self(lowered))
+    }
+}
+
+impl fmt::Display for Hostname {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Hostname {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +324,39 @@ mod tests {
             "a@.com",
         ] {
             assert!(bad.parse::<Email>().is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn hostnames_are_dotted_labels_with_optional_wildcard() {
+        for good in [
+            "example.com",
+            "API.Example.com",
+            "*.apps.example.com",
+            "a-1.b.c",
+            "example.com.",
+        ] {
+            assert!(good.parse::<Hostname>().is_ok(), "{good:?} should pass");
+        }
+        assert_eq!(
+            "API.Example.com.".parse::<Hostname>().unwrap().as_str(),
+            "api.example.com"
+        );
+        for bad in [
+            "",
+            "com",
+            "a..b",
+            "-a.com",
+            "a_b.com",
+            "*.",
+            "a.*.com",
+            "exa mple.com",
+            "x.com/../etc",
+        ] {
+            assert!(
+                bad.parse::<Hostname>().is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 

@@ -59,3 +59,30 @@ pub struct HealthStatus {
     /// `ok` when healthy.
     pub status: String,
 }
+
+/// Upload of a TLS certificate and key for one hostname.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutCertificateRequest {
+    /// PEM certificate chain, leaf first.
+    pub cert_chain_pem: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Never returned by the API.
+    pub key_pem: String,
+}
+
+/// A stored certificate, without its key.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// The hostname it serves.
+    pub domain: crate::Hostname,
+    /// When the leaf certificate expires.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub not_after: Timestamp,
+    /// `upload`, or `acme` for automatically issued ones.
+    pub source: String,
+    /// When it was last replaced.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+}

@@ -70,6 +70,16 @@ pub struct ServerArgs {
     /// Address of the API.
     #[arg(long, default_value = "127.0.0.1:8080", env = "GILGAL_LISTEN")]
     pub listen: SocketAddr,
+    /// Address of the edge proxy (plain HTTP) that serves the apps.
+    #[arg(long, default_value = "127.0.0.1:8000", env = "GILGAL_PROXY_LISTEN")]
+    pub proxy_listen: SocketAddr,
+    /// Address of the edge proxy's HTTPS listener (TLS with certificates from the store);
+    /// off when omitted.
+    #[arg(long, env = "GILGAL_PROXY_TLS_LISTEN")]
+    pub proxy_tls_listen: Option<SocketAddr>,
+    /// Domain under which apps get hostnames: `{project}.{base}` and `{project}-{env}.{base}`.
+    #[arg(long, default_value = "localhost", env = "GILGAL_BASE_DOMAIN")]
+    pub base_domain: String,
     /// Use this PostgreSQL database instead of the embedded SQLite (postgres://…).
     #[arg(long, env = "GILGAL_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,

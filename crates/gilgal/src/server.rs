@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use gilgal_api::{ApiConfig, AppState};
 use gilgal_auth::keys::SigningKey;
+use gilgal_proxy::{ProxyHandle, ProxySettings};
 use gilgal_store::{Store, StoreBackend};
 use tracing_subscriber::EnvFilter;
 
@@ -77,21 +78,75 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             .await?;
     }
     let key = SigningKey::load_or_generate(&data_dir.join("keys").join("signing.key"))?;
-    let state = AppState::new(store.clone(), &key, ApiConfig::default())?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let mut proxy_settings = ProxySettings::default();
+    if let Some(tls) = args.proxy_tls_listen {
+        proxy_settings.https_port = tls.port();
+    }
+    let proxy = ProxyHandle::new(proxy_settings);
+    let state = AppState::new(store.clone(), proxy.clone(), &key, ApiConfig::default())?;
+    gilgal_api::load_certificates_into_proxy(&state)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let api_addr = listener.local_addr()?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot load TLS certificates from the store: {}", e.code())
+        })?;
+
+    let api_listener = bind(args.listen, "API").await?;
+    let proxy_listener = bind(args.proxy_listen, "proxy").await?;
+    let tls_listener = match args.proxy_tls_listen {
+        Some(addr) => Some(bind(addr, "proxy TLS").await?),
+        None => None,
+    };
+    let api_addr = api_listener.local_addr()?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+
+    // One shutdown signal fans out to every listener.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(gilgal_proxy::serve(
+        proxy_listener,
+        proxy.clone(),
+        stopped(),
+    ));
+    if let Some(listener) = tls_listener {
+        tasks.spawn(gilgal_proxy::serve_tls(listener, proxy.clone(), stopped()));
+    }
     tracing::info!(
         api = %format!("http://{api_addr}"),
+        proxy = %format!("http://{proxy_addr}"),
+        proxy_tls = %tls_addr.map(|a| format!("https://{a}")).unwrap_or_default(),
+        base_domain = %args.base_domain,
         store = backend.kind(),
         data_dir = %data_dir.display(),
         "gilgal server ready"
     );
-    gilgal_api::serve(listener, state, shutdown_signal()).await?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    gilgal_api::serve(api_listener, state, stopped())
+        .await
+        .context("API server failed")?;
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(Err(e)) = joined {
+            tracing::warn!(error = %e, "proxy listener ended with an error");
+        }
+    }
     store.close().await;
     tracing::info!("gilgal server stopped");
     Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what}; pick another address"))
 }
 
 /// Resolves on SIGINT or SIGTERM.

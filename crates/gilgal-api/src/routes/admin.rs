@@ -14,7 +14,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_settings, put_settings))
 }
 
-fn require_admin(caller: &AuthUser) -> Result<(), ApiError> {
+/// Refuses callers who are not instance administrators.
+pub(crate) fn require_admin(caller: &AuthUser) -> Result<(), ApiError> {
     if caller.user.is_admin {
         Ok(())
     } else {

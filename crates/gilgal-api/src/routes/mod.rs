@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod certificates;
 pub mod fallback;
 pub mod health;
 pub mod projects;

@@ -2,6 +2,7 @@
 //! and on PostgreSQL (see `gilgal_testkit::backend_tests!`).
 
 mod auth;
+mod certificates;
 mod docs;
 mod projects;
 mod tokens;

@@ -14,6 +14,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_gilgal");
 struct ServerProcess {
     child: Child,
     url: String,
+    proxy_url: String,
+    proxy_tls_url: String,
     dir: tempfile::TempDir,
 }
 
@@ -22,7 +24,14 @@ impl ServerProcess {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(BIN);
         command
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--proxy-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--proxy-tls-listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("data"))
             .env_remove("GILGAL_DATABASE_URL")
             .stdout(Stdio::null())
@@ -43,14 +52,21 @@ impl ServerProcess {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("gilgal server ready") {
                     let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-                    let _ = tx.send(value["api"].as_str().unwrap().to_owned());
+                    let _ = tx.send(value);
                 }
             }
         });
-        let url = rx
+        let ready = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server announced its address");
-        Self { child, url, dir }
+        let field = |name: &str| ready[name].as_str().unwrap().to_owned();
+        Self {
+            child,
+            url: field("api"),
+            proxy_url: field("proxy"),
+            proxy_tls_url: field("proxy_tls"),
+            dir,
+        }
     }
 
     fn config_dir(&self) -> PathBuf {
@@ -137,7 +153,10 @@ fn fails_with(out: Output, needle: &str) {
 
 const PASSWORD: &str = "a long enough password\n";
 
-backend_tests!(cli_full_flow);
+backend_tests!(
+    cli_full_flow,
+    proxy_serves_tls_with_certificates_from_the_api
+);
 
 async fn cli_full_flow(backend: Backend) {
     let server = ServerProcess::start(backend).await;
@@ -295,7 +314,14 @@ async fn cli_full_flow(backend: Backend) {
 fn server_reports_a_bad_database_url_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env("GILGAL_DATABASE_URL", "postgres://nobody@127.0.0.1:9/none")
         .output()
@@ -307,4 +333,83 @@ fn server_reports_a_bad_database_url_in_one_line() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// The server runs the edge proxy: plain HTTP answers unknown hosts with the proxy's 404 page,
+/// and HTTPS terminates with a certificate uploaded through the API (picked by SNI), which also
+/// survives a server restart because the store is the source of truth.
+async fn proxy_serves_tls_with_certificates_from_the_api(backend: Backend) {
+    let server = ServerProcess::start(backend).await;
+    ok(server.cli(
+        &[
+            "register",
+            "--email",
+            "admin@example.com",
+            "--password-stdin",
+        ],
+        Some(PASSWORD),
+    ));
+    let token = ok(server.cli(&["tokens", "create", "tls-test"], None))
+        .trim()
+        .to_owned();
+
+    let plain = reqwest::Client::new()
+        .get(format!("{}/", server.proxy_url))
+        .header("host", "nothing.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 404);
+    assert!(plain.headers().contains_key("x-request-id"));
+
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["shop.example.test".to_owned()]).unwrap();
+    let upload = reqwest::Client::new()
+        .put(format!(
+            "{}/api/admin/certificates/shop.example.test",
+            server.url
+        ))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "cert_chain_pem": generated.cert.pem(),
+            "key_pem": generated.key_pair.serialize_pem(),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 200, "{}", upload.text().await.unwrap());
+
+    let tls_addr: std::net::SocketAddr = server
+        .proxy_tls_url
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(generated.cert.pem().as_bytes()).unwrap(),
+        )
+        .resolve("shop.example.test", tls_addr)
+        .build()
+        .unwrap();
+    let over_tls = trusting
+        .get(format!("https://shop.example.test:{}/", tls_addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        over_tls.status(),
+        404,
+        "TLS terminated with the uploaded certificate; no app routed yet"
+    );
+
+    // A hostname without a certificate gets no handshake.
+    let unknown = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve("other.example.test", tls_addr)
+        .build()
+        .unwrap()
+        .get(format!("https://other.example.test:{}/", tls_addr.port()))
+        .send()
+        .await;
+    assert!(unknown.is_err(), "no certificate, no TLS: {unknown:?}");
 }
