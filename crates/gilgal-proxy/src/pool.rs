@@ -60,6 +60,13 @@ impl std::fmt::Debug for ConnPool {
     }
 }
 
+/// A failed exchange, with the request handed back when none of it was sent (safe to retry,
+/// body included).
+pub(crate) struct Failure {
+    pub(crate) error: UpstreamError,
+    pub(crate) unsent: Option<Request<UpstreamBody>>,
+}
+
 /// A connection lent to one request; give it back with [`ConnPool::put_back`].
 pub(crate) struct Lease {
     sender: http1::SendRequest<UpstreamBody>,
@@ -154,7 +161,7 @@ impl ConnPool {
         connect_timeout: Duration,
         upgrade: bool,
         cut: &CancellationToken,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
         if !upgrade {
             while let Some(mut sender) = self.take_idle() {
                 match sender.try_send_request(req).await {
@@ -162,13 +169,31 @@ impl ConnPool {
                     Err(mut e) => match e.take_message() {
                         // Never written (the connection died while idle): try another one.
                         Some(unsent) => req = unsent,
-                        None => return Err(UpstreamError::Http(e.into_error())),
+                        None => {
+                            return Err(Failure {
+                                error: UpstreamError::Http(e.into_error()),
+                                unsent: None,
+                            })
+                        }
                     },
                 }
             }
         }
-        let mut sender = self.connect(connect_timeout, upgrade, cut).await?;
-        let resp = sender.send_request(req).await?;
-        Ok((resp, Lease { sender }))
+        let mut sender = match self.connect(connect_timeout, upgrade, cut).await {
+            Ok(sender) => sender,
+            Err(error) => {
+                return Err(Failure {
+                    error,
+                    unsent: Some(req),
+                })
+            }
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, Lease { sender })),
+            Err(mut e) => Err(Failure {
+                unsent: e.take_message(),
+                error: UpstreamError::Http(e.into_error()),
+            }),
+        }
     }
 }

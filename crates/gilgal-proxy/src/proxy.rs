@@ -18,6 +18,19 @@ use crate::body::{BodyTooLarge, ConnActivity, ProxyBody, RequestGuard, UpstreamB
 use crate::handle::Shared;
 use crate::metrics::RouteMetrics;
 use crate::pool::{Lease, UpstreamError};
+
+fn build_upstream_request(
+    method: &Method,
+    path_and_query: &PathAndQuery,
+    headers: HeaderMap,
+    body: UpstreamBody,
+) -> Request<UpstreamBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = upstream_uri(path_and_query);
+    *req.headers_mut() = headers;
+    req
+}
 use crate::table::{strip_port, CompiledRoute, CompiledSplit, CompiledTarget};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -142,7 +155,7 @@ struct Forwarded<'a> {
 
 enum Attempt {
     Response(Response<Incoming>, Lease),
-    Failed(UpstreamError),
+    Failed(UpstreamError, Option<Request<UpstreamBody>>),
     TimedOut,
     Cut,
 }
@@ -184,41 +197,38 @@ impl Forwarded<'_> {
         self.prepare_headers(&mut headers, &host_value, upgrade.as_ref());
 
         let body_empty = body.is_end_stream() && upgrade.is_none();
-        let mut body = if body_empty {
-            None
+        let body = if body_empty {
+            UpstreamBody::empty()
         } else {
-            Some(UpstreamBody::new(
-                body,
-                self.route.limits.max_body_bytes,
-                metrics.clone(),
-            ))
+            UpstreamBody::new(body, self.route.limits.max_body_bytes, metrics.clone())
         };
-        // Only a request we can send again unchanged (no body) is ever retried.
-        let attempts = if body_empty {
-            candidates.len().clamp(1, 3)
-        } else {
-            1
-        };
+        let attempts = candidates.len().clamp(1, 3);
+        // A bodyless request can be rebuilt for a retry even after it was sent.
+        let template = (body_empty && attempts > 1).then(|| headers.clone());
+        let mut request = Some(build_upstream_request(
+            &method,
+            &path_and_query,
+            headers,
+            body,
+        ));
         let mut failed: Option<Arc<BackendState>> = None;
         for attempt in 1..=attempts {
             let Some(backend) = pick_backend(candidates, failed.as_deref()).cloned() else {
                 break;
             };
+            let req = match (request.take(), &template) {
+                (Some(req), _) => req,
+                (None, Some(headers)) => build_upstream_request(
+                    &method,
+                    &path_and_query,
+                    headers.clone(),
+                    UpstreamBody::empty(),
+                ),
+                (None, None) => break,
+            };
             let in_flight = InFlightGuard::new(backend.clone());
             let last = attempt == attempts;
-            let mut upstream_req = Request::new(body.take().unwrap_or_else(UpstreamBody::empty));
-            *upstream_req.method_mut() = method.clone();
-            *upstream_req.uri_mut() = upstream_uri(&path_and_query);
-            *upstream_req.headers_mut() = if last {
-                std::mem::take(&mut headers)
-            } else {
-                headers.clone()
-            };
-
-            match self
-                .attempt(&backend, upstream_req, upgrade.is_some())
-                .await
-            {
+            match self.attempt(&backend, req, upgrade.is_some()).await {
                 Attempt::Response(resp, lease) => {
                     return self.relay(resp, lease, in_flight, guard, set_cookie, client_upgrade);
                 }
@@ -236,7 +246,7 @@ impl Forwarded<'_> {
                         guard,
                     );
                 }
-                Attempt::Failed(err) => {
+                Attempt::Failed(err, unsent) => {
                     if is_body_too_large(&err) {
                         return self.fail(
                             StatusCode::PAYLOAD_TOO_LARGE,
@@ -249,8 +259,10 @@ impl Forwarded<'_> {
                         backend.eject(self.ctx.shared.settings.backend_ejection);
                     }
                     tracing::debug!(backend = %backend.id, error = %err, connect, "upstream attempt failed");
-                    let safe = connect || is_idempotent(&method);
-                    if last || !safe || !body_empty {
+                    // Safe to retry: nothing was sent (the request came back), or a bodyless
+                    // idempotent request whose answer never arrived.
+                    let safe = unsent.is_some() || (body_empty && is_idempotent(&method));
+                    if last || !safe {
                         let why = if connect {
                             "the app is not accepting connections"
                         } else {
@@ -258,6 +270,7 @@ impl Forwarded<'_> {
                         };
                         return self.fail(StatusCode::BAD_GATEWAY, why, guard);
                     }
+                    request = unsent;
                     failed = Some(backend);
                 }
             }
@@ -285,7 +298,7 @@ impl Forwarded<'_> {
         match tokio::time::timeout(limits.response_timeout, send).await {
             Err(_) => Attempt::TimedOut,
             Ok(Err(_)) if backend.cut.is_cancelled() => Attempt::Cut,
-            Ok(Err(e)) => Attempt::Failed(e),
+            Ok(Err(failure)) => Attempt::Failed(failure.error, failure.unsent),
             Ok(Ok((resp, lease))) => Attempt::Response(resp, lease),
         }
     }
