@@ -17,7 +17,7 @@ use crate::spec::ProxySettings;
 /// Shared, mutable state of one backend instance.
 #[derive(Debug)]
 pub(crate) struct BackendState {
-    pub(crate) id: String,
+    pub(crate) id: Arc<str>,
     pub(crate) addr: SocketAddr,
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` until which the backend is avoided (0 = healthy).
@@ -32,7 +32,7 @@ pub(crate) struct BackendState {
 }
 
 impl BackendState {
-    pub(crate) fn new(id: String, addr: SocketAddr, settings: &ProxySettings) -> Self {
+    pub(crate) fn new(id: Arc<str>, addr: SocketAddr, settings: &ProxySettings) -> Self {
         Self {
             pool: ConnPool::new(
                 addr,

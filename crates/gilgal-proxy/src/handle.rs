@@ -13,7 +13,7 @@ use crate::backend::BackendState;
 use crate::error::ProxyError;
 use crate::metrics::{MetricsSnapshot, RouteMetrics};
 use crate::spec::{CertificatePem, ProxySettings, RouteDiff, RouteSpec};
-use crate::table::{Registry, RouteTable};
+use crate::table::{compile_route, CompiledRoute, CompiledTarget, Registry, RouteTable};
 use crate::tls::SniResolver;
 
 /// Metrics id of traffic that matched no route (404s, malformed requests).
@@ -46,10 +46,29 @@ pub(crate) struct Shared {
 /// Control-plane-only state (never touched by the request path).
 struct Control {
     specs: BTreeMap<String, RouteSpec>,
+    /// Compiled form of every spec, reused across swaps while the spec is unchanged.
+    compiled: HashMap<String, Arc<CompiledRoute>>,
     backends: HashMap<String, Arc<BackendState>>,
     routed_backends: std::collections::HashSet<Arc<str>>,
     route_metrics: BTreeMap<String, Arc<RouteMetrics>>,
     settings: ProxySettings,
+}
+
+impl Control {
+    /// The compiled route for `spec`: the existing one if the spec is unchanged.
+    fn compile_or_reuse(&mut self, spec: &RouteSpec) -> Result<Arc<CompiledRoute>, ProxyError> {
+        if let (Some(old), Some(compiled)) = (self.specs.get(&spec.id), self.compiled.get(&spec.id))
+        {
+            let backends_alive = match &compiled.target {
+                CompiledTarget::Upstream { all, .. } => all.iter().all(|b| !b.cut.is_cancelled()),
+                CompiledTarget::Static { .. } => true,
+            };
+            if old == spec && backends_alive {
+                return Ok(compiled.clone());
+            }
+        }
+        compile_route(spec, self)
+    }
 }
 
 impl Registry for Control {
@@ -60,7 +79,7 @@ impl Registry for Control {
                 return existing.clone();
             }
         }
-        let fresh = Arc::new(BackendState::new(id.to_string(), addr, &self.settings));
+        let fresh = Arc::new(BackendState::new(id.into(), addr, &self.settings));
         self.backends.insert(id.to_string(), fresh.clone());
         fresh
     }
@@ -99,6 +118,7 @@ impl ProxyHandle {
     pub fn new(settings: ProxySettings) -> Self {
         let control = Control {
             specs: BTreeMap::new(),
+            compiled: HashMap::new(),
             backends: HashMap::new(),
             routed_backends: Default::default(),
             route_metrics: BTreeMap::new(),
@@ -130,39 +150,60 @@ impl ProxyHandle {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Replace the whole routing table with `routes` (one atomic swap).
+    /// Replace the whole routing table with `routes` (one atomic swap). Routes whose spec did
+    /// not change keep their compiled form, so large tables swap quickly.
     pub fn replace(&self, routes: Vec<RouteSpec>) -> Result<(), ProxyError> {
         let mut control = self.control();
         let mut specs = BTreeMap::new();
+        let mut compiled = HashMap::with_capacity(routes.len());
         for spec in routes {
-            let id = spec.id.clone();
-            if specs.insert(id.clone(), spec).is_some() {
-                return Err(ProxyError::DuplicateRouteId(id));
+            if specs.contains_key(&spec.id) {
+                return Err(ProxyError::DuplicateRouteId(spec.id));
             }
-        }
-        self.install(&mut control, specs)
-    }
-
-    /// Apply a small change (upserts and removals by route id) as one atomic swap.
-    pub fn apply(&self, diff: RouteDiff) -> Result<(), ProxyError> {
-        let mut control = self.control();
-        let mut specs = control.specs.clone();
-        for id in &diff.remove {
-            specs.remove(id);
-        }
-        for spec in diff.upsert {
+            let route = control.compile_or_reuse(&spec)?;
+            compiled.insert(spec.id.clone(), route);
             specs.insert(spec.id.clone(), spec);
         }
-        self.install(&mut control, specs)
+        let table = RouteTable::assemble(compiled.values())?;
+        self.install(&mut control, table);
+        control.specs = specs;
+        control.compiled = compiled;
+        Ok(())
     }
 
-    fn install(
-        &self,
-        control: &mut Control,
-        specs: BTreeMap<String, RouteSpec>,
-    ) -> Result<(), ProxyError> {
-        let list: Vec<RouteSpec> = specs.values().cloned().collect();
-        let table = RouteTable::compile(&list, control)?;
+    /// Apply a small change (upserts and removals by route id) as one atomic swap; only the
+    /// upserted routes are compiled.
+    pub fn apply(&self, diff: RouteDiff) -> Result<(), ProxyError> {
+        let mut control = self.control();
+        let mut fresh = HashMap::with_capacity(diff.upsert.len());
+        for spec in &diff.upsert {
+            let route = control.compile_or_reuse(spec)?;
+            if fresh.insert(spec.id.as_str(), route).is_some() {
+                return Err(ProxyError::DuplicateRouteId(spec.id.clone()));
+            }
+        }
+        let kept = control.compiled.iter().filter(|(id, _)| {
+            !fresh.contains_key(id.as_str()) && !diff.remove.iter().any(|r| r == *id)
+        });
+        let table = RouteTable::assemble(kept.map(|(_, r)| r).chain(fresh.values()))?;
+        self.install(&mut control, table);
+        for id in &diff.remove {
+            control.specs.remove(id);
+            control.compiled.remove(id);
+        }
+        let fresh: Vec<(String, Arc<CompiledRoute>)> = fresh
+            .into_iter()
+            .map(|(id, r)| (id.to_string(), r))
+            .collect();
+        control.compiled.extend(fresh);
+        for spec in diff.upsert {
+            control.specs.insert(spec.id.clone(), spec);
+        }
+        Ok(())
+    }
+
+    /// Publish `table` and start draining backends it no longer references.
+    fn install(&self, control: &mut Control, table: RouteTable) {
         let now_routed = table.backend_ids();
         self.shared.table.store(Arc::new(table));
         for gone in control.routed_backends.difference(&now_routed) {
@@ -175,8 +216,6 @@ impl ProxyHandle {
             now_routed.contains(id.as_str()) || state.in_flight() > 0 || !state.is_draining()
         });
         control.routed_backends = now_routed;
-        control.specs = specs;
-        Ok(())
     }
 
     /// The route specs currently installed, in id order.

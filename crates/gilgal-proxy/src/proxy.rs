@@ -347,6 +347,8 @@ impl Forwarded<'_> {
     ) {
         let upgrade = upgrade.cloned();
         strip_hop_by_hop(headers);
+        // Room for the forwarding headers in one growth instead of several.
+        headers.reserve(5);
         if let Some(protocol) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol);

@@ -15,6 +15,8 @@ use crate::spec::{RouteLimits, RouteSpec, RouteTarget};
 /// One route ready to serve: resolved backends, metrics and limits.
 pub(crate) struct CompiledRoute {
     pub(crate) id: Arc<str>,
+    /// Normalized hosts (lowercase, no port).
+    pub(crate) hosts: Box<[Box<str>]>,
     pub(crate) prefix: Option<Box<str>>,
     pub(crate) target: CompiledTarget,
     pub(crate) limits: RouteLimits,
@@ -66,39 +68,60 @@ pub(crate) trait Registry {
     fn route_metrics(&mut self, id: &str) -> Arc<RouteMetrics>;
 }
 
+/// Validate one spec and resolve it against the registry (backend state, metrics).
+pub(crate) fn compile_route(
+    spec: &RouteSpec,
+    registry: &mut impl Registry,
+) -> Result<Arc<CompiledRoute>, ProxyError> {
+    let invalid = |reason: &str| ProxyError::InvalidRoute {
+        route: spec.id.clone(),
+        reason: reason.to_string(),
+    };
+    if spec.hosts.is_empty() {
+        return Err(invalid("no hosts"));
+    }
+    let prefix = match spec.path_prefix.as_deref() {
+        None | Some("") | Some("/") => None,
+        Some(p) if !p.starts_with('/') => return Err(invalid("path prefix must start with '/'")),
+        Some(p) => Some(p.trim_end_matches('/').into()),
+    };
+    let mut hosts = Vec::with_capacity(spec.hosts.len());
+    for host in &spec.hosts {
+        let host = normalize_host(host);
+        if host.is_empty() || host.contains(['/', ' ']) {
+            return Err(invalid("empty or malformed host"));
+        }
+        hosts.push(host.into_boxed_str());
+    }
+    let target = compile_target(spec, registry).map_err(|r| invalid(&r))?;
+    Ok(Arc::new(CompiledRoute {
+        id: spec.id.as_str().into(),
+        hosts: hosts.into_boxed_slice(),
+        prefix,
+        target,
+        limits: spec.limits.clone(),
+        redirect_https: spec.redirect_https,
+        metrics: registry.route_metrics(&spec.id),
+    }))
+}
+
 impl RouteTable {
-    /// Compile specs into a table, validating them (duplicate hosts/prefixes, bad splits...).
-    pub(crate) fn compile(
-        specs: &[RouteSpec],
-        registry: &mut impl Registry,
+    /// Assemble compiled routes into a lookup table, rejecting ambiguous host/prefix pairs
+    /// and backend ids used with two addresses.
+    pub(crate) fn assemble<'a>(
+        routes: impl IntoIterator<Item = &'a Arc<CompiledRoute>>,
     ) -> Result<Self, ProxyError> {
         let mut hosts: HashMap<Box<str>, Vec<Arc<CompiledRoute>>> = HashMap::new();
-        let mut ids = HashSet::new();
         let mut backend_addrs: HashMap<&str, std::net::SocketAddr> = HashMap::new();
-        for spec in specs {
-            if !ids.insert(spec.id.as_str()) {
-                return Err(ProxyError::DuplicateRouteId(spec.id.clone()));
-            }
-            let invalid = |reason: &str| ProxyError::InvalidRoute {
-                route: spec.id.clone(),
-                reason: reason.to_string(),
-            };
-            if spec.hosts.is_empty() {
-                return Err(invalid("no hosts"));
-            }
-            let prefix = match spec.path_prefix.as_deref() {
-                None | Some("") | Some("/") => None,
-                Some(p) if !p.starts_with('/') => {
-                    return Err(invalid("path prefix must start with '/'"))
-                }
-                Some(p) => Some(p.trim_end_matches('/').into()),
-            };
-            if let RouteTarget::Upstream { backends, .. } = &spec.target {
-                for b in backends {
+        let mut route_count = 0;
+        for route in routes {
+            route_count += 1;
+            if let CompiledTarget::Upstream { all, .. } = &route.target {
+                for b in all {
                     if let Some(first) = backend_addrs.insert(&b.id, b.addr) {
                         if first != b.addr {
                             return Err(ProxyError::ConflictingBackend {
-                                id: b.id.clone(),
+                                id: b.id.to_string(),
                                 first,
                                 second: b.addr,
                             });
@@ -106,27 +129,14 @@ impl RouteTable {
                     }
                 }
             }
-            let target = compile_target(spec, registry).map_err(|r| invalid(&r))?;
-            let route = Arc::new(CompiledRoute {
-                id: spec.id.as_str().into(),
-                prefix,
-                target,
-                limits: spec.limits.clone(),
-                redirect_https: spec.redirect_https,
-                metrics: registry.route_metrics(&spec.id),
-            });
-            for host in &spec.hosts {
-                let host = normalize_host(host);
-                if host.is_empty() || host.contains(['/', ' ']) {
-                    return Err(invalid("empty or malformed host"));
-                }
-                let entry = hosts.entry(host.clone().into_boxed_str()).or_default();
+            for host in route.hosts.iter() {
+                let entry = hosts.entry(host.clone()).or_default();
                 if let Some(other) = entry.iter().find(|r| r.prefix == route.prefix) {
                     return Err(ProxyError::DuplicateRoute {
-                        host,
+                        host: host.to_string(),
                         prefix: route.prefix.as_deref().unwrap_or("").to_string(),
                         first: other.id.to_string(),
-                        second: spec.id.clone(),
+                        second: route.id.to_string(),
                     });
                 }
                 entry.push(route.clone());
@@ -135,10 +145,7 @@ impl RouteTable {
         for routes in hosts.values_mut() {
             routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.as_deref().map_or(0, str::len)));
         }
-        Ok(Self {
-            hosts,
-            route_count: specs.len(),
-        })
+        Ok(Self { hosts, route_count })
     }
 
     /// Number of routes in the snapshot.
@@ -167,13 +174,13 @@ impl RouteTable {
         })
     }
 
-    /// Every backend state referenced by the table (to find the ones a swap removed).
+    /// Every backend id referenced by the table (to find the ones a swap removed).
     pub(crate) fn backend_ids(&self) -> HashSet<Arc<str>> {
         let mut out = HashSet::new();
         for routes in self.hosts.values() {
             for route in routes {
                 if let CompiledTarget::Upstream { all, .. } = &route.target {
-                    out.extend(all.iter().map(|b| Arc::<str>::from(b.id.as_str())));
+                    out.extend(all.iter().map(|b| b.id.clone()));
                 }
             }
         }

@@ -489,9 +489,28 @@ async fn lookup_cost_is_flat_from_one_to_ten_thousand_hosts() {
                 .is_some());
         }
         let per = t.elapsed() / rounds;
-        println!("{n} hosts: table build {build:?}, lookup {per:?}");
+        // A deploy changes one route: the diff is applied and visible well within 100 ms.
+        let t = std::time::Instant::now();
+        handle
+            .apply(gilgal_proxy::RouteDiff {
+                upsert: vec![route(
+                    "p0",
+                    &["p0.localhost", "new.example"],
+                    None,
+                    vec![Backend::new("b0-new", addr)],
+                )],
+                remove: vec![],
+            })
+            .unwrap();
+        let diff = t.elapsed();
+        assert_eq!(handle.table().route_id_for("new.example", "/"), Some("p0"));
+        println!("{n} hosts: table build {build:?}, one-route diff {diff:?}, lookup {per:?}");
         times.push(per);
         assert!(build < std::time::Duration::from_millis(2_000));
+        assert!(
+            diff < std::time::Duration::from_millis(100),
+            "diff took {diff:?}"
+        );
     }
     assert!(
         times[1] < times[0] * 4 + std::time::Duration::from_nanos(200),
