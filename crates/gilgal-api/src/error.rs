@@ -77,6 +77,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound => Self::not_found("resource"),
+            StoreError::IllegalTransition(why) => {
+                Self::new(StatusCode::CONFLICT, "illegal_state", why)
+            }
             StoreError::Conflict(what) => Self::new(
                 StatusCode::CONFLICT,
                 "conflict",

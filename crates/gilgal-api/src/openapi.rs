@@ -15,6 +15,7 @@ use crate::AppState;
         (name = "auth", description = "Accounts, sessions and logout"),
         (name = "tokens", description = "Personal API tokens for the CLI and CI"),
         (name = "projects", description = "Projects (apps)"),
+        (name = "deployments", description = "Deployments and their logs"),
         (name = "admin", description = "Instance administration"),
         (name = "health", description = "Liveness and readiness"),
     )

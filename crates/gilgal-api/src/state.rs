@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use gilgal_auth::access::AccessTokenCodec;
 use gilgal_auth::keys::SigningKey;
+use gilgal_deploy::Deployer;
 use gilgal_proxy::ProxyHandle;
 use gilgal_store::Store;
 
@@ -40,6 +41,7 @@ pub struct AppState {
 struct Inner {
     store: Store,
     proxy: ProxyHandle,
+    deployer: Arc<Deployer>,
     codec: AccessTokenCodec,
     decoy_hash: String,
 }
@@ -49,6 +51,7 @@ impl AppState {
     pub fn new(
         store: Store,
         proxy: ProxyHandle,
+        deployer: Arc<Deployer>,
         signing_key: &SigningKey,
         config: ApiConfig,
     ) -> Result<Self, gilgal_auth::AuthError> {
@@ -56,6 +59,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 store,
                 proxy,
+                deployer,
                 codec: AccessTokenCodec::new(signing_key),
                 decoy_hash: gilgal_auth::password::timing_decoy_hash()?,
             }),
@@ -71,6 +75,11 @@ impl AppState {
     /// The edge proxy's control handle (routes, certificates, metrics).
     pub fn proxy(&self) -> &ProxyHandle {
         &self.inner.proxy
+    }
+
+    /// The deploy pipeline.
+    pub fn deployer(&self) -> &Arc<Deployer> {
+        &self.inner.deployer
     }
 
     /// The access-token codec.

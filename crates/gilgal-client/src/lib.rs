@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use gilgal_types::{
-    ApiToken, CreateApiTokenRequest, CreateProjectRequest, CreatedApiToken, ErrorBody,
+    ApiToken, CreateApiTokenRequest, CreateProjectRequest, CreatedApiToken, Deployment, ErrorBody,
     InstanceSettings, LoginRequest, Project, RefreshRequest, RegisterRequest, TokenPair,
     UpdateProjectRequest, User,
 };
@@ -280,6 +280,49 @@ impl Client {
     ) -> Result<InstanceSettings, ClientError> {
         self.call(Method::PUT, "/api/admin/settings", settings)
             .await
+    }
+
+    /// `POST /api/projects/{id}/deployments`: uploads a tar.gz of the source.
+    pub async fn create_deployment(
+        &self,
+        project_id: Uuid,
+        environment: &str,
+        tarball: reqwest::Body,
+    ) -> Result<Deployment, ClientError> {
+        let request = self
+            .request(
+                Method::POST,
+                &format!("/api/projects/{project_id}/deployments"),
+            )
+            .query(&[("environment", environment)])
+            .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+            .body(tarball);
+        self.json(request).await
+    }
+
+    /// `GET /api/deployments/{id}`.
+    pub async fn deployment(&self, id: Uuid) -> Result<Deployment, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/deployments/{id}")))
+            .await
+    }
+
+    /// `DELETE /api/deployments/{id}`: cancels a deployment in progress.
+    pub async fn cancel_deployment(&self, id: Uuid) -> Result<Deployment, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/api/deployments/{id}")))
+            .await
+    }
+
+    /// `GET /api/deployments/{id}/logs`: the NDJSON response, to read line by line
+    /// (`follow` keeps it open until the deployment settles).
+    pub async fn deployment_logs(
+        &self,
+        id: Uuid,
+        follow: bool,
+    ) -> Result<reqwest::Response, ClientError> {
+        let request = self
+            .request(Method::GET, &format!("/api/deployments/{id}/logs"))
+            .query(&[("follow", if follow { "true" } else { "false" })]);
+        self.send(request).await
     }
 
     /// `GET /ready`: whether the server and its store answer.

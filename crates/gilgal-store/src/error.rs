@@ -21,6 +21,9 @@ pub enum StoreError {
     /// No row matched (or it belongs to someone else).
     #[error("not found")]
     NotFound,
+    /// A deployment state change the lifecycle forbids (or lost a race).
+    #[error("illegal state change: {0}")]
+    IllegalTransition(String),
     /// A stored value could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -7,6 +7,7 @@
 //! user id, so another user's row is simply not found.
 
 mod certificates;
+mod deployments;
 mod error;
 mod projects;
 mod settings;
@@ -20,6 +21,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::AnyPool;
 
 pub use certificates::CertificateRecord;
+pub use deployments::{
+    DeploymentRecord, EnvironmentRecord, LogRecord, ReleaseRecord, TransitionRecord,
+};
 pub use error::StoreError;
 pub use projects::ProjectChanges;
 pub use users::{ApiTokenOwner, RefreshOutcome, SessionRecord, UserCredentials};
@@ -76,7 +80,9 @@ impl Store {
                     "sqlite://{}?mode=rwc",
                     path.to_str().ok_or(StoreError::NonUtf8Path)?
                 );
-                (url, 4)
+                // One connection: SQLite has one writer anyway, and a single connection
+                // never hits SQLITE_BUSY_SNAPSHOT when a read transaction upgrades to a write.
+                (url, 1)
             }
             StoreBackend::Postgres(url) => (url.clone(), 8),
         };

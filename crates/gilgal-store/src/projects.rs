@@ -42,6 +42,7 @@ impl Store {
     ) -> Result<Project, StoreError> {
         let id = Uuid::new_v4();
         let now = now_millis();
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO projects (id, owner_id, name, description, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $5)",
@@ -51,9 +52,20 @@ impl Store {
         .bind(name.as_str())
         .bind(description)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::conflict_on_unique(e, NAME_TAKEN))?;
+        // Every project starts with its production environment.
+        sqlx::query(
+            "INSERT INTO environments (id, project_id, name, formation, created_at, updated_at) \
+             VALUES ($1, $2, 'production', '{}', $3, $3)",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(Project {
             id,
             name: name.clone(),

@@ -56,7 +56,28 @@ impl TestServer {
         let key = SigningKey::load_or_generate(&data_dir.path().join("keys/signing.key"))
             .expect("signing key");
         let proxy = gilgal_proxy::ProxyHandle::new(gilgal_proxy::ProxySettings::default());
-        let state = AppState::new(store, proxy, &key, config).expect("app state");
+        let runtime = gilgal_runtime::ProcessRuntime::new(
+            data_dir.path().join("runtime"),
+            gilgal_runtime::ProcessRuntimeConfig {
+                cgroups: gilgal_runtime::CgroupConfig::Disabled,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("process runtime");
+        let deployer = gilgal_deploy::Deployer::new(
+            store.clone(),
+            std::sync::Arc::new(runtime),
+            proxy.clone(),
+            gilgal_deploy::DeployerConfig {
+                work_dir: data_dir.path().join("work"),
+                releases_dir: data_dir.path().join("releases"),
+                cache_dir: data_dir.path().join("cache"),
+                base_domain: "localhost".to_owned(),
+                public_port: None,
+            },
+        );
+        let state = AppState::new(store, proxy, deployer, &key, config).expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -5,11 +5,13 @@
 //! (such as [`ProjectName`]) that reject bad input at the edge, so that no other layer has to.
 
 mod auth;
+mod deployments;
 mod error;
 mod names;
 mod projects;
 
 pub use auth::*;
+pub use deployments::*;
 pub use error::*;
 pub use names::*;
 pub use projects::*;

@@ -44,9 +44,29 @@ pub enum Command {
     /// Manage projects.
     #[command(subcommand)]
     Projects(ProjectsCommand),
+    /// Deploy a directory: pack it (honouring .gitignore and .gilgalignore), upload it, stream
+    /// the build log, and print the app's URL once it is live.
+    Deploy(DeployArgs),
     /// Manage personal API tokens (for CI and scripts).
     #[command(subcommand)]
     Tokens(TokensCommand),
+}
+
+/// `gilgal deploy` options.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Directory to deploy.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Project to deploy to.
+    #[arg(long, short = 'p')]
+    pub project: String,
+    /// Environment to deploy to.
+    #[arg(long, short = 'e', default_value = "production")]
+    pub env: String,
+    /// Return once the upload is accepted instead of following the build.
+    #[arg(long)]
+    pub no_follow: bool,
 }
 
 /// How to pass credentials without a prompt.

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use gilgal_api::{ApiConfig, AppState};
 use gilgal_auth::keys::SigningKey;
+use gilgal_deploy::{Deployer, DeployerConfig};
 use gilgal_proxy::{ProxyHandle, ProxySettings};
 use gilgal_store::{Store, StoreBackend};
 use tracing_subscriber::EnvFilter;
@@ -83,7 +84,33 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         proxy_settings.https_port = tls.port();
     }
     let proxy = ProxyHandle::new(proxy_settings);
-    let state = AppState::new(store.clone(), proxy.clone(), &key, ApiConfig::default())?;
+    let runtime = gilgal_runtime::ProcessRuntime::new(
+        data_dir.join("runtime"),
+        gilgal_runtime::ProcessRuntimeConfig::default(),
+    )
+    .await
+    .context("cannot start the process runtime")?;
+    let proxy_listener = bind(args.proxy_listen, "proxy").await?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let deployer = Deployer::new(
+        store.clone(),
+        std::sync::Arc::new(runtime),
+        proxy.clone(),
+        DeployerConfig {
+            work_dir: data_dir.join("work"),
+            releases_dir: data_dir.join("releases"),
+            cache_dir: data_dir.join("cache"),
+            base_domain: args.base_domain.clone(),
+            public_port: Some(proxy_addr.port()),
+        },
+    );
+    let state = AppState::new(
+        store.clone(),
+        proxy.clone(),
+        deployer.clone(),
+        &key,
+        ApiConfig::default(),
+    )?;
     gilgal_api::load_certificates_into_proxy(&state)
         .await
         .map_err(|e| {
@@ -91,13 +118,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         })?;
 
     let api_listener = bind(args.listen, "API").await?;
-    let proxy_listener = bind(args.proxy_listen, "proxy").await?;
     let tls_listener = match args.proxy_tls_listen {
         Some(addr) => Some(bind(addr, "proxy TLS").await?),
         None => None,
     };
     let api_addr = api_listener.local_addr()?;
-    let proxy_addr = proxy_listener.local_addr()?;
     let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
     // One shutdown signal fans out to every listener.
@@ -126,6 +151,13 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         data_dir = %data_dir.display(),
         "gilgal server ready"
     );
+    // Converge to the stored desired state (re-adopting instances that outlived a crash).
+    tokio::spawn(async move {
+        match deployer.recover().await {
+            Ok(()) => tracing::info!("desired state reconciled"),
+            Err(e) => tracing::error!(error = %e, "reconciling desired state failed"),
+        }
+    });
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);

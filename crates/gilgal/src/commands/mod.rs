@@ -1,6 +1,7 @@
 //! Client subcommands: each turns arguments into API calls through `gilgal-client`.
 
 mod account;
+mod deploy;
 mod projects;
 mod tokens;
 
@@ -24,6 +25,7 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
         Command::Logout => account::logout(&session).await,
         Command::Whoami => account::whoami(&session, global.json).await,
         Command::Projects(cmd) => projects::run(&session, cmd, global.json).await,
+        Command::Deploy(args) => return deploy::run(&session, args, global.json).await,
         Command::Tokens(cmd) => tokens::run(&session, cmd, global.json).await,
     }?;
     Ok(ExitCode::SUCCESS)

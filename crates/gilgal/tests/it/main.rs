@@ -155,7 +155,8 @@ const PASSWORD: &str = "a long enough password\n";
 
 backend_tests!(
     cli_full_flow,
-    proxy_serves_tls_with_certificates_from_the_api
+    proxy_serves_tls_with_certificates_from_the_api,
+    deploy_example_through_the_proxy,
 );
 
 async fn cli_full_flow(backend: Backend) {
@@ -412,4 +413,90 @@ async fn proxy_serves_tls_with_certificates_from_the_api(backend: Backend) {
         .send()
         .await;
     assert!(unknown.is_err(), "no certificate, no TLS: {unknown:?}");
+}
+
+fn example_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
+async fn get_via_proxy(server: &ServerProcess, host: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(format!("{}/", server.proxy_url))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// `gilgal deploy` of the bundled Python example: build, release phase, health-gated start,
+/// live through the proxy at `hello.localhost`; a redeploy replaces it; a release that crashes
+/// on boot fails with its log tail while the previous release keeps serving.
+async fn deploy_example_through_the_proxy(backend: Backend) {
+    let server = ServerProcess::start(backend).await;
+    ok(server.cli(
+        &[
+            "register",
+            "--email",
+            "admin@example.com",
+            "--password-stdin",
+        ],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "hello"], None));
+    let app = example_dir("python-hello");
+    let deployed = server.cli(
+        &["deploy", app.to_str().unwrap(), "--project", "hello"],
+        None,
+    );
+    let printed = ok(deployed);
+    assert!(
+        printed.contains("Deployed v1 to production: http://hello.localhost:"),
+        "{printed}"
+    );
+    let (status, body) = get_via_proxy(&server, "hello.localhost").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"release\": \"v1\""), "{body}");
+
+    let again = ok(server.cli(
+        &["deploy", app.to_str().unwrap(), "--project", "hello"],
+        None,
+    ));
+    assert!(again.contains("Deployed v2"), "{again}");
+    let (status, body) = get_via_proxy(&server, "hello.localhost").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"release\": \"v2\""), "{body}");
+
+    // A release that crashes on boot never gets traffic.
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::write(broken.path().join("requirements.txt"), "").unwrap();
+    std::fs::write(
+        broken.path().join("Procfile"),
+        "web: python3 -c \"import sys; print('boom on boot'); sys.exit(3)\"\n",
+    )
+    .unwrap();
+    let failed = server.cli(
+        &[
+            "deploy",
+            broken.path().to_str().unwrap(),
+            "--project",
+            "hello",
+        ],
+        None,
+    );
+    assert!(!failed.status.success());
+    let err = stderr(&failed);
+    assert!(err.contains("never became healthy"), "{err}");
+    assert!(
+        err.contains("boom on boot"),
+        "failure quotes the log tail: {err}"
+    );
+    let (status, body) = get_via_proxy(&server, "hello.localhost").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"release\": \"v2\""),
+        "previous release still serves: {body}"
+    );
 }

@@ -1,0 +1,364 @@
+//! Deployments, as the spec names them: create from an uploaded tarball, inspect, stream the
+//! build log, cancel.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use gilgal_core::lifecycle::DeploymentState;
+use gilgal_store::{DeploymentRecord, StoreError};
+use gilgal_types::{Deployment, DeploymentLogLine, DeploymentTransition, ErrorBody};
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::extract::{parse_path_id, AuthUser};
+use crate::{ApiError, AppState};
+
+/// Largest source upload accepted (compressed).
+pub const MAX_UPLOAD_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Routes of this module.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_deployment))
+        .routes(routes!(get_deployment, cancel_deployment))
+        .routes(routes!(deployment_logs))
+}
+
+/// Query of `POST /api/projects/{id}/deployments`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DeployQuery {
+    /// Environment to deploy to (default `production`).
+    #[serde(default)]
+    pub environment: Option<String>,
+}
+
+/// Query of the logs endpoint.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct LogsQuery {
+    /// Only lines after this position.
+    #[serde(default)]
+    pub after: Option<u64>,
+    /// Keep the response open and stream new lines until the deployment settles.
+    #[serde(default)]
+    pub follow: Option<bool>,
+}
+
+fn not_found(err: StoreError) -> ApiError {
+    match err {
+        StoreError::NotFound => ApiError::not_found("deployment"),
+        other => other.into(),
+    }
+}
+
+pub(crate) fn to_wire(
+    state: &AppState,
+    record: DeploymentRecord,
+    project_name: &str,
+) -> Deployment {
+    let url = matches!(
+        record.state,
+        DeploymentState::Live | DeploymentState::Draining | DeploymentState::Retired
+    )
+    .then(|| state.deployer().url(project_name, &record.environment_name));
+    Deployment {
+        id: record.id,
+        project_id: record.project_id,
+        environment: record.environment_name,
+        state: record.state.as_str().to_owned(),
+        release: record.release_number,
+        failure: record.failure,
+        url,
+        transitions: record
+            .transitions
+            .into_iter()
+            .map(|t| DeploymentTransition {
+                from: t.from.map(|s| s.as_str().to_owned()),
+                to: t.to.as_str().to_owned(),
+                at: t.at,
+                note: t.note,
+            })
+            .collect(),
+        created_at: record.created_at,
+    }
+}
+
+/// Deploy: upload the app's source as a gzipped tarball (`gilgal deploy` packs it honouring
+/// `.gitignore` and `.gilgalignore`). The build and rollout continue in the background;
+/// follow them with the logs endpoint.
+#[utoipa::path(post, path = "/api/projects/{id}/deployments", tag = "deployments",
+    params(("id" = String, Path, description = "Project id"), DeployQuery),
+    request_body(content = Vec<u8>, content_type = "application/gzip", description = "tar.gz of the source"),
+    responses(
+        (status = 202, description = "Accepted; building", body = Deployment),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such project or environment", body = ErrorBody),
+        (status = 413, description = "Upload too large", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn create_deployment(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+    Query(query): Query<DeployQuery>,
+    body: Body,
+) -> Result<(StatusCode, Json<Deployment>), ApiError> {
+    let project_id = parse_path_id(&id, "project")?;
+    let project = state
+        .store()
+        .project(caller.user.id, project_id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("project"),
+            other => other.into(),
+        })?;
+    let environment_name = query.environment.unwrap_or_else(|| "production".to_owned());
+    let environment = state
+        .store()
+        .environment(caller.user.id, project_id, &environment_name)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => {
+                ApiError::not_found(&format!("environment {environment_name:?}"))
+            }
+            other => other.into(),
+        })?;
+
+    let uploads = state.deployer().work_dir().join("uploads");
+    tokio::fs::create_dir_all(&uploads)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let upload = uploads.join(format!("{}.tar.gz", uuid::Uuid::new_v4()));
+    let written = save_upload(body, &upload).await;
+    let written = match written {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&upload).await;
+            return Err(e);
+        }
+    };
+    if written == 0 {
+        let _ = tokio::fs::remove_file(&upload).await;
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_upload",
+            "the request body must be a tar.gz of the app's source",
+        ));
+    }
+    let deployment_id = state
+        .deployer()
+        .deploy_upload(environment, upload)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    tracing::info!(deployment = %deployment_id, project = %project.name, environment = %environment_name, bytes = written, "deployment accepted");
+    let record = state
+        .store()
+        .deployment(caller.user.id, deployment_id)
+        .await
+        .map_err(not_found)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(to_wire(&state, record, project.name.as_str())),
+    ))
+}
+
+/// Streams the request body to `path`, refusing more than [`MAX_UPLOAD_BYTES`].
+async fn save_upload(body: Body, path: &std::path::Path) -> Result<u64, ApiError> {
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let mut stream = body.into_data_stream();
+    let mut written: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "upload_interrupted",
+                "the upload was interrupted; retry",
+            )
+        })?;
+        written += chunk.len() as u64;
+        if written > MAX_UPLOAD_BYTES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("uploads are limited to {} MiB; add build outputs and dependencies to .gilgalignore", MAX_UPLOAD_BYTES >> 20),
+            ));
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::internal(&e))?;
+    }
+    file.sync_all().await.map_err(|e| ApiError::internal(&e))?;
+    Ok(written)
+}
+
+/// A deployment with its recorded state transitions.
+#[utoipa::path(get, path = "/api/deployments/{id}", tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id")),
+    responses(
+        (status = 200, description = "The deployment", body = Deployment),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such deployment for this caller", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn get_deployment(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Deployment>, ApiError> {
+    let id = parse_path_id(&id, "deployment")?;
+    let record = state
+        .store()
+        .deployment(caller.user.id, id)
+        .await
+        .map_err(not_found)?;
+    let project = state
+        .store()
+        .project(caller.user.id, record.project_id)
+        .await
+        .map_err(not_found)?;
+    Ok(Json(to_wire(&state, record, project.name.as_str())))
+}
+
+/// Cancel a deployment in progress; the previous release keeps serving.
+#[utoipa::path(delete, path = "/api/deployments/{id}", tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id")),
+    responses(
+        (status = 202, description = "Cancellation requested", body = Deployment),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such deployment for this caller", body = ErrorBody),
+        (status = 409, description = "Already finished", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn cancel_deployment(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Deployment>), ApiError> {
+    let id = parse_path_id(&id, "deployment")?;
+    let record = state
+        .store()
+        .deployment(caller.user.id, id)
+        .await
+        .map_err(not_found)?;
+    if !record.state.is_in_progress() || !state.deployer().cancel(id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_in_progress",
+            format!(
+                "deployment is {}; only a deployment in progress can be cancelled",
+                record.state
+            ),
+        ));
+    }
+    let project = state
+        .store()
+        .project(caller.user.id, record.project_id)
+        .await
+        .map_err(not_found)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(to_wire(&state, record, project.name.as_str())),
+    ))
+}
+
+/// The build and rollout log as NDJSON (one `DeploymentLogLine` per line); with
+/// `follow=true` the response stays open until the deployment is live, failed or cancelled.
+#[utoipa::path(get, path = "/api/deployments/{id}/logs", tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id"), LogsQuery),
+    responses(
+        (status = 200, description = "NDJSON log lines", body = DeploymentLogLine, content_type = "application/x-ndjson"),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such deployment for this caller", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn deployment_logs(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let id = parse_path_id(&id, "deployment")?;
+    state
+        .store()
+        .deployment(caller.user.id, id)
+        .await
+        .map_err(not_found)?;
+    let follow = query.follow.unwrap_or(false);
+    let store = state.store().clone();
+    let stream = async_stream_lines(store, id, query.after.unwrap_or(0), follow);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Polls the store for new lines; ends when not following, or when the deployment settled
+/// and every line was sent.
+fn async_stream_lines(
+    store: gilgal_store::Store,
+    id: uuid::Uuid,
+    after: u64,
+    follow: bool,
+) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> {
+    futures_util::stream::unfold((after, false), move |(mut cursor, done)| {
+        let store = store.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                let lines = match store.deployment_logs(id, cursor, 500).await {
+                    Ok(lines) => lines,
+                    Err(e) => {
+                        return Some((Err(std::io::Error::other(e.to_string())), (cursor, true)))
+                    }
+                };
+                if !lines.is_empty() {
+                    let mut chunk = String::new();
+                    for line in lines {
+                        cursor = line.seq;
+                        let wire = DeploymentLogLine {
+                            seq: line.seq,
+                            at: line.at,
+                            stream: line.stream,
+                            line: line.line,
+                        };
+                        if let Ok(json) = serde_json::to_string(&wire) {
+                            chunk.push_str(&json);
+                            chunk.push('\n');
+                        }
+                    }
+                    return Some((Ok(chunk), (cursor, false)));
+                }
+                if !follow {
+                    return None;
+                }
+                let settled = match store.deployment_by_id(id).await {
+                    Ok(record) => !record.state.is_in_progress(),
+                    Err(_) => true,
+                };
+                if settled {
+                    // One last look: lines written just before the final transition.
+                    match store.deployment_logs(id, cursor, 1).await {
+                        Ok(more) if !more.is_empty() => continue,
+                        _ => return None,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    })
+}

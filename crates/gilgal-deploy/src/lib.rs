@@ -1,0 +1,135 @@
+//! The deploy pipeline and the reconciler.
+//!
+//! [`Deployer::deploy_upload`] turns an uploaded tarball into a live release through the
+//! explicit lifecycle of `gilgal-core` (Pending → Building → Releasing → Starting → Healthy →
+//! Live; the previous release Draining → Retired), recording every transition in the store:
+//! unpack safely and build (`gilgal-build`), run the release phase once from the new build,
+//! start the new instances and gate them on health checks (`gilgal-runtime`), swap the proxy
+//! route atomically (`gilgal-proxy`), then drain and stop the old instances. A release that
+//! never becomes healthy never gets traffic: the old one keeps serving.
+//!
+//! [`Deployer::recover`] is the reconciler's start-up pass: deployments interrupted by a crash
+//! are failed (never left "in progress"), each environment's desired state (live release ×
+//! formation) is diffed against what the runtime reports (re-adopted instances included), the
+//! difference is applied, and routes are reinstalled.
+
+mod pipeline;
+mod reconcile;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use gilgal_proxy::ProxyHandle;
+use gilgal_runtime::Runtime;
+use gilgal_store::Store;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Where the pipeline keeps its files and how apps are addressed.
+#[derive(Debug, Clone)]
+pub struct DeployerConfig {
+    /// Scratch space for uploads and unpacked sources.
+    pub work_dir: PathBuf,
+    /// Immutable release directories, `<project>/<env>/v<N>`.
+    pub releases_dir: PathBuf,
+    /// Per-app build caches (pip, npm, cargo).
+    pub cache_dir: PathBuf,
+    /// Apps are served at `{project}.{base_domain}` / `{project}-{env}.{base_domain}`.
+    pub base_domain: String,
+    /// Port of the proxy, to print URLs (`http://app.localhost:PORT`).
+    pub public_port: Option<u16>,
+}
+
+/// Failures starting a deployment (failures *during* one are recorded on the deployment).
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] gilgal_store::StoreError),
+    /// Local files could not be prepared.
+    #[error("cannot prepare the deployment: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs deployments and reconciles environments; shared as `Arc<Deployer>`.
+pub struct Deployer {
+    store: Store,
+    runtime: Arc<dyn Runtime>,
+    proxy: ProxyHandle,
+    config: DeployerConfig,
+    /// Cancellation tokens of deployments in progress.
+    running: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// One rollout at a time per environment.
+    environment_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Deployer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deployer {
+    /// A deployer over the platform's parts.
+    pub fn new(
+        store: Store,
+        runtime: Arc<dyn Runtime>,
+        proxy: ProxyHandle,
+        config: DeployerConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            runtime,
+            proxy,
+            config,
+            running: Mutex::new(HashMap::new()),
+            environment_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Scratch space for uploads and sources (same file system as the builds).
+    pub fn work_dir(&self) -> &std::path::Path {
+        &self.config.work_dir
+    }
+
+    /// The public URL of an environment.
+    pub fn url(&self, project: &str, environment: &str) -> String {
+        let host = gilgal_core::hostnames::default_hostname(
+            project,
+            environment,
+            &self.config.base_domain,
+        );
+        match self.config.public_port {
+            Some(80) | None => format!("http://{host}"),
+            Some(port) => format!("http://{host}:{port}"),
+        }
+    }
+
+    /// Asks a deployment in progress to stop; the previous release keeps serving.
+    /// Returns false when it is not running here.
+    pub fn cancel(&self, deployment: Uuid) -> bool {
+        match self
+            .running
+            .lock()
+            .ok()
+            .and_then(|map| map.get(&deployment).cloned())
+        {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn environment_lock(&self, environment: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = match self.environment_locks.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        locks.entry(environment).or_default().clone()
+    }
+}

@@ -1,0 +1,594 @@
+//! One deployment, step by step, each step recorded as a lifecycle transition.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gilgal_build::{Artifact, BuildRequest, LogSink, UnpackLimits};
+use gilgal_core::lifecycle::DeploymentState;
+use gilgal_proxy::{Backend, RouteDiff, RouteSpec, RouteTarget};
+use gilgal_runtime::{
+    wait_healthy, HealthCheck, InstanceId, InstanceLabels, InstanceSpec, Probe, RestartPolicy,
+};
+use gilgal_store::EnvironmentRecord;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{DeployError, Deployer};
+
+/// Why a deployment did not go live.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The user cancelled it.
+    Cancelled,
+    /// A step failed; the text says which and why, with a log tail.
+    Failed(String),
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(err: E) -> Self {
+        Failure::Failed(err.to_string())
+    }
+}
+
+/// Process type of the release phase in labels and logs.
+const RELEASE_PROCESS: &str = "release";
+/// How many log lines of a failed instance a failure reason quotes.
+const FAILURE_TAIL_LINES: usize = 20;
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The proxy route id of an environment.
+pub(crate) fn route_id(project: &str, environment: &str) -> String {
+    format!("{project}/{environment}")
+}
+
+/// A free loopback port for a web instance.
+pub(crate) fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Batches log lines into the store from a channel, so builders never wait on SQL per line.
+pub(crate) struct DeployLog {
+    sender: mpsc::Sender<(i64, String, String)>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl DeployLog {
+    pub(crate) fn start(store: gilgal_store::Store, deployment: Uuid) -> Self {
+        let (sender, mut receiver) = mpsc::channel::<(i64, String, String)>(4096);
+        let writer = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(first) = receiver.recv().await {
+                batch.push(first);
+                while batch.len() < 500 {
+                    match receiver.try_recv() {
+                        Ok(line) => batch.push(line),
+                        Err(_) => break,
+                    }
+                }
+                let rows: Vec<(i64, &str, &str)> = batch
+                    .iter()
+                    .map(|(at, s, l)| (*at, s.as_str(), l.as_str()))
+                    .collect();
+                if let Err(e) = store.append_deployment_logs(deployment, &rows).await {
+                    tracing::warn!(%deployment, error = %e, "could not store deployment log lines");
+                }
+                batch.clear();
+            }
+        });
+        Self { sender, writer }
+    }
+
+    pub(crate) async fn line(&self, stream: &str, text: impl Into<String>) {
+        let _ = self
+            .sender
+            .send((now_millis(), stream.to_owned(), text.into()))
+            .await;
+    }
+
+    pub(crate) async fn system(&self, text: impl Into<String>) {
+        self.line("system", text).await;
+    }
+
+    fn sender(&self) -> mpsc::Sender<(i64, String, String)> {
+        self.sender.clone()
+    }
+
+    pub(crate) async fn close(self) {
+        drop(self.sender);
+        let _ = self.writer.await;
+    }
+}
+
+/// The runtime health check equivalent of the app's `gilgal.toml` one.
+pub(crate) fn health_check(artifact: &Artifact) -> HealthCheck {
+    let configured = &artifact.config.healthcheck;
+    HealthCheck {
+        probe: match &configured.path {
+            Some(path) => Probe::Http {
+                path: path.clone(),
+                host: None,
+            },
+            None => Probe::Tcp,
+        },
+        interval: configured
+            .interval()
+            .min(Duration::from_millis(250))
+            .max(Duration::from_millis(50)),
+        timeout: configured.timeout(),
+        success_threshold: configured.threshold.max(1),
+        boot_deadline: configured.boot_deadline(),
+        ..HealthCheck::default()
+    }
+}
+
+/// The spec of one instance of `process_type` from `artifact`, release `number`.
+pub(crate) fn instance_spec(
+    artifact: &Artifact,
+    environment: &EnvironmentRecord,
+    number: u64,
+    process_type: &str,
+    index: u32,
+    port: Option<u16>,
+) -> Result<InstanceSpec, Failure> {
+    let process = artifact
+        .processes
+        .iter()
+        .find(|p| p.process_type.as_str() == process_type)
+        .ok_or_else(|| {
+            Failure::Failed(format!("release v{number} has no {process_type} process"))
+        })?;
+    let mut env: BTreeMap<String, String> = artifact
+        .instance_env(gilgal_runtime::DEFAULT_PATH)
+        .into_iter()
+        .collect();
+    env.insert("GILGAL_RELEASE".to_owned(), format!("v{number}"));
+    env.insert("GILGAL_APP".to_owned(), environment.project_name.clone());
+    env.insert("GILGAL_ENV".to_owned(), environment.name.clone());
+    if let Some(port) = port {
+        env.insert("PORT".to_owned(), port.to_string());
+    }
+    let argv = process.command.expand(&|key: &str| env.get(key).cloned());
+    let labels = InstanceLabels {
+        app: environment.project_name.clone(),
+        env: environment.name.clone(),
+        release: number,
+        process_type: process_type.to_owned(),
+        index,
+    };
+    let mut spec = InstanceSpec::new(labels, argv, artifact.app_dir.clone());
+    spec.env = env;
+    spec.port = port;
+    spec.limits.memory_mb = process.size.memory_mb;
+    spec.limits.cpu_shares = process.size.cpu_shares;
+    Ok(spec)
+}
+
+/// Instance counts per process type for a release (the release phase never runs as an instance;
+/// `web` runs at least once when the app has one).
+pub(crate) fn formation_of(artifact: &Artifact) -> BTreeMap<String, u32> {
+    artifact
+        .processes
+        .iter()
+        .filter(|p| p.process_type.as_str() != RELEASE_PROCESS)
+        .map(|p| {
+            let count = if p.process_type.is_web() {
+                p.size.count.max(1)
+            } else {
+                p.size.count
+            };
+            (p.process_type.as_str().to_owned(), count)
+        })
+        .collect()
+}
+
+impl Deployer {
+    /// Records a deployment of the uploaded tarball to `environment` and runs it in the
+    /// background; returns its id at once.
+    pub async fn deploy_upload(
+        self: &Arc<Self>,
+        environment: EnvironmentRecord,
+        tarball: PathBuf,
+    ) -> Result<Uuid, DeployError> {
+        let id = self
+            .store
+            .create_deployment(
+                environment.project_id,
+                environment.id,
+                r#"{"kind":"upload"}"#,
+            )
+            .await?;
+        let token = CancellationToken::new();
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(id, token.clone());
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let log = DeployLog::start(this.store.clone(), id);
+            let result = this.run(id, &environment, &tarball, &token, &log).await;
+            let _ = tokio::fs::remove_file(&tarball).await;
+            let _ = tokio::fs::remove_dir_all(this.config.work_dir.join(id.to_string())).await;
+            if let Err(failure) = result {
+                let (state, note) = match failure {
+                    Failure::Cancelled => (
+                        DeploymentState::Cancelled,
+                        "cancelled; the previous release kept serving".to_owned(),
+                    ),
+                    Failure::Failed(reason) => (DeploymentState::Failed, reason),
+                };
+                log.system(format!("deployment {state}: {note}")).await;
+                if let Err(e) = this
+                    .store
+                    .transition_deployment(id, state, Some(&note))
+                    .await
+                {
+                    tracing::error!(deployment = %id, error = %e, "could not record the deployment's end");
+                }
+            }
+            log.close().await;
+            if let Ok(mut running) = this.running.lock() {
+                running.remove(&id);
+            }
+        });
+        Ok(id)
+    }
+
+    async fn step(
+        &self,
+        id: Uuid,
+        to: DeploymentState,
+        token: &CancellationToken,
+        log: &DeployLog,
+    ) -> Result<(), Failure> {
+        if token.is_cancelled() {
+            return Err(Failure::Cancelled);
+        }
+        self.store.transition_deployment(id, to, None).await?;
+        log.system(format!("-----> {to}")).await;
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        id: Uuid,
+        environment: &EnvironmentRecord,
+        tarball: &Path,
+        token: &CancellationToken,
+        log: &DeployLog,
+    ) -> Result<(), Failure> {
+        let lock = self.environment_lock(environment.id);
+        let _one_rollout_at_a_time = lock.lock().await;
+        self.step(id, DeploymentState::Building, token, log).await?;
+        let (artifact, number) = self.build(id, environment, tarball, token, log).await?;
+        self.store.set_deployment_release(id, number).await?;
+
+        if let Some(release) = &artifact.release {
+            self.step(id, DeploymentState::Releasing, token, log)
+                .await?;
+            self.release_phase(environment, &artifact, number, release, token, log)
+                .await?;
+        }
+
+        self.step(id, DeploymentState::Starting, token, log).await?;
+        let mut started = Vec::new();
+        let outcome = self
+            .start_and_switch(id, environment, &artifact, number, token, log, &mut started)
+            .await;
+        if let Err(failure) = outcome {
+            for instance in &started {
+                let _ = self.runtime.stop(&instance.0, Duration::from_secs(5)).await;
+                let _ = self.runtime.remove(&instance.0).await;
+            }
+            return Err(failure);
+        }
+        Ok(())
+    }
+
+    async fn build(
+        &self,
+        id: Uuid,
+        environment: &EnvironmentRecord,
+        tarball: &Path,
+        token: &CancellationToken,
+        log: &DeployLog,
+    ) -> Result<(Artifact, u64), Failure> {
+        let source = self.config.work_dir.join(id.to_string()).join("src");
+        tokio::fs::create_dir_all(&source).await?;
+        let (from, into) = (tarball.to_path_buf(), source.clone());
+        let summary = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&from)?;
+            gilgal_build::unpack_tar_gz(
+                std::io::BufReader::new(file),
+                &into,
+                &UnpackLimits::default(),
+            )
+            .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .await?
+        .map_err(|e| Failure::Failed(format!("the upload was refused: {e}")))?;
+        log.system(format!(
+            "unpacked {} files ({} bytes)",
+            summary.files, summary.total_bytes
+        ))
+        .await;
+
+        let number = self.store.next_release_number(environment.id).await?;
+        let artifact_dir = self
+            .config
+            .releases_dir
+            .join(&environment.project_name)
+            .join(&environment.name)
+            .join(format!("v{number}"));
+        if artifact_dir.exists() {
+            // Left by a build that crashed before its release was recorded.
+            tokio::fs::remove_dir_all(&artifact_dir).await?;
+        }
+        if let Some(parent) = artifact_dir.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let cache_dir = self
+            .config
+            .cache_dir
+            .join(&environment.project_name)
+            .join(&environment.name);
+        let mut request = BuildRequest::new(source, artifact_dir.clone(), cache_dir);
+        request.environment = environment.name.clone();
+        request.cancel = token.child_token();
+        let (lines_tx, mut lines_rx) = mpsc::channel::<gilgal_build::LogLine>(1024);
+        let sender = log.sender();
+        let forward = tokio::spawn(async move {
+            while let Some(line) = lines_rx.recv().await {
+                let at = line
+                    .at
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                let stream = match line.stream {
+                    gilgal_build::LogStream::Stdout => "stdout",
+                    gilgal_build::LogStream::Stderr => "stderr",
+                    gilgal_build::LogStream::System => "system",
+                };
+                let _ = sender.send((at, stream.to_owned(), line.text)).await;
+            }
+        });
+        let built = gilgal_build::build(request, LogSink::new(lines_tx)).await;
+        let _ = forward.await;
+        let artifact = match built {
+            Ok(artifact) => artifact,
+            Err(gilgal_build::BuildError::Cancelled { .. }) => return Err(Failure::Cancelled),
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&artifact_dir).await;
+                return Err(Failure::Failed(format!(
+                    "build failed: {e}\n{}",
+                    e.log_tail().join("\n")
+                )));
+            }
+        };
+        let manifest = serde_json::to_string(&artifact)?;
+        let recorded = self
+            .store
+            .create_release(environment.id, &artifact_dir.to_string_lossy(), &manifest)
+            .await?;
+        log.system(format!(
+            "built release v{recorded} in {} ms",
+            artifact.build_millis
+        ))
+        .await;
+        Ok((artifact, recorded))
+    }
+
+    async fn release_phase(
+        &self,
+        environment: &EnvironmentRecord,
+        artifact: &Artifact,
+        number: u64,
+        release: &gilgal_build::builder::ReleasePhase,
+        token: &CancellationToken,
+        log: &DeployLog,
+    ) -> Result<(), Failure> {
+        let mut env: BTreeMap<String, String> = artifact
+            .instance_env(gilgal_runtime::DEFAULT_PATH)
+            .into_iter()
+            .collect();
+        env.insert("GILGAL_RELEASE".to_owned(), format!("v{number}"));
+        let argv = release.command.expand(&|key: &str| env.get(key).cloned());
+        log.system(format!("running release command: {}", release.command))
+            .await;
+        let labels = InstanceLabels {
+            app: environment.project_name.clone(),
+            env: environment.name.clone(),
+            release: number,
+            process_type: RELEASE_PROCESS.to_owned(),
+            index: 0,
+        };
+        let mut spec = InstanceSpec::new(labels, argv, artifact.app_dir.clone());
+        spec.env = env;
+        spec.restart = RestartPolicy::Never;
+        let mut handle = self.runtime.run_oneoff(spec).await?;
+        let timeout = Duration::from_secs(release.timeout_secs.max(1));
+        let waited = tokio::select! {
+            exit = handle.wait(Some(timeout)) => exit,
+            _ = token.cancelled() => {
+                handle.cancel(Duration::from_secs(5)).await;
+                return Err(Failure::Cancelled);
+            }
+        };
+        while let Some(line) = handle.next_line().await {
+            let stream = match line.stream {
+                gilgal_runtime::LogStream::Stdout => "stdout",
+                gilgal_runtime::LogStream::Stderr => "stderr",
+            };
+            log.line(stream, line.line).await;
+        }
+        let exit = waited.map_err(|e| Failure::Failed(format!("release command failed: {e}")))?;
+        if !exit.success() {
+            return Err(Failure::Failed(format!(
+                "release command failed: {}",
+                exit.describe()
+            )));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_and_switch(
+        &self,
+        id: Uuid,
+        environment: &EnvironmentRecord,
+        artifact: &Artifact,
+        number: u64,
+        token: &CancellationToken,
+        log: &DeployLog,
+        started: &mut Vec<(InstanceId, Option<SocketAddr>)>,
+    ) -> Result<(), Failure> {
+        let formation = formation_of(artifact);
+        for (process_type, count) in &formation {
+            for index in 0..*count {
+                let port = if process_type == "web" {
+                    Some(free_port()?)
+                } else {
+                    None
+                };
+                let spec = instance_spec(artifact, environment, number, process_type, index, port)?;
+                let instance = self.runtime.start(spec).await?;
+                log.system(format!("started {process_type}.{index} ({instance})"))
+                    .await;
+                started.push((
+                    instance,
+                    port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
+                ));
+            }
+        }
+        let check = health_check(artifact);
+        for (instance, addr) in started.iter() {
+            let Some(addr) = addr else { continue };
+            let healthy = tokio::select! {
+                result = wait_healthy(self.runtime.as_ref(), instance, *addr, &check) => result,
+                _ = token.cancelled() => return Err(Failure::Cancelled),
+            };
+            if let Err(e) = healthy {
+                let tail = self
+                    .runtime
+                    .log_tail(instance, FAILURE_TAIL_LINES)
+                    .await
+                    .unwrap_or_default();
+                let tail: Vec<String> = tail.into_iter().map(|l| l.line).collect();
+                return Err(Failure::Failed(format!(
+                    "release v{number} never became healthy, so it got no traffic and the previous release kept serving: {e}\n{}",
+                    tail.join("\n")
+                )));
+            }
+        }
+        self.step(id, DeploymentState::Healthy, token, log).await?;
+
+        let previous = self.store.live_deployment(environment.id).await?;
+        let route = self.route_for(environment, artifact, started);
+        if let Some(route) = route {
+            self.proxy.apply(RouteDiff {
+                upsert: vec![route],
+                remove: vec![],
+            })?;
+        }
+        self.store
+            .set_live_release(environment.id, number, &formation)
+            .await?;
+        self.store
+            .transition_deployment(id, DeploymentState::Live, None)
+            .await?;
+        log.system(format!(
+            "release v{number} is live at {}",
+            self.url(&environment.project_name, &environment.name)
+        ))
+        .await;
+
+        if let Some(previous) = previous {
+            self.retire(previous, environment, number, artifact, log)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// The route serving `artifact`'s web instances (or its static files).
+    pub(crate) fn route_for(
+        &self,
+        environment: &EnvironmentRecord,
+        artifact: &Artifact,
+        instances: &[(InstanceId, Option<SocketAddr>)],
+    ) -> Option<RouteSpec> {
+        let host = gilgal_core::hostnames::default_hostname(
+            &environment.project_name,
+            &environment.name,
+            &self.config.base_domain,
+        );
+        let id = route_id(&environment.project_name, &environment.name);
+        if let Some(static_dir) = &artifact.static_dir {
+            let mut route = RouteSpec::upstream(id, vec![host], vec![]);
+            route.target = RouteTarget::Static {
+                root: static_dir.clone(),
+                fallback: None,
+            };
+            return Some(route);
+        }
+        let backends: Vec<Backend> = instances
+            .iter()
+            .filter_map(|(instance, addr)| addr.map(|a| Backend::new(instance.as_str(), a)))
+            .collect();
+        (!backends.is_empty()).then(|| RouteSpec::upstream(id, vec![host], backends))
+    }
+
+    /// Drains and stops every instance of the environment that is not of release `keep`.
+    async fn retire(
+        &self,
+        previous: Uuid,
+        environment: &EnvironmentRecord,
+        keep: u64,
+        artifact: &Artifact,
+        log: &DeployLog,
+    ) {
+        let _ = self
+            .store
+            .transition_deployment(previous, DeploymentState::Draining, None)
+            .await;
+        let grace = artifact.config.grace_period();
+        let old: Vec<_> = match self.runtime.list().await {
+            Ok(all) => all
+                .into_iter()
+                .filter(|s| {
+                    s.labels.app == environment.project_name
+                        && s.labels.env == environment.name
+                        && s.labels.release != keep
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list instances to retire");
+                Vec::new()
+            }
+        };
+        for status in &old {
+            if status.port.is_some() {
+                let outcome = self.proxy.wait_drained(status.id.as_str(), grace).await;
+                tracing::info!(instance = %status.id, ?outcome, "drained");
+            }
+        }
+        for status in old {
+            let _ = self.runtime.stop(&status.id, grace).await;
+            let _ = self.runtime.remove(&status.id).await;
+        }
+        log.system("previous release drained and stopped").await;
+        let _ = self
+            .store
+            .transition_deployment(previous, DeploymentState::Retired, None)
+            .await;
+    }
+}

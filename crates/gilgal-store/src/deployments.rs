@@ -1,0 +1,507 @@
+//! Environments (desired state), releases, deployments with recorded transitions, and logs.
+
+use std::collections::BTreeMap;
+
+use gilgal_core::lifecycle::DeploymentState;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::{from_millis, now_millis, parse_id, Store, StoreError};
+
+/// An environment and its desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentRecord {
+    /// Stable id.
+    pub id: Uuid,
+    /// Owning project.
+    pub project_id: Uuid,
+    /// The project's name (for hostnames and labels).
+    pub project_name: String,
+    /// `production`, `staging`, …
+    pub name: String,
+    /// The release that should be serving, if any.
+    pub live_release: Option<u64>,
+    /// How many instances of each process type should run.
+    pub formation: BTreeMap<String, u32>,
+}
+
+/// A stored release: an immutable build plus what it needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseRecord {
+    /// Number within its environment (v1, v2, …).
+    pub number: u64,
+    /// Directory holding the artifact.
+    pub artifact_dir: String,
+    /// The build's manifest (JSON, owned by `gilgal-build`).
+    pub artifact_json: String,
+}
+
+/// A deployment row with its transitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentRecord {
+    /// Stable id.
+    pub id: Uuid,
+    /// Project.
+    pub project_id: Uuid,
+    /// Environment id.
+    pub environment_id: Uuid,
+    /// Environment name.
+    pub environment_name: String,
+    /// Current state.
+    pub state: DeploymentState,
+    /// Release built, once known.
+    pub release_number: Option<u64>,
+    /// Failure reason.
+    pub failure: Option<String>,
+    /// When it was created.
+    pub created_at: time::OffsetDateTime,
+    /// State changes, oldest first: (from, to, at, note).
+    pub transitions: Vec<TransitionRecord>,
+}
+
+/// One recorded state change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionRecord {
+    /// Previous state.
+    pub from: Option<DeploymentState>,
+    /// New state.
+    pub to: DeploymentState,
+    /// When.
+    pub at: time::OffsetDateTime,
+    /// Context.
+    pub note: Option<String>,
+}
+
+/// One stored log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Position.
+    pub seq: u64,
+    /// When.
+    pub at: time::OffsetDateTime,
+    /// `stdout`, `stderr` or `system`.
+    pub stream: String,
+    /// Text.
+    pub line: String,
+}
+
+fn state_of(raw: &str) -> Result<DeploymentState, StoreError> {
+    raw.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))
+}
+
+fn u64_of(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn environment_from_row(row: &sqlx::any::AnyRow) -> Result<EnvironmentRecord, StoreError> {
+    let formation: String = row.try_get("formation")?;
+    Ok(EnvironmentRecord {
+        id: parse_id(&row.try_get::<String, _>("id")?)?,
+        project_id: parse_id(&row.try_get::<String, _>("project_id")?)?,
+        project_name: row.try_get("project_name")?,
+        name: row.try_get("name")?,
+        live_release: row.try_get::<Option<i64>, _>("live_release")?.map(u64_of),
+        formation: serde_json_formation(&formation)?,
+    })
+}
+
+fn serde_json_formation(raw: &str) -> Result<BTreeMap<String, u32>, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(format!("formation {raw:?}: {e}")))
+}
+
+fn formation_json(formation: &BTreeMap<String, u32>) -> String {
+    serde_json::to_string(formation).unwrap_or_else(|_| "{}".to_owned())
+}
+
+const ENVIRONMENT_SELECT: &str =
+    "SELECT e.id, e.project_id, p.name AS project_name, e.name, e.live_release, e.formation \
+     FROM environments e JOIN projects p ON p.id = e.project_id";
+
+impl Store {
+    /// The caller's project's environment by name; someone else's is not found.
+    pub async fn environment(
+        &self,
+        owner: Uuid,
+        project_id: Uuid,
+        name: &str,
+    ) -> Result<EnvironmentRecord, StoreError> {
+        let row = sqlx::query(&format!(
+            "{ENVIRONMENT_SELECT} WHERE e.project_id = $1 AND e.name = $2 AND p.owner_id = $3"
+        ))
+        .bind(project_id.to_string())
+        .bind(name)
+        .bind(owner.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        environment_from_row(&row)
+    }
+
+    /// An environment by id (internal: the deploy pipeline and reconciler).
+    pub async fn environment_by_id(&self, id: Uuid) -> Result<EnvironmentRecord, StoreError> {
+        let row = sqlx::query(&format!("{ENVIRONMENT_SELECT} WHERE e.id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        environment_from_row(&row)
+    }
+
+    /// Every environment that should be serving something (the reconciler's input).
+    pub async fn live_environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
+        sqlx::query(&format!(
+            "{ENVIRONMENT_SELECT} WHERE e.live_release IS NOT NULL ORDER BY p.name, e.name"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(environment_from_row)
+        .collect()
+    }
+
+    /// Makes `release` the environment's desired live release with `formation`.
+    pub async fn set_live_release(
+        &self,
+        environment_id: Uuid,
+        release: u64,
+        formation: &BTreeMap<String, u32>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE environments SET live_release = $1, formation = $2, updated_at = $3 WHERE id = $4")
+            .bind(i64::try_from(release).unwrap_or(i64::MAX))
+            .bind(formation_json(formation))
+            .bind(now_millis())
+            .bind(environment_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a new release with the next number and returns that number.
+    pub async fn create_release(
+        &self,
+        environment_id: Uuid,
+        artifact_dir: &str,
+        artifact_json: &str,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let next: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(number), 0) + 1 AS next FROM releases WHERE environment_id = $1",
+        )
+        .bind(environment_id.to_string())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("next")?;
+        sqlx::query(
+            "INSERT INTO releases (id, environment_id, number, artifact_dir, artifact, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(environment_id.to_string())
+        .bind(next)
+        .bind(artifact_dir)
+        .bind(artifact_json)
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| StoreError::conflict_on_unique(e, "a release with this number"))?;
+        tx.commit().await?;
+        Ok(u64_of(next))
+    }
+
+    /// The next release number an environment would get (to name its directory up front).
+    pub async fn next_release_number(&self, environment_id: Uuid) -> Result<u64, StoreError> {
+        let next: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(number), 0) + 1 AS next FROM releases WHERE environment_id = $1",
+        )
+        .bind(environment_id.to_string())
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("next")?;
+        Ok(u64_of(next))
+    }
+
+    /// A release of an environment.
+    pub async fn release(
+        &self,
+        environment_id: Uuid,
+        number: u64,
+    ) -> Result<ReleaseRecord, StoreError> {
+        let row = sqlx::query("SELECT number, artifact_dir, artifact FROM releases WHERE environment_id = $1 AND number = $2")
+            .bind(environment_id.to_string())
+            .bind(i64::try_from(number).unwrap_or(i64::MAX))
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(ReleaseRecord {
+            number: u64_of(row.try_get("number")?),
+            artifact_dir: row.try_get("artifact_dir")?,
+            artifact_json: row.try_get("artifact")?,
+        })
+    }
+
+    /// Records a new deployment in `Pending`.
+    pub async fn create_deployment(
+        &self,
+        project_id: Uuid,
+        environment_id: Uuid,
+        source: &str,
+    ) -> Result<Uuid, StoreError> {
+        let id = Uuid::new_v4();
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO deployments (id, project_id, environment_id, state, source, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(id.to_string())
+        .bind(project_id.to_string())
+        .bind(environment_id.to_string())
+        .bind(DeploymentState::Pending.as_str())
+        .bind(source)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO deployment_transitions (deployment_id, seq, from_state, to_state, at) VALUES ($1, 0, NULL, $2, $3)")
+            .bind(id.to_string())
+            .bind(DeploymentState::Pending.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Moves a deployment to `to` if the lifecycle allows it from its current state, and
+    /// records the transition. Returns the state it left.
+    pub async fn transition_deployment(
+        &self,
+        id: Uuid,
+        to: DeploymentState,
+        note: Option<&str>,
+    ) -> Result<DeploymentState, StoreError> {
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT state FROM deployments WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let from = state_of(&row.try_get::<String, _>("state")?)?;
+        from.transition(to)
+            .map_err(|e| StoreError::IllegalTransition(e.to_string()))?;
+        let deadline = to
+            .default_deadline()
+            .map(|d| now + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
+        let failure = matches!(to, DeploymentState::Failed | DeploymentState::Cancelled)
+            .then_some(note)
+            .flatten();
+        let moved = sqlx::query(
+            "UPDATE deployments SET state = $1, state_deadline = $2, updated_at = $3, failure = COALESCE($4, failure) \
+             WHERE id = $5 AND state = $6",
+        )
+        .bind(to.as_str())
+        .bind(deadline)
+        .bind(now)
+        .bind(failure)
+        .bind(id.to_string())
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved != 1 {
+            return Err(StoreError::IllegalTransition(format!(
+                "deployment {id} changed state concurrently"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO deployment_transitions (deployment_id, seq, from_state, to_state, at, note) \
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM deployment_transitions WHERE deployment_id = $1",
+        )
+        .bind(id.to_string())
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(now)
+        .bind(note)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(from)
+    }
+
+    /// Records which release a deployment produced.
+    pub async fn set_deployment_release(&self, id: Uuid, release: u64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE deployments SET release_number = $1 WHERE id = $2")
+            .bind(i64::try_from(release).unwrap_or(i64::MAX))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A deployment as `owner` may see it.
+    pub async fn deployment(&self, owner: Uuid, id: Uuid) -> Result<DeploymentRecord, StoreError> {
+        self.deployment_where(id, Some(owner)).await
+    }
+
+    /// A deployment by id (internal).
+    pub async fn deployment_by_id(&self, id: Uuid) -> Result<DeploymentRecord, StoreError> {
+        self.deployment_where(id, None).await
+    }
+
+    async fn deployment_where(
+        &self,
+        id: Uuid,
+        owner: Option<Uuid>,
+    ) -> Result<DeploymentRecord, StoreError> {
+        let row = sqlx::query(
+            "SELECT d.id, d.project_id, d.environment_id, e.name AS environment_name, d.state, d.release_number, \
+             d.failure, d.created_at, p.owner_id FROM deployments d \
+             JOIN environments e ON e.id = d.environment_id JOIN projects p ON p.id = d.project_id WHERE d.id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        if let Some(owner) = owner {
+            if parse_id(&row.try_get::<String, _>("owner_id")?)? != owner {
+                return Err(StoreError::NotFound);
+            }
+        }
+        let transitions = sqlx::query(
+            "SELECT from_state, to_state, at, note FROM deployment_transitions WHERE deployment_id = $1 ORDER BY seq",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|t| {
+            Ok(TransitionRecord {
+                from: t.try_get::<Option<String>, _>("from_state")?.as_deref().map(state_of).transpose()?,
+                to: state_of(&t.try_get::<String, _>("to_state")?)?,
+                at: from_millis(t.try_get("at")?),
+                note: t.try_get("note")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(DeploymentRecord {
+            id,
+            project_id: parse_id(&row.try_get::<String, _>("project_id")?)?,
+            environment_id: parse_id(&row.try_get::<String, _>("environment_id")?)?,
+            environment_name: row.try_get("environment_name")?,
+            state: state_of(&row.try_get::<String, _>("state")?)?,
+            release_number: row.try_get::<Option<i64>, _>("release_number")?.map(u64_of),
+            failure: row.try_get("failure")?,
+            created_at: from_millis(row.try_get("created_at")?),
+            transitions,
+        })
+    }
+
+    /// Deployments that were in progress (e.g. when the server died): recovery fails them, so
+    /// none stays "in progress" forever; the live release keeps serving.
+    pub async fn in_progress_deployments(&self) -> Result<Vec<Uuid>, StoreError> {
+        let states: Vec<&str> = gilgal_core::lifecycle::ALL_STATES
+            .iter()
+            .filter(|s| s.is_in_progress() || **s == DeploymentState::Draining)
+            .map(|s| s.as_str())
+            .collect();
+        let list = states
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        sqlx::query(&format!(
+            "SELECT id FROM deployments WHERE state IN ({list}) ORDER BY created_at"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| parse_id(&row.try_get::<String, _>("id")?))
+        .collect()
+    }
+
+    /// The live deployment of an environment, if any (to move it to draining on rollover).
+    pub async fn live_deployment(&self, environment_id: Uuid) -> Result<Option<Uuid>, StoreError> {
+        let row = sqlx::query("SELECT id FROM deployments WHERE environment_id = $1 AND state = 'live' ORDER BY created_at DESC")
+            .bind(environment_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| parse_id(&r.try_get::<String, _>("id")?))
+            .transpose()
+    }
+
+    /// Appends log lines `(at_ms, stream, line)` after the last stored one; returns the new end.
+    pub async fn append_deployment_logs(
+        &self,
+        id: Uuid,
+        lines: &[(i64, &str, &str)],
+    ) -> Result<u64, StoreError> {
+        if lines.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut next: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(seq), 0) AS last FROM deployment_logs WHERE deployment_id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("last")?;
+        for (at, stream, line) in lines {
+            next += 1;
+            sqlx::query("INSERT INTO deployment_logs (deployment_id, seq, at, stream, line) VALUES ($1, $2, $3, $4, $5)")
+                .bind(id.to_string())
+                .bind(next)
+                .bind(*at)
+                .bind(*stream)
+                .bind(*line)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(u64_of(next))
+    }
+
+    /// Log lines after `after` (exclusive), at most `limit`.
+    pub async fn deployment_logs(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<LogRecord>, StoreError> {
+        sqlx::query(
+            "SELECT seq, at, stream, line FROM deployment_logs WHERE deployment_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id.to_string())
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(LogRecord {
+                seq: u64_of(row.try_get("seq")?),
+                at: from_millis(row.try_get("at")?),
+                stream: row.try_get("stream")?,
+                line: row.try_get("line")?,
+            })
+        })
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formation_round_trips() {
+        let mut formation = BTreeMap::new();
+        formation.insert("web".to_owned(), 2);
+        formation.insert("worker".to_owned(), 0);
+        assert_eq!(
+            serde_json_formation(&formation_json(&formation)).unwrap(),
+            formation
+        );
+        assert!(serde_json_formation("{}").unwrap().is_empty());
+        assert!(serde_json_formation("{\"web\":x}").is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! `gilgal deploy`: pack, upload with a progress bar, stream the build log, print the URL.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use gilgal_types::{Deployment, DeploymentLogLine};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::Session;
+use crate::cli::DeployArgs;
+
+/// Runs a deploy; exits non-zero when the deployment does not go live.
+pub async fn run(session: &Session, args: DeployArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let client = session.authenticated()?;
+    let project = client.project_by_name(&args.project).await?;
+    anyhow::ensure!(
+        args.dir.is_dir(),
+        "{} is not a directory",
+        args.dir.display()
+    );
+
+    let packed = tempfile_path()?;
+    let (dir, target) = (args.dir.clone(), packed.clone());
+    let summary =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<gilgal_build::PackSummary> {
+            let file = std::fs::File::create(&target)?;
+            Ok(gilgal_build::pack_dir(&dir, std::io::BufWriter::new(file))?)
+        })
+        .await??;
+    let size = std::fs::metadata(&packed)?.len();
+    eprintln!(
+        "Packed {} files ({} KiB) from {}",
+        summary.files,
+        size.div_ceil(1024),
+        args.dir.display()
+    );
+
+    let bar = ProgressBar::new(size);
+    bar.set_style(
+        ProgressStyle::with_template("Uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let file = tokio::fs::File::open(&packed).await?;
+    let progress = bar.clone();
+    let stream = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
+        if let Ok(bytes) = chunk {
+            progress.inc(bytes.len() as u64);
+        }
+    });
+    let created = client
+        .create_deployment(project.id, &args.env, reqwest_body(stream))
+        .await;
+    bar.finish_and_clear();
+    let _ = std::fs::remove_file(&packed);
+    let deployment = created?;
+    eprintln!(
+        "Deployment {} accepted for {} ({})",
+        deployment.id, project.name, deployment.environment
+    );
+    if args.no_follow {
+        return finish(deployment, json);
+    }
+
+    let response = client.deployment_logs(deployment.id, true).await?;
+    let mut stream = response.bytes_stream();
+    let mut pending = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.context("the log stream broke off; `gilgal` can show the result with the API")?;
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if let Ok(entry) = serde_json::from_slice::<DeploymentLogLine>(&line) {
+                if json {
+                    continue;
+                }
+                match entry.stream.as_str() {
+                    "system" => eprintln!("{}", entry.line),
+                    _ => eprintln!("       {}", entry.line),
+                }
+            }
+        }
+    }
+    let deployment = client.deployment(deployment.id).await?;
+    finish(deployment, json)
+}
+
+fn finish(deployment: Deployment, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        crate::output::json(&deployment)?;
+    }
+    match deployment.state.as_str() {
+        "live" => {
+            if !json {
+                let release = deployment
+                    .release
+                    .map(|r| format!("v{r}"))
+                    .unwrap_or_default();
+                println!(
+                    "Deployed {release} to {}: {}",
+                    deployment.environment,
+                    deployment.url.unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        "failed" | "cancelled" => {
+            if !json {
+                eprintln!(
+                    "error: deployment {}: {}",
+                    deployment.state,
+                    deployment
+                        .failure
+                        .unwrap_or_else(|| "no reason recorded".to_owned())
+                );
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        other => {
+            if !json {
+                println!("Deployment {} is {other}", deployment.id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn reqwest_body<S>(stream: S) -> reqwest::Body
+where
+    S: futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Sync + 'static,
+{
+    reqwest::Body::wrap_stream(stream)
+}
+
+fn tempfile_path() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir();
+    Ok(dir.join(format!("gilgal-deploy-{}.tar.gz", uuid::Uuid::new_v4())))
+}
