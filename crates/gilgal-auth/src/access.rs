@@ -103,7 +103,10 @@ mod tests {
         assert_eq!((claims.sub, claims.sid), (user, session));
 
         let expired = codec.issue(user, session, now() - 120, 60).unwrap();
-        assert!(matches!(codec.verify(&expired), Err(AuthError::ExpiredAccessToken)));
+        assert!(matches!(
+            codec.verify(&expired),
+            Err(AuthError::ExpiredAccessToken)
+        ));
 
         let other = AccessTokenCodec::new(&SigningKey::generate());
         assert!(other.verify(&token).is_err());

@@ -500,3 +500,73 @@ async fn deploy_example_through_the_proxy(backend: Backend) {
         "previous release still serves: {body}"
     );
 }
+
+/// Zero downtime: ten redeploys while two clients (keep-alive and a new connection per
+/// request) hit the app through the proxy continuously; not one request may fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_redeploys_under_load_drop_no_request() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    ok(server.cli(
+        &[
+            "register",
+            "--email",
+            "admin@example.com",
+            "--password-stdin",
+        ],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "steady"], None));
+    let app = example_dir("python-hello");
+    ok(server.cli(
+        &["deploy", app.to_str().unwrap(), "--project", "steady"],
+        None,
+    ));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for keep_alive in [true, false] {
+        let stop = stop.clone();
+        let url = format!("{}/", server.proxy_url);
+        clients.push(tokio::spawn(async move {
+            let mut builder = reqwest::Client::builder();
+            if !keep_alive {
+                builder = builder.pool_max_idle_per_host(0);
+            }
+            let client = builder.build().unwrap();
+            let (mut ok_count, mut failures) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client
+                    .get(&url)
+                    .header("host", "steady.localhost")
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => ok_count += 1,
+                    Ok(r) => failures.push(format!("status {}", r.status())),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (ok_count, failures)
+        }));
+    }
+    for round in 2..=11 {
+        let out = ok(server.cli(
+            &["deploy", app.to_str().unwrap(), "--project", "steady"],
+            None,
+        ));
+        assert!(out.contains(&format!("Deployed v{round}")), "{out}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        let (ok_count, failures) = client.await.unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} failed requests, e.g. {:?}",
+            failures.len(),
+            failures.first()
+        );
+        assert!(ok_count > 50, "the client kept sending ({ok_count} ok)");
+    }
+    let (_, body) = get_via_proxy(&server, "steady.localhost").await;
+    assert!(body.contains("\"release\": \"v11\""), "{body}");
+}
