@@ -49,12 +49,53 @@ struct Control {
     /// Compiled form of every spec, reused across swaps while the spec is unchanged.
     compiled: HashMap<String, Arc<CompiledRoute>>,
     backends: HashMap<String, Arc<BackendState>>,
-    routed_backends: std::collections::HashSet<Arc<str>>,
+    /// Routes referencing each backend id (and its address): a count reaching zero starts
+    /// the backend's drain.
+    backend_refs: HashMap<Arc<str>, (usize, SocketAddr)>,
+    /// Backends whose drain started and that are still remembered.
+    draining: Vec<Arc<str>>,
     route_metrics: BTreeMap<String, Arc<RouteMetrics>>,
     settings: ProxySettings,
 }
 
+fn backends_of(route: &CompiledRoute) -> &[Arc<BackendState>] {
+    match &route.target {
+        CompiledTarget::Upstream { all, .. } => all,
+        CompiledTarget::Static { .. } => &[],
+    }
+}
+
+fn conflict(id: &str, first: SocketAddr, second: SocketAddr) -> ProxyError {
+    ProxyError::ConflictingBackend {
+        id: id.to_string(),
+        first,
+        second,
+    }
+}
+
 impl Control {
+    /// Start draining backends no route references any more; forget those already idle
+    /// (including earlier drains that finished without anyone waiting for them).
+    fn drain(&mut self, gone: &[Arc<str>]) {
+        for id in gone {
+            if let Some(state) = self.backends.get(&**id) {
+                state.start_draining();
+                self.draining.push(id.clone());
+            }
+        }
+        let (backends, refs) = (&mut self.backends, &self.backend_refs);
+        self.draining.retain(|id| {
+            let finished = !refs.contains_key(id)
+                && backends
+                    .get(&**id)
+                    .is_none_or(|s| s.is_draining() && s.in_flight() == 0);
+            if finished {
+                backends.remove(&**id);
+            }
+            !finished
+        });
+    }
+
     /// The compiled route for `spec`: the existing one if the spec is unchanged.
     fn compile_or_reuse(&mut self, spec: &RouteSpec) -> Result<Arc<CompiledRoute>, ProxyError> {
         if let (Some(old), Some(compiled)) = (self.specs.get(&spec.id), self.compiled.get(&spec.id))
@@ -120,7 +161,8 @@ impl ProxyHandle {
             specs: BTreeMap::new(),
             compiled: HashMap::new(),
             backends: HashMap::new(),
-            routed_backends: Default::default(),
+            backend_refs: HashMap::new(),
+            draining: Vec::new(),
             route_metrics: BTreeMap::new(),
             settings: settings.clone(),
         };
@@ -151,7 +193,7 @@ impl ProxyHandle {
     }
 
     /// Replace the whole routing table with `routes` (one atomic swap). Routes whose spec did
-    /// not change keep their compiled form, so large tables swap quickly.
+    /// not change keep their compiled form.
     pub fn replace(&self, routes: Vec<RouteSpec>) -> Result<(), ProxyError> {
         let mut control = self.control();
         let mut specs = BTreeMap::new();
@@ -164,58 +206,105 @@ impl ProxyHandle {
             compiled.insert(spec.id.clone(), route);
             specs.insert(spec.id.clone(), spec);
         }
+        let mut refs: HashMap<Arc<str>, (usize, SocketAddr)> = HashMap::new();
+        for backend in compiled.values().flat_map(|r| backends_of(r)) {
+            let entry = refs.entry(backend.id.clone()).or_insert((0, backend.addr));
+            if entry.1 != backend.addr {
+                return Err(conflict(&backend.id, entry.1, backend.addr));
+            }
+            entry.0 += 1;
+        }
         let table = RouteTable::assemble(compiled.values())?;
-        self.install(&mut control, table);
+        self.shared.table.store(Arc::new(table));
+        let gone: Vec<Arc<str>> = control
+            .backend_refs
+            .keys()
+            .filter(|id| !refs.contains_key(*id))
+            .cloned()
+            .collect();
+        control.backend_refs = refs;
+        control.drain(&gone);
         control.specs = specs;
         control.compiled = compiled;
         Ok(())
     }
 
-    /// Apply a small change (upserts and removals by route id) as one atomic swap; only the
-    /// upserted routes are compiled.
+    /// Apply a small change (upserts and removals by route id) as one atomic swap. Only the
+    /// upserted routes are compiled and only the table shards holding their hosts are copied,
+    /// so the cost does not grow with the size of the table.
     pub fn apply(&self, diff: RouteDiff) -> Result<(), ProxyError> {
         let mut control = self.control();
-        let mut fresh = HashMap::with_capacity(diff.upsert.len());
+        let mut incoming = Vec::with_capacity(diff.upsert.len());
+        let mut upserted = std::collections::HashSet::new();
         for spec in &diff.upsert {
-            let route = control.compile_or_reuse(spec)?;
-            if fresh.insert(spec.id.as_str(), route).is_some() {
+            if !upserted.insert(spec.id.as_str()) {
                 return Err(ProxyError::DuplicateRouteId(spec.id.clone()));
             }
+            incoming.push(control.compile_or_reuse(spec)?);
         }
-        let kept = control.compiled.iter().filter(|(id, _)| {
-            !fresh.contains_key(id.as_str()) && !diff.remove.iter().any(|r| r == *id)
-        });
-        let table = RouteTable::assemble(kept.map(|(_, r)| r).chain(fresh.values()))?;
-        self.install(&mut control, table);
+        let outgoing: Vec<Arc<CompiledRoute>> = upserted
+            .iter()
+            .copied()
+            .chain(diff.remove.iter().map(String::as_str))
+            .filter_map(|id| control.compiled.get(id).cloned())
+            .collect();
+        // A backend id must keep one address across the routes that remain.
+        let mut leaving: HashMap<&str, usize> = HashMap::new();
+        for b in outgoing.iter().flat_map(|r| backends_of(r)) {
+            *leaving.entry(&b.id).or_default() += 1;
+        }
+        let mut arriving: HashMap<&str, SocketAddr> = HashMap::new();
+        for b in incoming.iter().flat_map(|r| backends_of(r)) {
+            if let Some(first) = arriving.insert(&b.id, b.addr) {
+                if first != b.addr {
+                    return Err(conflict(&b.id, first, b.addr));
+                }
+            }
+            if let Some((count, addr)) = control.backend_refs.get(&*b.id) {
+                let staying = count - leaving.get(&*b.id).copied().unwrap_or(0).min(*count);
+                if staying > 0 && *addr != b.addr {
+                    return Err(conflict(&b.id, *addr, b.addr));
+                }
+            }
+        }
+        let table = self
+            .shared
+            .table
+            .load()
+            .with_changes(&outgoing, &incoming)?;
+        self.shared.table.store(Arc::new(table));
+
+        let mut gone = Vec::new();
+        for b in outgoing.iter().flat_map(|r| backends_of(r)) {
+            if let Some(entry) = control.backend_refs.get_mut(&*b.id) {
+                entry.0 = entry.0.saturating_sub(1);
+                if entry.0 == 0 {
+                    gone.push(b.id.clone());
+                }
+            }
+        }
+        for b in incoming.iter().flat_map(|r| backends_of(r)) {
+            let entry = control
+                .backend_refs
+                .entry(b.id.clone())
+                .or_insert((0, b.addr));
+            entry.0 += 1;
+            entry.1 = b.addr;
+        }
+        gone.retain(|id| control.backend_refs.get(id).is_some_and(|e| e.0 == 0));
+        for id in &gone {
+            control.backend_refs.remove(id);
+        }
+        control.drain(&gone);
         for id in &diff.remove {
             control.specs.remove(id);
             control.compiled.remove(id);
         }
-        let fresh: Vec<(String, Arc<CompiledRoute>)> = fresh
-            .into_iter()
-            .map(|(id, r)| (id.to_string(), r))
-            .collect();
-        control.compiled.extend(fresh);
-        for spec in diff.upsert {
+        for (spec, route) in diff.upsert.into_iter().zip(incoming) {
+            control.compiled.insert(spec.id.clone(), route);
             control.specs.insert(spec.id.clone(), spec);
         }
         Ok(())
-    }
-
-    /// Publish `table` and start draining backends it no longer references.
-    fn install(&self, control: &mut Control, table: RouteTable) {
-        let now_routed = table.backend_ids();
-        self.shared.table.store(Arc::new(table));
-        for gone in control.routed_backends.difference(&now_routed) {
-            if let Some(state) = control.backends.get(&**gone) {
-                state.start_draining();
-            }
-        }
-        // Forget drained backends nobody is waiting for, so the registry does not grow forever.
-        control.backends.retain(|id, state| {
-            now_routed.contains(id.as_str()) || state.in_flight() > 0 || !state.is_draining()
-        });
-        control.routed_backends = now_routed;
     }
 
     /// The route specs currently installed, in id order.
@@ -241,7 +330,7 @@ impl ProxyHandle {
     pub async fn wait_drained(&self, backend_id: &str, deadline: Duration) -> DrainOutcome {
         let state = {
             let control = self.control();
-            if control.routed_backends.contains(backend_id) {
+            if control.backend_refs.contains_key(backend_id) {
                 return DrainOutcome::StillRouted;
             }
             match control.backends.get(backend_id) {
@@ -261,7 +350,7 @@ impl ProxyHandle {
             }
         };
         let mut control = self.control();
-        if !control.routed_backends.contains(backend_id) {
+        if !control.backend_refs.contains_key(backend_id) {
             if let Some(current) = control.backends.get(backend_id) {
                 if Arc::ptr_eq(current, &state) {
                     control.backends.remove(backend_id);

@@ -29,7 +29,7 @@ mod spec;
 mod table;
 mod tls;
 
-pub use body::{BodyTooLarge, BoxError, ProxyBody};
+pub use body::{BodyTooLarge, BoxError};
 pub use error::ProxyError;
 pub use handle::{DrainOutcome, ProxyHandle, UNROUTED};
 pub use metrics::{MetricsSnapshot, RouteMetricsSnapshot, LATENCY_BUCKETS_SECONDS};

@@ -3,7 +3,7 @@
 //! Lookup is an exact-host `HashMap` probe followed by a scan of that host's few path prefixes
 //! (longest first), so its cost does not grow with the number of hosts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -46,17 +46,64 @@ pub(crate) struct CompiledSplit {
     pub(crate) sticky_cookie: Option<Box<str>>,
 }
 
+/// Number of host shards: a diff copies only the shards it touches, so swapping a
+/// 10,000-host table costs about as much as swapping a small one.
+const SHARDS: usize = 64;
+
+/// Routes for the hosts of one shard, most specific prefix first.
+type Shard = HashMap<Box<str>, Vec<Arc<CompiledRoute>>>;
+
 /// Immutable routing snapshot, swapped atomically by [`crate::ProxyHandle`].
-#[derive(Default)]
 pub struct RouteTable {
-    hosts: HashMap<Box<str>, Vec<Arc<CompiledRoute>>>,
+    shards: Box<[Arc<Shard>]>,
     route_count: usize,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Arc::new(Shard::new())).collect(),
+            route_count: 0,
+        }
+    }
+}
+
+/// FNV-1a over the host's bytes, to pick its shard.
+fn shard_of(host: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % SHARDS as u64) as usize
+}
+
+fn sort_by_prefix(routes: &mut [Arc<CompiledRoute>]) {
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.as_deref().map_or(0, str::len)));
+}
+
+/// Add `route` under each of its hosts, refusing a second route with the same host + prefix.
+fn insert_route(shards: &mut [Shard], route: &Arc<CompiledRoute>) -> Result<(), ProxyError> {
+    for host in route.hosts.iter() {
+        let entry = shards[shard_of(host)].entry(host.clone()).or_default();
+        if let Some(other) = entry.iter().find(|r| r.prefix == route.prefix) {
+            return Err(ProxyError::DuplicateRoute {
+                host: host.to_string(),
+                prefix: route.prefix.as_deref().unwrap_or("").to_string(),
+                first: other.id.to_string(),
+                second: route.id.to_string(),
+            });
+        }
+        entry.push(route.clone());
+        sort_by_prefix(entry);
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for RouteTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteTable")
-            .field("hosts", &self.hosts.len())
+            .field("hosts", &self.shards.iter().map(|s| s.len()).sum::<usize>())
             .field("routes", &self.route_count)
             .finish()
     }
@@ -106,31 +153,54 @@ pub(crate) fn compile_route(
 }
 
 impl RouteTable {
-    /// Assemble compiled routes into a lookup table, rejecting ambiguous host/prefix pairs
-    /// and backend ids used with two addresses.
+    /// Assemble compiled routes into a lookup table, rejecting ambiguous host/prefix pairs.
     pub(crate) fn assemble<'a>(
         routes: impl IntoIterator<Item = &'a Arc<CompiledRoute>>,
     ) -> Result<Self, ProxyError> {
-        let mut hosts: HashMap<Box<str>, Vec<Arc<CompiledRoute>>> = HashMap::new();
-        let mut backend_addrs: HashMap<&str, std::net::SocketAddr> = HashMap::new();
+        let mut shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::new()).collect();
         let mut route_count = 0;
         for route in routes {
             route_count += 1;
-            if let CompiledTarget::Upstream { all, .. } = &route.target {
-                for b in all {
-                    if let Some(first) = backend_addrs.insert(&b.id, b.addr) {
-                        if first != b.addr {
-                            return Err(ProxyError::ConflictingBackend {
-                                id: b.id.to_string(),
-                                first,
-                                second: b.addr,
-                            });
+            insert_route(&mut shards, route)?;
+        }
+        Ok(Self {
+            shards: shards.into_iter().map(Arc::new).collect(),
+            route_count,
+        })
+    }
+
+    /// A copy of this table with `outgoing` routes taken out and `incoming` ones added; only
+    /// the shards holding their hosts are copied.
+    pub(crate) fn with_changes(
+        &self,
+        outgoing: &[Arc<CompiledRoute>],
+        incoming: &[Arc<CompiledRoute>],
+    ) -> Result<Self, ProxyError> {
+        let mut touched: Vec<Option<Shard>> = (0..SHARDS).map(|_| None).collect();
+        let hosts = outgoing.iter().chain(incoming).flat_map(|r| r.hosts.iter());
+        for host in hosts {
+            let i = shard_of(host);
+            if touched[i].is_none() {
+                touched[i] = Some((*self.shards[i]).clone());
+            }
+        }
+        for route in outgoing {
+            for host in route.hosts.iter() {
+                if let Some(shard) = touched[shard_of(host)].as_mut() {
+                    if let Some(list) = shard.get_mut(host) {
+                        list.retain(|r| !Arc::ptr_eq(r, route));
+                        if list.is_empty() {
+                            shard.remove(host);
                         }
                     }
                 }
             }
+        }
+        for route in incoming {
             for host in route.hosts.iter() {
-                let entry = hosts.entry(host.clone()).or_default();
+                let i = shard_of(host);
+                let shard = touched[i].get_or_insert_with(|| (*self.shards[i]).clone());
+                let entry = shard.entry(host.clone()).or_default();
                 if let Some(other) = entry.iter().find(|r| r.prefix == route.prefix) {
                     return Err(ProxyError::DuplicateRoute {
                         host: host.to_string(),
@@ -140,12 +210,18 @@ impl RouteTable {
                     });
                 }
                 entry.push(route.clone());
+                sort_by_prefix(entry);
             }
         }
-        for routes in hosts.values_mut() {
-            routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.as_deref().map_or(0, str::len)));
-        }
-        Ok(Self { hosts, route_count })
+        let shards = touched
+            .into_iter()
+            .zip(self.shards.iter())
+            .map(|(new, old)| new.map_or_else(|| old.clone(), Arc::new))
+            .collect();
+        Ok(Self {
+            shards,
+            route_count: (self.route_count + incoming.len()).saturating_sub(outgoing.len()),
+        })
     }
 
     /// Number of routes in the snapshot.
@@ -167,24 +243,11 @@ impl RouteTable {
 
     /// Exact host, then longest matching path prefix. `host` must already be normalized.
     pub(crate) fn lookup(&self, host: &str, path: &str) -> Option<&Arc<CompiledRoute>> {
-        let routes = self.hosts.get(host)?;
+        let routes = self.shards[shard_of(host)].get(host)?;
         routes.iter().find(|r| match r.prefix.as_deref() {
             None => true,
             Some(prefix) => prefix_matches(prefix, path),
         })
-    }
-
-    /// Every backend id referenced by the table (to find the ones a swap removed).
-    pub(crate) fn backend_ids(&self) -> HashSet<Arc<str>> {
-        let mut out = HashSet::new();
-        for routes in self.hosts.values() {
-            for route in routes {
-                if let CompiledTarget::Upstream { all, .. } = &route.target {
-                    out.extend(all.iter().map(|b| b.id.clone()));
-                }
-            }
-        }
-        out
     }
 }
 
