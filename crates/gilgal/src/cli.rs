@@ -106,6 +106,11 @@ pub struct ServerArgs {
     /// Open or close self-service registration (kept in the store; omitted: unchanged).
     #[arg(long, value_enum)]
     pub registration: Option<Registration>,
+    /// Stop every app instance when the server exits. By default instances keep running and
+    /// are re-adopted by the next `gilgal server`, so a server upgrade or crash costs apps no
+    /// downtime; tests and throwaway installs want a clean exit instead.
+    #[arg(long, env = "GILGAL_STOP_APPS_ON_EXIT")]
+    pub stop_apps_on_exit: bool,
     /// Log format on standard error.
     #[arg(long, value_enum, default_value_t = LogFormat::Json, env = "GILGAL_LOG_FORMAT")]
     pub log_format: LogFormat,

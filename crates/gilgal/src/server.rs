@@ -92,9 +92,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     .context("cannot start the process runtime")?;
     let proxy_listener = bind(args.proxy_listen, "proxy").await?;
     let proxy_addr = proxy_listener.local_addr()?;
+    let runtime: std::sync::Arc<dyn gilgal_runtime::Runtime> = std::sync::Arc::new(runtime);
     let deployer = Deployer::new(
         store.clone(),
-        std::sync::Arc::new(runtime),
+        runtime.clone(),
         proxy.clone(),
         DeployerConfig {
             work_dir: data_dir.join("work"),
@@ -169,6 +170,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         if let Ok(Err(e)) = joined {
             tracing::warn!(error = %e, "proxy listener ended with an error");
         }
+    }
+    if args.stop_apps_on_exit {
+        tracing::info!("stopping every app instance (--stop-apps-on-exit)");
+        runtime.shutdown(std::time::Duration::from_secs(10)).await;
     }
     store.close().await;
     tracing::info!("gilgal server stopped");

@@ -17,48 +17,67 @@ struct ServerProcess {
     proxy_url: String,
     proxy_tls_url: String,
     dir: tempfile::TempDir,
+    database_url: Option<String>,
+}
+
+/// Starts `gilgal server` on free ports over `dir`, returning it and its "ready" log line.
+fn spawn_server(dir: &Path, database_url: Option<&str>) -> (Child, serde_json::Value) {
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--proxy-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--proxy-tls-listen",
+            "127.0.0.1:0",
+            "--stop-apps-on-exit",
+            "--data-dir",
+        ])
+        .arg(dir.join("data"))
+        .env_remove("GILGAL_DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(url) = database_url {
+        command.env("GILGAL_DATABASE_URL", url);
+    }
+    let mut child = command.spawn().expect("spawn gilgal server");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("gilgal server ready") {
+                let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let _ = tx.send(value);
+            }
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server announced its address");
+    (child, ready)
 }
 
 impl ServerProcess {
     async fn start(backend: Backend) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut command = Command::new(BIN);
-        command
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--proxy-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--proxy-tls-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .env_remove("GILGAL_DATABASE_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if backend == Backend::Postgres {
-            let admin = std::env::var(gilgal_testkit::POSTGRES_URL_VAR)
-                .expect("GILGAL_TEST_POSTGRES_URL (run scripts/test)");
-            let name = format!("gilgal_e2e_{}", uuid::Uuid::new_v4().simple());
-            let url = gilgal_store::create_postgres_database(&admin, &name)
-                .await
-                .unwrap();
-            command.env("GILGAL_DATABASE_URL", url);
-        }
-        let mut child = command.spawn().expect("spawn gilgal server");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("gilgal server ready") {
-                    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-                    let _ = tx.send(value);
-                }
+        let database_url = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let admin = std::env::var(gilgal_testkit::POSTGRES_URL_VAR)
+                    .expect("GILGAL_TEST_POSTGRES_URL (run scripts/test)");
+                let name = format!("gilgal_e2e_{}", uuid::Uuid::new_v4().simple());
+                Some(
+                    gilgal_store::create_postgres_database(&admin, &name)
+                        .await
+                        .unwrap(),
+                )
             }
-        });
-        let ready = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server announced its address");
+        };
+        let (child, ready) = spawn_server(dir.path(), database_url.as_deref());
         let field = |name: &str| ready[name].as_str().unwrap().to_owned();
         Self {
             child,
@@ -66,7 +85,20 @@ impl ServerProcess {
             proxy_url: field("proxy"),
             proxy_tls_url: field("proxy_tls"),
             dir,
+            database_url,
         }
+    }
+
+    /// Kills the server with SIGKILL (apps keep running) and starts a new one on the same
+    /// data dir and database.
+    fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, ready) = spawn_server(self.dir.path(), self.database_url.as_deref());
+        self.child = child;
+        self.url = ready["api"].as_str().unwrap().to_owned();
+        self.proxy_url = ready["proxy"].as_str().unwrap().to_owned();
+        self.proxy_tls_url = ready["proxy_tls"].as_str().unwrap().to_owned();
     }
 
     fn config_dir(&self) -> PathBuf {
@@ -80,7 +112,16 @@ impl ServerProcess {
 }
 
 impl Drop for ServerProcess {
+    /// SIGTERM, so the server stops the apps it runs (`--stop-apps-on-exit`); SIGKILL after 15 s.
     fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..150 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -569,4 +610,133 @@ async fn ten_redeploys_under_load_drop_no_request() {
     }
     let (_, body) = get_via_proxy(&server, "steady.localhost").await;
     assert!(body.contains("\"release\": \"v11\""), "{body}");
+}
+
+/// The Node and static examples deploy and serve through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_and_static_examples_deploy() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    ok(server.cli(
+        &[
+            "register",
+            "--email",
+            "admin@example.com",
+            "--password-stdin",
+        ],
+        Some(PASSWORD),
+    ));
+    for (project, example, expect) in [
+        ("node", "node-hello", "Hello from Node on Gilgal"),
+        ("site", "static-site", "Hello from a static site on Gilgal"),
+    ] {
+        ok(server.cli(&["projects", "create", project], None));
+        let dir = example_dir(example);
+        let out = ok(server.cli(
+            &["deploy", dir.to_str().unwrap(), "--project", project],
+            None,
+        ));
+        assert!(out.contains("Deployed v1"), "{out}");
+        let (status, body) = get_via_proxy(&server, &format!("{project}.localhost")).await;
+        assert_eq!(status, 200, "{project}: {body}");
+        assert!(body.contains(expect), "{project}: {body}");
+    }
+}
+
+/// `kill -9` of the server in the middle of a rollout: after a restart the environment
+/// converges with no new deploy (exactly one release serving, the interrupted deployment
+/// failed rather than stuck "in progress"), and no instance of the app is left orphaned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_rollout_converges_after_restart() {
+    let mut server = ServerProcess::start(Backend::Sqlite).await;
+    ok(server.cli(
+        &[
+            "register",
+            "--email",
+            "admin@example.com",
+            "--password-stdin",
+        ],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "phoenix"], None));
+    let app = example_dir("python-hello");
+    ok(server.cli(
+        &["deploy", app.to_str().unwrap(), "--project", "phoenix"],
+        None,
+    ));
+
+    // The CLI's stored login names the server's URL, which changes on restart: keep a token.
+    let token = ok(server.cli(&["tokens", "create", "check"], None))
+        .trim()
+        .to_owned();
+
+    // Start v2 and kill the server while it builds/starts.
+    let accepted = ok(server.cli(
+        &[
+            "deploy",
+            app.to_str().unwrap(),
+            "--project",
+            "phoenix",
+            "--no-follow",
+            "--json",
+        ],
+        None,
+    ));
+    let deployment: serde_json::Value = serde_json::from_str(&accepted).unwrap();
+    let id = deployment["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.crash_and_restart();
+
+    // Converges: the app answers through the new proxy, from exactly one release.
+    let mut body = String::new();
+    for _ in 0..100 {
+        let (status, text) = get_via_proxy(&server, "phoenix.localhost").await;
+        if status == 200 {
+            body = text;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        body.contains("\"release\": \"v"),
+        "app serves after restart: {body}"
+    );
+    let record: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/deployments/{id}", server.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let state = record["state"].as_str().unwrap();
+    assert!(
+        ["live", "failed"].contains(&state),
+        "interrupted deployment settled, not stuck: {record}"
+    );
+
+    // Exactly one web instance of phoenix runs (no orphan from the killed server's rollout).
+    let instances = count_processes_with_env("GILGAL_APP=phoenix");
+    assert_eq!(instances, 1, "one instance of the app, no orphans");
+}
+
+/// Counts live processes whose environment contains `needle` (a `KEY=value` pair).
+fn count_processes_with_env(needle: &str) -> usize {
+    let mut count = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        if let Ok(environ) = std::fs::read(entry.path().join("environ")) {
+            if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+                count += 1;
+            }
+        }
+    }
+    count
 }
