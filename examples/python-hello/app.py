@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 RELEASE = os.environ.get("GILGAL_RELEASE", "dev")
@@ -17,6 +18,9 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
+        if self.path.startswith("/sleep/"):
+            # A slow request, to show that a rollout lets in-flight requests finish.
+            time.sleep(min(float(self.path.rsplit("/", 1)[1] or 0), 30))
         if self.path == "/health":
             body = b"ok"
             content_type = "text/plain"

@@ -36,6 +36,8 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 /// Process type of the release phase in labels and logs.
 const RELEASE_PROCESS: &str = "release";
+/// Grace period when a release's own configuration cannot be read.
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// How many log lines of a failed instance a failure reason quotes.
 const FAILURE_TAIL_LINES: usize = 20;
 
@@ -513,8 +515,7 @@ impl Deployer {
         .await;
 
         if let Some(previous) = previous {
-            self.retire(previous, environment, number, artifact, log)
-                .await;
+            self.retire(previous, environment, number, log).await;
         }
         Ok(())
     }
@@ -547,20 +548,19 @@ impl Deployer {
         (!backends.is_empty()).then(|| RouteSpec::upstream(id, vec![host], backends))
     }
 
-    /// Drains and stops every instance of the environment that is not of release `keep`.
+    /// Drains and stops every instance of the environment that is not of release `keep`, each
+    /// with the grace period of the release it belongs to.
     async fn retire(
         &self,
         previous: Uuid,
         environment: &EnvironmentRecord,
         keep: u64,
-        artifact: &Artifact,
         log: &DeployLog,
     ) {
         let _ = self
             .store
             .transition_deployment(previous, DeploymentState::Draining, None)
             .await;
-        let grace = artifact.config.grace_period();
         let old: Vec<_> = match self.runtime.list().await {
             Ok(all) => all
                 .into_iter()
@@ -575,14 +575,31 @@ impl Deployer {
                 Vec::new()
             }
         };
+        let mut graces: BTreeMap<u64, Duration> = BTreeMap::new();
+        for status in &old {
+            if !graces.contains_key(&status.labels.release) {
+                graces.insert(
+                    status.labels.release,
+                    self.grace_period_of(environment, status.labels.release)
+                        .await,
+                );
+            }
+        }
+        let grace_of = |release: u64| graces.get(&release).copied().unwrap_or(DEFAULT_GRACE);
         for status in &old {
             if status.port.is_some() {
-                let outcome = self.proxy.wait_drained(status.id.as_str(), grace).await;
+                let outcome = self
+                    .proxy
+                    .wait_drained(status.id.as_str(), grace_of(status.labels.release))
+                    .await;
                 tracing::info!(instance = %status.id, ?outcome, "drained");
             }
         }
         for status in old {
-            let _ = self.runtime.stop(&status.id, grace).await;
+            let _ = self
+                .runtime
+                .stop(&status.id, grace_of(status.labels.release))
+                .await;
             let _ = self.runtime.remove(&status.id).await;
         }
         log.system("previous release drained and stopped").await;
@@ -590,5 +607,19 @@ impl Deployer {
             .store
             .transition_deployment(previous, DeploymentState::Retired, None)
             .await;
+    }
+
+    /// The grace period configured by release `number` (its own `gilgal.toml`).
+    pub(crate) async fn grace_period_of(
+        &self,
+        environment: &EnvironmentRecord,
+        number: u64,
+    ) -> Duration {
+        match self.store.release(environment.id, number).await {
+            Ok(release) => Artifact::load(Path::new(&release.artifact_dir))
+                .map(|a| a.config.grace_period())
+                .unwrap_or(DEFAULT_GRACE),
+            Err(_) => DEFAULT_GRACE,
+        }
     }
 }

@@ -114,7 +114,13 @@ impl Deployer {
                 }
                 Action::Stop(id) => {
                     if let Ok(id) = InstanceId::parse(id) {
-                        let _ = self.runtime.stop(&id, artifact.config.grace_period()).await;
+                        let release = statuses
+                            .iter()
+                            .find(|s| s.id == id)
+                            .map(|s| s.labels.release)
+                            .unwrap_or(number);
+                        let grace = self.grace_period_of(environment, release).await;
+                        let _ = self.runtime.stop(&id, grace).await;
                         let _ = self.runtime.remove(&id).await;
                     }
                 }

@@ -740,3 +740,103 @@ fn count_processes_with_env(needle: &str) -> usize {
     }
     count
 }
+
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A release that never binds its port hits its boot deadline and gets no traffic; an old
+/// release that ignores SIGTERM is SIGKILLed after its grace period; a slow request in flight
+/// during a rollout completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_releases_and_in_flight_requests() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    ok(server.cli(
+        &[
+            "register",
+            "--email",
+            "admin@example.com",
+            "--password-stdin",
+        ],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "stubborn"], None));
+    let stubborn = fixture_dir("ignores-sigterm");
+    ok(server.cli(
+        &[
+            "deploy",
+            stubborn.to_str().unwrap(),
+            "--project",
+            "stubborn",
+        ],
+        None,
+    ));
+    assert_eq!(count_processes_with_env("GILGAL_APP=stubborn"), 1);
+
+    // Never binds: fails at the boot deadline, v1 keeps serving.
+    let never = fixture_dir("never-binds");
+    let failed = server.cli(
+        &["deploy", never.to_str().unwrap(), "--project", "stubborn"],
+        None,
+    );
+    assert!(!failed.status.success());
+    let err = stderr(&failed);
+    assert!(err.contains("never became healthy"), "{err}");
+    assert!(
+        err.contains("up, but not listening"),
+        "log tail quoted: {err}"
+    );
+    let (status, body) = get_via_proxy(&server, "stubborn.localhost").await;
+    assert_eq!((status, body.as_str()), (200, "v1"));
+    assert_eq!(
+        count_processes_with_env("GILGAL_APP=stubborn"),
+        1,
+        "the failed release's instance is gone"
+    );
+
+    // Replacing the SIGTERM-ignoring release: SIGKILL after its 2 s grace period.
+    let started = std::time::Instant::now();
+    let example = example_dir("python-hello");
+    ok(server.cli(
+        &["deploy", example.to_str().unwrap(), "--project", "stubborn"],
+        None,
+    ));
+    // `deploy` returns once v3 is live; the old instance drains and is killed in the background.
+    while count_processes_with_env("GILGAL_APP=stubborn") > 1
+        && started.elapsed() < Duration::from_secs(25)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count_processes_with_env("GILGAL_APP=stubborn"),
+        1,
+        "old instance killed"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the old release's 2 s grace period was honoured, not the default 30 s"
+    );
+
+    // A slow request in flight during the next rollout completes.
+    let proxy = server.proxy_url.clone();
+    let slow = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(format!("{proxy}/sleep/3"))
+            .header("host", "stubborn.localhost")
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ok(server.cli(
+        &["deploy", example.to_str().unwrap(), "--project", "stubborn"],
+        None,
+    ));
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        200,
+        "in-flight request finished on the old release"
+    );
+}
