@@ -840,3 +840,44 @@ async fn misbehaving_releases_and_in_flight_requests() {
         "in-flight request finished on the old release"
     );
 }
+
+/// Unmodified third-party apps: httpbin under gunicorn from PyPI, http-server from npm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_apps_from_pypi_and_npm() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    ok(server.cli(
+        &[
+            "register",
+            "--email",
+            "admin@example.com",
+            "--password-stdin",
+        ],
+        Some(PASSWORD),
+    ));
+    for (project, fixture) in [("httpbin", "httpbin"), ("files", "npm-http-server")] {
+        ok(server.cli(&["projects", "create", project], None));
+        let dir = fixture_dir(fixture);
+        let out = ok(server.cli(
+            &["deploy", dir.to_str().unwrap(), "--project", project],
+            None,
+        ));
+        assert!(out.contains("Deployed v1"), "{out}");
+    }
+    let response = reqwest::Client::new()
+        .get(format!("{}/get?probe=1&show_env=1", server.proxy_url))
+        .header("host", "httpbin.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(echoed["args"]["probe"], "1");
+    assert_eq!(echoed["headers"]["Host"], "httpbin.localhost", "{echoed}");
+    assert!(
+        echoed["headers"]["X-Request-Id"].is_string(),
+        "the proxy adds a request id: {echoed}"
+    );
+    let (status, body) = get_via_proxy(&server, "files.localhost").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("served by http-server from npm"), "{body}");
+}
