@@ -8,10 +8,11 @@
 //!
 //! Why hyper (1.x + hyper-util + tokio + rustls/ring) rather than Pingora or Sozu: hyper is the
 //! HTTP engine the rest of Gilgal (axum, reqwest) already compiles, so the proxy adds almost no
-//! build time or binary size; its connection pool, HTTP/1.1 + HTTP/2 server and upgrade support
-//! cover everything the edge needs, and a few hundred lines of routing on top stay easy to
-//! audit. Pingora would bring a second runtime model and a long C-heavy build (it needs cmake
-//! here for its TLS backends), and Sozu is AGPL, which we must not embed.
+//! build time or binary size; its HTTP/1.1 + HTTP/2 server, low-level client connections (pooled
+//! per backend here) and upgrade support cover everything the edge needs, and the routing on
+//! top stays small enough to audit. Pingora would bring a second runtime model and a long
+//! C-heavy build (cmake for its TLS backends, absent here), and Sozu is AGPL, which we must not
+//! embed.
 //!
 //! Entry points: build a [`ProxyHandle`], install routes with [`ProxyHandle::replace`] or
 //! [`ProxyHandle::apply`], then run [`serve`] and/or [`serve_tls`] on listeners.
