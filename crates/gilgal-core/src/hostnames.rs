@@ -5,14 +5,16 @@ pub const PRODUCTION: &str = "production";
 
 /// The default hostname of `project`'s `environment` under `base_domain` (e.g. `localhost`).
 ///
-/// Inputs are validated DNS labels, so the result is a valid hostname.
+/// Inputs are validated DNS labels, so the result is a valid hostname; it is lowercased
+/// because hostnames compare case-insensitively and the proxy keys routes by lowercase host.
 pub fn default_hostname(project: &str, environment: &str, base_domain: &str) -> String {
     let base = base_domain.trim_matches('.');
-    if environment == PRODUCTION {
+    let host = if environment == PRODUCTION {
         format!("{project}.{base}")
     } else {
         format!("{project}-{environment}.{base}")
-    }
+    };
+    host.to_ascii_lowercase()
 }
 
 #[cfg(test)]

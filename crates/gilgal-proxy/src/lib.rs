@@ -36,7 +36,7 @@ pub use handle::{DrainOutcome, ProxyHandle, UNROUTED};
 pub use metrics::{MetricsSnapshot, RouteMetricsSnapshot, LATENCY_BUCKETS_SECONDS};
 pub use server::{serve, serve_tls};
 pub use spec::{
-    app_hostname, Backend, CertificatePem, ProxySettings, RouteDiff, RouteLimits, RouteSpec,
-    RouteTarget, WeightedSplit, DEFAULT_BASE_DOMAIN, PRODUCTION_ENV,
+    Backend, CertificatePem, ProxySettings, RouteDiff, RouteLimits, RouteSpec, RouteTarget,
+    WeightedSplit,
 };
 pub use table::RouteTable;

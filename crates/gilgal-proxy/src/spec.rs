@@ -10,23 +10,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The environment name whose hostname carries no `-{env}` suffix.
-pub const PRODUCTION_ENV: &str = "production";
-
-/// The base domain used when the operator configured none.
-pub const DEFAULT_BASE_DOMAIN: &str = "localhost";
-
-/// The hostname Gilgal gives an app environment, so every component derives it the same way:
-/// `{project}.{base}` for production, `{project}-{env}.{base}` otherwise (lowercased).
-pub fn app_hostname(project: &str, env: &str, base_domain: &str) -> String {
-    let name = if env == PRODUCTION_ENV {
-        format!("{project}.{base_domain}")
-    } else {
-        format!("{project}-{env}.{base_domain}")
-    };
-    name.to_ascii_lowercase()
-}
-
 /// One upstream instance a route can send traffic to.
 ///
 /// `id` is stable across table swaps: it keys connection counts, draining and

@@ -4,9 +4,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use gilgal_proxy::{
-    app_hostname, Backend, ProxyError, RouteSpec, RouteTarget, WeightedSplit, DEFAULT_BASE_DOMAIN,
-};
+use gilgal_core::hostnames::default_hostname as app_hostname;
+use gilgal_proxy::{Backend, ProxyError, RouteSpec, RouteTarget, WeightedSplit};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -22,7 +21,7 @@ fn route(id: &str, hosts: &[&str], prefix: Option<&str>, backends: Vec<Backend>)
 #[test]
 fn hostnames_follow_the_project_env_convention() {
     assert_eq!(
-        app_hostname("shop", "production", DEFAULT_BASE_DOMAIN),
+        app_hostname("shop", "production", "localhost"),
         "shop.localhost"
     );
     assert_eq!(
