@@ -575,15 +575,12 @@ impl Deployer {
                 Vec::new()
             }
         };
+        let releases: std::collections::BTreeSet<u64> =
+            old.iter().map(|s| s.labels.release).collect();
         let mut graces: BTreeMap<u64, Duration> = BTreeMap::new();
-        for status in &old {
-            if !graces.contains_key(&status.labels.release) {
-                graces.insert(
-                    status.labels.release,
-                    self.grace_period_of(environment, status.labels.release)
-                        .await,
-                );
-            }
+        for release in releases {
+            let grace = self.grace_period_of(environment, release).await;
+            graces.insert(release, grace);
         }
         let grace_of = |release: u64| graces.get(&release).copied().unwrap_or(DEFAULT_GRACE);
         for status in &old {
