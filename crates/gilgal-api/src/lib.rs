@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::admin::routes())
         .merge(routes::certificates::routes())
         .merge(routes::deployments::routes())
+        .merge(routes::environments::routes())
         .merge(routes::health::routes())
         .split_for_parts();
     api.merge(openapi::docs_routes(spec))

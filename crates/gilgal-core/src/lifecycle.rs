@@ -90,7 +90,9 @@ impl DeploymentState {
     pub fn successors(self) -> &'static [DeploymentState] {
         use DeploymentState::*;
         match self {
-            Pending => &[Building, Failed, Cancelled],
+            // A deployment that reuses an existing artifact (redeploy, rollback, promotion, config
+            // change) has nothing to build.
+            Pending => &[Building, Releasing, Starting, Failed, Cancelled],
             Building => &[Releasing, Starting, Failed, Cancelled],
             Releasing => &[Starting, Failed, Cancelled],
             Starting => &[Healthy, Failed, Cancelled],

@@ -13,8 +13,15 @@
 //! formation) is diffed against what the runtime reports (re-adopted instances included), the
 //! difference is applied, and routes are reinstalled.
 
+mod config;
 mod pipeline;
 mod reconcile;
+mod runs;
+
+pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
+pub use pipeline::{DeploySource, ReuseKind, ReuseRelease};
+pub use gilgal_build::GitSource;
+pub use runs::{parse_schedule, RunOutput, RunRequest};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -39,6 +46,10 @@ pub struct DeployerConfig {
     pub base_domain: String,
     /// Port of the proxy, to print URLs (`http://app.localhost:PORT`).
     pub public_port: Option<u16>,
+    /// How many releases per environment keep their artifact (older ones are pruned).
+    pub keep_releases: usize,
+    /// Accept `file://` git URLs (single-user installs and tests).
+    pub allow_local_git: bool,
 }
 
 /// Failures starting a deployment (failures *during* one are recorded on the deployment).
@@ -50,6 +61,15 @@ pub enum DeployError {
     /// Local files could not be prepared.
     #[error("cannot prepare the deployment: {0}")]
     Io(#[from] std::io::Error),
+    /// The request cannot be carried out as asked (unknown or pruned release, bad git URL).
+    #[error("{0}")]
+    Invalid(String),
+    /// The runtime failed.
+    #[error("runtime: {0}")]
+    Runtime(String),
+    /// Secrets could not be opened.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
 }
 
 /// Runs deployments and reconciles environments; shared as `Arc<Deployer>`.
@@ -58,6 +78,7 @@ pub struct Deployer {
     runtime: Arc<dyn Runtime>,
     proxy: ProxyHandle,
     config: DeployerConfig,
+    vault: Arc<Vault>,
     /// Cancellation tokens of deployments in progress.
     running: Mutex<HashMap<Uuid, CancellationToken>>,
     /// One rollout at a time per environment.
@@ -79,15 +100,27 @@ impl Deployer {
         runtime: Arc<dyn Runtime>,
         proxy: ProxyHandle,
         config: DeployerConfig,
+        vault: Arc<Vault>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             runtime,
             proxy,
             config,
+            vault,
             running: Mutex::new(HashMap::new()),
             environment_locks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Seals and opens secret config values.
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// How many releases per environment keep their artifact.
+    pub fn keep_releases(&self) -> usize {
+        self.config.keep_releases
     }
 
     /// Scratch space for uploads and sources (same file system as the builds).

@@ -6,18 +6,42 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gilgal_build::{Artifact, BuildRequest, LogSink, UnpackLimits};
+use gilgal_build::{Artifact, BuildRequest, GitFetchOptions, GitSource, LogSink, UnpackLimits};
 use gilgal_core::lifecycle::DeploymentState;
 use gilgal_proxy::{Backend, RouteDiff, RouteSpec, RouteTarget};
 use gilgal_runtime::{
     wait_healthy, HealthCheck, InstanceId, InstanceLabels, InstanceSpec, Probe, RestartPolicy,
 };
-use gilgal_store::EnvironmentRecord;
+use gilgal_secrets::Redactor;
+use gilgal_store::{EnvironmentRecord, NewRelease};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::config::ConfigSnapshot;
 use crate::{DeployError, Deployer};
+
+/// Copies build/git log lines into the deployment log until the builder closes its sink.
+fn forward_build_log(
+    mut lines: mpsc::Receiver<gilgal_build::LogLine>,
+    sender: mpsc::Sender<(i64, String, String)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(line) = lines.recv().await {
+            let at = line
+                .at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            let stream = match line.stream {
+                gilgal_build::LogStream::Stdout => "stdout",
+                gilgal_build::LogStream::Stderr => "stderr",
+                gilgal_build::LogStream::System => "system",
+            };
+            let _ = sender.send((at, stream.to_owned(), line.text)).await;
+        }
+    })
+}
 
 /// Why a deployment did not go live.
 #[derive(Debug)]
@@ -61,14 +85,18 @@ pub(crate) fn free_port() -> std::io::Result<u16> {
 }
 
 /// Batches log lines into the store from a channel, so builders never wait on SQL per line.
+/// Secret values are redacted before anything is stored.
 pub(crate) struct DeployLog {
     sender: mpsc::Sender<(i64, String, String)>,
     writer: tokio::task::JoinHandle<()>,
+    redactor: Arc<Redactor>,
 }
 
 impl DeployLog {
-    pub(crate) fn start(store: gilgal_store::Store, deployment: Uuid) -> Self {
+    pub(crate) fn start(store: gilgal_store::Store, deployment: Uuid, redactor: Redactor) -> Self {
         let (sender, mut receiver) = mpsc::channel::<(i64, String, String)>(4096);
+        let redactor = Arc::new(redactor);
+        let hide = Arc::clone(&redactor);
         let writer = tokio::spawn(async move {
             let mut batch = Vec::new();
             while let Some(first) = receiver.recv().await {
@@ -77,6 +105,11 @@ impl DeployLog {
                     match receiver.try_recv() {
                         Ok(line) => batch.push(line),
                         Err(_) => break,
+                    }
+                }
+                for (_, _, line) in batch.iter_mut() {
+                    if let std::borrow::Cow::Owned(clean) = hide.redact(line) {
+                        *line = clean;
                     }
                 }
                 let rows: Vec<(i64, &str, &str)> = batch
@@ -89,7 +122,16 @@ impl DeployLog {
                 batch.clear();
             }
         });
-        Self { sender, writer }
+        Self {
+            sender,
+            writer,
+            redactor,
+        }
+    }
+
+    /// `text` with secret values hidden (for failure reasons stored outside the log).
+    pub(crate) fn redact(&self, text: &str) -> String {
+        self.redactor.redact(text).into_owned()
     }
 
     pub(crate) async fn line(&self, stream: &str, text: impl Into<String>) {
@@ -139,6 +181,7 @@ pub(crate) fn health_check(artifact: &Artifact) -> HealthCheck {
 pub(crate) fn instance_spec(
     artifact: &Artifact,
     environment: &EnvironmentRecord,
+    config: &BTreeMap<String, String>,
     number: u64,
     process_type: &str,
     index: u32,
@@ -151,11 +194,7 @@ pub(crate) fn instance_spec(
         .ok_or_else(|| {
             Failure::Failed(format!("release v{number} has no {process_type} process"))
         })?;
-    let mut env: BTreeMap<String, String> = artifact
-        .instance_env(gilgal_runtime::DEFAULT_PATH)
-        .into_iter()
-        .collect();
-    env.insert("GILGAL_RELEASE".to_owned(), format!("v{number}"));
+    let mut env = release_env(artifact, config, number);
     env.insert("GILGAL_APP".to_owned(), environment.project_name.clone());
     env.insert("GILGAL_ENV".to_owned(), environment.name.clone());
     if let Some(port) = port {
@@ -174,42 +213,174 @@ pub(crate) fn instance_spec(
     spec.port = port;
     spec.limits.memory_mb = process.size.memory_mb;
     spec.limits.cpu_shares = process.size.cpu_shares;
+    if let Some(size) = environment.sizes.get(process_type) {
+        if size.memory_mb.is_some() {
+            spec.limits.memory_mb = size.memory_mb;
+        }
+        if size.cpu_millicores.is_some() {
+            spec.limits.cpu_millicores = size.cpu_millicores;
+        }
+    }
     Ok(spec)
 }
 
-/// Instance counts per process type for a release (the release phase never runs as an instance;
-/// `web` runs at least once when the app has one).
-pub(crate) fn formation_of(artifact: &Artifact) -> BTreeMap<String, u32> {
+/// The environment every process of a release gets: the build's (PATH, VIRTUAL_ENV, …), then
+/// the config vars, then `GILGAL_RELEASE`.
+pub(crate) fn release_env(
+    artifact: &Artifact,
+    config: &BTreeMap<String, String>,
+    number: u64,
+) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = artifact
+        .instance_env(gilgal_runtime::DEFAULT_PATH)
+        .into_iter()
+        .collect();
+    env.extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.insert("GILGAL_RELEASE".to_owned(), format!("v{number}"));
+    env
+}
+
+/// Instance counts per process type for a release in an environment: what `gilgal scale` set,
+/// else the release's `gilgal.toml` count (the release phase never runs as an instance; `web`
+/// runs at least once by default when the app has one).
+pub(crate) fn formation_of(
+    artifact: &Artifact,
+    environment: &EnvironmentRecord,
+) -> BTreeMap<String, u32> {
     artifact
         .processes
         .iter()
         .filter(|p| p.process_type.as_str() != RELEASE_PROCESS)
         .map(|p| {
-            let count = if p.process_type.is_web() {
-                p.size.count.max(1)
-            } else {
-                p.size.count
+            let name = p.process_type.as_str();
+            let count = match environment.formation.get(name) {
+                Some(scaled) => *scaled,
+                None if p.process_type.is_web() => p.size.count.max(1),
+                None => p.size.count,
             };
-            (p.process_type.as_str().to_owned(), count)
+            (name.to_owned(), count)
         })
         .collect()
 }
 
+/// Where a deployment's artifact comes from.
+#[derive(Debug, Clone)]
+pub enum DeploySource {
+    /// A gzipped tarball of the source, already saved at this path (removed afterwards).
+    Upload(PathBuf),
+    /// A git repository at a branch, tag or commit (cloned with an argument vector).
+    Git(GitSource),
+    /// An existing release's artifact, started again without a build.
+    Release(ReuseRelease),
+}
+
+/// Why an existing artifact is started again; decides whose config it gets and whether the
+/// release phase runs by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReuseKind {
+    /// The same artifact with the environment's current config (after a config change).
+    ConfigChange,
+    /// The same artifact with the current config, at the user's request.
+    Redeploy,
+    /// An earlier release: its artifact *and* its config snapshot.
+    Rollback,
+    /// Another environment's live artifact with this environment's config.
+    Promote,
+    /// The live release again with new process sizes.
+    Resize,
+}
+
+impl ReuseKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::ConfigChange => "config",
+            Self::Redeploy => "redeploy",
+            Self::Rollback => "rollback",
+            Self::Promote => "promote",
+            Self::Resize => "resize",
+        }
+    }
+}
+
+/// A deployment of an existing artifact.
+#[derive(Debug, Clone)]
+pub struct ReuseRelease {
+    /// Why.
+    pub kind: ReuseKind,
+    /// The environment the release belongs to (differs from the target only for promotion).
+    pub from_environment: Uuid,
+    /// Its number there.
+    pub number: u64,
+    /// Run the artifact's release phase before starting it (default: only for promotion).
+    pub run_release_phase: bool,
+    /// Shown in the release history.
+    pub description: String,
+}
+
+impl DeploySource {
+    fn to_json(&self) -> String {
+        let value = match self {
+            Self::Upload(_) => serde_json::json!({"kind": "upload"}),
+            Self::Git(git) => {
+                serde_json::json!({"kind": "git", "url": git.url, "ref": git.reference})
+            }
+            Self::Release(reuse) => serde_json::json!({
+                "kind": reuse.kind.as_str(),
+                "environment_id": reuse.from_environment,
+                "release": reuse.number,
+            }),
+        };
+        value.to_string()
+    }
+}
+
+/// What a deployment runs: an artifact, where it lives, and the release it becomes.
+struct Prepared {
+    artifact: Artifact,
+    artifact_dir: PathBuf,
+    config: ConfigSnapshot,
+    run_release_phase: bool,
+    description: String,
+}
+
 impl Deployer {
-    /// Records a deployment of the uploaded tarball to `environment` and runs it in the
-    /// background; returns its id at once.
-    pub async fn deploy_upload(
+    /// Records a deployment of `source` to `environment` and runs it in the background;
+    /// returns its id at once. An existing release that cannot be started (pruned, unknown)
+    /// is refused here, before anything is recorded.
+    pub async fn deploy(
         self: &Arc<Self>,
         environment: EnvironmentRecord,
-        tarball: PathBuf,
+        source: DeploySource,
     ) -> Result<Uuid, DeployError> {
+        match &source {
+            DeploySource::Release(reuse) => {
+                let release = self
+                    .store
+                    .release(reuse.from_environment, reuse.number)
+                    .await
+                    .map_err(|e| match e {
+                        gilgal_store::StoreError::NotFound => {
+                            DeployError::Invalid(format!("there is no release v{}", reuse.number))
+                        }
+                        other => other.into(),
+                    })?;
+                if release.pruned {
+                    return Err(DeployError::Invalid(format!(
+                        "release v{} was pruned (only the last {} releases keep their build); deploy the source again",
+                        reuse.number, self.config.keep_releases
+                    )));
+                }
+            }
+            DeploySource::Git(git) => {
+                gilgal_build::git::validate_url(&git.url, self.config.allow_local_git)
+                    .and_then(|()| gilgal_build::git::validate_ref(&git.reference))
+                    .map_err(|e| DeployError::Invalid(e.to_string()))?;
+            }
+            DeploySource::Upload(_) => {}
+        }
         let id = self
             .store
-            .create_deployment(
-                environment.project_id,
-                environment.id,
-                r#"{"kind":"upload"}"#,
-            )
+            .create_deployment(environment.project_id, environment.id, &source.to_json())
             .await?;
         let token = CancellationToken::new();
         if let Ok(mut running) = self.running.lock() {
@@ -217,9 +388,18 @@ impl Deployer {
         }
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let log = DeployLog::start(this.store.clone(), id);
-            let result = this.run(id, &environment, &tarball, &token, &log).await;
-            let _ = tokio::fs::remove_file(&tarball).await;
+            let redactor = match this.vault.current(environment.id).await {
+                Ok(config) => config.redactor,
+                Err(e) => {
+                    tracing::error!(deployment = %id, error = %e, "cannot open the environment's config");
+                    Redactor::default()
+                }
+            };
+            let log = DeployLog::start(this.store.clone(), id, redactor);
+            let result = this.run(id, &environment, &source, &token, &log).await;
+            if let DeploySource::Upload(tarball) = &source {
+                let _ = tokio::fs::remove_file(tarball).await;
+            }
             let _ = tokio::fs::remove_dir_all(this.config.work_dir.join(id.to_string())).await;
             if let Err(failure) = result {
                 let (state, note) = match failure {
@@ -227,7 +407,7 @@ impl Deployer {
                         DeploymentState::Cancelled,
                         "cancelled; the previous release kept serving".to_owned(),
                     ),
-                    Failure::Failed(reason) => (DeploymentState::Failed, reason),
+                    Failure::Failed(reason) => (DeploymentState::Failed, log.redact(&reason)),
                 };
                 log.system(format!("deployment {state}: {note}")).await;
                 if let Err(e) = this
@@ -244,6 +424,15 @@ impl Deployer {
             }
         });
         Ok(id)
+    }
+
+    /// Records a deployment of the uploaded tarball (see [`Deployer::deploy`]).
+    pub async fn deploy_upload(
+        self: &Arc<Self>,
+        environment: EnvironmentRecord,
+        tarball: PathBuf,
+    ) -> Result<Uuid, DeployError> {
+        self.deploy(environment, DeploySource::Upload(tarball)).await
     }
 
     async fn step(
@@ -265,27 +454,93 @@ impl Deployer {
         &self,
         id: Uuid,
         environment: &EnvironmentRecord,
-        tarball: &Path,
+        source: &DeploySource,
         token: &CancellationToken,
         log: &DeployLog,
     ) -> Result<(), Failure> {
         let lock = self.environment_lock(environment.id);
         let _one_rollout_at_a_time = lock.lock().await;
-        self.step(id, DeploymentState::Building, token, log).await?;
-        let (artifact, number) = self.build(id, environment, tarball, token, log).await?;
+        // Re-read: the formation or sizes may have changed while this deployment waited.
+        let environment = &self.store.environment_by_id(environment.id).await?;
+        let prepared = match source {
+            DeploySource::Upload(tarball) => {
+                self.step(id, DeploymentState::Building, token, log).await?;
+                let source_dir = self.unpack(id, tarball, log).await?;
+                self.build(environment, source_dir, "Deploy (upload)".to_owned(), token, log)
+                    .await?
+            }
+            DeploySource::Git(git) => {
+                self.step(id, DeploymentState::Building, token, log).await?;
+                let source_dir = self.config.work_dir.join(id.to_string()).join("src");
+                let (lines_tx, lines_rx) = mpsc::channel::<gilgal_build::LogLine>(1024);
+                let forward = forward_build_log(lines_rx, log.sender());
+                let options = GitFetchOptions {
+                    allow_local: self.config.allow_local_git,
+                    ..GitFetchOptions::default()
+                };
+                let fetched = gilgal_build::fetch_git(
+                    git,
+                    &source_dir,
+                    &options,
+                    token.child_token(),
+                    LogSink::new(lines_tx),
+                )
+                .await;
+                let _ = forward.await;
+                let checkout = fetched.map_err(|e| match e {
+                    gilgal_build::GitError::Git(gilgal_build::BuildError::Cancelled { .. }) => {
+                        Failure::Cancelled
+                    }
+                    other => Failure::Failed(format!("git fetch failed: {other}")),
+                })?;
+                log.system(format!(
+                    "fetched {} at {} ({} files)",
+                    git.url, checkout.commit, checkout.summary.files
+                ))
+                .await;
+                let short = checkout.commit.chars().take(12).collect::<String>();
+                let description = format!("Deploy {}@{} ({short})", git.url, git.reference);
+                self.build(environment, source_dir, description, token, log)
+                    .await?
+            }
+            DeploySource::Release(reuse) => self.reuse(environment, reuse, log).await?,
+        };
+        let config = self
+            .vault
+            .resolve(environment.id, &prepared.config)
+            .await
+            .map_err(|e| Failure::Failed(format!("cannot open the release's config: {e}")))?;
+        let manifest = serde_json::to_string(&prepared.artifact)?;
+        let number = self
+            .store
+            .create_release(
+                environment.id,
+                NewRelease {
+                    artifact_dir: &prepared.artifact_dir.to_string_lossy(),
+                    artifact_json: &manifest,
+                    config_json: &prepared.config.to_json(),
+                    description: &prepared.description,
+                },
+            )
+            .await?;
         self.store.set_deployment_release(id, number).await?;
+        log.system(format!("release v{number}: {}", prepared.description))
+            .await;
+        let artifact = &prepared.artifact;
 
-        if let Some(release) = &artifact.release {
-            self.step(id, DeploymentState::Releasing, token, log)
-                .await?;
-            self.release_phase(environment, &artifact, number, release, token, log)
-                .await?;
+        if prepared.run_release_phase {
+            if let Some(release) = &artifact.release {
+                self.step(id, DeploymentState::Releasing, token, log)
+                    .await?;
+                self.release_phase(environment, artifact, &config.vars, number, release, token, log)
+                    .await?;
+            }
         }
 
         self.step(id, DeploymentState::Starting, token, log).await?;
         let mut started = Vec::new();
         let outcome = self
-            .start_and_switch(id, environment, &artifact, number, token, log, &mut started)
+            .start_and_switch(id, environment, artifact, &config.vars, number, token, log, &mut started)
             .await;
         if let Err(failure) = outcome {
             for instance in &started {
@@ -294,17 +549,12 @@ impl Deployer {
             }
             return Err(failure);
         }
+        self.prune_releases(environment, number).await;
         Ok(())
     }
 
-    async fn build(
-        &self,
-        id: Uuid,
-        environment: &EnvironmentRecord,
-        tarball: &Path,
-        token: &CancellationToken,
-        log: &DeployLog,
-    ) -> Result<(Artifact, u64), Failure> {
+    /// Unpacks an uploaded tarball into the deployment's scratch dir, refusing unsafe entries.
+    async fn unpack(&self, id: Uuid, tarball: &Path, log: &DeployLog) -> Result<PathBuf, Failure> {
         let source = self.config.work_dir.join(id.to_string()).join("src");
         tokio::fs::create_dir_all(&source).await?;
         let (from, into) = (tarball.to_path_buf(), source.clone());
@@ -324,7 +574,18 @@ impl Deployer {
             summary.files, summary.total_bytes
         ))
         .await;
+        Ok(source)
+    }
 
+    /// Builds `source` into the next release directory of the environment.
+    async fn build(
+        &self,
+        environment: &EnvironmentRecord,
+        source: PathBuf,
+        description: String,
+        token: &CancellationToken,
+        log: &DeployLog,
+    ) -> Result<Prepared, Failure> {
         let number = self.store.next_release_number(environment.id).await?;
         let artifact_dir = self
             .config
@@ -347,23 +608,8 @@ impl Deployer {
         let mut request = BuildRequest::new(source, artifact_dir.clone(), cache_dir);
         request.environment = environment.name.clone();
         request.cancel = token.child_token();
-        let (lines_tx, mut lines_rx) = mpsc::channel::<gilgal_build::LogLine>(1024);
-        let sender = log.sender();
-        let forward = tokio::spawn(async move {
-            while let Some(line) = lines_rx.recv().await {
-                let at = line
-                    .at
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0);
-                let stream = match line.stream {
-                    gilgal_build::LogStream::Stdout => "stdout",
-                    gilgal_build::LogStream::Stderr => "stderr",
-                    gilgal_build::LogStream::System => "system",
-                };
-                let _ = sender.send((at, stream.to_owned(), line.text)).await;
-            }
-        });
+        let (lines_tx, lines_rx) = mpsc::channel::<gilgal_build::LogLine>(1024);
+        let forward = forward_build_log(lines_rx, log.sender());
         let built = gilgal_build::build(request, LogSink::new(lines_tx)).await;
         let _ = forward.await;
         let artifact = match built {
@@ -377,33 +623,110 @@ impl Deployer {
                 )));
             }
         };
-        let manifest = serde_json::to_string(&artifact)?;
-        let recorded = self
-            .store
-            .create_release(environment.id, &artifact_dir.to_string_lossy(), &manifest)
-            .await?;
-        log.system(format!(
-            "built release v{recorded} in {} ms",
-            artifact.build_millis
-        ))
-        .await;
-        Ok((artifact, recorded))
+        log.system(format!("built in {} ms", artifact.build_millis))
+            .await;
+        let records = self.store.config_vars(environment.id).await?;
+        Ok(Prepared {
+            artifact,
+            artifact_dir,
+            config: ConfigSnapshot::from_records(&records),
+            run_release_phase: true,
+            description,
+        })
     }
 
+    /// An existing release's artifact, with the config its kind calls for.
+    async fn reuse(
+        &self,
+        environment: &EnvironmentRecord,
+        reuse: &ReuseRelease,
+        log: &DeployLog,
+    ) -> Result<Prepared, Failure> {
+        let release = self
+            .store
+            .release(reuse.from_environment, reuse.number)
+            .await?;
+        if release.pruned {
+            return Err(Failure::Failed(format!(
+                "release v{} was pruned; deploy the source again",
+                reuse.number
+            )));
+        }
+        let mut artifact: Artifact = serde_json::from_str(&release.artifact_json)?;
+        let config = match reuse.kind {
+            ReuseKind::Rollback => ConfigSnapshot::parse(&release.config_json)?,
+            _ => ConfigSnapshot::from_records(&self.store.config_vars(environment.id).await?),
+        };
+        if reuse.from_environment != environment.id {
+            // Same bytes, this environment's `gilgal.toml` overrides (health check, sizes…).
+            if let Ok(app_config) = gilgal_build::AppConfig::load(&artifact.app_dir) {
+                artifact.config = app_config.for_environment(&environment.name);
+            }
+        }
+        log.system(format!(
+            "reusing the artifact of release v{} (no build)",
+            reuse.number
+        ))
+        .await;
+        Ok(Prepared {
+            artifact,
+            artifact_dir: PathBuf::from(&release.artifact_dir),
+            config,
+            run_release_phase: reuse.run_release_phase,
+            description: reuse.description.clone(),
+        })
+    }
+
+    /// Keeps the artifacts of the newest `keep_releases` releases (and the live one); older
+    /// ones are deleted once no release of any environment still uses them.
+    async fn prune_releases(&self, environment: &EnvironmentRecord, live: u64) {
+        let keep = self.config.keep_releases.max(1);
+        let releases = match self.store.releases(environment.id).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list releases to prune");
+                return;
+            }
+        };
+        for release in releases.iter().skip(keep) {
+            if release.pruned || release.number == live {
+                continue;
+            }
+            if let Err(e) = self
+                .store
+                .mark_release_pruned(environment.id, release.number)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot mark a release pruned");
+                continue;
+            }
+            match self.store.artifact_in_use(&release.artifact_dir).await {
+                Ok(false) => {
+                    let dir = PathBuf::from(&release.artifact_dir);
+                    if dir.starts_with(&self.config.releases_dir) {
+                        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+                            tracing::warn!(dir = %dir.display(), error = %e, "cannot delete a pruned artifact");
+                        }
+                    }
+                }
+                Ok(true) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot check artifact use"),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn release_phase(
         &self,
         environment: &EnvironmentRecord,
         artifact: &Artifact,
+        config: &BTreeMap<String, String>,
         number: u64,
         release: &gilgal_build::builder::ReleasePhase,
         token: &CancellationToken,
         log: &DeployLog,
     ) -> Result<(), Failure> {
-        let mut env: BTreeMap<String, String> = artifact
-            .instance_env(gilgal_runtime::DEFAULT_PATH)
-            .into_iter()
-            .collect();
-        env.insert("GILGAL_RELEASE".to_owned(), format!("v{number}"));
+        let env = release_env(artifact, config, number);
         let argv = release.command.expand(&|key: &str| env.get(key).cloned());
         log.system(format!("running release command: {}", release.command))
             .await;
@@ -449,12 +772,13 @@ impl Deployer {
         id: Uuid,
         environment: &EnvironmentRecord,
         artifact: &Artifact,
+        config: &BTreeMap<String, String>,
         number: u64,
         token: &CancellationToken,
         log: &DeployLog,
         started: &mut Vec<(InstanceId, Option<SocketAddr>)>,
     ) -> Result<(), Failure> {
-        let formation = formation_of(artifact);
+        let formation = formation_of(artifact, environment);
         for (process_type, count) in &formation {
             for index in 0..*count {
                 let port = if process_type == "web" {
@@ -462,7 +786,15 @@ impl Deployer {
                 } else {
                     None
                 };
-                let spec = instance_spec(artifact, environment, number, process_type, index, port)?;
+                let spec = instance_spec(
+                    artifact,
+                    environment,
+                    config,
+                    number,
+                    process_type,
+                    index,
+                    port,
+                )?;
                 let instance = self.runtime.start(spec).await?;
                 log.system(format!("started {process_type}.{index} ({instance})"))
                     .await;
@@ -502,9 +834,7 @@ impl Deployer {
                 remove: vec![],
             })?;
         }
-        self.store
-            .set_live_release(environment.id, number, &formation)
-            .await?;
+        self.store.set_live_release(environment.id, number).await?;
         self.store
             .transition_deployment(id, DeploymentState::Live, None)
             .await?;
@@ -583,15 +913,15 @@ impl Deployer {
             graces.insert(release, grace);
         }
         let grace_of = |release: u64| graces.get(&release).copied().unwrap_or(DEFAULT_GRACE);
-        for status in &old {
-            if status.port.is_some() {
-                let outcome = self
-                    .proxy
-                    .wait_drained(status.id.as_str(), grace_of(status.labels.release))
-                    .await;
+        // Drain every old web instance at once (each closes its WebSockets right away).
+        let drains = old.iter().filter(|s| s.port.is_some()).map(|status| {
+            let grace = grace_of(status.labels.release);
+            async move {
+                let outcome = self.proxy.wait_drained(status.id.as_str(), grace).await;
                 tracing::info!(instance = %status.id, ?outcome, "drained");
             }
-        }
+        });
+        futures_util::future::join_all(drains).await;
         for status in old {
             let _ = self
                 .runtime
@@ -613,7 +943,7 @@ impl Deployer {
         number: u64,
     ) -> Duration {
         match self.store.release(environment.id, number).await {
-            Ok(release) => Artifact::load(Path::new(&release.artifact_dir))
+            Ok(release) => serde_json::from_str::<Artifact>(&release.artifact_json)
                 .map(|a| a.config.grace_period())
                 .unwrap_or(DEFAULT_GRACE),
             Err(_) => DEFAULT_GRACE,

@@ -1,7 +1,8 @@
 //! The reconciler's start-up pass: converge every environment to its desired state.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gilgal_build::Artifact;
@@ -9,16 +10,19 @@ use gilgal_core::desired::{self, Action, Observed, Slot};
 use gilgal_core::lifecycle::DeploymentState;
 use gilgal_proxy::RouteDiff;
 use gilgal_runtime::{wait_healthy, InstanceId};
-use gilgal_store::EnvironmentRecord;
+use gilgal_store::{EnvironmentRecord, ProcessSizeRecord};
+use uuid::Uuid;
 
-use crate::pipeline::{free_port, health_check, instance_spec};
-use crate::Deployer;
+use crate::config::ConfigSnapshot;
+use crate::pipeline::{formation_of, free_port, health_check, instance_spec};
+use crate::{DeployError, DeploySource, Deployer, ReuseKind, ReuseRelease};
 
 impl Deployer {
     /// Converges after a (re)start: fails interrupted deployments, then makes every
     /// environment run exactly its live release's formation and routes traffic to it.
     /// Idempotent: running it twice changes nothing the second time.
     pub async fn recover(&self) -> Result<(), crate::DeployError> {
+        self.recover_runs().await?;
         for id in self.store.in_progress_deployments().await? {
             let deployment = self.store.deployment_by_id(id).await?;
             let (to, note) = if deployment.state == DeploymentState::Draining {
@@ -50,7 +54,107 @@ impl Deployer {
         Ok(())
     }
 
-    async fn reconcile_environment(&self, environment: &EnvironmentRecord) -> Result<(), String> {
+    /// Changes an environment's process formation and sizes with zero downtime: new
+    /// instances pass health checks before they get traffic, removed ones leave the route,
+    /// drain, then get SIGTERM and their grace period. A size change rolls the live release
+    /// onto new instances (a new release in the history). Returns the resize deployment, if any.
+    pub async fn scale(
+        self: &Arc<Self>,
+        environment: &EnvironmentRecord,
+        counts: &BTreeMap<String, u32>,
+        sizes: &BTreeMap<String, ProcessSizeRecord>,
+    ) -> Result<Option<Uuid>, DeployError> {
+        let resized;
+        {
+            let lock = self.environment_lock(environment.id);
+            let _one_change_at_a_time = lock.lock().await;
+            let current = self.store.environment_by_id(environment.id).await?;
+            if let Some(number) = current.live_release {
+                let release = self.store.release(environment.id, number).await?;
+                let artifact: Artifact = serde_json::from_str(&release.artifact_json)
+                    .map_err(|e| DeployError::Invalid(e.to_string()))?;
+                for name in counts.keys().chain(sizes.keys()) {
+                    let process_type = gilgal_build::ProcessType::new(name).map_err(|_| {
+                        DeployError::Invalid(format!("{name:?} is not a process type"))
+                    })?;
+                    if artifact.process(&process_type).is_none() {
+                        return Err(DeployError::Invalid(format!(
+                            "release v{number} has no {name} process (its Procfile or gilgal.toml defines: {})",
+                            artifact
+                                .processes
+                                .iter()
+                                .map(|p| p.process_type.as_str())
+                                .filter(|p| *p != "release")
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                    }
+                }
+            }
+            let mut formation = current.formation.clone();
+            formation.extend(counts.iter().map(|(k, v)| (k.clone(), *v)));
+            let mut new_sizes = current.sizes.clone();
+            for (name, size) in sizes {
+                let entry = new_sizes.entry(name.clone()).or_default();
+                if size.memory_mb.is_some() {
+                    entry.memory_mb = size.memory_mb;
+                }
+                if size.cpu_millicores.is_some() {
+                    entry.cpu_millicores = size.cpu_millicores;
+                }
+            }
+            resized = new_sizes != current.sizes;
+            self.store
+                .set_formation(environment.id, &formation, &new_sizes)
+                .await?;
+            let updated = self.store.environment_by_id(environment.id).await?;
+            if !resized {
+                self.reconcile_environment(&updated)
+                    .await
+                    .map_err(DeployError::Runtime)?;
+                return Ok(None);
+            }
+        }
+        let updated = self.store.environment_by_id(environment.id).await?;
+        let Some(number) = updated.live_release else {
+            return Ok(None);
+        };
+        let description = format!(
+            "Resize {}",
+            sizes
+                .iter()
+                .map(|(name, size)| {
+                    let mut parts = Vec::new();
+                    if let Some(mb) = size.memory_mb {
+                        parts.push(format!("{mb} MB"));
+                    }
+                    if let Some(milli) = size.cpu_millicores {
+                        parts.push(format!("{milli}m CPU"));
+                    }
+                    format!("{name} to {}", parts.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        let id = self
+            .deploy(
+                updated.clone(),
+                DeploySource::Release(ReuseRelease {
+                    kind: ReuseKind::Resize,
+                    from_environment: updated.id,
+                    number,
+                    run_release_phase: false,
+                    description,
+                }),
+            )
+            .await?;
+        Ok(Some(id))
+    }
+
+    pub(crate) async fn reconcile_environment(
+        &self,
+        environment: &EnvironmentRecord,
+    ) -> Result<(), String> {
         let Some(number) = environment.live_release else {
             return Ok(());
         };
@@ -59,7 +163,13 @@ impl Deployer {
             .release(environment.id, number)
             .await
             .map_err(|e| e.to_string())?;
-        let artifact = Artifact::load(std::path::Path::new(&release.artifact_dir))
+        let artifact: Artifact =
+            serde_json::from_str(&release.artifact_json).map_err(|e| e.to_string())?;
+        let snapshot = ConfigSnapshot::parse(&release.config_json).map_err(|e| e.to_string())?;
+        let config = self
+            .vault
+            .resolve(environment.id, &snapshot)
+            .await
             .map_err(|e| e.to_string())?;
         let statuses: Vec<_> = self
             .runtime
@@ -83,9 +193,11 @@ impl Deployer {
                 alive: s.state.is_active(),
             })
             .collect();
-        let wanted = desired::slots(number, &environment.formation);
+        let wanted = desired::slots(number, &formation_of(&artifact, environment));
         let actions = desired::diff(&wanted, &observed);
         let check = health_check(&artifact);
+        let mut stopping = Vec::new();
+        // 1. Start what is missing; web instances must pass their health check first.
         for action in &actions {
             match action {
                 Action::Start(slot) => {
@@ -97,6 +209,7 @@ impl Deployer {
                     let spec = instance_spec(
                         &artifact,
                         environment,
+                        &config.vars,
                         number,
                         &slot.process_type,
                         slot.index,
@@ -108,25 +221,18 @@ impl Deployer {
                         let addr = SocketAddr::from(([127, 0, 0, 1], port));
                         if let Err(e) = wait_healthy(self.runtime.as_ref(), &id, addr, &check).await
                         {
-                            tracing::warn!(instance = %id, error = %e, "restarted instance is not healthy yet");
+                            tracing::warn!(instance = %id, error = %e, "new instance is not healthy yet");
                         }
                     }
                 }
                 Action::Stop(id) => {
                     if let Ok(id) = InstanceId::parse(id) {
-                        let release = statuses
-                            .iter()
-                            .find(|s| s.id == id)
-                            .map(|s| s.labels.release)
-                            .unwrap_or(number);
-                        let grace = self.grace_period_of(environment, release).await;
-                        let _ = self.runtime.stop(&id, grace).await;
-                        let _ = self.runtime.remove(&id).await;
+                        stopping.push(id);
                     }
                 }
             }
         }
-        // Route to every live web instance of the live release.
+        // 2. Route to every live web instance of the live release that is staying.
         let serving: Vec<(InstanceId, Option<SocketAddr>)> = self
             .runtime
             .list()
@@ -138,6 +244,7 @@ impl Deployer {
                     && s.labels.env == environment.name
                     && s.labels.release == number
                     && s.state.is_active()
+                    && !stopping.contains(&s.id)
             })
             .map(|s| {
                 (
@@ -154,7 +261,77 @@ impl Deployer {
                 })
                 .map_err(|e| e.to_string())?;
         }
+        // 3. Drain and stop what goes away.
+        for id in &stopping {
+            let status = statuses.iter().find(|s| &s.id == id);
+            let release = status.map(|s| s.labels.release).unwrap_or(number);
+            let grace = self.grace_period_of(environment, release).await;
+            if status.is_some_and(|s| s.port.is_some()) {
+                let outcome = self.proxy.wait_drained(id.as_str(), grace).await;
+                tracing::info!(instance = %id, ?outcome, "drained");
+            }
+            let _ = self.runtime.stop(id, grace).await;
+            let _ = self.runtime.remove(id).await;
+        }
         tracing::info!(app = %environment.project_name, env = %environment.name, release = number, actions = actions.len(), "environment reconciled");
+        Ok(())
+    }
+
+    /// Instances running now per process type of the live release.
+    pub async fn running_counts(
+        &self,
+        environment: &EnvironmentRecord,
+    ) -> Result<BTreeMap<String, u32>, DeployError> {
+        let mut counts = BTreeMap::new();
+        let Some(number) = environment.live_release else {
+            return Ok(counts);
+        };
+        for status in self
+            .runtime
+            .list()
+            .await
+            .map_err(|e| DeployError::Runtime(e.to_string()))?
+        {
+            if status.labels.app == environment.project_name
+                && status.labels.env == environment.name
+                && status.labels.release == number
+                && status.state.is_active()
+            {
+                *counts.entry(status.labels.process_type.clone()).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Stops everything an environment runs and removes its route (before it is deleted).
+    pub async fn tear_down(&self, environment: &EnvironmentRecord) -> Result<(), DeployError> {
+        let lock = self.environment_lock(environment.id);
+        let _no_rollout_meanwhile = lock.lock().await;
+        self.proxy
+            .apply(RouteDiff {
+                upsert: vec![],
+                remove: vec![crate::pipeline::route_id(
+                    &environment.project_name,
+                    &environment.name,
+                )],
+            })
+            .map_err(|e| DeployError::Runtime(e.to_string()))?;
+        for status in self
+            .runtime
+            .list()
+            .await
+            .map_err(|e| DeployError::Runtime(e.to_string()))?
+        {
+            if status.labels.app == environment.project_name
+                && status.labels.env == environment.name
+            {
+                let grace = self
+                    .grace_period_of(environment, status.labels.release)
+                    .await;
+                let _ = self.runtime.stop(&status.id, grace).await;
+                let _ = self.runtime.remove(&status.id).await;
+            }
+        }
         Ok(())
     }
 }

@@ -27,6 +27,9 @@ pub(crate) struct BackendState {
     idle: Notify,
     /// Fired when a drain deadline passes: in-flight requests answer 504, tunnels close.
     pub(crate) cut: CancellationToken,
+    /// Fired when a drain begins (the instance is about to stop): WebSocket tunnels close
+    /// gracefully with 1001 Going Away instead of waiting for `cut`. Requests are unaffected.
+    pub(crate) going_away: CancellationToken,
     /// Idle keep-alive connections to this instance.
     pub(crate) pool: ConnPool,
 }
@@ -47,6 +50,7 @@ impl BackendState {
             draining: AtomicBool::new(false),
             idle: Notify::new(),
             cut: CancellationToken::new(),
+            going_away: CancellationToken::new(),
         }
     }
 
@@ -80,6 +84,12 @@ impl BackendState {
     /// Put a drained backend back in service (it re-appeared in a table).
     pub(crate) fn stop_draining(&self) {
         self.draining.store(false, Ordering::SeqCst);
+    }
+
+    /// True once the instance was told to go away or cut: it must not be routed to again, so a
+    /// route naming it gets a fresh state instead.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.going_away.is_cancelled() || self.cut.is_cancelled()
     }
 
     pub(crate) fn is_draining(&self) -> bool {

@@ -22,9 +22,11 @@ pub const UNROUTED: &str = "_unrouted";
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainOutcome {
-    /// Every in-flight request finished before the deadline (or none was open).
+    /// Every in-flight request finished before the deadline (or none was open). WebSockets
+    /// count as finished once the proxy closed them with 1001 Going Away.
     Drained,
-    /// The deadline passed; this many requests or tunnels were cut (504 or closed).
+    /// The deadline passed; this many requests or tunnels were cut (504, or closed without a
+    /// WebSocket closing handshake).
     DeadlineExceeded {
         /// Requests still open at the deadline.
         cut: usize,
@@ -101,7 +103,7 @@ impl Control {
         if let (Some(old), Some(compiled)) = (self.specs.get(&spec.id), self.compiled.get(&spec.id))
         {
             let backends_alive = match &compiled.target {
-                CompiledTarget::Upstream { all, .. } => all.iter().all(|b| !b.cut.is_cancelled()),
+                CompiledTarget::Upstream { all, .. } => all.iter().all(|b| !b.is_retired()),
                 CompiledTarget::Static { .. } => true,
             };
             if old == spec && backends_alive {
@@ -115,7 +117,7 @@ impl Control {
 impl Registry for Control {
     fn backend(&mut self, id: &str, addr: SocketAddr) -> Arc<BackendState> {
         if let Some(existing) = self.backends.get(id) {
-            if existing.addr == addr && !existing.cut.is_cancelled() {
+            if existing.addr == addr && !existing.is_retired() {
                 existing.stop_draining();
                 return existing.clone();
             }
@@ -326,7 +328,13 @@ impl ProxyHandle {
     }
 
     /// Wait until a backend removed from the table has no request in flight, so the caller can
-    /// stop the instance. Past `deadline`, its remaining requests get a 504 (tunnels are closed).
+    /// stop the instance. Calling it says the instance is going away: its WebSockets are closed
+    /// at once with a Close frame "1001 Going Away" to both peers (clients reconnect to the
+    /// instances still routed), while plain requests may finish. Past `deadline`, remaining
+    /// requests get a 504 and any other tunnel is closed.
+    ///
+    /// A backend re-added to the table after this call gets a fresh state, so new connections
+    /// are not closed by this drain.
     pub async fn wait_drained(&self, backend_id: &str, deadline: Duration) -> DrainOutcome {
         let state = {
             let control = self.control();
@@ -334,7 +342,12 @@ impl ProxyHandle {
                 return DrainOutcome::StillRouted;
             }
             match control.backends.get(backend_id) {
-                Some(state) => state.clone(),
+                Some(state) => {
+                    // Under the control lock, so no route can pick this state up again after
+                    // it was told to go away (`Registry::backend` skips retired states).
+                    state.going_away.cancel();
+                    state.clone()
+                }
                 // Never known, or already drained and forgotten: nothing is in flight.
                 None => return DrainOutcome::Drained,
             }

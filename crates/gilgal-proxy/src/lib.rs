@@ -4,7 +4,8 @@
 //! longest path prefix, balances across instances with power-of-two-choices on in-flight
 //! counts, splits traffic between two releases (optionally sticky by cookie), passes WebSocket
 //! and SSE through, terminates TLS with SNI, and swaps its routing table atomically so deploys
-//! never drop a request; removed instances drain with a deadline.
+//! never drop a request; removed instances drain with a deadline, their WebSockets closed
+//! gracefully with a Close frame "1001 Going Away" on both sides.
 //!
 //! Why hyper (1.x + hyper-util + tokio + rustls/ring) rather than Pingora or Sozu: hyper is the
 //! HTTP engine the rest of Gilgal (axum, reqwest) already compiles, so the proxy adds almost no
@@ -29,6 +30,8 @@ mod server;
 mod spec;
 mod table;
 mod tls;
+mod tunnel;
+mod ws_frame;
 
 pub use body::{BodyTooLarge, BoxError};
 pub use error::ProxyError;

@@ -11,7 +11,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
-use hyper_util::rt::TokioIo;
 
 use crate::backend::{fast_random, pick_backend, BackendState, InFlightGuard};
 use crate::body::{BodyTooLarge, ConnActivity, ProxyBody, RequestGuard, UpstreamBody};
@@ -32,6 +31,7 @@ fn build_upstream_request(
     req
 }
 use crate::table::{strip_port, CompiledRoute, CompiledSplit, CompiledTarget};
+use crate::tunnel::{spawn_tunnel, Protocol};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -326,8 +326,15 @@ impl Forwarded<'_> {
         }
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
+                let protocol = Protocol::switched_to(resp.headers().get(header::UPGRADE));
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                spawn_tunnel(client_upgrade, upstream_upgrade, in_flight, metrics.clone());
+                spawn_tunnel(
+                    client_upgrade,
+                    upstream_upgrade,
+                    protocol,
+                    in_flight,
+                    metrics.clone(),
+                );
                 let (parts, _) = resp.into_parts();
                 return Response::from_parts(parts, ProxyBody::full(Bytes::new(), Some(guard)));
             }
@@ -379,37 +386,6 @@ fn upstream_uri(path_and_query: &PathAndQuery) -> Uri {
     let mut parts = http::uri::Parts::default();
     parts.path_and_query = Some(path_and_query.clone());
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
-}
-
-/// Splice client and backend after a 101, until either side closes or the backend is cut.
-fn spawn_tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    in_flight: InFlightGuard,
-    metrics: Arc<RouteMetrics>,
-) {
-    tokio::spawn(async move {
-        metrics.add_open(1);
-        let cut = in_flight.backend().cut.clone();
-        match tokio::try_join!(client, upstream) {
-            Ok((client, upstream)) => {
-                let mut client = TokioIo::new(client);
-                let mut upstream = TokioIo::new(upstream);
-                tokio::select! {
-                    copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                        if let Ok((to_upstream, to_client)) = copied {
-                            metrics.add_bytes_in(to_upstream);
-                            metrics.add_bytes_out(to_client);
-                        }
-                    }
-                    _ = cut.cancelled() => {}
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-        }
-        metrics.add_open(-1);
-        drop(in_flight);
-    });
 }
 
 /// Pick the split group: the sticky cookie's group if valid, else a weighted coin flip (and a

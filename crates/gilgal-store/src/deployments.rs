@@ -23,17 +23,52 @@ pub struct EnvironmentRecord {
     pub live_release: Option<u64>,
     /// How many instances of each process type should run.
     pub formation: BTreeMap<String, u32>,
+    /// Size (memory, CPU) of each process type set with `gilgal scale`; absent types use the
+    /// release's `gilgal.toml` sizes.
+    pub sizes: BTreeMap<String, ProcessSizeRecord>,
 }
 
-/// A stored release: an immutable build plus what it needs to start.
+/// Memory and CPU of each instance of one process type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessSizeRecord {
+    /// Memory ceiling in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// Hard CPU cap in thousandths of a core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millicores: Option<u64>,
+}
+
+/// A stored release: an immutable build artifact plus the config snapshot it runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseRecord {
     /// Number within its environment (v1, v2, …).
     pub number: u64,
-    /// Directory holding the artifact.
+    /// Directory holding the artifact (shared by releases that reuse one build).
     pub artifact_dir: String,
     /// The build's manifest (JSON, owned by `gilgal-build`).
     pub artifact_json: String,
+    /// The config snapshot (JSON, owned by `gilgal-deploy`; secrets stay sealed in it).
+    pub config_json: String,
+    /// What made it: "Deploy upload", "Rollback to v3", "Set FOO", …
+    pub description: String,
+    /// Whether its artifact was deleted by the keep-last-N policy (it cannot start again).
+    pub pruned: bool,
+    /// When it was made.
+    pub created_at: time::OffsetDateTime,
+}
+
+/// What a new release is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRelease<'a> {
+    /// Directory holding the artifact.
+    pub artifact_dir: &'a str,
+    /// The build's manifest.
+    pub artifact_json: &'a str,
+    /// The config snapshot.
+    pub config_json: &'a str,
+    /// What made it.
+    pub description: &'a str,
 }
 
 /// A deployment row with its transitions.
@@ -53,6 +88,8 @@ pub struct DeploymentRecord {
     pub release_number: Option<u64>,
     /// Failure reason.
     pub failure: Option<String>,
+    /// What it deploys (JSON: `{"kind":"upload"}`, `{"kind":"git",…}`, `{"kind":"rollback",…}`).
+    pub source: String,
     /// When it was created.
     pub created_at: time::OffsetDateTime,
     /// State changes, oldest first: (from, to, at, note).
@@ -85,6 +122,21 @@ pub struct LogRecord {
     pub line: String,
 }
 
+const RELEASE_SELECT: &str =
+    "SELECT number, artifact_dir, artifact, config, description, pruned, created_at FROM releases";
+
+fn release_from_row(row: &sqlx::any::AnyRow) -> Result<ReleaseRecord, StoreError> {
+    Ok(ReleaseRecord {
+        number: u64_of(row.try_get("number")?),
+        artifact_dir: row.try_get("artifact_dir")?,
+        artifact_json: row.try_get("artifact")?,
+        config_json: row.try_get("config")?,
+        description: row.try_get("description")?,
+        pruned: row.try_get::<i64, _>("pruned")? != 0,
+        created_at: from_millis(row.try_get("created_at")?),
+    })
+}
+
 fn state_of(raw: &str) -> Result<DeploymentState, StoreError> {
     raw.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))
 }
@@ -93,8 +145,11 @@ fn u64_of(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-fn environment_from_row(row: &sqlx::any::AnyRow) -> Result<EnvironmentRecord, StoreError> {
+pub(crate) fn environment_from_row(
+    row: &sqlx::any::AnyRow,
+) -> Result<EnvironmentRecord, StoreError> {
     let formation: String = row.try_get("formation")?;
+    let sizes: String = row.try_get("sizes")?;
     Ok(EnvironmentRecord {
         id: parse_id(&row.try_get::<String, _>("id")?)?,
         project_id: parse_id(&row.try_get::<String, _>("project_id")?)?,
@@ -102,6 +157,8 @@ fn environment_from_row(row: &sqlx::any::AnyRow) -> Result<EnvironmentRecord, St
         name: row.try_get("name")?,
         live_release: row.try_get::<Option<i64>, _>("live_release")?.map(u64_of),
         formation: serde_json_formation(&formation)?,
+        sizes: serde_json::from_str(&sizes)
+            .map_err(|e| StoreError::Corrupt(format!("sizes {sizes:?}: {e}")))?,
     })
 }
 
@@ -109,12 +166,12 @@ fn serde_json_formation(raw: &str) -> Result<BTreeMap<String, u32>, StoreError> 
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(format!("formation {raw:?}: {e}")))
 }
 
-fn formation_json(formation: &BTreeMap<String, u32>) -> String {
+pub(crate) fn formation_json(formation: &BTreeMap<String, u32>) -> String {
     serde_json::to_string(formation).unwrap_or_else(|_| "{}".to_owned())
 }
 
-const ENVIRONMENT_SELECT: &str =
-    "SELECT e.id, e.project_id, p.name AS project_name, e.name, e.live_release, e.formation \
+pub(crate) const ENVIRONMENT_SELECT: &str =
+    "SELECT e.id, e.project_id, p.name AS project_name, e.name, e.live_release, e.formation, e.sizes \
      FROM environments e JOIN projects p ON p.id = e.project_id";
 
 impl Store {
@@ -159,16 +216,14 @@ impl Store {
         .collect()
     }
 
-    /// Makes `release` the environment's desired live release with `formation`.
+    /// Makes `release` the environment's desired live release.
     pub async fn set_live_release(
         &self,
         environment_id: Uuid,
         release: u64,
-        formation: &BTreeMap<String, u32>,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE environments SET live_release = $1, formation = $2, updated_at = $3 WHERE id = $4")
+        sqlx::query("UPDATE environments SET live_release = $1, updated_at = $2 WHERE id = $3")
             .bind(i64::try_from(release).unwrap_or(i64::MAX))
-            .bind(formation_json(formation))
             .bind(now_millis())
             .bind(environment_id.to_string())
             .execute(&self.pool)
@@ -180,8 +235,7 @@ impl Store {
     pub async fn create_release(
         &self,
         environment_id: Uuid,
-        artifact_dir: &str,
-        artifact_json: &str,
+        release: NewRelease<'_>,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let next: i64 = sqlx::query(
@@ -192,19 +246,60 @@ impl Store {
         .await?
         .try_get("next")?;
         sqlx::query(
-            "INSERT INTO releases (id, environment_id, number, artifact_dir, artifact, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO releases (id, environment_id, number, artifact_dir, artifact, config, description, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(Uuid::new_v4().to_string())
         .bind(environment_id.to_string())
         .bind(next)
-        .bind(artifact_dir)
-        .bind(artifact_json)
+        .bind(release.artifact_dir)
+        .bind(release.artifact_json)
+        .bind(release.config_json)
+        .bind(release.description)
         .bind(now_millis())
         .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::conflict_on_unique(e, "a release with this number"))?;
         tx.commit().await?;
         Ok(u64_of(next))
+    }
+
+    /// Every release of an environment, newest first.
+    pub async fn releases(&self, environment_id: Uuid) -> Result<Vec<ReleaseRecord>, StoreError> {
+        sqlx::query(&format!(
+            "{RELEASE_SELECT} WHERE environment_id = $1 ORDER BY number DESC"
+        ))
+        .bind(environment_id.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(release_from_row)
+        .collect()
+    }
+
+    /// Marks a release's artifact as deleted.
+    pub async fn mark_release_pruned(
+        &self,
+        environment_id: Uuid,
+        number: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE releases SET pruned = 1 WHERE environment_id = $1 AND number = $2")
+            .bind(environment_id.to_string())
+            .bind(i64::try_from(number).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether any release not yet pruned (in any environment) still uses `artifact_dir`.
+    pub async fn artifact_in_use(&self, artifact_dir: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM releases WHERE artifact_dir = $1 AND pruned = 0",
+        )
+        .bind(artifact_dir)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
     }
 
     /// The next release number an environment would get (to name its directory up front).
@@ -225,17 +320,15 @@ impl Store {
         environment_id: Uuid,
         number: u64,
     ) -> Result<ReleaseRecord, StoreError> {
-        let row = sqlx::query("SELECT number, artifact_dir, artifact FROM releases WHERE environment_id = $1 AND number = $2")
-            .bind(environment_id.to_string())
-            .bind(i64::try_from(number).unwrap_or(i64::MAX))
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        Ok(ReleaseRecord {
-            number: u64_of(row.try_get("number")?),
-            artifact_dir: row.try_get("artifact_dir")?,
-            artifact_json: row.try_get("artifact")?,
-        })
+        let row = sqlx::query(&format!(
+            "{RELEASE_SELECT} WHERE environment_id = $1 AND number = $2"
+        ))
+        .bind(environment_id.to_string())
+        .bind(i64::try_from(number).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        release_from_row(&row)
     }
 
     /// Records a new deployment in `Pending`.
@@ -354,7 +447,7 @@ impl Store {
     ) -> Result<DeploymentRecord, StoreError> {
         let row = sqlx::query(
             "SELECT d.id, d.project_id, d.environment_id, e.name AS environment_name, d.state, d.release_number, \
-             d.failure, d.created_at, p.owner_id FROM deployments d \
+             d.failure, d.source, d.created_at, p.owner_id FROM deployments d \
              JOIN environments e ON e.id = d.environment_id JOIN projects p ON p.id = d.project_id WHERE d.id = $1",
         )
         .bind(id.to_string())
@@ -390,6 +483,7 @@ impl Store {
             state: state_of(&row.try_get::<String, _>("state")?)?,
             release_number: row.try_get::<Option<i64>, _>("release_number")?.map(u64_of),
             failure: row.try_get("failure")?,
+            source: row.try_get("source")?,
             created_at: from_millis(row.try_get("created_at")?),
             transitions,
         })

@@ -8,8 +8,10 @@
 
 mod certificates;
 mod deployments;
+mod environments;
 mod error;
 mod projects;
+mod runs;
 mod settings;
 mod users;
 
@@ -22,8 +24,11 @@ use sqlx::AnyPool;
 
 pub use certificates::CertificateRecord;
 pub use deployments::{
-    DeploymentRecord, EnvironmentRecord, LogRecord, ReleaseRecord, TransitionRecord,
+    DeploymentRecord, EnvironmentRecord, LogRecord, NewRelease, ProcessSizeRecord, ReleaseRecord,
+    TransitionRecord,
 };
+pub use environments::{ConfigChange, ConfigVarRecord};
+pub use runs::{CronJobRecord, RunRecord};
 pub use error::StoreError;
 pub use projects::ProjectChanges;
 pub use users::{ApiTokenOwner, RefreshOutcome, SessionRecord, UserCredentials};

@@ -65,6 +65,13 @@ impl TestServer {
         )
         .await
         .expect("process runtime");
+        let vault = std::sync::Arc::new(
+            gilgal_deploy::Vault::open_or_create(
+                &data_dir.path().join("keys/master.key"),
+                store.clone(),
+            )
+            .expect("master key"),
+        );
         let deployer = gilgal_deploy::Deployer::new(
             store.clone(),
             std::sync::Arc::new(runtime),
@@ -75,7 +82,10 @@ impl TestServer {
                 cache_dir: data_dir.path().join("cache"),
                 base_domain: "localhost".to_owned(),
                 public_port: None,
+                keep_releases: 10,
+                allow_local_git: true,
             },
+            vault,
         );
         let state = AppState::new(store, proxy, deployer, &key, config).expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -6,12 +6,14 @@
 
 mod auth;
 mod deployments;
+mod environments;
 mod error;
 mod names;
 mod projects;
 
 pub use auth::*;
 pub use deployments::*;
+pub use environments::*;
 pub use error::*;
 pub use names::*;
 pub use projects::*;

@@ -111,6 +111,13 @@ pub struct ServerArgs {
     /// downtime; tests and throwaway installs want a clean exit instead.
     #[arg(long, env = "GILGAL_STOP_APPS_ON_EXIT")]
     pub stop_apps_on_exit: bool,
+    /// How many releases per environment keep their build artifact (for rollback); older
+    /// ones are pruned.
+    #[arg(long, default_value_t = 10, env = "GILGAL_KEEP_RELEASES")]
+    pub keep_releases: usize,
+    /// Accept `file://` git URLs in deployments (single-user machines and tests).
+    #[arg(long, env = "GILGAL_ALLOW_LOCAL_GIT")]
+    pub allow_local_git: bool,
     /// Log format on standard error.
     #[arg(long, value_enum, default_value_t = LogFormat::Json, env = "GILGAL_LOG_FORMAT")]
     pub log_format: LogFormat,

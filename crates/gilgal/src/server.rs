@@ -107,6 +107,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let proxy_listener = bind(args.proxy_listen, "proxy").await?;
     let proxy_addr = proxy_listener.local_addr()?;
     let runtime: std::sync::Arc<dyn gilgal_runtime::Runtime> = std::sync::Arc::new(runtime);
+    let vault = std::sync::Arc::new(
+        gilgal_deploy::Vault::open_or_create(&data_dir.join("keys").join("master.key"), store.clone())
+            .context("cannot open the master key that protects secrets")?,
+    );
     let deployer = Deployer::new(
         store.clone(),
         runtime.clone(),
@@ -117,7 +121,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             cache_dir: data_dir.join("cache"),
             base_domain: args.base_domain.clone(),
             public_port: Some(proxy_addr.port()),
+            keep_releases: args.keep_releases,
+            allow_local_git: args.allow_local_git,
         },
+        vault,
     );
     let state = AppState::new(
         store.clone(),
@@ -166,13 +173,19 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         data_dir = %data_dir.display(),
         "gilgal server ready"
     );
-    // Converge to the stored desired state (re-adopting instances that outlived a crash).
-    tokio::spawn(async move {
-        match deployer.recover().await {
-            Ok(()) => tracing::info!("desired state reconciled"),
-            Err(e) => tracing::error!(error = %e, "reconciling desired state failed"),
-        }
-    });
+    // Converge to the stored desired state (re-adopting instances that outlived a crash),
+    // then start the cron scheduler.
+    let cron_stop = tokio_util::sync::CancellationToken::new();
+    {
+        let cron_stop = cron_stop.clone();
+        tokio::spawn(async move {
+            match deployer.recover().await {
+                Ok(()) => tracing::info!("desired state reconciled"),
+                Err(e) => tracing::error!(error = %e, "reconciling desired state failed"),
+            }
+            deployer.run_cron(cron_stop).await;
+        });
+    }
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
@@ -180,6 +193,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     gilgal_api::serve(api_listener, state, stopped())
         .await
         .context("API server failed")?;
+    cron_stop.cancel();
     while let Some(joined) = tasks.join_next().await {
         if let Ok(Err(e)) = joined {
             tracing::warn!(error = %e, "proxy listener ended with an error");

@@ -11,7 +11,40 @@ use crate::{ApiError, AppState};
 
 /// Routes of this module.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_settings, put_settings))
+    OpenApiRouter::new()
+        .routes(routes!(get_settings, put_settings))
+        .routes(routes!(rotate_key))
+}
+
+/// Outcome of a master key rotation.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct KeyRotated {
+    /// Environment data keys re-wrapped with the new master key.
+    pub rewrapped: usize,
+}
+
+/// Rotate the master key that wraps every environment's data key (`gilgal admin rotate-key`).
+/// Crash-safe: both keys stay on disk until every data key is re-wrapped.
+#[utoipa::path(post, path = "/api/admin/rotate-key", tag = "admin",
+    responses(
+        (status = 200, description = "Rotated", body = KeyRotated),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn rotate_key(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<Json<KeyRotated>, ApiError> {
+    require_admin(&caller)?;
+    let rewrapped = state
+        .deployer()
+        .vault()
+        .rotate_master_key()
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    tracing::info!(rewrapped, "master key rotated");
+    Ok(Json(KeyRotated { rewrapped }))
 }
 
 /// Refuses callers who are not instance administrators.

@@ -11,14 +11,18 @@ use axum::Json;
 use futures_util::StreamExt;
 use gilgal_core::lifecycle::DeploymentState;
 use gilgal_store::{DeploymentRecord, StoreError};
-use gilgal_types::{Deployment, DeploymentLogLine, DeploymentTransition, ErrorBody};
+use gilgal_deploy::{DeploySource, ReuseKind, ReuseRelease};
+use gilgal_types::{
+    Deployment, DeploymentLogLine, DeploymentTransition, ErrorBody, GitDeployRequest,
+    RedeployRequest,
+};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::extract::{parse_path_id, AuthUser};
+use crate::extract::{parse_path_id, ApiJson, AuthUser};
 use crate::{ApiError, AppState};
 
 /// Largest source upload accepted (compressed).
@@ -30,6 +34,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_deployment))
         .routes(routes!(get_deployment, cancel_deployment))
         .routes(routes!(deployment_logs))
+        .routes(routes!(redeploy))
 }
 
 /// Query of `POST /api/projects/{id}/deployments`.
@@ -91,11 +96,14 @@ pub(crate) fn to_wire(
 }
 
 /// Deploy: upload the app's source as a gzipped tarball (`gilgal deploy` packs it honouring
-/// `.gitignore` and `.gilgalignore`). The build and rollout continue in the background;
-/// follow them with the logs endpoint.
+/// `.gitignore` and `.gilgalignore`), or send `{"url": …, "ref": …}` as JSON to deploy from
+/// git. The build and rollout continue in the background; follow them with the logs endpoint.
 #[utoipa::path(post, path = "/api/projects/{id}/deployments", tag = "deployments",
     params(("id" = String, Path, description = "Project id"), DeployQuery),
-    request_body(content = Vec<u8>, content_type = "application/gzip", description = "tar.gz of the source"),
+    request_body(content(
+        (Vec<u8> = "application/gzip"),
+        (GitDeployRequest = "application/json"),
+    ), description = "tar.gz of the source, or a git URL and ref"),
     responses(
         (status = 202, description = "Accepted; building", body = Deployment),
         (status = 401, description = "Not authenticated", body = ErrorBody),
@@ -108,6 +116,7 @@ async fn create_deployment(
     caller: AuthUser,
     Path(id): Path<String>,
     Query(query): Query<DeployQuery>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Deployment>), ApiError> {
     let project_id = parse_path_id(&id, "project")?;
@@ -131,6 +140,34 @@ async fn create_deployment(
             other => other.into(),
         })?;
 
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        let bytes = axum::body::to_bytes(body, state.config.max_body_bytes)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the JSON body is too large",
+                )
+            })?;
+        let request: GitDeployRequest = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
+        let source = DeploySource::Git(gilgal_deploy::GitSource {
+            url: request.url,
+            reference: request.reference.unwrap_or_else(|| "main".to_owned()),
+        });
+        let deployment_id = state
+            .deployer()
+            .deploy(environment, source)
+            .await
+            .map_err(crate::routes::environments::deploy_error)?;
+        tracing::info!(deployment = %deployment_id, project = %project.name, environment = %environment_name, "git deployment accepted");
+        return crate::routes::environments::accepted(&state, &caller, deployment_id).await;
+    }
     let uploads = state.deployer().work_dir().join("uploads");
     tokio::fs::create_dir_all(&uploads)
         .await
@@ -305,22 +342,29 @@ async fn deployment_logs(
         .into_response())
 }
 
-/// Polls the store for new lines; ends when not following, or when the deployment settled
-/// and every line was sent.
-fn async_stream_lines(
-    store: gilgal_store::Store,
-    id: uuid::Uuid,
+/// Polls for new lines with `fetch(cursor)`; ends when not following, or when `settled()` says
+/// the producer is done and every line was sent.
+pub(crate) fn poll_lines<F, FFut, S, SFut>(
     after: u64,
     follow: bool,
-) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> {
+    fetch: F,
+    settled: S,
+) -> impl futures_util::Stream<Item = Result<String, std::io::Error>>
+where
+    F: Fn(u64) -> FFut + Clone + Send + 'static,
+    FFut: std::future::Future<Output = Result<Vec<gilgal_store::LogRecord>, StoreError>> + Send,
+    S: Fn() -> SFut + Clone + Send + 'static,
+    SFut: std::future::Future<Output = bool> + Send,
+{
     futures_util::stream::unfold((after, false), move |(mut cursor, done)| {
-        let store = store.clone();
+        let fetch = fetch.clone();
+        let settled = settled.clone();
         async move {
             if done {
                 return None;
             }
             loop {
-                let lines = match store.deployment_logs(id, cursor, 500).await {
+                let lines = match fetch(cursor).await {
                     Ok(lines) => lines,
                     Err(e) => {
                         return Some((Err(std::io::Error::other(e.to_string())), (cursor, true)))
@@ -346,13 +390,9 @@ fn async_stream_lines(
                 if !follow {
                     return None;
                 }
-                let settled = match store.deployment_by_id(id).await {
-                    Ok(record) => !record.state.is_in_progress(),
-                    Err(_) => true,
-                };
-                if settled {
-                    // One last look: lines written just before the final transition.
-                    match store.deployment_logs(id, cursor, 1).await {
+                if settled().await {
+                    // One last look: lines written just before the end.
+                    match fetch(cursor).await {
                         Ok(more) if !more.is_empty() => continue,
                         _ => return None,
                     }
@@ -361,4 +401,83 @@ fn async_stream_lines(
             }
         }
     })
+}
+
+/// Deployment log lines, following until the deployment settles.
+fn async_stream_lines(
+    store: gilgal_store::Store,
+    id: uuid::Uuid,
+    after: u64,
+    follow: bool,
+) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> {
+    let settled_store = store.clone();
+    poll_lines(
+        after,
+        follow,
+        move |cursor| {
+            let store = store.clone();
+            async move { store.deployment_logs(id, cursor, 500).await }
+        },
+        move || {
+            let store = settled_store.clone();
+            async move {
+                match store.deployment_by_id(id).await {
+                    Ok(record) => !record.state.is_in_progress(),
+                    Err(_) => true,
+                }
+            }
+        },
+    )
+}
+
+/// Redeploy: start the release a deployment made again, with the environment's current
+/// config, without rebuilding (the release phase runs again only when asked).
+#[utoipa::path(post, path = "/api/deployments/{id}/redeploy", tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id")),
+    request_body = RedeployRequest,
+    responses(
+        (status = 202, description = "Redeploying", body = Deployment),
+        (status = 404, description = "No such deployment for this caller", body = ErrorBody),
+        (status = 409, description = "It made no release, or its artifact was pruned", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn redeploy(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RedeployRequest>,
+) -> Result<(StatusCode, Json<Deployment>), ApiError> {
+    let id = parse_path_id(&id, "deployment")?;
+    let record = state
+        .store()
+        .deployment(caller.user.id, id)
+        .await
+        .map_err(not_found)?;
+    let Some(number) = record.release_number else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_possible",
+            "this deployment made no release; deploy the source again",
+        ));
+    };
+    let environment = state
+        .store()
+        .environment_of(caller.user.id, record.environment_id)
+        .await
+        .map_err(not_found)?;
+    let deployment = state
+        .deployer()
+        .deploy(
+            environment.clone(),
+            DeploySource::Release(ReuseRelease {
+                kind: ReuseKind::Redeploy,
+                from_environment: environment.id,
+                number,
+                run_release_phase: body.run_release_phase,
+                description: format!("Redeploy v{number}"),
+            }),
+        )
+        .await
+        .map_err(crate::routes::environments::deploy_error)?;
+    crate::routes::environments::accepted(&state, &caller, deployment).await
 }

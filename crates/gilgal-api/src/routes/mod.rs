@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod certificates;
 pub mod deployments;
+pub mod environments;
 pub mod fallback;
 pub mod health;
 pub mod projects;

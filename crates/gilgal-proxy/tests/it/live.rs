@@ -267,7 +267,7 @@ async fn websockets_upgrade_and_survive_route_swaps() {
         DrainOutcome::Drained
     );
 
-    // A drain deadline closes a tunnel that never ends.
+    // A drain deadline closes a tunnel whose client never answers the 1001 Close frame.
     proxy
         .handle
         .replace(vec![app_route(vec![Backend::new("ws-a", ws_a)])])

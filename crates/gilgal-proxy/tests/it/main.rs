@@ -5,3 +5,4 @@ mod protection;
 mod routing;
 mod support;
 mod tls_static;
+mod ws_drain;

@@ -1,0 +1,222 @@
+//! Environments, config vars, releases, process formation, one-off runs and cron jobs on the
+//! wire.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::Timestamp;
+
+/// An environment of a project (`production`, `staging`, …) with its own config, formation,
+/// releases and hostname.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Environment {
+    /// Stable id.
+    pub id: Uuid,
+    /// Owning project.
+    pub project_id: Uuid,
+    /// Name (a DNS label).
+    pub name: String,
+    /// The release serving now, if any.
+    pub live_release: Option<u64>,
+    /// Instance counts set with `gilgal scale` (types not listed use the release's defaults).
+    pub formation: BTreeMap<String, u32>,
+    /// Where it is served.
+    pub url: String,
+}
+
+/// Body of `POST /api/projects/{id}/environments` and `PUT /api/environments/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct EnvironmentRequest {
+    /// Name (a DNS label, e.g. `staging`).
+    pub name: String,
+}
+
+/// A config var as the API shows it: a secret's value is never returned.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ConfigVar {
+    /// Name (`DATABASE_URL`).
+    pub name: String,
+    /// The value; `None` for secrets (write-only).
+    pub value: Option<String>,
+    /// Whether it is a secret (encrypted at rest, redacted from logs).
+    pub secret: bool,
+}
+
+/// Body of `PATCH /api/environments/{id}/config`: one change, one new release.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ConfigUpdate {
+    /// Variables to set (plain).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Secrets to set (encrypted at rest, never returned).
+    #[serde(default)]
+    pub set_secret: BTreeMap<String, String>,
+    /// Variables to remove.
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
+/// Answer to a config change.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ConfigChanged {
+    /// The config now (secrets masked).
+    pub vars: Vec<ConfigVar>,
+    /// The deployment rolling the change out, when something is live.
+    pub deployment: Option<Uuid>,
+}
+
+/// A release: an immutable artifact plus the config it runs with.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Release {
+    /// Number within the environment.
+    pub number: u64,
+    /// What made it ("Deploy (upload)", "Rollback to v3", "Set FOO", …).
+    pub description: String,
+    /// Whether it is serving now.
+    pub live: bool,
+    /// Whether its artifact was pruned (it can no longer be started).
+    pub pruned: bool,
+    /// Names of its config vars (values are not shown).
+    pub config_names: Vec<String>,
+    /// When it was made.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+/// Body of `POST /api/environments/{id}/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct RollbackRequest {
+    /// Release to go back to; default: the one before the live one.
+    #[serde(default)]
+    pub release: Option<u64>,
+    /// Run that release's release phase again (default false).
+    #[serde(default)]
+    pub run_release_phase: bool,
+}
+
+/// Body of `POST /api/environments/{id}/promote`: ship another environment's live artifact
+/// here, with this environment's config.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PromoteRequest {
+    /// The environment (of the same project) whose live release is promoted.
+    pub from: String,
+}
+
+/// Body of `POST /api/deployments/{id}/redeploy`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct RedeployRequest {
+    /// Run the release phase again (default false).
+    #[serde(default)]
+    pub run_release_phase: bool,
+}
+
+/// Body of `POST /api/projects/{id}/deployments` when deploying from git (JSON instead of a
+/// tarball).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct GitDeployRequest {
+    /// Repository URL (`https://…`, `ssh://…`, `git@host:path`).
+    pub url: String,
+    /// Branch, tag or commit id (default `main`).
+    #[serde(default, rename = "ref")]
+    pub reference: Option<String>,
+}
+
+/// Size of one process type.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ProcessSize {
+    /// Memory ceiling in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// CPU cap in thousandths of a core (500 = half a core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millicores: Option<u64>,
+}
+
+/// Body of `PUT /api/environments/{id}/formation` (`gilgal scale web=3 worker=1`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct FormationUpdate {
+    /// Instance counts by process type.
+    #[serde(default)]
+    pub counts: BTreeMap<String, u32>,
+    /// Sizes by process type.
+    #[serde(default)]
+    pub sizes: BTreeMap<String, ProcessSize>,
+}
+
+/// The formation of an environment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Formation {
+    /// Instance counts by process type, as running.
+    pub counts: BTreeMap<String, u32>,
+    /// Sizes by process type set with `gilgal scale`.
+    pub sizes: BTreeMap<String, ProcessSize>,
+    /// The resize deployment, when sizes changed.
+    pub deployment: Option<Uuid>,
+}
+
+/// Body of `POST /api/environments/{id}/runs`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct RunRequest {
+    /// The command and its arguments (never passed through a shell).
+    pub command: Vec<String>,
+}
+
+/// A one-off run (`gilgal run`, cron).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Run {
+    /// Stable id.
+    pub id: Uuid,
+    /// Environment.
+    pub environment_id: Uuid,
+    /// The cron job that started it.
+    pub cron_job_id: Option<Uuid>,
+    /// The command.
+    pub command: Vec<String>,
+    /// Release it ran from.
+    pub release: Option<u64>,
+    /// `running`, `succeeded`, `failed` or `skipped`.
+    pub state: String,
+    /// Exit code once exited.
+    pub exit_code: Option<i64>,
+    /// Why it failed or was skipped.
+    pub failure: Option<String>,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    /// When it ended.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub finished_at: Option<Timestamp>,
+}
+
+/// Body of `POST /api/environments/{id}/cron`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct CronJobRequest {
+    /// Cron expression, UTC: five fields, or six with seconds first.
+    pub schedule: String,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Start a run even while the previous one is still going (default false: skip).
+    #[serde(default)]
+    pub allow_overlap: bool,
+}
+
+/// A scheduled command.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct CronJob {
+    /// Stable id.
+    pub id: Uuid,
+    /// Environment.
+    pub environment_id: Uuid,
+    /// Cron expression.
+    pub schedule: String,
+    /// The command.
+    pub command: Vec<String>,
+    /// Whether runs may overlap.
+    pub allow_overlap: bool,
+}
