@@ -7,9 +7,11 @@
 use std::time::Duration;
 
 use gilgal_types::{
-    ApiToken, CreateApiTokenRequest, CreateProjectRequest, CreatedApiToken, Deployment, ErrorBody,
-    InstanceSettings, LoginRequest, Project, RefreshRequest, RegisterRequest, TokenPair,
-    UpdateProjectRequest, User,
+    ApiToken, ConfigChanged, ConfigUpdate, ConfigVar, CreateApiTokenRequest, CreateProjectRequest,
+    CreatedApiToken, CronJob, CronJobRequest, Deployment, Environment, EnvironmentRequest,
+    ErrorBody, Formation, FormationUpdate, GitDeployRequest, InstanceSettings, LoginRequest,
+    Project, PromoteRequest, RedeployRequest, RefreshRequest, RegisterRequest, Release,
+    RollbackRequest, Run, RunRequest, TokenPair, UpdateProjectRequest, User,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -323,6 +325,260 @@ impl Client {
             .request(Method::GET, &format!("/api/deployments/{id}/logs"))
             .query(&[("follow", if follow { "true" } else { "false" })]);
         self.send(request).await
+    }
+
+    /// `POST /api/projects/{id}/deployments` with a git URL and ref.
+    pub async fn create_git_deployment(
+        &self,
+        project_id: Uuid,
+        environment: &str,
+        request: &GitDeployRequest,
+    ) -> Result<Deployment, ClientError> {
+        let builder = self
+            .request(
+                Method::POST,
+                &format!("/api/projects/{project_id}/deployments"),
+            )
+            .query(&[("environment", environment)])
+            .json(request);
+        self.json(builder).await
+    }
+
+    /// `POST /api/deployments/{id}/redeploy`.
+    pub async fn redeploy(
+        &self,
+        id: Uuid,
+        request: &RedeployRequest,
+    ) -> Result<Deployment, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/deployments/{id}/redeploy"),
+            request,
+        )
+        .await
+    }
+
+    /// `GET /api/projects/{id}/environments`.
+    pub async fn environments(&self, project_id: Uuid) -> Result<Vec<Environment>, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/projects/{project_id}/environments"),
+        ))
+        .await
+    }
+
+    /// The environment of a project by name.
+    pub async fn environment_by_name(
+        &self,
+        project_id: Uuid,
+        name: &str,
+    ) -> Result<Environment, ClientError> {
+        self.environments(project_id)
+            .await?
+            .into_iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| ClientError::Api {
+                status: 404,
+                code: "not_found".to_owned(),
+                message: format!("no environment named {name:?}; see `gilgal env list-envs`"),
+                request_id: String::new(),
+            })
+    }
+
+    /// `POST /api/projects/{id}/environments`.
+    pub async fn create_environment(
+        &self,
+        project_id: Uuid,
+        name: &str,
+    ) -> Result<Environment, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/projects/{project_id}/environments"),
+            &EnvironmentRequest {
+                name: name.to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// `PUT /api/environments/{id}`.
+    pub async fn rename_environment(
+        &self,
+        id: Uuid,
+        name: &str,
+    ) -> Result<Environment, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/api/environments/{id}"),
+            &EnvironmentRequest {
+                name: name.to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// `DELETE /api/environments/{id}`.
+    pub async fn delete_environment(&self, id: Uuid) -> Result<(), ClientError> {
+        self.empty(Method::DELETE, &format!("/api/environments/{id}"))
+            .await
+    }
+
+    /// `GET /api/environments/{id}/config` (secret values are never returned).
+    pub async fn config(&self, environment: Uuid) -> Result<Vec<ConfigVar>, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/environments/{environment}/config"),
+        ))
+        .await
+    }
+
+    /// `PATCH /api/environments/{id}/config`.
+    pub async fn change_config(
+        &self,
+        environment: Uuid,
+        update: &ConfigUpdate,
+    ) -> Result<ConfigChanged, ClientError> {
+        self.call(
+            Method::PATCH,
+            &format!("/api/environments/{environment}/config"),
+            update,
+        )
+        .await
+    }
+
+    /// `GET /api/environments/{id}/releases`.
+    pub async fn releases(&self, environment: Uuid) -> Result<Vec<Release>, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/environments/{environment}/releases"),
+        ))
+        .await
+    }
+
+    /// `POST /api/environments/{id}/rollback`.
+    pub async fn rollback(
+        &self,
+        environment: Uuid,
+        request: &RollbackRequest,
+    ) -> Result<Deployment, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/environments/{environment}/rollback"),
+            request,
+        )
+        .await
+    }
+
+    /// `POST /api/environments/{id}/promote`.
+    pub async fn promote(
+        &self,
+        environment: Uuid,
+        request: &PromoteRequest,
+    ) -> Result<Deployment, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/environments/{environment}/promote"),
+            request,
+        )
+        .await
+    }
+
+    /// `GET /api/environments/{id}/formation`.
+    pub async fn formation(&self, environment: Uuid) -> Result<Formation, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/environments/{environment}/formation"),
+        ))
+        .await
+    }
+
+    /// `PUT /api/environments/{id}/formation`.
+    pub async fn scale(
+        &self,
+        environment: Uuid,
+        update: &FormationUpdate,
+    ) -> Result<Formation, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/api/environments/{environment}/formation"),
+            update,
+        )
+        .await
+    }
+
+    /// `POST /api/environments/{id}/runs`.
+    pub async fn start_run(
+        &self,
+        environment: Uuid,
+        command: Vec<String>,
+    ) -> Result<Run, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/environments/{environment}/runs"),
+            &RunRequest { command },
+        )
+        .await
+    }
+
+    /// `GET /api/environments/{id}/runs`.
+    pub async fn runs(&self, environment: Uuid) -> Result<Vec<Run>, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/environments/{environment}/runs"),
+        ))
+        .await
+    }
+
+    /// `GET /api/runs/{id}`.
+    pub async fn run(&self, id: Uuid) -> Result<Run, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/runs/{id}")))
+            .await
+    }
+
+    /// `GET /api/runs/{id}/logs`: NDJSON, `follow` keeps it open until the run exits.
+    pub async fn run_logs(&self, id: Uuid, follow: bool) -> Result<reqwest::Response, ClientError> {
+        let request = self
+            .request(Method::GET, &format!("/api/runs/{id}/logs"))
+            .query(&[("follow", if follow { "true" } else { "false" })]);
+        self.send(request).await
+    }
+
+    /// `GET /api/environments/{id}/cron`.
+    pub async fn cron_jobs(&self, environment: Uuid) -> Result<Vec<CronJob>, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/environments/{environment}/cron"),
+        ))
+        .await
+    }
+
+    /// `POST /api/environments/{id}/cron`.
+    pub async fn create_cron_job(
+        &self,
+        environment: Uuid,
+        request: &CronJobRequest,
+    ) -> Result<CronJob, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/environments/{environment}/cron"),
+            request,
+        )
+        .await
+    }
+
+    /// `DELETE /api/cron/{id}`.
+    pub async fn delete_cron_job(&self, id: Uuid) -> Result<(), ClientError> {
+        self.empty(Method::DELETE, &format!("/api/cron/{id}")).await
+    }
+
+    /// `POST /api/admin/rotate-key`: returns how many data keys were re-wrapped.
+    pub async fn rotate_key(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(
+            Method::POST,
+            "/api/admin/rotate-key",
+            &serde_json::json!({}),
+        )
+        .await
     }
 
     /// `GET /ready`: whether the server and its store answer.

@@ -191,7 +191,12 @@ impl Vault {
     }
 
     async fn data_key(&self, environment: Uuid) -> Result<DataKey, VaultError> {
-        if let Some(key) = self.keys.lock().ok().and_then(|k| k.get(&environment).cloned()) {
+        if let Some(key) = self
+            .keys
+            .lock()
+            .ok()
+            .and_then(|k| k.get(&environment).cloned())
+        {
             return Ok(key);
         }
         let candidate = self.wrap(&DataKey::generate())?;

@@ -19,8 +19,8 @@ mod reconcile;
 mod runs;
 
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
-pub use pipeline::{DeploySource, ReuseKind, ReuseRelease};
 pub use gilgal_build::GitSource;
+pub use pipeline::{DeploySource, ReuseKind, ReuseRelease};
 pub use runs::{parse_schedule, RunOutput, RunRequest};
 
 use std::collections::HashMap;

@@ -432,7 +432,8 @@ impl Deployer {
         environment: EnvironmentRecord,
         tarball: PathBuf,
     ) -> Result<Uuid, DeployError> {
-        self.deploy(environment, DeploySource::Upload(tarball)).await
+        self.deploy(environment, DeploySource::Upload(tarball))
+            .await
     }
 
     async fn step(
@@ -466,8 +467,14 @@ impl Deployer {
             DeploySource::Upload(tarball) => {
                 self.step(id, DeploymentState::Building, token, log).await?;
                 let source_dir = self.unpack(id, tarball, log).await?;
-                self.build(environment, source_dir, "Deploy (upload)".to_owned(), token, log)
-                    .await?
+                self.build(
+                    environment,
+                    source_dir,
+                    "Deploy (upload)".to_owned(),
+                    token,
+                    log,
+                )
+                .await?
             }
             DeploySource::Git(git) => {
                 self.step(id, DeploymentState::Building, token, log).await?;
@@ -532,15 +539,32 @@ impl Deployer {
             if let Some(release) = &artifact.release {
                 self.step(id, DeploymentState::Releasing, token, log)
                     .await?;
-                self.release_phase(environment, artifact, &config.vars, number, release, token, log)
-                    .await?;
+                self.release_phase(
+                    environment,
+                    artifact,
+                    &config.vars,
+                    number,
+                    release,
+                    token,
+                    log,
+                )
+                .await?;
             }
         }
 
         self.step(id, DeploymentState::Starting, token, log).await?;
         let mut started = Vec::new();
         let outcome = self
-            .start_and_switch(id, environment, artifact, &config.vars, number, token, log, &mut started)
+            .start_and_switch(
+                id,
+                environment,
+                artifact,
+                &config.vars,
+                number,
+                token,
+                log,
+                &mut started,
+            )
             .await;
         if let Err(failure) = outcome {
             for instance in &started {

@@ -297,7 +297,9 @@ impl Deployer {
                 && status.labels.release == number
                 && status.state.is_active()
             {
-                *counts.entry(status.labels.process_type.clone()).or_insert(0) += 1;
+                *counts
+                    .entry(status.labels.process_type.clone())
+                    .or_insert(0) += 1;
             }
         }
         Ok(counts)

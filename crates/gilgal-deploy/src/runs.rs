@@ -128,7 +128,8 @@ impl Deployer {
             let mut handle = handle;
             let mut batch: Vec<(i64, String, String)> = Vec::new();
             loop {
-                let next = tokio::time::timeout(Duration::from_millis(200), handle.next_line()).await;
+                let next =
+                    tokio::time::timeout(Duration::from_millis(200), handle.next_line()).await;
                 match next {
                     Ok(Some(line)) => {
                         let at = line.at.unix_timestamp_nanos() / 1_000_000;
@@ -242,7 +243,12 @@ impl Deployer {
                 .await?;
             if let Some(run) = claimed {
                 self.store
-                    .finish_run(run, "skipped", None, Some("the previous run was still going"))
+                    .finish_run(
+                        run,
+                        "skipped",
+                        None,
+                        Some("the previous run was still going"),
+                    )
                     .await?;
             }
             return Ok(());
@@ -295,7 +301,9 @@ mod tests {
         let tick = latest_due_tick(&hourly, start.timestamp(), now).unwrap();
         assert_eq!(
             tick,
-            Utc.with_ymd_and_hms(2026, 1, 1, 3, 0, 0).unwrap().timestamp()
+            Utc.with_ymd_and_hms(2026, 1, 1, 3, 0, 0)
+                .unwrap()
+                .timestamp()
         );
         // Nothing new is due once the latest tick was claimed.
         assert_eq!(latest_due_tick(&hourly, tick, now), None);

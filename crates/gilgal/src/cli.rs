@@ -50,6 +50,79 @@ pub enum Command {
     /// Manage personal API tokens (for CI and scripts).
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Config vars and secrets of an environment.
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// Environments of a project (production, staging, …).
+    #[command(subcommand)]
+    Environments(EnvironmentsCommand),
+    /// An environment's release history.
+    Releases {
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Go back to an earlier release (default: the one before the live one), no rebuild.
+    Rollback {
+        /// Release, e.g. `v3`.
+        release: Option<String>,
+        /// Run that release's release phase again.
+        #[arg(long)]
+        run_release_phase: bool,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Ship one environment's live artifact to another with the target's config.
+    Promote {
+        /// Project name.
+        #[arg(long, short = 'p')]
+        project: String,
+        /// Source environment.
+        #[arg(long)]
+        from: String,
+        /// Target environment.
+        #[arg(long, default_value = "production")]
+        to: String,
+    },
+    /// Start a deployment's release again with the current config, no rebuild.
+    Redeploy {
+        /// Deployment id.
+        deployment: String,
+        /// Run the release phase again.
+        #[arg(long)]
+        run_release_phase: bool,
+    },
+    /// Scale process types (`web=3 worker=1`) and size them, with zero downtime.
+    Scale {
+        /// Counts, `TYPE=N`.
+        #[arg(value_name = "TYPE=N")]
+        counts: Vec<String>,
+        /// Memory per instance, `TYPE=MB`.
+        #[arg(long, value_name = "TYPE=MB")]
+        memory: Vec<String>,
+        /// CPU cap per instance, `TYPE=MILLICORES` (500 = half a core).
+        #[arg(long, value_name = "TYPE=MILLICORES")]
+        cpu: Vec<String>,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run a command once in a new instance of the live release; exits with its status.
+    Run {
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Scheduled commands.
+    #[command(subcommand)]
+    Cron(CronCommand),
+    /// Instance administration.
+    #[command(subcommand)]
+    Admin(AdminCommand),
 }
 
 /// `gilgal deploy` options.
@@ -67,6 +140,133 @@ pub struct DeployArgs {
     /// Return once the upload is accepted instead of following the build.
     #[arg(long)]
     pub no_follow: bool,
+    /// Deploy from this git repository instead of the directory (cloned by the server).
+    #[arg(long, conflicts_with = "dir")]
+    pub git: Option<String>,
+    /// Branch, tag or commit to deploy with --git (default `main`).
+    #[arg(long = "ref", requires = "git")]
+    pub reference: Option<String>,
+}
+
+/// Which project and environment a command acts on.
+#[derive(Debug, Args, Clone)]
+pub struct Target {
+    /// Project name.
+    #[arg(long, short = 'p')]
+    pub project: String,
+    /// Environment name.
+    #[arg(long, short = 'e', default_value = "production")]
+    pub env: String,
+}
+
+/// `gilgal env …`: config vars and secrets.
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Set variables (`KEY=VALUE …`); a live app rolls out a new release with them.
+    Set {
+        /// Assignments.
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        assignments: Vec<String>,
+        /// Store them as secrets: encrypted at rest, never shown again, redacted from logs.
+        #[arg(long)]
+        secret: bool,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove variables.
+    Unset {
+        /// Names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List variables (secret values are masked).
+    List {
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Import a `.env` file (`KEY=VALUE` lines, `#` comments, optional quotes and `export`).
+    Import {
+        /// The file.
+        file: PathBuf,
+        /// Store every imported value as a secret.
+        #[arg(long)]
+        secret: bool,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// `gilgal environments …`.
+#[derive(Debug, Subcommand)]
+pub enum EnvironmentsCommand {
+    /// Add an environment (served at `{project}-{name}.{base domain}`).
+    Create {
+        /// Name, e.g. `staging`.
+        name: String,
+        /// Project name.
+        #[arg(long, short = 'p')]
+        project: String,
+    },
+    /// List a project's environments.
+    List {
+        /// Project name.
+        #[arg(long, short = 'p')]
+        project: String,
+    },
+    /// Delete an environment, stopping what it runs.
+    Delete {
+        /// Name.
+        name: String,
+        /// Project name.
+        #[arg(long, short = 'p')]
+        project: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+/// `gilgal cron …`.
+#[derive(Debug, Subcommand)]
+pub enum CronCommand {
+    /// Schedule a command: `gilgal cron add "0 * * * *" -- python cleanup.py`.
+    Add {
+        /// Cron expression, UTC (five fields, or six with seconds first).
+        schedule: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+        /// Start a run even while the previous one is still going.
+        #[arg(long)]
+        allow_overlap: bool,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List scheduled commands.
+    List {
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a scheduled command by id.
+    Remove {
+        /// Job id (from `gilgal cron list`).
+        id: String,
+    },
+}
+
+/// `gilgal admin …`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Replace the master key that protects secrets (re-wraps every data key).
+    RotateKey,
 }
 
 /// How to pass credentials without a prompt.

@@ -108,8 +108,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let proxy_addr = proxy_listener.local_addr()?;
     let runtime: std::sync::Arc<dyn gilgal_runtime::Runtime> = std::sync::Arc::new(runtime);
     let vault = std::sync::Arc::new(
-        gilgal_deploy::Vault::open_or_create(&data_dir.join("keys").join("master.key"), store.clone())
-            .context("cannot open the master key that protects secrets")?,
+        gilgal_deploy::Vault::open_or_create(
+            &data_dir.join("keys").join("master.key"),
+            store.clone(),
+        )
+        .context("cannot open the master key that protects secrets")?,
     );
     let deployer = Deployer::new(
         store.clone(),

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use gilgal_core::lifecycle::DeploymentState;
-use gilgal_store::{DeploymentRecord, StoreError};
 use gilgal_deploy::{DeploySource, ReuseKind, ReuseRelease};
+use gilgal_store::{DeploymentRecord, StoreError};
 use gilgal_types::{
     Deployment, DeploymentLogLine, DeploymentTransition, ErrorBody, GitDeployRequest,
     RedeployRequest,

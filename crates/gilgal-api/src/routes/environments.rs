@@ -13,8 +13,8 @@ use gilgal_deploy::{
     ConfigSnapshot, DeployError, DeploySource, ReuseKind, ReuseRelease, RunRequest as Oneoff,
 };
 use gilgal_store::{
-    ConfigChange, ConfigVarRecord, CronJobRecord, EnvironmentRecord, ProcessSizeRecord,
-    RunRecord, StoreError,
+    ConfigChange, ConfigVarRecord, CronJobRecord, EnvironmentRecord, ProcessSizeRecord, RunRecord,
+    StoreError,
 };
 use gilgal_types::{
     ConfigChanged, ConfigUpdate, ConfigVar, CronJob, CronJobRequest, DeploymentLogLine, DnsLabel,
@@ -521,7 +521,9 @@ async fn promote(
             other => other.into(),
         })?;
     if source.id == target.id {
-        return Err(ApiError::invalid("an environment cannot be promoted to itself"));
+        return Err(ApiError::invalid(
+            "an environment cannot be promoted to itself",
+        ));
     }
     let Some(number) = source.live_release else {
         return Err(ApiError::new(
@@ -552,10 +554,7 @@ pub(crate) async fn accepted(
     caller: &AuthUser,
     deployment: Uuid,
 ) -> Result<(StatusCode, Json<gilgal_types::Deployment>), ApiError> {
-    let record = state
-        .store()
-        .deployment(caller.user.id, deployment)
-        .await?;
+    let record = state.store().deployment(caller.user.id, deployment).await?;
     let project = state
         .store()
         .project(caller.user.id, record.project_id)
@@ -638,12 +637,18 @@ async fn change_formation(
     }
     let mut sizes = BTreeMap::new();
     for (name, size) in &body.sizes {
-        if size.memory_mb.is_some_and(|mb| !(16..=1 << 20).contains(&mb)) {
+        if size
+            .memory_mb
+            .is_some_and(|mb| !(16..=1 << 20).contains(&mb))
+        {
             return Err(ApiError::invalid(format!(
                 "{name}: memory must be between 16 MB and 1 TB"
             )));
         }
-        if size.cpu_millicores.is_some_and(|m| !(10..=256_000).contains(&m)) {
+        if size
+            .cpu_millicores
+            .is_some_and(|m| !(10..=256_000).contains(&m))
+        {
             return Err(ApiError::invalid(format!(
                 "{name}: CPU must be between 10 and 256000 millicores"
             )));

@@ -14,6 +14,26 @@ use crate::cli::DeployArgs;
 pub async fn run(session: &Session, args: DeployArgs, json: bool) -> anyhow::Result<ExitCode> {
     let client = session.authenticated()?;
     let project = client.project_by_name(&args.project).await?;
+    if let Some(url) = args.git {
+        let deployment = client
+            .create_git_deployment(
+                project.id,
+                &args.env,
+                &gilgal_types::GitDeployRequest {
+                    url,
+                    reference: args.reference,
+                },
+            )
+            .await?;
+        eprintln!(
+            "Deployment {} accepted for {} ({})",
+            deployment.id, project.name, deployment.environment
+        );
+        if args.no_follow {
+            return finish(deployment, json);
+        }
+        return follow(&client, deployment, json).await;
+    }
     anyhow::ensure!(
         args.dir.is_dir(),
         "{} is not a directory",
@@ -61,7 +81,16 @@ pub async fn run(session: &Session, args: DeployArgs, json: bool) -> anyhow::Res
     if args.no_follow {
         return finish(deployment, json);
     }
+    follow(&client, deployment, json).await
+}
 
+/// Streams a deployment's log until it settles, then reports how it ended (the exit code
+/// says whether it went live).
+pub async fn follow(
+    client: &gilgal_client::Client,
+    deployment: Deployment,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let response = client.deployment_logs(deployment.id, true).await?;
     let mut stream = response.bytes_stream();
     let mut pending = Vec::new();
@@ -86,7 +115,7 @@ pub async fn run(session: &Session, args: DeployArgs, json: bool) -> anyhow::Res
     finish(deployment, json)
 }
 
-fn finish(deployment: Deployment, json: bool) -> anyhow::Result<ExitCode> {
+pub fn finish(deployment: Deployment, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         crate::output::json(&deployment)?;
     }

@@ -1,6 +1,7 @@
 //! Client subcommands: each turns arguments into API calls through `gilgal-client`.
 
 mod account;
+mod apps;
 mod deploy;
 mod projects;
 mod tokens;
@@ -27,6 +28,34 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
         Command::Projects(cmd) => projects::run(&session, cmd, global.json).await,
         Command::Deploy(args) => return deploy::run(&session, args, global.json).await,
         Command::Tokens(cmd) => tokens::run(&session, cmd, global.json).await,
+        Command::Env(cmd) => return apps::env(&session, cmd, global.json).await,
+        Command::Environments(cmd) => return apps::environments(&session, cmd, global.json).await,
+        Command::Releases { target } => return apps::releases(&session, target, global.json).await,
+        Command::Rollback {
+            release,
+            run_release_phase,
+            target,
+        } => {
+            return apps::rollback(&session, release, run_release_phase, target, global.json).await
+        }
+        Command::Promote { project, from, to } => {
+            return apps::promote(&session, project, from, to, global.json).await
+        }
+        Command::Redeploy {
+            deployment,
+            run_release_phase,
+        } => return apps::redeploy(&session, deployment, run_release_phase, global.json).await,
+        Command::Scale {
+            counts,
+            memory,
+            cpu,
+            target,
+        } => return apps::scale(&session, counts, memory, cpu, target, global.json).await,
+        Command::Run { command, target } => {
+            return apps::run(&session, command, target, global.json).await
+        }
+        Command::Cron(cmd) => return apps::cron(&session, cmd, global.json).await,
+        Command::Admin(cmd) => return apps::admin(&session, cmd, global.json).await,
     }?;
     Ok(ExitCode::SUCCESS)
 }
