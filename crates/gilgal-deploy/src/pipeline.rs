@@ -13,7 +13,7 @@ use gilgal_runtime::{
     wait_healthy, HealthCheck, InstanceId, InstanceLabels, InstanceSpec, Probe, RestartPolicy,
 };
 use gilgal_secrets::Redactor;
-use gilgal_store::{EnvironmentRecord, NewRelease};
+use gilgal_store::{ConfigChange, ConfigVarRecord, EnvironmentRecord, NewRelease};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -573,6 +573,15 @@ impl Deployer {
             }
             return Err(failure);
         }
+        if let DeploySource::Release(ReuseRelease {
+            kind: ReuseKind::Rollback,
+            ..
+        }) = source
+        {
+            // Like Heroku: after a rollback, the environment's config is the one it rolled
+            // back to, so the next change starts from what is running.
+            self.restore_config(environment, &prepared.config).await?;
+        }
         self.prune_releases(environment, number).await;
         Ok(())
     }
@@ -699,6 +708,31 @@ impl Deployer {
             run_release_phase: reuse.run_release_phase,
             description: reuse.description.clone(),
         })
+    }
+
+    /// Makes an environment's config vars exactly those of `snapshot`.
+    async fn restore_config(
+        &self,
+        environment: &EnvironmentRecord,
+        snapshot: &ConfigSnapshot,
+    ) -> Result<(), Failure> {
+        let current = self.store.config_vars(environment.id).await?;
+        let mut changes: Vec<ConfigChange> = current
+            .iter()
+            .filter(|var| !snapshot.vars.contains_key(&var.name))
+            .map(|var| ConfigChange::Unset(var.name.clone()))
+            .collect();
+        changes.extend(snapshot.vars.iter().map(|(name, var)| {
+            ConfigChange::Set(ConfigVarRecord {
+                name: name.clone(),
+                value: var.value.clone(),
+                secret: var.secret,
+            })
+        }));
+        self.store
+            .change_config_vars(environment.id, &changes)
+            .await?;
+        Ok(())
     }
 
     /// Keeps the artifacts of the newest `keep_releases` releases (and the live one); older

@@ -174,6 +174,8 @@ pub struct Run {
     pub environment_id: Uuid,
     /// The cron job that started it.
     pub cron_job_id: Option<Uuid>,
+    /// The cron tick it ran for (Unix seconds).
+    pub tick: Option<i64>,
     /// The command.
     pub command: Vec<String>,
     /// Release it ran from.

@@ -684,6 +684,7 @@ fn run_to_wire(record: RunRecord) -> Run {
         id: record.id,
         environment_id: record.environment_id,
         cron_job_id: record.cron_job_id,
+        tick: record.tick,
         command: serde_json::from_str(&record.command).unwrap_or_default(),
         release: record.release_number,
         state: record.state,

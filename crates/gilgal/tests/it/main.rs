@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use gilgal_testkit::{backend_tests, Backend};
 
+mod day2;
+use day2::config_secrets_rollback_and_promotion;
+
 const BIN: &str = env!("CARGO_BIN_EXE_gilgal");
 
 /// A `gilgal server` child process on a free port; killed on drop.
@@ -35,6 +38,9 @@ fn spawn_server(dir: &Path, database_url: Option<&str>) -> (Child, serde_json::V
             "--proxy-tls-listen",
             "127.0.0.1:0",
             "--stop-apps-on-exit",
+            "--allow-local-git",
+            "--keep-releases",
+            "3",
             "--data-dir",
         ])
         .arg(dir.join("data"))
@@ -195,6 +201,7 @@ fn fails_with(out: Output, needle: &str) {
 const PASSWORD: &str = "a long enough password\n";
 
 backend_tests!(
+    config_secrets_rollback_and_promotion,
     cli_full_flow,
     proxy_serves_tls_with_certificates_from_the_api,
     deploy_example_through_the_proxy,

@@ -1,0 +1,575 @@
+//! Day-two operations end to end: config and secrets (never shown, never logged, sealed in the
+//! store), rollback under load, promotion of the exact artifact, scaling, one-off runs, cron
+//! across a restart, git sources, redeploy and release pruning.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gilgal_testkit::Backend;
+
+use super::{ok, stderr, stdout, ServerProcess, PASSWORD};
+
+const SECRET: &str = "s3cr3t-Value-9f8e7d6c";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn token(server: &ServerProcess) -> String {
+    let text = std::fs::read_to_string(server.config_dir().join("credentials.json")).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value["token"].as_str().unwrap().to_owned()
+}
+
+async fn api_get(server: &ServerProcess, path: &str) -> String {
+    reqwest::Client::new()
+        .get(format!("{}{path}", server.url))
+        .bearer_auth(token(server))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// What the config-echo fixture reports for `name` via `host`.
+async fn probe(server: &ServerProcess, host: &str, name: &str) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .get(format!("{}/config?name={name}", server.proxy_url))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+fn setup(server: &ServerProcess, project: &str) {
+    ok(server.cli(
+        &["register", "--email", "ops@example.com", "--password-stdin"],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", project], None));
+}
+
+fn deploy(server: &ServerProcess, dir: &Path, project: &str, env: &str) -> String {
+    ok(server.cli(
+        &[
+            "deploy",
+            dir.to_str().unwrap(),
+            "--project",
+            project,
+            "--env",
+            env,
+        ],
+        None,
+    ))
+}
+
+/// Continuous clients (keep-alive and not) against `host` until stopped; returns failures.
+fn load(
+    server: &ServerProcess,
+    host: &'static str,
+) -> (
+    Arc<AtomicBool>,
+    Vec<tokio::task::JoinHandle<(u32, Vec<String>)>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for keep_alive in [true, false] {
+        let stop = stop.clone();
+        let url = format!("{}/config", server.proxy_url);
+        clients.push(tokio::spawn(async move {
+            let mut builder = reqwest::Client::builder();
+            if !keep_alive {
+                builder = builder.pool_max_idle_per_host(0);
+            }
+            let client = builder.build().unwrap();
+            let (mut ok_count, mut failures) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(&url).header("host", host).send().await {
+                    Ok(r) if r.status() == 200 => ok_count += 1,
+                    Ok(r) => failures.push(format!("status {}", r.status())),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (ok_count, failures)
+        }));
+    }
+    (stop, clients)
+}
+
+async fn assert_no_failures(
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<(u32, Vec<String>)>>,
+) {
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let (ok_count, failures) = client.await.unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} failed requests, e.g. {:?}",
+            failures.len(),
+            failures.first()
+        );
+        assert!(ok_count > 20, "the client kept sending ({ok_count} ok)");
+    }
+}
+
+/// Config vars and secrets: a change rolls out a new release; the app sees the secret, but no
+/// API response, CLI output, build/release log, run output or stored byte ever shows it.
+/// Rollback restores an earlier release's config with zero failed requests; promotion ships
+/// staging's exact artifact with production's config.
+pub(super) async fn config_secrets_rollback_and_promotion(backend: Backend) {
+    let server = ServerProcess::start(backend).await;
+    setup(&server, "cfg");
+    let app = fixture("config-echo");
+    let mut outputs = Vec::new();
+    outputs.push(deploy(&server, &app, "cfg", "production"));
+    let host = "cfg.localhost";
+    assert_eq!(probe(&server, host, "GREETING").await["release"], "v1");
+
+    // A plain var: new release v2, no build.
+    let out = server.cli(&["env", "set", "GREETING=hi there", "-p", "cfg"], None);
+    outputs.push(stderr(&out));
+    assert!(ok(out).contains("Deployed v2"));
+    let seen = probe(&server, host, "GREETING").await;
+    assert_eq!(seen["value"], "hi there");
+    assert_eq!(seen["release"], "v2");
+
+    // A secret: v3; the app gets it.
+    let out = server.cli(
+        &[
+            "env",
+            "set",
+            &format!("API_TOKEN={SECRET}"),
+            "--secret",
+            "-p",
+            "cfg",
+        ],
+        None,
+    );
+    outputs.push(stderr(&out));
+    assert!(ok(out).contains("Deployed v3"));
+    assert_eq!(probe(&server, host, "API_TOKEN").await["value"], SECRET);
+
+    // A build with the secret set: the release phase prints it, the log shows it redacted.
+    let out = server.cli(
+        &[
+            "deploy",
+            app.to_str().unwrap(),
+            "--project",
+            "cfg",
+            "--json",
+        ],
+        None,
+    );
+    outputs.push(stderr(&out));
+    let printed = ok(out);
+    let v4: serde_json::Value = serde_json::from_str(printed.trim()).unwrap();
+    assert_eq!(v4["release"], 4);
+    outputs.push(printed);
+    let build_log = api_get(
+        &server,
+        &format!("/api/deployments/{}/logs", v4["id"].as_str().unwrap()),
+    )
+    .await;
+    assert!(
+        build_log.contains("release sees token [REDACTED]"),
+        "release phase output is redacted: {build_log}"
+    );
+    outputs.push(build_log);
+
+    let listed = ok(server.cli(&["env", "list", "-p", "cfg"], None));
+    assert!(listed.contains("API_TOKEN=******** (secret)"), "{listed}");
+    assert!(listed.contains("GREETING=hi there"), "{listed}");
+    outputs.push(listed);
+    outputs.push(ok(server.cli(&["env", "list", "-p", "cfg", "--json"], None)));
+    outputs.push(ok(server.cli(&["releases", "-p", "cfg", "--json"], None)));
+
+    // A one-off run sees the secret; its output is redacted and its exit status kept.
+    let run = server.cli(
+        &[
+            "run",
+            "-p",
+            "cfg",
+            "--",
+            "python3",
+            "-c",
+            "import os, sys; print('run sees', os.environ['API_TOKEN']); sys.exit(3)",
+        ],
+        None,
+    );
+    assert_eq!(run.status.code(), Some(3), "exit status is passed on");
+    assert!(
+        stdout(&run).contains("run sees [REDACTED]"),
+        "{}",
+        stdout(&run)
+    );
+    outputs.push(stdout(&run));
+    outputs.push(stderr(&run));
+
+    // Every API view of this project.
+    let environments = api_get(
+        &server,
+        &format!(
+            "/api/projects/{}/environments",
+            project_id(&server, "cfg").await
+        ),
+    )
+    .await;
+    let production: Vec<serde_json::Value> = serde_json::from_str(&environments).unwrap();
+    let env_id = production[0]["id"].as_str().unwrap().to_owned();
+    outputs.push(environments);
+    for path in [
+        format!("/api/environments/{env_id}/config"),
+        format!("/api/environments/{env_id}/releases"),
+        format!("/api/environments/{env_id}/runs"),
+        format!("/api/environments/{env_id}/formation"),
+        format!("/api/deployments/{}", v4["id"].as_str().unwrap()),
+        format!("/api/deployments/{}/logs", v4["id"].as_str().unwrap()),
+    ] {
+        outputs.push(api_get(&server, &path).await);
+    }
+    let runs: Vec<serde_json::Value> =
+        serde_json::from_str(&api_get(&server, &format!("/api/environments/{env_id}/runs")).await)
+            .unwrap();
+    let run_logs = api_get(
+        &server,
+        &format!("/api/runs/{}/logs", runs[0]["id"].as_str().unwrap()),
+    )
+    .await;
+    assert!(run_logs.contains("[REDACTED]"), "{run_logs}");
+    outputs.push(run_logs);
+    for output in &outputs {
+        assert!(!output.contains(SECRET), "the secret leaked into: {output}");
+    }
+    // Nor is it readable in the store.
+    if backend == Backend::Sqlite {
+        for name in ["gilgal.db", "gilgal.db-wal"] {
+            let path = server.dir.path().join("data").join(name);
+            if let Ok(bytes) = std::fs::read(&path) {
+                assert!(
+                    !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                    "{name} holds the secret in plain text"
+                );
+            }
+        }
+    }
+
+    // Rollback to v2 (GREETING set, no secret) under continuous load.
+    let (stop, clients) = load(&server, "cfg.localhost");
+    let started = Instant::now();
+    let rolled = ok(server.cli(&["rollback", "v2", "-p", "cfg"], None));
+    let mut serving_after = None;
+    for _ in 0..100 {
+        if probe(&server, host, "API_TOKEN").await["release"] == "v5" {
+            serving_after = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let serving_after = serving_after.expect("the rollback release serves");
+    eprintln!("rollback to serving: {} ms", serving_after.as_millis());
+    assert!(rolled.contains("Deployed v5"), "{rolled}");
+    assert_no_failures(stop, clients).await;
+    let seen = probe(&server, host, "API_TOKEN").await;
+    assert_eq!(
+        seen["value"],
+        serde_json::Value::Null,
+        "v2's config has no secret"
+    );
+    assert_eq!(probe(&server, host, "GREETING").await["value"], "hi there");
+    let listed = ok(server.cli(&["env", "list", "-p", "cfg"], None));
+    assert!(
+        !listed.contains("API_TOKEN"),
+        "the config is now v2's: {listed}"
+    );
+    let history = ok(server.cli(&["releases", "-p", "cfg"], None));
+    assert!(history.contains("Rollback to v2"), "{history}");
+
+    // Promotion: staging's artifact, production's config.
+    ok(server.cli(&["environments", "create", "staging", "-p", "cfg"], None));
+    deploy(&server, &app, "cfg", "staging");
+    ok(server.cli(
+        &[
+            "env",
+            "set",
+            "GREETING=from staging",
+            "-p",
+            "cfg",
+            "-e",
+            "staging",
+        ],
+        None,
+    ));
+    let staging = probe(&server, "cfg-staging.localhost", "GREETING").await;
+    assert_eq!(staging["value"], "from staging");
+    assert_eq!(staging["env"], "staging");
+    let promoted = ok(server.cli(
+        &[
+            "promote",
+            "-p",
+            "cfg",
+            "--from",
+            "staging",
+            "--to",
+            "production",
+        ],
+        None,
+    ));
+    assert!(promoted.contains("Deployed v6 to production"), "{promoted}");
+    let production = probe(&server, host, "GREETING").await;
+    assert_eq!(
+        production["file"], staging["file"],
+        "the very same artifact"
+    );
+    assert!(
+        production["file"]
+            .as_str()
+            .unwrap()
+            .contains("/releases/cfg/staging/"),
+        "{production}"
+    );
+    assert_eq!(production["env"], "production");
+    assert_eq!(production["value"], "hi there", "production's own config");
+}
+
+async fn project_id(server: &ServerProcess, name: &str) -> String {
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&api_get(server, "/api/projects").await).unwrap();
+    list.iter().find(|p| p["name"] == name).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `gilgal scale` up spreads requests over the new instances; down drains with no failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scale_up_and_down_without_failures() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    setup(&server, "wide");
+    deploy(&server, &fixture("config-echo"), "wide", "production");
+    let out = ok(server.cli(&["scale", "web=3", "-p", "wide"], None));
+    assert!(out.contains("web=3"), "{out}");
+    let mut pids = BTreeSet::new();
+    for _ in 0..60 {
+        let seen = probe(&server, "wide.localhost", "X").await;
+        pids.insert(seen["pid"].as_i64().unwrap());
+    }
+    assert_eq!(pids.len(), 3, "three instances answer: {pids:?}");
+    let (stop, clients) = load(&server, "wide.localhost");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = ok(server.cli(&["scale", "web=1", "-p", "wide"], None));
+    assert!(out.contains("web=1"), "{out}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_no_failures(stop, clients).await;
+    let refused = server.cli(&["scale", "worker=2", "-p", "wide"], None);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("has no worker process"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+/// A cron job runs once per tick, skips ticks while a run is still going, and a `kill -9` of
+/// the server in between neither repeats nor invents a tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cron_fires_once_per_tick_across_a_restart() {
+    let mut server = ServerProcess::start(Backend::Sqlite).await;
+    setup(&server, "tick");
+    deploy(&server, &fixture("config-echo"), "tick", "production");
+    let added = ok(server.cli(
+        &[
+            "cron",
+            "add",
+            "*/2 * * * * *",
+            "-p",
+            "tick",
+            "--",
+            "python3",
+            "-c",
+            "print('tick')",
+        ],
+        None,
+    ));
+    assert!(added.contains("Scheduled"), "{added}");
+    ok(server.cli(
+        &[
+            "cron",
+            "add",
+            "* * * * * *",
+            "-p",
+            "tick",
+            "--",
+            "python3",
+            "-c",
+            "import time; time.sleep(3)",
+        ],
+        None,
+    ));
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    server.crash_and_restart();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let env = {
+        let pid = project_id(&server, "tick").await;
+        let list: Vec<serde_json::Value> = serde_json::from_str(
+            &api_get(&server, &format!("/api/projects/{pid}/environments")).await,
+        )
+        .unwrap();
+        list[0]["id"].as_str().unwrap().to_owned()
+    };
+    let runs: Vec<serde_json::Value> =
+        serde_json::from_str(&api_get(&server, &format!("/api/environments/{env}/runs")).await)
+            .unwrap();
+    let jobs: Vec<serde_json::Value> =
+        serde_json::from_str(&api_get(&server, &format!("/api/environments/{env}/cron")).await)
+            .unwrap();
+    let every_two = jobs
+        .iter()
+        .find(|j| j["schedule"] == "*/2 * * * * *")
+        .unwrap()["id"]
+        .clone();
+    let ticks: Vec<i64> = runs
+        .iter()
+        .filter(|r| r["cron_job_id"] == every_two)
+        .map(|r| r["tick"].as_i64().unwrap())
+        .collect();
+    let unique: BTreeSet<i64> = ticks.iter().copied().collect();
+    assert_eq!(unique.len(), ticks.len(), "no tick ran twice: {ticks:?}");
+    assert!(
+        ticks.len() >= 4,
+        "it kept firing across the restart: {ticks:?}"
+    );
+    assert!(
+        ticks.iter().all(|t| t % 2 == 0),
+        "only its own ticks: {ticks:?}"
+    );
+    let succeeded = runs
+        .iter()
+        .filter(|r| r["cron_job_id"] == every_two && r["state"] == "succeeded")
+        .count();
+    assert!(succeeded >= 3, "{runs:?}");
+    // The slow job overlaps itself every second: those ticks are recorded as skipped.
+    let skipped = runs.iter().filter(|r| r["state"] == "skipped").count();
+    assert!(skipped >= 2, "overlapping ticks are skipped: {runs:?}");
+    let output = api_get(
+        &server,
+        &format!(
+            "/api/runs/{}/logs",
+            runs.iter()
+                .find(|r| r["cron_job_id"] == every_two && r["state"] == "succeeded")
+                .unwrap()["id"]
+                .as_str()
+                .unwrap()
+        ),
+    )
+    .await;
+    assert!(output.contains("\"line\":\"tick\""), "{output}");
+}
+
+/// Deploy from a git repository and ref; redeploy a release without a build; only the last
+/// three releases keep their artifact, and rolling back to a pruned one is refused clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_source_redeploy_and_pruning() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    setup(&server, "gitapp");
+    let repo = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("config-echo")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), repo.path().join(entry.file_name())).unwrap();
+    }
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(repo.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "first"]);
+    let url = format!("file://{}", repo.path().display());
+    let out = ok(server.cli(
+        &[
+            "deploy", "--git", &url, "--ref", "main", "-p", "gitapp", "--json",
+        ],
+        None,
+    ));
+    let first: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(first["state"], "live");
+    assert_eq!(
+        probe(&server, "gitapp.localhost", "X").await["release"],
+        "v1"
+    );
+
+    let bad = server.cli(&["deploy", "--git", "ext::sh -c id", "-p", "gitapp"], None);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("unsupported git URL"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let out = ok(server.cli(
+        &[
+            "deploy", "--git", &url, "--ref", "main", "-p", "gitapp", "--json",
+        ],
+        None,
+    ));
+    let second: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(second["release"], 2);
+    // Redeploy v2: v3 reuses v2's artifact, no build.
+    let out = ok(server.cli(&["redeploy", second["id"].as_str().unwrap()], None));
+    assert!(out.contains("Deployed v3"), "{out}");
+    for round in 4..=5 {
+        let out = ok(server.cli(
+            &["deploy", "--git", &url, "--ref", "main", "-p", "gitapp"],
+            None,
+        ));
+        assert!(out.contains(&format!("Deployed v{round}")), "{out}");
+    }
+    let history = ok(server.cli(&["releases", "-p", "gitapp", "--json"], None));
+    let releases: Vec<serde_json::Value> = serde_json::from_str(&history).unwrap();
+    let pruned: Vec<u64> = releases
+        .iter()
+        .filter(|r| r["pruned"] == true)
+        .map(|r| r["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        pruned,
+        vec![2, 1],
+        "the last three keep their artifact: {history}"
+    );
+    let releases_dir = server.dir.path().join("data/releases/gitapp/production");
+    assert!(
+        !releases_dir.join("v1").exists(),
+        "v1's artifact is deleted once no release uses it"
+    );
+    assert!(
+        releases_dir.join("v2").exists(),
+        "v2's artifact stays while v3 (its redeploy) uses it"
+    );
+    let refused = server.cli(&["rollback", "v1", "-p", "gitapp"], None);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("pruned"), "{}", stderr(&refused));
+    let back = ok(server.cli(&["rollback", "v4", "-p", "gitapp"], None));
+    assert!(back.contains("Deployed v6"), "{back}");
+    assert_eq!(
+        probe(&server, "gitapp.localhost", "X").await["release"],
+        "v6"
+    );
+}
