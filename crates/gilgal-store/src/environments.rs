@@ -174,8 +174,8 @@ impl Store {
         formation: &BTreeMap<String, u32>,
         sizes: &BTreeMap<String, ProcessSizeRecord>,
     ) -> Result<(), StoreError> {
-        let sizes = serde_json::to_string(sizes)
-            .map_err(|e| StoreError::Corrupt(format!("sizes: {e}")))?;
+        let sizes =
+            serde_json::to_string(sizes).map_err(|e| StoreError::Corrupt(format!("sizes: {e}")))?;
         sqlx::query(
             "UPDATE environments SET formation = $1, sizes = $2, updated_at = $3 WHERE id = $4",
         )

@@ -28,9 +28,9 @@ pub use deployments::{
     TransitionRecord,
 };
 pub use environments::{ConfigChange, ConfigVarRecord};
-pub use runs::{CronJobRecord, RunRecord};
 pub use error::StoreError;
 pub use projects::ProjectChanges;
+pub use runs::{CronJobRecord, RunRecord};
 pub use users::{ApiTokenOwner, RefreshOutcome, SessionRecord, UserCredentials};
 
 /// Migrations, embedded at build time and applied on connect.

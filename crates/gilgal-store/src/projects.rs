@@ -40,6 +40,18 @@ impl Store {
         name: &ProjectName,
         description: &str,
     ) -> Result<Project, StoreError> {
+        // `{project}-{env}` hostnames of other projects' environments are taken too.
+        let clash: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM environments e JOIN projects p ON p.id = e.project_id \
+             WHERE e.name <> 'production' AND p.name || '-' || e.name = $1",
+        )
+        .bind(name.as_str())
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?;
+        if clash > 0 {
+            return Err(StoreError::Conflict(NAME_TAKEN));
+        }
         let id = Uuid::new_v4();
         let now = now_millis();
         let mut tx = self.pool.begin().await?;

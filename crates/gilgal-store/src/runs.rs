@@ -49,7 +49,8 @@ pub struct CronJobRecord {
     pub created_at: time::OffsetDateTime,
 }
 
-const RUN_SELECT: &str = "SELECT id, environment_id, cron_job_id, tick, release_number, command, state, \
+const RUN_SELECT: &str =
+    "SELECT id, environment_id, cron_job_id, tick, release_number, command, state, \
      exit_code, failure, created_at, finished_at FROM runs";
 
 fn run_from_row(row: &sqlx::any::AnyRow) -> Result<RunRecord, StoreError> {
@@ -70,7 +71,9 @@ fn run_from_row(row: &sqlx::any::AnyRow) -> Result<RunRecord, StoreError> {
         exit_code: row.try_get("exit_code")?,
         failure: row.try_get("failure")?,
         created_at: from_millis(row.try_get("created_at")?),
-        finished_at: row.try_get::<Option<i64>, _>("finished_at")?.map(from_millis),
+        finished_at: row
+            .try_get::<Option<i64>, _>("finished_at")?
+            .map(from_millis),
     })
 }
 
@@ -150,7 +153,11 @@ impl Store {
     }
 
     /// Runs of an environment, newest first, at most `limit`.
-    pub async fn runs(&self, environment_id: Uuid, limit: u32) -> Result<Vec<RunRecord>, StoreError> {
+    pub async fn runs(
+        &self,
+        environment_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>, StoreError> {
         sqlx::query(&format!(
             "{RUN_SELECT} WHERE environment_id = $1 ORDER BY created_at DESC LIMIT $2"
         ))

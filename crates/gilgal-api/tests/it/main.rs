@@ -4,6 +4,7 @@
 mod auth;
 mod certificates;
 mod docs;
+mod environments;
 mod projects;
 mod tokens;
 
