@@ -72,14 +72,11 @@ fn deploy(server: &ServerProcess, dir: &Path, project: &str, env: &str) -> Strin
     ))
 }
 
+/// A load client's result: requests that succeeded, and what failed.
+type ClientResult = tokio::task::JoinHandle<(u32, Vec<String>)>;
+
 /// Continuous clients (keep-alive and not) against `host` until stopped; returns failures.
-fn load(
-    server: &ServerProcess,
-    host: &'static str,
-) -> (
-    Arc<AtomicBool>,
-    Vec<tokio::task::JoinHandle<(u32, Vec<String>)>>,
-) {
+fn load(server: &ServerProcess, host: &'static str) -> (Arc<AtomicBool>, Vec<ClientResult>) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for keep_alive in [true, false] {
@@ -105,10 +102,7 @@ fn load(
     (stop, clients)
 }
 
-async fn assert_no_failures(
-    stop: Arc<AtomicBool>,
-    clients: Vec<tokio::task::JoinHandle<(u32, Vec<String>)>>,
-) {
+async fn assert_no_failures(stop: Arc<AtomicBool>, clients: Vec<ClientResult>) {
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         let (ok_count, failures) = client.await.unwrap();
