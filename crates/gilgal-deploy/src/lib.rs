@@ -14,6 +14,7 @@
 //! difference is applied, and routes are reinstalled.
 
 mod config;
+mod isolation;
 mod pipeline;
 mod reconcile;
 mod runs;
@@ -50,6 +51,10 @@ pub struct DeployerConfig {
     pub keep_releases: usize,
     /// Accept `file://` git URLs (single-user installs and tests).
     pub allow_local_git: bool,
+    /// Run every app as its own Unix user (`gilgal-<project>`), with its release files
+    /// readable by that user's group only, and build with the system toolchains (which every
+    /// user can run) instead of the server's `PATH`. Needs root.
+    pub app_users: bool,
 }
 
 /// Failures starting a deployment (failures *during* one are recorded on the deployment).
@@ -155,6 +160,15 @@ impl Deployer {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Which Unix user instances run as.
+    pub(crate) fn run_as(&self) -> gilgal_runtime::RunAs {
+        if self.config.app_users {
+            gilgal_runtime::RunAs::AppUser
+        } else {
+            gilgal_runtime::RunAs::ServerUser
         }
     }
 

@@ -178,6 +178,7 @@ pub(crate) fn health_check(artifact: &Artifact) -> HealthCheck {
 }
 
 /// The spec of one instance of `process_type` from `artifact`, release `number`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn instance_spec(
     artifact: &Artifact,
     environment: &EnvironmentRecord,
@@ -186,6 +187,7 @@ pub(crate) fn instance_spec(
     process_type: &str,
     index: u32,
     port: Option<u16>,
+    run_as: gilgal_runtime::RunAs,
 ) -> Result<InstanceSpec, Failure> {
     let process = artifact
         .processes
@@ -211,6 +213,7 @@ pub(crate) fn instance_spec(
     let mut spec = InstanceSpec::new(labels, argv, artifact.app_dir.clone());
     spec.env = env;
     spec.port = port;
+    spec.run_as = run_as;
     spec.limits.memory_mb = process.size.memory_mb;
     spec.limits.cpu_shares = process.size.cpu_shares;
     if let Some(size) = environment.sizes.get(process_type) {
@@ -641,6 +644,12 @@ impl Deployer {
         let mut request = BuildRequest::new(source, artifact_dir.clone(), cache_dir);
         request.environment = environment.name.clone();
         request.cancel = token.child_token();
+        if self.config.app_users {
+            // Apps run as their own user: build with interpreters every user can run.
+            request
+                .env
+                .insert("PATH".to_owned(), gilgal_runtime::DEFAULT_PATH.to_owned());
+        }
         let (lines_tx, lines_rx) = mpsc::channel::<gilgal_build::LogLine>(1024);
         let forward = forward_build_log(lines_rx, log.sender());
         let built = gilgal_build::build(request, LogSink::new(lines_tx)).await;
@@ -658,6 +667,7 @@ impl Deployer {
         };
         log.system(format!("built in {} ms", artifact.build_millis))
             .await;
+        self.share_with_app(environment, &artifact_dir).await?;
         let records = self.store.config_vars(environment.id).await?;
         Ok(Prepared {
             artifact,
@@ -708,6 +718,27 @@ impl Deployer {
             run_release_phase: reuse.run_release_phase,
             description: reuse.description.clone(),
         })
+    }
+
+    /// With per-app users: the project's release tree becomes `root:<app group>` 0750 and the
+    /// artifact group-readable, so the app can read (not change) its own releases and no other
+    /// app can reach them.
+    async fn share_with_app(
+        &self,
+        environment: &EnvironmentRecord,
+        artifact_dir: &Path,
+    ) -> Result<(), Failure> {
+        if !self.config.app_users {
+            return Ok(());
+        }
+        let (_, gid) = gilgal_runtime::app_user_ids(&environment.project_name).await?;
+        let project_dir = self.config.releases_dir.join(&environment.project_name);
+        let (project_dir, artifact_dir) = (project_dir, artifact_dir.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            crate::isolation::share_tree(&project_dir, &artifact_dir, gid)
+        })
+        .await?
+        .map_err(|e| Failure::Failed(format!("cannot share the release with the app's user: {e}")))
     }
 
     /// Makes an environment's config vars exactly those of `snapshot`.
@@ -798,6 +829,7 @@ impl Deployer {
         let mut spec = InstanceSpec::new(labels, argv, artifact.app_dir.clone());
         spec.env = env;
         spec.restart = RestartPolicy::Never;
+        spec.run_as = self.run_as();
         let mut handle = self.runtime.run_oneoff(spec).await?;
         let timeout = Duration::from_secs(release.timeout_secs.max(1));
         let waited = tokio::select! {
@@ -852,6 +884,7 @@ impl Deployer {
                     process_type,
                     index,
                     port,
+                    self.run_as(),
                 )?;
                 let instance = self.runtime.start(spec).await?;
                 log.system(format!("started {process_type}.{index} ({instance})"))

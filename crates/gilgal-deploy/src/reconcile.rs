@@ -214,6 +214,7 @@ impl Deployer {
                         &slot.process_type,
                         slot.index,
                         port,
+                        self.run_as(),
                     )
                     .map_err(|e| format!("{e:?}"))?;
                     let id = self.runtime.start(spec).await.map_err(|e| e.to_string())?;

@@ -112,6 +112,7 @@ impl Deployer {
         let mut spec = InstanceSpec::new(labels, request.argv.clone(), artifact.app_dir.clone());
         spec.env = env;
         spec.restart = RestartPolicy::Never;
+        spec.run_as = self.run_as();
         let handle = match self.runtime.run_oneoff(spec).await {
             Ok(handle) => handle,
             Err(e) => {

@@ -85,8 +85,8 @@ pub use health::{
     wait_healthy, HealthCheck, HealthError, HealthMonitor, HealthState, Probe, ProbeError,
 };
 pub use process::{
-    app_user_name, CgroupConfig, MountIsolation, ProcessRuntime, ProcessRuntimeConfig,
-    DEFAULT_PATH, INSTANCE_ID_ENV,
+    app_user_ids, app_user_name, CgroupConfig, MountIsolation, ProcessRuntime,
+    ProcessRuntimeConfig, DEFAULT_PATH, INSTANCE_ID_ENV,
 };
 pub use runtime::{OneoffHandle, Runtime};
 pub use spec::{

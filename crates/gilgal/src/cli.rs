@@ -318,6 +318,10 @@ pub struct ServerArgs {
     /// Accept `file://` git URLs in deployments (single-user machines and tests).
     #[arg(long, env = "GILGAL_ALLOW_LOCAL_GIT")]
     pub allow_local_git: bool,
+    /// App isolation: `auto` runs each app as its own Unix user with Gilgal's data hidden from
+    /// it when the server runs as root; `off` runs apps as the server's user.
+    #[arg(long, value_enum, default_value_t = Isolation::Auto, env = "GILGAL_ISOLATION")]
+    pub isolation: Isolation,
     /// Log format on standard error.
     #[arg(long, value_enum, default_value_t = LogFormat::Json, env = "GILGAL_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -333,6 +337,15 @@ pub enum Registration {
 }
 
 /// Log output formats.
+/// How apps are isolated from each other and from Gilgal.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Isolation {
+    /// Per-app Unix users and hidden data when running as root; none otherwise.
+    Auto,
+    /// Apps run as the server's own user (development only).
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
     /// One JSON object per line (for collectors).

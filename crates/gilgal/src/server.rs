@@ -13,7 +13,7 @@ use gilgal_proxy::{ProxyHandle, ProxySettings};
 use gilgal_store::{Store, StoreBackend};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{LogFormat, Registration, ServerArgs};
+use crate::cli::{Isolation, LogFormat, Registration, ServerArgs};
 
 /// Runs the server on a small multi-threaded runtime (two workers keep idle memory low).
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -69,11 +69,54 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// Creates the data dir owner-only (0700): apps and other users must not read keys or data.
-fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+/// With per-app users it is 0711 instead (others may pass through to `releases/`, never list
+/// it), and everything private inside it is 0700/0600.
+fn prepare_data_dir(dir: &Path, app_users: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data dir {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    let mode = if app_users { 0o711 } else { 0o700 };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot restrict permissions of {}", dir.display()))?;
+    if app_users {
+        for ancestor in dir.ancestors().skip(1) {
+            let meta = std::fs::metadata(ancestor)
+                .with_context(|| format!("cannot read {}", ancestor.display()))?;
+            anyhow::ensure!(
+                meta.permissions().mode() & 0o001 != 0,
+                "apps run as their own users but cannot pass through {} (mode {:o}) to reach their releases; \
+                 use a data dir whose parents are searchable by others, or --isolation off",
+                ancestor.display(),
+                meta.permissions().mode() & 0o777
+            );
+        }
+        for (private, mode) in [
+            ("keys", 0o700),
+            ("runtime", 0o700),
+            ("work", 0o700),
+            ("cache", 0o700),
+            ("releases", 0o711),
+            ("homes", 0o711),
+        ] {
+            let path = dir.join(private);
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot restrict permissions of {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The SQLite files must stay owner-only inside a 0711 data dir (SQLite creates them 0644
+/// and gives its WAL and shared-memory files the database file's mode).
+fn restrict_database_files(dir: &Path) -> anyhow::Result<()> {
+    for name in ["gilgal.db", "gilgal.db-wal", "gilgal.db-shm"] {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict permissions of {}", path.display()))?;
+        }
+    }
     Ok(())
 }
 
@@ -82,11 +125,14 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         Some(dir) => dir,
         None => default_data_dir()?,
     };
-    prepare_data_dir(&data_dir)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let app_users = args.isolation == Isolation::Auto && unsafe { libc::geteuid() } == 0;
+    prepare_data_dir(&data_dir, app_users)?;
     let backend = StoreBackend::choose(args.database_url.as_deref(), &data_dir);
     let store = Store::connect(&backend)
         .await
         .with_context(|| format!("cannot open the {} store", backend.kind()))?;
+    restrict_database_files(&data_dir)?;
     if let Some(registration) = args.registration {
         store
             .set_registration_open(registration == Registration::Open)
@@ -98,12 +144,21 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         proxy_settings.https_port = tls.port();
     }
     let proxy = ProxyHandle::new(proxy_settings);
-    let runtime = gilgal_runtime::ProcessRuntime::new(
-        data_dir.join("runtime"),
-        gilgal_runtime::ProcessRuntimeConfig::default(),
-    )
-    .await
-    .context("cannot start the process runtime")?;
+    let mut runtime_config = gilgal_runtime::ProcessRuntimeConfig::default();
+    if app_users {
+        runtime_config.mount_isolation = gilgal_runtime::MountIsolation {
+            // A private /tmp would hide a data dir that lives under /tmp (tests, trials).
+            private_tmp: !data_dir.starts_with("/tmp"),
+            hidden_paths: ["keys", "runtime", "work", "cache"]
+                .iter()
+                .map(|p| data_dir.join(p))
+                .collect(),
+        };
+        runtime_config.app_home_root = Some(data_dir.join("homes"));
+    }
+    let runtime = gilgal_runtime::ProcessRuntime::new(data_dir.join("runtime"), runtime_config)
+        .await
+        .context("cannot start the process runtime")?;
     let proxy_listener = bind(args.proxy_listen, "proxy").await?;
     let proxy_addr = proxy_listener.local_addr()?;
     let runtime: std::sync::Arc<dyn gilgal_runtime::Runtime> = std::sync::Arc::new(runtime);
@@ -126,6 +181,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             public_port: Some(proxy_addr.port()),
             keep_releases: args.keep_releases,
             allow_local_git: args.allow_local_git,
+            app_users,
         },
         vault,
     );
@@ -173,6 +229,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         proxy_tls = %tls_addr.map(|a| format!("https://{a}")).unwrap_or_default(),
         base_domain = %args.base_domain,
         store = backend.kind(),
+        app_users,
         data_dir = %data_dir.display(),
         "gilgal server ready"
     );

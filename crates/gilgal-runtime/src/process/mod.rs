@@ -23,7 +23,7 @@ use tokio::task::AbortHandle;
 
 pub use cgroup::CgroupConfig;
 pub use spawn::{MountIsolation, DEFAULT_PATH, INSTANCE_ID_ENV};
-pub use user::app_user_name;
+pub use user::{app_user_ids, app_user_name};
 
 use self::cgroup::Cgroups;
 use self::logs::LogTailer;

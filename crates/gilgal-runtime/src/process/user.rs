@@ -130,6 +130,13 @@ pub(crate) async fn ensure_app_user(app: &str) -> Result<AppIdentity> {
     })
 }
 
+/// The uid and gid of an app's Unix user, creating the user if needed (needs root). The deploy
+/// pipeline uses it to give the app's group read access to its own release files only.
+pub async fn app_user_ids(app: &str) -> Result<(u32, u32)> {
+    let identity = ensure_app_user(app).await?;
+    Ok((identity.uid, identity.gid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -567,3 +567,88 @@ async fn git_source_redeploy_and_pruning() {
         "v6"
     );
 }
+
+async fn access(server: &ServerProcess, host: &str, path: &Path) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{}/access", server.proxy_url))
+        .query(&[("path", path.to_str().unwrap())])
+        .header("host", host)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// As root, each app runs as its own Unix user: it reads its own release but cannot change
+/// it, and cannot read another app's release, the database, the keys or the runtime state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_are_isolated_from_each_other_and_from_gilgal() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: per-app users need root (CI runs as root)");
+        return;
+    }
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    setup(&server, "alpha");
+    ok(server.cli(&["projects", "create", "beta"], None));
+    let app = fixture("config-echo");
+    deploy(&server, &app, "alpha", "production");
+    deploy(&server, &app, "beta", "production");
+    let data = server.dir.path().join("data");
+    let own = data.join("releases/alpha/production/v1");
+    let own_file = std::fs::read_dir(&own)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .map(|dir| dir.join("app.py"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| own.join("app/app.py"));
+    let seen = access(&server, "alpha.localhost", &own_file).await;
+    assert_ne!(seen["uid"], 0, "the app does not run as root: {seen}");
+    assert_eq!(seen["read"], true, "it reads its own code: {seen}");
+    assert_eq!(
+        seen["write_beside"], false,
+        "its release is read-only to it: {seen}"
+    );
+    let beta_uid = access(&server, "beta.localhost", &own_file).await;
+    assert_ne!(beta_uid["uid"], seen["uid"], "each app has its own user");
+    assert_eq!(
+        beta_uid["read"], false,
+        "beta cannot read alpha's code: {beta_uid}"
+    );
+    for private in [
+        data.join("gilgal.db"),
+        data.join("keys/master.key"),
+        data.join("keys/signing.key"),
+    ] {
+        let seen = access(&server, "alpha.localhost", &private).await;
+        assert_eq!(seen["read"], false, "{}: {seen}", private.display());
+        assert_eq!(seen["write_beside"], false, "{}: {seen}", private.display());
+    }
+    let seen = access(&server, "alpha.localhost", &data.join("gilgal.db")).await;
+    assert_eq!(
+        seen["list_parent"], false,
+        "the data dir cannot be listed: {seen}"
+    );
+    // The runtime's records (which hold config vars) exist, but not for the app.
+    let record = first_file(&data.join("runtime")).expect("the runtime keeps records");
+    let seen = access(&server, "alpha.localhost", &record).await;
+    assert_eq!(seen["read"], false, "{}: {seen}", record.display());
+}
+
+fn first_file(dir: &Path) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        if path.is_file() {
+            return Some(path);
+        }
+        if path.is_dir() {
+            if let Some(found) = first_file(&path) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}

@@ -70,6 +70,13 @@ fn spawn_server(dir: &Path, database_url: Option<&str>) -> (Child, serde_json::V
 impl ServerProcess {
     async fn start(backend: Backend) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        // As root, apps run as their own users: they must be able to pass through to their
+        // releases in the data dir below (never to list or read anything else).
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
         let database_url = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => {
