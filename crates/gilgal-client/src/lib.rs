@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use gilgal_types::{
     ApiToken, ConfigChanged, ConfigUpdate, ConfigVar, CreateApiTokenRequest, CreateProjectRequest,
-    CreatedApiToken, CronJob, CronJobRequest, Deployment, Environment, EnvironmentRequest,
-    ErrorBody, Formation, FormationUpdate, GitDeployRequest, InstanceSettings, LoginRequest,
-    Project, PromoteRequest, RedeployRequest, RefreshRequest, RegisterRequest, Release,
-    RollbackRequest, Run, RunRequest, TokenPair, UpdateProjectRequest, User,
+    CreatedApiToken, CronJob, CronJobRequest, Deployment, Domain, DomainRequest, Environment,
+    EnvironmentRequest, ErrorBody, Formation, FormationUpdate, GitDeployRequest, InstanceSettings,
+    LoginRequest, Project, PromoteRequest, RedeployRequest, RefreshRequest, RegisterRequest,
+    Release, RollbackRequest, Run, RunRequest, TokenPair, UpdateProjectRequest, User,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -569,6 +569,44 @@ impl Client {
     /// `DELETE /api/cron/{id}`.
     pub async fn delete_cron_job(&self, id: Uuid) -> Result<(), ClientError> {
         self.empty(Method::DELETE, &format!("/api/cron/{id}")).await
+    }
+
+    /// `GET /api/environments/{id}/domains`.
+    pub async fn domains(&self, environment: Uuid) -> Result<Vec<Domain>, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/environments/{environment}/domains"),
+        ))
+        .await
+    }
+
+    /// `POST /api/environments/{id}/domains`.
+    pub async fn add_domain(
+        &self,
+        environment: Uuid,
+        hostname: &str,
+    ) -> Result<Domain, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/environments/{environment}/domains"),
+            &DomainRequest {
+                hostname: hostname.to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// `DELETE /api/environments/{id}/domains/{hostname}`.
+    pub async fn remove_domain(
+        &self,
+        environment: Uuid,
+        hostname: &str,
+    ) -> Result<(), ClientError> {
+        self.empty(
+            Method::DELETE,
+            &format!("/api/environments/{environment}/domains/{hostname}"),
+        )
+        .await
     }
 
     /// `POST /api/admin/rotate-key`: returns how many data keys were re-wrapped.

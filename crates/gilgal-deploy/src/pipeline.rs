@@ -918,7 +918,8 @@ impl Deployer {
         self.step(id, DeploymentState::Healthy, token, log).await?;
 
         let previous = self.store.live_deployment(environment.id).await?;
-        let route = self.route_for(environment, artifact, started);
+        let domains = self.store.domains(environment.id).await?;
+        let route = self.route_for(environment, &domains, artifact, started);
         if let Some(route) = route {
             self.proxy.apply(RouteDiff {
                 upsert: vec![route],
@@ -945,17 +946,19 @@ impl Deployer {
     pub(crate) fn route_for(
         &self,
         environment: &EnvironmentRecord,
+        domains: &[String],
         artifact: &Artifact,
         instances: &[(InstanceId, Option<SocketAddr>)],
     ) -> Option<RouteSpec> {
-        let host = gilgal_core::hostnames::default_hostname(
+        let mut hosts = vec![gilgal_core::hostnames::default_hostname(
             &environment.project_name,
             &environment.name,
             &self.config.base_domain,
-        );
+        )];
+        hosts.extend(domains.iter().cloned());
         let id = route_id(&environment.project_name, &environment.name);
         if let Some(static_dir) = &artifact.static_dir {
-            let mut route = RouteSpec::upstream(id, vec![host], vec![]);
+            let mut route = RouteSpec::upstream(id, hosts, vec![]);
             route.target = RouteTarget::Static {
                 root: static_dir.clone(),
                 fallback: None,
@@ -966,7 +969,7 @@ impl Deployer {
             .iter()
             .filter_map(|(instance, addr)| addr.map(|a| Backend::new(instance.as_str(), a)))
             .collect();
-        (!backends.is_empty()).then(|| RouteSpec::upstream(id, vec![host], backends))
+        (!backends.is_empty()).then(|| RouteSpec::upstream(id, hosts, backends))
     }
 
     /// Drains and stops every instance of the environment that is not of release `keep`, each

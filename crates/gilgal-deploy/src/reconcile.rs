@@ -254,7 +254,12 @@ impl Deployer {
                 )
             })
             .collect();
-        if let Some(route) = self.route_for(environment, &artifact, &serving) {
+        let domains = self
+            .store
+            .domains(environment.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(route) = self.route_for(environment, &domains, &artifact, &serving) {
             self.proxy
                 .apply(RouteDiff {
                     upsert: vec![route],
@@ -276,6 +281,21 @@ impl Deployer {
         }
         tracing::info!(app = %environment.project_name, env = %environment.name, release = number, actions = actions.len(), "environment reconciled");
         Ok(())
+    }
+
+    /// Re-applies an environment's route (after its custom domains changed).
+    pub async fn refresh_route(&self, environment: &EnvironmentRecord) -> Result<(), DeployError> {
+        let lock = self.environment_lock(environment.id);
+        let _one_change_at_a_time = lock.lock().await;
+        let current = self.store.environment_by_id(environment.id).await?;
+        self.reconcile_environment(&current)
+            .await
+            .map_err(DeployError::Runtime)
+    }
+
+    /// The hostname suffix apps get by default; custom domains may not use it.
+    pub fn base_domain(&self) -> &str {
+        &self.config.base_domain
     }
 
     /// Instances running now per process type of the live release.

@@ -303,3 +303,50 @@ impl Store {
         Ok(())
     }
 }
+
+/// What a custom domain may not collide with.
+const DOMAIN_TAKEN: &str = "this domain (on some environment)";
+
+impl Store {
+    /// Attaches a custom domain to an environment; a hostname belongs to one environment.
+    pub async fn add_domain(&self, environment_id: Uuid, hostname: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO domains (hostname, environment_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(hostname)
+        .bind(environment_id.to_string())
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::conflict_on_unique(e, DOMAIN_TAKEN))?;
+        Ok(())
+    }
+
+    /// An environment's custom domains, sorted.
+    pub async fn domains(&self, environment_id: Uuid) -> Result<Vec<String>, StoreError> {
+        sqlx::query("SELECT hostname FROM domains WHERE environment_id = $1 ORDER BY hostname")
+            .bind(environment_id.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok(row.try_get("hostname")?))
+            .collect()
+    }
+
+    /// Detaches a custom domain from an environment.
+    pub async fn remove_domain(
+        &self,
+        environment_id: Uuid,
+        hostname: &str,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM domains WHERE environment_id = $1 AND hostname = $2")
+            .bind(environment_id.to_string())
+            .bind(hostname)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+}

@@ -222,3 +222,19 @@ pub struct CronJob {
     /// Whether runs may overlap.
     pub allow_overlap: bool,
 }
+
+/// Body of `POST /api/environments/{id}/domains`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct DomainRequest {
+    /// A hostname you control, pointed at this machine (`www.example.com`).
+    pub hostname: String,
+}
+
+/// A custom domain of an environment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Domain {
+    /// The hostname.
+    pub hostname: String,
+    /// The environment it serves.
+    pub environment_id: Uuid,
+}

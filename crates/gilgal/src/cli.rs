@@ -120,6 +120,9 @@ pub enum Command {
     /// Scheduled commands.
     #[command(subcommand)]
     Cron(CronCommand),
+    /// Custom domains of an environment.
+    #[command(subcommand)]
+    Domains(DomainsCommand),
     /// Instance administration.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -259,6 +262,33 @@ pub enum CronCommand {
     Remove {
         /// Job id (from `gilgal cron list`).
         id: String,
+    },
+}
+
+/// `gilgal domains …`.
+#[derive(Debug, Subcommand)]
+pub enum DomainsCommand {
+    /// Serve the environment at a domain you point at this machine.
+    Add {
+        /// Hostname, e.g. `www.example.com`.
+        hostname: String,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List custom domains.
+    List {
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop serving at a custom domain.
+    Remove {
+        /// Hostname.
+        hostname: String,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
     },
 }
 

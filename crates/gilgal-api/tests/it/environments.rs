@@ -188,6 +188,68 @@ async fn environments_and_config_vars(backend: Backend) {
     assert_eq!(status, StatusCode::CREATED, "{job}");
     assert_eq!(job["command"], json!(["python", "cleanup.py"]));
 
+    let domains = format!("{env_path}/domains");
+    let (status, _, domain) = raw(
+        &server,
+        Method::POST,
+        &domains,
+        token,
+        Some(json!({"hostname": "Shop.Example.COM."})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{domain}");
+    assert_eq!(domain["hostname"], "shop.example.com");
+    for bad in [
+        "evil.localhost",
+        "localhost",
+        "no_underscores.com",
+        "intranet",
+        "",
+    ] {
+        let response = raw(
+            &server,
+            Method::POST,
+            &domains,
+            token,
+            Some(json!({"hostname": bad})),
+        )
+        .await;
+        assert_error(
+            &response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        );
+    }
+    let dup = raw(
+        &server,
+        Method::POST,
+        &domains,
+        token,
+        Some(json!({"hostname": "shop.example.com"})),
+    )
+    .await;
+    assert_error(&dup, StatusCode::CONFLICT, "domain_taken");
+    let (_, _, listed) = raw(&server, Method::GET, &domains, token, None).await;
+    assert_eq!(listed[0]["hostname"], "shop.example.com");
+    let (status, _, _) = raw(
+        &server,
+        Method::DELETE,
+        &format!("{domains}/shop.example.com"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let again = raw(
+        &server,
+        Method::DELETE,
+        &format!("{domains}/shop.example.com"),
+        token,
+        None,
+    )
+    .await;
+    assert_error(&again, StatusCode::NOT_FOUND, "not_found");
+
     let (status, _, renamed) = raw(
         &server,
         Method::PUT,
@@ -315,6 +377,21 @@ async fn other_users_environments_are_invisible(backend: Backend) {
             None,
         ),
         (Method::DELETE, format!("/api/cron/{job_id}"), None),
+        (
+            Method::GET,
+            format!("/api/environments/{env_id}/domains"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/environments/{env_id}/domains"),
+            Some(json!({"hostname": "x.example.org"})),
+        ),
+        (
+            Method::DELETE,
+            format!("/api/environments/{env_id}/domains/x.example.org"),
+            None,
+        ),
     ] {
         let response = raw(&server, method.clone(), &path, eve_token, body).await;
         assert_error(&response, StatusCode::NOT_FOUND, "not_found");

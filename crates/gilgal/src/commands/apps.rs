@@ -13,7 +13,9 @@ use gilgal_types::{
 };
 
 use super::Session;
-use crate::cli::{AdminCommand, CronCommand, EnvCommand, EnvironmentsCommand, Target};
+use crate::cli::{
+    AdminCommand, CronCommand, DomainsCommand, EnvCommand, EnvironmentsCommand, Target,
+};
 
 async fn environment(client: &Client, target: &Target) -> anyhow::Result<Environment> {
     let project = client.project_by_name(&target.project).await?;
@@ -484,6 +486,48 @@ pub async fn cron(session: &Session, command: CronCommand, json: bool) -> anyhow
             client.delete_cron_job(id).await?;
             if !json {
                 println!("Removed");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gilgal domains …`.
+pub async fn domains(
+    session: &Session,
+    command: DomainsCommand,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = session.authenticated()?;
+    match command {
+        DomainsCommand::Add { hostname, target } => {
+            let env = environment(&client, &target).await?;
+            let domain = client.add_domain(env.id, &hostname).await?;
+            if json {
+                crate::output::json(&domain)?;
+            } else {
+                println!(
+                    "{} now serves {} ({})",
+                    domain.hostname, target.project, env.name
+                );
+            }
+        }
+        DomainsCommand::List { target } => {
+            let env = environment(&client, &target).await?;
+            let domains = client.domains(env.id).await?;
+            if json {
+                crate::output::json(&domains)?;
+            } else {
+                for domain in domains {
+                    println!("{}", domain.hostname);
+                }
+            }
+        }
+        DomainsCommand::Remove { hostname, target } => {
+            let env = environment(&client, &target).await?;
+            client.remove_domain(env.id, &hostname).await?;
+            if !json {
+                println!("Removed {hostname}");
             }
         }
     }

@@ -55,6 +55,7 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
             return apps::run(&session, command, target, global.json).await
         }
         Command::Cron(cmd) => return apps::cron(&session, cmd, global.json).await,
+        Command::Domains(cmd) => return apps::domains(&session, cmd, global.json).await,
         Command::Admin(cmd) => return apps::admin(&session, cmd, global.json).await,
     }?;
     Ok(ExitCode::SUCCESS)

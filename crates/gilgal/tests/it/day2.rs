@@ -209,6 +209,35 @@ pub(super) async fn config_secrets_rollback_and_promotion(backend: Backend) {
     outputs.push(stdout(&run));
     outputs.push(stderr(&run));
 
+    // Master key rotation: a new key file, every data key re-wrapped, secrets still open.
+    let key_path = server.dir.path().join("data/keys/master.key");
+    let before = std::fs::read(&key_path).unwrap();
+    let rotated = ok(server.cli(&["admin", "rotate-key"], None));
+    assert!(rotated.contains("1 data keys re-wrapped"), "{rotated}");
+    assert_ne!(
+        std::fs::read(&key_path).unwrap(),
+        before,
+        "a new master key"
+    );
+    assert!(!server.dir.path().join("data/keys/master.key.next").exists());
+    let run = server.cli(
+        &[
+            "run",
+            "-p",
+            "cfg",
+            "--",
+            "python3",
+            "-c",
+            "import os; print('secret length', len(os.environ['API_TOKEN']))",
+        ],
+        None,
+    );
+    assert_eq!(
+        stdout(&run).trim(),
+        format!("secret length {}", SECRET.len()),
+        "the secret opens after rotation"
+    );
+
     // Every API view of this project.
     let environments = api_get(
         &server,
@@ -236,7 +265,14 @@ pub(super) async fn config_secrets_rollback_and_promotion(backend: Backend) {
             .unwrap();
     let run_logs = api_get(
         &server,
-        &format!("/api/runs/{}/logs", runs[0]["id"].as_str().unwrap()),
+        &format!(
+            "/api/runs/{}/logs",
+            runs.iter()
+                .find(|r| r["command"].to_string().contains("run sees"))
+                .unwrap()["id"]
+                .as_str()
+                .unwrap()
+        ),
     )
     .await;
     assert!(run_logs.contains("[REDACTED]"), "{run_logs}");
@@ -350,6 +386,24 @@ async fn scale_up_and_down_without_failures() {
     let server = ServerProcess::start(Backend::Sqlite).await;
     setup(&server, "wide");
     deploy(&server, &fixture("config-echo"), "wide", "production");
+    // A custom domain routes at once; one under the base domain is refused.
+    ok(server.cli(&["domains", "add", "www.wide.test", "-p", "wide"], None));
+    assert_eq!(probe(&server, "www.wide.test", "X").await["release"], "v1");
+    let refused = server.cli(&["domains", "add", "other.localhost", "-p", "wide"], None);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("base domain"),
+        "{}",
+        stderr(&refused)
+    );
+    ok(server.cli(&["domains", "remove", "www.wide.test", "-p", "wide"], None));
+    let gone = reqwest::Client::new()
+        .get(format!("{}/", server.proxy_url))
+        .header("host", "www.wide.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404, "a removed domain is no longer routed");
     let out = ok(server.cli(&["scale", "web=3", "-p", "wide"], None));
     assert!(out.contains("web=3"), "{out}");
     let mut pids = BTreeSet::new();
