@@ -112,6 +112,12 @@ impl FromRequestParts<AppState> for AuthUser {
                         "this API token is unknown, revoked or expired; create a new one",
                     )
                 })?;
+            crate::audit::set_actor(
+                owner.user.id,
+                owner.user.email.as_str(),
+                format!("token:{}", owner.token_id),
+            );
+            spend_budget(state, &format!("token:{}", owner.token_id))?;
             return Ok(Self {
                 user: owner.user,
                 credential: Credential::ApiToken(owner.token_id),
@@ -144,9 +150,44 @@ impl FromRequestParts<AppState> for AuthUser {
             }
             other => other.into(),
         })?;
+        crate::audit::set_actor(
+            user.id,
+            user.email.as_str(),
+            format!("session:{}", claims.sid),
+        );
+        spend_budget(state, &format!("session:{}", claims.sid))?;
         Ok(Self {
             user,
             credential: Credential::Session(claims.sid),
         })
     }
+}
+
+/// The client's address, when the server was started with connection info (always, via
+/// [`crate::serve`]); `None` in router-only tests.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip()),
+        ))
+    }
+}
+
+/// Refuses a request beyond the credential's budget with 429 and `Retry-After`.
+fn spend_budget(state: &AppState, key: &str) -> Result<(), ApiError> {
+    state.request_budget().spend(key).map_err(|wait| {
+        ApiError::too_many(
+            "rate_limited",
+            "too many requests with this credential; slow down",
+            wait,
+        )
+    })
 }

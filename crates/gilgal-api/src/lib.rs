@@ -7,8 +7,10 @@
 //! in error bodies. The OpenAPI document is generated from the handlers' annotations and served
 //! at `/api/openapi.json`, with a self-contained docs page at `/api/docs`.
 
+mod audit;
 mod error;
 mod extract;
+mod limits;
 mod openapi;
 mod request_id;
 mod routes;
@@ -37,13 +39,85 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::deployments::routes())
         .merge(routes::environments::routes())
         .merge(routes::health::routes())
+        .merge(routes::audit::routes())
         .split_for_parts();
-    api.merge(openapi::docs_routes(spec))
+    let api = api.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        audit::record,
+    ));
+    let cors = cors_layer(&state.config.cors_origins);
+    let router = api
+        .merge(openapi::docs_routes(spec))
         .fallback(routes::fallback::not_found)
         .method_not_allowed_fallback(routes::fallback::method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(DefaultBodyLimit::max(max_body));
+    let router = security_headers(router);
+    let router = match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router
         .layer(axum::middleware::from_fn(request_id::assign_request_id))
         .with_state(state)
+}
+
+/// Headers every response carries unless a route set its own: no MIME sniffing, no framing,
+/// no referrer leaks, nothing cached, and a content policy that allows nothing (JSON needs
+/// none; the docs page sets its own).
+fn security_headers(router: Router<AppState>) -> Router<AppState> {
+    use axum::http::{header, HeaderValue};
+    use tower_http::set_header::SetResponseHeaderLayer;
+    router
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
+}
+
+/// CORS for the configured dashboard origins only (credentials travel in the Authorization
+/// header, never cookies, so no `allow_credentials`).
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderValue, Method};
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
+    if allowed.is_empty() {
+        return None;
+    }
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(allowed)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([
+                header::RETRY_AFTER,
+                header::HeaderName::from_static("x-request-id"),
+            ])
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.

@@ -49,5 +49,13 @@ pub fn base_document() -> utoipa::openapi::OpenApi {
 /// `/api/openapi.json` and the Swagger UI at `/api/docs`, served from assets compiled into
 /// the binary (no CDN: the page works on a machine without internet).
 pub fn docs_routes(spec: utoipa::openapi::OpenApi) -> Router<AppState> {
-    Router::from(SwaggerUi::new("/api/docs").url("/api/openapi.json", spec))
+    // The docs page runs Swagger UI's own (compiled-in) scripts and styles; nothing remote.
+    Router::from(SwaggerUi::new("/api/docs").url("/api/openapi.json", spec)).layer(
+        tower_http::set_header::SetResponseHeaderLayer::overriding(
+            axum::http::header::CONTENT_SECURITY_POLICY,
+            axum::http::HeaderValue::from_static(
+                "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+        ),
+    )
 }

@@ -18,6 +18,10 @@ pub struct ApiConfig {
     pub refresh_token_ttl: Duration,
     /// Largest JSON body accepted.
     pub max_body_bytes: usize,
+    /// Browser origins allowed to call the API (CORS), e.g. a dashboard's; none by default.
+    pub cors_origins: Vec<String>,
+    /// Sustained requests per second each credential may make (bursts up to 10× that).
+    pub requests_per_second: u32,
 }
 
 impl Default for ApiConfig {
@@ -26,6 +30,8 @@ impl Default for ApiConfig {
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
             max_body_bytes: 1024 * 1024,
+            cors_origins: Vec::new(),
+            requests_per_second: 50,
         }
     }
 }
@@ -44,6 +50,9 @@ struct Inner {
     deployer: Arc<Deployer>,
     codec: AccessTokenCodec,
     decoy_hash: String,
+    account_failures: crate::limits::FailureLimiter,
+    address_failures: crate::limits::FailureLimiter,
+    request_budget: crate::limits::RequestBudget,
 }
 
 impl AppState {
@@ -62,6 +71,16 @@ impl AppState {
                 deployer,
                 codec: AccessTokenCodec::new(signing_key),
                 decoy_hash: gilgal_auth::password::timing_decoy_hash()?,
+                account_failures: crate::limits::FailureLimiter::new(
+                    crate::limits::FailurePolicy::ACCOUNT,
+                ),
+                address_failures: crate::limits::FailureLimiter::new(
+                    crate::limits::FailurePolicy::ADDRESS,
+                ),
+                request_budget: crate::limits::RequestBudget::new(
+                    config.requests_per_second,
+                    config.requests_per_second.saturating_mul(10),
+                ),
             }),
             config,
         })
@@ -88,6 +107,21 @@ impl AppState {
     }
 
     /// A hash to verify against when an email is unknown, so timing reveals nothing.
+    /// Failed logins per account.
+    pub(crate) fn account_failures(&self) -> &crate::limits::FailureLimiter {
+        &self.inner.account_failures
+    }
+
+    /// Failed credential checks per client address.
+    pub(crate) fn address_failures(&self) -> &crate::limits::FailureLimiter {
+        &self.inner.address_failures
+    }
+
+    /// Per-credential request budget.
+    pub(crate) fn request_budget(&self) -> &crate::limits::RequestBudget {
+        &self.inner.request_budget
+    }
+
     pub(crate) fn decoy_hash(&self) -> &str {
         &self.inner.decoy_hash
     }

@@ -18,6 +18,7 @@ mod isolation;
 mod pipeline;
 mod reconcile;
 mod runs;
+mod ssrf;
 
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
 pub use gilgal_build::GitSource;
@@ -51,6 +52,8 @@ pub struct DeployerConfig {
     pub keep_releases: usize,
     /// Accept `file://` git URLs (single-user installs and tests).
     pub allow_local_git: bool,
+    /// Accept git URLs whose host resolves to loopback, private or link-local addresses.
+    pub allow_private_urls: bool,
     /// Run every app as its own Unix user (`gilgal-<project>`), with its release files
     /// readable by that user's group only, and build with the system toolchains (which every
     /// user can run) instead of the server's `PATH`. Needs root.

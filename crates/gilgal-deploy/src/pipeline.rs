@@ -378,6 +378,11 @@ impl Deployer {
                 gilgal_build::git::validate_url(&git.url, self.config.allow_local_git)
                     .and_then(|()| gilgal_build::git::validate_ref(&git.reference))
                     .map_err(|e| DeployError::Invalid(e.to_string()))?;
+                if !self.config.allow_private_urls {
+                    crate::ssrf::check_public(&git.url)
+                        .await
+                        .map_err(DeployError::Invalid)?;
+                }
             }
             DeploySource::Upload(_) => {}
         }

@@ -84,6 +84,7 @@ impl TestServer {
                 public_port: None,
                 keep_releases: 10,
                 allow_local_git: true,
+                allow_private_urls: false,
                 app_users: false,
             },
             vault,

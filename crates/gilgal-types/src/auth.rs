@@ -115,3 +115,33 @@ pub struct InstanceSettings {
     /// Whether anyone may create an account with `POST /api/auth/register`.
     pub registration_open: bool,
 }
+
+/// One audited call (`GET /api/audit`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Stable id.
+    pub id: Uuid,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+    /// Who, when known.
+    pub actor_id: Option<Uuid>,
+    /// Their email at the time.
+    pub actor_email: Option<String>,
+    /// The credential used: `session:<id>`, `token:<id>` or `password`.
+    pub credential: Option<String>,
+    /// Client address.
+    pub ip: Option<String>,
+    /// `METHOD /api/route/{template}`.
+    pub action: String,
+    /// The concrete path.
+    pub path: String,
+    /// Response status.
+    pub status: u16,
+    /// Request id (matches the server's log lines).
+    pub request_id: String,
+    /// Extra facts, e.g. the names of config vars changed (never values).
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}

@@ -348,6 +348,17 @@ pub struct ServerArgs {
     /// Accept `file://` git URLs in deployments (single-user machines and tests).
     #[arg(long, env = "GILGAL_ALLOW_LOCAL_GIT")]
     pub allow_local_git: bool,
+    /// Accept git URLs on loopback, private and link-local addresses (refused by default:
+    /// users must not make the server probe its own network).
+    #[arg(long, env = "GILGAL_ALLOW_PRIVATE_URLS")]
+    pub allow_private_urls: bool,
+    /// Browser origin allowed to call the API (CORS), e.g. a dashboard; repeatable.
+    #[arg(
+        long = "cors-origin",
+        env = "GILGAL_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
     /// App isolation: `auto` runs each app as its own Unix user with Gilgal's data hidden from
     /// it when the server runs as root; `off` runs apps as the server's user.
     #[arg(long, value_enum, default_value_t = Isolation::Auto, env = "GILGAL_ISOLATION")]

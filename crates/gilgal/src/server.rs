@@ -181,6 +181,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             public_port: Some(proxy_addr.port()),
             keep_releases: args.keep_releases,
             allow_local_git: args.allow_local_git,
+            allow_private_urls: args.allow_private_urls,
             app_users,
         },
         vault,
@@ -190,7 +191,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         proxy.clone(),
         deployer.clone(),
         &key,
-        ApiConfig::default(),
+        ApiConfig {
+            cors_origins: args.cors_origins.clone(),
+            ..ApiConfig::default()
+        },
     )?;
     gilgal_api::load_certificates_into_proxy(&state)
         .await

@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{millis_from_now, now_secs};
-use crate::extract::{ApiJson, AuthUser, Credential};
+use crate::extract::{ApiJson, AuthUser, ClientAddr, Credential};
 use crate::{ApiError, AppState};
 
 /// Routes of this module.
@@ -106,6 +106,7 @@ async fn register(
     let hash = blocking(move || password::hash_password(&password)).await?;
     let user = state.store().create_user(&request.email, &hash).await?;
     tracing::info!(user_id = %user.id, admin = user.is_admin, "account registered");
+    crate::audit::set_actor(user.id, user.email.as_str(), "password".to_owned());
     Ok((
         StatusCode::CREATED,
         Json(start_session(&state, user).await?),
@@ -119,11 +120,36 @@ async fn register(
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Wrong email or password", body = ErrorBody),
         (status = 422, description = "Invalid request", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts; see Retry-After", body = ErrorBody),
     ))]
 async fn login(
     State(state): State<AppState>,
+    ClientAddr(address): ClientAddr,
     ApiJson(request): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenPair>, ApiError> {
+    let account_key = request.email.as_str().to_ascii_lowercase();
+    let address_key = address.map(|a| a.to_string());
+    let locked = state
+        .account_failures()
+        .check(&account_key)
+        .err()
+        .into_iter()
+        .chain(
+            address_key
+                .as_deref()
+                .and_then(|key| state.address_failures().check(key).err()),
+        )
+        .max();
+    if let Some(wait) = locked {
+        return Err(ApiError::too_many(
+            "too_many_attempts",
+            format!(
+                "too many failed logins; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+            wait,
+        ));
+    }
     let credentials = state.store().user_credentials(&request.email).await?;
     let (hash, user) = match credentials {
         Some(c) => (c.password_hash, Some(c.user)),
@@ -136,9 +162,21 @@ async fn login(
         blocking(move || password::verify_password(&password, &hash)).await?
     };
     match user {
-        Some(user) if matches => Ok(Json(start_session(&state, user).await?)),
+        Some(user) if matches => {
+            state.account_failures().succeeded(&account_key);
+            crate::audit::set_actor(user.id, user.email.as_str(), "password".to_owned());
+            Ok(Json(start_session(&state, user).await?))
+        }
         _ => {
             tracing::info!("failed login");
+            state.account_failures().failed(&account_key);
+            if let Some(key) = &address_key {
+                state.address_failures().failed(key);
+            }
+            crate::audit::note(
+                "email",
+                serde_json::Value::String(request.email.to_string()),
+            );
             Err(ApiError::unauthorized(
                 "invalid_credentials",
                 "email or password is incorrect",

@@ -353,6 +353,16 @@ async fn change_config(
     if changes.is_empty() {
         return Err(ApiError::invalid("nothing to change"));
     }
+    // Names only: values (secret or not) never enter the audit log.
+    crate::audit::note(
+        "set",
+        serde_json::json!(body.set.keys().collect::<Vec<_>>()),
+    );
+    crate::audit::note(
+        "set_secret",
+        serde_json::json!(body.set_secret.keys().collect::<Vec<_>>()),
+    );
+    crate::audit::note("unset", serde_json::json!(body.unset));
     let current = state.store().config_vars(environment.id).await?;
     let mut names: std::collections::BTreeSet<&str> =
         current.iter().map(|r| r.name.as_str()).collect();

@@ -1,6 +1,7 @@
 //! Handlers, one module per resource; each module exposes `routes()` for [`crate::router`].
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod certificates;
 pub mod deployments;

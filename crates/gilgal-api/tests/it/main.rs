@@ -5,6 +5,7 @@ mod auth;
 mod certificates;
 mod docs;
 mod environments;
+mod hardening;
 mod projects;
 mod tokens;
 

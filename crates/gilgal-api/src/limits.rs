@@ -1,0 +1,218 @@
+//! Brute-force protection for credentials: consecutive failures per account and per client
+//! address earn a growing wait (1 s, 2 s, 4 s, … up to 15 min) after a few free attempts, and a
+//! one-hour lockout well before 100 failures. A locked key is refused before any password is
+//! checked, so the wait cannot be used as an oracle. Failures are forgotten 15 minutes after
+//! the last one, and on success for the account key.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How failures of one kind of key are punished.
+#[derive(Debug, Clone, Copy)]
+pub struct FailurePolicy {
+    /// Failures allowed before waits start.
+    pub free_attempts: u32,
+    /// Failures after which the key is locked for [`FailurePolicy::lockout`].
+    pub lock_after: u32,
+    /// Longest progressive wait.
+    pub max_wait: Duration,
+    /// How long a lockout lasts.
+    pub lockout: Duration,
+    /// Failures older than this (since the last one) are forgotten.
+    pub forget_after: Duration,
+}
+
+impl FailurePolicy {
+    /// Per account: 5 free attempts, locked for an hour at 20.
+    pub const ACCOUNT: Self = Self {
+        free_attempts: 5,
+        lock_after: 20,
+        max_wait: Duration::from_secs(15 * 60),
+        lockout: Duration::from_secs(3600),
+        forget_after: Duration::from_secs(15 * 60),
+    };
+    /// Per client address (many accounts): 20 free attempts, locked for an hour at 100.
+    pub const ADDRESS: Self = Self {
+        free_attempts: 20,
+        lock_after: 100,
+        max_wait: Duration::from_secs(15 * 60),
+        lockout: Duration::from_secs(3600),
+        forget_after: Duration::from_secs(15 * 60),
+    };
+
+    fn wait_after(&self, failures: u32) -> Option<Duration> {
+        if failures >= self.lock_after {
+            return Some(self.lockout);
+        }
+        let over = failures.checked_sub(self.free_attempts + 1)?;
+        let secs = 1u64.checked_shl(over).unwrap_or(u64::MAX);
+        Some(Duration::from_secs(secs).min(self.max_wait))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// Counts consecutive failures per key; bounded in memory.
+#[derive(Debug)]
+pub struct FailureLimiter {
+    policy: FailurePolicy,
+    entries: Mutex<HashMap<String, Failures>>,
+}
+
+/// Most keys tracked before stale ones are dropped.
+const MAX_KEYS: usize = 100_000;
+
+impl FailureLimiter {
+    /// A limiter with `policy`.
+    pub fn new(policy: FailurePolicy) -> Self {
+        Self {
+            policy,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failures>> {
+        match self.entries.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// `Err(wait)` while `key` must wait before its next attempt.
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let entries = self.entries();
+        match entries.get(key).and_then(|f| f.locked_until) {
+            Some(until) if until > now => Err(until - now),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a failure of `key` and returns the wait it now has, if any.
+    pub fn failed(&self, key: &str) -> Option<Duration> {
+        let now = Instant::now();
+        let mut entries = self.entries();
+        if entries.len() >= MAX_KEYS {
+            let forget = self.policy.forget_after;
+            entries.retain(|_, f| now.duration_since(f.last) < forget);
+        }
+        let entry = entries.entry(key.to_owned()).or_insert(Failures {
+            count: 0,
+            last: now,
+            locked_until: None,
+        });
+        if now.duration_since(entry.last) >= self.policy.forget_after {
+            entry.count = 0;
+        }
+        entry.count = entry.count.saturating_add(1);
+        entry.last = now;
+        let wait = self.policy.wait_after(entry.count);
+        entry.locked_until = wait.map(|w| now + w);
+        wait
+    }
+
+    /// Forgets `key`'s failures (a successful login of that account).
+    pub fn succeeded(&self, key: &str) {
+        self.entries().remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_grow_then_lock_before_one_hundred() {
+        let policy = FailurePolicy::ACCOUNT;
+        assert_eq!(policy.wait_after(5), None);
+        assert_eq!(policy.wait_after(6), Some(Duration::from_secs(1)));
+        assert_eq!(policy.wait_after(7), Some(Duration::from_secs(2)));
+        assert_eq!(policy.wait_after(16), Some(Duration::from_secs(900)));
+        assert_eq!(policy.wait_after(20), Some(Duration::from_secs(3600)));
+        assert!(FailurePolicy::ADDRESS.wait_after(100).is_some());
+        assert_eq!(FailurePolicy::ADDRESS.wait_after(20), None);
+    }
+
+    #[test]
+    fn a_locked_key_is_refused_and_success_clears_it() {
+        let limiter = FailureLimiter::new(FailurePolicy {
+            free_attempts: 2,
+            ..FailurePolicy::ACCOUNT
+        });
+        assert_eq!(limiter.failed("a"), None);
+        assert_eq!(limiter.failed("a"), None);
+        assert!(limiter.failed("a").is_some());
+        assert!(limiter.check("a").is_err());
+        assert!(limiter.check("b").is_ok());
+        limiter.succeeded("a");
+        assert!(limiter.check("a").is_ok());
+    }
+}
+
+/// Per-credential request budget: a token bucket refilled at `rate` per second holding up to
+/// `burst`. Exists so one leaked or runaway token cannot monopolise the API.
+#[derive(Debug)]
+pub struct RequestBudget {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RequestBudget {
+    /// `rate` requests per second sustained, bursts of `burst`.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: f64::from(rate.max(1)),
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Spends one request of `key`'s budget, or says how long until one is available.
+    pub fn spend(&self, key: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut buckets = match self.buckets.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if buckets.len() >= MAX_KEYS {
+            let burst_time = self.burst / self.rate;
+            buckets.retain(|_, (_, at)| now.duration_since(*at).as_secs_f64() < burst_time);
+        }
+        let (tokens, at) = buckets.entry(key.to_owned()).or_insert((self.burst, now));
+        let refilled =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if refilled >= 1.0 {
+            *tokens = refilled - 1.0;
+            Ok(())
+        } else {
+            *tokens = refilled;
+            Err(Duration::from_secs_f64((1.0 - refilled) / self.rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn bursts_then_refuses_then_refills() {
+        let budget = RequestBudget::new(10, 3);
+        for _ in 0..3 {
+            assert!(budget.spend("t").is_ok());
+        }
+        let wait = budget.spend("t").unwrap_err();
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(budget.spend("other").is_ok(), "budgets are per key");
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(budget.spend("t").is_ok());
+    }
+}

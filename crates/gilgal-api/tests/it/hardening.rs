@@ -1,0 +1,274 @@
+//! Brute-force limits, per-credential request budgets, the audit trail, security headers and
+//! CORS.
+
+use std::time::Duration;
+
+use gilgal_api::ApiConfig;
+use gilgal_testkit::{backend_tests, Backend, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::{assert_error, raw};
+
+backend_tests!(
+    failed_logins_earn_waits_and_the_wait_is_no_oracle,
+    many_accounts_from_one_address_are_slowed_too,
+    mutating_calls_are_audited_without_values,
+    responses_carry_security_headers
+);
+
+async fn login(
+    server: &TestServer,
+    email: &str,
+    password: &str,
+) -> (StatusCode, String, serde_json::Value) {
+    raw(
+        server,
+        Method::POST,
+        "/api/auth/login",
+        None,
+        Some(json!({"email": email, "password": password})),
+    )
+    .await
+}
+
+async fn failed_logins_earn_waits_and_the_wait_is_no_oracle(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user("ada@example.com").await;
+    let password = "correct horse battery staple";
+    for _ in 0..6 {
+        let answer = login(&server, "ada@example.com", "wrong password!").await;
+        assert_error(&answer, StatusCode::UNAUTHORIZED, "invalid_credentials");
+    }
+    // Locked for a second now: even the right password is refused, with Retry-After.
+    let response = server
+        .http()
+        .post(format!("{}/api/auth/login", server.url))
+        .json(&json!({"email": "ada@example.com", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_attempts");
+    // Another account from… the same address is not locked by ada's failures alone.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _, _) = login(&server, "ada@example.com", password).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "after the wait the right password works"
+    );
+    // Success cleared the account's failures: five more free attempts.
+    for _ in 0..5 {
+        let answer = login(&server, "ada@example.com", "wrong password!").await;
+        assert_error(&answer, StatusCode::UNAUTHORIZED, "invalid_credentials");
+    }
+}
+
+async fn many_accounts_from_one_address_are_slowed_too(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    for i in 0..21 {
+        let answer = login(
+            &server,
+            &format!("nobody{i}@example.com"),
+            "whatever password",
+        )
+        .await;
+        assert_error(&answer, StatusCode::UNAUTHORIZED, "invalid_credentials");
+    }
+    let answer = login(&server, "someone-else@example.com", "whatever password").await;
+    assert_error(&answer, StatusCode::TOO_MANY_REQUESTS, "too_many_attempts");
+}
+
+async fn mutating_calls_are_audited_without_values(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, admin) = server.user("admin@example.com").await;
+    let (_, dev) = server.user("dev@example.com").await;
+    let dev_token = Some(dev.access_token.as_str());
+    let (_, _, project) = raw(
+        &server,
+        Method::POST,
+        "/api/projects",
+        dev_token,
+        Some(json!({"name": "audited"})),
+    )
+    .await;
+    let project_id = project["id"].as_str().unwrap();
+    let (_, _, envs) = raw(
+        &server,
+        Method::GET,
+        &format!("/api/projects/{project_id}/environments"),
+        dev_token,
+        None,
+    )
+    .await;
+    let env_id = envs[0]["id"].as_str().unwrap();
+    let (status, _, _) = raw(
+        &server,
+        Method::PATCH,
+        &format!("/api/environments/{env_id}/config"),
+        dev_token,
+        Some(json!({"set": {"MODE": "plain-value-1"}, "set_secret": {"DB_PASSWORD": "hunter2-secret-9"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    login(&server, "dev@example.com", "not the password").await;
+
+    let (status, _, rows) = raw(&server, Method::GET, "/api/audit", dev_token, None).await;
+    assert_eq!(status, StatusCode::OK, "{rows}");
+    let rows = rows.as_array().unwrap();
+    let config = rows
+        .iter()
+        .find(|r| r["action"] == "PATCH /api/environments/{id}/config")
+        .expect("the config change is audited");
+    assert_eq!(config["actor_email"], "dev@example.com");
+    assert_eq!(config["status"], 200);
+    assert_eq!(config["details"]["set"], json!(["MODE"]));
+    assert_eq!(config["details"]["set_secret"], json!(["DB_PASSWORD"]));
+    assert!(config["credential"]
+        .as_str()
+        .unwrap()
+        .starts_with("session:"));
+    assert!(config["ip"].as_str().unwrap().starts_with("127.0.0.1"));
+    let everything = serde_json::Value::Array(rows.clone()).to_string();
+    assert!(
+        !everything.contains("plain-value-1") && !everything.contains("hunter2"),
+        "{everything}"
+    );
+    assert!(rows
+        .iter()
+        .any(|r| r["action"] == "POST /api/projects" && r["status"] == 201));
+    assert!(
+        rows.iter().all(|r| r["actor_email"] == "dev@example.com"),
+        "only the caller's own rows"
+    );
+
+    // The administrator sees everything, including the failed login (no actor, email noted).
+    let (_, _, all) = raw(
+        &server,
+        Method::GET,
+        "/api/audit?action=login&limit=50",
+        Some(&admin.access_token),
+        None,
+    )
+    .await;
+    let failed = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == 401)
+        .expect("failed login audited");
+    assert_eq!(failed["details"]["email"], "dev@example.com");
+    assert_eq!(failed["actor_id"], serde_json::Value::Null);
+    let answer = raw(
+        &server,
+        Method::GET,
+        "/api/audit?since=yesterday",
+        dev_token,
+        None,
+    )
+    .await;
+    assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+}
+
+async fn responses_carry_security_headers(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let response = server
+        .http()
+        .get(format!("{}/api/projects", server.url))
+        .send()
+        .await
+        .unwrap();
+    let headers = response.headers();
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'none'"));
+    assert!(
+        headers.get("access-control-allow-origin").is_none(),
+        "no CORS unless configured"
+    );
+    let docs = server
+        .http()
+        .get(format!("{}/api/docs/", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(docs.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("script-src 'self'"));
+}
+
+#[tokio::test]
+async fn cors_and_request_budgets_follow_the_configuration() {
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        ApiConfig {
+            cors_origins: vec!["https://dash.example.com".to_owned()],
+            requests_per_second: 2,
+            ..ApiConfig::default()
+        },
+    )
+    .await;
+    let preflight = server
+        .http()
+        .request(Method::OPTIONS, format!("{}/api/projects", server.url))
+        .header("origin", "https://dash.example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://dash.example.com"
+    );
+    let other = server
+        .http()
+        .get(format!("{}/health", server.url))
+        .header("origin", "https://evil.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    let (_, pair) = server.user("busy@example.com").await;
+    let mut limited = None;
+    for i in 0..40 {
+        let response = server
+            .http()
+            .get(format!("{}/api/projects", server.url))
+            .bearer_auth(&pair.access_token)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some((
+                i,
+                response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            ));
+            break;
+        }
+    }
+    let (after, retry) = limited.expect("the budget runs out");
+    assert!(after >= 19, "a burst of 20 is allowed first ({after})");
+    assert_eq!(retry, "1");
+}

@@ -1,0 +1,124 @@
+//! Server-side request forgery guard for URLs users hand to the server (git sources): a host
+//! that resolves to loopback, link-local, private, shared (CGNAT), unspecified or multicast
+//! addresses is refused unless the administrator allowed private URLs. Checked at submission;
+//! DNS could change before git connects (rebinding), so this stops casual probing of the
+//! internal network, not a determined attacker controlling DNS — documented as such.
+
+use std::net::IpAddr;
+
+/// The host part of a git URL (`scheme://[user@]host[:port]/…` or scp-style `user@host:path`).
+pub(crate) fn url_host(url: &str) -> Option<String> {
+    let rest = match url.split_once("://") {
+        Some((_, rest)) => rest.split('/').next()?,
+        None => url.split(':').next()?,
+    };
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6.split(']').next().map(str::to_owned);
+    }
+    let host = host.split(':').next()?;
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// Whether `ip` is somewhere a user must not point the server at.
+pub(crate) fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || (a == 100 && (64..128).contains(&b))
+                || a == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Refuses `url` when its host resolves to an internal address.
+pub(crate) async fn check_public(url: &str) -> Result<(), String> {
+    if url.starts_with("file://") {
+        return Ok(()); // governed by `allow_local_git`
+    }
+    let host = url_host(url).ok_or_else(|| format!("cannot find the host in {url:?}"))?;
+    let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((host.as_str(), 0))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    if let Some(ip) = addresses.into_iter().find(|ip| is_internal(*ip)) {
+        return Err(format!(
+            "{host} resolves to the internal address {ip}; the server does not fetch from its own network (an administrator can allow it with --allow-private-urls)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_found_in_every_git_url_form() {
+        assert_eq!(
+            url_host("https://github.com/a/b.git").as_deref(),
+            Some("github.com")
+        );
+        assert_eq!(
+            url_host("https://u:p@Git.Example.org:8443/x").as_deref(),
+            Some("git.example.org")
+        );
+        assert_eq!(
+            url_host("git@github.com:a/b.git").as_deref(),
+            Some("github.com")
+        );
+        assert_eq!(url_host("ssh://git@[::1]:22/x").as_deref(), Some("::1"));
+    }
+
+    #[test]
+    fn internal_ranges_are_recognised() {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        for public in ["140.82.112.3", "1.1.1.1", "2606:4700::1111"] {
+            assert!(!is_internal(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[tokio::test]
+    async fn loopback_urls_are_refused() {
+        let refused = check_public("http://127.0.0.1:8080/repo.git")
+            .await
+            .unwrap_err();
+        assert!(refused.contains("internal address"), "{refused}");
+        assert!(check_public("https://localhost/x.git").await.is_err());
+    }
+}
