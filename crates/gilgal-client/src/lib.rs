@@ -7,11 +7,12 @@
 use std::time::Duration;
 
 use gilgal_types::{
-    ApiToken, ConfigChanged, ConfigUpdate, ConfigVar, CreateApiTokenRequest, CreateProjectRequest,
-    CreatedApiToken, CronJob, CronJobRequest, Deployment, Domain, DomainRequest, Environment,
-    EnvironmentRequest, ErrorBody, Formation, FormationUpdate, GitDeployRequest, InstanceSettings,
-    LoginRequest, Project, PromoteRequest, RedeployRequest, RefreshRequest, RegisterRequest,
-    Release, RollbackRequest, Run, RunRequest, TokenPair, UpdateProjectRequest, User,
+    ApiToken, AuditEntry, ConfigChanged, ConfigUpdate, ConfigVar, CreateApiTokenRequest,
+    CreateProjectRequest, CreatedApiToken, CronJob, CronJobRequest, Deployment, Domain,
+    DomainRequest, Environment, EnvironmentRequest, ErrorBody, Formation, FormationUpdate,
+    GitDeployRequest, InstanceSettings, LoginRequest, Project, PromoteRequest, RedeployRequest,
+    RefreshRequest, RegisterRequest, Release, RollbackRequest, Run, RunRequest, TokenPair,
+    UpdateProjectRequest, User,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -607,6 +608,24 @@ impl Client {
             &format!("/api/environments/{environment}/domains/{hostname}"),
         )
         .await
+    }
+
+    /// `GET /api/audit` with filters (`action`, `since` RFC 3339, `limit`).
+    pub async fn audit(
+        &self,
+        action: Option<&str>,
+        since: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, ClientError> {
+        let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+        if let Some(action) = action {
+            query.push(("action", action.to_owned()));
+        }
+        if let Some(since) = since {
+            query.push(("since", since.to_owned()));
+        }
+        self.json(self.request(Method::GET, "/api/audit").query(&query))
+            .await
     }
 
     /// `POST /api/admin/rotate-key`: returns how many data keys were re-wrapped.

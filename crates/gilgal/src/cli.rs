@@ -123,6 +123,18 @@ pub enum Command {
     /// Custom domains of an environment.
     #[command(subcommand)]
     Domains(DomainsCommand),
+    /// Who did what, when, from where (your own calls; everyone's for administrators).
+    Audit {
+        /// Only actions containing this text (`deployments`, `config`, `DELETE`, `login`).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only since this time (RFC 3339, e.g. 2026-11-22T10:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Instance administration.
     #[command(subcommand)]
     Admin(AdminCommand),

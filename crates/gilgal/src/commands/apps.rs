@@ -534,6 +534,42 @@ pub async fn domains(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `gilgal audit`.
+pub async fn audit(
+    session: &Session,
+    action: Option<String>,
+    since: Option<String>,
+    limit: u32,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = session.authenticated()?;
+    let rows = client
+        .audit(action.as_deref(), since.as_deref(), limit)
+        .await?;
+    if json {
+        crate::output::json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for row in rows {
+        println!(
+            "{}  {:<24} {:<15} {} {}  {}",
+            row.at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            row.actor_email.as_deref().unwrap_or("-"),
+            row.ip.as_deref().unwrap_or("-"),
+            row.status,
+            row.action,
+            if row.details.as_object().is_some_and(|o| !o.is_empty()) {
+                row.details.to_string()
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `gilgal admin …`.
 pub async fn admin(
     session: &Session,

@@ -56,6 +56,11 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
         }
         Command::Cron(cmd) => return apps::cron(&session, cmd, global.json).await,
         Command::Domains(cmd) => return apps::domains(&session, cmd, global.json).await,
+        Command::Audit {
+            action,
+            since,
+            limit,
+        } => return apps::audit(&session, action, since, limit, global.json).await,
         Command::Admin(cmd) => return apps::admin(&session, cmd, global.json).await,
     }?;
     Ok(ExitCode::SUCCESS)

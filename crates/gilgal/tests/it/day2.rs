@@ -706,3 +706,101 @@ fn first_file(dir: &Path) -> Option<PathBuf> {
     }
     None
 }
+
+/// Names, refs, config values and commands full of shell syntax are refused or passed on as
+/// one literal argument; the canary file they try to create never appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injection_attempts_stay_inert() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    setup(&server, "inert");
+    deploy(&server, &fixture("config-echo"), "inert", "production");
+    let canary = server.dir.path().join("canary");
+    let c = canary.display().to_string();
+    let payloads = [
+        format!("; touch {c}"),
+        format!("$(touch {c})"),
+        format!("`touch {c}`"),
+        format!("x\ntouch {c}"),
+        format!("-rf {c}"),
+    ];
+    for name in [
+        format!("a; touch {c}"),
+        format!("$(touch {c})"),
+        "-leading".to_owned(),
+    ] {
+        let out = server.cli(&["projects", "create", &name], None);
+        assert!(
+            !out.status.success(),
+            "{name:?} was accepted as a project name"
+        );
+    }
+    for reference in [
+        format!("--upload-pack=touch {c}"),
+        format!("main; touch {c}"),
+    ] {
+        let out = server.cli(
+            &[
+                "deploy",
+                "--git",
+                "https://example.com/x.git",
+                &format!("--ref={reference}"),
+                "-p",
+                "inert",
+            ],
+            None,
+        );
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("invalid git ref"), "{}", stderr(&out));
+    }
+    // Config values reach the app verbatim.
+    for (i, payload) in payloads.iter().enumerate() {
+        ok(server.cli(
+            &["env", "set", &format!("P{i}={payload}"), "-p", "inert"],
+            None,
+        ));
+        assert_eq!(
+            probe(&server, "inert.localhost", &format!("P{i}")).await["value"],
+            payload.as_str()
+        );
+    }
+    // A NUL byte cannot even be passed as an argument; the API refuses it in values.
+    let pid = project_id(&server, "inert").await;
+    let envs: Vec<serde_json::Value> =
+        serde_json::from_str(&api_get(&server, &format!("/api/projects/{pid}/environments")).await)
+            .unwrap();
+    let nul = reqwest::Client::new()
+        .patch(format!(
+            "{}/api/environments/{}/config",
+            server.url,
+            envs[0]["id"].as_str().unwrap()
+        ))
+        .bearer_auth(token(&server))
+        .json(&serde_json::json!({"set": {"BAD": "a\u{0}b"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nul.status(), 422);
+    // One-off command arguments arrive one each, unexpanded.
+    let mut args = vec![
+        "run",
+        "-p",
+        "inert",
+        "--",
+        "python3",
+        "-c",
+        "import json, sys; print(json.dumps(sys.argv[1:]))",
+    ];
+    args.extend(payloads.iter().map(String::as_str));
+    let out = ok(server.cli(&args, None));
+    let echoed: Vec<String> = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(echoed, payloads.to_vec(), "{out}");
+    // Cron commands are stored and run as argument vectors too.
+    let mut cron = vec!["cron", "add", "* * * * * *", "-p", "inert", "--", "echo"];
+    cron.extend(payloads.iter().map(String::as_str));
+    ok(server.cli(&cron, None));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !canary.exists(),
+        "the canary was created: something reached a shell"
+    );
+}
