@@ -71,6 +71,93 @@ pub struct AuthUser {
     pub user: User,
     /// The credential used.
     pub credential: Credential,
+    /// Limits of a scoped API token (`None`: a login session or a full, unbound token).
+    pub restriction: Option<gilgal_store::TokenGrant>,
+}
+
+impl AuthUser {
+    /// Hides what a project- or environment-bound token may not see: a 404, like any other
+    /// resource the caller cannot reach.
+    pub fn check_scope(
+        &self,
+        project_id: uuid::Uuid,
+        environment_id: Option<uuid::Uuid>,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        let Some(grant) = &self.restriction else {
+            return Ok(());
+        };
+        let project_ok = grant.project_id.is_none_or(|p| p == project_id);
+        let environment_ok = match (grant.environment_id, environment_id) {
+            (Some(bound), Some(asked)) => bound == asked,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        if project_ok && environment_ok {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(what))
+        }
+    }
+
+    /// Like [`AuthUser::check_scope`] for project-level reads: an environment-bound token may
+    /// read its project.
+    pub fn check_project(&self, project_id: uuid::Uuid, what: &str) -> Result<(), ApiError> {
+        match &self.restriction {
+            Some(grant) if grant.project_id.is_some_and(|p| p != project_id) => {
+                Err(ApiError::not_found(what))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the token is bound to a project or environment, or narrower than full.
+    pub fn is_restricted(&self) -> bool {
+        self.restriction.is_some()
+    }
+}
+
+/// Refuses what a scoped token's scope does not cover: `read` tokens only read, `deploy`
+/// tokens read and deploy; any restricted token is refused token and admin management (it
+/// could otherwise mint itself a wider token).
+fn check_method_scope(parts: &Parts, grant: &gilgal_store::TokenGrant) -> Result<(), ApiError> {
+    use axum::http::Method;
+    let route = parts
+        .extensions
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str())
+        .unwrap_or("");
+    let reading = matches!(parts.method, Method::GET | Method::HEAD);
+    if route.starts_with("/api/tokens") && !reading || route.starts_with("/api/admin") {
+        return Err(ApiError::forbidden(
+            "token_scope",
+            "a scoped API token cannot manage tokens or the instance; use a login session",
+        ));
+    }
+    let allowed = match grant.scope {
+        gilgal_types::TokenScope::Full => true,
+        gilgal_types::TokenScope::Read => reading,
+        gilgal_types::TokenScope::Deploy => {
+            reading
+                || matches!(
+                    (&parts.method, route),
+                    (&Method::POST, "/api/projects/{id}/deployments")
+                        | (&Method::POST, "/api/deployments/{id}/redeploy")
+                        | (&Method::DELETE, "/api/deployments/{id}")
+                )
+        }
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "token_scope",
+            format!(
+                "this API token's scope is `{}`; it cannot do this",
+                grant.scope.as_str()
+            ),
+        ))
+    }
 }
 
 impl FromRequestParts<AppState> for AuthUser {
@@ -118,9 +205,17 @@ impl FromRequestParts<AppState> for AuthUser {
                 format!("token:{}", owner.token_id),
             );
             spend_budget(state, &format!("token:{}", owner.token_id))?;
+            let restricted = owner.grant.scope != gilgal_types::TokenScope::Full
+                || owner.grant.project_id.is_some()
+                || owner.grant.environment_id.is_some();
+            let restriction = restricted.then_some(owner.grant);
+            if let Some(grant) = &restriction {
+                check_method_scope(parts, grant)?;
+            }
             return Ok(Self {
                 user: owner.user,
                 credential: Credential::ApiToken(owner.token_id),
+                restriction,
             });
         }
 
@@ -159,6 +254,7 @@ impl FromRequestParts<AppState> for AuthUser {
         Ok(Self {
             user,
             credential: Credential::Session(claims.sid),
+            restriction: None,
         })
     }
 }

@@ -33,7 +33,7 @@ pub use environments::{ConfigChange, ConfigVarRecord};
 pub use error::StoreError;
 pub use projects::ProjectChanges;
 pub use runs::{CronJobRecord, RunRecord};
-pub use users::{ApiTokenOwner, RefreshOutcome, SessionRecord, UserCredentials};
+pub use users::{ApiTokenOwner, RefreshOutcome, SessionRecord, TokenGrant, UserCredentials};
 
 /// Migrations, embedded at build time and applied on connect.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

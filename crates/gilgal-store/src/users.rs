@@ -46,6 +46,8 @@ pub struct ApiTokenOwner {
     pub token_id: Uuid,
     /// The account it acts for.
     pub user: User,
+    /// What it may do and where.
+    pub grant: TokenGrant,
 }
 
 /// Don't write `last_used_at` more often than this, to keep reads read-only on hot paths.
@@ -75,7 +77,29 @@ fn token_from_row(row: &sqlx::any::AnyRow) -> Result<ApiToken, StoreError> {
         expires_at: row
             .try_get::<Option<i64>, _>("expires_at")?
             .map(from_millis),
+        scope: gilgal_types::TokenScope::from_stored(&row.try_get::<String, _>("scope")?),
+        project_id: row
+            .try_get::<Option<String>, _>("project_id")?
+            .as_deref()
+            .map(parse_id)
+            .transpose()?,
+        environment_id: row
+            .try_get::<Option<String>, _>("environment_id")?
+            .as_deref()
+            .map(parse_id)
+            .transpose()?,
     })
+}
+
+/// What a new API token may do and where.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenGrant {
+    /// Its scope.
+    pub scope: gilgal_types::TokenScope,
+    /// Bound project.
+    pub project_id: Option<Uuid>,
+    /// Bound environment.
+    pub environment_id: Option<Uuid>,
 }
 
 impl Store {
@@ -306,12 +330,13 @@ impl Store {
         digest: &str,
         display_prefix: &str,
         expires_at_ms: Option<i64>,
+        grant: TokenGrant,
     ) -> Result<ApiToken, StoreError> {
         let id = Uuid::new_v4();
         let now = now_millis();
         sqlx::query(
-            "INSERT INTO api_tokens (id, user_id, name, token_hash, display_prefix, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO api_tokens (id, user_id, name, token_hash, display_prefix, created_at, expires_at, scope, project_id, environment_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(id.to_string())
         .bind(user_id.to_string())
@@ -320,6 +345,9 @@ impl Store {
         .bind(display_prefix)
         .bind(now)
         .bind(expires_at_ms)
+        .bind(grant.scope.as_str())
+        .bind(grant.project_id.map(|id| id.to_string()))
+        .bind(grant.environment_id.map(|id| id.to_string()))
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::conflict_on_unique(e, "a token with this secret"))?;
@@ -330,14 +358,17 @@ impl Store {
             created_at: from_millis(now),
             last_used_at: None,
             expires_at: expires_at_ms.map(from_millis),
+            scope: grant.scope,
+            project_id: grant.project_id,
+            environment_id: grant.environment_id,
         })
     }
 
     /// The user's live (unrevoked) API tokens, newest first.
     pub async fn list_api_tokens(&self, user_id: Uuid) -> Result<Vec<ApiToken>, StoreError> {
         sqlx::query(
-            "SELECT id, name, display_prefix, created_at, last_used_at, expires_at FROM api_tokens \
-             WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC, id",
+            "SELECT id, name, display_prefix, created_at, last_used_at, expires_at, scope, project_id, environment_id \
+             FROM api_tokens WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC, id",
         )
         .bind(user_id.to_string())
         .fetch_all(&self.pool)
@@ -371,7 +402,7 @@ impl Store {
     ) -> Result<Option<ApiTokenOwner>, StoreError> {
         let now = now_millis();
         let row = sqlx::query(
-            "SELECT t.id AS token_id, t.last_used_at, u.id, u.email, u.is_admin, u.created_at \
+            "SELECT t.id AS token_id, t.last_used_at, t.scope, t.project_id, t.environment_id, u.id, u.email, u.is_admin, u.created_at \
              FROM api_tokens t JOIN users u ON u.id = t.user_id \
              WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)",
         )
@@ -391,9 +422,23 @@ impl Store {
                 .execute(&self.pool)
                 .await?;
         }
+        let grant = TokenGrant {
+            scope: gilgal_types::TokenScope::from_stored(&row.try_get::<String, _>("scope")?),
+            project_id: row
+                .try_get::<Option<String>, _>("project_id")?
+                .as_deref()
+                .map(parse_id)
+                .transpose()?,
+            environment_id: row
+                .try_get::<Option<String>, _>("environment_id")?
+                .as_deref()
+                .map(parse_id)
+                .transpose()?,
+        };
         Ok(Some(ApiTokenOwner {
             token_id,
             user: user_from_row(&row)?,
+            grant,
         }))
     }
 }

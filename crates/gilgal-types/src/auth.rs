@@ -65,7 +65,7 @@ pub struct User {
 }
 
 /// Request for a personal API token (for the CLI and CI).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiTokenRequest {
     /// A label to recognise the token by, e.g. `ci-github`; 1 to 100 characters.
@@ -73,6 +73,48 @@ pub struct CreateApiTokenRequest {
     /// Days until it expires; omit for a token that lives until revoked.
     #[serde(default)]
     pub expires_in_days: Option<u32>,
+    /// What it may do (default `full`).
+    #[serde(default)]
+    pub scope: TokenScope,
+    /// Bind it to one project (by id): everything else is invisible to it.
+    #[serde(default)]
+    pub project_id: Option<Uuid>,
+    /// Bind it to one environment (by id; implies its project).
+    #[serde(default)]
+    pub environment_id: Option<Uuid>,
+}
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    /// Everything its owner may do.
+    #[default]
+    Full,
+    /// Read only (GET): dashboards, monitoring.
+    Read,
+    /// Read, deploy, redeploy and cancel deployments: CI.
+    Deploy,
+}
+
+impl TokenScope {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Read => "read",
+            Self::Deploy => "deploy",
+        }
+    }
+
+    /// Parses a stored name (unknown names are the narrowest scope, never the widest).
+    pub fn from_stored(raw: &str) -> Self {
+        match raw {
+            "full" => Self::Full,
+            "deploy" => Self::Deploy,
+            _ => Self::Read,
+        }
+    }
 }
 
 /// A personal API token's metadata; the secret itself is never shown again after creation.
@@ -96,6 +138,15 @@ pub struct ApiToken {
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
+    /// What it may do.
+    #[serde(default)]
+    pub scope: TokenScope,
+    /// The project it is bound to, if any.
+    #[serde(default)]
+    pub project_id: Option<Uuid>,
+    /// The environment it is bound to, if any.
+    #[serde(default)]
+    pub environment_id: Option<Uuid>,
 }
 
 /// The response to token creation: the only time the secret is shown.

@@ -445,6 +445,15 @@ pub enum TokensCommand {
         /// Days until it expires (default: never).
         #[arg(long)]
         expires_in_days: Option<u32>,
+        /// What it may do: `full`, `read` (GET only) or `deploy` (read + deploy, for CI).
+        #[arg(long, default_value = "full")]
+        scope: String,
+        /// Bind it to this project.
+        #[arg(long, short = 'p')]
+        project: Option<String>,
+        /// Bind it to this environment of the project (needs --project).
+        #[arg(long, short = 'e', requires = "project")]
+        env: Option<String>,
     },
     /// List your tokens (never their secrets).
     List,

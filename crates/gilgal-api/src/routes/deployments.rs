@@ -139,6 +139,7 @@ async fn create_deployment(
             }
             other => other.into(),
         })?;
+    caller.check_scope(project_id, Some(environment.id), "environment")?;
 
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -257,6 +258,7 @@ async fn get_deployment(
         .deployment(caller.user.id, id)
         .await
         .map_err(not_found)?;
+    caller.check_scope(record.project_id, Some(record.environment_id), "deployment")?;
     let project = state
         .store()
         .project(caller.user.id, record.project_id)
@@ -286,6 +288,7 @@ async fn cancel_deployment(
         .deployment(caller.user.id, id)
         .await
         .map_err(not_found)?;
+    caller.check_scope(record.project_id, Some(record.environment_id), "deployment")?;
     if !record.state.is_in_progress() || !state.deployer().cancel(id) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -324,11 +327,12 @@ async fn deployment_logs(
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_path_id(&id, "deployment")?;
-    state
+    let record = state
         .store()
         .deployment(caller.user.id, id)
         .await
         .map_err(not_found)?;
+    caller.check_scope(record.project_id, Some(record.environment_id), "deployment")?;
     let follow = query.follow.unwrap_or(false);
     let store = state.store().clone();
     let stream = async_stream_lines(store, id, query.after.unwrap_or(0), follow);
@@ -453,6 +457,7 @@ async fn redeploy(
         .deployment(caller.user.id, id)
         .await
         .map_err(not_found)?;
+    caller.check_scope(record.project_id, Some(record.environment_id), "deployment")?;
     let Some(number) = record.release_number else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -92,11 +92,13 @@ async fn owned_environment(
     id: &str,
 ) -> Result<EnvironmentRecord, ApiError> {
     let id = parse_path_id(id, "environment")?;
-    state
+    let environment = state
         .store()
         .environment_of(caller.user.id, id)
         .await
-        .map_err(environment_error)
+        .map_err(environment_error)?;
+    caller.check_scope(environment.project_id, Some(environment.id), "environment")?;
+    Ok(environment)
 }
 
 fn environment_name(name: &str) -> Result<String, ApiError> {
@@ -124,6 +126,7 @@ async fn list_environments(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<Environment>>, ApiError> {
     let project_id = parse_path_id(&id, "project")?;
+    caller.check_project(project_id, "project")?;
     let list = state
         .store()
         .list_environments(caller.user.id, project_id)
@@ -132,7 +135,16 @@ async fn list_environments(
             StoreError::NotFound => ApiError::not_found("project"),
             other => other.into(),
         })?;
-    Ok(Json(list.into_iter().map(|e| to_wire(&state, e)).collect()))
+    Ok(Json(
+        list.into_iter()
+            .filter(|e| {
+                caller
+                    .check_scope(e.project_id, Some(e.id), "environment")
+                    .is_ok()
+            })
+            .map(|e| to_wire(&state, e))
+            .collect(),
+    ))
 }
 
 /// Add an environment (`staging`, `preview-42`, …); it is served at `{project}-{name}`.
@@ -153,6 +165,7 @@ async fn create_environment(
     ApiJson(body): ApiJson<EnvironmentRequest>,
 ) -> Result<(StatusCode, Json<Environment>), ApiError> {
     let project_id = parse_path_id(&id, "project")?;
+    caller.check_scope(project_id, None, "project")?;
     let name = environment_name(&body.name)?;
     let created = state
         .store()
@@ -779,7 +792,7 @@ async fn owned_run(state: &AppState, caller: &AuthUser, id: &str) -> Result<RunR
         StoreError::NotFound => ApiError::not_found("run"),
         other => other.into(),
     })?;
-    state
+    let environment = state
         .store()
         .environment_of(caller.user.id, run.environment_id)
         .await
@@ -787,6 +800,7 @@ async fn owned_run(state: &AppState, caller: &AuthUser, id: &str) -> Result<RunR
             StoreError::NotFound => ApiError::not_found("run"),
             other => other.into(),
         })?;
+    caller.check_scope(environment.project_id, Some(environment.id), "run")?;
     Ok(run)
 }
 
@@ -932,11 +946,12 @@ async fn delete_cron_job(
         other => other.into(),
     };
     let job = state.store().cron_job(id).await.map_err(not_found)?;
-    state
+    let environment = state
         .store()
         .environment_of(caller.user.id, job.environment_id)
         .await
         .map_err(not_found)?;
+    caller.check_scope(environment.project_id, Some(environment.id), "cron job")?;
     state.store().delete_cron_job(id).await.map_err(not_found)?;
     Ok(StatusCode::NO_CONTENT)
 }

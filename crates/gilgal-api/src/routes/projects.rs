@@ -52,7 +52,13 @@ async fn list_projects(
     State(state): State<AppState>,
     caller: AuthUser,
 ) -> Result<Json<Vec<Project>>, ApiError> {
-    Ok(Json(state.store().list_projects(caller.user.id).await?))
+    let projects = state.store().list_projects(caller.user.id).await?;
+    Ok(Json(
+        projects
+            .into_iter()
+            .filter(|p| caller.check_project(p.id, "project").is_ok())
+            .collect(),
+    ))
 }
 
 /// Create a project; its name becomes its hostname label.
@@ -95,6 +101,7 @@ async fn get_project(
     Path(id): Path<String>,
 ) -> Result<Json<Project>, ApiError> {
     let id = parse_path_id(&id, "project")?;
+    caller.check_project(id, "project")?;
     Ok(Json(
         state
             .store()
@@ -123,6 +130,7 @@ async fn update_project(
     ApiJson(request): ApiJson<UpdateProjectRequest>,
 ) -> Result<Json<Project>, ApiError> {
     let id = parse_path_id(&id, "project")?;
+    caller.check_scope(id, None, "project")?;
     if let Some(description) = &request.description {
         check_description(description)?;
     }
@@ -153,6 +161,7 @@ async fn delete_project(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_path_id(&id, "project")?;
+    caller.check_scope(id, None, "project")?;
     state
         .store()
         .delete_project(caller.user.id, id)

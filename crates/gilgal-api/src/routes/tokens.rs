@@ -56,6 +56,33 @@ async fn create_token(
             )))
         }
     };
+    // A binding must name the caller's own project/environment (someone else's is a 404).
+    let mut project_id = request.project_id;
+    if let Some(environment_id) = request.environment_id {
+        let environment = state
+            .store()
+            .environment_of(caller.user.id, environment_id)
+            .await
+            .map_err(|_| ApiError::not_found("environment"))?;
+        if project_id.is_some_and(|p| p != environment.project_id) {
+            return Err(ApiError::invalid(
+                "environment_id belongs to another project than project_id",
+            ));
+        }
+        project_id = Some(environment.project_id);
+    }
+    if let Some(project) = project_id {
+        state
+            .store()
+            .project(caller.user.id, project)
+            .await
+            .map_err(|_| ApiError::not_found("project"))?;
+    }
+    let grant = gilgal_store::TokenGrant {
+        scope: request.scope,
+        project_id,
+        environment_id: request.environment_id,
+    };
     let minted = opaque::mint(API_TOKEN_PREFIX);
     let info = state
         .store()
@@ -65,6 +92,7 @@ async fn create_token(
             &minted.digest,
             &minted.display_prefix,
             expires_at,
+            grant,
         )
         .await?;
     tracing::info!(token_id = %info.id, user_id = %caller.user.id, "api token created");

@@ -272,3 +272,199 @@ async fn cors_and_request_budgets_follow_the_configuration() {
     assert!(after >= 19, "a burst of 20 is allowed first ({after})");
     assert_eq!(retry, "1");
 }
+
+backend_tests!(scoped_tokens_do_only_what_they_say);
+
+async fn scoped_tokens_do_only_what_they_say(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, ada) = server.user("ada@example.com").await;
+    let (_, eve) = server.user("eve@example.com").await;
+    let session = Some(ada.access_token.as_str());
+    let mut ids = Vec::new();
+    for name in ["alpha", "beta"] {
+        let (_, _, project) = raw(
+            &server,
+            Method::POST,
+            "/api/projects",
+            session,
+            Some(json!({"name": name})),
+        )
+        .await;
+        ids.push(project["id"].as_str().unwrap().to_owned());
+    }
+    let (alpha, beta) = (ids[0].clone(), ids[1].clone());
+    let (_, _, staging) = raw(
+        &server,
+        Method::POST,
+        &format!("/api/projects/{alpha}/environments"),
+        session,
+        Some(json!({"name": "staging"})),
+    )
+    .await;
+    let staging = staging["id"].as_str().unwrap().to_owned();
+    let (_, _, envs) = raw(
+        &server,
+        Method::GET,
+        &format!("/api/projects/{alpha}/environments"),
+        session,
+        None,
+    )
+    .await;
+    let production = envs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "production")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mint = |body: serde_json::Value| {
+        let server = &server;
+        async move {
+            let (status, _, created) =
+                raw(server, Method::POST, "/api/tokens", session, Some(body)).await;
+            assert_eq!(status, StatusCode::CREATED, "{created}");
+            created["token"].as_str().unwrap().to_owned()
+        }
+    };
+
+    let read = mint(json!({"name": "dash", "scope": "read"})).await;
+    let read = Some(read.as_str());
+    let (status, _, list) = raw(&server, Method::GET, "/api/projects", read, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/api/projects".to_owned(),
+            json!({"name": "gamma"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/api/environments/{production}/config"),
+            json!({"set": {"A": "1"}}),
+        ),
+        (
+            Method::POST,
+            "/api/tokens".to_owned(),
+            json!({"name": "wider"}),
+        ),
+    ] {
+        let answer = raw(&server, method, &path, read, Some(body)).await;
+        assert_error(&answer, StatusCode::FORBIDDEN, "token_scope");
+    }
+
+    let ci = mint(json!({"name": "ci", "scope": "deploy", "project_id": alpha})).await;
+    let ci = Some(ci.as_str());
+    let (_, _, list) = raw(&server, Method::GET, "/api/projects", ci, None).await;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "only its project: {list}"
+    );
+    let answer = raw(
+        &server,
+        Method::GET,
+        &format!("/api/projects/{beta}"),
+        ci,
+        None,
+    )
+    .await;
+    assert_error(&answer, StatusCode::NOT_FOUND, "not_found");
+    let empty_upload = server
+        .http()
+        .post(format!("{}/api/projects/{alpha}/deployments", server.url))
+        .bearer_auth(ci.unwrap())
+        .header("content-type", "application/gzip")
+        .body(Vec::<u8>::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        empty_upload.status(),
+        StatusCode::BAD_REQUEST,
+        "deploying is in scope (the empty body is what fails)"
+    );
+    let answer = raw(
+        &server,
+        Method::PATCH,
+        &format!("/api/environments/{production}/config"),
+        ci,
+        Some(json!({"set": {"A": "1"}})),
+    )
+    .await;
+    assert_error(&answer, StatusCode::FORBIDDEN, "token_scope");
+    let answer = raw(
+        &server,
+        Method::POST,
+        "/api/tokens",
+        ci,
+        Some(json!({"name": "escalate"})),
+    )
+    .await;
+    assert_error(&answer, StatusCode::FORBIDDEN, "token_scope");
+
+    let stage = mint(json!({"name": "staging-ops", "environment_id": staging})).await;
+    let stage = Some(stage.as_str());
+    let (status, _, _) = raw(
+        &server,
+        Method::PATCH,
+        &format!("/api/environments/{staging}/config"),
+        stage,
+        Some(json!({"set": {"A": "1"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let answer = raw(
+        &server,
+        Method::PATCH,
+        &format!("/api/environments/{production}/config"),
+        stage,
+        Some(json!({"set": {"A": "1"}})),
+    )
+    .await;
+    assert_error(&answer, StatusCode::NOT_FOUND, "not_found");
+    let answer = raw(
+        &server,
+        Method::DELETE,
+        &format!("/api/projects/{alpha}"),
+        stage,
+        None,
+    )
+    .await;
+    assert_error(&answer, StatusCode::NOT_FOUND, "not_found");
+    let (status, _, _) = raw(
+        &server,
+        Method::GET,
+        &format!("/api/projects/{alpha}"),
+        stage,
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "an environment token may read its project"
+    );
+    let (_, _, visible) = raw(
+        &server,
+        Method::GET,
+        &format!("/api/projects/{alpha}/environments"),
+        stage,
+        None,
+    )
+    .await;
+    assert_eq!(visible.as_array().unwrap().len(), 1, "{visible}");
+
+    // A token cannot be bound to someone else's project.
+    let answer = raw(
+        &server,
+        Method::POST,
+        "/api/tokens",
+        Some(eve.access_token.as_str()),
+        Some(json!({"name": "steal", "project_id": alpha})),
+    )
+    .await;
+    assert_error(&answer, StatusCode::NOT_FOUND, "not_found");
+}

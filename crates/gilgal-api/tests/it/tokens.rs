@@ -16,6 +16,7 @@ async fn api_token_lifecycle(backend: Backend) {
         .create_token(&CreateApiTokenRequest {
             name: "ci".to_owned(),
             expires_in_days: Some(30),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -74,6 +75,7 @@ async fn api_token_lifecycle(backend: Backend) {
         .create_token(&CreateApiTokenRequest {
             name: "cli".to_owned(),
             expires_in_days: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -122,6 +124,7 @@ async fn api_token_validation_and_isolation(backend: Backend) {
         .create_token(&CreateApiTokenRequest {
             name: "bob".to_owned(),
             expires_in_days: None,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -47,6 +47,7 @@ async fn keep_cli_token(session: &Session, client: &Client, pair: TokenPair) -> 
         .create_token(&CreateApiTokenRequest {
             name: format!("gilgal CLI on {host}"),
             expires_in_days: Some(90),
+            ..Default::default()
         })
         .await?;
     // The short-lived session has done its job.

@@ -13,11 +13,32 @@ pub async fn run(session: &Session, command: TokensCommand, json: bool) -> anyho
         TokensCommand::Create {
             name,
             expires_in_days,
+            scope,
+            project,
+            env,
         } => {
+            let mut project_id = None;
+            let mut environment_id = None;
+            if let Some(project) = project {
+                let found = client.project_by_name(&project).await?;
+                project_id = Some(found.id);
+                if let Some(env) = env {
+                    environment_id = Some(client.environment_by_name(found.id, &env).await?.id);
+                }
+            }
+            let scope = match scope.as_str() {
+                "full" => gilgal_types::TokenScope::Full,
+                "read" => gilgal_types::TokenScope::Read,
+                "deploy" => gilgal_types::TokenScope::Deploy,
+                other => anyhow::bail!("unknown scope {other:?}: use full, read or deploy"),
+            };
             let created = client
                 .create_token(&CreateApiTokenRequest {
                     name,
                     expires_in_days,
+                    scope,
+                    project_id,
+                    environment_id,
                 })
                 .await?;
             if json {
