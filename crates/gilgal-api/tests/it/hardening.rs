@@ -355,8 +355,8 @@ async fn scoped_tokens_do_only_what_they_say(backend: Backend) {
         assert_error(&answer, StatusCode::FORBIDDEN, "token_scope");
     }
 
-    let ci = mint(json!({"name": "ci", "scope": "deploy", "project_id": alpha})).await;
-    let ci = Some(ci.as_str());
+    let ci_token = mint(json!({"name": "ci", "scope": "deploy", "project_id": alpha})).await;
+    let ci = Some(ci_token.as_str());
     let (_, _, list) = raw(&server, Method::GET, "/api/projects", ci, None).await;
     assert_eq!(
         list.as_array().unwrap().len(),
@@ -375,7 +375,7 @@ async fn scoped_tokens_do_only_what_they_say(backend: Backend) {
     let empty_upload = server
         .http()
         .post(format!("{}/api/projects/{alpha}/deployments", server.url))
-        .bearer_auth(ci.unwrap())
+        .bearer_auth(&ci_token)
         .header("content-type", "application/gzip")
         .body(Vec::<u8>::new())
         .send()
