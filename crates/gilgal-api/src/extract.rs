@@ -73,6 +73,9 @@ pub struct AuthUser {
     pub credential: Credential,
     /// Limits of a scoped API token (`None`: a login session or a full, unbound token).
     pub restriction: Option<gilgal_store::TokenGrant>,
+    /// Whether the request changes something (POST, PUT, PATCH, DELETE): it then needs the
+    /// developer role on the project, reads need viewer.
+    pub mutating: bool,
 }
 
 impl AuthUser {
@@ -216,6 +219,7 @@ impl FromRequestParts<AppState> for AuthUser {
                 user: owner.user,
                 credential: Credential::ApiToken(owner.token_id),
                 restriction,
+                mutating: is_mutating(&parts.method),
             });
         }
 
@@ -255,6 +259,7 @@ impl FromRequestParts<AppState> for AuthUser {
             user,
             credential: Credential::Session(claims.sid),
             restriction: None,
+            mutating: is_mutating(&parts.method),
         })
     }
 }
@@ -275,6 +280,13 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
                 .map(|info| info.0.ip()),
         ))
     }
+}
+
+fn is_mutating(method: &axum::http::Method) -> bool {
+    !matches!(
+        *method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    )
 }
 
 /// Refuses a request beyond the credential's budget with 429 and `Retry-After`.

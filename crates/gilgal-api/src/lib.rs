@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::environments::routes())
         .merge(routes::health::routes())
         .merge(routes::audit::routes())
+        .merge(routes::teams::routes())
         .split_for_parts();
     let api = api.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),

@@ -9,6 +9,8 @@ use sha2::{Digest, Sha256};
 pub const API_TOKEN_PREFIX: &str = "gilgal_pat_";
 /// Prefix of refresh tokens.
 pub const REFRESH_TOKEN_PREFIX: &str = "gilgal_rt_";
+/// Prefix of team invitation secrets.
+pub const INVITATION_PREFIX: &str = "gilgal_inv_";
 /// How many characters of a token are kept in clear to tell tokens apart.
 pub const DISPLAY_PREFIX_LEN: usize = 16;
 

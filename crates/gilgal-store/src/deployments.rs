@@ -183,7 +183,8 @@ impl Store {
         name: &str,
     ) -> Result<EnvironmentRecord, StoreError> {
         let row = sqlx::query(&format!(
-            "{ENVIRONMENT_SELECT} WHERE e.project_id = $1 AND e.name = $2 AND p.owner_id = $3"
+            "{ENVIRONMENT_SELECT} WHERE e.project_id = $1 AND e.name = $2 AND {}",
+            crate::projects::can_see("p", 3)
         ))
         .bind(project_id.to_string())
         .bind(name)
@@ -447,7 +448,7 @@ impl Store {
     ) -> Result<DeploymentRecord, StoreError> {
         let row = sqlx::query(
             "SELECT d.id, d.project_id, d.environment_id, e.name AS environment_name, d.state, d.release_number, \
-             d.failure, d.source, d.created_at, p.owner_id FROM deployments d \
+             d.failure, d.source, d.created_at, p.owner_id, p.team_id FROM deployments d \
              JOIN environments e ON e.id = d.environment_id JOIN projects p ON p.id = d.project_id WHERE d.id = $1",
         )
         .bind(id.to_string())
@@ -455,7 +456,10 @@ impl Store {
         .await?
         .ok_or(StoreError::NotFound)?;
         if let Some(owner) = owner {
-            if parse_id(&row.try_get::<String, _>("owner_id")?)? != owner {
+            let project = parse_id(&row.try_get::<String, _>("project_id")?)?;
+            if parse_id(&row.try_get::<String, _>("owner_id")?)? != owner
+                && self.project(owner, project).await.is_err()
+            {
                 return Err(StoreError::NotFound);
             }
         }

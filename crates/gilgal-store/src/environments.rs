@@ -59,7 +59,8 @@ impl Store {
     ) -> Result<Vec<EnvironmentRecord>, StoreError> {
         self.project(owner, project_id).await?;
         sqlx::query(&format!(
-            "{ENVIRONMENT_SELECT} WHERE e.project_id = $1 AND p.owner_id = $2 ORDER BY e.name"
+            "{ENVIRONMENT_SELECT} WHERE e.project_id = $1 AND {} ORDER BY e.name",
+            crate::projects::can_see("p", 2)
         ))
         .bind(project_id.to_string())
         .bind(owner.to_string())
@@ -77,7 +78,8 @@ impl Store {
         id: Uuid,
     ) -> Result<EnvironmentRecord, StoreError> {
         let row = sqlx::query(&format!(
-            "{ENVIRONMENT_SELECT} WHERE e.id = $1 AND p.owner_id = $2"
+            "{ENVIRONMENT_SELECT} WHERE e.id = $1 AND {}",
+            crate::projects::can_see("p", 2)
         ))
         .bind(id.to_string())
         .bind(owner.to_string())

@@ -14,6 +14,7 @@ mod error;
 mod projects;
 mod runs;
 mod settings;
+mod teams;
 mod users;
 
 use std::path::Path;
@@ -33,6 +34,7 @@ pub use environments::{ConfigChange, ConfigVarRecord};
 pub use error::StoreError;
 pub use projects::ProjectChanges;
 pub use runs::{CronJobRecord, RunRecord};
+pub use teams::{AcceptOutcome, MemberRecord, TeamRecord};
 pub use users::{ApiTokenOwner, RefreshOutcome, SessionRecord, TokenGrant, UserCredentials};
 
 /// Migrations, embedded at build time and applied on connect.

@@ -16,6 +16,14 @@ pub struct ProjectChanges {
 }
 
 const PROJECT_COLUMNS: &str = "id, owner_id, name, description, created_at, updated_at";
+
+/// SQL condition: user `$N` may see project row `alias` — its owner, or a member of its team.
+pub(crate) fn can_see(alias: &str, param: usize) -> String {
+    format!(
+        "({alias}.owner_id = ${param} OR EXISTS (SELECT 1 FROM team_members tm \
+         WHERE tm.team_id = {alias}.team_id AND tm.user_id = ${param}))"
+    )
+}
 const NAME_TAKEN: &str = "a project with this name";
 
 fn project_from_row(row: &sqlx::any::AnyRow) -> Result<Project, StoreError> {
@@ -91,7 +99,8 @@ impl Store {
     /// The user's projects, by name.
     pub async fn list_projects(&self, owner: Uuid) -> Result<Vec<Project>, StoreError> {
         sqlx::query(&format!(
-            "SELECT {PROJECT_COLUMNS} FROM projects WHERE owner_id = $1 ORDER BY name"
+            "SELECT {PROJECT_COLUMNS} FROM projects p WHERE {} ORDER BY name",
+            can_see("p", 1)
         ))
         .bind(owner.to_string())
         .fetch_all(&self.pool)
@@ -104,7 +113,8 @@ impl Store {
     /// One of the user's projects; someone else's is [`StoreError::NotFound`].
     pub async fn project(&self, owner: Uuid, id: Uuid) -> Result<Project, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1 AND owner_id = $2"
+            "SELECT {PROJECT_COLUMNS} FROM projects p WHERE id = $1 AND {}",
+            can_see("p", 2)
         ))
         .bind(id.to_string())
         .bind(owner.to_string())
@@ -121,7 +131,8 @@ impl Store {
         name: &ProjectName,
     ) -> Result<Project, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {PROJECT_COLUMNS} FROM projects WHERE name = $1 AND owner_id = $2"
+            "SELECT {PROJECT_COLUMNS} FROM projects p WHERE name = $1 AND {}",
+            can_see("p", 2)
         ))
         .bind(name.as_str())
         .bind(owner.to_string())
@@ -138,10 +149,11 @@ impl Store {
         id: Uuid,
         changes: &ProjectChanges,
     ) -> Result<Project, StoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "UPDATE projects SET name = COALESCE($1, name), description = COALESCE($2, description), \
-             updated_at = $3 WHERE id = $4 AND owner_id = $5",
-        )
+             updated_at = $3 WHERE id = $4 AND id IN (SELECT p.id FROM projects p WHERE {})",
+            can_see("p", 5)
+        ))
         .bind(changes.name.as_ref().map(|n| n.as_str().to_owned()))
         .bind(changes.description.clone())
         .bind(now_millis())
@@ -158,11 +170,14 @@ impl Store {
 
     /// Deletes one of the user's projects.
     pub async fn delete_project(&self, owner: Uuid, id: Uuid) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM projects WHERE id = $1 AND owner_id = $2")
-            .bind(id.to_string())
-            .bind(owner.to_string())
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(&format!(
+            "DELETE FROM projects WHERE id = $1 AND id IN (SELECT p.id FROM projects p WHERE {})",
+            can_see("p", 2)
+        ))
+        .bind(id.to_string())
+        .bind(owner.to_string())
+        .execute(&self.pool)
+        .await?;
         if done.rows_affected() == 0 {
             Err(StoreError::NotFound)
         } else {

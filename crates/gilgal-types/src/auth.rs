@@ -196,3 +196,117 @@ pub struct AuditEntry {
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
 }
+
+/// A member's role on a team (and so on the team's projects), weakest first.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads everything; changes nothing.
+    Viewer,
+    /// Deploys, changes config, scales, runs commands, manages cron and domains.
+    Developer,
+    /// Also creates, renames and deletes projects and environments, invites and removes members.
+    Admin,
+    /// Also manages admins and owners, transfers projects and deletes the team.
+    Owner,
+}
+
+impl Role {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Developer => "developer",
+            Self::Admin => "admin",
+            Self::Owner => "owner",
+        }
+    }
+
+    /// Parses a stored name (unknown names are the weakest role).
+    pub fn from_stored(raw: &str) -> Self {
+        match raw {
+            "owner" => Self::Owner,
+            "admin" => Self::Admin,
+            "developer" => Self::Developer,
+            _ => Self::Viewer,
+        }
+    }
+}
+
+/// A team.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Team {
+    /// Stable id.
+    pub id: Uuid,
+    /// Name (a DNS label).
+    pub name: String,
+    /// The caller's role on it.
+    pub role: Role,
+}
+
+/// Body of `POST /api/teams`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct CreateTeamRequest {
+    /// Name (a DNS label).
+    pub name: String,
+}
+
+/// A member of a team.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct TeamMember {
+    /// The account.
+    pub user_id: Uuid,
+    /// Its email.
+    pub email: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// Body of `POST /api/teams/{id}/members`: invite someone by email.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct InviteRequest {
+    /// The invitee's email; only that account can accept.
+    pub email: String,
+    /// The role they get.
+    pub role: Role,
+}
+
+/// An invitation: the secret is shown once, to pass to the invitee.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct Invitation {
+    /// Stable id.
+    pub id: Uuid,
+    /// The team.
+    pub team_id: Uuid,
+    /// Who may accept it.
+    pub email: String,
+    /// The role it grants.
+    pub role: Role,
+    /// The single-use secret (shown once).
+    pub token: String,
+    /// When it stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: Timestamp,
+}
+
+/// Body of `POST /api/invitations/accept`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AcceptInvitationRequest {
+    /// The invitation secret.
+    pub token: String,
+}
+
+/// Body of `PUT /api/teams/{id}/members/{user_id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ChangeRoleRequest {
+    /// The new role.
+    pub role: Role,
+}
+
+/// Body of `POST /api/projects/{id}/transfer`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct TransferRequest {
+    /// The team to move it to; `null` makes it the caller's personal project.
+    pub team_id: Option<Uuid>,
+}

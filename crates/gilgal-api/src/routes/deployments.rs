@@ -140,6 +140,8 @@ async fn create_deployment(
             other => other.into(),
         })?;
     caller.check_scope(project_id, Some(environment.id), "environment")?;
+    crate::routes::teams::require_role(&state, &caller, project_id, gilgal_types::Role::Developer)
+        .await?;
 
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -259,6 +261,7 @@ async fn get_deployment(
         .await
         .map_err(not_found)?;
     caller.check_scope(record.project_id, Some(record.environment_id), "deployment")?;
+    crate::routes::teams::require_for_method(&state, &caller, record.project_id).await?;
     let project = state
         .store()
         .project(caller.user.id, record.project_id)
@@ -289,6 +292,7 @@ async fn cancel_deployment(
         .await
         .map_err(not_found)?;
     caller.check_scope(record.project_id, Some(record.environment_id), "deployment")?;
+    crate::routes::teams::require_for_method(&state, &caller, record.project_id).await?;
     if !record.state.is_in_progress() || !state.deployer().cancel(id) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -333,6 +337,7 @@ async fn deployment_logs(
         .await
         .map_err(not_found)?;
     caller.check_scope(record.project_id, Some(record.environment_id), "deployment")?;
+    crate::routes::teams::require_for_method(&state, &caller, record.project_id).await?;
     let follow = query.follow.unwrap_or(false);
     let store = state.store().clone();
     let stream = async_stream_lines(store, id, query.after.unwrap_or(0), follow);
@@ -458,6 +463,7 @@ async fn redeploy(
         .await
         .map_err(not_found)?;
     caller.check_scope(record.project_id, Some(record.environment_id), "deployment")?;
+    crate::routes::teams::require_for_method(&state, &caller, record.project_id).await?;
     let Some(number) = record.release_number else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -98,6 +98,7 @@ async fn owned_environment(
         .await
         .map_err(environment_error)?;
     caller.check_scope(environment.project_id, Some(environment.id), "environment")?;
+    crate::routes::teams::require_for_method(state, caller, environment.project_id).await?;
     Ok(environment)
 }
 
@@ -166,6 +167,12 @@ async fn create_environment(
 ) -> Result<(StatusCode, Json<Environment>), ApiError> {
     let project_id = parse_path_id(&id, "project")?;
     caller.check_scope(project_id, None, "project")?;
+    crate::routes::teams::require_role(&state, &caller, project_id, gilgal_types::Role::Admin)
+        .await
+        .map_err(|e| match e.status() {
+            StatusCode::NOT_FOUND => ApiError::not_found("project"),
+            _ => e,
+        })?;
     let name = environment_name(&body.name)?;
     let created = state
         .store()
@@ -195,6 +202,13 @@ async fn update_environment(
     ApiJson(body): ApiJson<EnvironmentRequest>,
 ) -> Result<Json<Environment>, ApiError> {
     let current = owned_environment(&state, &caller, &id).await?;
+    crate::routes::teams::require_role(
+        &state,
+        &caller,
+        current.project_id,
+        gilgal_types::Role::Admin,
+    )
+    .await?;
     let name = environment_name(&body.name)?;
     if current.name == name {
         return Ok(Json(to_wire(&state, current)));
@@ -236,6 +250,13 @@ async fn delete_environment(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let environment = owned_environment(&state, &caller, &id).await?;
+    crate::routes::teams::require_role(
+        &state,
+        &caller,
+        environment.project_id,
+        gilgal_types::Role::Admin,
+    )
+    .await?;
     if environment.name == "production" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -952,6 +973,7 @@ async fn delete_cron_job(
         .await
         .map_err(not_found)?;
     caller.check_scope(environment.project_id, Some(environment.id), "cron job")?;
+    crate::routes::teams::require_for_method(&state, &caller, environment.project_id).await?;
     state.store().delete_cron_job(id).await.map_err(not_found)?;
     Ok(StatusCode::NO_CONTENT)
 }

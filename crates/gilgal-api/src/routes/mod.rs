@@ -9,6 +9,7 @@ pub mod environments;
 pub mod fallback;
 pub mod health;
 pub mod projects;
+pub mod teams;
 pub mod tokens;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

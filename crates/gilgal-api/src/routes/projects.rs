@@ -131,6 +131,12 @@ async fn update_project(
 ) -> Result<Json<Project>, ApiError> {
     let id = parse_path_id(&id, "project")?;
     caller.check_scope(id, None, "project")?;
+    crate::routes::teams::require_role(&state, &caller, id, gilgal_types::Role::Admin)
+        .await
+        .map_err(|e| match e.status() {
+            StatusCode::NOT_FOUND => ApiError::not_found("project"),
+            _ => e,
+        })?;
     if let Some(description) = &request.description {
         check_description(description)?;
     }
@@ -162,6 +168,12 @@ async fn delete_project(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_path_id(&id, "project")?;
     caller.check_scope(id, None, "project")?;
+    crate::routes::teams::require_role(&state, &caller, id, gilgal_types::Role::Admin)
+        .await
+        .map_err(|e| match e.status() {
+            StatusCode::NOT_FOUND => ApiError::not_found("project"),
+            _ => e,
+        })?;
     state
         .store()
         .delete_project(caller.user.id, id)

@@ -7,6 +7,7 @@ mod docs;
 mod environments;
 mod hardening;
 mod projects;
+mod teams;
 mod tokens;
 
 use gilgal_testkit::TestServer;
