@@ -85,6 +85,7 @@ impl TestServer {
                 keep_releases: 10,
                 allow_local_git: true,
                 app_users: false,
+                images: None,
             },
             vault,
         );
