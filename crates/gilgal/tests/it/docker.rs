@@ -477,8 +477,10 @@ async fn docker_kill_9_converges_and_readopts() {
     );
     assert_eq!(again, first_start, "re-adopted, not restarted");
 
-    // Mid-rollout.
-    let accepted = ok(server.cli(
+    // Mid-rollout (the stored login names the old server URL: use the token).
+    let accepted = ok(cli_with(
+        &server.config_dir(),
+        Some(&server.url),
         &[
             "deploy",
             app.to_str().unwrap(),
@@ -488,6 +490,7 @@ async fn docker_kill_9_converges_and_readopts() {
             "--json",
         ],
         None,
+        &[("GILGAL_TOKEN", &token)],
     ));
     let deployment: serde_json::Value = serde_json::from_str(&accepted).unwrap();
     let id = deployment["id"].as_str().unwrap().to_owned();
