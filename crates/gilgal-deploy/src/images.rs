@@ -75,13 +75,20 @@ impl Deployer {
         let started = Instant::now();
         let number = self.store.next_release_number(environment.id).await?;
         // Validate what the user wrote (with line numbers) before asking dockerd for anything.
-        let bad_source = |e: gilgal_build::BuildError| Failure::Failed(format!("build failed: {e}"));
-        let checked = gilgal_build::plan_source(&source, &environment.name, None).map_err(bad_source)?;
+        let bad_source =
+            |e: gilgal_build::BuildError| Failure::Failed(format!("build failed: {e}"));
+        let checked =
+            gilgal_build::plan_source(&source, &environment.name, None).map_err(bad_source)?;
         let own_dockerfile = source.join("Dockerfile").is_file();
         let (dockerfile, stack) = if own_dockerfile {
-            let stack = gilgal_build::resolve_stack(&source, &checked.config).unwrap_or(Stack::Command);
-            log.system("building the image from the app's Dockerfile").await;
-            (DockerfileSource::InContext(PathBuf::from("Dockerfile")), stack)
+            let stack =
+                gilgal_build::resolve_stack(&source, &checked.config).unwrap_or(Stack::Command);
+            log.system("building the image from the app's Dockerfile")
+                .await;
+            (
+                DockerfileSource::InContext(PathBuf::from("Dockerfile")),
+                stack,
+            )
         } else {
             let stack = gilgal_build::resolve_stack(&source, &checked.config)
                 .map_err(|e| Failure::Failed(format!("build failed: {e}")))?;

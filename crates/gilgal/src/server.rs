@@ -146,8 +146,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         proxy_settings.https_port = tls.port();
     }
     let proxy = ProxyHandle::new(proxy_settings);
-    let (runtime, images): (std::sync::Arc<dyn gilgal_runtime::Runtime>, _) = match args.runtime
-    {
+    let (runtime, images): (std::sync::Arc<dyn gilgal_runtime::Runtime>, _) = match args.runtime {
         RuntimeKind::Process => (process_runtime(&data_dir, app_users).await?, None),
         RuntimeKind::Docker => {
             let (runtime, images) = docker_runtime(&data_dir).await?;
@@ -297,11 +296,9 @@ async fn docker_runtime(
     std::sync::Arc<dyn gilgal_runtime::Runtime>,
     gilgal_deploy::ImageSettings,
 )> {
-    let docker = gilgal_docker::connect().await.map_err(|e| {
-        anyhow::anyhow!(
-            "--runtime docker: cannot reach dockerd ({e}); start it (scripts/docker-base-images does) or use --runtime process"
-        )
-    })?;
+    let docker = gilgal_docker::connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("--runtime docker: {e}; or use --runtime process"))?;
     let state_dir = data_dir.join("docker");
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
@@ -335,8 +332,8 @@ fn docker_namespace(state_dir: &Path) -> anyhow::Result<String> {
     let random = uuid::Uuid::new_v4().simple().to_string();
     let namespace = format!("g{}", &random[..12]);
     let temp = state_dir.join("namespace.tmp");
-    let mut file = std::fs::File::create(&temp)
-        .with_context(|| format!("cannot write {}", temp.display()))?;
+    let mut file =
+        std::fs::File::create(&temp).with_context(|| format!("cannot write {}", temp.display()))?;
     file.write_all(namespace.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&temp, &path).with_context(|| format!("cannot write {}", path.display()))?;

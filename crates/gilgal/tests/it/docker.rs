@@ -307,7 +307,10 @@ async fn docker_httpbin_from_pypi() {
     assert_eq!(response.status(), 200);
     let echoed: serde_json::Value = response.json().await.unwrap();
     assert_eq!(echoed["args"]["probe"], "1");
-    assert_eq!(echoed["headers"]["Host"], "dk-httpbin.localhost", "{echoed}");
+    assert_eq!(
+        echoed["headers"]["Host"], "dk-httpbin.localhost",
+        "{echoed}"
+    );
 }
 
 /// Crash on boot: the deploy fails quoting the log tail and the previous release serves.
@@ -337,7 +340,11 @@ async fn docker_misbehaving_releases() {
     assert!(err.contains("never became healthy"), "{err}");
     assert!(err.contains("boom on boot"), "log tail quoted: {err}");
     let (status, body) = get_via_proxy(&server, "dk-stubborn.localhost").await;
-    assert_eq!((status, body.as_str()), (200, "v1"), "previous release serves");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "v1"),
+        "previous release serves"
+    );
 
     // Never binds its port.
     let started = std::time::Instant::now();
@@ -345,7 +352,10 @@ async fn docker_misbehaving_releases() {
     assert!(!failed.status.success());
     let err = stderr(&failed);
     assert!(err.contains("never became healthy"), "{err}");
-    assert!(err.contains("up, but not listening"), "log tail quoted: {err}");
+    assert!(
+        err.contains("up, but not listening"),
+        "log tail quoted: {err}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "the 3 s boot deadline applied"
@@ -426,7 +436,10 @@ async fn docker_redeploys_under_load_drop_no_request() {
         assert!(ok_count > 50, "the client kept sending ({ok_count} ok)");
     }
     let (_, body) = get_via_proxy(&server, "dk-steady.localhost").await;
-    assert!(body.contains(&format!("\"release\": \"v{}\"", ROUNDS + 1)), "{body}");
+    assert!(
+        body.contains(&format!("\"release\": \"v{}\"", ROUNDS + 1)),
+        "{body}"
+    );
 }
 
 /// `kill -9` of the server: after a restart the running container is re-adopted with the same
@@ -506,7 +519,10 @@ async fn docker_kill_9_converges_and_readopts() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(body.contains("\"release\": \"v"), "serves after restart: {body}");
+    assert!(
+        body.contains("\"release\": \"v"),
+        "serves after restart: {body}"
+    );
     let record: serde_json::Value = reqwest::Client::new()
         .get(format!("{}/api/deployments/{id}", server.url))
         .bearer_auth(&token)
