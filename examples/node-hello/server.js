@@ -11,7 +11,7 @@ const server = http.createServer((req, res) => {
   res.end(body);
 });
 
-server.listen(port, "127.0.0.1", () => {
+server.listen(port, process.env.HOST || "127.0.0.1", () => {
   console.log(JSON.stringify({ level: "info", msg: `listening on ${port}`, release }));
 });
 

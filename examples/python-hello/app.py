@@ -39,7 +39,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     port = int(os.environ.get("PORT", "5000"))
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), port), Handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(json.dumps({"level": "info", "msg": f"listening on {port}", "release": RELEASE}), flush=True)
     server.serve_forever()

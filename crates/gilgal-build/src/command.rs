@@ -84,6 +84,16 @@ impl CommandLine {
         })
     }
 
+    /// A command that runs `argv` exactly, with no expansion (each word single-quoted), e.g.
+    /// a container image's own `CMD`, which was written for the image's shell rules.
+    pub fn literal(argv: &[String]) -> Result<Self, CommandError> {
+        let quoted: Vec<String> = argv
+            .iter()
+            .map(|word| format!("'{}'", word.replace('\'', "'\\''")))
+            .collect();
+        Self::parse(&quoted.join(" "))
+    }
+
     /// The command as the user wrote it (trimmed); what logs and the API should show.
     pub fn as_str(&self) -> &str {
         &self.source
@@ -317,6 +327,15 @@ fn expand_word(word: &str, env: &impl Fn(&str) -> Option<String>) -> Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literal_keeps_every_word_as_is() {
+        let argv: Vec<String> = ["sh", "-c", "exec x \"${PORT:-8080}\" it's $HOME | y"]
+            .map(str::to_owned)
+            .to_vec();
+        let command = CommandLine::literal(&argv).expect("parses");
+        assert_eq!(command.expand(&|_| Some("EXPANDED".to_owned())), argv);
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {

@@ -14,6 +14,7 @@
 //! difference is applied, and routes are reinstalled.
 
 mod config;
+mod images;
 mod isolation;
 mod pipeline;
 mod reconcile;
@@ -22,6 +23,7 @@ mod ssrf;
 
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
 pub use gilgal_build::GitSource;
+pub use images::ImageSettings;
 pub use pipeline::{DeploySource, ReuseKind, ReuseRelease};
 pub use runs::{parse_schedule, RunOutput, RunRequest};
 
@@ -58,6 +60,9 @@ pub struct DeployerConfig {
     /// readable by that user's group only, and build with the system toolchains (which every
     /// user can run) instead of the server's `PATH`. Needs root.
     pub app_users: bool,
+    /// Build releases as container images on this dockerd (the Docker runtime) instead of
+    /// host artifact directories; `None` builds on the host (the process runtime).
+    pub images: Option<ImageSettings>,
 }
 
 /// Failures starting a deployment (failures *during* one are recorded on the deployment).

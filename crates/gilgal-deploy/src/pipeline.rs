@@ -22,7 +22,7 @@ use crate::config::ConfigSnapshot;
 use crate::{DeployError, Deployer};
 
 /// Copies build/git log lines into the deployment log until the builder closes its sink.
-fn forward_build_log(
+pub(crate) fn forward_build_log(
     mut lines: mpsc::Receiver<gilgal_build::LogLine>,
     sender: mpsc::Sender<(i64, String, String)>,
 ) -> tokio::task::JoinHandle<()> {
@@ -145,7 +145,7 @@ impl DeployLog {
         self.line("system", text).await;
     }
 
-    fn sender(&self) -> mpsc::Sender<(i64, String, String)> {
+    pub(crate) fn sender(&self) -> mpsc::Sender<(i64, String, String)> {
         self.sender.clone()
     }
 
@@ -214,6 +214,7 @@ pub(crate) fn instance_spec(
     spec.env = env;
     spec.port = port;
     spec.run_as = run_as;
+    spec.image = artifact.image.clone();
     spec.limits.memory_mb = process.size.memory_mb;
     spec.limits.cpu_shares = process.size.cpu_shares;
     if let Some(size) = environment.sizes.get(process_type) {
@@ -228,16 +229,23 @@ pub(crate) fn instance_spec(
 }
 
 /// The environment every process of a release gets: the build's (PATH, VIRTUAL_ENV, …), then
-/// the config vars, then `GILGAL_RELEASE`.
+/// the config vars, then `GILGAL_RELEASE`. A release built as an image gets nothing of the
+/// host's (its image sets PATH and the like) but `HOST=0.0.0.0`: inside a container the app
+/// must listen on the container's address for its published port to reach it (a config var
+/// may override it).
 pub(crate) fn release_env(
     artifact: &Artifact,
     config: &BTreeMap<String, String>,
     number: u64,
 ) -> BTreeMap<String, String> {
-    let mut env: BTreeMap<String, String> = artifact
-        .instance_env(gilgal_runtime::DEFAULT_PATH)
-        .into_iter()
-        .collect();
+    let mut env: BTreeMap<String, String> = if artifact.image.is_some() {
+        BTreeMap::from([("HOST".to_owned(), "0.0.0.0".to_owned())])
+    } else {
+        artifact
+            .instance_env(gilgal_runtime::DEFAULT_PATH)
+            .into_iter()
+            .collect()
+    };
     env.extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.insert("GILGAL_RELEASE".to_owned(), format!("v{number}"));
     env
@@ -338,12 +346,12 @@ impl DeploySource {
 }
 
 /// What a deployment runs: an artifact, where it lives, and the release it becomes.
-struct Prepared {
-    artifact: Artifact,
-    artifact_dir: PathBuf,
-    config: ConfigSnapshot,
-    run_release_phase: bool,
-    description: String,
+pub(crate) struct Prepared {
+    pub(crate) artifact: Artifact,
+    pub(crate) artifact_dir: PathBuf,
+    pub(crate) config: ConfigSnapshot,
+    pub(crate) run_release_phase: bool,
+    pub(crate) description: String,
 }
 
 impl Deployer {
@@ -627,6 +635,11 @@ impl Deployer {
         token: &CancellationToken,
         log: &DeployLog,
     ) -> Result<Prepared, Failure> {
+        if let Some(images) = &self.config.images {
+            return self
+                .build_image(images, environment, source, description, token, log)
+                .await;
+        }
         let number = self.store.next_release_number(environment.id).await?;
         let artifact_dir = self
             .config
@@ -705,7 +718,7 @@ impl Deployer {
             ReuseKind::Rollback => ConfigSnapshot::parse(&release.config_json)?,
             _ => ConfigSnapshot::from_records(&self.store.config_vars(environment.id).await?),
         };
-        if reuse.from_environment != environment.id {
+        if reuse.from_environment != environment.id && artifact.image.is_none() {
             // Same bytes, this environment's `gilgal.toml` overrides (health check, sizes…).
             if let Ok(app_config) = gilgal_build::AppConfig::load(&artifact.app_dir) {
                 artifact.config = app_config.for_environment(&environment.name);
@@ -801,6 +814,8 @@ impl Deployer {
                         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
                             tracing::warn!(dir = %dir.display(), error = %e, "cannot delete a pruned artifact");
                         }
+                    } else if let Some(images) = &self.config.images {
+                        crate::images::remove_tag(images, &release.artifact_dir).await;
                     }
                 }
                 Ok(true) => {}
@@ -835,6 +850,7 @@ impl Deployer {
         spec.env = env;
         spec.restart = RestartPolicy::Never;
         spec.run_as = self.run_as();
+        spec.image = artifact.image.clone();
         let mut handle = self.runtime.run_oneoff(spec).await?;
         let timeout = Duration::from_secs(release.timeout_secs.max(1));
         let waited = tokio::select! {
@@ -903,6 +919,7 @@ impl Deployer {
         let check = health_check(artifact);
         for (instance, addr) in started.iter() {
             let Some(addr) = addr else { continue };
+            let addr = &self.runtime.probe_addr(instance, *addr).await;
             let healthy = tokio::select! {
                 result = wait_healthy(self.runtime.as_ref(), instance, *addr, &check) => result,
                 _ = token.cancelled() => return Err(Failure::Cancelled),

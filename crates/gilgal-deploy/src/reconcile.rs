@@ -219,7 +219,8 @@ impl Deployer {
                     .map_err(|e| format!("{e:?}"))?;
                     let id = self.runtime.start(spec).await.map_err(|e| e.to_string())?;
                     if let Some(port) = port {
-                        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                        let published = SocketAddr::from(([127, 0, 0, 1], port));
+                        let addr = self.runtime.probe_addr(&id, published).await;
                         if let Err(e) = wait_healthy(self.runtime.as_ref(), &id, addr, &check).await
                         {
                             tracing::warn!(instance = %id, error = %e, "new instance is not healthy yet");

@@ -113,6 +113,7 @@ impl Deployer {
         spec.env = env;
         spec.restart = RestartPolicy::Never;
         spec.run_as = self.run_as();
+        spec.image = artifact.image.clone();
         let handle = match self.runtime.run_oneoff(spec).await {
             Ok(handle) => handle,
             Err(e) => {

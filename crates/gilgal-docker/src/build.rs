@@ -69,6 +69,14 @@ pub struct BuiltImage {
     pub id: String,
     /// The tag it was given.
     pub tag: String,
+    /// The image's default command (`CMD`), so a release without a Procfile `web` line can
+    /// run what the Dockerfile says; empty when the image has none.
+    pub command: Vec<String>,
+    /// The image's `ENTRYPOINT` (a Procfile command becomes its arguments, as with
+    /// `docker run`); empty when the image has none.
+    pub entrypoint: Vec<String>,
+    /// The image's `WORKDIR`, where the app's files are (absolute; `/` when unset).
+    pub working_dir: String,
 }
 
 /// Build args for registry access taken from this server's environment: the proxy variables
@@ -231,6 +239,11 @@ pub async fn build_image(
     let inspected = docker.inspect_image(&build.tag).await.map_err(|err| {
         DockerError::api(format!("inspecting the built image {}", build.tag), err)
     })?;
+    let config = inspected.config.clone().unwrap_or_default();
+    let working_dir = config
+        .working_dir
+        .filter(|dir| dir.starts_with('/'))
+        .unwrap_or_else(|| "/".to_owned());
     let id = inspected
         .id
         .or(image_id)
@@ -240,6 +253,9 @@ pub async fn build_image(
     Ok(BuiltImage {
         id,
         tag: build.tag.clone(),
+        command: config.cmd.unwrap_or_default(),
+        entrypoint: config.entrypoint.unwrap_or_default(),
+        working_dir,
     })
 }
 

@@ -8,8 +8,9 @@
 //! 1. Build: `Dockerfile` in the source → [`ImageBuild`] with
 //!    [`DockerfileSource::InContext`]; otherwise [`generate_dockerfile`] from the detected
 //!    stack → [`DockerfileSource::Generated`]. Tag it [`app_image_tag`]`(app, env, release)`.
-//! 2. Run: [`DockerRuntime`] maps an instance's labels to that tag through
-//!    [`DockerRuntimeConfig::image_template`] (the `InstanceSpec` has no image field yet).
+//! 2. Run: [`DockerRuntime`] runs `InstanceSpec::image` (the pipeline passes the release's
+//!    image id, so a reused release runs exactly the image it was built as); without one it
+//!    maps the labels to a tag through [`DockerRuntimeConfig::image_template`].
 //! 3. The proxy connects to `127.0.0.1:<port>`, where each web container's `$PORT` is
 //!    published.
 //!

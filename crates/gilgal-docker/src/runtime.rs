@@ -769,7 +769,10 @@ impl DockerRuntime {
                 }
             }
         }
-        let image = self.image_for(&spec.labels);
+        let image = spec
+            .image
+            .clone()
+            .unwrap_or_else(|| self.image_for(&spec.labels));
         let program = spec.argv.first().cloned().unwrap_or_default();
         let spawn_error = |message: String| RuntimeError::Spawn {
             program: program.clone(),
@@ -1481,6 +1484,15 @@ impl Runtime for DockerRuntime {
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
         })
+    }
+
+    /// The container's own address when it has one: a published port may accept
+    /// connections before the app listens (userland proxy), the container address never does.
+    async fn probe_addr(&self, id: &InstanceId, published: SocketAddr) -> SocketAddr {
+        match self.container_addr(id).await {
+            Ok(Some(addr)) => addr,
+            _ => published,
+        }
     }
 
     async fn log_tail(&self, id: &InstanceId, lines: usize) -> Result<Vec<LogLine>> {

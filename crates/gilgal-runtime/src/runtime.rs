@@ -1,6 +1,7 @@
 //! The [`Runtime`] trait: the one interface the deploy pipeline and the reconciler use to run
 //! instances, implemented by the process runtime now and by the Docker runtime later.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -51,6 +52,15 @@ pub trait Runtime: Send + Sync {
     /// The last `lines` log lines of an instance still held in memory (for deploy failure
     /// reasons).
     async fn log_tail(&self, id: &InstanceId, lines: usize) -> Result<Vec<LogLine>>;
+
+    /// The address a health probe of `id` should use, given the address the proxy reaches it
+    /// at (`published`). The process runtime probes what the proxy uses; a container runtime
+    /// may answer the container's own address, because a published port can accept TCP
+    /// connections before the app listens (Docker's userland proxy).
+    async fn probe_addr(&self, id: &InstanceId, published: SocketAddr) -> SocketAddr {
+        let _ = id;
+        published
+    }
 
     /// Every log line of every instance from now on. A receiver that falls behind by more
     /// than the channel capacity loses the oldest lines (`RecvError::Lagged`).

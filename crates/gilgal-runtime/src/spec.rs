@@ -179,6 +179,11 @@ pub struct InstanceSpec {
     pub run_as: RunAs,
     /// What to do when the process exits (ignored for one-off runs).
     pub restart: RestartPolicy,
+    /// The container image to run (Docker runtime: the release's image id), so a release
+    /// that reuses another's build runs exactly that image. `None` lets a container runtime
+    /// pick its default; the process runtime ignores it (it runs `working_dir`).
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 impl InstanceSpec {
@@ -193,6 +198,7 @@ impl InstanceSpec {
             limits: ResourceLimits::default(),
             run_as: RunAs::default(),
             restart: RestartPolicy::default(),
+            image: None,
         }
     }
 

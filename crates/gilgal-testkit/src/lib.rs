@@ -86,6 +86,7 @@ impl TestServer {
                 allow_local_git: true,
                 allow_private_urls: false,
                 app_users: false,
+                images: None,
             },
             vault,
         );

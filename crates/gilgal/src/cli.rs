@@ -378,6 +378,20 @@ pub struct ServerArgs {
     /// Log format on standard error.
     #[arg(long, value_enum, default_value_t = LogFormat::Json, env = "GILGAL_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// What runs app instances: `process` (supervised host processes, no Docker needed) or
+    /// `docker` (releases are built as images and run as containers on the local dockerd).
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Process, env = "GILGAL_RUNTIME")]
+    pub runtime: RuntimeKind,
+}
+
+/// `--runtime` values.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Host processes supervised by Gilgal (the default; per-app users with `--isolation`).
+    Process,
+    /// Containers on the local dockerd; `--isolation` does not apply (the container is the
+    /// boundary, and images run apps as an unprivileged user).
+    Docker,
 }
 
 /// Registration switch values.

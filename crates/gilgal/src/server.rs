@@ -13,7 +13,7 @@ use gilgal_proxy::{ProxyHandle, ProxySettings};
 use gilgal_store::{Store, StoreBackend};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Isolation, LogFormat, Registration, ServerArgs};
+use crate::cli::{Isolation, LogFormat, Registration, RuntimeKind, ServerArgs};
 
 /// Runs the server on a small multi-threaded runtime (two workers keep idle memory low).
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -126,7 +126,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         None => default_data_dir()?,
     };
     // SAFETY: geteuid has no preconditions and cannot fail.
-    let app_users = args.isolation == Isolation::Auto && unsafe { libc::geteuid() } == 0;
+    let app_users = args.runtime == RuntimeKind::Process
+        && args.isolation == Isolation::Auto
+        && unsafe { libc::geteuid() } == 0;
     prepare_data_dir(&data_dir, app_users)?;
     let backend = StoreBackend::choose(args.database_url.as_deref(), &data_dir);
     let store = Store::connect(&backend)
@@ -144,24 +146,15 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         proxy_settings.https_port = tls.port();
     }
     let proxy = ProxyHandle::new(proxy_settings);
-    let mut runtime_config = gilgal_runtime::ProcessRuntimeConfig::default();
-    if app_users {
-        runtime_config.mount_isolation = gilgal_runtime::MountIsolation {
-            // A private /tmp would hide a data dir that lives under /tmp (tests, trials).
-            private_tmp: !data_dir.starts_with("/tmp"),
-            hidden_paths: ["keys", "runtime", "work", "cache"]
-                .iter()
-                .map(|p| data_dir.join(p))
-                .collect(),
-        };
-        runtime_config.app_home_root = Some(data_dir.join("homes"));
-    }
-    let runtime = gilgal_runtime::ProcessRuntime::new(data_dir.join("runtime"), runtime_config)
-        .await
-        .context("cannot start the process runtime")?;
+    let (runtime, images): (std::sync::Arc<dyn gilgal_runtime::Runtime>, _) = match args.runtime {
+        RuntimeKind::Process => (process_runtime(&data_dir, app_users).await?, None),
+        RuntimeKind::Docker => {
+            let (runtime, images) = docker_runtime(&data_dir).await?;
+            (runtime, Some(images))
+        }
+    };
     let proxy_listener = bind(args.proxy_listen, "proxy").await?;
     let proxy_addr = proxy_listener.local_addr()?;
-    let runtime: std::sync::Arc<dyn gilgal_runtime::Runtime> = std::sync::Arc::new(runtime);
     let vault = std::sync::Arc::new(
         gilgal_deploy::Vault::open_or_create(
             &data_dir.join("keys").join("master.key"),
@@ -183,6 +176,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             allow_local_git: args.allow_local_git,
             allow_private_urls: args.allow_private_urls,
             app_users,
+            images,
         },
         vault,
     );
@@ -234,6 +228,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         base_domain = %args.base_domain,
         store = backend.kind(),
         app_users,
+        runtime = runtime.name(),
         data_dir = %data_dir.display(),
         "gilgal server ready"
     );
@@ -270,6 +265,83 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("gilgal server stopped");
     Ok(())
+}
+
+/// The process runtime over `DATA_DIR/runtime`, with per-app users and hidden data when
+/// `app_users`.
+async fn process_runtime(
+    data_dir: &Path,
+    app_users: bool,
+) -> anyhow::Result<std::sync::Arc<dyn gilgal_runtime::Runtime>> {
+    let mut runtime_config = gilgal_runtime::ProcessRuntimeConfig::default();
+    if app_users {
+        runtime_config.mount_isolation = gilgal_runtime::MountIsolation {
+            // A private /tmp would hide a data dir that lives under /tmp (tests, trials).
+            private_tmp: !data_dir.starts_with("/tmp"),
+            hidden_paths: ["keys", "runtime", "work", "cache"]
+                .iter()
+                .map(|p| data_dir.join(p))
+                .collect(),
+        };
+        runtime_config.app_home_root = Some(data_dir.join("homes"));
+    }
+    let runtime = gilgal_runtime::ProcessRuntime::new(data_dir.join("runtime"), runtime_config)
+        .await
+        .context("cannot start the process runtime")?;
+    Ok(std::sync::Arc::new(runtime))
+}
+
+/// The Docker runtime: records in `DATA_DIR/docker`, containers labelled with this data
+/// dir's namespace (generated once and kept there, so a restarted server re-adopts its own
+/// containers and two servers on one dockerd never touch each other's).
+async fn docker_runtime(
+    data_dir: &Path,
+) -> anyhow::Result<(
+    std::sync::Arc<dyn gilgal_runtime::Runtime>,
+    gilgal_deploy::ImageSettings,
+)> {
+    let docker = gilgal_docker::connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("--runtime docker: {e}; or use --runtime process"))?;
+    let state_dir = data_dir.join("docker");
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict permissions of {}", state_dir.display()))?;
+    let namespace = docker_namespace(&state_dir)?;
+    let config = gilgal_docker::DockerRuntimeConfig {
+        namespace,
+        ..Default::default()
+    };
+    let runtime = gilgal_docker::DockerRuntime::new(docker.clone(), &state_dir, config)
+        .await
+        .context("cannot start the Docker runtime")?;
+    let images = gilgal_deploy::ImageSettings {
+        docker,
+        bases: gilgal_docker::BaseImages::default(),
+    };
+    Ok((std::sync::Arc::new(runtime), images))
+}
+
+/// This data dir's container namespace from `<state_dir>/namespace`, created on first use
+/// (temp file + fsync + rename).
+fn docker_namespace(state_dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    let path = state_dir.join("namespace");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => return Ok(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    let namespace = format!("g{}", &random[..12]);
+    let temp = state_dir.join("namespace.tmp");
+    let mut file =
+        std::fs::File::create(&temp).with_context(|| format!("cannot write {}", temp.display()))?;
+    file.write_all(namespace.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(namespace)
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {

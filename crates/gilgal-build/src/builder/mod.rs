@@ -167,6 +167,11 @@ pub struct Artifact {
     pub built_at: SystemTime,
     /// How long the build took, in milliseconds.
     pub build_millis: u64,
+    /// The container image (id) this release runs, for releases built as images on the Docker
+    /// runtime; then `app_dir` is the path inside the image and nothing is on the host.
+    /// `None` for host builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl Artifact {
@@ -507,12 +512,49 @@ async fn build_inner(
         dependency_cache: output.dependency_cache,
         built_at: SystemTime::now(),
         build_millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        image: None,
     };
     let json = serde_json::to_vec_pretty(&artifact)
         .map_err(|err| BuildError::Internal(err.to_string()))?;
     let manifest = artifact_dir.join(ARTIFACT_FILE_NAME);
     fsops::write_atomically(&manifest, &json).map_err(io_error("cannot write", &manifest))?;
     Ok(artifact)
+}
+
+/// What a source tree says about running it, without building it: its validated
+/// `gilgal.toml` (for one environment) and its process types. Exists for builds that happen
+/// elsewhere (container images), which still run the same Procfile/`gilgal.toml` processes.
+#[derive(Debug, Clone)]
+pub struct SourcePlan {
+    /// The configuration in effect for the environment.
+    pub config: EffectiveConfig,
+    /// Long-running process types (see [`Artifact::processes`]).
+    pub processes: Vec<ProcessSpec>,
+    /// The release phase, if any.
+    pub release: Option<ReleasePhase>,
+}
+
+/// Reads and validates `gilgal.toml` and the `Procfile` of `source_dir` for `environment`
+/// (errors name the line), merging them as a build would; `default_web` is used when neither
+/// defines any process (a stack's or an image's default command).
+pub fn plan_source(
+    source_dir: &Path,
+    environment: &str,
+    default_web: Option<CommandLine>,
+) -> Result<SourcePlan, BuildError> {
+    let config = AppConfig::load(source_dir)?.for_environment(environment);
+    let procfile_path = source_dir.join("Procfile");
+    let procfile = match fs::read_to_string(&procfile_path) {
+        Ok(text) => Procfile::parse(&text)?,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Procfile::default(),
+        Err(err) => return Err(io_error("cannot read", &procfile_path)(err)),
+    };
+    let (processes, release) = collect_processes(&procfile, &config, default_web);
+    Ok(SourcePlan {
+        config,
+        processes,
+        release,
+    })
 }
 
 fn prepend_path(dirs: &[PathBuf], existing: Option<String>) -> Option<OsString> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use gilgal_testkit::{backend_tests, Backend};
 
 mod day2;
+mod docker;
 use day2::config_secrets_rollback_and_promotion;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gilgal");
@@ -21,10 +22,16 @@ struct ServerProcess {
     proxy_tls_url: String,
     dir: tempfile::TempDir,
     database_url: Option<String>,
+    /// Extra `gilgal server` arguments (e.g. `--runtime docker`), kept for restarts.
+    extra_args: Vec<String>,
 }
 
 /// Starts `gilgal server` on free ports over `dir`, returning it and its "ready" log line.
-fn spawn_server(dir: &Path, database_url: Option<&str>) -> (Child, serde_json::Value) {
+fn spawn_server(
+    dir: &Path,
+    database_url: Option<&str>,
+    extra_args: &[String],
+) -> (Child, serde_json::Value) {
     let mut command = Command::new(BIN);
     command
         .args([
@@ -44,6 +51,7 @@ fn spawn_server(dir: &Path, database_url: Option<&str>) -> (Child, serde_json::V
             "--data-dir",
         ])
         .arg(dir.join("data"))
+        .args(extra_args)
         .env_remove("GILGAL_DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -69,6 +77,12 @@ fn spawn_server(dir: &Path, database_url: Option<&str>) -> (Child, serde_json::V
 
 impl ServerProcess {
     async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, &[]).await
+    }
+
+    /// Starts a server with extra `gilgal server` arguments (also used on restarts).
+    async fn start_with(backend: Backend, extra_args: &[&str]) -> Self {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
         let dir = tempfile::tempdir().unwrap();
         // As root, apps run as their own users: they must be able to pass through to their
         // releases in the data dir below (never to list or read anything else).
@@ -90,7 +104,7 @@ impl ServerProcess {
                 )
             }
         };
-        let (child, ready) = spawn_server(dir.path(), database_url.as_deref());
+        let (child, ready) = spawn_server(dir.path(), database_url.as_deref(), &extra_args);
         let field = |name: &str| ready[name].as_str().unwrap().to_owned();
         Self {
             child,
@@ -99,6 +113,7 @@ impl ServerProcess {
             proxy_tls_url: field("proxy_tls"),
             dir,
             database_url,
+            extra_args,
         }
     }
 
@@ -107,7 +122,11 @@ impl ServerProcess {
     fn crash_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, ready) = spawn_server(self.dir.path(), self.database_url.as_deref());
+        let (child, ready) = spawn_server(
+            self.dir.path(),
+            self.database_url.as_deref(),
+            &self.extra_args,
+        );
         self.child = child;
         self.url = ready["api"].as_str().unwrap().to_owned();
         self.proxy_url = ready["proxy"].as_str().unwrap().to_owned();
