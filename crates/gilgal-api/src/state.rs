@@ -22,6 +22,10 @@ pub struct ApiConfig {
     pub cors_origins: Vec<String>,
     /// Sustained requests per second each credential may make (bursts up to 10× that).
     pub requests_per_second: u32,
+    /// Deployments per hour per team (or per user for personal projects).
+    pub deploys_per_hour: u32,
+    /// Builds at once per team (or per user for personal projects).
+    pub concurrent_builds: u32,
 }
 
 impl Default for ApiConfig {
@@ -32,6 +36,8 @@ impl Default for ApiConfig {
             max_body_bytes: 1024 * 1024,
             cors_origins: Vec::new(),
             requests_per_second: 50,
+            deploys_per_hour: 120,
+            concurrent_builds: 4,
         }
     }
 }

@@ -273,3 +273,34 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Deployments created since `since_ms` by projects of the same owner as `project` (its
+    /// team, or its owner's personal projects), and how many of them are still building:
+    /// the inputs of deploy and build quotas.
+    pub async fn deployment_usage(
+        &self,
+        project: Uuid,
+        since_ms: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS recent, \
+             COALESCE(SUM(CASE WHEN d.state IN ('pending', 'building', 'releasing') THEN 1 ELSE 0 END), 0) AS building \
+             FROM deployments d JOIN projects p ON p.id = d.project_id \
+             JOIN projects me ON me.id = $1 \
+             WHERE d.created_at >= $2 AND ( \
+               (me.team_id IS NOT NULL AND p.team_id = me.team_id) OR \
+               (me.team_id IS NULL AND p.team_id IS NULL AND p.owner_id = me.owner_id))",
+        )
+        .bind(project.to_string())
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        let recent: i64 = row.try_get("recent")?;
+        let building: i64 = row.try_get("building")?;
+        Ok((
+            u64::try_from(recent).unwrap_or(0),
+            u64::try_from(building).unwrap_or(0),
+        ))
+    }
+}

@@ -109,6 +109,7 @@ pub(crate) fn to_wire(
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 404, description = "No such project or environment", body = ErrorBody),
         (status = 413, description = "Upload too large", body = ErrorBody),
+        (status = 429, description = "Deploy or build quota reached; see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn create_deployment(
@@ -142,6 +143,7 @@ async fn create_deployment(
     caller.check_scope(project_id, Some(environment.id), "environment")?;
     crate::routes::teams::require_role(&state, &caller, project_id, gilgal_types::Role::Developer)
         .await?;
+    check_quota(&state, project_id).await?;
 
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -491,4 +493,33 @@ async fn redeploy(
         .await
         .map_err(crate::routes::environments::deploy_error)?;
     crate::routes::environments::accepted(&state, &caller, deployment).await
+}
+
+/// Deploy and build quotas per team (or per user for personal projects): a runaway CI loop
+/// gets a 429 with `Retry-After` instead of filling the machine with builds.
+async fn check_quota(state: &AppState, project: uuid::Uuid) -> Result<(), ApiError> {
+    let hour = Duration::from_secs(3600);
+    let since = crate::routes::millis_from_now(Duration::ZERO) - 3_600_000;
+    let (recent, building) = state.store().deployment_usage(project, since).await?;
+    if recent >= u64::from(state.config.deploys_per_hour) {
+        return Err(ApiError::too_many(
+            "deploy_quota",
+            format!(
+                "this team made {recent} deployments in the last hour (the limit is {}); try again later",
+                state.config.deploys_per_hour
+            ),
+            hour / 4,
+        ));
+    }
+    if building >= u64::from(state.config.concurrent_builds) {
+        return Err(ApiError::too_many(
+            "build_quota",
+            format!(
+                "{building} builds of this team are running (the limit is {}); wait for one to finish",
+                state.config.concurrent_builds
+            ),
+            Duration::from_secs(10),
+        ));
+    }
+    Ok(())
 }

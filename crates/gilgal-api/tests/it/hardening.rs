@@ -468,3 +468,97 @@ async fn scoped_tokens_do_only_what_they_say(backend: Backend) {
     .await;
     assert_error(&answer, StatusCode::NOT_FOUND, "not_found");
 }
+
+#[tokio::test]
+async fn deploy_and_build_quotas_answer_429() {
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        ApiConfig {
+            deploys_per_hour: 3,
+            concurrent_builds: 1,
+            ..ApiConfig::default()
+        },
+    )
+    .await;
+    let (_, pair) = server.user("ci@example.com").await;
+    let token = Some(pair.access_token.as_str());
+    let (_, _, project) = raw(
+        &server,
+        Method::POST,
+        "/api/projects",
+        token,
+        Some(json!({"name": "busy"})),
+    )
+    .await;
+    let project_id: uuid::Uuid = project["id"].as_str().unwrap().parse().unwrap();
+    let upload = || {
+        server
+            .http()
+            .post(format!(
+                "{}/api/projects/{project_id}/deployments",
+                server.url
+            ))
+            .bearer_auth(&pair.access_token)
+            .header("content-type", "application/gzip")
+            .body(b"not a tarball".to_vec())
+            .send()
+    };
+    // A build in progress (recorded directly): the next deploy waits for it.
+    let (_, _, envs) = raw(
+        &server,
+        Method::GET,
+        &format!("/api/projects/{project_id}/environments"),
+        token,
+        None,
+    )
+    .await;
+    let env_id: uuid::Uuid = envs[0]["id"].as_str().unwrap().parse().unwrap();
+    let stuck = server
+        .state
+        .store()
+        .create_deployment(project_id, env_id, r#"{"kind":"upload"}"#)
+        .await
+        .unwrap();
+    let refused = upload().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "build_quota");
+    server
+        .state
+        .store()
+        .transition_deployment(
+            stuck,
+            gilgal_core::lifecycle::DeploymentState::Failed,
+            Some("test"),
+        )
+        .await
+        .unwrap();
+    // Three per hour: the stuck one counts, two more are accepted, the next is refused.
+    for _ in 0..2 {
+        let accepted = upload().await.unwrap();
+        assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+        let id = accepted.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for _ in 0..100 {
+            let (_, _, d) = raw(
+                &server,
+                Method::GET,
+                &format!("/api/deployments/{id}"),
+                token,
+                None,
+            )
+            .await;
+            if d["state"] == "failed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let refused = upload().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "deploy_quota");
+}
