@@ -6,6 +6,7 @@ mod certificates;
 mod docs;
 mod environments;
 mod hardening;
+mod matrix;
 mod projects;
 mod teams;
 mod tokens;
