@@ -28,6 +28,9 @@ enum Access {
     Team(&'static str),
 }
 
+/// One row: method, documented path, concrete path, body, who may call it, destructive.
+type Operation = (Method, &'static str, String, Option<Value>, Access, bool);
+
 const ROLES: [&str; 4] = ["viewer", "developer", "admin", "owner"];
 
 fn rank(role: &str) -> usize {
@@ -161,7 +164,7 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
     let carol = user_id["carol"].clone();
     let frank = user_id["frank"].clone();
     // (method, documented path, concrete path, body, who may call it, destructive)
-    let table: Vec<(Method, &str, String, Option<Value>, Access, bool)> = vec![
+    let table: Vec<Operation> = vec![
         (
             Method::GET,
             "/health",
