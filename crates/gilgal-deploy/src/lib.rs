@@ -25,6 +25,7 @@ pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError}
 pub use gilgal_build::GitSource;
 pub use images::ImageSettings;
 pub use pipeline::{DeploySource, ReuseKind, ReuseRelease};
+pub use reconcile::InstanceUsage;
 pub use runs::{parse_schedule, RunOutput, RunRequest};
 
 use std::collections::HashMap;

@@ -359,3 +359,38 @@ impl Deployer {
         Ok(())
     }
 }
+
+/// One running instance with its resource use, for metrics.
+#[derive(Debug, Clone)]
+pub struct InstanceUsage {
+    /// Runtime status (labels, restarts, state).
+    pub status: gilgal_runtime::InstanceStatus,
+    /// CPU and memory, when the runtime could read them.
+    pub stats: Option<gilgal_runtime::ResourceStats>,
+}
+
+impl Deployer {
+    /// Every instance the runtime knows, with CPU and memory (for `/metrics`).
+    pub async fn instance_usage(&self) -> Result<Vec<InstanceUsage>, DeployError> {
+        let statuses = self
+            .runtime
+            .list()
+            .await
+            .map_err(|e| DeployError::Runtime(e.to_string()))?;
+        let mut usage = Vec::with_capacity(statuses.len());
+        for status in statuses {
+            let stats = if status.state.is_active() {
+                self.runtime.stats(&status.id).await.ok()
+            } else {
+                None
+            };
+            usage.push(InstanceUsage { status, stats });
+        }
+        Ok(usage)
+    }
+
+    /// The proxy route id of an environment (metrics are kept per route).
+    pub fn route_of(&self, environment: &EnvironmentRecord) -> String {
+        crate::pipeline::route_id(&environment.project_name, &environment.name)
+    }
+}

@@ -238,3 +238,45 @@ pub struct Domain {
     /// The environment it serves.
     pub environment_id: Uuid,
 }
+
+/// Traffic and resource figures of one environment since the server started.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct EnvironmentMetrics {
+    /// Environment id.
+    pub environment_id: Uuid,
+    /// Environment name.
+    pub environment: String,
+    /// Requests answered through the proxy.
+    pub requests: u64,
+    /// Responses by status class, `1xx` … `5xx`.
+    pub status_classes: BTreeMap<String, u64>,
+    /// Share of 5xx responses (0 to 1).
+    pub error_rate: f64,
+    /// Latency percentiles (seconds, upper bound of the histogram bucket), when any request.
+    pub p50_seconds: Option<f64>,
+    /// 95th percentile.
+    pub p95_seconds: Option<f64>,
+    /// 99th percentile.
+    pub p99_seconds: Option<f64>,
+    /// Requests and tunnels open now.
+    pub open_connections: u64,
+    /// Running instances.
+    pub instances: Vec<InstanceMetrics>,
+}
+
+/// One instance's resource use.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct InstanceMetrics {
+    /// Process type.
+    pub process_type: String,
+    /// Index within the type.
+    pub index: u32,
+    /// Release it runs.
+    pub release: u64,
+    /// CPU time used (seconds).
+    pub cpu_seconds: Option<f64>,
+    /// Resident memory (bytes).
+    pub memory_bytes: Option<u64>,
+    /// Restarts since it was started.
+    pub restarts: u32,
+}

@@ -418,6 +418,39 @@ async fn scale_up_and_down_without_failures() {
     assert!(out.contains("web=1"), "{out}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_no_failures(stop, clients).await;
+    // The traffic shows in the metrics: per project as JSON, and for the platform as
+    // Prometheus text (administrators).
+    let pid = project_id(&server, "wide").await;
+    let figures: Vec<serde_json::Value> =
+        serde_json::from_str(&api_get(&server, &format!("/api/projects/{pid}/metrics")).await)
+            .unwrap();
+    let production = &figures[0];
+    assert!(
+        production["requests"].as_u64().unwrap() > 50,
+        "{production}"
+    );
+    assert_eq!(production["status_classes"]["5xx"], 0);
+    assert_eq!(production["error_rate"], 0.0);
+    assert!(
+        production["p99_seconds"].as_f64().unwrap() > 0.0,
+        "{production}"
+    );
+    let instances = production["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 1, "scaled back to one: {production}");
+    assert!(instances[0]["memory_bytes"].as_u64().unwrap() > 1_000_000);
+    let text = api_get(&server, "/metrics").await;
+    assert!(
+        text.contains("gilgal_proxy_requests_total{route=\"wide/production\",class=\"2xx\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gilgal_instance_memory_bytes{app=\"wide\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("gilgal_deployments_total{state=\"live\"} 1"),
+        "{text}"
+    );
     let refused = server.cli(&["scale", "worker=2", "-p", "wide"], None);
     assert!(!refused.status.success());
     assert!(

@@ -1,0 +1,284 @@
+//! Metrics: Prometheus exposition of the platform at `/metrics` (administrators), and JSON
+//! figures per project and per deployment, as the spec names them.
+
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use gilgal_deploy::InstanceUsage;
+use gilgal_proxy::{RouteMetricsSnapshot, LATENCY_BUCKETS_SECONDS};
+use gilgal_store::{EnvironmentRecord, StoreError};
+use gilgal_types::{EnvironmentMetrics, ErrorBody, InstanceMetrics};
+use std::fmt::Write as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::extract::{parse_path_id, AuthUser};
+use crate::{ApiError, AppState};
+
+/// Routes of this module.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(prometheus))
+        .routes(routes!(project_metrics))
+        .routes(routes!(deployment_metrics))
+}
+
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The upper bound of the bucket holding quantile `q`, from non-cumulative bucket counts.
+fn quantile(buckets: &[u64; 15], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let wanted = (q * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= wanted {
+            return Some(
+                LATENCY_BUCKETS_SECONDS
+                    .get(i)
+                    .copied()
+                    .unwrap_or(f64::INFINITY),
+            );
+        }
+    }
+    None
+}
+
+fn environment_figures(
+    environment: &EnvironmentRecord,
+    route: Option<&RouteMetricsSnapshot>,
+    usage: &[InstanceUsage],
+    release: Option<u64>,
+) -> EnvironmentMetrics {
+    let empty = RouteMetricsSnapshot {
+        status_classes: [0; 5],
+        latency_buckets: [0; 15],
+        latency_sum_seconds: 0.0,
+        bytes_in: 0,
+        bytes_out: 0,
+        open_connections: 0,
+    };
+    let m = route.unwrap_or(&empty);
+    let requests = m.requests();
+    EnvironmentMetrics {
+        environment_id: environment.id,
+        environment: environment.name.clone(),
+        requests,
+        status_classes: m
+            .status_classes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("{}xx", i + 1), *n))
+            .collect(),
+        error_rate: if requests == 0 {
+            0.0
+        } else {
+            m.status_classes[4] as f64 / requests as f64
+        },
+        p50_seconds: quantile(&m.latency_buckets, 0.50),
+        p95_seconds: quantile(&m.latency_buckets, 0.95),
+        p99_seconds: quantile(&m.latency_buckets, 0.99),
+        open_connections: m.open_connections,
+        instances: usage
+            .iter()
+            .filter(|u| {
+                u.status.labels.app == environment.project_name
+                    && u.status.labels.env == environment.name
+                    && u.status.state.is_active()
+                    && release.is_none_or(|r| u.status.labels.release == r)
+            })
+            .map(|u| InstanceMetrics {
+                process_type: u.status.labels.process_type.clone(),
+                index: u.status.labels.index,
+                release: u.status.labels.release,
+                cpu_seconds: u.stats.as_ref().map(|s| s.cpu_time.as_secs_f64()),
+                memory_bytes: u.stats.as_ref().map(|s| s.rss_bytes),
+                restarts: u.status.restarts,
+            })
+            .collect(),
+    }
+}
+
+/// Prometheus exposition of the whole platform: proxy traffic per route, deployments by
+/// state, and every instance's CPU, memory and restarts. Administrators only (scrape with an
+/// administrator's read-scoped API token).
+#[utoipa::path(get, path = "/metrics", tag = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn prometheus(
+    State(state): State<AppState>,
+    caller: AuthUser,
+) -> Result<impl IntoResponse, ApiError> {
+    crate::routes::admin::require_admin(&caller)?;
+    let mut out = state.proxy().metrics().render_prometheus();
+    let _ = writeln!(out, "# TYPE gilgal_deployments_total counter");
+    for (deployment_state, n) in state.store().deployment_outcomes().await? {
+        let _ = writeln!(
+            out,
+            "gilgal_deployments_total{{state=\"{}\"}} {n}",
+            label(&deployment_state)
+        );
+    }
+    let usage = state
+        .deployer()
+        .instance_usage()
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    for (name, kind) in [
+        ("gilgal_instance_up", "gauge"),
+        ("gilgal_instance_cpu_seconds_total", "counter"),
+        ("gilgal_instance_memory_bytes", "gauge"),
+        ("gilgal_instance_restarts_total", "counter"),
+    ] {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for u in &usage {
+            let l = &u.status.labels;
+            let labels = format!(
+                "app=\"{}\",env=\"{}\",release=\"v{}\",process=\"{}\",index=\"{}\"",
+                label(&l.app),
+                label(&l.env),
+                l.release,
+                label(&l.process_type),
+                l.index
+            );
+            let value = match name {
+                "gilgal_instance_up" => Some(if u.status.state.is_active() { 1.0 } else { 0.0 }),
+                "gilgal_instance_cpu_seconds_total" => {
+                    u.stats.as_ref().map(|s| s.cpu_time.as_secs_f64())
+                }
+                "gilgal_instance_memory_bytes" => u.stats.as_ref().map(|s| s.rss_bytes as f64),
+                _ => Some(f64::from(u.status.restarts)),
+            };
+            if let Some(value) = value {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        }
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    ))
+}
+
+/// Traffic (requests by status class, error rate, latency percentiles) and instance CPU and
+/// memory of each of the project's environments, since the server started.
+#[utoipa::path(get, path = "/api/projects/{id}/metrics", tag = "metrics",
+    params(("id" = String, Path, description = "Project id")),
+    responses(
+        (status = 200, description = "Per environment", body = Vec<EnvironmentMetrics>),
+        (status = 404, description = "No such project", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn project_metrics(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<EnvironmentMetrics>>, ApiError> {
+    let project = parse_path_id(&id, "project")?;
+    caller.check_project(project, "project")?;
+    crate::routes::teams::require_for_method(&state, &caller, project).await?;
+    let environments = state
+        .store()
+        .list_environments(caller.user.id, project)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("project"),
+            other => other.into(),
+        })?;
+    let snapshot = state.proxy().metrics();
+    let usage = state
+        .deployer()
+        .instance_usage()
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(
+        environments
+            .iter()
+            .filter(|e| {
+                caller
+                    .check_scope(e.project_id, Some(e.id), "environment")
+                    .is_ok()
+            })
+            .map(|e| {
+                let route = state.deployer().route_of(e);
+                environment_figures(e, snapshot.route(&route), &usage, None)
+            })
+            .collect(),
+    ))
+}
+
+/// The figures of a deployment's environment, with only the instances of its release.
+#[utoipa::path(get, path = "/api/deployments/{id}/metrics", tag = "metrics",
+    params(("id" = String, Path, description = "Deployment id")),
+    responses(
+        (status = 200, description = "Figures", body = EnvironmentMetrics),
+        (status = 404, description = "No such deployment", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn deployment_metrics(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<EnvironmentMetrics>, ApiError> {
+    let id = parse_path_id(&id, "deployment")?;
+    let record = state
+        .store()
+        .deployment(caller.user.id, id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("deployment"),
+            other => other.into(),
+        })?;
+    caller.check_scope(record.project_id, Some(record.environment_id), "deployment")?;
+    crate::routes::teams::require_for_method(&state, &caller, record.project_id).await?;
+    let environment = state
+        .store()
+        .environment_by_id(record.environment_id)
+        .await?;
+    let snapshot = state.proxy().metrics();
+    let usage = state
+        .deployer()
+        .instance_usage()
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let route = state.deployer().route_of(&environment);
+    Ok(Json(environment_figures(
+        &environment,
+        snapshot.route(&route),
+        &usage,
+        Some(record.release_number.unwrap_or(0)),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_bucket_upper_bounds() {
+        let mut buckets = [0u64; 15];
+        buckets[0] = 90; // ≤ first bound
+        buckets[5] = 9;
+        buckets[14] = 1; // +Inf
+        assert_eq!(quantile(&buckets, 0.5), Some(LATENCY_BUCKETS_SECONDS[0]));
+        assert_eq!(quantile(&buckets, 0.95), Some(LATENCY_BUCKETS_SECONDS[5]));
+        assert_eq!(quantile(&buckets, 1.0), Some(f64::INFINITY));
+        assert_eq!(quantile(&[0; 15], 0.5), None);
+    }
+}
