@@ -586,6 +586,18 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Deployments by final state, over the whole instance (for `/metrics`).
+    pub async fn deployment_outcomes(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        sqlx::query("SELECT state, COUNT(*) AS n FROM deployments GROUP BY state ORDER BY state")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("state")?, u64_of(row.try_get("n")?))))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,17 +613,5 @@ mod tests {
         );
         assert!(serde_json_formation("{}").unwrap().is_empty());
         assert!(serde_json_formation("{\"web\":x}").is_err());
-    }
-}
-
-impl Store {
-    /// Deployments by final state, over the whole instance (for `/metrics`).
-    pub async fn deployment_outcomes(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        sqlx::query("SELECT state, COUNT(*) AS n FROM deployments GROUP BY state ORDER BY state")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|row| Ok((row.try_get("state")?, u64_of(row.try_get("n")?))))
-            .collect()
     }
 }
