@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::audit::routes())
         .merge(routes::teams::routes())
         .merge(routes::metrics::routes())
+        .merge(routes::webhooks::routes())
         .split_for_parts();
     let api = api.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),

@@ -223,6 +223,21 @@ impl Vault {
         Ok(sealed.as_str().to_owned())
     }
 
+    /// Opens one value sealed by [`Vault::seal`] under `environment` and `name` (webhook
+    /// secrets use this; config vars go through [`Vault::resolve`]).
+    pub async fn open(
+        &self,
+        environment: Uuid,
+        name: &str,
+        sealed: &str,
+    ) -> Result<gilgal_secrets::Zeroizing<String>, VaultError> {
+        let key = self.data_key(environment).await?;
+        Ok(key.open(
+            &SealedValue::parse(sealed)?,
+            &associated_data(environment, name),
+        )?)
+    }
+
     /// Opens every secret of a snapshot taken in `environment`.
     pub async fn resolve(
         &self,

@@ -355,6 +355,20 @@ pub(crate) struct Prepared {
 }
 
 impl Deployer {
+    /// Whether this server would fetch from `url`: an accepted transport (`file://` only
+    /// with `--allow-local-git`) and, unless private URLs are allowed, a host that resolves to
+    /// public addresses only. Checked before anything is recorded, and when a webhook is made.
+    pub async fn check_git_url(&self, url: &str) -> Result<(), DeployError> {
+        gilgal_build::git::validate_url(url, self.config.allow_local_git)
+            .map_err(|e| DeployError::Invalid(e.to_string()))?;
+        if !self.config.allow_private_urls {
+            crate::ssrf::check_public(url)
+                .await
+                .map_err(DeployError::Invalid)?;
+        }
+        Ok(())
+    }
+
     /// Records a deployment of `source` to `environment` and runs it in the background;
     /// returns its id at once. An existing release that cannot be started (pruned, unknown)
     /// is refused here, before anything is recorded.
@@ -386,11 +400,7 @@ impl Deployer {
                 gilgal_build::git::validate_url(&git.url, self.config.allow_local_git)
                     .and_then(|()| gilgal_build::git::validate_ref(&git.reference))
                     .map_err(|e| DeployError::Invalid(e.to_string()))?;
-                if !self.config.allow_private_urls {
-                    crate::ssrf::check_public(&git.url)
-                        .await
-                        .map_err(DeployError::Invalid)?;
-                }
+                self.check_git_url(&git.url).await?;
             }
             DeploySource::Upload(_) => {}
         }

@@ -16,6 +16,7 @@ mod runs;
 mod settings;
 mod teams;
 mod users;
+mod webhooks;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -36,6 +37,7 @@ pub use projects::ProjectChanges;
 pub use runs::{CronJobRecord, RunRecord};
 pub use teams::{AcceptOutcome, MemberRecord, TeamRecord};
 pub use users::{ApiTokenOwner, RefreshOutcome, SessionRecord, TokenGrant, UserCredentials};
+pub use webhooks::{DeliveryRecord, NewWebhook, WebhookRecord};
 
 /// Migrations, embedded at build time and applied on connect.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

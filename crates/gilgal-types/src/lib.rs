@@ -10,6 +10,7 @@ mod environments;
 mod error;
 mod names;
 mod projects;
+mod webhooks;
 
 pub use auth::*;
 pub use deployments::*;
@@ -17,6 +18,7 @@ pub use environments::*;
 pub use error::*;
 pub use names::*;
 pub use projects::*;
+pub use webhooks::*;
 
 /// Timestamps travel as RFC 3339 strings; this alias documents that in signatures.
 pub type Timestamp = time::OffsetDateTime;

@@ -497,7 +497,7 @@ async fn redeploy(
 
 /// Deploy and build quotas per team (or per user for personal projects): a runaway CI loop
 /// gets a 429 with `Retry-After` instead of filling the machine with builds.
-async fn check_quota(state: &AppState, project: uuid::Uuid) -> Result<(), ApiError> {
+pub(crate) async fn check_quota(state: &AppState, project: uuid::Uuid) -> Result<(), ApiError> {
     let hour = Duration::from_secs(3600);
     let since = crate::routes::millis_from_now(Duration::ZERO) - 3_600_000;
     let (recent, building) = state.store().deployment_usage(project, since).await?;

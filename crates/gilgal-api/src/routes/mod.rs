@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod projects;
 pub mod teams;
 pub mod tokens;
+pub mod webhooks;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

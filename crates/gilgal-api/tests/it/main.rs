@@ -10,6 +10,7 @@ mod matrix;
 mod projects;
 mod teams;
 mod tokens;
+mod webhooks;
 
 use gilgal_testkit::TestServer;
 use reqwest::{Method, StatusCode};

@@ -26,6 +26,8 @@ enum Access {
     Project(&'static str),
     /// Team resources: this role or above on the team; strangers get 404.
     Team(&'static str),
+    /// No user credential: a signature over the body is the credential (webhook receiver).
+    Signed,
 }
 
 /// One row: method, documented path, concrete path, body, who may call it, destructive.
@@ -143,6 +145,31 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
     )
     .await;
     let cron_id = cron["id"].as_str().unwrap().to_owned();
+    // A webhook, made through the store (creating one through the API checks that the
+    // repository's host is public, which needs DNS).
+    let webhook_id = uuid::Uuid::new_v4();
+    let sealed = server
+        .state
+        .deployer()
+        .vault()
+        .seal(env_uuid, &format!("webhook:{webhook_id}"), "fixture-secret")
+        .await
+        .unwrap();
+    server
+        .state
+        .store()
+        .create_webhook(&gilgal_store::NewWebhook {
+            id: webhook_id,
+            project_id: project_uuid,
+            environment_id: env_uuid,
+            provider: "github",
+            repo_url: "https://example.com/shop.git",
+            branch: "main",
+            secret_sealed: &sealed,
+            created_by: user_id["ada"].parse().unwrap(),
+        })
+        .await
+        .unwrap();
     raw(
         &server,
         Method::POST,
@@ -637,6 +664,48 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
             Access::Team("admin"),
             true,
         ),
+        (
+            Method::POST,
+            "/api/webhooks",
+            "/api/webhooks".into(),
+            Some(
+                json!({"project_id": project_id, "provider": "github", "repo_url": "https://example.com/shop.git"}),
+            ),
+            Access::Project("admin"),
+            false,
+        ),
+        (
+            Method::GET,
+            "/api/projects/{id}/webhooks",
+            format!("/api/projects/{project_id}/webhooks"),
+            None,
+            Access::Project("viewer"),
+            false,
+        ),
+        (
+            Method::GET,
+            "/api/webhooks/{id}/deliveries",
+            format!("/api/webhooks/{webhook_id}/deliveries"),
+            None,
+            Access::Project("viewer"),
+            false,
+        ),
+        (
+            Method::DELETE,
+            "/api/webhooks/{id}",
+            format!("/api/webhooks/{webhook_id}"),
+            None,
+            Access::Project("admin"),
+            true,
+        ),
+        (
+            Method::POST,
+            "/api/webhooks/{id}/deliver",
+            format!("/api/webhooks/{webhook_id}/deliver"),
+            Some(json!({"zen": "unsigned"})),
+            Access::Signed,
+            false,
+        ),
     ];
 
     // Every documented operation is classified, and nothing classified is undocumented.
@@ -728,6 +797,14 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
                     );
                 }
             }
+            Access::Signed => {
+                // Neither anonymity nor a user token stands in for the signature.
+                for who in [None, as_user("ada")] {
+                    let answer = call(who).await;
+                    assert_eq!(answer.0, StatusCode::UNAUTHORIZED, "{what}: {answer:?}");
+                    assert_eq!(answer.2["error"]["code"], "missing_signature");
+                }
+            }
             Access::Project(weakest) | Access::Team(weakest) => {
                 let answer = call(as_user("eve")).await;
                 assert_eq!(
@@ -773,6 +850,11 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
             "DELETE a cron job as developer",
             "carol",
             format!("/api/cron/{cron_id}"),
+        ),
+        (
+            "DELETE a webhook as admin",
+            "bob",
+            format!("/api/webhooks/{webhook_id}"),
         ),
         (
             "DELETE a member as admin",
