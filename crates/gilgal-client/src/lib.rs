@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use gilgal_types::{
     ApiToken, AuditEntry, ConfigChanged, ConfigUpdate, ConfigVar, CreateApiTokenRequest,
-    CreateProjectRequest, CreatedApiToken, CronJob, CronJobRequest, Deployment, Domain,
-    DomainRequest, Environment, EnvironmentRequest, ErrorBody, Formation, FormationUpdate,
-    GitDeployRequest, InstanceSettings, LoginRequest, Project, PromoteRequest, RedeployRequest,
-    RefreshRequest, RegisterRequest, Release, RollbackRequest, Run, RunRequest, TokenPair,
-    UpdateProjectRequest, User,
+    CreateProjectRequest, CreateWebhookRequest, CreatedApiToken, CreatedWebhook, CronJob,
+    CronJobRequest, Deployment, Domain, DomainRequest, Environment, EnvironmentRequest, ErrorBody,
+    Formation, FormationUpdate, GitDeployRequest, InstanceSettings, LoginRequest, Project,
+    PromoteRequest, RedeployRequest, RefreshRequest, RegisterRequest, Release, RollbackRequest,
+    Run, RunRequest, TokenPair, UpdateProjectRequest, User, Webhook, WebhookDelivery,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -607,6 +607,39 @@ impl Client {
             Method::DELETE,
             &format!("/api/environments/{environment}/domains/{hostname}"),
         )
+        .await
+    }
+
+    /// `POST /api/webhooks`: the answer carries the secret, shown this once.
+    pub async fn create_webhook(
+        &self,
+        request: &CreateWebhookRequest,
+    ) -> Result<CreatedWebhook, ClientError> {
+        self.call(Method::POST, "/api/webhooks", request).await
+    }
+
+    /// `GET /api/projects/{id}/webhooks`.
+    pub async fn webhooks(&self, project: Uuid) -> Result<Vec<Webhook>, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/projects/{project}/webhooks")))
+            .await
+    }
+
+    /// `DELETE /api/webhooks/{id}`.
+    pub async fn delete_webhook(&self, id: Uuid) -> Result<(), ClientError> {
+        self.empty(Method::DELETE, &format!("/api/webhooks/{id}"))
+            .await
+    }
+
+    /// `GET /api/webhooks/{id}/deliveries`.
+    pub async fn webhook_deliveries(
+        &self,
+        id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/webhooks/{id}/deliveries?limit={limit}"),
+        ))
         .await
     }
 

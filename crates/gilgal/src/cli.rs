@@ -123,6 +123,9 @@ pub enum Command {
     /// Custom domains of an environment.
     #[command(subcommand)]
     Domains(DomainsCommand),
+    /// Push-to-deploy webhooks for GitHub, GitLab or any CI.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Who did what, when, from where (your own calls; everyone's for administrators).
     Audit {
         /// Only actions containing this text (`deployments`, `config`, `DELETE`, `login`).
@@ -301,6 +304,45 @@ pub enum DomainsCommand {
         /// Where.
         #[command(flatten)]
         target: Target,
+    },
+}
+
+/// `gilgal webhooks …`.
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Deploy every push to a branch: prints the URL and secret to give the git host.
+    Add {
+        /// `github` (also Gitea/Forgejo), `gitlab`, or `generic` (HMAC-signed JSON from any CI).
+        #[arg(long, default_value = "github")]
+        provider: String,
+        /// Repository Gilgal fetches on a push (`https://…`, `ssh://…`, `git@host:path`).
+        #[arg(long)]
+        repo: String,
+        /// Only pushes to this branch deploy.
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List a project's webhooks.
+    List {
+        /// Project name.
+        #[arg(long, short = 'p')]
+        project: String,
+    },
+    /// Recent deliveries of a webhook and what each did.
+    Deliveries {
+        /// Webhook id.
+        id: uuid::Uuid,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Delete a webhook.
+    Remove {
+        /// Webhook id.
+        id: uuid::Uuid,
     },
 }
 

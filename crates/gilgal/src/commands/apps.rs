@@ -15,6 +15,7 @@ use gilgal_types::{
 use super::Session;
 use crate::cli::{
     AdminCommand, CronCommand, DomainsCommand, EnvCommand, EnvironmentsCommand, Target,
+    WebhooksCommand,
 };
 
 async fn environment(client: &Client, target: &Target) -> anyhow::Result<Environment> {
@@ -587,6 +588,99 @@ pub async fn admin(
                     "Master key rotated; {} data keys re-wrapped",
                     outcome["rewrapped"]
                 );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gilgal webhooks …`.
+pub async fn webhooks(
+    session: &Session,
+    command: WebhooksCommand,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = session.authenticated()?;
+    match command {
+        WebhooksCommand::Add {
+            provider,
+            repo,
+            branch,
+            target,
+        } => {
+            let project = client.project_by_name(&target.project).await?;
+            let created = client
+                .create_webhook(&gilgal_types::CreateWebhookRequest {
+                    project_id: project.id,
+                    environment: Some(target.env.clone()),
+                    provider: provider.clone(),
+                    repo_url: repo,
+                    branch: Some(branch.clone()),
+                })
+                .await?;
+            if json {
+                crate::output::json(&created)?;
+            } else {
+                let url = format!("{}{}", session.server, created.webhook.receiver_path);
+                println!(
+                    "Pushes to {branch} now deploy {} ({}).",
+                    target.project, target.env
+                );
+                println!("Payload URL:  {url}");
+                println!("Secret:       {}   (shown once)", created.secret);
+                match provider.as_str() {
+                    "github" => println!(
+                        "In GitHub: Settings → Webhooks → Add webhook; content type application/json, the secret above, \"Just the push event\"."
+                    ),
+                    "gitlab" => println!(
+                        "In GitLab: Settings → Webhooks; the URL, the secret above as \"Secret token\", trigger \"Push events\"."
+                    ),
+                    _ => println!(
+                        "Send {{\"ref\":\"{branch}\",\"commit\":\"<full sha>\"}} with headers X-Gilgal-Event: push and X-Gilgal-Signature-256: sha256=<HMAC-SHA256 of the body under the secret>."
+                    ),
+                }
+            }
+        }
+        WebhooksCommand::List { project } => {
+            let project = client.project_by_name(&project).await?;
+            let hooks = client.webhooks(project.id).await?;
+            if json {
+                crate::output::json(&hooks)?;
+            } else {
+                for hook in hooks {
+                    println!(
+                        "{}  {:8} {} → {} ({})",
+                        hook.id, hook.provider, hook.branch, hook.environment, hook.repo_url
+                    );
+                }
+            }
+        }
+        WebhooksCommand::Deliveries { id, limit } => {
+            let deliveries = client.webhook_deliveries(id, limit).await?;
+            if json {
+                crate::output::json(&deliveries)?;
+            } else {
+                for d in deliveries {
+                    let at = d
+                        .received_at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default();
+                    let commit = d.commit.as_deref().map_or("-", |c| &c[..c.len().min(12)]);
+                    println!(
+                        "{at}  {:6} {:10} {commit:12} {}",
+                        d.event,
+                        d.outcome,
+                        d.detail
+                            .or(d.deployment_id.map(|id| format!("deployment {id}")))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        WebhooksCommand::Remove { id } => {
+            client.delete_webhook(id).await?;
+            if !json {
+                println!("Removed webhook {id}");
             }
         }
     }
