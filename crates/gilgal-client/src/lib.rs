@@ -345,6 +345,26 @@ impl Client {
         self.json(builder).await
     }
 
+    /// `POST /api/projects/{id}/deployments` with `{"image": …}`: an existing Docker image,
+    /// no build (servers on the Docker runtime).
+    pub async fn create_image_deployment(
+        &self,
+        project_id: Uuid,
+        environment: &str,
+        image: &str,
+    ) -> Result<Deployment, ClientError> {
+        let builder = self
+            .request(
+                Method::POST,
+                &format!("/api/projects/{project_id}/deployments"),
+            )
+            .query(&[("environment", environment)])
+            .json(&gilgal_types::ImageDeployRequest {
+                image: image.to_owned(),
+            });
+        self.json(builder).await
+    }
+
     /// `POST /api/deployments/{id}/redeploy`.
     pub async fn redeploy(
         &self,

@@ -159,4 +159,61 @@ impl Deployer {
             description,
         })
     }
+
+    /// Makes an existing image (`repo:tag` or an id) the environment's next release: no build,
+    /// the image's CMD is the web process and its config the release's, like a built image
+    /// without a Procfile.
+    pub(crate) async fn adopt_image(
+        &self,
+        images: &ImageSettings,
+        environment: &EnvironmentRecord,
+        reference: &str,
+        log: &DeployLog,
+    ) -> Result<Prepared, Failure> {
+        let started = Instant::now();
+        let number = self.store.next_release_number(environment.id).await?;
+        let tag = app_image_tag(&environment.project_name, &environment.name, number);
+        let (lines_tx, lines_rx) = mpsc::channel::<gilgal_build::LogLine>(1024);
+        let forward = forward_build_log(lines_rx, log.sender());
+        let sink = LogSink::new(lines_tx);
+        let adopted = gilgal_docker::adopt_image(&images.docker, reference, &tag, &sink).await;
+        drop(sink);
+        let _ = forward.await;
+        let adopted = adopted.map_err(|e| Failure::Failed(e.to_string()))?;
+        let web = CommandLine::literal(&adopted.command).map_err(|_| {
+            Failure::Failed(format!(
+                "image {reference} has no CMD to run as the web process; give it one (CMD [\"…\"]) or deploy its source with a Procfile"
+            ))
+        })?;
+        // No source: the plan of an empty directory with the image's CMD as `web`.
+        tokio::fs::create_dir_all(&self.config.work_dir).await?;
+        let empty = tempfile::tempdir_in(&self.config.work_dir)?;
+        let plan = gilgal_build::plan_source(empty.path(), &environment.name, Some(web))
+            .map_err(|e| Failure::Failed(format!("cannot plan the image's processes: {e}")))?;
+        let build_millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let artifact = Artifact {
+            format_version: ARTIFACT_FORMAT_VERSION,
+            stack: Stack::Command,
+            artifact_dir: PathBuf::from(&adopted.working_dir),
+            app_dir: PathBuf::from(&adopted.working_dir),
+            processes: plan.processes,
+            release: plan.release,
+            static_dir: None,
+            path_prepend: Vec::new(),
+            env: BTreeMap::new(),
+            config: plan.config,
+            dependency_cache: DependencyCache::NotApplicable,
+            built_at: SystemTime::now(),
+            build_millis,
+            image: Some(adopted.id),
+        };
+        let records = self.store.config_vars(environment.id).await?;
+        Ok(Prepared {
+            artifact,
+            artifact_dir: PathBuf::from(tag),
+            config: ConfigSnapshot::from_records(&records),
+            run_release_phase: true,
+            description: format!("Deploy image {reference}"),
+        })
+    }
 }

@@ -283,6 +283,9 @@ pub enum DeploySource {
     Git(GitSource),
     /// An existing release's artifact, started again without a build.
     Release(ReuseRelease),
+    /// An existing Docker image (`repo:tag` or an image id), run without a build; the Docker
+    /// runtime only.
+    Image(String),
 }
 
 /// Why an existing artifact is started again; decides whose config it gets and whether the
@@ -340,6 +343,7 @@ impl DeploySource {
                 "environment_id": reuse.from_environment,
                 "release": reuse.number,
             }),
+            Self::Image(reference) => serde_json::json!({"kind": "image", "image": reference}),
         };
         value.to_string()
     }
@@ -401,6 +405,15 @@ impl Deployer {
                     .and_then(|()| gilgal_build::git::validate_ref(&git.reference))
                     .map_err(|e| DeployError::Invalid(e.to_string()))?;
                 self.check_git_url(&git.url).await?;
+            }
+            DeploySource::Image(reference) => {
+                if self.config.images.is_none() {
+                    return Err(DeployError::Invalid(
+                        "deploying an existing image needs the Docker runtime (gilgal server --runtime docker)".to_owned(),
+                    ));
+                }
+                gilgal_docker::validate_reference(reference)
+                    .map_err(|e| DeployError::Invalid(e.to_string()))?;
             }
             DeploySource::Upload(_) => {}
         }
@@ -537,6 +550,14 @@ impl Deployer {
                     .await?
             }
             DeploySource::Release(reuse) => self.reuse(environment, reuse, log).await?,
+            DeploySource::Image(reference) => {
+                self.step(id, DeploymentState::Building, token, log).await?;
+                let images = self.config.images.as_ref().ok_or_else(|| {
+                    Failure::Failed("this server does not run the Docker runtime".to_owned())
+                })?;
+                self.adopt_image(images, environment, reference, log)
+                    .await?
+            }
         };
         let config = self
             .vault

@@ -292,3 +292,78 @@ fn relative_dockerfile(context_dir: &Path, path: &Path) -> Result<String, Docker
     }
     Ok(relative.to_string_lossy().into_owned())
 }
+
+/// Makes an existing image the image of a release, without a build: `reference` is looked up
+/// locally (pulled from its registry when absent and the daemon can reach one), then tagged
+/// `tag` so the release keeps it, and pruning can untag it, exactly like a built one. The
+/// user's own reference is left as it is.
+pub async fn adopt_image(
+    docker: &Docker,
+    reference: &str,
+    tag: &str,
+    log: &LogSink,
+) -> Result<BuiltImage, DockerError> {
+    validate_reference(reference)?;
+    validate_reference(tag)?;
+    let inspected = match docker.inspect_image(reference).await {
+        Ok(inspected) => inspected,
+        Err(err) if crate::error::is_not_found(&err) => {
+            log.system(format!("{reference} is not on this machine; pulling it"))
+                .await;
+            let options = bollard::query_parameters::CreateImageOptionsBuilder::new()
+                .from_image(reference)
+                .build();
+            let mut pull = docker.create_image(Some(options), None, None);
+            while let Some(progress) = pull.next().await {
+                match progress {
+                    Ok(info) => {
+                        if let Some(status) = info.status {
+                            log.system(status).await;
+                        }
+                    }
+                    Err(err) => {
+                        return Err(DockerError::Build(format!(
+                        "image {reference} is not on this machine and could not be pulled: {err}"
+                    )))
+                    }
+                }
+            }
+            docker
+                .inspect_image(reference)
+                .await
+                .map_err(|err| DockerError::api(format!("inspecting {reference}"), err))?
+        }
+        Err(err) => return Err(DockerError::api(format!("inspecting {reference}"), err)),
+    };
+    let id = inspected
+        .id
+        .clone()
+        .ok_or_else(|| DockerError::Build(format!("dockerd reported no id for {reference}")))?;
+    let (repo, version) = tag
+        .rsplit_once(':')
+        .ok_or_else(|| DockerError::InvalidReference {
+            reference: tag.to_owned(),
+            reason: "a release tag needs a version".to_owned(),
+        })?;
+    let options = bollard::query_parameters::TagImageOptions {
+        repo: Some(repo.to_owned()),
+        tag: Some(version.to_owned()),
+    };
+    docker
+        .tag_image(&id, Some(options))
+        .await
+        .map_err(|err| DockerError::api(format!("tagging {reference} as {tag}"), err))?;
+    log.system(format!("using image {reference} ({id}) as {tag}"))
+        .await;
+    let config = inspected.config.unwrap_or_default();
+    Ok(BuiltImage {
+        id,
+        tag: tag.to_owned(),
+        command: config.cmd.unwrap_or_default(),
+        entrypoint: config.entrypoint.unwrap_or_default(),
+        working_dir: config
+            .working_dir
+            .filter(|dir| dir.starts_with('/'))
+            .unwrap_or_else(|| "/".to_owned()),
+    })
+}

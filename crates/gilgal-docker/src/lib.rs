@@ -72,7 +72,8 @@ mod runtime;
 use std::time::Duration;
 
 pub use build::{
-    build_image, registry_build_args_from_env, BuiltImage, DockerfileSource, ImageBuild,
+    adopt_image, build_image, registry_build_args_from_env, BuiltImage, DockerfileSource,
+    ImageBuild,
 };
 pub use context::{dockerignore_matcher, write_context, ContextSpec};
 pub use dockerfile::{

@@ -125,6 +125,24 @@ pub struct GitDeployRequest {
     pub reference: Option<String>,
 }
 
+/// Body of `POST /api/projects/{id}/deployments` when deploying an existing Docker image
+/// (Docker runtime only): no build, the image's CMD is the web process.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ImageDeployRequest {
+    /// Image reference (`registry/repo:tag`) or image id (`sha256:…`).
+    pub image: String,
+}
+
+/// The JSON bodies `POST /api/projects/{id}/deployments` accepts: a git source or an image.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum JsonDeployRequest {
+    /// Deploy an existing image.
+    Image(ImageDeployRequest),
+    /// Fetch and build a git repository.
+    Git(GitDeployRequest),
+}
+
 /// Size of one process type.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct ProcessSize {

@@ -164,6 +164,10 @@ pub struct DeployArgs {
     /// Branch, tag or commit to deploy with --git (default `main`).
     #[arg(long = "ref", requires = "git")]
     pub reference: Option<String>,
+    /// Deploy this existing Docker image (`repo:tag` or an id) without a build; its CMD is the
+    /// web process (servers on the Docker runtime).
+    #[arg(long, conflicts_with_all = ["dir", "git"])]
+    pub image: Option<String>,
 }
 
 /// Which project and environment a command acts on.

@@ -13,7 +13,7 @@ use gilgal_core::lifecycle::DeploymentState;
 use gilgal_deploy::{DeploySource, ReuseKind, ReuseRelease};
 use gilgal_store::{DeploymentRecord, StoreError};
 use gilgal_types::{
-    Deployment, DeploymentLogLine, DeploymentTransition, ErrorBody, GitDeployRequest,
+    Deployment, DeploymentLogLine, DeploymentTransition, ErrorBody, JsonDeployRequest,
     RedeployRequest,
 };
 use serde::Deserialize;
@@ -102,13 +102,15 @@ pub(crate) fn to_wire(
     params(("id" = String, Path, description = "Project id"), DeployQuery),
     request_body(content(
         (Vec<u8> = "application/gzip"),
-        (GitDeployRequest = "application/json"),
-    ), description = "tar.gz of the source, or a git URL and ref"),
+        (JsonDeployRequest = "application/json"),
+    ), description = "tar.gz of the source, a git URL and ref, or (Docker runtime) an existing image"),
     responses(
         (status = 202, description = "Accepted; building", body = Deployment),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 404, description = "No such project or environment", body = ErrorBody),
+        (status = 409, description = "Not possible on this server (e.g. an image without the Docker runtime, a refused git URL)", body = ErrorBody),
         (status = 413, description = "Upload too large", body = ErrorBody),
+        (status = 422, description = "Invalid JSON body", body = ErrorBody),
         (status = 429, description = "Deploy or build quota reached; see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -159,12 +161,18 @@ async fn create_deployment(
                     "the JSON body is too large",
                 )
             })?;
-        let request: GitDeployRequest = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
-        let source = DeploySource::Git(gilgal_deploy::GitSource {
-            url: request.url,
-            reference: request.reference.unwrap_or_else(|| "main".to_owned()),
-        });
+        let request: JsonDeployRequest = serde_json::from_slice(&bytes).map_err(|_| {
+            ApiError::invalid(
+                "invalid JSON body: expected {\"url\": …, \"ref\": …} (git) or {\"image\": …} (Docker image)",
+            )
+        })?;
+        let source = match request {
+            JsonDeployRequest::Git(git) => DeploySource::Git(gilgal_deploy::GitSource {
+                url: git.url,
+                reference: git.reference.unwrap_or_else(|| "main".to_owned()),
+            }),
+            JsonDeployRequest::Image(image) => DeploySource::Image(image.image),
+        };
         let deployment_id = state
             .deployer()
             .deploy(environment, source)

@@ -9,8 +9,61 @@ use crate::{assert_error, raw};
 
 backend_tests!(
     environments_and_config_vars,
-    other_users_environments_are_invisible
+    other_users_environments_are_invisible,
+    json_deploys_are_validated_before_anything_is_recorded
 );
+
+/// JSON deploy bodies: an image needs the Docker runtime (this server runs processes), a
+/// body that is neither shape is a 422; nothing is recorded for either.
+async fn json_deploys_are_validated_before_anything_is_recorded(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, pair) = server.user("ada@example.com").await;
+    let token = Some(pair.access_token.as_str());
+    let (_, _, project) = raw(
+        &server,
+        Method::POST,
+        "/api/projects",
+        token,
+        Some(json!({"name": "img"})),
+    )
+    .await;
+    let path = format!(
+        "/api/projects/{}/deployments",
+        project["id"].as_str().unwrap()
+    );
+    let answer = raw(
+        &server,
+        Method::POST,
+        &path,
+        token,
+        Some(json!({"image": "nginx:1"})),
+    )
+    .await;
+    assert_error(&answer, StatusCode::CONFLICT, "not_possible");
+    assert!(
+        answer.2["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--runtime docker"),
+        "{answer:?}"
+    );
+    let answer = raw(
+        &server,
+        Method::POST,
+        &path,
+        token,
+        Some(json!({"nothing": 1})),
+    )
+    .await;
+    assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    let releases = server
+        .state
+        .store()
+        .deployment_usage(project["id"].as_str().unwrap().parse().unwrap(), 0)
+        .await
+        .unwrap();
+    assert_eq!(releases.0, 0, "no deployment was recorded");
+}
 
 async fn environments_and_config_vars(backend: Backend) {
     let server = TestServer::start(backend).await;

@@ -14,17 +14,29 @@ use crate::cli::DeployArgs;
 pub async fn run(session: &Session, args: DeployArgs, json: bool) -> anyhow::Result<ExitCode> {
     let client = session.authenticated()?;
     let project = client.project_by_name(&args.project).await?;
-    if let Some(url) = args.git {
-        let deployment = client
-            .create_git_deployment(
-                project.id,
-                &args.env,
-                &gilgal_types::GitDeployRequest {
-                    url,
-                    reference: args.reference,
-                },
-            )
-            .await?;
+    let accepted = if let Some(image) = &args.image {
+        Some(
+            client
+                .create_image_deployment(project.id, &args.env, image)
+                .await?,
+        )
+    } else if let Some(url) = args.git {
+        Some(
+            client
+                .create_git_deployment(
+                    project.id,
+                    &args.env,
+                    &gilgal_types::GitDeployRequest {
+                        url,
+                        reference: args.reference,
+                    },
+                )
+                .await?,
+        )
+    } else {
+        None
+    };
+    if let Some(deployment) = accepted {
         eprintln!(
             "Deployment {} accepted for {} ({})",
             deployment.id, project.name, deployment.environment

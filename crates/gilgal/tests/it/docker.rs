@@ -545,3 +545,82 @@ async fn docker_kill_9_converges_and_readopts() {
         assert_eq!(after, before, "v1's container re-adopted by id");
     }
 }
+
+/// A deploy can name an existing image: built here out of band (as a registry pull would
+/// leave it), deployed by reference without a build, served with its CMD, tagged as the
+/// release's image so a later release can roll back to it; a missing image fails the deploy
+/// with a clear message and the live release keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_deploys_an_existing_image_by_reference() {
+    let Some(server) = DockerServer::start().await else {
+        return;
+    };
+    let app = dockerfile_app();
+    let reference = format!("gilgal-e2e/prebuilt-{}:1.0", std::process::id());
+    let built = Command::new("docker")
+        .args(["build", "-q", "-t", &reference])
+        .arg(app.path())
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let image_id = String::from_utf8_lossy(&built.stdout).trim().to_owned();
+
+    ok(server.cli(&["projects", "create", "dk-image"], None));
+    ok(server.cli(&["env", "set", "COLOUR=plum", "-p", "dk-image"], None));
+    let out = ok(server.cli(&["deploy", "--image", &reference, "-p", "dk-image"], None));
+    assert!(out.contains("Deployed v1"), "{out}");
+    let (status, body) = get_via_proxy(&server, "dk-image.localhost").await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["own_dockerfile"], true);
+    assert_eq!(answer["env"]["COLOUR"], "plum");
+    assert_eq!(
+        server.running_images("dk-image").await,
+        vec![image_id.clone()],
+        "the container runs exactly the named image"
+    );
+    let tagged = Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{.Id}}",
+            "gilgal/app-dk-image-production:v1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&tagged.stdout).trim(), image_id);
+
+    let missing = server.cli(
+        &[
+            "deploy",
+            "--image",
+            "gilgal-e2e/no-such-image:9",
+            "-p",
+            "dk-image",
+        ],
+        None,
+    );
+    assert!(!missing.status.success());
+    let said = format!("{}{}", stdout(&missing), stderr(&missing));
+    assert!(said.contains("no-such-image"), "{said}");
+    let (status, _) = get_via_proxy(&server, "dk-image.localhost").await;
+    assert_eq!(status, 200, "v1 keeps serving");
+
+    let bad = server.cli(
+        &["deploy", "--image", "UPPER/Case;rm", "-p", "dk-image"],
+        None,
+    );
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("invalid image reference"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let _ = Command::new("docker").args(["rmi", &reference]).output();
+}
