@@ -3,11 +3,12 @@
 //! guards until the last byte is written).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -16,6 +17,7 @@ use pin_project_lite::pin_project;
 use crate::backend::InFlightGuard;
 use crate::metrics::RouteMetrics;
 use crate::pool::Lease;
+use crate::proxy::ConnContext;
 
 /// Error type of every body the proxy produces.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -111,13 +113,22 @@ impl Body for UpstreamBody {
     }
 }
 
-/// Per client connection: how many requests are open and how many finished, so the idle
+/// Per client connection: how many requests are open and how many finished (so the idle
 /// watchdog never closes a connection that is streaming (SSE) or waiting on a backend, without
-/// reading the clock on every request.
+/// reading the clock on every request), what the framing scanner saw, and the watchdog's request
+/// to close.
 #[derive(Debug, Default)]
 pub(crate) struct ConnActivity {
     open_requests: AtomicUsize,
     finished_requests: AtomicU64,
+    /// Raised by the connection's framing scanner when a request head was ambiguous.
+    pub(crate) smuggling: AtomicBool,
+    /// Raised by the framing scanner when the client speaks HTTP/2.
+    pub(crate) http2: AtomicBool,
+    /// Set by the watchdog (idle, slow headers, shutdown): a [`Close`] level.
+    close: AtomicU8,
+    /// The connection task, woken when `close` is raised.
+    waker: AtomicWaker,
 }
 
 impl ConnActivity {
@@ -129,12 +140,38 @@ impl ConnActivity {
         }
         Some(self.finished_requests.load(Ordering::Acquire))
     }
+
+    /// Ask the connection task to close the connection (never lowering an earlier request).
+    pub(crate) fn request_close(&self, level: Close) {
+        self.close.fetch_max(level as u8, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// The close requested so far; registers `waker` to hear about a later request.
+    pub(crate) fn close_requested(&self, waker: &std::task::Waker) -> Close {
+        self.waker.register(waker);
+        match self.close.load(Ordering::Acquire) {
+            0 => Close::No,
+            1 => Close::Graceful,
+            _ => Close::Now,
+        }
+    }
+}
+
+/// How a connection should be closed, in increasing order of urgency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Close {
+    No = 0,
+    /// Finish what is in flight, then close (HTTP/2 GOAWAY, HTTP/1 after the response).
+    Graceful = 1,
+    /// Drop the connection now (it ignored a graceful close while sending nothing useful).
+    Now = 2,
 }
 
 /// Everything a request holds until its response body is finished: connection activity, the
 /// backend's in-flight slot and the route's byte/open counters.
 pub(crate) struct RequestGuard {
-    activity: Arc<ConnActivity>,
+    conn: Arc<ConnContext>,
     pub(crate) route: Option<Arc<RouteMetrics>>,
     pub(crate) backend: Option<InFlightGuard>,
     /// The upstream connection, returned to its pool only if the response ended cleanly.
@@ -144,10 +181,10 @@ pub(crate) struct RequestGuard {
 }
 
 impl RequestGuard {
-    pub(crate) fn new(activity: Arc<ConnActivity>) -> Self {
-        activity.open_requests.fetch_add(1, Ordering::AcqRel);
+    pub(crate) fn new(conn: Arc<ConnContext>) -> Self {
+        conn.activity.open_requests.fetch_add(1, Ordering::AcqRel);
         Self {
-            activity,
+            conn,
             route: None,
             backend: None,
             lease: None,
@@ -174,10 +211,9 @@ impl Drop for RequestGuard {
             route.add_bytes_out(self.bytes_out);
             route.add_open(-1);
         }
-        self.activity
-            .finished_requests
-            .fetch_add(1, Ordering::AcqRel);
-        self.activity.open_requests.fetch_sub(1, Ordering::AcqRel);
+        let activity = &self.conn.activity;
+        activity.finished_requests.fetch_add(1, Ordering::AcqRel);
+        activity.open_requests.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

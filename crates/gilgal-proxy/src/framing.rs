@@ -9,12 +9,14 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::proxy::ConnContext;
 
 /// Largest head (or chunk-size / trailer line) buffered while it arrives in pieces.
 const MAX_PENDING: usize = 128 * 1024;
@@ -36,6 +38,8 @@ pub(crate) struct Scanner {
     state: State,
     pending: Vec<u8>,
     started: bool,
+    /// The stream began with the HTTP/2 connection preface.
+    http2: bool,
 }
 
 impl Default for Scanner {
@@ -44,6 +48,7 @@ impl Default for Scanner {
             state: State::Head,
             pending: Vec::new(),
             started: false,
+            http2: false,
         }
     }
 }
@@ -55,6 +60,7 @@ impl Scanner {
             self.started = true;
             if data.starts_with(b"PRI * HTTP/2.0") {
                 self.state = State::Passthrough;
+                self.http2 = true;
             }
         }
         while !data.is_empty() {
@@ -246,22 +252,23 @@ fn inspect_head(bytes: &[u8]) -> Parsed {
 }
 
 pin_project! {
-    /// Client stream wrapper that feeds every read into a [`Scanner`] and raises `flag` when a
-    /// request with ambiguous framing arrives.
+    /// Client stream wrapper that feeds every read into a [`Scanner`] and raises the
+    /// connection's `smuggling` flag when a request with ambiguous framing arrives (and its
+    /// `http2` flag when the client speaks HTTP/2).
     pub(crate) struct FramingGuard<I> {
         #[pin]
         inner: I,
         scanner: Scanner,
-        flag: Arc<AtomicBool>,
+        conn: Arc<ConnContext>,
     }
 }
 
 impl<I> FramingGuard<I> {
-    pub(crate) fn new(inner: I, flag: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(inner: I, conn: Arc<ConnContext>) -> Self {
         Self {
             inner,
             scanner: Scanner::default(),
-            flag,
+            conn,
         }
     }
 }
@@ -276,10 +283,13 @@ impl<I: AsyncRead> AsyncRead for FramingGuard<I> {
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            if this.scanner.state != State::Passthrough
-                && this.scanner.feed(&buf.filled()[before..])
-            {
-                this.flag.store(true, Ordering::Release);
+            if this.scanner.state != State::Passthrough {
+                if this.scanner.feed(&buf.filled()[before..]) {
+                    this.conn.activity.smuggling.store(true, Ordering::Release);
+                }
+                if this.scanner.http2 {
+                    this.conn.activity.http2.store(true, Ordering::Relaxed);
+                }
             }
         }
         polled

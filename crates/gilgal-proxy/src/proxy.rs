@@ -61,19 +61,18 @@ pub(crate) struct ConnContext {
     /// Client IP, preformatted for `X-Forwarded-For`.
     pub(crate) client_ip: HeaderValue,
     pub(crate) https: bool,
-    pub(crate) activity: Arc<ConnActivity>,
-    /// Raised by the connection's framing scanner when a request head was ambiguous.
-    pub(crate) smuggling: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) activity: ConnActivity,
 }
 
 /// Answer one client request (never fails: errors become pages carrying the request id).
 pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
-    let mut guard = RequestGuard::new(ctx.activity.clone());
+    let mut guard = RequestGuard::new(ctx.clone());
     let request_id = request_id(req.headers());
     let unrouted = &ctx.shared.unrouted;
 
     let ambiguous = ctx
+        .activity
         .smuggling
         .load(Ordering::Acquire)
         .then_some("conflicting Content-Length / Transfer-Encoding framing");

@@ -4,9 +4,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use http::header::HeaderValue;
 use hyper::service::service_fn;
@@ -14,11 +15,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-use crate::body::ConnActivity;
+use crate::body::{Close, ConnActivity};
 use crate::error::ProxyError;
 use crate::framing::FramingGuard;
 use crate::handle::{ProxyHandle, Shared};
@@ -46,23 +47,27 @@ pub async fn serve_tls(
     run(listener, handle, shutdown, Some(TlsAcceptor::from(config))).await
 }
 
-fn connection_builder(shared: &Shared) -> auto::Builder<TokioExecutor> {
-    let settings = &shared.settings;
+fn connection_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_request_head_bytes.max(8192))
-        .keep_alive(true);
+    // No hyper timer for HTTP/1: its header read timeout arms (and allocates) a timer for every
+    // request. The per-listener watchdog enforces `header_read_timeout` instead.
+    builder.http1().header_read_timeout(None).keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
-        .max_header_list_size(u32::try_from(settings.max_request_head_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     builder
+}
+
+fn configure(builder: &mut auto::Builder<TokioExecutor>, settings: &crate::spec::ProxySettings) {
+    builder
+        .http1()
+        .max_buf_size(settings.max_request_head_bytes.max(8192));
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(settings.max_request_head_bytes).unwrap_or(u32::MAX));
 }
 
 async fn run(
@@ -72,9 +77,13 @@ async fn run(
     tls: Option<TlsAcceptor>,
 ) -> Result<(), ProxyError> {
     let shared = handle.shared.clone();
-    let builder = Arc::new(connection_builder(&shared));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut builder = connection_builder();
+    configure(&mut builder, &shared.settings);
+    let builder = Arc::new(builder);
+    let watchdog = Arc::new(Watchdog::new(&shared.settings));
     let tracker = TaskTracker::new();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    tokio::spawn(watchdog.clone().run(stop_rx));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -93,20 +102,21 @@ async fn run(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let builder = builder.clone();
-        let stop = stop_rx.clone();
+        let watchdog = watchdog.clone();
         let tls = tls.clone();
         tracker.spawn(async move {
             shared
                 .open_client_connections
                 .fetch_add(1, Ordering::Relaxed);
-            accept_one(stream, peer, &shared, &builder, stop, tls).await;
+            accept_one(stream, peer, &shared, &builder, &watchdog, tls).await;
             shared
                 .open_client_connections
                 .fetch_sub(1, Ordering::Relaxed);
         });
     }
     drop(listener);
-    let _ = stop_tx.send(true);
+    watchdog.stop();
+    drop(stop_tx);
     tracker.close();
     let grace = shared.settings.shutdown_grace;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -120,19 +130,24 @@ async fn accept_one(
     peer: SocketAddr,
     shared: &Arc<Shared>,
     builder: &auto::Builder<TokioExecutor>,
-    stop: watch::Receiver<bool>,
+    watchdog: &Watchdog,
     tls: Option<TlsAcceptor>,
 ) {
     // Each branch is boxed so a plain connection's task is not sized for the TLS state.
     match tls {
-        None => Box::pin(serve_connection(stream, peer, false, shared, builder, stop)).await,
+        None => {
+            Box::pin(serve_connection(
+                stream, peer, false, shared, builder, watchdog,
+            ))
+            .await
+        }
         Some(acceptor) => {
             let timeout = shared.settings.tls_handshake_timeout;
             let handshake = Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream)));
             match handshake.await {
                 Ok(Ok(tls_stream)) => {
                     Box::pin(serve_connection(
-                        tls_stream, peer, true, shared, builder, stop,
+                        tls_stream, peer, true, shared, builder, watchdog,
                     ))
                     .await
                 }
@@ -149,67 +164,182 @@ async fn serve_connection<I>(
     https: bool,
     shared: &Arc<Shared>,
     builder: &auto::Builder<TokioExecutor>,
-    mut stop: watch::Receiver<bool>,
+    watchdog: &Watchdog,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(ConnActivity::default());
-    let smuggling = Arc::new(AtomicBool::new(false));
-    let io = FramingGuard::new(io, smuggling.clone());
     let ctx = Arc::new(ConnContext {
         shared: shared.clone(),
         client_ip: HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown")),
         https,
-        activity: activity.clone(),
-        smuggling,
+        activity: ConnActivity::default(),
     });
+    let io = FramingGuard::new(io, ctx.clone());
+    let _watched = watchdog.watch(ctx.clone());
+    let service_ctx = ctx.clone();
     let service = service_fn(move |req| {
-        let ctx = ctx.clone();
+        let ctx = service_ctx.clone();
         async move { Ok::<_, Infallible>(handle(ctx, req).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let idle_timeout = shared.settings.idle_timeout;
-    // Checked every half timeout: a connection is closed once it has been seen with no open
-    // request and the same finished count for a whole timeout.
-    let check_every = idle_timeout / 2;
-    let idle_check = tokio::time::sleep(check_every);
-    tokio::pin!(idle_check);
-    let mut last_marker: Option<u64> = None;
-    let mut idle_since = tokio::time::Instant::now();
     let mut closing = false;
-    let mut stop_open = !*stop.borrow();
-    if !stop_open {
-        conn.as_mut().graceful_shutdown();
-        closing = true;
+    let result = std::future::poll_fn(|cx| {
+        match ctx.activity.close_requested(cx.waker()) {
+            Close::No => {}
+            Close::Graceful => {
+                if !closing {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            Close::Now => return Poll::Ready(None),
+        }
+        conn.as_mut().poll(cx).map(Some)
+    })
+    .await;
+    match result {
+        Some(Err(e)) => tracing::debug!(%peer, error = %e, "client connection ended with error"),
+        None => tracing::debug!(%peer, "client connection cut (idle, or request head too slow)"),
+        Some(Ok(())) => {}
     }
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "client connection ended with error");
-                }
-                break;
+}
+
+/// One task per listener closes connections that sat idle (or sent a request head too slowly)
+/// for too long, and closes them all gracefully at shutdown: cheaper than a timer per
+/// connection (and far cheaper than one per request), and nothing to poll per request.
+///
+/// A connection counts as idle while no request is open and none finished since the last look.
+/// An HTTP/1 connection idle for `header_read_timeout` (waiting for, or slowly receiving, a
+/// request head) or `idle_timeout`, whichever is shorter, is closed; an HTTP/2 connection after
+/// `idle_timeout`. Checks run every half of the shortest timeout, so a connection is closed
+/// gracefully between one and one and a half timeouts after its last activity, and dropped at
+/// the next check if it is still there and still idle (e.g. a slowloris head never completes).
+struct Watchdog {
+    h1_timeout: Duration,
+    h2_timeout: Duration,
+    every: Duration,
+    state: Mutex<Watched>,
+}
+
+#[derive(Default)]
+struct Watched {
+    stopping: bool,
+    slots: Vec<Option<WatchedConn>>,
+    free: Vec<usize>,
+}
+
+struct WatchedConn {
+    conn: Arc<ConnContext>,
+    last_marker: Option<u64>,
+    idle_since: Instant,
+    /// A graceful close was requested for idleness.
+    asked: bool,
+}
+
+/// Removes a connection from the watchdog when its task ends.
+struct WatchGuard<'a> {
+    watchdog: &'a Watchdog,
+    slot: usize,
+}
+
+impl Drop for WatchGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.watchdog.lock();
+        state.slots[self.slot] = None;
+        state.free.push(self.slot);
+    }
+}
+
+impl Watchdog {
+    fn new(settings: &crate::spec::ProxySettings) -> Self {
+        let h1_timeout = settings.header_read_timeout.min(settings.idle_timeout);
+        let h2_timeout = settings.idle_timeout;
+        Self {
+            h1_timeout,
+            h2_timeout,
+            every: (h1_timeout.min(h2_timeout) / 2).max(Duration::from_millis(1)),
+            state: Mutex::new(Watched::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watched> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn watch(&self, conn: Arc<ConnContext>) -> WatchGuard<'_> {
+        let mut state = self.lock();
+        if state.stopping {
+            conn.activity.request_close(Close::Graceful);
+        }
+        let entry = WatchedConn {
+            last_marker: conn.activity.idle_marker(),
+            conn,
+            idle_since: Instant::now(),
+            asked: false,
+        };
+        let slot = match state.free.pop() {
+            Some(slot) => {
+                state.slots[slot] = Some(entry);
+                slot
             }
-            changed = stop.changed(), if stop_open => {
-                stop_open = false;
-                if changed.is_err() || *stop.borrow() {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
+            None => {
+                state.slots.push(Some(entry));
+                state.slots.len() - 1
             }
-            _ = &mut idle_check, if !closing => {
-                let now = tokio::time::Instant::now();
-                let marker = activity.idle_marker();
-                if marker.is_none() || marker != last_marker {
-                    last_marker = marker;
-                    idle_since = now;
-                } else if now.duration_since(idle_since) >= idle_timeout {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                idle_check.as_mut().reset(now + check_every);
+        };
+        WatchGuard {
+            watchdog: self,
+            slot,
+        }
+    }
+
+    /// Close every connection gracefully (the listener is shutting down).
+    fn stop(&self) {
+        let mut state = self.lock();
+        state.stopping = true;
+        for entry in state.slots.iter().flatten() {
+            entry.conn.activity.request_close(Close::Graceful);
+        }
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        for entry in state.slots.iter_mut().flatten() {
+            let activity = &entry.conn.activity;
+            let marker = activity.idle_marker();
+            if marker.is_none() || marker != entry.last_marker {
+                entry.last_marker = marker;
+                entry.idle_since = now;
+                entry.asked = false;
+                continue;
+            }
+            let timeout = if activity.http2.load(Ordering::Relaxed) {
+                self.h2_timeout
+            } else {
+                self.h1_timeout
+            };
+            if now.duration_since(entry.idle_since) >= timeout {
+                let level = if entry.asked {
+                    Close::Now
+                } else {
+                    Close::Graceful
+                };
+                entry.asked = true;
+                activity.request_close(level);
+            }
+        }
+    }
+
+    async fn run(self: Arc<Self>, mut stop: oneshot::Receiver<()>) {
+        let mut ticks = tokio::time::interval(self.every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = ticks.tick() => self.sweep(),
             }
         }
     }
