@@ -69,6 +69,10 @@ pub struct CommandLine {
 impl CommandLine {
     /// Parses `text` into words, rejecting shell syntax that cannot work without a shell.
     pub fn parse(text: &str) -> Result<Self, CommandError> {
+        // Split exactly the text that is kept as the source: the source is what a stored
+        // release re-parses, and whitespace that `trim` drops but `shell_words` does not
+        // (form feed, no-break space, an escaped trailing space) must not change the words.
+        let text = text.trim();
         let scanned = scan(text)?;
         let words =
             shell_words::split(&scanned).map_err(|err| CommandError::Quoting(err.to_string()))?;
@@ -79,7 +83,7 @@ impl CommandLine {
             expand_word(word, &|_: &str| None)?;
         }
         Ok(Self {
-            source: text.trim().to_owned(),
+            source: text.to_owned(),
             words,
         })
     }
@@ -408,6 +412,30 @@ mod tests {
             Err(CommandError::BadExpansion { .. })
         ));
         assert_eq!(CommandLine::parse("a\0b"), Err(CommandError::Nul));
+    }
+
+    #[test]
+    fn words_come_from_the_kept_source() {
+        // Found by the procfile_parse fuzzer: `trim` dropped a leading form feed from the
+        // source but the word kept it, so a stored command re-parsed to another program.
+        for text in ["\x0cprog a", "prog a\u{a0}", "\u{2003}prog", "prog\x0b"] {
+            let command = CommandLine::parse(text).unwrap();
+            assert_eq!(
+                command.words(),
+                ["prog", "a"][..command.words().len()],
+                "{text:?}"
+            );
+            assert_eq!(CommandLine::parse(command.as_str()), Ok(command.clone()));
+            let json = serde_json::to_string(&command).unwrap();
+            assert_eq!(serde_json::from_str::<CommandLine>(&json).unwrap(), command);
+        }
+        // An escaped trailing space is trimmed like any other; the backslash stays literal.
+        let escaped_space = CommandLine::parse("prog \\ ").unwrap();
+        assert_eq!(escaped_space.words(), ["prog", "\\"]);
+        assert_eq!(
+            CommandLine::parse(escaped_space.as_str()),
+            Ok(escaped_space)
+        );
     }
 
     #[test]
