@@ -12,7 +12,10 @@ use libfuzzer_sys::fuzz_target;
 fn check_command(command: &CommandLine) {
     let argv = command.expand(&|_: &str| None);
     assert!(!argv.is_empty(), "{command:?} expands to nothing");
-    assert!(argv.iter().all(|arg| !arg.contains('\0')), "{command:?}: {argv:?}");
+    assert!(
+        argv.iter().all(|arg| !arg.contains('\0')),
+        "{command:?}: {argv:?}"
+    );
 }
 
 fn check_effective(config: &EffectiveConfig) {
@@ -41,7 +44,9 @@ fn check_effective(config: &EffectiveConfig) {
     for (name, size) in &config.processes {
         assert!(!name.is_release(), "release in [processes]");
         assert!(size.count <= 100);
-        assert!(size.memory_mb.is_none_or(|mb| (16..=1_048_576).contains(&mb)));
+        assert!(size
+            .memory_mb
+            .is_none_or(|mb| (16..=1_048_576).contains(&mb)));
         assert!(size.cpu_shares.is_none_or(|s| (2..=262_144).contains(&s)));
     }
     if let Some(dir) = &config.static_dir {
@@ -69,7 +74,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(ConfigError::Invalid { line, column, .. }) => {
             let body = text.strip_prefix('\u{feff}').unwrap_or(&text);
-            assert!(line >= 1 && line <= body.matches('\n').count() + 1, "line {line}");
+            assert!(
+                line >= 1 && line <= body.matches('\n').count() + 1,
+                "line {line}"
+            );
             assert!(column >= 1, "column {column}");
         }
         Err(other) => panic!("parse from text gave {other:?}"),

@@ -13,8 +13,7 @@
 #![no_main]
 
 use gilgal_webhooks::{
-    delivery_id, parse, sign, validate_commit, validate_ref, verify, Event, Provider,
-    WebhookError,
+    delivery_id, parse, sign, validate_commit, validate_ref, verify, Event, Provider, WebhookError,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -76,7 +75,12 @@ fn check_verify(provider: Provider, headers: &[(String, String)], body: &[u8]) {
                 ),
             }
             let good = |value: &str| {
-                verify(provider, SECRET, |name| (name == header).then_some(value), body)
+                verify(
+                    provider,
+                    SECRET,
+                    |name| (name == header).then_some(value),
+                    body,
+                )
             };
             assert_eq!(good(&expected), Ok(()), "{provider}: own signature refused");
             // Every single-digit change is refused (a cheap sample: the first and last digit).
@@ -84,13 +88,21 @@ fn check_verify(provider: Provider, headers: &[(String, String)], body: &[u8]) {
                 let mut forged = expected.clone().into_bytes();
                 forged[at] = if forged[at] == b'0' { b'1' } else { b'0' };
                 let forged = String::from_utf8(forged).expect("hex stays ASCII");
-                assert_eq!(good(&forged), Err(WebhookError::BadSignature), "{provider}: {forged}");
+                assert_eq!(
+                    good(&forged),
+                    Err(WebhookError::BadSignature),
+                    "{provider}: {forged}"
+                );
             }
             assert!(good("").is_err() && good("sha256=").is_err());
         }
         Provider::GitLab => match lookup("x-gitlab-token") {
             None => assert!(matches!(result, Err(WebhookError::MissingHeader(_)))),
-            Some(token) => assert_eq!(result.is_ok(), token.as_bytes() == SECRET, "token {token:?}"),
+            Some(token) => assert_eq!(
+                result.is_ok(),
+                token.as_bytes() == SECRET,
+                "token {token:?}"
+            ),
         },
     }
 }
@@ -107,7 +119,11 @@ fn check_parse(provider: Provider, headers: &[(String, String)], body: &[u8]) {
     }
     match parse(provider, lookup, body) {
         Ok(Event::Push(push)) => {
-            assert_eq!(validate_ref(&push.reference), Ok(()), "{provider}: {push:?}");
+            assert_eq!(
+                validate_ref(&push.reference),
+                Ok(()),
+                "{provider}: {push:?}"
+            );
             assert!(push.branch().is_some() != push.tag().is_some(), "{push:?}");
             if let Some(commit) = &push.commit {
                 assert_eq!(validate_commit(commit), Ok(()), "{provider}: {push:?}");

@@ -15,9 +15,9 @@ use gilgal_build::archive::{unpack_tar_gz, UnpackLimits};
 
 /// Small limits, so one input can hit every limit and the fuzzer stays fast.
 pub const LIMITS: UnpackLimits = UnpackLimits {
-    max_entries: 64,
-    max_total_bytes: 64 * 1024,
-    max_file_bytes: 16 * 1024,
+    max_entries: 32,
+    max_total_bytes: 8 * 1024,
+    max_file_bytes: 4 * 1024,
 };
 
 const KEEP: &[u8] = b"must stay untouched";
@@ -38,7 +38,10 @@ fn scratch_base() -> &'static Path {
 /// Wraps raw tar bytes in gzip in-process, so the fuzzer's mutations land in the tar parser
 /// instead of breaking the gzip checksum.
 pub fn gzip(tar_bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::with_capacity(tar_bytes.len() / 2 + 64), Compression::fast());
+    let mut encoder = GzEncoder::new(
+        Vec::with_capacity(tar_bytes.len() / 2 + 64),
+        Compression::fast(),
+    );
     encoder.write_all(tar_bytes).expect("gzip into memory");
     encoder.finish().expect("gzip into memory")
 }
@@ -64,16 +67,34 @@ pub fn unpack_and_check(tar_gz: &[u8]) {
         .map(|entry| entry.expect("list scratch dir").file_name())
         .collect();
     beside.sort();
-    assert_eq!(beside, ["dest", "outside"], "entries beside dest after {result:?}");
+    assert_eq!(
+        beside,
+        ["dest", "outside"],
+        "entries beside dest after {result:?}"
+    );
     let outside_names: Vec<OsString> = fs::read_dir(&outside)
         .expect("list outside dir")
         .map(|entry| entry.expect("list outside dir").file_name())
         .collect();
-    assert_eq!(outside_names, ["keep.txt"], "outside dir changed after {result:?}");
+    assert_eq!(
+        outside_names,
+        ["keep.txt"],
+        "outside dir changed after {result:?}"
+    );
     let keep = fs::symlink_metadata(outside.join("keep.txt")).expect("stat keep.txt");
-    assert!(keep.file_type().is_file(), "keep.txt replaced after {result:?}");
-    assert_eq!(keep.nlink(), 1, "keep.txt was hardlinked into dest after {result:?}");
-    assert_eq!(fs::read(outside.join("keep.txt")).expect("read keep.txt"), KEEP);
+    assert!(
+        keep.file_type().is_file(),
+        "keep.txt replaced after {result:?}"
+    );
+    assert_eq!(
+        keep.nlink(),
+        1,
+        "keep.txt was hardlinked into dest after {result:?}"
+    );
+    assert_eq!(
+        fs::read(outside.join("keep.txt")).expect("read keep.txt"),
+        KEEP
+    );
 
     // 2. Inside `dest`: only directories, regular files and symlinks; files are not shared
     //    with anything outside (a hardlink count is explained by links inside dest).
