@@ -40,7 +40,8 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Headers that describe one hop, never the end-to-end message (RFC 9110 §7.6.1).
+/// Headers that describe one hop, never the end-to-end message (RFC 9110 §7.6.1); a header's
+/// index here is its bit in a hop-by-hop mask.
 fn hop_by_hop() -> [&'static HeaderName; 9] {
     [
         &header::CONNECTION,
@@ -53,6 +54,82 @@ fn hop_by_hop() -> [&'static HeaderName; 9] {
         &header::PROXY_AUTHENTICATE,
         &header::PROXY_AUTHORIZATION,
     ]
+}
+
+const HOP_CONNECTION: u16 = 1;
+
+/// Bit of a (lowercase) header name in the hop-by-hop mask, 0 for end-to-end headers.
+fn hop_bit(name: &str) -> u16 {
+    match name {
+        "connection" => HOP_CONNECTION,
+        "keep-alive" => 1 << 1,
+        "proxy-connection" => 1 << 2,
+        "te" => 1 << 3,
+        "trailer" => 1 << 4,
+        "transfer-encoding" => 1 << 5,
+        "upgrade" => 1 << 6,
+        "proxy-authenticate" => 1 << 7,
+        "proxy-authorization" => 1 << 8,
+        _ => 0,
+    }
+}
+
+/// Hop-by-hop mask of the headers present in `headers`.
+fn hop_mask(headers: &HeaderMap) -> u16 {
+    headers
+        .keys()
+        .fold(0, |mask, name| mask | hop_bit(name.as_str()))
+}
+
+/// What the request path needs from a request's headers, gathered in one pass over them
+/// instead of a hashed lookup per question.
+#[derive(Default)]
+struct HeaderFacts<'a> {
+    /// Sum of name and value lengths.
+    bytes: usize,
+    host: Option<&'a HeaderValue>,
+    request_id: Option<&'a HeaderValue>,
+    content_length: Option<&'a HeaderValue>,
+    content_lengths: usize,
+    transfer_encoding: Option<&'a HeaderValue>,
+    transfer_encodings: usize,
+    upgrade: Option<&'a HeaderValue>,
+    forwarded_for: bool,
+    /// Hop-by-hop headers present (see [`hop_by_hop`]).
+    hop: u16,
+}
+
+impl<'a> HeaderFacts<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let mut facts = HeaderFacts::default();
+        for (name, value) in headers {
+            let name = name.as_str();
+            facts.bytes += name.len() + value.len();
+            match name {
+                "host" => {
+                    facts.host.get_or_insert(value);
+                }
+                "content-length" => {
+                    facts.content_lengths += 1;
+                    facts.content_length.get_or_insert(value);
+                }
+                "transfer-encoding" => {
+                    facts.transfer_encodings += 1;
+                    facts.transfer_encoding.get_or_insert(value);
+                }
+                "upgrade" => {
+                    facts.upgrade.get_or_insert(value);
+                }
+                "x-request-id" => {
+                    facts.request_id.get_or_insert(value);
+                }
+                "x-forwarded-for" => facts.forwarded_for = true,
+                _ => {}
+            }
+            facts.hop |= hop_bit(name);
+        }
+        facts
+    }
 }
 
 /// What one client connection knows about itself, shared by its requests.
@@ -68,7 +145,8 @@ pub(crate) struct ConnContext {
 pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
     let mut guard = RequestGuard::new(ctx.clone());
-    let request_id = request_id(req.headers());
+    let facts = HeaderFacts::of(req.headers());
+    let request_id = request_id(facts.request_id);
     let unrouted = &ctx.shared.unrouted;
 
     let ambiguous = ctx
@@ -76,7 +154,7 @@ pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Res
         .smuggling
         .load(Ordering::Acquire)
         .then_some("conflicting Content-Length / Transfer-Encoding framing");
-    if let Some(reason) = ambiguous.or_else(|| framing_violation(&req)) {
+    if let Some(reason) = ambiguous.or_else(|| framing_violation(&facts, req.version())) {
         let mut resp = error_page(StatusCode::BAD_REQUEST, reason, &request_id);
         if req.version() <= Version::HTTP_11 {
             resp.headers_mut()
@@ -84,7 +162,7 @@ pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Res
         }
         return finish(resp, unrouted, start, guard);
     }
-    let Some(host) = request_host(&req) else {
+    let Some(host) = request_host(&req, facts.host) else {
         let resp = error_page(StatusCode::BAD_REQUEST, "missing Host header", &request_id);
         return finish(resp, unrouted, start, guard);
     };
@@ -103,7 +181,7 @@ pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Res
         let resp = https_redirect(&host, req.uri(), ctx.shared.settings.https_port);
         return finish(resp, metrics, start, guard);
     }
-    if let Some((status, reason)) = limit_violation(&route, &req) {
+    if let Some((status, reason)) = limit_violation(&route, &req, facts.bytes) {
         let mut resp = error_page(status, reason, &request_id);
         if status == StatusCode::PAYLOAD_TOO_LARGE && req.version() <= Version::HTTP_11 {
             resp.headers_mut()
@@ -121,11 +199,16 @@ pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Res
             Response::from_parts(parts, ProxyBody::boxed(body, guard))
         }
         CompiledTarget::Upstream { all, split } => {
+            let upgrade = upgrade_protocol(&req, facts.upgrade).cloned();
             let forwarded = Forwarded {
                 ctx: &ctx,
                 route: &route,
                 request_id: &request_id,
                 start,
+                hop: facts.hop,
+                forwarded_for: facts.forwarded_for,
+                has_host: facts.host.is_some(),
+                upgrade,
             };
             forwarded.send(all, split.as_ref(), req, guard).await
         }
@@ -150,6 +233,14 @@ struct Forwarded<'a> {
     route: &'a Arc<CompiledRoute>,
     request_id: &'a HeaderValue,
     start: Instant,
+    /// Hop-by-hop headers present in the request.
+    hop: u16,
+    /// The request carries `X-Forwarded-For`.
+    forwarded_for: bool,
+    /// The request carries `Host`.
+    has_host: bool,
+    /// Protocol of an HTTP/1.1 upgrade request.
+    upgrade: Option<HeaderValue>,
 }
 
 enum Attempt {
@@ -172,7 +263,7 @@ impl Forwarded<'_> {
             Some(split) => choose_group(split, req.headers(), all),
             None => (all, None),
         };
-        let upgrade = upgrade_protocol(&req).cloned();
+        let upgrade = self.upgrade.clone();
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (parts, body) = req.into_parts();
@@ -338,7 +429,8 @@ impl Forwarded<'_> {
                 return Response::from_parts(parts, ProxyBody::full(Bytes::new(), Some(guard)));
             }
         }
-        strip_hop_by_hop(resp.headers_mut());
+        let hop = hop_mask(resp.headers());
+        strip_hop_by_hop(resp.headers_mut(), hop);
         guard.backend = Some(in_flight);
         guard.lease = Some(lease);
         let (parts, body) = resp.into_parts();
@@ -351,15 +443,19 @@ impl Forwarded<'_> {
         host_value: &HeaderValue,
         upgrade: Option<&HeaderValue>,
     ) {
-        let upgrade = upgrade.cloned();
-        strip_hop_by_hop(headers);
+        strip_hop_by_hop(headers, self.hop);
         // Room for the forwarding headers in one growth instead of several.
         headers.reserve(5);
         if let Some(protocol) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol);
+            headers.insert(header::UPGRADE, protocol.clone());
         }
-        let xff = match headers.get(&X_FORWARDED_FOR) {
+        let previous = if self.forwarded_for {
+            headers.get(&X_FORWARDED_FOR)
+        } else {
+            None
+        };
+        let xff = match previous {
             Some(prev) => {
                 let mut joined = Vec::with_capacity(prev.len() + 2 + self.ctx.client_ip.len());
                 joined.extend_from_slice(prev.as_bytes());
@@ -373,7 +469,7 @@ impl Forwarded<'_> {
         let proto = if self.ctx.https { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
         headers.insert(X_FORWARDED_HOST.clone(), host_value.clone());
-        if !headers.contains_key(header::HOST) {
+        if !self.has_host {
             headers.insert(header::HOST, host_value.clone());
         }
         headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
@@ -442,11 +538,14 @@ fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 /// The `Upgrade` protocol of an HTTP/1.1 upgrade request (e.g. `websocket`).
-fn upgrade_protocol(req: &Request<Incoming>) -> Option<&HeaderValue> {
+fn upgrade_protocol<'h>(
+    req: &'h Request<Incoming>,
+    upgrade: Option<&'h HeaderValue>,
+) -> Option<&'h HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
-    let upgrade = req.headers().get(header::UPGRADE)?;
+    let upgrade = upgrade?;
     let connection_says_upgrade = req
         .headers()
         .get_all(header::CONNECTION)
@@ -457,43 +556,49 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<&HeaderValue> {
     connection_says_upgrade.then_some(upgrade)
 }
 
-/// Remove hop-by-hop headers, including any the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Usually none is present: one pass over the keys beats ten hashed removals.
-    let hop = hop_by_hop();
-    if !headers.keys().any(|k| hop.contains(&k)) {
+/// Remove the hop-by-hop headers in mask `present` (see [`hop_mask`]), including any the
+/// `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap, present: u16) {
+    if present == 0 {
         return;
     }
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present & HOP_CONNECTION != 0 {
+        for value in headers.get_all(header::CONNECTION) {
+            for token in value.to_str().unwrap_or("").split(',') {
+                let token = token.trim();
+                // The usual tokens name hop-by-hop headers already in the mask (or none).
+                if token.is_empty() || token.eq_ignore_ascii_case("keep-alive") {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    if hop_bit(name.as_str()) == 0 {
+                        named.push(name);
+                    }
+                }
+            }
         }
     }
-    for name in hop_by_hop() {
+    for name in named {
         headers.remove(name);
+    }
+    for (i, name) in hop_by_hop().into_iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
 /// Request smuggling guards: a message must have one unambiguous framing.
-fn framing_violation(req: &Request<Incoming>) -> Option<&'static str> {
-    let headers = req.headers();
-    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    let has_te = te.peek().is_some();
-    let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
-    let first_cl = cl.next();
-    if has_te && first_cl.is_some() {
+fn framing_violation(facts: &HeaderFacts<'_>, version: Version) -> Option<&'static str> {
+    let has_te = facts.transfer_encodings > 0;
+    if has_te && facts.content_lengths > 0 {
         return Some("both Content-Length and Transfer-Encoding are present");
     }
-    if cl.next().is_some() {
+    if facts.content_lengths > 1 {
         return Some("more than one Content-Length header");
     }
-    if let Some(v) = first_cl {
+    if let Some(v) = facts.content_length {
         let ok = v
             .to_str()
             .is_ok_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
@@ -501,13 +606,12 @@ fn framing_violation(req: &Request<Incoming>) -> Option<&'static str> {
             return Some("malformed Content-Length");
         }
     }
-    if has_te {
-        let values: Vec<&HeaderValue> = te.collect();
-        let only_chunked = values.len() == 1
-            && values[0]
+    if let Some(te) = facts.transfer_encoding {
+        let only_chunked = facts.transfer_encodings == 1
+            && te
                 .to_str()
                 .is_ok_and(|s| s.trim().eq_ignore_ascii_case("chunked"));
-        if !only_chunked || req.version() != Version::HTTP_11 {
+        if !only_chunked || version != Version::HTTP_11 {
             return Some("unsupported Transfer-Encoding");
         }
     }
@@ -517,19 +621,15 @@ fn framing_violation(req: &Request<Incoming>) -> Option<&'static str> {
 fn limit_violation(
     route: &CompiledRoute,
     req: &Request<Incoming>,
+    header_bytes: usize,
 ) -> Option<(StatusCode, &'static str)> {
     let limits = &route.limits;
-    let headers = req.headers();
-    if headers.len() > limits.max_header_count {
+    if req.headers().len() > limits.max_header_count {
         return Some((
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too many request headers",
         ));
     }
-    let header_bytes: usize = headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len())
-        .sum();
     if header_bytes > limits.max_header_bytes {
         return Some((
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -564,10 +664,13 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// Normalized request host (lowercase, no port), from the URI authority (HTTP/2, absolute
 /// form) or the Host header.
-fn request_host(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
+fn request_host<'h>(
+    req: &'h Request<Incoming>,
+    host_header: Option<&'h HeaderValue>,
+) -> Option<Cow<'h, str>> {
     let raw = match req.uri().authority() {
         Some(a) => a.host(),
-        None => strip_port(req.headers().get(header::HOST)?.to_str().ok()?),
+        None => strip_port(host_header?.to_str().ok()?),
     };
     let raw = raw.strip_suffix('.').unwrap_or(raw);
     if raw.is_empty() {
@@ -581,8 +684,8 @@ fn request_host(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
 }
 
 /// Keep a sane incoming `X-Request-Id`, otherwise mint a new one.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
+fn request_id(incoming: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(v) = incoming {
         let b = v.as_bytes();
         if !b.is_empty()
             && b.len() <= 128
