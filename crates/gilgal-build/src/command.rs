@@ -284,7 +284,10 @@ fn expand_word(word: &str, env: &impl Fn(&str) -> Option<String>) -> Result<Stri
                     .map(|offset| index + 2 + offset);
                 let Some(close) = close else {
                     return Err(CommandError::BadExpansion {
-                        expansion: chars[start..].iter().collect(),
+                        expansion: chars[start..]
+                            .iter()
+                            .collect::<String>()
+                            .replace(LITERAL_DOLLAR, "$"),
                         reason: "missing closing `}`",
                     });
                 };
@@ -306,6 +309,8 @@ fn expand_word(word: &str, env: &impl Fn(&str) -> Option<String>) -> Result<Stri
                     });
                 }
                 let value = env(&name).filter(|value| !value.is_empty());
+                // A `\$` in the default is a literal dollar, never the NUL that marks it.
+                let default = default.map(|text| text.replace(LITERAL_DOLLAR, "$"));
                 let value = value.or(default).unwrap_or_default();
                 out.push_str(&value);
                 index = close + 1;
@@ -436,6 +441,19 @@ mod tests {
             CommandLine::parse(escaped_space.as_str()),
             Ok(escaped_space)
         );
+    }
+
+    #[test]
+    fn escaped_dollars_in_defaults_stay_dollars() {
+        // Found by the procfile_parse fuzzer: the default of `${NAME:-...}` kept the NUL that
+        // marks an escaped `$`, so the argument vector held a NUL and the process could not
+        // be spawned.
+        let command = CommandLine::parse(r#"echo ${X:-\$5} "${Y:-a\$b}" '${Z:-c}'"#).unwrap();
+        assert_eq!(command.expand(&env), ["echo", "$5", "a$b", "${Z:-c}"]);
+        assert!(matches!(
+            CommandLine::parse(r"echo ${X:-\$"),
+            Err(CommandError::BadExpansion { expansion, .. }) if expansion == "${X:-$"
+        ));
     }
 
     #[test]
