@@ -565,9 +565,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, present: u16) {
     let mut named: Vec<HeaderName> = Vec::new();
     if present & HOP_CONNECTION != 0 {
         for value in headers.get_all(header::CONNECTION) {
+            // The usual values need no parsing: `keep-alive` is in the mask already.
+            let v = value.as_bytes();
+            if v.eq_ignore_ascii_case(b"keep-alive") {
+                continue;
+            }
+            if v.eq_ignore_ascii_case(b"close") {
+                named.push(HeaderName::from_static("close"));
+                continue;
+            }
             for token in value.to_str().unwrap_or("").split(',') {
                 let token = token.trim();
-                // The usual tokens name hop-by-hop headers already in the mask (or none).
                 if token.is_empty() || token.eq_ignore_ascii_case("keep-alive") {
                     continue;
                 }
@@ -701,18 +709,26 @@ fn request_id(incoming: Option<&HeaderValue>) -> HeaderValue {
 /// 32 hex digits: a random per-process prefix and a counter (unique, cheap, not guessable
 /// across restarts).
 fn new_request_id() -> HeaderValue {
-    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(rand::random::<u64>);
+    let prefix = PREFIX.get_or_init(|| hex16(rand::random::<u64>()));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut buf = [0u8; 32];
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, word) in [prefix, n].into_iter().enumerate() {
-        for j in 0..16 {
-            buf[i * 16 + j] = HEX[((word >> (60 - 4 * j)) & 0xf) as usize];
-        }
-    }
+    buf[..16].copy_from_slice(prefix);
+    buf[16..].copy_from_slice(&hex16(n));
     HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// `word` as 16 lowercase hex digits.
+fn hex16(word: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = word.to_be_bytes();
+    let mut out = [0u8; 16];
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+    out
 }
 
 /// Small HTML error page that names the request id (for support and log correlation).
