@@ -135,3 +135,37 @@ pub async fn checksum(path: &std::path::Path) -> Result<BackupFile, AddonError> 
         sha256: hex::encode(hasher.finalize()),
     })
 }
+
+/// Stops every managed server under `addons_dir` (PostgreSQL with a fast shutdown, Redis
+/// with SIGTERM) and waits up to `grace` for them to exit. For `--stop-apps-on-exit` and
+/// test harnesses; a normal Gilgal restart leaves them running.
+pub fn stop_all(addons_dir: &std::path::Path, grace: std::time::Duration) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let read_pid = |path: PathBuf| -> Option<Pid> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        (pid > 1).then(|| Pid::from_raw(pid))
+    };
+    let mut pids = Vec::new();
+    if let Some(pid) = read_pid(addons_dir.join("postgres/data/postmaster.pid")) {
+        if kill(pid, Signal::SIGINT).is_ok() {
+            pids.push(pid);
+        }
+    }
+    for entry in std::fs::read_dir(addons_dir.join("redis"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Some(pid) = read_pid(entry.path().join("redis.pid")) {
+            if kill(pid, Signal::SIGTERM).is_ok() {
+                pids.push(pid);
+            }
+        }
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline && pids.iter().any(|pid| kill(*pid, None).is_ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{ConnectOptions, Row};
 
 use crate::command::{run, RunAs};
 use crate::{check_identifier, checksum, random_password, AddonError, BackupFile};
@@ -343,7 +343,9 @@ impl PostgresServer {
         self.admin().await.is_ok()
     }
 
-    async fn admin(&self) -> Result<sqlx::PgConnection, AddonError> {
+    /// A one-connection pool as the admin role (a pool rather than a bare connection keeps
+    /// callers' futures `Send`).
+    async fn admin(&self) -> Result<sqlx::PgPool, AddonError> {
         let options = PgConnectOptions::new()
             .host(&self.host)
             .port(self.port)
@@ -351,17 +353,21 @@ impl PostgresServer {
             .password(&self.admin_password)
             .database("postgres")
             .disable_statement_logging();
-        Ok(sqlx::PgConnection::connect_with(&options).await?)
+        Ok(sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?)
     }
 
     /// Creates (or, after an interrupted attempt, completes) database `name` owned by login
     /// role `name` with `password`; nobody else may connect to it.
     pub async fn create_database(&self, name: &str, password: &str) -> Result<(), AddonError> {
         check_identifier(name)?;
-        let mut admin = self.admin().await?;
+        let admin = self.admin().await?;
         let role_exists = sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
             .bind(name)
-            .fetch_optional(&mut admin)
+            .fetch_optional(&admin)
             .await?
             .is_some();
         let verb = if role_exists { "ALTER" } else { "CREATE" };
@@ -370,11 +376,11 @@ impl PostgresServer {
             quote_ident(name),
             quote_literal(password)
         ))
-        .execute(&mut admin)
+        .execute(&admin)
         .await?;
         let db_exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
             .bind(name)
-            .fetch_optional(&mut admin)
+            .fetch_optional(&admin)
             .await?
             .is_some();
         if !db_exists {
@@ -385,21 +391,21 @@ impl PostgresServer {
                 quote_ident(name),
                 quote_ident(&self.admin_user)
             ))
-            .execute(&mut admin)
+            .execute(&admin)
             .await;
             sqlx::raw_sql(&format!(
                 "CREATE DATABASE {} OWNER {}",
                 quote_ident(name),
                 quote_ident(name)
             ))
-            .execute(&mut admin)
+            .execute(&admin)
             .await?;
         }
         sqlx::raw_sql(&format!(
             "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT ALL ON DATABASE {db} TO {db}",
             db = quote_ident(name)
         ))
-        .execute(&mut admin)
+        .execute(&admin)
         .await?;
         Ok(())
     }
@@ -407,25 +413,25 @@ impl PostgresServer {
     /// Drops database and role `name` (connections are terminated). Idempotent.
     pub async fn drop_database(&self, name: &str) -> Result<(), AddonError> {
         check_identifier(name)?;
-        let mut admin = self.admin().await?;
+        let admin = self.admin().await?;
         sqlx::raw_sql(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             quote_ident(name)
         ))
-        .execute(&mut admin)
+        .execute(&admin)
         .await?;
         sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {}", quote_ident(name)))
-            .execute(&mut admin)
+            .execute(&admin)
             .await?;
         Ok(())
     }
 
     /// Whether database `name` exists.
     pub async fn database_exists(&self, name: &str) -> Result<bool, AddonError> {
-        let mut admin = self.admin().await?;
+        let admin = self.admin().await?;
         let row = sqlx::query("SELECT count(*) AS n FROM pg_database WHERE datname = $1")
             .bind(name)
-            .fetch_one(&mut admin)
+            .fetch_one(&admin)
             .await?;
         Ok(row.try_get::<i64, _>("n")? > 0)
     }

@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::teams::routes())
         .merge(routes::metrics::routes())
         .merge(routes::webhooks::routes())
+        .merge(routes::addons::routes())
         .split_for_parts();
     let api = api.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),

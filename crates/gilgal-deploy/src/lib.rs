@@ -13,6 +13,7 @@
 //! formation) is diffed against what the runtime reports (re-adopted instances included), the
 //! difference is applied, and routes are reinstalled.
 
+mod addons;
 mod config;
 mod images;
 mod isolation;
@@ -21,6 +22,10 @@ mod reconcile;
 mod runs;
 mod ssrf;
 
+pub use addons::{
+    config_var_names, validate_addon_name, AddonsConfig, DEFAULT_BACKUP_RETENTION,
+    DEFAULT_BACKUP_SCHEDULE, KINDS as ADDON_KINDS,
+};
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
 pub use gilgal_build::GitSource;
 pub use images::ImageSettings;
@@ -64,6 +69,8 @@ pub struct DeployerConfig {
     /// Build releases as container images on this dockerd (the Docker runtime) instead of
     /// host artifact directories; `None` builds on the host (the process runtime).
     pub images: Option<ImageSettings>,
+    /// Where add-ons' servers and backups live.
+    pub addons: AddonsConfig,
 }
 
 /// Failures starting a deployment (failures *during* one are recorded on the deployment).

@@ -6,6 +6,7 @@
 //! migrations (`migrations/`) serve both. Every query that reads tenant data takes the caller's
 //! user id, so another user's row is simply not found.
 
+mod addons;
 mod audit;
 mod certificates;
 mod deployments;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::AnyPool;
 
+pub use addons::{AddonRecord, BackupRecord, NewAddon};
 pub use audit::{AuditFilter, AuditRecord};
 pub use certificates::CertificateRecord;
 pub use deployments::{

@@ -46,6 +46,12 @@ impl TestServer {
     /// Starts a server with `config`. Panics with a clear message if the backend is missing.
     pub async fn start_with(backend: Backend, config: ApiConfig) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
+        // As root, add-on servers run as their own system users and must pass through.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data_dir.path(), std::fs::Permissions::from_mode(0o711))
+                .expect("chmod data dir");
+        }
         let store_backend = match backend {
             Backend::Sqlite => StoreBackend::Sqlite(data_dir.path().join("gilgal.db")),
             Backend::Postgres => StoreBackend::Postgres(fresh_postgres_database().await),
@@ -87,6 +93,11 @@ impl TestServer {
                 allow_private_urls: false,
                 app_users: false,
                 images: None,
+                addons: gilgal_deploy::AddonsConfig {
+                    dir: data_dir.path().join("addons"),
+                    backups_dir: data_dir.path().join("backups"),
+                    postgres_url: None,
+                },
             },
             vault,
         );
@@ -144,6 +155,12 @@ impl Drop for TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        // Add-on servers run detached (they outlive a Gilgal restart); a test's must not
+        // outlive the test.
+        gilgal_addons::stop_all(
+            &self.data_dir.path().join("addons"),
+            std::time::Duration::from_secs(10),
+        );
     }
 }
 

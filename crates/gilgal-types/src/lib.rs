@@ -4,6 +4,7 @@
 //! error body (`{"error":{"code","message","request_id"}}`), and the strict identifier types
 //! (such as [`ProjectName`]) that reject bad input at the edge, so that no other layer has to.
 
+mod addons;
 mod auth;
 mod deployments;
 mod environments;
@@ -12,6 +13,7 @@ mod names;
 mod projects;
 mod webhooks;
 
+pub use addons::*;
 pub use auth::*;
 pub use deployments::*;
 pub use environments::*;

@@ -410,6 +410,10 @@ pub struct ServerArgs {
     /// users must not make the server probe its own network).
     #[arg(long, env = "GILGAL_ALLOW_PRIVATE_URLS")]
     pub allow_private_urls: bool,
+    /// Create PostgreSQL add-ons on this server (an admin URL with CREATEROLE and CREATEDB)
+    /// instead of the managed cluster Gilgal runs under the data dir.
+    #[arg(long, env = "GILGAL_ADDONS_POSTGRES_URL")]
+    pub addons_postgres_url: Option<String>,
     /// Browser origin allowed to call the API (CORS), e.g. a dashboard; repeatable.
     #[arg(
         long = "cors-origin",

@@ -177,6 +177,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             allow_private_urls: args.allow_private_urls,
             app_users,
             images,
+            addons: gilgal_deploy::AddonsConfig {
+                dir: data_dir.join("addons"),
+                backups_dir: data_dir.join("backups"),
+                postgres_url: args.addons_postgres_url.clone(),
+            },
         },
         vault,
     );
@@ -242,6 +247,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 Ok(()) => tracing::info!("desired state reconciled"),
                 Err(e) => tracing::error!(error = %e, "reconciling desired state failed"),
             }
+            let supervisor = deployer.clone();
+            let supervisor_stop = cron_stop.clone();
+            tokio::spawn(async move { supervisor.run_addon_supervisor(supervisor_stop).await });
             deployer.run_cron(cron_stop).await;
         });
     }

@@ -1,5 +1,6 @@
 //! Handlers, one module per resource; each module exposes `routes()` for [`crate::router`].
 
+pub mod addons;
 pub mod admin;
 pub mod audit;
 pub mod auth;

@@ -1,6 +1,7 @@
 //! API integration tests: every endpoint's success and failures, through real HTTP, on SQLite
 //! and on PostgreSQL (see `gilgal_testkit::backend_tests!`).
 
+mod addons;
 mod auth;
 mod certificates;
 mod docs;

@@ -1,0 +1,595 @@
+//! Add-ons attached to environments: provisioning on the managed servers of `gilgal-addons`,
+//! attachment through sealed config vars and a zero-downtime rollout, scheduled and manual
+//! backups with retention, restores, and the supervisor that keeps every server running.
+//!
+//! The store's add-on rows are the desired state; [`Deployer::run_addon_supervisor`] drives
+//! the servers to it every few seconds (a killed PostgreSQL or Redis is started again, with
+//! its own crash recovery) and takes the scheduled backups. A backup is recorded as
+//! `running` before it starts and ends `succeeded` (size, SHA-256) or `failed` (the error):
+//! never a silent success, and a failed backup never touches earlier ones.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use gilgal_addons::postgres::PostgresServer;
+use gilgal_addons::redis::RedisServer;
+use gilgal_addons::{AddonError, RunAs};
+use gilgal_store::{
+    AddonRecord, BackupRecord, ConfigChange, ConfigVarRecord, EnvironmentRecord, NewAddon,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::pipeline::{DeploySource, ReuseKind, ReuseRelease};
+use crate::{DeployError, Deployer};
+
+/// Where add-ons live and which PostgreSQL server hosts their databases.
+#[derive(Debug, Clone, Default)]
+pub struct AddonsConfig {
+    /// `DATA_DIR/addons`: the managed servers' files.
+    pub dir: PathBuf,
+    /// `DATA_DIR/backups`: backup files, one directory per add-on.
+    pub backups_dir: PathBuf,
+    /// An external PostgreSQL server (admin URL) to create databases on instead of the
+    /// managed cluster.
+    pub postgres_url: Option<String>,
+}
+
+/// The kinds of add-on.
+pub const KINDS: [&str; 2] = ["postgres", "redis"];
+
+/// Default backup schedule: daily at 03:00 UTC.
+pub const DEFAULT_BACKUP_SCHEDULE: &str = "0 3 * * *";
+/// Default number of successful backups kept.
+pub const DEFAULT_BACKUP_RETENTION: u32 = 7;
+const SUPERVISOR_POLL: Duration = Duration::from_secs(3);
+
+/// What an add-on's credentials are (sealed in the store).
+#[derive(Serialize, Deserialize)]
+struct Credentials {
+    password: String,
+    #[serde(default)]
+    port: Option<u16>,
+}
+
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        use gilgal_secrets::Zeroizing;
+        drop(Zeroizing::new(std::mem::take(&mut self.password)));
+    }
+}
+
+/// The config var names an add-on of `kind` sets (before its prefix).
+pub fn config_var_names(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "postgres" => &["DATABASE_URL"],
+        "redis" => &["REDIS_URL"],
+        _ => &[],
+    }
+}
+
+fn sealed_name(addon: Uuid) -> String {
+    format!("addon:{addon}")
+}
+
+fn addon_error(err: AddonError) -> DeployError {
+    DeployError::Invalid(err.to_string())
+}
+
+/// An add-on name: lowercase letters, digits and `-`, 1–30, starting with a letter.
+pub fn validate_addon_name(name: &str) -> Result<(), DeployError> {
+    let ok = !name.is_empty()
+        && name.len() <= 30
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(DeployError::Invalid(format!(
+            "add-on name {:?} must be 1-30 lowercase letters, digits and `-`, starting with a letter",
+            name.chars().take(40).collect::<String>()
+        )))
+    }
+}
+
+impl Deployer {
+    fn addons_config(&self) -> &AddonsConfig {
+        &self.config.addons
+    }
+
+    fn postgres_server(&self) -> Result<PostgresServer, DeployError> {
+        match &self.addons_config().postgres_url {
+            Some(url) => PostgresServer::external(url).map_err(addon_error),
+            None => {
+                PostgresServer::managed(&self.addons_config().dir, RunAs::system_user("postgres"))
+                    .map_err(addon_error)
+            }
+        }
+    }
+
+    fn redis_server(
+        &self,
+        addon: &AddonRecord,
+        credentials: &Credentials,
+    ) -> Result<RedisServer, DeployError> {
+        let port = credentials.port.ok_or_else(|| {
+            DeployError::Invalid(format!("add-on {} has no port recorded", addon.name))
+        })?;
+        RedisServer::new(
+            &self.addons_config().dir,
+            &addon.resource,
+            port,
+            &credentials.password,
+            RunAs::system_user("redis"),
+        )
+        .map_err(addon_error)
+    }
+
+    async fn credentials(&self, addon: &AddonRecord) -> Result<Credentials, DeployError> {
+        let opened = self
+            .vault
+            .open(
+                addon.environment_id,
+                &sealed_name(addon.id),
+                &addon.credentials_sealed,
+            )
+            .await?;
+        serde_json::from_str(&opened)
+            .map_err(|e| DeployError::Invalid(format!("stored add-on credentials: {e}")))
+    }
+
+    /// The connection URL of an add-on (what its config var holds); for operators' `psql`
+    /// and `redis-cli`.
+    pub async fn addon_url(&self, addon: &AddonRecord) -> Result<String, DeployError> {
+        let credentials = self.credentials(addon).await?;
+        match addon.kind.as_str() {
+            "postgres" => Ok(self
+                .postgres_server()?
+                .url(&addon.resource, &credentials.password)),
+            "redis" => Ok(self.redis_server(addon, &credentials)?.url()),
+            other => Err(DeployError::Invalid(format!("unknown add-on kind {other}"))),
+        }
+    }
+
+    /// Makes sure the server of `addon` runs and its database exists (idempotent).
+    async fn provision(&self, addon: &AddonRecord) -> Result<(), DeployError> {
+        let credentials = self.credentials(addon).await?;
+        match addon.kind.as_str() {
+            "postgres" => {
+                let server = self.postgres_server()?;
+                server.ensure_running().await.map_err(addon_error)?;
+                server
+                    .create_database(&addon.resource, &credentials.password)
+                    .await
+                    .map_err(addon_error)
+            }
+            "redis" => self
+                .redis_server(addon, &credentials)?
+                .ensure_running()
+                .await
+                .map_err(addon_error),
+            other => Err(DeployError::Invalid(format!("unknown add-on kind {other}"))),
+        }
+    }
+
+    /// Makes sure the server `addon` lives on runs (the supervisor's check; cheap when it
+    /// does).
+    async fn ensure_server(&self, addon: &AddonRecord) -> Result<(), DeployError> {
+        match addon.kind.as_str() {
+            "postgres" => self
+                .postgres_server()?
+                .ensure_running()
+                .await
+                .map_err(addon_error),
+            _ => {
+                let credentials = self.credentials(addon).await?;
+                self.redis_server(addon, &credentials)?
+                    .ensure_running()
+                    .await
+                    .map_err(addon_error)
+            }
+        }
+    }
+
+    /// Sets (or unsets) an add-on's config vars and rolls the change out when something is
+    /// live; returns the rollout's deployment.
+    async fn attach(
+        self: &Arc<Self>,
+        environment: &EnvironmentRecord,
+        addon: &AddonRecord,
+        attach: bool,
+    ) -> Result<Option<Uuid>, DeployError> {
+        let names: Vec<String> = config_var_names(&addon.kind)
+            .iter()
+            .map(|n| format!("{}{n}", addon.var_prefix))
+            .collect();
+        let mut changes = Vec::new();
+        if attach {
+            let url = self.addon_url(addon).await?;
+            for name in &names {
+                let sealed = self.vault.seal(environment.id, name, &url).await?;
+                changes.push(ConfigChange::Set(ConfigVarRecord {
+                    name: name.clone(),
+                    value: sealed,
+                    secret: true,
+                }));
+            }
+        } else {
+            changes.extend(names.iter().cloned().map(ConfigChange::Unset));
+        }
+        self.store
+            .change_config_vars(environment.id, &changes)
+            .await?;
+        let environment = self.store.environment_by_id(environment.id).await?;
+        let Some(number) = environment.live_release else {
+            return Ok(None);
+        };
+        let verb = if attach { "Attach" } else { "Detach" };
+        let id = self
+            .deploy(
+                environment.clone(),
+                DeploySource::Release(ReuseRelease {
+                    kind: ReuseKind::ConfigChange,
+                    from_environment: environment.id,
+                    number,
+                    run_release_phase: false,
+                    description: format!("{verb} {} ({})", addon.name, names.join(", ")),
+                }),
+            )
+            .await?;
+        Ok(Some(id))
+    }
+
+    /// Creates an add-on of `kind` in `environment`, named `name` (default: the kind for the
+    /// first of a kind, whose vars are unprefixed; a named one gets `NAME_` prefixed vars),
+    /// provisions it, and attaches it (a new release when something is live).
+    pub async fn create_addon(
+        self: &Arc<Self>,
+        environment: &EnvironmentRecord,
+        kind: &str,
+        name: Option<&str>,
+    ) -> Result<(AddonRecord, Option<Uuid>), DeployError> {
+        if !KINDS.contains(&kind) {
+            return Err(DeployError::Invalid(format!(
+                "unknown add-on kind {:?}: use {}",
+                kind.chars().take(20).collect::<String>(),
+                KINDS.join(" or ")
+            )));
+        }
+        let existing = self.store.addons(environment.id).await?;
+        let (name, var_prefix) = match name {
+            Some(name) => {
+                validate_addon_name(name)?;
+                (
+                    name.to_owned(),
+                    format!("{}_", name.to_ascii_uppercase().replace('-', "_")),
+                )
+            }
+            None if !existing.iter().any(|a| a.kind == kind) => (kind.to_owned(), String::new()),
+            None => {
+                return Err(DeployError::Invalid(format!(
+                    "this environment already has a {kind} add-on; name the second one (--as NAME) so its config vars get a NAME_ prefix"
+                )))
+            }
+        };
+        if existing
+            .iter()
+            .any(|a| a.var_prefix == var_prefix && a.kind == kind)
+        {
+            return Err(DeployError::Invalid(format!(
+                "an add-on already sets {var_prefix}{}",
+                config_var_names(kind).join(", ")
+            )));
+        }
+        // Fail before recording anything when the server software is missing.
+        match kind {
+            "postgres" => {
+                self.postgres_server()?;
+            }
+            _ => {
+                RedisServer::new(&self.addons_config().dir, "probe", 1, "x", None)
+                    .map_err(addon_error)?;
+            }
+        }
+        let id = Uuid::new_v4();
+        let resource = format!("addon_{}", id.simple());
+        let credentials = Credentials {
+            password: gilgal_addons::random_password(),
+            port: (kind == "redis")
+                .then(gilgal_addons::redis::free_port)
+                .transpose()
+                .map_err(addon_error)?,
+        };
+        let json =
+            serde_json::to_string(&credentials).map_err(|e| DeployError::Invalid(e.to_string()))?;
+        let sealed = self
+            .vault
+            .seal(environment.id, &sealed_name(id), &json)
+            .await?;
+        let addon = self
+            .store
+            .create_addon(&NewAddon {
+                id,
+                environment_id: environment.id,
+                kind,
+                name: &name,
+                var_prefix: &var_prefix,
+                resource: &resource,
+                credentials_sealed: &sealed,
+                backup_schedule: DEFAULT_BACKUP_SCHEDULE,
+                backup_retention: DEFAULT_BACKUP_RETENTION,
+            })
+            .await
+            .map_err(|e| match e {
+                gilgal_store::StoreError::Conflict(what) => DeployError::Invalid(what.to_owned()),
+                other => other.into(),
+            })?;
+        if let Err(e) = self.provision(&addon).await {
+            self.store.set_addon_state(addon.id, "failed").await?;
+            return Err(e);
+        }
+        self.store.set_addon_state(addon.id, "ready").await?;
+        let deployment = self.attach(environment, &addon, true).await?;
+        let addon = self.store.addon(addon.id).await?;
+        tracing::info!(addon = %addon.id, kind, name = %addon.name, environment = %environment.id, "add-on created");
+        Ok((addon, deployment))
+    }
+
+    /// Destroys an add-on: a final backup first (unless `final_backup` is false; if it
+    /// fails, nothing is destroyed), then its config vars are removed (rolled out), its
+    /// database or server removed, and its row deleted. Backups stay.
+    pub async fn destroy_addon(
+        self: &Arc<Self>,
+        addon: &AddonRecord,
+        final_backup: bool,
+    ) -> Result<Option<Uuid>, DeployError> {
+        if final_backup {
+            let backup = self.backup_addon(addon, "final", None).await?;
+            if backup.state != "succeeded" {
+                return Err(DeployError::Invalid(format!(
+                    "the final backup failed ({}); nothing was destroyed. Fix it, or destroy without a backup",
+                    backup.error.unwrap_or_default()
+                )));
+            }
+        }
+        let environment = self.store.environment_by_id(addon.environment_id).await?;
+        let deployment = self.attach(&environment, addon, false).await?;
+        let credentials = self.credentials(addon).await?;
+        match addon.kind.as_str() {
+            "postgres" => {
+                let server = self.postgres_server()?;
+                server.ensure_running().await.map_err(addon_error)?;
+                server
+                    .drop_database(&addon.resource)
+                    .await
+                    .map_err(addon_error)?;
+            }
+            "redis" => self
+                .redis_server(addon, &credentials)?
+                .destroy()
+                .await
+                .map_err(addon_error)?,
+            _ => {}
+        }
+        self.store.delete_addon(addon.id).await?;
+        tracing::info!(addon = %addon.id, name = %addon.name, "add-on destroyed");
+        Ok(deployment)
+    }
+
+    fn backup_path(&self, addon: &AddonRecord, backup: Uuid) -> PathBuf {
+        let extension = if addon.kind == "redis" { "rdb" } else { "dump" };
+        let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+        self.addons_config()
+            .backups_dir
+            .join(addon.id.to_string())
+            .join(format!("{stamp}-{backup}.{extension}"))
+    }
+
+    /// Takes a backup now (`cause`: `manual`, `scheduled` with its `tick`, or `final`) and
+    /// records its outcome; then applies retention to successful non-final backups. Returns
+    /// the record (a failed backup is `Ok` with state `failed`: the failure is the record).
+    pub async fn backup_addon(
+        &self,
+        addon: &AddonRecord,
+        cause: &str,
+        tick: Option<i64>,
+    ) -> Result<BackupRecord, DeployError> {
+        let Some(id) = self.store.start_backup(addon, cause, tick).await? else {
+            return Err(DeployError::Invalid(
+                "this backup tick was already taken".to_owned(),
+            ));
+        };
+        let path = self.backup_path(addon, id);
+        let outcome = self.write_backup(addon, &path).await;
+        match &outcome {
+            Ok(file) => {
+                self.store
+                    .finish_backup(
+                        id,
+                        Ok((&file.path.to_string_lossy(), file.size, &file.sha256)),
+                    )
+                    .await?;
+                tracing::info!(addon = %addon.id, backup = %id, bytes = file.size, "add-on backup succeeded");
+                if let Err(e) = self.apply_retention(addon).await {
+                    tracing::warn!(addon = %addon.id, error = %e, "backup retention failed");
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                self.store.finish_backup(id, Err(&message)).await?;
+                tracing::error!(addon = %addon.id, backup = %id, error = %message, "add-on backup FAILED");
+            }
+        }
+        Ok(self.store.backup(id).await?)
+    }
+
+    async fn write_backup(
+        &self,
+        addon: &AddonRecord,
+        path: &Path,
+    ) -> Result<gilgal_addons::BackupFile, DeployError> {
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = tokio::fs::set_permissions(
+                &self.addons_config().backups_dir,
+                std::fs::Permissions::from_mode(0o700),
+            )
+            .await;
+        }
+        let credentials = self.credentials(addon).await?;
+        match addon.kind.as_str() {
+            "postgres" => self
+                .postgres_server()?
+                .dump(&addon.resource, &credentials.password, path)
+                .await
+                .map_err(addon_error),
+            "redis" => self
+                .redis_server(addon, &credentials)?
+                .snapshot(path)
+                .await
+                .map_err(addon_error),
+            other => Err(DeployError::Invalid(format!("unknown add-on kind {other}"))),
+        }
+    }
+
+    /// Keeps the newest `backup_retention` successful manual/scheduled backups; older ones'
+    /// files and rows go. Final backups and failed records are kept.
+    async fn apply_retention(&self, addon: &AddonRecord) -> Result<(), DeployError> {
+        let keep = usize::try_from(addon.backup_retention).unwrap_or(7).max(1);
+        let old: Vec<BackupRecord> = self
+            .store
+            .backups(addon.id)
+            .await?
+            .into_iter()
+            .filter(|b| b.state == "succeeded" && b.cause != "final")
+            .skip(keep)
+            .collect();
+        for backup in old {
+            if let Some(path) = &backup.path {
+                match tokio::fs::remove_file(path).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.store.delete_backup(backup.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Restores `backup` into `addon` (its own database, or another add-on of the same kind
+    /// in the same environment). PostgreSQL restores run in one transaction: a failed
+    /// restore changes nothing. The file's checksum is verified first.
+    pub async fn restore_addon(
+        &self,
+        addon: &AddonRecord,
+        backup: &BackupRecord,
+    ) -> Result<(), DeployError> {
+        if backup.kind != addon.kind || backup.environment_id != addon.environment_id {
+            return Err(DeployError::Invalid(
+                "a backup restores into an add-on of the same kind in the same environment"
+                    .to_owned(),
+            ));
+        }
+        if backup.state != "succeeded" {
+            return Err(DeployError::Invalid(format!(
+                "backup {} {}; only a successful backup can be restored",
+                backup.id, backup.state
+            )));
+        }
+        if addon.kind != "postgres" {
+            return Err(DeployError::Invalid(
+                "restoring Redis snapshots through the API is not supported yet; the RDB file can be loaded by hand"
+                    .to_owned(),
+            ));
+        }
+        let path = PathBuf::from(backup.path.clone().unwrap_or_default());
+        let file = gilgal_addons::checksum(&path).await.map_err(addon_error)?;
+        if Some(&file.sha256) != backup.sha256.as_ref() {
+            return Err(DeployError::Invalid(format!(
+                "backup {} does not match its recorded checksum; it was changed or damaged",
+                backup.id
+            )));
+        }
+        let credentials = self.credentials(addon).await?;
+        self.postgres_server()?
+            .restore(&addon.resource, &credentials.password, &path)
+            .await
+            .map_err(addon_error)?;
+        tracing::info!(addon = %addon.id, backup = %backup.id, "add-on restored");
+        Ok(())
+    }
+
+    /// Keeps every add-on's server running and takes scheduled backups, until `shutdown`.
+    pub async fn run_addon_supervisor(
+        self: Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        match self.store.fail_running_backups().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(count = n, "backups interrupted by a restart marked failed"),
+            Err(e) => tracing::warn!(error = %e, "cannot mark interrupted backups"),
+        }
+        loop {
+            if let Err(e) = self.addon_pass(Utc::now()).await {
+                tracing::warn!(error = %e, "add-on supervisor pass failed");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(SUPERVISOR_POLL) => {}
+            }
+        }
+    }
+
+    async fn addon_pass(self: &Arc<Self>, now: DateTime<Utc>) -> Result<(), DeployError> {
+        for addon in self.store.all_addons().await? {
+            if addon.state != "ready" {
+                continue;
+            }
+            if let Err(e) = self.ensure_server(&addon).await {
+                tracing::warn!(addon = %addon.id, error = %e, "add-on server is down; retrying");
+                continue;
+            }
+            if let Err(e) = self.scheduled_backup(&addon, now).await {
+                tracing::warn!(addon = %addon.id, error = %e, "scheduled backup could not run");
+            }
+        }
+        Ok(())
+    }
+
+    async fn scheduled_backup(
+        &self,
+        addon: &AddonRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(), DeployError> {
+        let cron =
+            crate::runs::parse_schedule(&addon.backup_schedule).map_err(DeployError::Invalid)?;
+        let created = addon.created_at.unix_timestamp();
+        let after = self
+            .store
+            .last_backup_tick(addon.id)
+            .await?
+            .unwrap_or(created)
+            .max(created);
+        let Some(start) = Utc.timestamp_opt(after, 0).single() else {
+            return Ok(());
+        };
+        let mut due = None;
+        for tick in cron.iter_after(start).take(10_000) {
+            if tick > now {
+                break;
+            }
+            due = Some(tick.timestamp());
+        }
+        if let Some(tick) = due {
+            self.backup_addon(addon, "scheduled", Some(tick)).await?;
+        }
+        Ok(())
+    }
+}
