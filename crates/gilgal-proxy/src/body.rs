@@ -236,12 +236,18 @@ pin_project! {
 }
 
 impl ProxyBody {
-    pub(crate) fn upstream(inner: Incoming, mut guard: RequestGuard) -> Self {
-        guard.clean = inner.is_end_stream();
+    pub(crate) fn upstream(inner: Incoming, mut guard: Option<RequestGuard>) -> Self {
+        if let Some(guard) = guard.as_mut() {
+            guard.clean = inner.is_end_stream();
+        }
         Self {
             kind: Kind::Upstream { inner },
-            guard: Some(guard),
+            guard,
         }
+    }
+
+    pub(crate) fn empty() -> Self {
+        Self::full(Bytes::new(), None)
     }
 
     pub(crate) fn full(bytes: impl Into<Bytes>, guard: Option<RequestGuard>) -> Self {

@@ -31,6 +31,9 @@ pub(crate) enum UpstreamError {
     /// The exchange failed after the connection was open.
     #[error("upstream exchange: {0}")]
     Http(#[from] hyper::Error),
+    /// There was no request to send (a caller bug; reported instead of panicking).
+    #[error("no request to send")]
+    NoRequest,
 }
 
 impl UpstreamError {
@@ -58,13 +61,6 @@ impl std::fmt::Debug for ConnPool {
             .field("addr", &self.addr)
             .finish()
     }
-}
-
-/// A failed exchange, with the request handed back when none of it was sent (safe to retry,
-/// body included).
-pub(crate) struct Failure {
-    pub(crate) error: UpstreamError,
-    pub(crate) unsent: Option<Request<UpstreamBody>>,
 }
 
 /// A connection lent to one request; give it back with [`ConnPool::put_back`].
@@ -152,48 +148,44 @@ impl ConnPool {
         Ok(sender)
     }
 
-    /// Send `req` on a pooled connection (or a new one), returning the response and the lease
-    /// to give back once the response body is done. Upgrade requests always use a fresh,
-    /// never-pooled connection.
+    /// Send the request in `req` on a pooled connection (or a new one), returning the response
+    /// and the lease to give back once the response body is done. On failure the request is
+    /// back in `req` if none of it was sent (safe to retry, body included). Upgrade requests
+    /// always use a fresh, never-pooled connection.
     pub(crate) async fn send(
         &self,
-        mut req: Request<UpstreamBody>,
+        req: &mut Option<Request<UpstreamBody>>,
         connect_timeout: Duration,
         upgrade: bool,
         cut: &CancellationToken,
-    ) -> Result<(Response<Incoming>, Lease), Failure> {
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         if !upgrade {
             while let Some(mut sender) = self.take_idle() {
-                match sender.try_send_request(req).await {
+                let Some(request) = req.take() else {
+                    return Err(UpstreamError::NoRequest);
+                };
+                match sender.try_send_request(request).await {
                     Ok(resp) => return Ok((resp, Lease { sender })),
                     Err(mut e) => match e.take_message() {
                         // Never written (the connection died while idle): try another one.
-                        Some(unsent) => req = unsent,
-                        None => {
-                            return Err(Failure {
-                                error: UpstreamError::Http(e.into_error()),
-                                unsent: None,
-                            })
-                        }
+                        Some(unsent) => *req = Some(unsent),
+                        None => return Err(UpstreamError::Http(e.into_error())),
                     },
                 }
             }
         }
-        let mut sender = match self.connect(connect_timeout, upgrade, cut).await {
-            Ok(sender) => sender,
-            Err(error) => {
-                return Err(Failure {
-                    error,
-                    unsent: Some(req),
-                })
-            }
+        // Boxed: connecting is rare on a warm pool, and its future would otherwise grow every
+        // request's future.
+        let mut sender = Box::pin(self.connect(connect_timeout, upgrade, cut)).await?;
+        let Some(request) = req.take() else {
+            return Err(UpstreamError::NoRequest);
         };
-        match sender.try_send_request(req).await {
+        match sender.try_send_request(request).await {
             Ok(resp) => Ok((resp, Lease { sender })),
-            Err(mut e) => Err(Failure {
-                unsent: e.take_message(),
-                error: UpstreamError::Http(e.into_error()),
-            }),
+            Err(mut e) => {
+                *req = e.take_message();
+                Err(UpstreamError::Http(e.into_error()))
+            }
         }
     }
 }

@@ -2,6 +2,8 @@
 //! upgrades and error pages.
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -19,13 +21,13 @@ use crate::metrics::RouteMetrics;
 use crate::pool::{Lease, UpstreamError};
 
 fn build_upstream_request(
-    method: &Method,
-    path_and_query: &PathAndQuery,
+    method: Method,
+    path_and_query: PathAndQuery,
     headers: HeaderMap,
     body: UpstreamBody,
 ) -> Request<UpstreamBody> {
     let mut req = Request::new(body);
-    *req.method_mut() = method.clone();
+    *req.method_mut() = method;
     *req.uri_mut() = upstream_uri(path_and_query);
     *req.headers_mut() = headers;
     req
@@ -142,12 +144,47 @@ pub(crate) struct ConnContext {
 }
 
 /// Answer one client request (never fails: errors become pages carrying the request id).
-pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<ProxyBody> {
+///
+/// Everything up to the upstream exchange runs synchronously when hyper hands over the request;
+/// the returned future only holds what the exchange needs. (An `async fn` would keep its
+/// arguments *and* every moved-out copy in its state, and hyper keeps one such state allocated
+/// per connection: this keeps it around 1 KB instead of 4 KB.)
+pub(crate) fn handle(
+    ctx: Arc<ConnContext>,
+    req: Request<Incoming>,
+) -> impl Future<Output = Response<ProxyBody>> + Send {
+    let mut routed = route_request(ctx, req);
+    async move {
+        match &mut routed {
+            Routed::Done(resp) => resp
+                .take()
+                .unwrap_or_else(|| Response::new(ProxyBody::empty())),
+            Routed::Static(serve) => serve.as_mut().await,
+            Routed::Upstream(forward) => forward.run().await,
+        }
+    }
+}
+
+/// What to do with a request once it was checked and routed.
+// One per request, inside the request's future: boxing the common variant would cost an
+// allocation per request to save a few hundred bytes that hyper allocates once per connection.
+#[allow(clippy::large_enum_variant)]
+enum Routed {
+    /// Answered already (errors, redirects).
+    Done(Option<Response<ProxyBody>>),
+    /// Static files (boxed: that future is large and rare).
+    Static(Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>),
+    /// To an upstream.
+    Upstream(Forward),
+}
+
+fn route_request(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Routed {
     let start = Instant::now();
     let mut guard = RequestGuard::new(ctx.clone());
     let facts = HeaderFacts::of(req.headers());
     let request_id = request_id(facts.request_id);
     let unrouted = &ctx.shared.unrouted;
+    let done = |resp| Routed::Done(Some(resp));
 
     let ambiguous = ctx
         .activity
@@ -160,11 +197,11 @@ pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Res
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        return finish(resp, unrouted, start, guard);
+        return done(finish(resp, unrouted, start, guard));
     }
     let Some(host) = request_host(&req, facts.host) else {
         let resp = error_page(StatusCode::BAD_REQUEST, "missing Host header", &request_id);
-        return finish(resp, unrouted, start, guard);
+        return done(finish(resp, unrouted, start, guard));
     };
     let route = {
         let table = ctx.shared.table.load();
@@ -172,14 +209,14 @@ pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Res
     };
     let Some(route) = route else {
         let resp = error_page(StatusCode::NOT_FOUND, "no app is served here", &request_id);
-        return finish(resp, unrouted, start, guard);
+        return done(finish(resp, unrouted, start, guard));
     };
     guard.set_route(route.metrics.clone());
     let metrics = &route.metrics;
 
     if route.redirect_https && !ctx.https {
         let resp = https_redirect(&host, req.uri(), ctx.shared.settings.https_port);
-        return finish(resp, metrics, start, guard);
+        return done(finish(resp, metrics, start, guard));
     }
     if let Some((status, reason)) = limit_violation(&route, &req, facts.bytes) {
         let mut resp = error_page(status, reason, &request_id);
@@ -187,30 +224,50 @@ pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Res
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        return finish(resp, metrics, start, guard);
+        return done(finish(resp, metrics, start, guard));
     }
 
     match &route.target {
-        CompiledTarget::Static { root, fallback } => {
-            let resp = serve_static(root, fallback.as_deref(), &route, req, &request_id).await;
-            let status = resp.status();
-            metrics.record_response(status.as_u16(), start.elapsed());
-            let (parts, body) = resp.into_parts();
-            Response::from_parts(parts, ProxyBody::boxed(body, guard))
+        CompiledTarget::Static { .. } => {
+            let route = route.clone();
+            Routed::Static(Box::pin(async move {
+                let CompiledTarget::Static { root, fallback } = &route.target else {
+                    unreachable!("matched a static route above");
+                };
+                let resp = serve_static(root, fallback.as_deref(), &route, req, &request_id).await;
+                let status = resp.status();
+                route
+                    .metrics
+                    .record_response(status.as_u16(), start.elapsed());
+                let (parts, body) = resp.into_parts();
+                Response::from_parts(parts, ProxyBody::boxed(body, guard))
+            }))
         }
-        CompiledTarget::Upstream { all, split } => {
+        CompiledTarget::Upstream { split, .. } => {
             let upgrade = upgrade_protocol(&req, facts.upgrade).cloned();
-            let forwarded = Forwarded {
-                ctx: &ctx,
-                route: &route,
-                request_id: &request_id,
-                start,
-                hop: facts.hop,
-                forwarded_for: facts.forwarded_for,
-                has_host: facts.host.is_some(),
-                upgrade,
+            let (group, set_cookie) = match split {
+                Some(split) => choose_group(split, req.headers()),
+                None => (Group::All, None),
             };
-            forwarded.send(all, split.as_ref(), req, guard).await
+            let hop = facts.hop;
+            let forwarded_for = facts.forwarded_for;
+            let has_host = facts.host.is_some();
+            let mut forward = Forward {
+                ctx,
+                route,
+                request_id,
+                start,
+                guard: Some(guard),
+                group,
+                set_cookie,
+                client_upgrade: None,
+                upgrade: upgrade.is_some(),
+                retry_after_send: false,
+                request: None,
+                template: None,
+            };
+            forward.prepare(req, hop, forwarded_for, has_host, upgrade);
+            Routed::Upstream(forward)
         }
     }
 }
@@ -227,45 +284,54 @@ fn finish(
     resp
 }
 
-/// One request on its way to an upstream route.
-struct Forwarded<'a> {
-    ctx: &'a ConnContext,
-    route: &'a Arc<CompiledRoute>,
-    request_id: &'a HeaderValue,
+/// Which backends of a route a request may go to.
+#[derive(Clone, Copy)]
+enum Group {
+    All,
+    Primary,
+    Canary,
+}
+
+/// One request on its way to an upstream route, with everything its attempts need.
+struct Forward {
+    ctx: Arc<ConnContext>,
+    route: Arc<CompiledRoute>,
+    request_id: HeaderValue,
     start: Instant,
-    /// Hop-by-hop headers present in the request.
-    hop: u16,
-    /// The request carries `X-Forwarded-For`.
-    forwarded_for: bool,
-    /// The request carries `Host`.
-    has_host: bool,
-    /// Protocol of an HTTP/1.1 upgrade request.
-    upgrade: Option<HeaderValue>,
+    /// Taken by the response (or error page) that ends the request.
+    guard: Option<RequestGuard>,
+    group: Group,
+    set_cookie: Option<HeaderValue>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrade: bool,
+    /// A bodyless idempotent request: safe to re-send after a failure even if it was sent.
+    retry_after_send: bool,
+    /// The request to send next (handed back by the pool when it was never sent).
+    request: Option<Request<UpstreamBody>>,
+    /// A bodyless request can be rebuilt for a retry even after it was sent.
+    template: Option<(Method, PathAndQuery, HeaderMap)>,
 }
 
 enum Attempt {
     Response(Response<Incoming>, Lease),
-    Failed(UpstreamError, Option<Request<UpstreamBody>>),
+    Failed(UpstreamError),
     TimedOut,
     Cut,
 }
 
-impl Forwarded<'_> {
-    async fn send(
-        self,
-        all: &[Arc<BackendState>],
-        split: Option<&CompiledSplit>,
+impl Forward {
+    /// Turn the client request into the upstream request (and a retry template).
+    fn prepare(
+        &mut self,
         mut req: Request<Incoming>,
-        guard: RequestGuard,
-    ) -> Response<ProxyBody> {
-        let metrics = &self.route.metrics;
-        let (candidates, set_cookie) = match split {
-            Some(split) => choose_group(split, req.headers(), all),
-            None => (all, None),
-        };
-        let upgrade = self.upgrade.clone();
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-
+        hop: u16,
+        forwarded_for: bool,
+        has_host: bool,
+        upgrade: Option<HeaderValue>,
+    ) {
+        if upgrade.is_some() {
+            self.client_upgrade = Some(hyper::upgrade::on(&mut req));
+        }
         let (parts, body) = req.into_parts();
         let method = parts.method;
         let path_and_query = parts
@@ -284,65 +350,100 @@ impl Forwarded<'_> {
                 .unwrap_or(HeaderValue::from_static("")),
         };
         let mut headers = parts.headers;
-        self.prepare_headers(&mut headers, &host_value, upgrade.as_ref());
+        self.prepare_headers(
+            &mut headers,
+            &host_value,
+            hop,
+            forwarded_for,
+            has_host,
+            upgrade,
+        );
 
-        let body_empty = body.is_end_stream() && upgrade.is_none();
+        let body_empty = body.is_end_stream() && !self.upgrade;
         let body = if body_empty {
             UpstreamBody::empty()
         } else {
-            UpstreamBody::new(body, self.route.limits.max_body_bytes, metrics.clone())
+            UpstreamBody::new(
+                body,
+                self.route.limits.max_body_bytes,
+                self.route.metrics.clone(),
+            )
         };
-        let attempts = candidates.len().clamp(1, 3);
-        // A bodyless request can be rebuilt for a retry even after it was sent.
-        let template = (body_empty && attempts > 1).then(|| headers.clone());
-        let mut request = Some(build_upstream_request(
-            &method,
-            &path_and_query,
+        self.retry_after_send = body_empty && is_idempotent(&method);
+        let attempts = self.candidates(&self.route).len().clamp(1, 3);
+        if body_empty && attempts > 1 {
+            self.template = Some((method.clone(), path_and_query.clone(), headers.clone()));
+        }
+        self.request = Some(build_upstream_request(
+            method,
+            path_and_query,
             headers,
             body,
         ));
+    }
+
+    fn candidates<'r>(&self, route: &'r CompiledRoute) -> &'r [Arc<BackendState>] {
+        let CompiledTarget::Upstream { all, split } = &route.target else {
+            return &[];
+        };
+        let Some(split) = split else {
+            return all;
+        };
+        let (group, other): (&[Arc<BackendState>], &[Arc<BackendState>]) = match self.group {
+            Group::All => return all,
+            Group::Primary => (&split.primary, &split.canary),
+            Group::Canary => (&split.canary, &split.primary),
+        };
+        if !group.is_empty() {
+            group
+        } else if !other.is_empty() {
+            other
+        } else {
+            all
+        }
+    }
+
+    async fn run(&mut self) -> Response<ProxyBody> {
+        let route = self.route.clone();
+        let candidates = self.candidates(&route);
+        let attempts = candidates.len().clamp(1, 3);
         let mut failed: Option<Arc<BackendState>> = None;
         for attempt in 1..=attempts {
             let Some(backend) = pick_backend(candidates, failed.as_deref()).cloned() else {
                 break;
             };
-            let req = match (request.take(), &template) {
-                (Some(req), _) => req,
-                (None, Some(headers)) => build_upstream_request(
-                    &method,
-                    &path_and_query,
+            if self.request.is_none() {
+                let Some((method, path_and_query, headers)) = &self.template else {
+                    break;
+                };
+                self.request = Some(build_upstream_request(
+                    method.clone(),
+                    path_and_query.clone(),
                     headers.clone(),
                     UpstreamBody::empty(),
-                ),
-                (None, None) => break,
-            };
+                ));
+            }
             let in_flight = InFlightGuard::new(backend.clone());
             let last = attempt == attempts;
-            match self.attempt(&backend, req, upgrade.is_some()).await {
+            match self.attempt(&backend).await {
                 Attempt::Response(resp, lease) => {
-                    return self.relay(resp, lease, in_flight, guard, set_cookie, client_upgrade);
+                    return self.relay(resp, lease, in_flight);
                 }
                 Attempt::TimedOut => {
                     return self.fail(
                         StatusCode::GATEWAY_TIMEOUT,
                         "the app did not answer in time",
-                        guard,
                     );
                 }
                 Attempt::Cut => {
                     return self.fail(
                         StatusCode::GATEWAY_TIMEOUT,
                         "the app instance was stopped before answering",
-                        guard,
                     );
                 }
-                Attempt::Failed(err, unsent) => {
+                Attempt::Failed(err) => {
                     if is_body_too_large(&err) {
-                        return self.fail(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "request body too large",
-                            guard,
-                        );
+                        return self.fail(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
                     }
                     let connect = err.is_connect();
                     if connect {
@@ -351,16 +452,15 @@ impl Forwarded<'_> {
                     tracing::debug!(backend = %backend.id, error = %err, connect, "upstream attempt failed");
                     // Safe to retry: nothing was sent (the request came back), or a bodyless
                     // idempotent request whose answer never arrived.
-                    let safe = unsent.is_some() || (body_empty && is_idempotent(&method));
+                    let safe = self.request.is_some() || self.retry_after_send;
                     if last || !safe {
                         let why = if connect {
                             "the app is not accepting connections"
                         } else {
                             "the app closed the connection without answering"
                         };
-                        return self.fail(StatusCode::BAD_GATEWAY, why, guard);
+                        return self.fail(StatusCode::BAD_GATEWAY, why);
                     }
-                    request = unsent;
                     failed = Some(backend);
                 }
             }
@@ -368,54 +468,55 @@ impl Forwarded<'_> {
         self.fail(
             StatusCode::SERVICE_UNAVAILABLE,
             "no instance of the app is available",
-            guard,
         )
     }
 
-    async fn attempt(
-        &self,
-        backend: &BackendState,
-        req: Request<UpstreamBody>,
-        upgrade: bool,
-    ) -> Attempt {
-        let limits = &self.route.limits;
+    async fn attempt(&mut self, backend: &BackendState) -> Attempt {
         if backend.cut.is_cancelled() {
             return Attempt::Cut;
         }
-        let send = backend
-            .pool
-            .send(req, limits.connect_timeout, upgrade, &backend.cut);
+        let limits = &self.route.limits;
+        let send = backend.pool.send(
+            &mut self.request,
+            limits.connect_timeout,
+            self.upgrade,
+            &backend.cut,
+        );
         match tokio::time::timeout(limits.response_timeout, send).await {
             Err(_) => Attempt::TimedOut,
             Ok(Err(_)) if backend.cut.is_cancelled() => Attempt::Cut,
-            Ok(Err(failure)) => Attempt::Failed(failure.error, failure.unsent),
+            Ok(Err(error)) => Attempt::Failed(error),
             Ok(Ok((resp, lease))) => Attempt::Response(resp, lease),
         }
     }
 
-    fn fail(&self, status: StatusCode, why: &str, guard: RequestGuard) -> Response<ProxyBody> {
-        let resp = error_page(status, why, self.request_id);
-        finish(resp, &self.route.metrics, self.start, guard)
+    fn fail(&mut self, status: StatusCode, why: &str) -> Response<ProxyBody> {
+        let mut resp = error_page(status, why, &self.request_id);
+        self.route
+            .metrics
+            .record_response(resp.status().as_u16(), self.start.elapsed());
+        if let Some(guard) = self.guard.take() {
+            resp.body_mut().set_guard(guard);
+        }
+        resp
     }
 
     /// Client-facing copy of the upstream response; upgrades become a spliced tunnel.
     fn relay(
-        &self,
+        &mut self,
         mut resp: Response<Incoming>,
         lease: Lease,
         in_flight: InFlightGuard,
-        mut guard: RequestGuard,
-        set_cookie: Option<HeaderValue>,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<ProxyBody> {
         let metrics = &self.route.metrics;
         let status = resp.status();
         metrics.record_response(status.as_u16(), self.start.elapsed());
-        if let Some(cookie) = set_cookie {
+        if let Some(cookie) = self.set_cookie.take() {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
+        let guard = self.guard.take();
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
+            if let Some(client_upgrade) = self.client_upgrade.take() {
                 let protocol = Protocol::switched_to(resp.headers().get(header::UPGRADE));
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 spawn_tunnel(
@@ -426,14 +527,17 @@ impl Forwarded<'_> {
                     metrics.clone(),
                 );
                 let (parts, _) = resp.into_parts();
-                return Response::from_parts(parts, ProxyBody::full(Bytes::new(), Some(guard)));
+                return Response::from_parts(parts, ProxyBody::full(Bytes::new(), guard));
             }
         }
         let hop = hop_mask(resp.headers());
         strip_hop_by_hop(resp.headers_mut(), hop);
-        guard.backend = Some(in_flight);
-        guard.lease = Some(lease);
         let (parts, body) = resp.into_parts();
+        let guard = guard.map(|mut guard| {
+            guard.backend = Some(in_flight);
+            guard.lease = Some(lease);
+            guard
+        });
         Response::from_parts(parts, ProxyBody::upstream(body, guard))
     }
 
@@ -441,16 +545,19 @@ impl Forwarded<'_> {
         &self,
         headers: &mut HeaderMap,
         host_value: &HeaderValue,
-        upgrade: Option<&HeaderValue>,
+        hop: u16,
+        forwarded_for: bool,
+        has_host: bool,
+        upgrade: Option<HeaderValue>,
     ) {
-        strip_hop_by_hop(headers, self.hop);
+        strip_hop_by_hop(headers, hop);
         // Room for the forwarding headers in one growth instead of several.
         headers.reserve(5);
         if let Some(protocol) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol.clone());
+            headers.insert(header::UPGRADE, protocol);
         }
-        let previous = if self.forwarded_for {
+        let previous = if forwarded_for {
             headers.get(&X_FORWARDED_FOR)
         } else {
             None
@@ -469,7 +576,7 @@ impl Forwarded<'_> {
         let proto = if self.ctx.https { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
         headers.insert(X_FORWARDED_HOST.clone(), host_value.clone());
-        if !self.has_host {
+        if !has_host {
             headers.insert(header::HOST, host_value.clone());
         }
         headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
@@ -477,19 +584,15 @@ impl Forwarded<'_> {
 }
 
 /// Origin-form request target (`/path?query`), as HTTP/1.1 sends it to a backend.
-fn upstream_uri(path_and_query: &PathAndQuery) -> Uri {
+fn upstream_uri(path_and_query: PathAndQuery) -> Uri {
     let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(path_and_query.clone());
+    parts.path_and_query = Some(path_and_query);
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// Pick the split group: the sticky cookie's group if valid, else a weighted coin flip (and a
 /// cookie to remember it).
-fn choose_group<'a>(
-    split: &'a CompiledSplit,
-    headers: &HeaderMap,
-    all: &'a [Arc<BackendState>],
-) -> (&'a [Arc<BackendState>], Option<HeaderValue>) {
+fn choose_group(split: &CompiledSplit, headers: &HeaderMap) -> (Group, Option<HeaderValue>) {
     let pinned = split
         .sticky_cookie
         .as_deref()
@@ -502,17 +605,10 @@ fn choose_group<'a>(
             split.sticky_cookie.is_some(),
         ),
     };
-    let (group_name, group, other) = if canary {
-        (&split.canary_group, &split.canary, &split.primary)
+    let (group_name, group) = if canary {
+        (&split.canary_group, Group::Canary)
     } else {
-        (&split.primary_group, &split.primary, &split.canary)
-    };
-    let chosen: &[Arc<BackendState>] = if !group.is_empty() {
-        group
-    } else if !other.is_empty() {
-        other
-    } else {
-        all
+        (&split.primary_group, Group::Primary)
     };
     let cookie = match (&split.sticky_cookie, set_cookie) {
         (Some(name), true) => HeaderValue::from_str(&format!(
@@ -521,7 +617,7 @@ fn choose_group<'a>(
         .ok(),
         _ => None,
     };
-    (chosen, cookie)
+    (group, cookie)
 }
 
 /// Value of cookie `name` in the request's `Cookie` headers.

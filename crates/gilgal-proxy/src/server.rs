@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use http::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -178,10 +179,7 @@ async fn serve_connection<I>(
     let io = FramingGuard::new(io, ctx.clone());
     let _watched = watchdog.watch(ctx.clone());
     let service_ctx = ctx.clone();
-    let service = service_fn(move |req| {
-        let ctx = service_ctx.clone();
-        async move { Ok::<_, Infallible>(handle(ctx, req).await) }
-    });
+    let service = service_fn(move |req| handle(service_ctx.clone(), req).map(Ok::<_, Infallible>));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
