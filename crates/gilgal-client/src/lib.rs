@@ -630,6 +630,85 @@ impl Client {
         .await
     }
 
+    /// `GET /api/environments/{id}/addons`.
+    pub async fn addons(&self, environment: Uuid) -> Result<Vec<gilgal_types::Addon>, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/environments/{environment}/addons"),
+        ))
+        .await
+    }
+
+    /// `POST /api/environments/{id}/addons`.
+    pub async fn create_addon(
+        &self,
+        environment: Uuid,
+        request: &gilgal_types::CreateAddonRequest,
+    ) -> Result<gilgal_types::AddonChanged, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/environments/{environment}/addons"),
+            request,
+        )
+        .await
+    }
+
+    /// `DELETE /api/addons/{id}?backup=…`.
+    pub async fn destroy_addon(
+        &self,
+        id: Uuid,
+        final_backup: bool,
+    ) -> Result<gilgal_types::AddonChanged, ClientError> {
+        self.json(self.request(
+            Method::DELETE,
+            &format!("/api/addons/{id}?backup={final_backup}"),
+        ))
+        .await
+    }
+
+    /// `POST /api/addons/{id}/backups`.
+    pub async fn backup_addon(&self, id: Uuid) -> Result<gilgal_types::Backup, ClientError> {
+        self.json(self.request(Method::POST, &format!("/api/addons/{id}/backups")))
+            .await
+    }
+
+    /// `GET /api/addons/{id}/backups`.
+    pub async fn addon_backups(&self, id: Uuid) -> Result<Vec<gilgal_types::Backup>, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/addons/{id}/backups")))
+            .await
+    }
+
+    /// `POST /api/addons/{id}/restore`.
+    pub async fn restore_addon(&self, id: Uuid, backup: Uuid) -> Result<(), ClientError> {
+        let builder = self
+            .request(Method::POST, &format!("/api/addons/{id}/restore"))
+            .json(&gilgal_types::RestoreRequest { backup_id: backup });
+        self.send(builder).await.map(|_| ())
+    }
+
+    /// `PUT /api/addons/{id}/backup-policy`.
+    pub async fn set_backup_policy(
+        &self,
+        id: Uuid,
+        policy: &gilgal_types::BackupPolicy,
+    ) -> Result<gilgal_types::Addon, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/api/addons/{id}/backup-policy"),
+            policy,
+        )
+        .await
+    }
+
+    /// `POST /api/addons/{id}/credentials`.
+    pub async fn addon_credentials(
+        &self,
+        id: Uuid,
+    ) -> Result<gilgal_types::AddonCredentials, ClientError> {
+        self.json(self.request(Method::POST, &format!("/api/addons/{id}/credentials")))
+            .await
+    }
+
     /// `POST /api/webhooks`: the answer carries the secret, shown this once.
     pub async fn create_webhook(
         &self,

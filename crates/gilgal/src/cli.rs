@@ -126,6 +126,9 @@ pub enum Command {
     /// Push-to-deploy webhooks for GitHub, GitLab or any CI.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Managed PostgreSQL and Redis: create, back up, restore, connect.
+    #[command(subcommand)]
+    Addons(AddonsCommand),
     /// Who did what, when, from where (your own calls; everyone's for administrators).
     Audit {
         /// Only actions containing this text (`deployments`, `config`, `DELETE`, `login`).
@@ -308,6 +311,105 @@ pub enum DomainsCommand {
         /// Where.
         #[command(flatten)]
         target: Target,
+    },
+}
+
+/// `gilgal addons …`.
+#[derive(Debug, Subcommand)]
+pub enum AddonsCommand {
+    /// Create an add-on and attach it (DATABASE_URL / REDIS_URL; NAME_ prefixed with --as).
+    Create {
+        /// `postgres` or `redis`.
+        kind: String,
+        /// Name it (needed for a second add-on of a kind): `--as rate-limit` sets
+        /// `RATE_LIMIT_DATABASE_URL`.
+        #[arg(long = "as")]
+        name: Option<String>,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the environment's add-ons.
+    List {
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Destroy an add-on (a final backup is kept unless --no-backup).
+    Destroy {
+        /// Add-on name.
+        name: String,
+        /// Skip the final backup.
+        #[arg(long)]
+        no_backup: bool,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Back an add-on up now.
+    Backup {
+        /// Add-on name.
+        name: String,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List an add-on's backups (failed ones with their error).
+    Backups {
+        /// Add-on name.
+        name: String,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Restore a backup into an add-on (replaces its data, in one transaction).
+    Restore {
+        /// Add-on name (the target).
+        name: String,
+        /// Backup id (see `gilgal addons backups`); it may be another add-on's of the
+        /// environment, to restore into a new database.
+        backup: uuid::Uuid,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// When backups run (cron, UTC) and how many are kept.
+    BackupPolicy {
+        /// Add-on name.
+        name: String,
+        /// Cron schedule, e.g. "0 3 * * *".
+        #[arg(long)]
+        schedule: String,
+        /// Successful backups kept.
+        #[arg(long, default_value_t = 7)]
+        retention: u32,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Open psql on a PostgreSQL add-on (extra arguments go to psql, e.g. `-- -c 'select 1'`).
+    Psql {
+        /// Add-on name (default `postgres`).
+        #[arg(default_value = "postgres")]
+        name: String,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+        /// Arguments for psql.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Open redis-cli on a Redis add-on (extra arguments go to redis-cli).
+    RedisCli {
+        /// Add-on name (default `redis`).
+        #[arg(default_value = "redis")]
+        name: String,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+        /// Arguments for redis-cli.
+        #[arg(last = true)]
+        args: Vec<String>,
     },
 }
 

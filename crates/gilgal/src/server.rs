@@ -269,6 +269,12 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     if args.stop_apps_on_exit {
         tracing::info!("stopping every app instance (--stop-apps-on-exit)");
         runtime.shutdown(std::time::Duration::from_secs(10)).await;
+        let addons_dir = data_dir.join("addons");
+        tokio::task::spawn_blocking(move || {
+            gilgal_addons::stop_all(&addons_dir, std::time::Duration::from_secs(10))
+        })
+        .await
+        .ok();
     }
     store.close().await;
     tracing::info!("gilgal server stopped");

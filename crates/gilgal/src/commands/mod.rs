@@ -1,6 +1,7 @@
 //! Client subcommands: each turns arguments into API calls through `gilgal-client`.
 
 mod account;
+mod addons;
 mod apps;
 mod deploy;
 mod projects;
@@ -57,6 +58,7 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
         Command::Cron(cmd) => return apps::cron(&session, cmd, global.json).await,
         Command::Domains(cmd) => return apps::domains(&session, cmd, global.json).await,
         Command::Webhooks(cmd) => return apps::webhooks(&session, cmd, global.json).await,
+        Command::Addons(cmd) => return addons::run(&session, cmd, global.json).await,
         Command::Audit {
             action,
             since,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use gilgal_testkit::{backend_tests, Backend};
 
+mod addons;
 mod day2;
 mod docker;
 mod schemathesis;
@@ -150,14 +151,23 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut exited = false;
         for _ in 0..150 {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                exited = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // Add-on servers outlive a killed server by design; a test's must not outlive it.
+        gilgal_addons::stop_all(
+            &self.dir.path().join("data/addons"),
+            Duration::from_secs(10),
+        );
     }
 }
 

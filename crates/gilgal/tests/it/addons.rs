@@ -1,0 +1,173 @@
+//! Add-ons end to end with the real server: the FastAPI + SQLAlchemy + Alembic example on a
+//! managed PostgreSQL add-on (migrations in the release phase, reads and writes), no
+//! acknowledged write lost when PostgreSQL is SIGKILLed mid-traffic and Gilgal's supervisor
+//! restarts it, and backup → drop table (through `gilgal addons psql`) → restore.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use gilgal_testkit::Backend;
+
+use super::{example_dir, ok, stderr, stdout, ServerProcess, PASSWORD};
+
+async fn post_note(proxy: &str, body: &str) -> Result<i64, String> {
+    let response = reqwest::Client::new()
+        .post(format!("{proxy}/notes"))
+        .header("host", "notes.localhost")
+        .json(&serde_json::json!({"body": body}))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status() != 201 {
+        return Err(format!("status {}", response.status()));
+    }
+    let note: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+    note["id"]
+        .as_i64()
+        .ok_or_else(|| format!("no id in {note}"))
+}
+
+async fn note_ids(proxy: &str) -> BTreeSet<i64> {
+    let notes: serde_json::Value = reqwest::Client::new()
+        .get(format!("{proxy}/notes"))
+        .header("host", "notes.localhost")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    notes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_i64().unwrap())
+        .collect()
+}
+
+fn postmaster_pid(server: &ServerProcess) -> Option<i32> {
+    let text = std::fs::read_to_string(
+        server
+            .dir
+            .path()
+            .join("data/addons/postgres/data/postmaster.pid"),
+    )
+    .ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fastapi_example_on_a_postgres_addon_survives_sigkill_and_restores() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    ok(server.cli(
+        &["register", "--email", "ops@example.com", "--password-stdin"],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "notes"], None));
+    let created = ok(server.cli(&["addons", "create", "postgres", "-p", "notes"], None));
+    assert!(created.contains("sets DATABASE_URL"), "{created}");
+    let deployed = server.cli(
+        &[
+            "deploy",
+            example_dir("fastapi-notes").to_str().unwrap(),
+            "-p",
+            "notes",
+        ],
+        None,
+    );
+    let log = format!("{}{}", stdout(&deployed), stderr(&deployed));
+    assert!(deployed.status.success(), "{log}");
+    assert!(
+        log.contains("Running upgrade  -> 0001"),
+        "alembic ran in the release phase: {log}"
+    );
+    let proxy = server.proxy_url.clone();
+
+    // Reads and writes.
+    let first = post_note(&proxy, "hello").await.unwrap();
+    assert_eq!(note_ids(&proxy).await, BTreeSet::from([first]));
+
+    // Continuous writes; SIGKILL the postmaster in the middle; every acknowledged write
+    // survives Gilgal's restart of the server.
+    let writer_proxy = proxy.clone();
+    let writer = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        let mut failures = 0;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(25) && acknowledged.len() < 400 {
+            match post_note(&writer_proxy, "load").await {
+                Ok(id) => acknowledged.push(id),
+                Err(_) => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        (acknowledged, failures)
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = postmaster_pid(&server).expect("managed PostgreSQL runs");
+    // SAFETY: kill(2) on the postmaster this test's server started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let (acknowledged, failures) = writer.await.unwrap();
+    assert!(
+        acknowledged.len() > 20,
+        "writes went on: {}",
+        acknowledged.len()
+    );
+    assert!(failures > 0, "the kill interrupted writes");
+    let new_pid = postmaster_pid(&server);
+    assert!(
+        new_pid.is_some() && new_pid != Some(pid),
+        "Gilgal restarted PostgreSQL"
+    );
+    let present = note_ids(&proxy).await;
+    let lost: Vec<&i64> = acknowledged
+        .iter()
+        .filter(|id| !present.contains(id))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+
+    // Backup → drop the table by hand → restore: the same notes.
+    let backup = ok(server.cli(
+        &["addons", "backup", "postgres", "-p", "notes", "--json"],
+        None,
+    ));
+    let backup: serde_json::Value = serde_json::from_str(backup.trim()).unwrap();
+    assert_eq!(backup["state"], "succeeded");
+    let dropped = server.cli(
+        &[
+            "addons",
+            "psql",
+            "-p",
+            "notes",
+            "--",
+            "-c",
+            "DROP TABLE notes",
+        ],
+        None,
+    );
+    assert!(dropped.status.success(), "{}", stderr(&dropped));
+    let gone = reqwest::Client::new()
+        .get(format!("{proxy}/notes"))
+        .header("host", "notes.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 500, "the table is gone");
+    ok(server.cli(
+        &[
+            "addons",
+            "restore",
+            "postgres",
+            backup["id"].as_str().unwrap(),
+            "-p",
+            "notes",
+        ],
+        None,
+    ));
+    assert_eq!(note_ids(&proxy).await, present);
+    let listed = ok(server.cli(&["addons", "backups", "postgres", "-p", "notes"], None));
+    assert!(listed.contains("succeeded"), "{listed}");
+}
