@@ -80,6 +80,11 @@ async fn run(
     let shared = handle.shared.clone();
     let mut builder = connection_builder();
     configure(&mut builder, &shared.settings);
+    if tls.is_some() {
+        // rustls encrypts into its own buffer anyway (and allocates a slice list for every
+        // vectored write): hand it one flat buffer per write instead.
+        builder.http1().writev(false);
+    }
     let builder = Arc::new(builder);
     let watchdog = Arc::new(Watchdog::new(&shared.settings));
     let tracker = TaskTracker::new();

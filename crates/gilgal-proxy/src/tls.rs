@@ -98,14 +98,32 @@ fn parse_certified_key(domain: &str, pem: &CertificatePem) -> Result<CertifiedKe
 }
 
 /// rustls server configuration using the ring provider, TLS 1.2/1.3 and ALPN h2 + http/1.1.
+///
+/// Cipher suites in the server's order, AES-128-GCM first: with AES instructions (every x86-64
+/// server and ARMv8 core) it is the cheapest per byte, and AES-256-GCM costs 40 % more rounds
+/// for no practical gain at these key lifetimes. ChaCha20-Poly1305 stays available.
 pub(crate) fn server_config(
     resolver: Arc<SniResolver>,
 ) -> Result<Arc<rustls::ServerConfig>, ProxyError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|suite| {
+        use rustls::CipherSuite as S;
+        match suite.suite() {
+            S::TLS13_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+            S::TLS13_AES_256_GCM_SHA384
+            | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
+            _ => 2,
+        }
+    });
+    let provider = Arc::new(provider);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
