@@ -33,6 +33,9 @@ enum Location {
         root: PathBuf,
         /// Who runs it.
         run_as: Option<RunAs>,
+        /// Addresses it listens on besides loopback (the Docker bridge gateway, so
+        /// containers reach it).
+        extra_listen: Vec<std::net::IpAddr>,
     },
     /// An administrator's server: Gilgal only creates databases and roles on it.
     External,
@@ -118,7 +121,11 @@ impl PostgresServer {
     /// Gilgal's managed cluster under `addons_dir` (created on first use by
     /// [`PostgresServer::ensure_running`]). Chooses and keeps a loopback port and the admin
     /// password on first call.
-    pub fn managed(addons_dir: &Path, run_as: Option<RunAs>) -> Result<Self, AddonError> {
+    pub fn managed(
+        addons_dir: &Path,
+        run_as: Option<RunAs>,
+        extra_listen: Vec<std::net::IpAddr>,
+    ) -> Result<Self, AddonError> {
         let bin_dir = find_binaries()?;
         let root = addons_dir.join("postgres");
         std::fs::create_dir_all(addons_dir)
@@ -149,7 +156,11 @@ impl PostgresServer {
             port,
             admin_user: ADMIN_ROLE.to_owned(),
             admin_password,
-            location: Location::Managed { root, run_as },
+            location: Location::Managed {
+                root,
+                run_as,
+                extra_listen,
+            },
         })
     }
 
@@ -234,15 +245,43 @@ impl PostgresServer {
     /// running; waits until it accepts connections. Idempotent; a no-op for an external
     /// server.
     pub async fn ensure_running(&self) -> Result<(), AddonError> {
-        let (Some(data), Location::Managed { root, run_as }) = (self.data_dir(), &self.location)
+        let (
+            Some(data),
+            Location::Managed {
+                root,
+                run_as,
+                extra_listen,
+            },
+        ) = (self.data_dir(), &self.location)
         else {
             return Ok(());
         };
         if !data.join("PG_VERSION").is_file() {
             self.initialise(root, &data, *run_as).await?;
         }
+        let changed = Self::configure_listen(&data, extra_listen, *run_as)?;
         if self.postmaster_pid().is_some() && self.accepts_connections().await {
-            return Ok(());
+            if !changed {
+                return Ok(());
+            }
+            // listen_addresses only changes with a restart (fast: sessions are cut).
+            let pg_ctl = self.program("pg_ctl")?;
+            run(
+                &pg_ctl,
+                &[
+                    OsStr::new("stop"),
+                    OsStr::new("-w"),
+                    OsStr::new("-m"),
+                    OsStr::new("fast"),
+                    OsStr::new("-s"),
+                    OsStr::new("-D"),
+                    data.as_os_str(),
+                ],
+                &BTreeMap::new(),
+                *run_as,
+                COMMAND_LIMIT,
+            )
+            .await?;
         }
         let log = root.join("postgres.log");
         let pg_ctl = self.program("pg_ctl")?;
@@ -272,6 +311,55 @@ impl PostgresServer {
             }
         }
         Ok(())
+    }
+
+    /// Writes `gilgal.conf` (included last by `postgresql.conf`) with the listen addresses,
+    /// and lets password-authenticated connections in from the extra addresses' networks;
+    /// returns whether anything changed.
+    fn configure_listen(
+        data: &Path,
+        extra_listen: &[std::net::IpAddr],
+        run_as: Option<RunAs>,
+    ) -> Result<bool, AddonError> {
+        let io = |e| AddonError::io("configuring the cluster's addresses", e);
+        let mut addresses = vec!["127.0.0.1".to_owned()];
+        addresses.extend(extra_listen.iter().map(|ip| ip.to_string()));
+        let wanted = format!(
+            "# Written by Gilgal on every start.\nlisten_addresses = '{}'\n",
+            addresses.join(",")
+        );
+        let path = data.join("gilgal.conf");
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        let main = data.join("postgresql.conf");
+        let main_text = std::fs::read_to_string(&main).map_err(io)?;
+        use std::io::Write;
+        if !main_text.contains("include_if_exists = 'gilgal.conf'") {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&main)
+                .and_then(|mut f| f.write_all(b"\ninclude_if_exists = 'gilgal.conf'\n"))
+                .map_err(io)?;
+        }
+        if !extra_listen.is_empty() {
+            let hba = data.join("pg_hba.conf");
+            let hba_text = std::fs::read_to_string(&hba).map_err(io)?;
+            let line = "host all all 0.0.0.0/0 scram-sha-256 # Gilgal: containers";
+            if !hba_text.contains(line) {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&hba)
+                    .and_then(|mut f| f.write_all(format!("\n{line}\n").as_bytes()))
+                    .map_err(io)?;
+            }
+        }
+        if current == wanted {
+            return Ok(false);
+        }
+        std::fs::write(&path, &wanted).map_err(io)?;
+        if let Some(user) = run_as {
+            user.own(&path)?;
+        }
+        Ok(true)
     }
 
     async fn initialise(

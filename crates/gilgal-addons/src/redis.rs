@@ -20,6 +20,7 @@ pub struct RedisServer {
     port: u16,
     password: String,
     run_as: Option<RunAs>,
+    extra_bind: Option<std::net::IpAddr>,
 }
 
 fn program(name: &'static str) -> Result<PathBuf, AddonError> {
@@ -56,6 +57,7 @@ impl RedisServer {
         port: u16,
         password: &str,
         run_as: Option<RunAs>,
+        extra_bind: Option<std::net::IpAddr>,
     ) -> Result<Self, AddonError> {
         check_identifier(name)?;
         program("redis-server")?;
@@ -64,6 +66,7 @@ impl RedisServer {
             port,
             password: password.to_owned(),
             run_as,
+            extra_bind,
         })
     }
 
@@ -127,8 +130,12 @@ impl RedisServer {
             std::fs::create_dir_all(&self.dir)
                 .map_err(|e| AddonError::io(format!("creating {}", self.dir.display()), e))?;
             let dir = self.dir.display().to_string();
+            let bind = match self.extra_bind {
+                Some(ip) => format!("127.0.0.1 {ip}"),
+                None => "127.0.0.1".to_owned(),
+            };
             let text = format!(
-                "bind 127.0.0.1\nport {port}\nprotected-mode yes\nrequirepass {password}\n\
+                "bind {bind}\nport {port}\nprotected-mode yes\nrequirepass {password}\n\
                  daemonize yes\npidfile {dir}/redis.pid\nlogfile {dir}/redis.log\ndir {dir}\n\
                  appendonly yes\nappendfsync everysec\ndbfilename dump.rdb\n\
                  save 3600 1 300 100 60 10000\n",

@@ -35,7 +35,13 @@ pub struct AddonsConfig {
     /// An external PostgreSQL server (admin URL) to create databases on instead of the
     /// managed cluster.
     pub postgres_url: Option<String>,
+    /// With the Docker runtime: the host's address on the bridge, where managed servers
+    /// also listen, and the name containers reach it by (`host.docker.internal`).
+    pub container_gateway: Option<std::net::IpAddr>,
 }
+
+/// The hostname Gilgal's containers resolve to the host (see `gilgal-docker`).
+pub const CONTAINER_HOST: &str = "host.docker.internal";
 
 /// The kinds of add-on.
 pub const KINDS: [&str; 2] = ["postgres", "redis"];
@@ -105,10 +111,12 @@ impl Deployer {
     fn postgres_server(&self) -> Result<PostgresServer, DeployError> {
         match &self.addons_config().postgres_url {
             Some(url) => PostgresServer::external(url).map_err(addon_error),
-            None => {
-                PostgresServer::managed(&self.addons_config().dir, RunAs::system_user("postgres"))
-                    .map_err(addon_error)
-            }
+            None => PostgresServer::managed(
+                &self.addons_config().dir,
+                RunAs::system_user("postgres"),
+                self.addons_config().container_gateway.into_iter().collect(),
+            )
+            .map_err(addon_error),
         }
     }
 
@@ -126,6 +134,7 @@ impl Deployer {
             port,
             &credentials.password,
             RunAs::system_user("redis"),
+            self.addons_config().container_gateway,
         )
         .map_err(addon_error)
     }
@@ -154,6 +163,17 @@ impl Deployer {
             "redis" => Ok(self.redis_server(addon, &credentials)?.url()),
             other => Err(DeployError::Invalid(format!("unknown add-on kind {other}"))),
         }
+    }
+
+    /// The URL apps get: the operator URL, with the host replaced by the name containers
+    /// reach the host by when apps run in containers (managed servers only).
+    async fn app_url(&self, addon: &AddonRecord) -> Result<String, DeployError> {
+        let url = self.addon_url(addon).await?;
+        let managed = addon.kind != "postgres" || self.addons_config().postgres_url.is_none();
+        if self.addons_config().container_gateway.is_some() && managed {
+            return Ok(url.replacen("@127.0.0.1:", &format!("@{CONTAINER_HOST}:"), 1));
+        }
+        Ok(url)
     }
 
     /// Makes sure the server of `addon` runs and its database exists (idempotent).
@@ -210,7 +230,7 @@ impl Deployer {
             .collect();
         let mut changes = Vec::new();
         if attach {
-            let url = self.addon_url(addon).await?;
+            let url = self.app_url(addon).await?;
             for name in &names {
                 let sealed = self.vault.seal(environment.id, name, &url).await?;
                 changes.push(ConfigChange::Set(ConfigVarRecord {
@@ -292,7 +312,7 @@ impl Deployer {
                 self.postgres_server()?;
             }
             _ => {
-                RedisServer::new(&self.addons_config().dir, "probe", 1, "x", None)
+                RedisServer::new(&self.addons_config().dir, "probe", 1, "x", None, None)
                     .map_err(addon_error)?;
             }
         }

@@ -101,3 +101,31 @@ pub async fn connect() -> Result<Docker, DockerError> {
     docker.ping().await.map_err(DockerError::Connect)?;
     Ok(docker)
 }
+
+/// The host's address on Docker's default bridge (what `host.docker.internal` resolves to
+/// in Gilgal's containers): add-on servers listen there too so containers reach them. The
+/// gateway when dockerd reports one, else the first address of the bridge's IPv4 subnet
+/// (where dockerd puts it by default).
+pub async fn bridge_gateway(docker: &Docker) -> Option<std::net::IpAddr> {
+    let network = docker
+        .inspect_network(
+            "bridge",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .ok()?;
+    let configs = network.ipam?.config?;
+    if let Some(gateway) = configs
+        .iter()
+        .find_map(|c| c.gateway.as_deref()?.parse::<std::net::IpAddr>().ok())
+    {
+        return Some(gateway);
+    }
+    configs.iter().find_map(|c| {
+        let (base, _) = c.subnet.as_deref()?.split_once('/')?;
+        let base: std::net::Ipv4Addr = base.parse().ok()?;
+        Some(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::from(base).checked_add(1)?,
+        )))
+    })
+}

@@ -97,6 +97,7 @@ impl TestServer {
                     dir: data_dir.path().join("addons"),
                     backups_dir: data_dir.path().join("backups"),
                     postgres_url: None,
+                    container_gateway: None,
                 },
             },
             vault,

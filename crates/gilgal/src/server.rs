@@ -69,12 +69,15 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// Creates the data dir owner-only (0700): apps and other users must not read keys or data.
-/// With per-app users it is 0711 instead (others may pass through to `releases/`, never list
-/// it), and everything private inside it is 0700/0600.
+/// With per-app users, or as root (add-on servers run as the `postgres` and `redis` system
+/// users under `addons/`), it is 0711 instead (others may pass through, never list it), and
+/// everything private inside it is 0700/0600.
 fn prepare_data_dir(dir: &Path, app_users: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data dir {}", dir.display()))?;
-    let mode = if app_users { 0o711 } else { 0o700 };
+    // SAFETY: geteuid(2) has no preconditions.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mode = if app_users || as_root { 0o711 } else { 0o700 };
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot restrict permissions of {}", dir.display()))?;
     if app_users {
@@ -89,13 +92,17 @@ fn prepare_data_dir(dir: &Path, app_users: bool) -> anyhow::Result<()> {
                 meta.permissions().mode() & 0o777
             );
         }
+    }
+    if app_users || as_root {
         for (private, mode) in [
             ("keys", 0o700),
             ("runtime", 0o700),
             ("work", 0o700),
             ("cache", 0o700),
+            ("backups", 0o700),
             ("releases", 0o711),
             ("homes", 0o711),
+            ("addons", 0o711),
         ] {
             let path = dir.join(private);
             std::fs::create_dir_all(&path)
@@ -153,6 +160,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             (runtime, Some(images))
         }
     };
+    let container_gateway = match &images {
+        Some(images) => gilgal_docker::bridge_gateway(&images.docker).await,
+        None => None,
+    };
     let proxy_listener = bind(args.proxy_listen, "proxy").await?;
     let proxy_addr = proxy_listener.local_addr()?;
     let vault = std::sync::Arc::new(
@@ -181,6 +192,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 dir: data_dir.join("addons"),
                 backups_dir: data_dir.join("backups"),
                 postgres_url: args.addons_postgres_url.clone(),
+                container_gateway,
             },
         },
         vault,

@@ -34,7 +34,8 @@ async fn table_hash(conn: &mut sqlx::PgConnection) -> String {
 #[tokio::test]
 async fn postgres_isolation_backup_restore_and_kill_9() {
     let dir = addons_dir();
-    let server = PostgresServer::managed(dir.path(), RunAs::system_user("postgres")).unwrap();
+    let server =
+        PostgresServer::managed(dir.path(), RunAs::system_user("postgres"), Vec::new()).unwrap();
     server.ensure_running().await.unwrap();
     server.ensure_running().await.unwrap(); // idempotent
 
@@ -184,6 +185,7 @@ async fn redis_runs_with_a_password_and_snapshots() {
         port,
         &password,
         RunAs::system_user("redis"),
+        None,
     )
     .unwrap();
     server.ensure_running().await.unwrap();

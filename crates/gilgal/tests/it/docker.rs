@@ -624,3 +624,50 @@ async fn docker_deploys_an_existing_image_by_reference() {
 
     let _ = Command::new("docker").args(["rmi", &reference]).output();
 }
+
+/// Add-ons are reachable from containers: the FastAPI example, built into an image, runs its
+/// Alembic migration in the release phase and reads and writes its managed PostgreSQL
+/// database (the add-on listens on the Docker bridge too; the app's DATABASE_URL names
+/// `host.docker.internal`), and a Redis add-on answers from inside a container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_apps_reach_their_addons() {
+    let Some(server) = DockerServer::start().await else {
+        return;
+    };
+    ok(server.cli(&["projects", "create", "dk-notes"], None));
+    ok(server.cli(&["addons", "create", "postgres", "-p", "dk-notes"], None));
+    ok(server.cli(&["addons", "create", "redis", "-p", "dk-notes"], None));
+    let out = ok(server.deploy(&example_dir("fastapi-notes"), "dk-notes"));
+    assert!(out.contains("Deployed v1"), "{out}");
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{}/notes", server.proxy_url))
+        .header("host", "dk-notes.localhost")
+        .json(&serde_json::json!({"body": "from a container"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let (status, body) = get_via_proxy(&server, "dk-notes.localhost").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"notes\":1"), "{body}");
+
+    // Redis from inside the app's container, with the URL Gilgal gave it.
+    let run = server.cli(
+        &[
+            "run",
+            "-p",
+            "dk-notes",
+            "--",
+            "python3",
+            "-c",
+            "import os, socket, urllib.parse as u; r = u.urlparse(os.environ['REDIS_URL']); \
+             s = socket.create_connection((r.hostname, r.port), timeout=5); \
+             s.sendall(b'AUTH ' + r.password.encode() + b'\\r\\nPING\\r\\n'); \
+             import time; time.sleep(0.5); print(s.recv(100).decode().split())",
+        ],
+        None,
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stdout(&run).contains("+PONG"), "{}", stdout(&run));
+}
