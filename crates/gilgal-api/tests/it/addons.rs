@@ -318,4 +318,44 @@ async fn postgres_and_redis_addons_end_to_end(backend: Backend) {
         !listed.to_string().contains(password),
         "credentials never listed"
     );
+
+    // A failed backup is recorded as failed, with its error, and leaves the earlier one.
+    let cache_id = cache["id"].as_str().unwrap();
+    let redis_dir = server
+        .data_dir
+        .path()
+        .join("addons/redis")
+        .join(format!("addon_{}", cache_id.replace('-', "")));
+    let pid: i32 = std::fs::read_to_string(redis_dir.join("redis.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the redis-server this test's server started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let answer = raw(
+        &server,
+        Method::POST,
+        &format!("/api/addons/{cache_id}/backups"),
+        Some(token),
+        None,
+    )
+    .await;
+    assert_error(&answer, StatusCode::CONFLICT, "backup_failed");
+    let (_, _, backups) = raw(
+        &server,
+        Method::GET,
+        &format!("/api/addons/{cache_id}/backups"),
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(backups[0]["state"], "failed", "{backups}");
+    assert!(
+        backups[0]["error"].as_str().unwrap().contains("redis-cli"),
+        "{backups}"
+    );
+    assert_eq!(backups[1]["state"], "succeeded", "{backups}");
+    assert_eq!(backups[1]["id"], snapshot["id"]);
 }
