@@ -171,3 +171,72 @@ async fn fastapi_example_on_a_postgres_addon_survives_sigkill_and_restores() {
     let listed = ok(server.cli(&["addons", "backups", "postgres", "-p", "notes"], None));
     assert!(listed.contains("succeeded"), "{listed}");
 }
+
+/// Scheduled backups run from the server's supervisor: with a schedule every two seconds
+/// and a retention of 2, backups appear on their own, each tick once, and only the newest
+/// two successful ones (files and records) are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_run_and_are_pruned_to_the_retention() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    ok(server.cli(
+        &["register", "--email", "ops@example.com", "--password-stdin"],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "cachey"], None));
+    ok(server.cli(&["addons", "create", "redis", "-p", "cachey"], None));
+    ok(server.cli(
+        &[
+            "addons",
+            "backup-policy",
+            "redis",
+            "--schedule",
+            "*/2 * * * * *",
+            "--retention",
+            "2",
+            "-p",
+            "cachey",
+        ],
+        None,
+    ));
+    let backups_dir = server.dir.path().join("data/backups");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut seen = BTreeSet::new();
+    loop {
+        let listed = ok(server.cli(
+            &["addons", "backups", "redis", "-p", "cachey", "--json"],
+            None,
+        ));
+        let backups: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+        let backups = backups.as_array().unwrap().clone();
+        for b in &backups {
+            assert_eq!(b["cause"], "scheduled", "{b}");
+            assert_ne!(b["state"], "failed", "{b}");
+            seen.insert(b["id"].as_str().unwrap().to_owned());
+        }
+        let succeeded = backups.iter().filter(|b| b["state"] == "succeeded").count();
+        assert!(succeeded <= 2, "retention keeps two: {backups:?}");
+        if seen.len() >= 3 && succeeded == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "scheduled backups did not run: {backups:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let files: Vec<_> = walk_files(&backups_dir);
+    assert!(files.len() <= 3, "pruned files are deleted: {files:?}");
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rdb") {
+            out.push(path);
+        }
+    }
+    out
+}
