@@ -53,13 +53,19 @@ pub struct PostgresServer {
 }
 
 /// The directory holding Debian's PostgreSQL server programs (`initdb`, `pg_ctl`,
-/// `pg_dump`…): `GILGAL_POSTGRES_BIN`, else the newest `/usr/lib/postgresql/<N>/bin`.
+/// `pg_dump`…): `GILGAL_POSTGRES_BIN` when set, else the newest `/usr/lib/postgresql/<N>/bin`.
 pub fn find_binaries() -> Result<PathBuf, AddonError> {
     if let Some(dir) = std::env::var_os("GILGAL_POSTGRES_BIN") {
+        // An explicit choice is authoritative: a wrong one is an error, not a fallback.
         let dir = PathBuf::from(dir);
-        if dir.join("initdb").is_file() {
-            return Ok(dir);
-        }
+        return if dir.join("initdb").is_file() {
+            Ok(dir)
+        } else {
+            Err(AddonError::MissingBinary {
+                binary: "initdb",
+                package: "postgresql",
+            })
+        };
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
@@ -609,5 +615,36 @@ impl PostgresServer {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_server_names_the_package_to_install() {
+        let empty = std::env::temp_dir().join(format!("gilgal-no-pg-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        // SAFETY: nextest runs each test in its own process; nothing else reads the
+        // environment concurrently in this one.
+        unsafe { std::env::set_var("GILGAL_POSTGRES_BIN", &empty) };
+        let err = PostgresServer::managed(&empty, None, Vec::new()).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("apt-get install postgresql") && message.contains("initdb"),
+            "{message}"
+        );
+        let _ = std::fs::remove_dir_all(&empty);
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert!(check_identifier("addon_0123").is_ok());
+        for bad in ["", "Addon", "1abc", "a-b", "a;drop", &"a".repeat(64)] {
+            assert!(check_identifier(bad).is_err(), "{bad}");
+        }
     }
 }
