@@ -6,8 +6,10 @@
 //! cleanly; a request that a reused connection could not send is handed back by hyper and
 //! re-sent on a fresh connection.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -131,19 +133,9 @@ impl ConnPool {
         // them fail at once and are answered 504 by the caller.
         let cut = cut.clone();
         if upgrades {
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = conn.with_upgrades() => {}
-                    _ = cut.cancelled() => {}
-                }
-            });
+            tokio::spawn(run_until_cut(conn.with_upgrades(), cut));
         } else {
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = conn => {}
-                    _ = cut.cancelled() => {}
-                }
-            });
+            tokio::spawn(run_until_cut(conn, cut));
         }
         Ok(sender)
     }
@@ -188,4 +180,28 @@ impl ConnPool {
             }
         }
     }
+}
+
+/// Drive an upstream connection until it ends or `cut` fires.
+///
+/// The cancellation future is polled once, to register this task's waker, and never again:
+/// re-polling it on every wake-up of a busy connection (as `select!` would) costs a lock per
+/// poll. Later wake-ups only read the token's flag.
+async fn run_until_cut<C: Future>(conn: C, cut: CancellationToken) {
+    let cancelled = cut.clone().cancelled_owned();
+    tokio::pin!(conn, cancelled);
+    let mut registered = false;
+    std::future::poll_fn(|cx| {
+        if cut.is_cancelled() {
+            return Poll::Ready(());
+        }
+        if !registered {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            registered = true;
+        }
+        conn.as_mut().poll(cx).map(drop)
+    })
+    .await;
 }
