@@ -251,7 +251,7 @@ fn route_request(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Routed {
             };
             let hop = facts.hop;
             let forwarded_for = facts.forwarded_for;
-            let has_host = facts.host.is_some();
+            let host_header = facts.host.cloned();
             let mut forward = Forward {
                 ctx,
                 route,
@@ -266,7 +266,7 @@ fn route_request(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Routed {
                 request: None,
                 template: None,
             };
-            forward.prepare(req, hop, forwarded_for, has_host, upgrade);
+            forward.prepare(req, hop, forwarded_for, host_header, upgrade);
             Routed::Upstream(forward)
         }
     }
@@ -326,7 +326,7 @@ impl Forward {
         mut req: Request<Incoming>,
         hop: u16,
         forwarded_for: bool,
-        has_host: bool,
+        host_header: Option<HeaderValue>,
         upgrade: Option<HeaderValue>,
     ) {
         if upgrade.is_some() {
@@ -339,15 +339,13 @@ impl Forward {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let host_value = match parts.uri.authority() {
-            Some(a) if parts.version >= Version::HTTP_2 => {
+        let has_host = host_header.is_some();
+        let host_value = match (parts.uri.authority(), host_header) {
+            (Some(a), _) if parts.version >= Version::HTTP_2 => {
                 HeaderValue::from_str(a.as_str()).unwrap_or(HeaderValue::from_static(""))
             }
-            _ => parts
-                .headers
-                .get(header::HOST)
-                .cloned()
-                .unwrap_or(HeaderValue::from_static("")),
+            (_, Some(host)) => host,
+            (_, None) => HeaderValue::from_static(""),
         };
         let mut headers = parts.headers;
         self.prepare_headers(
@@ -772,19 +770,44 @@ fn request_host<'h>(
     req: &'h Request<Incoming>,
     host_header: Option<&'h HeaderValue>,
 ) -> Option<Cow<'h, str>> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.host(),
-        None => strip_port(host_header?.to_str().ok()?),
+    let (raw, upper) = match req.uri().authority() {
+        Some(a) => {
+            let host = a.host();
+            (host, host.bytes().any(|b| b.is_ascii_uppercase()))
+        }
+        None => scan_host_header(host_header?)?,
     };
     let raw = raw.strip_suffix('.').unwrap_or(raw);
     if raw.is_empty() {
         return None;
     }
-    if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+    if upper {
         Some(Cow::Owned(raw.to_ascii_lowercase()))
     } else {
         Some(Cow::Borrowed(raw))
     }
+}
+
+/// The host of a `Host` header (port dropped) and whether it has uppercase letters, in one pass
+/// over its bytes; `None` unless it is visible ASCII (as `HeaderValue::to_str` requires).
+fn scan_host_header(value: &HeaderValue) -> Option<(&str, bool)> {
+    let bytes = value.as_bytes();
+    let (mut colon, mut upper) = (None, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b':' => colon = Some(i),
+            b'A'..=b'Z' => upper = true,
+            b'\t' | 0x20..=0x7e => {}
+            _ => return None,
+        }
+    }
+    // Checked above to be ASCII, so this is only the (word-at-a-time) UTF-8 check.
+    let text = std::str::from_utf8(bytes).ok()?;
+    if text.starts_with('[') {
+        // IPv6 literal: its colons are not a port separator.
+        return Some((strip_port(text), upper));
+    }
+    Some((colon.map_or(text, |i| &text[..i]), upper))
 }
 
 /// Keep a sane incoming `X-Request-Id`, otherwise mint a new one.
@@ -930,5 +953,51 @@ async fn serve_static(
         )),
         Ok(resp) => resp,
         Err(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_scan_drops_ports_and_notes_case() {
+        let scan = |v: &'static str| {
+            let value = HeaderValue::from_static(v);
+            scan_host_header(&value).map(|(h, upper)| (h.to_string(), upper))
+        };
+        assert_eq!(scan("app.localhost"), Some(("app.localhost".into(), false)));
+        assert_eq!(
+            scan("App.Localhost:8080"),
+            Some(("App.Localhost".into(), true))
+        );
+        assert_eq!(scan("[::1]:8080"), Some(("[::1]".into(), false)));
+        assert_eq!(scan("[::1]"), Some(("[::1]".into(), false)));
+        let binary = HeaderValue::from_bytes(b"app\xff.localhost").unwrap();
+        assert_eq!(scan_host_header(&binary), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_named_ones_are_stripped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, X-Hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("close", HeaderValue::from_static("1"));
+        headers.insert(&KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let mask = hop_mask(&headers);
+        strip_hop_by_hop(&mut headers, mask);
+        let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type"]);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.insert("close", HeaderValue::from_static("1"));
+        headers.insert(header::SERVER, HeaderValue::from_static("nginx"));
+        let mask = hop_mask(&headers);
+        strip_hop_by_hop(&mut headers, mask);
+        let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["server"]);
     }
 }
