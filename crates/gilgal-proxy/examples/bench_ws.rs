@@ -3,6 +3,7 @@
 //! ```text
 //! bench_ws echo   --listen 127.0.0.1:18001
 //! bench_ws client --connect 127.0.0.1:18080 --host ws.localhost --connections 50 --seconds 5
+//! bench_ws client --connect 127.0.0.1:18080 --host ws.localhost --connections 50 --messages 200
 //! bench_ws idle   --connect 127.0.0.1:18080 --host bench.localhost --connections 1000 --hold-seconds 4
 //! ```
 //! `client` prints `messages=N p50_us=X p99_us=Y`; `idle` opens keep-alive connections (one
@@ -44,7 +45,8 @@ fn main() {
             required(&args, "--connect"),
             required(&args, "--host"),
             required(&args, "--connections"),
-            required(&args, "--seconds"),
+            flag(&args, "--seconds").and_then(|v| v.parse().ok()),
+            flag(&args, "--messages").and_then(|v| v.parse().ok()),
         )),
         Some("idle") => runtime.block_on(idle(
             required(&args, "--connect"),
@@ -80,8 +82,19 @@ async fn echo(listen: SocketAddr) {
     }
 }
 
-async fn client(connect: SocketAddr, host: String, connections: usize, seconds: u64) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+async fn client(
+    connect: SocketAddr,
+    host: String,
+    connections: usize,
+    seconds: Option<u64>,
+    messages: Option<usize>,
+) {
+    if seconds.is_none() && messages.is_none() {
+        eprintln!("bench_ws: client needs --seconds or --messages (per connection)");
+        std::process::exit(2);
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds.unwrap_or(3600));
+    let limit = messages.unwrap_or(usize::MAX);
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let host = host.clone();
@@ -100,7 +113,7 @@ async fn client(connect: SocketAddr, host: String, connections: usize, seconds: 
                 .expect("websocket handshake");
             let mut samples = Vec::with_capacity(100_000);
             let payload = "x".repeat(64);
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && samples.len() < limit {
                 let t = Instant::now();
                 if ws.send(Message::text(payload.clone())).await.is_err() {
                     break;

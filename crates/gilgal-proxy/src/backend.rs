@@ -8,8 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Context;
+
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::pool::ConnPool;
 use crate::spec::ProxySettings;
@@ -26,10 +30,10 @@ pub(crate) struct BackendState {
     draining: AtomicBool,
     idle: Notify,
     /// Fired when a drain deadline passes: in-flight requests answer 504, tunnels close.
-    pub(crate) cut: CancellationToken,
+    pub(crate) cut: Signal,
     /// Fired when a drain begins (the instance is about to stop): WebSocket tunnels close
     /// gracefully with 1001 Going Away instead of waiting for `cut`. Requests are unaffected.
-    pub(crate) going_away: CancellationToken,
+    pub(crate) going_away: Signal,
     /// Idle keep-alive connections to this instance.
     pub(crate) pool: ConnPool,
 }
@@ -49,8 +53,8 @@ impl BackendState {
             epoch: Instant::now(),
             draining: AtomicBool::new(false),
             idle: Notify::new(),
-            cut: CancellationToken::new(),
-            going_away: CancellationToken::new(),
+            cut: Signal::default(),
+            going_away: Signal::default(),
         }
     }
 
@@ -89,7 +93,7 @@ impl BackendState {
     /// True once the instance was told to go away or cut: it must not be routed to again, so a
     /// route naming it gets a fresh state instead.
     pub(crate) fn is_retired(&self) -> bool {
-        self.going_away.is_cancelled() || self.cut.is_cancelled()
+        self.going_away.is_fired() || self.cut.is_fired()
     }
 
     pub(crate) fn is_draining(&self) -> bool {
@@ -107,6 +111,65 @@ impl BackendState {
             }
             notified.await;
         }
+    }
+}
+
+/// A one-way, clonable signal (drain began, drain deadline passed): a cancellation token to
+/// await, plus a flag that is cheap to read on every poll (`CancellationToken::is_cancelled`
+/// takes a lock).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Signal {
+    fired: Arc<AtomicBool>,
+    token: CancellationToken,
+}
+
+impl Signal {
+    pub(crate) fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    pub(crate) fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the signal fired.
+    pub(crate) async fn fired(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// A watcher for polling the signal from one task many times over.
+    pub(crate) fn watch(&self) -> SignalWatch {
+        SignalWatch {
+            signal: self.clone(),
+            wait: Box::pin(self.token.clone().cancelled_owned()),
+            registered: false,
+        }
+    }
+}
+
+/// Polls a [`Signal`] cheaply: the task's waker is registered with the token once, later polls
+/// only read the flag. (A task's waker stays valid for the task's life, so one registration
+/// is enough to be woken when the signal fires.)
+pub(crate) struct SignalWatch {
+    signal: Signal,
+    wait: Pin<Box<WaitForCancellationFutureOwned>>,
+    registered: bool,
+}
+
+impl SignalWatch {
+    /// True once the signal fired; otherwise the task will be woken when it does.
+    pub(crate) fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.signal.is_fired() {
+            return true;
+        }
+        if !self.registered {
+            if self.wait.as_mut().poll(cx).is_ready() {
+                return true;
+            }
+            self.registered = true;
+        }
+        false
     }
 }
 

@@ -345,7 +345,7 @@ impl ProxyHandle {
                 Some(state) => {
                     // Under the control lock, so no route can pick this state up again after
                     // it was told to go away (`Registry::backend` skips retired states).
-                    state.going_away.cancel();
+                    state.going_away.fire();
                     state.clone()
                 }
                 // Never known, or already drained and forgotten: nothing is in flight.
@@ -356,7 +356,7 @@ impl ProxyHandle {
             Ok(()) => DrainOutcome::Drained,
             Err(_) => {
                 let cut = state.in_flight();
-                state.cut.cancel();
+                state.cut.fire();
                 // Cut requests answer at once; give them a moment to release their slots.
                 let _ = tokio::time::timeout(Duration::from_secs(2), state.wait_idle()).await;
                 DrainOutcome::DeadlineExceeded { cut }

@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
+use crate::backend::Signal;
 use crate::body::UpstreamBody;
 
 /// Why a request to a backend failed.
@@ -109,7 +109,7 @@ impl ConnPool {
         &self,
         timeout: Duration,
         upgrades: bool,
-        cut: &CancellationToken,
+        cut: &Signal,
     ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
         let connect_err = |source| UpstreamError::Connect {
             addr: self.addr,
@@ -149,7 +149,7 @@ impl ConnPool {
         req: &mut Option<Request<UpstreamBody>>,
         connect_timeout: Duration,
         upgrade: bool,
-        cut: &CancellationToken,
+        cut: &Signal,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         if !upgrade {
             while let Some(mut sender) = self.take_idle() {
@@ -182,24 +182,14 @@ impl ConnPool {
     }
 }
 
-/// Drive an upstream connection until it ends or `cut` fires.
-///
-/// The cancellation future is polled once, to register this task's waker, and never again:
-/// re-polling it on every wake-up of a busy connection (as `select!` would) costs a lock per
-/// poll. Later wake-ups only read the token's flag.
-async fn run_until_cut<C: Future>(conn: C, cut: CancellationToken) {
-    let cancelled = cut.clone().cancelled_owned();
-    tokio::pin!(conn, cancelled);
-    let mut registered = false;
+/// Drive an upstream connection until it ends or `cut` fires (checked cheaply on every wake-up
+/// of a busy connection, see [`crate::backend::SignalWatch`]).
+async fn run_until_cut<C: Future>(conn: C, cut: Signal) {
+    let mut cut = cut.watch();
+    tokio::pin!(conn);
     std::future::poll_fn(|cx| {
-        if cut.is_cancelled() {
+        if cut.poll_fired(cx) {
             return Poll::Ready(());
-        }
-        if !registered {
-            if cancelled.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-            registered = true;
         }
         conn.as_mut().poll(cx).map(drop)
     })

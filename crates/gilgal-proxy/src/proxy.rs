@@ -470,7 +470,7 @@ impl Forward {
     }
 
     async fn attempt(&mut self, backend: &BackendState) -> Attempt {
-        if backend.cut.is_cancelled() {
+        if backend.cut.is_fired() {
             return Attempt::Cut;
         }
         let limits = &self.route.limits;
@@ -482,7 +482,7 @@ impl Forward {
         );
         match tokio::time::timeout(limits.response_timeout, send).await {
             Err(_) => Attempt::TimedOut,
-            Ok(Err(_)) if backend.cut.is_cancelled() => Attempt::Cut,
+            Ok(Err(_)) if backend.cut.is_fired() => Attempt::Cut,
             Ok(Err(error)) => Attempt::Failed(error),
             Ok(Ok((resp, lease))) => Attempt::Response(resp, lease),
         }

@@ -16,10 +16,9 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::backend::InFlightGuard;
+use crate::backend::{InFlightGuard, Signal};
 use crate::metrics::RouteMetrics;
 use crate::ws_frame::{close_frame, FrameTracker, GOING_AWAY, OPCODE_CLOSE};
 
@@ -74,22 +73,24 @@ pub(crate) fn spawn_tunnel(
                 let mut client = TokioIo::new(client);
                 let mut upstream = TokioIo::new(upstream);
                 let copied = match protocol {
-                    Protocol::Opaque => tokio::select! {
-                        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                            copied.ok()
-                        }
-                        _ = cut.cancelled() => None,
-                    },
+                    Protocol::Opaque => until_cut(
+                        tokio::io::copy_bidirectional(&mut client, &mut upstream),
+                        &cut,
+                    )
+                    .await
+                    .and_then(Result::ok),
                     Protocol::WebSocket => {
-                        let handshake_over = async {
-                            going_away.cancelled().await;
-                            tokio::time::sleep(CLOSE_HANDSHAKE_GRACE).await;
+                        let splice = async {
+                            let handshake_over = async {
+                                going_away.fired().await;
+                                tokio::time::sleep(CLOSE_HANDSHAKE_GRACE).await;
+                            };
+                            tokio::select! {
+                                copied = splice_websocket(client, upstream, &going_away) => copied.ok(),
+                                _ = handshake_over => None,
+                            }
                         };
-                        tokio::select! {
-                            copied = splice_websocket(client, upstream, &going_away) => copied.ok(),
-                            _ = cut.cancelled() => None,
-                            _ = handshake_over => None,
-                        }
+                        until_cut(splice, &cut).await.flatten()
                     }
                 };
                 if let Some((to_upstream, to_client)) = copied {
@@ -104,6 +105,19 @@ pub(crate) fn spawn_tunnel(
     });
 }
 
+/// Run `fut` unless `cut` fires first (the signal is checked cheaply on every wake-up).
+async fn until_cut<F: std::future::Future>(fut: F, cut: &Signal) -> Option<F::Output> {
+    let mut cut = cut.watch();
+    tokio::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if cut.poll_fired(cx) {
+            return std::task::Poll::Ready(None);
+        }
+        fut.as_mut().poll(cx).map(Some)
+    })
+    .await
+}
+
 /// Copy WebSocket frames both ways until both sides are done; once `going_away` fires, close
 /// both sides with 1001 and finish when each peer has answered with its own Close (or hung up).
 ///
@@ -112,7 +126,7 @@ pub(crate) fn spawn_tunnel(
 pub(crate) async fn splice_websocket<C, U>(
     client: C,
     upstream: U,
-    going_away: &CancellationToken,
+    going_away: &Signal,
 ) -> io::Result<(u64, u64)>
 where
     C: AsyncRead + AsyncWrite,
@@ -161,7 +175,7 @@ impl<R: AsyncRead, W: AsyncWrite> FramePump<R, W> {
     /// `copy_bidirectional` does). Once `going_away` fires, a Close frame goes to `dst` at the
     /// next frame boundary (unless `src` already sent one), and the pump ends as soon as `src`
     /// has sent its own Close frame.
-    async fn run(self, going_away: &CancellationToken) -> io::Result<u64> {
+    async fn run(self, going_away: &Signal) -> io::Result<u64> {
         let FramePump {
             src,
             dst,
@@ -176,8 +190,9 @@ impl<R: AsyncRead, W: AsyncWrite> FramePump<R, W> {
         let mut close = CloseState::default();
         let mut forwarded = 0u64;
         let mut buf = vec![0u8; BUFFER_SIZE];
+        let mut watch = going_away.watch();
         loop {
-            let leaving = going_away.is_cancelled();
+            let leaving = going_away.is_fired();
             if leaving {
                 if !close.dst_told && frames.at_boundary() {
                     dst.write_all(&going_away_frame()).await?;
@@ -192,11 +207,21 @@ impl<R: AsyncRead, W: AsyncWrite> FramePump<R, W> {
             let read = if leaving {
                 src.read(&mut buf).await?
             } else {
-                tokio::select! {
-                    biased;
-                    _ = going_away.cancelled() => continue,
-                    // Cancel safe: a read that loses the race has read nothing.
-                    read = src.read(&mut buf) => read?,
+                let mut read_buf = ReadBuf::new(&mut buf);
+                let read = std::future::poll_fn(|cx| {
+                    if watch.poll_fired(cx) {
+                        return std::task::Poll::Ready(None);
+                    }
+                    src.as_mut().poll_read(cx, &mut read_buf).map(Some)
+                })
+                .await;
+                match read {
+                    // The backend started draining: go round to close at a frame boundary.
+                    None => continue,
+                    Some(result) => {
+                        result?;
+                        read_buf.filled().len()
+                    }
                 }
             };
             if read == 0 {
@@ -274,14 +299,14 @@ mod tests {
     struct Harness {
         client: DuplexStream,
         upstream: DuplexStream,
-        going_away: CancellationToken,
+        going_away: Signal,
         splice: tokio::task::JoinHandle<io::Result<(u64, u64)>>,
     }
 
     fn harness() -> Harness {
         let (client, proxy_client_side) = duplex(64 * 1024);
         let (upstream, proxy_upstream_side) = duplex(64 * 1024);
-        let going_away = CancellationToken::new();
+        let going_away = Signal::default();
         let token = going_away.clone();
         let splice = tokio::spawn(async move {
             splice_websocket(proxy_client_side, proxy_upstream_side, &token).await
@@ -348,7 +373,7 @@ mod tests {
     #[tokio::test]
     async fn going_away_closes_both_sides_at_once_when_idle() {
         let mut h = harness();
-        h.going_away.cancel();
+        h.going_away.fire();
         assert_eq!(read_close(&mut h.client).await, (false, GOING_AWAY));
         assert_eq!(read_close(&mut h.upstream).await, (true, GOING_AWAY));
         // Both peers answer; the splice then ends on its own.
@@ -376,7 +401,7 @@ mod tests {
         let (first, second) = big.split_at(100 * 1024 + 3);
         h.upstream.write_all(first).await.unwrap();
         assert_eq!(read_exact(&mut h.client, first.len()).await, first);
-        h.going_away.cancel();
+        h.going_away.fire();
         // The backend side is at a boundary, so it hears the Close at once...
         assert_eq!(read_close(&mut h.upstream).await, (true, GOING_AWAY));
         // ...while the client first gets the rest of the frame, then the Close.
@@ -388,7 +413,7 @@ mod tests {
     #[tokio::test]
     async fn frames_after_the_injected_close_are_dropped() {
         let mut h = harness();
-        h.going_away.cancel();
+        h.going_away.fire();
         assert_eq!(read_close(&mut h.client).await, (false, GOING_AWAY));
         // A message the backend sent before it saw our Close must not follow it to the client.
         h.upstream
@@ -420,7 +445,7 @@ mod tests {
             read_exact(&mut h.upstream, client_close.len()).await,
             client_close
         );
-        h.going_away.cancel();
+        h.going_away.fire();
         // The client is told 1001; the backend, which already has a Close, gets nothing more.
         assert_eq!(read_close(&mut h.client).await, (false, GOING_AWAY));
         h.upstream
