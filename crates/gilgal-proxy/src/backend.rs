@@ -133,11 +133,6 @@ impl Signal {
         self.fired.load(Ordering::Acquire)
     }
 
-    /// Resolves once the signal fired.
-    pub(crate) async fn fired(&self) {
-        self.token.cancelled().await;
-    }
-
     /// A watcher for polling the signal from one task many times over.
     pub(crate) fn watch(&self) -> SignalWatch {
         SignalWatch {

@@ -10,8 +10,11 @@
 //! a cue to reconnect, which lands them on the new instance, instead of seeing a reset at the
 //! drain deadline.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -80,17 +83,29 @@ pub(crate) fn spawn_tunnel(
                     .await
                     .and_then(Result::ok),
                     Protocol::WebSocket => {
-                        let splice = async {
-                            let handshake_over = async {
-                                going_away.fired().await;
-                                tokio::time::sleep(CLOSE_HANDSHAKE_GRACE).await;
-                            };
-                            tokio::select! {
-                                copied = splice_websocket(client, upstream, &going_away) => copied.ok(),
-                                _ = handshake_over => None,
+                        // Once the backend goes away the peers get a while to answer the Close
+                        // frames; the signal is watched without re-polling a future per wake-up.
+                        let splice = splice_websocket(client, upstream, &going_away);
+                        let mut leaving = going_away.watch();
+                        let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
+                        tokio::pin!(splice);
+                        let spliced = std::future::poll_fn(|cx| {
+                            if let Poll::Ready(copied) = splice.as_mut().poll(cx) {
+                                return Poll::Ready(copied.ok());
                             }
-                        };
-                        until_cut(splice, &cut).await.flatten()
+                            if grace.is_none() && leaving.poll_fired(cx) {
+                                grace = Some(Box::pin(tokio::time::sleep(CLOSE_HANDSHAKE_GRACE)));
+                            }
+                            let over = grace
+                                .as_mut()
+                                .is_some_and(|grace| grace.as_mut().poll(cx).is_ready());
+                            if over {
+                                Poll::Ready(None)
+                            } else {
+                                Poll::Pending
+                            }
+                        });
+                        until_cut(spliced, &cut).await.flatten()
                     }
                 };
                 if let Some((to_upstream, to_client)) = copied {
@@ -106,12 +121,12 @@ pub(crate) fn spawn_tunnel(
 }
 
 /// Run `fut` unless `cut` fires first (the signal is checked cheaply on every wake-up).
-async fn until_cut<F: std::future::Future>(fut: F, cut: &Signal) -> Option<F::Output> {
+async fn until_cut<F: Future>(fut: F, cut: &Signal) -> Option<F::Output> {
     let mut cut = cut.watch();
     tokio::pin!(fut);
     std::future::poll_fn(|cx| {
         if cut.poll_fired(cx) {
-            return std::task::Poll::Ready(None);
+            return Poll::Ready(None);
         }
         fut.as_mut().poll(cx).map(Some)
     })
@@ -210,7 +225,7 @@ impl<R: AsyncRead, W: AsyncWrite> FramePump<R, W> {
                 let mut read_buf = ReadBuf::new(&mut buf);
                 let read = std::future::poll_fn(|cx| {
                     if watch.poll_fired(cx) {
-                        return std::task::Poll::Ready(None);
+                        return Poll::Ready(None);
                     }
                     src.as_mut().poll_read(cx, &mut read_buf).map(Some)
                 })
