@@ -129,6 +129,27 @@ pub(crate) struct ConnActivity {
     close: AtomicU8,
     /// The connection task, woken when `close` is raised.
     waker: AtomicWaker,
+    /// Deadline for the response head of the HTTP/1 request waiting on a backend, in
+    /// microseconds since [`deadline_epoch`] (0: none). Enforced by the connection task with one
+    /// timer per connection, moved forward per request (cheap) instead of one timer per request.
+    response_deadline: AtomicU64,
+    /// Raised by the connection task when `response_deadline` passed.
+    response_timed_out: AtomicBool,
+}
+
+/// Time base of [`ConnActivity`] response deadlines.
+pub(crate) fn deadline_epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+/// Clears a response deadline when the attempt that set it ends (or is dropped).
+pub(crate) struct DeadlineGuard<'a>(&'a ConnActivity);
+
+impl Drop for DeadlineGuard<'_> {
+    fn drop(&mut self) {
+        self.0.response_deadline.store(0, Ordering::Release);
+    }
 }
 
 impl ConnActivity {
@@ -145,6 +166,29 @@ impl ConnActivity {
     pub(crate) fn request_close(&self, level: Close) {
         self.close.fetch_max(level as u8, Ordering::AcqRel);
         self.waker.wake();
+    }
+
+    /// Arm the connection's response deadline `timeout` from now, until the guard drops.
+    pub(crate) fn set_response_deadline(&self, timeout: std::time::Duration) -> DeadlineGuard<'_> {
+        let at = std::time::Instant::now() + timeout;
+        let micros = at.saturating_duration_since(deadline_epoch()).as_micros();
+        let micros = u64::try_from(micros).unwrap_or(u64::MAX).max(1);
+        self.response_timed_out.store(false, Ordering::Release);
+        self.response_deadline.store(micros, Ordering::Release);
+        DeadlineGuard(self)
+    }
+
+    /// The armed response deadline (µs since [`deadline_epoch`]), 0 when none.
+    pub(crate) fn response_deadline(&self) -> u64 {
+        self.response_deadline.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_response_timed_out(&self) {
+        self.response_timed_out.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn response_timed_out(&self) -> bool {
+        self.response_timed_out.load(Ordering::Acquire)
     }
 
     /// The close requested so far; registers `waker` to hear about a later request.

@@ -480,11 +480,29 @@ impl Forward {
             self.upgrade,
             &backend.cut,
         );
-        match tokio::time::timeout(limits.response_timeout, send).await {
-            Err(_) => Attempt::TimedOut,
-            Ok(Err(_)) if backend.cut.is_fired() => Attempt::Cut,
-            Ok(Err(error)) => Attempt::Failed(error),
-            Ok(Ok((resp, lease))) => Attempt::Response(resp, lease),
+        let activity = &self.ctx.activity;
+        let sent = if activity.http2.load(Ordering::Relaxed) {
+            // Several requests share an HTTP/2 connection: a timer each.
+            tokio::time::timeout(limits.response_timeout, send)
+                .await
+                .ok()
+        } else {
+            // One request at a time: the connection task's timer (see `ConnActivity`).
+            let _deadline = activity.set_response_deadline(limits.response_timeout);
+            tokio::pin!(send);
+            std::future::poll_fn(|cx| {
+                if activity.response_timed_out() {
+                    return std::task::Poll::Ready(None);
+                }
+                send.as_mut().poll(cx).map(Some)
+            })
+            .await
+        };
+        match sent {
+            None => Attempt::TimedOut,
+            Some(Err(_)) if backend.cut.is_fired() => Attempt::Cut,
+            Some(Err(error)) => Attempt::Failed(error),
+            Some(Ok((resp, lease))) => Attempt::Response(resp, lease),
         }
     }
 

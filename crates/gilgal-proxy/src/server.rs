@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -188,6 +189,7 @@ async fn serve_connection<I>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
+    let mut response_timer = ResponseTimer::default();
     let result = std::future::poll_fn(|cx| {
         match ctx.activity.close_requested(cx.waker()) {
             Close::No => {}
@@ -199,6 +201,8 @@ async fn serve_connection<I>(
             }
             Close::Now => return Poll::Ready(None),
         }
+        // Before polling the connection, so a timed-out request sees it in this very poll.
+        response_timer.check(&ctx.activity, cx);
         conn.as_mut().poll(cx).map(Some)
     })
     .await;
@@ -206,6 +210,49 @@ async fn serve_connection<I>(
         Some(Err(e)) => tracing::debug!(%peer, error = %e, "client connection ended with error"),
         None => tracing::debug!(%peer, "client connection cut (idle, or request head too slow)"),
         Some(Ok(())) => {}
+    }
+}
+
+/// The connection's timer for HTTP/1 response deadlines ([`ConnActivity`]): created on the
+/// first request, then moved forward per request, which tokio does without touching its timer
+/// wheel until the old deadline comes round.
+#[derive(Default)]
+struct ResponseTimer {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The deadline the timer is armed for (0: none).
+    armed: u64,
+}
+
+impl ResponseTimer {
+    fn check(&mut self, activity: &ConnActivity, cx: &mut std::task::Context<'_>) {
+        let deadline = activity.response_deadline();
+        if deadline == 0 {
+            return;
+        }
+        if deadline != self.armed {
+            self.armed = deadline;
+            let at = crate::body::deadline_epoch() + Duration::from_micros(deadline);
+            let at = tokio::time::Instant::from_std(at);
+            match self.sleep.as_mut() {
+                Some(sleep) => {
+                    // A timer that has not fired keeps this task's waker across a reset.
+                    let registered = !sleep.is_elapsed();
+                    sleep.as_mut().reset(at);
+                    if registered {
+                        return;
+                    }
+                }
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        } else if self.sleep.as_ref().is_some_and(|s| !s.is_elapsed()) {
+            // Armed and registered with this task at the first poll: nothing to do.
+            return;
+        }
+        if let Some(sleep) = self.sleep.as_mut() {
+            if sleep.as_mut().poll(cx).is_ready() {
+                activity.mark_response_timed_out();
+            }
+        }
     }
 }
 

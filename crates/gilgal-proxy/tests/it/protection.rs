@@ -209,6 +209,35 @@ async fn times_out_slow_backends_with_a_504_page() {
 }
 
 #[tokio::test]
+async fn response_timeouts_hold_for_every_request_on_a_kept_alive_connection() {
+    let up = Upstream::start("up").await;
+    let proxy = Proxy::start().await;
+    let limits = RouteLimits {
+        response_timeout: Duration::from_millis(300),
+        ..RouteLimits::default()
+    };
+    proxy
+        .handle
+        .replace(vec![limited_route(vec![up.backend()], limits)])
+        .unwrap();
+    let c = client();
+    // Fast, slow, fast, slow on one client connection: each slow answer times out on its own
+    // deadline, whether the previous one was met or expired.
+    for (path, status) in [
+        ("/", 200),
+        ("/slow?ms=3000", 504),
+        ("/", 200),
+        ("/slow?ms=3000", 504),
+        ("/", 200),
+    ] {
+        let started = Instant::now();
+        let a = get(&c, &proxy, "app.localhost", path).await;
+        assert_eq!(a.status, status, "{path}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{path}");
+    }
+}
+
+#[tokio::test]
 async fn retries_only_when_safe_and_reports_502_and_503() {
     let up = Upstream::start("alive").await;
     // A port that refuses connections: bind, note the address, close.
