@@ -19,6 +19,7 @@
 mod command;
 pub mod postgres;
 pub mod redis;
+pub mod s3;
 
 use std::path::PathBuf;
 

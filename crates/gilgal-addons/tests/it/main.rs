@@ -10,6 +10,8 @@ use gilgal_addons::redis::RedisServer;
 use gilgal_addons::{random_password, RunAs};
 use sqlx::{Connection, Row};
 
+mod s3;
+
 /// A temporary directory the `postgres`/`redis` system users can pass through (as root).
 fn addons_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
