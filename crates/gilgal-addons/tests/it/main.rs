@@ -228,3 +228,41 @@ async fn redis_runs_with_a_password_and_snapshots() {
     server.destroy().await.unwrap();
     assert!(server.pid().is_none());
 }
+
+/// An external server named by an admin URL (the suite's PostgreSQL): databases and roles
+/// are created and dropped there, and backups use the client programs.
+#[tokio::test]
+async fn external_postgres_server_hosts_addon_databases() {
+    let admin = std::env::var("GILGAL_TEST_POSTGRES_URL")
+        .expect("GILGAL_TEST_POSTGRES_URL (scripts/test starts a server and sets it)");
+    let server = PostgresServer::external(&admin).unwrap();
+    server.ensure_running().await.unwrap();
+    let name = format!("addon_ext_{}", std::process::id());
+    let password = random_password();
+    server.create_database(&name, &password).await.unwrap();
+    let url = server.url(&name, &password);
+    let mut conn = connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL); \
+         INSERT INTO notes (body) VALUES ('one'), ('two')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let before = table_hash(&mut conn).await;
+    drop(conn);
+    let dir = addons_dir();
+    let backup = server
+        .dump(&name, &password, &dir.path().join("ext.dump"))
+        .await
+        .unwrap();
+    server
+        .restore(&name, &password, &backup.path)
+        .await
+        .unwrap();
+    let mut conn = connect(&url).await.unwrap();
+    assert_eq!(table_hash(&mut conn).await, before);
+    drop(conn);
+    server.drop_database(&name).await.unwrap();
+    assert!(!server.database_exists(&name).await.unwrap());
+}

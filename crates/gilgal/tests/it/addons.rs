@@ -240,3 +240,55 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Redis and S3 add-ons used by an app through redis-py and boto3, with nothing but the
+/// config vars Gilgal set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_uses_its_redis_and_s3_addons() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    ok(server.cli(
+        &["register", "--email", "ops@example.com", "--password-stdin"],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "probe"], None));
+    let redis = ok(server.cli(&["addons", "create", "redis", "-p", "probe"], None));
+    assert!(redis.contains("sets REDIS_URL"), "{redis}");
+    let s3 = ok(server.cli(&["addons", "create", "s3", "-p", "probe"], None));
+    assert!(
+        s3.contains("S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_BUCKET"),
+        "{s3}"
+    );
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/addons-probe");
+    let deployed = server.cli(&["deploy", fixture.to_str().unwrap(), "-p", "probe"], None);
+    assert!(
+        deployed.status.success(),
+        "{}{}",
+        stdout(&deployed),
+        stderr(&deployed)
+    );
+    let get = |path: &'static str| {
+        let proxy = server.proxy_url.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .get(format!("{proxy}{path}"))
+                .header("host", "probe.localhost")
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    assert_eq!(get("/redis").await, (200, serde_json::json!({"visits": 1})));
+    assert_eq!(get("/redis").await, (200, serde_json::json!({"visits": 2})));
+    let (status, body) = get("/s3").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["body"], "stored in an add-on");
+    assert_eq!(body["keys"].as_array().unwrap().len(), 1, "{body}");
+    let config = ok(server.cli(&["env", "list", "-p", "probe"], None));
+    assert!(
+        config.contains("S3_BUCKET") && config.contains("AWS_SECRET_ACCESS_KEY"),
+        "{config}"
+    );
+}
