@@ -16,6 +16,7 @@
 mod config;
 mod images;
 mod isolation;
+mod logs;
 mod pipeline;
 mod reconcile;
 mod runs;
@@ -24,6 +25,7 @@ mod ssrf;
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
 pub use gilgal_build::GitSource;
 pub use images::ImageSettings;
+pub use logs::BUILD_PROCESS;
 pub use pipeline::{DeploySource, ReuseKind, ReuseRelease};
 pub use reconcile::InstanceUsage;
 pub use runs::{parse_schedule, RunOutput, RunRequest};
@@ -64,6 +66,9 @@ pub struct DeployerConfig {
     /// Build releases as container images on this dockerd (the Docker runtime) instead of
     /// host artifact directories; `None` builds on the host (the process runtime).
     pub images: Option<ImageSettings>,
+    /// Where every environment's output (instances, release phase, runs, builds) is kept;
+    /// fed by [`Deployer::run_log_ingest`] and the deploy log.
+    pub logs: gilgal_logs::LogStore,
 }
 
 /// Failures starting a deployment (failures *during* one are recorded on the deployment).
@@ -95,6 +100,9 @@ pub struct Deployer {
     vault: Arc<Vault>,
     /// Cancellation tokens of deployments in progress.
     running: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// The runtime's log lines, subscribed at construction so that nothing printed before
+    /// [`Deployer::run_log_ingest`] starts is missed; taken by it.
+    log_lines: Mutex<Option<tokio::sync::broadcast::Receiver<gilgal_runtime::LogLine>>>,
     /// One rollout at a time per environment.
     environment_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -116,6 +124,7 @@ impl Deployer {
         config: DeployerConfig,
         vault: Arc<Vault>,
     ) -> Arc<Self> {
+        let log_lines = runtime.subscribe_logs();
         Arc::new(Self {
             store,
             runtime,
@@ -123,6 +132,7 @@ impl Deployer {
             config,
             vault,
             running: Mutex::new(HashMap::new()),
+            log_lines: Mutex::new(Some(log_lines)),
             environment_locks: Mutex::new(HashMap::new()),
         })
     }

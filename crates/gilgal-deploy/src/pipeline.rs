@@ -93,7 +93,14 @@ pub(crate) struct DeployLog {
 }
 
 impl DeployLog {
-    pub(crate) fn start(store: gilgal_store::Store, deployment: Uuid, redactor: Redactor) -> Self {
+    /// Starts the writer; with `copy_to`, every (redacted) line also goes to that
+    /// environment's persistent log as process type `build`.
+    pub(crate) fn start(
+        store: gilgal_store::Store,
+        deployment: Uuid,
+        redactor: Redactor,
+        copy_to: Option<(gilgal_logs::LogStore, Uuid)>,
+    ) -> Self {
         let (sender, mut receiver) = mpsc::channel::<(i64, String, String)>(4096);
         let redactor = Arc::new(redactor);
         let hide = Arc::clone(&redactor);
@@ -110,6 +117,19 @@ impl DeployLog {
                 for (_, _, line) in batch.iter_mut() {
                     if let std::borrow::Cow::Owned(clean) = hide.redact(line) {
                         *line = clean;
+                    }
+                }
+                if let Some((logs, environment)) = &copy_to {
+                    for (at, stream, line) in &batch {
+                        logs.append(
+                            *environment,
+                            gilgal_logs::LogRecord::new(
+                                *at,
+                                crate::logs::BUILD_PROCESS,
+                                stream.as_str(),
+                                line.as_str(),
+                            ),
+                        );
                     }
                 }
                 let rows: Vec<(i64, &str, &str)> = batch
@@ -434,7 +454,12 @@ impl Deployer {
                     Redactor::default()
                 }
             };
-            let log = DeployLog::start(this.store.clone(), id, redactor);
+            let log = DeployLog::start(
+                this.store.clone(),
+                id,
+                redactor,
+                Some((this.config.logs.clone(), environment.id)),
+            );
             let result = this.run(id, &environment, &source, &token, &log).await;
             if let DeploySource::Upload(tarball) = &source {
                 let _ = tokio::fs::remove_file(tarball).await;

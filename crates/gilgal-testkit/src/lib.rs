@@ -87,6 +87,10 @@ impl TestServer {
                 allow_private_urls: false,
                 app_users: false,
                 images: None,
+                logs: gilgal_logs::LogStore::open(gilgal_logs::LogConfig::new(
+                    data_dir.path().join("logs"),
+                ))
+                .expect("log store"),
             },
             vault,
         );

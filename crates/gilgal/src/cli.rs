@@ -403,6 +403,12 @@ pub struct ServerArgs {
     /// ones are pruned.
     #[arg(long, default_value_t = 10, env = "GILGAL_KEEP_RELEASES")]
     pub keep_releases: usize,
+    /// Days an environment's logs are kept (app output, builds, runs).
+    #[arg(long, default_value_t = 30, env = "GILGAL_LOG_RETENTION_DAYS")]
+    pub log_retention_days: u64,
+    /// Most MiB of logs kept per environment; the oldest go first.
+    #[arg(long, default_value_t = 256, env = "GILGAL_LOG_MAX_MB")]
+    pub log_max_mb: u64,
     /// Accept `file://` git URLs in deployments (single-user machines and tests).
     #[arg(long, env = "GILGAL_ALLOW_LOCAL_GIT")]
     pub allow_local_git: bool,

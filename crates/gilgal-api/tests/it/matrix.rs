@@ -482,6 +482,14 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
         ),
         (
             Method::GET,
+            "/api/environments/{id}/logs",
+            format!("/api/environments/{env_id}/logs?type=web&since=1h&grep=x"),
+            None,
+            Access::Project("viewer"),
+            false,
+        ),
+        (
+            Method::GET,
             "/api/environments/{id}/releases",
             format!("/api/environments/{env_id}/releases"),
             None,
