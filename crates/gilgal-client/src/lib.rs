@@ -564,6 +564,26 @@ impl Client {
         self.send(request).await
     }
 
+    /// `GET /api/environments/{id}/logs`: the NDJSON response of an environment's log, to read
+    /// line by line (`follow` keeps it open and streams new lines; empty lines are
+    /// keep-alives). `filters` are the endpoint's query parameters (`type`, `release`,
+    /// `since`, `grep`, `limit`, `after`).
+    pub async fn environment_logs(
+        &self,
+        environment: Uuid,
+        filters: &[(&str, String)],
+        follow: bool,
+    ) -> Result<reqwest::Response, ClientError> {
+        let request = self
+            .request(
+                Method::GET,
+                &format!("/api/environments/{environment}/logs"),
+            )
+            .query(filters)
+            .query(&[("follow", if follow { "true" } else { "false" })]);
+        self.send(request).await
+    }
+
     /// `GET /api/environments/{id}/cron`.
     pub async fn cron_jobs(&self, environment: Uuid) -> Result<Vec<CronJob>, ClientError> {
         self.json(self.request(

@@ -29,7 +29,8 @@ pub struct Query {
     pub process: Option<String>,
     /// Only lines of this release.
     pub release: Option<u64>,
-    /// Only lines containing this text (case-sensitive).
+    /// Only lines containing this text (case-sensitive). Drop markers match every
+    /// `process`, `release` and `grep` filter.
     pub grep: Option<String>,
     /// Most records to return (capped at [`MAX_LIMIT`]; 0 means [`DEFAULT_LIMIT`]).
     pub limit: usize,
@@ -43,18 +44,19 @@ impl Query {
         if self.since.is_some_and(|since| record.at < since) {
             return false;
         }
-        // Drop markers belong to every process type's view: they explain gaps.
-        let marker = record.dropped.is_some();
-        if !marker {
-            if let Some(process) = &self.process {
-                if record.process != *process {
-                    return false;
-                }
+        // Drop markers pass every content filter: whatever the view, it may have a gap they
+        // explain.
+        if record.dropped.is_some() {
+            return true;
+        }
+        if let Some(process) = &self.process {
+            if record.process != *process {
+                return false;
             }
-            if let Some(release) = self.release {
-                if record.release != Some(release) {
-                    return false;
-                }
+        }
+        if let Some(release) = self.release {
+            if record.release != Some(release) {
+                return false;
             }
         }
         if let Some(grep) = &self.grep {

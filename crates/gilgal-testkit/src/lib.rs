@@ -94,6 +94,15 @@ impl TestServer {
             },
             vault,
         );
+        {
+            // Runtime output into the persistent logs, as `gilgal server` does.
+            let deployer = deployer.clone();
+            tokio::spawn(async move {
+                deployer
+                    .run_log_ingest(tokio_util::sync::CancellationToken::new())
+                    .await
+            });
+        }
         let state = AppState::new(store, proxy, deployer, &key, config).expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -117,6 +117,9 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// An environment's log: app output, release phase, runs, cron and builds, kept across
+    /// redeploys and restarts.
+    Logs(LogsArgs),
     /// Scheduled commands.
     #[command(subcommand)]
     Cron(CronCommand),
@@ -141,6 +144,32 @@ pub enum Command {
     /// Instance administration.
     #[command(subcommand)]
     Admin(AdminCommand),
+}
+
+/// `gilgal logs` filters.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Keep printing new lines as they come (Ctrl-C stops).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only this process type: `web`, a worker's name, `release`, `run`, `build`.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub process_type: Option<String>,
+    /// Only this release (`v3` or `3`).
+    #[arg(long)]
+    pub release: Option<String>,
+    /// Only lines since a duration ago (`30s`, `15m`, `1h`, `7d`) or an RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only lines containing this text (case-sensitive).
+    #[arg(long)]
+    pub grep: Option<String>,
+    /// How many of the newest matching lines to print first.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    pub lines: u32,
+    /// Where.
+    #[command(flatten)]
+    pub target: Target,
 }
 
 /// `gilgal deploy` options.

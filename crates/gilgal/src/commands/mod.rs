@@ -3,6 +3,7 @@
 mod account;
 mod apps;
 mod deploy;
+mod logs;
 mod projects;
 mod tokens;
 
@@ -54,6 +55,7 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
         Command::Run { command, target } => {
             return apps::run(&session, command, target, global.json).await
         }
+        Command::Logs(args) => return logs::logs(&session, args, global.json).await,
         Command::Cron(cmd) => return apps::cron(&session, cmd, global.json).await,
         Command::Domains(cmd) => return apps::domains(&session, cmd, global.json).await,
         Command::Webhooks(cmd) => return apps::webhooks(&session, cmd, global.json).await,

@@ -10,6 +10,7 @@ use gilgal_testkit::{backend_tests, Backend};
 
 mod day2;
 mod docker;
+mod logs;
 mod schemathesis;
 mod webhooks;
 use day2::config_secrets_rollback_and_promotion;
