@@ -25,7 +25,7 @@ mod ssrf;
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
 pub use gilgal_build::GitSource;
 pub use images::ImageSettings;
-pub use logs::BUILD_PROCESS;
+pub use logs::{BUILD_PROCESS, ROUTER_PROCESS};
 pub use pipeline::{DeploySource, ReuseKind, ReuseRelease};
 pub use reconcile::InstanceUsage;
 pub use runs::{parse_schedule, RunOutput, RunRequest};

@@ -2,6 +2,9 @@
 //! the release phase, one-off and cron runs) goes into the environment's persistent log
 //! ([`gilgal_logs::LogStore`]), tagged with release, process type and instance.
 //!
+//! The proxy's access log (one line per routed request, process type `router`) goes to the
+//! same place.
+//!
 //! The runtime broadcasts lines to subscribers and never waits for them; a subscriber that
 //! falls behind loses the oldest lines. Each line carries a per-instance sequence number, so
 //! the gap after a loss says exactly how many lines of which instance were missed; they are
@@ -78,6 +81,42 @@ fn record(line: LogLine) -> LogRecord {
         .from_instance(line.instance.as_str(), Some(line.labels.release))
 }
 
+/// Process type of the proxy's access log lines in environment logs.
+pub const ROUTER_PROCESS: &str = "router";
+
+/// Access log entries that may wait for the ingester before the proxy drops (and counts) them.
+const ACCESS_LOG_QUEUE: usize = 16 * 1024;
+
+/// An access log line: readable text, and the same facts as fields for JSON consumers.
+fn access_record(entry: &gilgal_proxy::AccessLogEntry) -> LogRecord {
+    let at = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0),
+    )
+    .unwrap_or(0);
+    let millis = entry.duration.as_secs_f64() * 1000.0;
+    let mut record = LogRecord::new(
+        at,
+        ROUTER_PROCESS,
+        "stdout",
+        format!(
+            "{} {} {} {millis:.1}ms host={} client={}",
+            entry.method, entry.path, entry.status, entry.host, entry.client
+        ),
+    );
+    let mut fields = serde_json::Map::new();
+    fields.insert("method".into(), entry.method.clone().into());
+    fields.insert("path".into(), entry.path.clone().into());
+    fields.insert("status".into(), entry.status.into());
+    fields.insert("duration_ms".into(), millis.into());
+    fields.insert("host".into(), entry.host.clone().into());
+    fields.insert("client".into(), entry.client.clone().into());
+    record.fields = Some(fields);
+    record
+}
+
 impl Deployer {
     /// The persistent log store.
     pub fn logs(&self) -> &gilgal_logs::LogStore {
@@ -104,6 +143,8 @@ impl Deployer {
         let Some(mut receiver) = receiver else {
             return;
         };
+        let (access_tx, mut access) = tokio::sync::mpsc::channel(ACCESS_LOG_QUEUE);
+        self.proxy.set_access_log(access_tx);
         let mut environments = Environments::default();
         // Last sequence number seen per instance, with its environment.
         let mut last_seq: HashMap<String, u64> = HashMap::new();
@@ -111,6 +152,15 @@ impl Deployer {
         loop {
             let line = tokio::select! {
                 _ = stop.cancelled() => break,
+                Some(entry) = access.recv() => {
+                    let Some((app, env)) = entry.route.split_once('/') else {
+                        continue;
+                    };
+                    if let Some(environment) = environments.resolve(&self.store, app, env).await {
+                        self.config.logs.append(environment, access_record(&entry));
+                    }
+                    continue;
+                }
                 received = receiver.recv() => match received {
                     Ok(line) => line,
                     Err(RecvError::Lagged(n)) => {

@@ -66,8 +66,44 @@ pub(crate) struct ConnContext {
     pub(crate) smuggling: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Answer one client request (never fails: errors become pages carrying the request id).
+/// Answer one client request (never fails: errors become pages carrying the request id),
+/// and hand an access log entry to the installed sink, if any.
 pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Response<ProxyBody> {
+    if !ctx.shared.access_log.enabled() {
+        return handle_request(ctx, req, &mut None).await;
+    }
+    let start = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    let host = request_host(&req)
+        .map(|h| h.into_owned())
+        .unwrap_or_default();
+    let client = ctx.client_ip.to_str().unwrap_or_default().to_owned();
+    let mut route_id = None;
+    let resp = handle_request(Arc::clone(&ctx), req, &mut route_id).await;
+    if let Some(route) = route_id {
+        ctx.shared.access_log.send(crate::AccessLogEntry {
+            route: route.to_string(),
+            method,
+            path,
+            host,
+            status: resp.status().as_u16(),
+            duration: start.elapsed(),
+            client,
+        });
+    }
+    resp
+}
+
+async fn handle_request(
+    ctx: Arc<ConnContext>,
+    req: Request<Incoming>,
+    route_id: &mut Option<Arc<str>>,
+) -> Response<ProxyBody> {
     let start = Instant::now();
     let mut guard = RequestGuard::new(ctx.activity.clone());
     let request_id = request_id(req.headers());
@@ -98,6 +134,7 @@ pub(crate) async fn handle(ctx: Arc<ConnContext>, req: Request<Incoming>) -> Res
         return finish(resp, unrouted, start, guard);
     };
     guard.set_route(route.metrics.clone());
+    *route_id = Some(Arc::clone(&route.id));
     let metrics = &route.metrics;
 
     if route.redirect_https && !ctx.https {

@@ -1,4 +1,5 @@
-//! Persistent logs end to end: a real app's output, build and release-phase lines are kept
+//! Persistent logs end to end: a real app's output, build, release-phase and proxy access
+//! lines are kept
 //! per environment with release, process type and JSON fields; `gilgal logs` searches and
 //! follows them; they survive a redeploy and a server crash; and a chatty app printing
 //! 100,000 lines/s neither stalls the API nor loses lines uncounted.
@@ -139,8 +140,28 @@ async fn logs_persist_search_follow_and_count_drops(backend: Backend) {
     // Search: by text, by process type, by time; bad filters are one-line errors.
     assert_eq!(app_get(&server, "/log?text=needle-one").await.0, 200);
     assert_eq!(app_get(&server, "/log?text=hay").await.0, 200);
-    let found = wait_logs(&server, &["--grep", "needle"], |lines| !lines.is_empty()).await;
+    let found = wait_logs(&server, &["--type", "web", "--grep", "needle"], |lines| {
+        !lines.is_empty()
+    })
+    .await;
     assert_eq!(texts(&found), ["needle-one"]);
+    // The proxy's access log line for that request, with its facts as fields.
+    let routed = wait_logs(
+        &server,
+        &["--type", "router", "--grep", "needle-one"],
+        |l| !l.is_empty(),
+    )
+    .await;
+    assert_eq!(routed.len(), 1, "{routed:?}");
+    assert!(
+        routed[0]["line"]
+            .as_str()
+            .unwrap()
+            .starts_with("GET /log?text=needle-one 200 "),
+        "{routed:?}"
+    );
+    assert_eq!(routed[0]["fields"]["status"], 200);
+    assert_eq!(routed[0]["fields"]["host"], HOST);
     let web = logs(&server, &["--type", "web", "-n", "1000"]);
     assert!(web.iter().all(|l| l["process_type"] == "web"), "{web:?}");
     assert!(texts(&web).contains(&"hay"));
@@ -154,7 +175,10 @@ async fn logs_persist_search_follow_and_count_drops(backend: Backend) {
         server.cli(&["logs", "-p", "chatty", "--since", "yesterday"], None),
         "since must be",
     );
-    let human = ok(server.cli(&["logs", "-p", "chatty", "--grep", "needle"], None));
+    let human = ok(server.cli(
+        &["logs", "-p", "chatty", "--type", "web", "--grep", "needle"],
+        None,
+    ));
     assert!(human.trim_end().ends_with("web v1: needle-one"), "{human}");
 
     // Follow: a line printed after `gilgal logs -f` started arrives on its output.
@@ -168,7 +192,7 @@ async fn logs_persist_search_follow_and_count_drops(backend: Backend) {
             "-p",
             "chatty",
         ])
-        .args(["--grep", "live-"])
+        .args(["--type", "web", "--grep", "live-"])
         .env("GILGAL_CONFIG_DIR", server.config_dir())
         .env_remove("GILGAL_TOKEN")
         .stdout(Stdio::piped())
@@ -335,9 +359,17 @@ async fn logs_persist_search_follow_and_count_drops(backend: Backend) {
     ));
     let kept = logs(&server, &["--release", "v1", "--grep", "booted"]);
     assert_eq!(kept.len(), 1, "{kept:?}");
-    assert_eq!(texts(&logs(&server, &["--grep", "needle"])), ["needle-one"]);
+    assert_eq!(
+        texts(&logs(&server, &["--type", "web", "--grep", "needle"])),
+        ["needle-one"]
+    );
     // The re-adopted instance's new output is collected by the new server.
     assert_eq!(app_get(&server, "/log?text=after-restart").await.0, 200);
-    let after = wait_logs(&server, &["--grep", "after-restart"], |l| !l.is_empty()).await;
+    let after = wait_logs(
+        &server,
+        &["--type", "web", "--grep", "after-restart"],
+        |l| !l.is_empty(),
+    )
+    .await;
     assert_eq!(after[0]["release"], 2);
 }
