@@ -584,6 +584,16 @@ impl Client {
         self.send(request).await
     }
 
+    /// `GET /api/projects/{id}/metrics`: traffic and resource figures per environment since
+    /// the server started.
+    pub async fn project_metrics(
+        &self,
+        project: Uuid,
+    ) -> Result<Vec<gilgal_types::EnvironmentMetrics>, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/projects/{project}/metrics")))
+            .await
+    }
+
     /// `GET /api/environments/{id}/cron`.
     pub async fn cron_jobs(&self, environment: Uuid) -> Result<Vec<CronJob>, ClientError> {
         self.json(self.request(

@@ -120,6 +120,16 @@ pub enum Command {
     /// An environment's log: app output, release phase, runs, cron and builds, kept across
     /// redeploys and restarts.
     Logs(LogsArgs),
+    /// Requests per second, error rate, latency percentiles, CPU and memory of an
+    /// environment over a window (two samples `--window` apart; `0` = since the server started).
+    Metrics {
+        /// Length of the window: `10s`, `1m`, or `0`.
+        #[arg(long, default_value = "10s")]
+        window: String,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
     /// Scheduled commands.
     #[command(subcommand)]
     Cron(CronCommand),

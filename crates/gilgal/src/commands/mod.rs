@@ -4,6 +4,7 @@ mod account;
 mod apps;
 mod deploy;
 mod logs;
+mod metrics;
 mod projects;
 mod tokens;
 
@@ -56,6 +57,9 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
             return apps::run(&session, command, target, global.json).await
         }
         Command::Logs(args) => return logs::logs(&session, args, global.json).await,
+        Command::Metrics { window, target } => {
+            return metrics::metrics(&session, &window, target, global.json).await
+        }
         Command::Cron(cmd) => return apps::cron(&session, cmd, global.json).await,
         Command::Domains(cmd) => return apps::domains(&session, cmd, global.json).await,
         Command::Webhooks(cmd) => return apps::webhooks(&session, cmd, global.json).await,

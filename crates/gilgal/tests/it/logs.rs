@@ -39,13 +39,15 @@ async fn api_json(server: &ServerProcess, path: &str) -> Value {
     response.json().await.unwrap()
 }
 
-/// `gilgal logs --json -p chatty ARGS`, parsed.
+/// `gilgal logs --json -p chatty ARGS`, parsed, without Gilgal's notes about dropped lines
+/// (they pass every filter, and the chatty part of the test may cause some).
 fn logs(server: &ServerProcess, args: &[&str]) -> Vec<Value> {
     let mut all = vec!["logs", "--json", "-p", "chatty"];
     all.extend_from_slice(args);
     ok(server.cli(&all, None))
         .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON line each"))
+        .map(|line| serde_json::from_str::<Value>(line).expect("one JSON line each"))
+        .filter(|line| line["dropped"].is_null())
         .collect()
 }
 
@@ -180,6 +182,23 @@ async fn logs_persist_search_follow_and_count_drops(backend: Backend) {
         None,
     ));
     assert!(human.trim_end().ends_with("web v1: needle-one"), "{human}");
+
+    // One-off runs (and cron, which runs the same way) land in the log as process type `run`.
+    ok(server.cli(
+        &[
+            "run",
+            "-p",
+            "chatty",
+            "--",
+            "python3",
+            "-c",
+            "print('one-off says hi')",
+        ],
+        None,
+    ));
+    let run = wait_logs(&server, &["--type", "run"], |l| !l.is_empty()).await;
+    assert_eq!(texts(&run), ["one-off says hi"]);
+    assert_eq!(run[0]["release"], 1);
 
     // Follow: a line printed after `gilgal logs -f` started arrives on its output.
     let mut follower = Command::new(BIN)
@@ -372,4 +391,75 @@ async fn logs_persist_search_follow_and_count_drops(backend: Backend) {
     )
     .await;
     assert_eq!(after[0]["release"], 2);
+}
+
+/// `gilgal metrics` over a window: a real app driven into errors and slow responses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_over_a_window_show_errors_and_slow_requests() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    ok(server.cli(
+        &[
+            "register",
+            "--email",
+            "metrics@example.com",
+            "--password-stdin",
+        ],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "chatty"], None));
+    ok(server.cli(
+        &[
+            "deploy",
+            fixture("chatty").to_str().unwrap(),
+            "--project",
+            "chatty",
+        ],
+        None,
+    ));
+    // Traffic before the window does not count in it.
+    assert_eq!(app_get(&server, "/fail").await.0, 500);
+    let config = server.config_dir();
+    let url = server.url.clone();
+    let sampler = std::thread::spawn(move || {
+        super::cli_with(
+            &config,
+            Some(&url),
+            &["--json", "metrics", "-p", "chatty", "--window", "4s"],
+            None,
+            &[],
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // In the window: 6 fast answers, 2 errors, 2 slow (600 ms) answers.
+    for _ in 0..6 {
+        assert_eq!(app_get(&server, "/health").await.0, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(app_get(&server, "/fail").await.0, 500);
+    }
+    for _ in 0..2 {
+        assert_eq!(app_get(&server, "/slow?ms=600").await.0, 200);
+    }
+    let out = ok(sampler.join().unwrap());
+    let figures: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(figures["requests"], 10, "{figures}");
+    assert_eq!(figures["error_rate"], 0.2, "{figures}");
+    let p50 = figures["p50_seconds"].as_f64().unwrap();
+    let p95 = figures["p95_seconds"].as_f64().unwrap();
+    let p99 = figures["p99_seconds"].as_f64().unwrap();
+    assert!(p50 < 0.25, "fast requests dominate the median: {figures}");
+    assert!(
+        p95 >= 0.6 && p99 >= 0.6,
+        "the slow requests show: {figures}"
+    );
+    assert!(figures["rps"].as_f64().unwrap() > 1.0, "{figures}");
+    assert_eq!(figures["instances"], 1);
+    assert!(
+        figures["memory_bytes"].as_u64().unwrap() > 1_000_000,
+        "{figures}"
+    );
+    assert!(figures["cpu_cores"].as_f64().is_some(), "{figures}");
+    let human = ok(server.cli(&["metrics", "-p", "chatty", "--window", "0"], None));
+    assert!(human.contains("since the server started"), "{human}");
+    assert!(human.contains("requests  11"), "{human}");
 }
