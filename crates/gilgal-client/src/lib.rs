@@ -594,6 +594,34 @@ impl Client {
             .await
     }
 
+    /// `GET /api/environments/{id}/events`: the newest `limit` events, oldest first.
+    pub async fn environment_events(
+        &self,
+        environment: Uuid,
+        limit: u32,
+    ) -> Result<Vec<gilgal_types::EnvironmentEvent>, ClientError> {
+        self.json(
+            self.request(
+                Method::GET,
+                &format!("/api/environments/{environment}/events"),
+            )
+            .query(&[("limit", limit)]),
+        )
+        .await
+    }
+
+    /// `GET /api/environments/{id}/uptime`.
+    pub async fn environment_uptime(
+        &self,
+        environment: Uuid,
+    ) -> Result<gilgal_types::Uptime, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/environments/{environment}/uptime"),
+        ))
+        .await
+    }
+
     /// `GET /api/environments/{id}/cron`.
     pub async fn cron_jobs(&self, environment: Uuid) -> Result<Vec<CronJob>, ClientError> {
         self.json(self.request(

@@ -14,6 +14,7 @@
 //! difference is applied, and routes are reinstalled.
 
 mod config;
+mod health;
 mod images;
 mod isolation;
 mod logs;
@@ -24,6 +25,7 @@ mod ssrf;
 
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
 pub use gilgal_build::GitSource;
+pub use health::DEFAULT_HEALTH_INTERVAL;
 pub use images::ImageSettings;
 pub use logs::{BUILD_PROCESS, ROUTER_PROCESS};
 pub use pipeline::{DeploySource, ReuseKind, ReuseRelease};
@@ -69,6 +71,9 @@ pub struct DeployerConfig {
     /// Where every environment's output (instances, release phase, runs, builds) is kept;
     /// fed by [`Deployer::run_log_ingest`] and the deploy log.
     pub logs: gilgal_logs::LogStore,
+    /// How often running web instances are health-checked after their deploy
+    /// ([`DEFAULT_HEALTH_INTERVAL`]; tests use less).
+    pub health_interval: std::time::Duration,
 }
 
 /// Failures starting a deployment (failures *during* one are recorded on the deployment).
@@ -103,6 +108,8 @@ pub struct Deployer {
     /// The runtime's log lines, subscribed at construction so that nothing printed before
     /// [`Deployer::run_log_ingest`] starts is missed; taken by it.
     log_lines: Mutex<Option<tokio::sync::broadcast::Receiver<gilgal_runtime::LogLine>>>,
+    /// The runtime's events, subscribed at construction for [`Deployer::run_event_recorder`].
+    runtime_events: Mutex<Option<tokio::sync::broadcast::Receiver<gilgal_runtime::RuntimeEvent>>>,
     /// One rollout at a time per environment.
     environment_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -125,6 +132,7 @@ impl Deployer {
         vault: Arc<Vault>,
     ) -> Arc<Self> {
         let log_lines = runtime.subscribe_logs();
+        let runtime_events = runtime.subscribe_events();
         Arc::new(Self {
             store,
             runtime,
@@ -133,6 +141,7 @@ impl Deployer {
             vault,
             running: Mutex::new(HashMap::new()),
             log_lines: Mutex::new(Some(log_lines)),
+            runtime_events: Mutex::new(Some(runtime_events)),
             environment_locks: Mutex::new(HashMap::new()),
         })
     }
@@ -191,7 +200,7 @@ impl Deployer {
         }
     }
 
-    fn environment_lock(&self, environment: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn environment_lock(&self, environment: Uuid) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = match self.environment_locks.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),

@@ -32,13 +32,18 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 /// Maps instance labels to environment ids, with a cache (labels are names; logs are kept
 /// per environment id so that a deleted and re-created project never sees old logs).
 #[derive(Default)]
-struct Environments {
+pub(crate) struct Environments {
     known: HashMap<(String, String), Uuid>,
     unknown: HashMap<(String, String), Instant>,
 }
 
 impl Environments {
-    async fn resolve(&mut self, store: &gilgal_store::Store, app: &str, env: &str) -> Option<Uuid> {
+    pub(crate) async fn resolve(
+        &mut self,
+        store: &gilgal_store::Store,
+        app: &str,
+        env: &str,
+    ) -> Option<Uuid> {
         let key = (app.to_owned(), env.to_owned());
         if let Some(id) = self.known.get(&key) {
             return Some(*id);

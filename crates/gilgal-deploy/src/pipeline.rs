@@ -59,7 +59,7 @@ impl<E: std::fmt::Display> From<E> for Failure {
 }
 
 /// Process type of the release phase in labels and logs.
-const RELEASE_PROCESS: &str = "release";
+pub(crate) const RELEASE_PROCESS: &str = "release";
 /// Grace period when a release's own configuration cannot be read.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// How many log lines of a failed instance a failure reason quotes.
@@ -461,6 +461,39 @@ impl Deployer {
                 Some((this.config.logs.clone(), environment.id)),
             );
             let result = this.run(id, &environment, &source, &token, &log).await;
+            let release = match this.store.deployment_by_id(id).await {
+                Ok(record) => record
+                    .release_number
+                    .map(|n| format!("v{n} "))
+                    .unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            match &result {
+                Ok(()) => {
+                    this.event(
+                        environment.id,
+                        "deploy",
+                        format!("{release}is live (deployment {id})"),
+                    )
+                    .await
+                }
+                Err(Failure::Cancelled) => {
+                    this.event(
+                        environment.id,
+                        "deploy",
+                        format!("deployment {id} was cancelled"),
+                    )
+                    .await
+                }
+                Err(Failure::Failed(reason)) => {
+                    this.event(
+                        environment.id,
+                        "deploy",
+                        format!("deployment {id} {release}failed: {}", log.redact(reason)),
+                    )
+                    .await
+                }
+            }
             if let DeploySource::Upload(tarball) = &source {
                 let _ = tokio::fs::remove_file(tarball).await;
             }

@@ -91,6 +91,7 @@ impl TestServer {
                     data_dir.path().join("logs"),
                 ))
                 .expect("log store"),
+                health_interval: gilgal_deploy::DEFAULT_HEALTH_INTERVAL,
             },
             vault,
         );

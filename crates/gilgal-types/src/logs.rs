@@ -1,5 +1,5 @@
 //! Environment logs on the wire: one [`EnvironmentLogLine`] per NDJSON line of
-//! `GET /api/environments/{id}/logs`.
+//! `GET /api/environments/{id}/logs`; the events timeline and uptime of an environment.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -36,4 +36,31 @@ pub struct EnvironmentLogLine {
     /// faster than they could be stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped: Option<u64>,
+}
+
+/// One entry of an environment's events timeline.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct EnvironmentEvent {
+    /// When it happened.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
+    /// `deploy`, `crash`, `oom`, `restart`, `scale` or `health`.
+    pub kind: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// Share of health checks in which the environment's web process answered, per period
+/// (absent when no check ran in it, e.g. an environment without a web process).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Uptime {
+    /// Percentage over the last 24 hours.
+    pub last_24h: Option<f64>,
+    /// Percentage over the last 7 days.
+    pub last_7d: Option<f64>,
+    /// Percentage over the last 30 days.
+    pub last_30d: Option<f64>,
+    /// Health checks in the last 24 hours.
+    pub checks_24h: u64,
 }

@@ -130,6 +130,16 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Uptime and what happened to an environment: deploys, crashes (exit code, OOM),
+    /// restarts, scale changes, failing health checks.
+    Events {
+        /// How many of the newest events.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: u32,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
     /// Scheduled commands.
     #[command(subcommand)]
     Cron(CronCommand),
@@ -448,6 +458,10 @@ pub struct ServerArgs {
     /// Most MiB of logs kept per environment; the oldest go first.
     #[arg(long, default_value_t = 256, env = "GILGAL_LOG_MAX_MB")]
     pub log_max_mb: u64,
+    /// Milliseconds between health checks of running web instances (uptime and replacement
+    /// of instances that fail 3 checks in a row).
+    #[arg(long, default_value_t = 10_000, env = "GILGAL_HEALTH_INTERVAL_MS")]
+    pub health_interval_ms: u64,
     /// Accept `file://` git URLs in deployments (single-user machines and tests).
     #[arg(long, env = "GILGAL_ALLOW_LOCAL_GIT")]
     pub allow_local_git: bool,

@@ -183,6 +183,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             app_users,
             images,
             logs,
+            health_interval: std::time::Duration::from_millis(args.health_interval_ms.max(100)),
         },
         vault,
     );
@@ -245,6 +246,16 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         let deployer = deployer.clone();
         let stop = cron_stop.clone();
         tokio::spawn(async move { deployer.run_log_ingest(stop).await });
+    }
+    {
+        let deployer = deployer.clone();
+        let stop = cron_stop.clone();
+        tokio::spawn(async move { deployer.run_event_recorder(stop).await });
+    }
+    {
+        let deployer = deployer.clone();
+        let stop = cron_stop.clone();
+        tokio::spawn(async move { deployer.run_health_watch(stop).await });
     }
     {
         let cron_stop = cron_stop.clone();

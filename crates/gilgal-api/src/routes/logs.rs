@@ -1,4 +1,5 @@
-//! Environment logs: search the persistent log (`gilgal logs`) and follow it live, as NDJSON.
+//! Environment logs: search the persistent log (`gilgal logs`) and follow it live, as NDJSON;
+//! and what happened to the environment (`gilgal events`): its timeline and uptime.
 
 use std::time::{Duration, Instant};
 
@@ -7,8 +8,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use gilgal_logs::{LogRecord, LogStore};
-use gilgal_types::{EnvironmentLogLine, ErrorBody};
+use gilgal_types::{EnvironmentEvent, EnvironmentLogLine, ErrorBody, Uptime};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -20,7 +22,10 @@ use crate::{ApiError, AppState};
 
 /// Routes of this module.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(environment_logs))
+    OpenApiRouter::new()
+        .routes(routes!(environment_logs))
+        .routes(routes!(environment_events))
+        .routes(routes!(environment_uptime))
 }
 
 /// How often a follower looks for new lines.
@@ -236,6 +241,102 @@ async fn environment_logs(
     );
     use futures_util::StreamExt;
     Ok((headers, Body::from_stream(head.chain(tail))).into_response())
+}
+
+/// The environment the caller may read, or the one 404.
+async fn readable_environment(
+    state: &AppState,
+    caller: &AuthUser,
+    id: &str,
+) -> Result<gilgal_store::EnvironmentRecord, ApiError> {
+    let id = parse_path_id(id, "environment")?;
+    let environment = state
+        .store()
+        .environment_of(caller.user.id, id)
+        .await
+        .map_err(|e| match e {
+            gilgal_store::StoreError::NotFound => ApiError::not_found("environment"),
+            other => other.into(),
+        })?;
+    caller.check_scope(environment.project_id, Some(environment.id), "environment")?;
+    crate::routes::teams::require_for_method(state, caller, environment.project_id).await?;
+    Ok(environment)
+}
+
+/// Filters of `GET /api/environments/{id}/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EventsQuery {
+    /// The newest this many events (default 100, at most 1000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// What happened to an environment, oldest first: deploys, crashes (exit code or OOM),
+/// restarts, scale changes, failing health checks and replaced instances.
+#[utoipa::path(get, path = "/api/environments/{id}/events", tag = "logs",
+    params(("id" = String, Path, description = "Environment id"), EventsQuery),
+    responses(
+        (status = 200, description = "Events, oldest first", body = Vec<EnvironmentEvent>),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such environment for this caller", body = ErrorBody),
+        (status = 422, description = "Invalid filter", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn environment_events(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Json<Vec<EnvironmentEvent>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let environment = readable_environment(&state, &caller, &id).await?;
+    let events = state
+        .store()
+        .events(environment.id, query.limit.unwrap_or(100))
+        .await?;
+    Ok(Json(
+        events
+            .into_iter()
+            .map(|e| EnvironmentEvent {
+                at: e.at,
+                kind: e.kind,
+                message: e.message,
+            })
+            .collect(),
+    ))
+}
+
+/// Uptime of the environment's web process: the share of health checks (made every few
+/// seconds on running instances) in which at least one instance answered.
+#[utoipa::path(get, path = "/api/environments/{id}/uptime", tag = "logs",
+    params(("id" = String, Path, description = "Environment id")),
+    responses(
+        (status = 200, description = "Uptime percentages", body = Uptime),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such environment for this caller", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn environment_uptime(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Uptime>, ApiError> {
+    let environment = readable_environment(&state, &caller, &id).await?;
+    let mut percent = Vec::new();
+    let mut checks_24h = 0;
+    for minutes in [24 * 60, 7 * 24 * 60, 30 * 24 * 60] {
+        let tally = state.store().health_tally(environment.id, minutes).await?;
+        if minutes == 24 * 60 {
+            checks_24h = tally.checks;
+        }
+        percent.push((tally.checks > 0).then(|| tally.up as f64 * 100.0 / tally.checks as f64));
+    }
+    Ok(Json(Uptime {
+        last_24h: percent.first().copied().flatten(),
+        last_7d: percent.get(1).copied().flatten(),
+        last_30d: percent.get(2).copied().flatten(),
+        checks_24h,
+    }))
 }
 
 #[cfg(test)]

@@ -490,6 +490,22 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
         ),
         (
             Method::GET,
+            "/api/environments/{id}/events",
+            format!("/api/environments/{env_id}/events?limit=10"),
+            None,
+            Access::Project("viewer"),
+            false,
+        ),
+        (
+            Method::GET,
+            "/api/environments/{id}/uptime",
+            format!("/api/environments/{env_id}/uptime"),
+            None,
+            Access::Project("viewer"),
+            false,
+        ),
+        (
+            Method::GET,
             "/api/environments/{id}/releases",
             format!("/api/environments/{env_id}/releases"),
             None,

@@ -1,4 +1,5 @@
-//! `gilgal logs`: print (and follow) an environment's persistent log.
+//! `gilgal logs`: print (and follow) an environment's persistent log; `gilgal events`: its
+//! uptime and timeline.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use futures_util::StreamExt;
 use gilgal_types::EnvironmentLogLine;
 
 use super::Session;
-use crate::cli::LogsArgs;
+use crate::cli::{LogsArgs, Target};
 
 /// One line for people: time, process type and release, then the text.
 fn human(line: &EnvironmentLogLine) -> String {
@@ -64,6 +65,44 @@ pub async fn logs(session: &Session, args: LogsArgs, json: bool) -> anyhow::Resu
             }
         }
         let _ = out.flush();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn percent(value: Option<f64>) -> String {
+    value
+        .map(|p| format!("{p:.2} %"))
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// `gilgal events`.
+pub async fn events(
+    session: &Session,
+    lines: u32,
+    target: Target,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = session.authenticated()?;
+    let project = client.project_by_name(&target.project).await?;
+    let env = client.environment_by_name(project.id, &target.env).await?;
+    let uptime = client.environment_uptime(env.id).await?;
+    let events = client.environment_events(env.id, lines).await?;
+    if json {
+        crate::output::json(&serde_json::json!({ "uptime": uptime, "events": events }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "uptime  24 h {}, 7 d {}, 30 d {}",
+        percent(uptime.last_24h),
+        percent(uptime.last_7d),
+        percent(uptime.last_30d)
+    );
+    for event in events {
+        let at = event
+            .at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        println!("{at} {:<8} {}", event.kind, event.message);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -57,6 +57,9 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
             return apps::run(&session, command, target, global.json).await
         }
         Command::Logs(args) => return logs::logs(&session, args, global.json).await,
+        Command::Events { lines, target } => {
+            return logs::events(&session, lines, target, global.json).await
+        }
         Command::Metrics { window, target } => {
             return metrics::metrics(&session, &window, target, global.json).await
         }

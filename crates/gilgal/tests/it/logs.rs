@@ -2,7 +2,8 @@
 //! lines are kept
 //! per environment with release, process type and JSON fields; `gilgal logs` searches and
 //! follows them; they survive a redeploy and a server crash; and a chatty app printing
-//! 100,000 lines/s neither stalls the API nor loses lines uncounted.
+//! 100,000 lines/s neither stalls the API nor loses lines uncounted. Metrics over a window;
+//! health checks after the deploy, the events timeline and uptime.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -86,7 +87,10 @@ fn texts(lines: &[Value]) -> Vec<&str> {
     lines.iter().filter_map(|l| l["line"].as_str()).collect()
 }
 
-gilgal_testkit::backend_tests!(logs_persist_search_follow_and_count_drops);
+gilgal_testkit::backend_tests!(
+    logs_persist_search_follow_and_count_drops,
+    unhealthy_instances_are_replaced_and_events_and_uptime_are_kept,
+);
 
 async fn logs_persist_search_follow_and_count_drops(backend: Backend) {
     let mut server = ServerProcess::start(backend).await;
@@ -462,4 +466,116 @@ async fn metrics_over_a_window_show_errors_and_slow_requests() {
     let human = ok(server.cli(&["metrics", "-p", "chatty", "--window", "0"], None));
     assert!(human.contains("since the server started"), "{human}");
     assert!(human.contains("requests  11"), "{human}");
+}
+
+/// `gilgal events -p NAME` as JSON.
+fn events(server: &ServerProcess) -> Value {
+    serde_json::from_str(&ok(
+        server.cli(&["--json", "events", "-p", "chatty", "-n", "200"], None)
+    ))
+    .unwrap()
+}
+
+async fn wait_event(server: &ServerProcess, kind: &str, needle: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = events(server);
+        if let Some(event) = all["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == kind && e["message"].as_str().unwrap().contains(needle))
+        {
+            return event.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} event with {needle:?}: {all}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// After the deploy, instances keep being checked: one that turns unhealthy is replaced
+/// while the other serves; a crash is recorded with its exit code and restarted; deploys and
+/// scale changes are on the timeline; uptime is computed from the checks.
+async fn unhealthy_instances_are_replaced_and_events_and_uptime_are_kept(backend: Backend) {
+    let server = ServerProcess::start_with(backend, &["--health-interval-ms", "300"]).await;
+    ok(server.cli(
+        &[
+            "register",
+            "--email",
+            "health@example.com",
+            "--password-stdin",
+        ],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "chatty"], None));
+    ok(server.cli(
+        &[
+            "deploy",
+            fixture("chatty").to_str().unwrap(),
+            "--project",
+            "chatty",
+        ],
+        None,
+    ));
+    wait_event(&server, "deploy", "v1 is live").await;
+    ok(server.cli(&["scale", "web=2", "-p", "chatty"], None));
+    wait_event(&server, "scale", "web=2").await;
+    wait_logs(&server, &["--type", "web", "--grep", "booted"], |l| {
+        l.len() == 2
+    })
+    .await;
+
+    // One instance turns sick: it is replaced; the other keeps serving meanwhile.
+    assert_eq!(app_get(&server, "/sick").await.0, 200);
+    let replaced = wait_event(&server, "health", "3 times in a row").await;
+    assert!(
+        replaced["message"]
+            .as_str()
+            .unwrap()
+            .contains("replacing it"),
+        "{replaced}"
+    );
+    let boots = wait_logs(&server, &["--type", "web", "--grep", "booted"], |l| {
+        l.len() == 3
+    })
+    .await;
+    let instances: std::collections::BTreeSet<&str> = boots
+        .iter()
+        .map(|l| l["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(instances.len(), 3, "a new instance replaced the sick one");
+    for _ in 0..10 {
+        assert_eq!(
+            app_get(&server, "/health").await.0,
+            200,
+            "only healthy instances serve"
+        );
+    }
+
+    // A crash is on the timeline with its exit code, and the runtime restarts the instance.
+    let (status, _) = {
+        let response = reqwest::Client::new()
+            .get(format!("{}/crash?code=3", server.proxy_url))
+            .header("host", HOST)
+            .send()
+            .await;
+        (response.map(|r| r.status().as_u16()).unwrap_or(502), ())
+    };
+    assert_ne!(status, 200);
+    wait_event(&server, "crash", "exited with code 3").await;
+    wait_event(&server, "restart", "restarted (restart 1)").await;
+
+    let all = events(&server);
+    let uptime = &all["uptime"];
+    assert!(uptime["checks_24h"].as_u64().unwrap() > 5, "{uptime}");
+    let percent = uptime["last_24h"].as_f64().unwrap();
+    // Some checks may find no running instance (the crashed one restarting, the replacement
+    // booting): uptime is a share of the checks, never more than all of them.
+    assert!(percent > 0.0 && percent <= 100.0, "{all}");
+    let human = ok(server.cli(&["events", "-p", "chatty"], None));
+    assert!(human.starts_with("uptime  24 h "), "{human}");
+    assert!(human.contains("crash"), "{human}");
 }
