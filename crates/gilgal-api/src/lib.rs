@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::certificates::routes())
         .merge(routes::deployments::routes())
         .merge(routes::environments::routes())
+        .merge(routes::logs::routes())
         .merge(routes::health::routes())
         .merge(routes::audit::routes())
         .merge(routes::teams::routes())

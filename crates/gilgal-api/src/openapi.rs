@@ -16,6 +16,7 @@ use crate::AppState;
         (name = "tokens", description = "Personal API tokens for the CLI and CI"),
         (name = "projects", description = "Projects (apps)"),
         (name = "deployments", description = "Deployments and their logs"),
+        (name = "logs", description = "Environment logs: search and follow"),
         (name = "admin", description = "Instance administration"),
         (name = "health", description = "Liveness and readiness"),
     )

@@ -564,6 +564,64 @@ impl Client {
         self.send(request).await
     }
 
+    /// `GET /api/environments/{id}/logs`: the NDJSON response of an environment's log, to read
+    /// line by line (`follow` keeps it open and streams new lines; empty lines are
+    /// keep-alives). `filters` are the endpoint's query parameters (`type`, `release`,
+    /// `since`, `grep`, `limit`, `after`).
+    pub async fn environment_logs(
+        &self,
+        environment: Uuid,
+        filters: &[(&str, String)],
+        follow: bool,
+    ) -> Result<reqwest::Response, ClientError> {
+        let request = self
+            .request(
+                Method::GET,
+                &format!("/api/environments/{environment}/logs"),
+            )
+            .query(filters)
+            .query(&[("follow", if follow { "true" } else { "false" })]);
+        self.send(request).await
+    }
+
+    /// `GET /api/projects/{id}/metrics`: traffic and resource figures per environment since
+    /// the server started.
+    pub async fn project_metrics(
+        &self,
+        project: Uuid,
+    ) -> Result<Vec<gilgal_types::EnvironmentMetrics>, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/projects/{project}/metrics")))
+            .await
+    }
+
+    /// `GET /api/environments/{id}/events`: the newest `limit` events, oldest first.
+    pub async fn environment_events(
+        &self,
+        environment: Uuid,
+        limit: u32,
+    ) -> Result<Vec<gilgal_types::EnvironmentEvent>, ClientError> {
+        self.json(
+            self.request(
+                Method::GET,
+                &format!("/api/environments/{environment}/events"),
+            )
+            .query(&[("limit", limit)]),
+        )
+        .await
+    }
+
+    /// `GET /api/environments/{id}/uptime`.
+    pub async fn environment_uptime(
+        &self,
+        environment: Uuid,
+    ) -> Result<gilgal_types::Uptime, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/environments/{environment}/uptime"),
+        ))
+        .await
+    }
+
     /// `GET /api/environments/{id}/cron`.
     pub async fn cron_jobs(&self, environment: Uuid) -> Result<Vec<CronJob>, ClientError> {
         self.json(self.request(

@@ -15,8 +15,10 @@
 
 mod addons;
 mod config;
+mod health;
 mod images;
 mod isolation;
+mod logs;
 mod pipeline;
 mod reconcile;
 mod runs;
@@ -28,7 +30,9 @@ pub use addons::{
 };
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
 pub use gilgal_build::GitSource;
+pub use health::DEFAULT_HEALTH_INTERVAL;
 pub use images::ImageSettings;
+pub use logs::{BUILD_PROCESS, ROUTER_PROCESS};
 pub use pipeline::{DeploySource, ReuseKind, ReuseRelease};
 pub use reconcile::InstanceUsage;
 pub use runs::{parse_schedule, RunOutput, RunRequest};
@@ -71,6 +75,12 @@ pub struct DeployerConfig {
     pub images: Option<ImageSettings>,
     /// Where add-ons' servers and backups live.
     pub addons: AddonsConfig,
+    /// Where every environment's output (instances, release phase, runs, builds) is kept;
+    /// fed by [`Deployer::run_log_ingest`] and the deploy log.
+    pub logs: gilgal_logs::LogStore,
+    /// How often running web instances are health-checked after their deploy
+    /// ([`DEFAULT_HEALTH_INTERVAL`]; tests use less).
+    pub health_interval: std::time::Duration,
 }
 
 /// Failures starting a deployment (failures *during* one are recorded on the deployment).
@@ -102,6 +112,11 @@ pub struct Deployer {
     vault: Arc<Vault>,
     /// Cancellation tokens of deployments in progress.
     running: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// The runtime's log lines, subscribed at construction so that nothing printed before
+    /// [`Deployer::run_log_ingest`] starts is missed; taken by it.
+    log_lines: Mutex<Option<tokio::sync::broadcast::Receiver<gilgal_runtime::LogLine>>>,
+    /// The runtime's events, subscribed at construction for [`Deployer::run_event_recorder`].
+    runtime_events: Mutex<Option<tokio::sync::broadcast::Receiver<gilgal_runtime::RuntimeEvent>>>,
     /// One rollout at a time per environment.
     environment_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -123,6 +138,8 @@ impl Deployer {
         config: DeployerConfig,
         vault: Arc<Vault>,
     ) -> Arc<Self> {
+        let log_lines = runtime.subscribe_logs();
+        let runtime_events = runtime.subscribe_events();
         Arc::new(Self {
             store,
             runtime,
@@ -130,6 +147,8 @@ impl Deployer {
             config,
             vault,
             running: Mutex::new(HashMap::new()),
+            log_lines: Mutex::new(Some(log_lines)),
+            runtime_events: Mutex::new(Some(runtime_events)),
             environment_locks: Mutex::new(HashMap::new()),
         })
     }
@@ -188,7 +207,7 @@ impl Deployer {
         }
     }
 
-    fn environment_lock(&self, environment: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn environment_lock(&self, environment: Uuid) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = match self.environment_locks.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),

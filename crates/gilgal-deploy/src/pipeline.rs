@@ -59,7 +59,7 @@ impl<E: std::fmt::Display> From<E> for Failure {
 }
 
 /// Process type of the release phase in labels and logs.
-const RELEASE_PROCESS: &str = "release";
+pub(crate) const RELEASE_PROCESS: &str = "release";
 /// Grace period when a release's own configuration cannot be read.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// How many log lines of a failed instance a failure reason quotes.
@@ -93,7 +93,14 @@ pub(crate) struct DeployLog {
 }
 
 impl DeployLog {
-    pub(crate) fn start(store: gilgal_store::Store, deployment: Uuid, redactor: Redactor) -> Self {
+    /// Starts the writer; with `copy_to`, every (redacted) line also goes to that
+    /// environment's persistent log as process type `build`.
+    pub(crate) fn start(
+        store: gilgal_store::Store,
+        deployment: Uuid,
+        redactor: Redactor,
+        copy_to: Option<(gilgal_logs::LogStore, Uuid)>,
+    ) -> Self {
         let (sender, mut receiver) = mpsc::channel::<(i64, String, String)>(4096);
         let redactor = Arc::new(redactor);
         let hide = Arc::clone(&redactor);
@@ -110,6 +117,19 @@ impl DeployLog {
                 for (_, _, line) in batch.iter_mut() {
                     if let std::borrow::Cow::Owned(clean) = hide.redact(line) {
                         *line = clean;
+                    }
+                }
+                if let Some((logs, environment)) = &copy_to {
+                    for (at, stream, line) in &batch {
+                        logs.append(
+                            *environment,
+                            gilgal_logs::LogRecord::new(
+                                *at,
+                                crate::logs::BUILD_PROCESS,
+                                stream.as_str(),
+                                line.as_str(),
+                            ),
+                        );
                     }
                 }
                 let rows: Vec<(i64, &str, &str)> = batch
@@ -434,8 +454,46 @@ impl Deployer {
                     Redactor::default()
                 }
             };
-            let log = DeployLog::start(this.store.clone(), id, redactor);
+            let log = DeployLog::start(
+                this.store.clone(),
+                id,
+                redactor,
+                Some((this.config.logs.clone(), environment.id)),
+            );
             let result = this.run(id, &environment, &source, &token, &log).await;
+            let release = match this.store.deployment_by_id(id).await {
+                Ok(record) => record
+                    .release_number
+                    .map(|n| format!("v{n} "))
+                    .unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            match &result {
+                Ok(()) => {
+                    this.event(
+                        environment.id,
+                        "deploy",
+                        format!("{release}is live (deployment {id})"),
+                    )
+                    .await
+                }
+                Err(Failure::Cancelled) => {
+                    this.event(
+                        environment.id,
+                        "deploy",
+                        format!("deployment {id} was cancelled"),
+                    )
+                    .await
+                }
+                Err(Failure::Failed(reason)) => {
+                    this.event(
+                        environment.id,
+                        "deploy",
+                        format!("deployment {id} {release}failed: {}", log.redact(reason)),
+                    )
+                    .await
+                }
+            }
             if let DeploySource::Upload(tarball) = &source {
                 let _ = tokio::fs::remove_file(tarball).await;
             }

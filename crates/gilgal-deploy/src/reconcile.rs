@@ -107,6 +107,14 @@ impl Deployer {
             self.store
                 .set_formation(environment.id, &formation, &new_sizes)
                 .await?;
+            let described: Vec<String> =
+                formation.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            self.event(
+                environment.id,
+                "scale",
+                format!("formation is now {}", described.join(" ")),
+            )
+            .await;
             let updated = self.store.environment_by_id(environment.id).await?;
             if !resized {
                 self.reconcile_environment(&updated)

@@ -19,7 +19,7 @@ use crate::pipeline::release_env;
 use crate::{DeployError, Deployer};
 
 /// Process type of one-off instances in labels and logs.
-const RUN_PROCESS: &str = "run";
+pub(crate) const RUN_PROCESS: &str = "run";
 /// How often the scheduler looks for due ticks.
 const CRON_POLL: Duration = Duration::from_millis(500);
 

@@ -174,6 +174,8 @@ struct Entry {
     log_drained: watch::Sender<u64>,
     /// The log pump task, aborted on `remove`.
     pump: Mutex<Option<AbortHandle>>,
+    /// Lines delivered so far ([`LogLine::seq`]).
+    log_seq: std::sync::atomic::AtomicU64,
 }
 
 impl Entry {
@@ -464,6 +466,7 @@ impl DockerRuntime {
             log_generation,
             log_drained,
             pump: Mutex::new(None),
+            log_seq: std::sync::atomic::AtomicU64::new(0),
         });
         (entry, control_rx)
     }
@@ -1028,6 +1031,10 @@ fn deliver(
             stream: raw.stream,
             at: raw.at,
             line: raw.text,
+            seq: entry
+                .log_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1,
         };
         if let Some(sink) = oneoff {
             let _ = sink.send(line.clone());

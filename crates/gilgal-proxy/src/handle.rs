@@ -42,6 +42,7 @@ pub(crate) struct Shared {
     pub(crate) certs: Arc<SniResolver>,
     pub(crate) unrouted: Arc<RouteMetrics>,
     pub(crate) open_client_connections: AtomicI64,
+    pub(crate) access_log: crate::access::AccessLog,
     control: Mutex<Control>,
 }
 
@@ -175,9 +176,25 @@ impl ProxyHandle {
                 certs: Arc::new(SniResolver::default()),
                 unrouted: Arc::new(RouteMetrics::default()),
                 open_client_connections: AtomicI64::new(0),
+                access_log: crate::access::AccessLog::default(),
                 control: Mutex::new(control),
             }),
         }
+    }
+
+    /// Sends an [`crate::AccessLogEntry`] for every routed request to `sink` from now on
+    /// (replacing any previous sink). Entries that do not fit in the channel are dropped and
+    /// counted, never waited for.
+    pub fn set_access_log(&self, sink: tokio::sync::mpsc::Sender<crate::AccessLogEntry>) {
+        self.shared.access_log.sink.store(Some(Arc::new(sink)));
+    }
+
+    /// Access log entries dropped because the sink was full.
+    pub fn access_log_dropped(&self) -> u64 {
+        self.shared
+            .access_log
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Settings the proxy was created with.

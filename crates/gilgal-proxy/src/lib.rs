@@ -18,6 +18,7 @@
 //! Entry points: build a [`ProxyHandle`], install routes with [`ProxyHandle::replace`] or
 //! [`ProxyHandle::apply`], then run [`serve`] and/or [`serve_tls`] on listeners.
 
+mod access;
 mod backend;
 mod body;
 mod error;
@@ -33,6 +34,7 @@ mod tls;
 mod tunnel;
 mod ws_frame;
 
+pub use access::AccessLogEntry;
 pub use body::{BodyTooLarge, BoxError};
 pub use error::ProxyError;
 pub use handle::{DrainOutcome, ProxyHandle, UNROUTED};

@@ -356,6 +356,11 @@ pub struct LogLine {
     pub at: OffsetDateTime,
     /// The line, without its newline; invalid UTF-8 replaced.
     pub line: String,
+    /// Position of the line among those this runtime delivered for the instance since it
+    /// opened it (1, 2, 3, …). A subscriber that sees a gap knows exactly how many lines of
+    /// that instance it missed (a lagging broadcast receiver), so it can count them.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// Something that happened to an instance that the lead stores as a deploy/instance event.

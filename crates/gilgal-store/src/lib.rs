@@ -12,6 +12,7 @@ mod certificates;
 mod deployments;
 mod environments;
 mod error;
+mod events;
 mod projects;
 mod runs;
 mod settings;
@@ -35,6 +36,7 @@ pub use deployments::{
 };
 pub use environments::{ConfigChange, ConfigVarRecord};
 pub use error::StoreError;
+pub use events::{EventRecord, HealthTally};
 pub use projects::ProjectChanges;
 pub use runs::{CronJobRecord, RunRecord};
 pub use teams::{AcceptOutcome, MemberRecord, TeamRecord};

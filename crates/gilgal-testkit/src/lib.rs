@@ -99,9 +99,23 @@ impl TestServer {
                     postgres_url: None,
                     container_gateway: None,
                 },
+                logs: gilgal_logs::LogStore::open(gilgal_logs::LogConfig::new(
+                    data_dir.path().join("logs"),
+                ))
+                .expect("log store"),
+                health_interval: gilgal_deploy::DEFAULT_HEALTH_INTERVAL,
             },
             vault,
         );
+        {
+            // Runtime output into the persistent logs, as `gilgal server` does.
+            let deployer = deployer.clone();
+            tokio::spawn(async move {
+                deployer
+                    .run_log_ingest(tokio_util::sync::CancellationToken::new())
+                    .await
+            });
+        }
         let state = AppState::new(store, proxy, deployer, &key, config).expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -278,8 +278,21 @@ pub struct EnvironmentMetrics {
     pub p99_seconds: Option<f64>,
     /// Requests and tunnels open now.
     pub open_connections: u64,
+    /// Latency histogram (non-cumulative), so clients can compute percentiles over a window
+    /// from two samples.
+    #[serde(default)]
+    pub latency_buckets: Vec<LatencyBucket>,
     /// Running instances.
     pub instances: Vec<InstanceMetrics>,
+}
+
+/// One bucket of a latency histogram.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct LatencyBucket {
+    /// Upper bound in seconds; absent for the last bucket (+Inf).
+    pub le_seconds: Option<f64>,
+    /// Requests whose latency fell in this bucket (and not in a lower one).
+    pub count: u64,
 }
 
 /// One instance's resource use.

@@ -117,6 +117,29 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// An environment's log: app output, release phase, runs, cron and builds, kept across
+    /// redeploys and restarts.
+    Logs(LogsArgs),
+    /// Requests per second, error rate, latency percentiles, CPU and memory of an
+    /// environment over a window (two samples `--window` apart; `0` = since the server started).
+    Metrics {
+        /// Length of the window: `10s`, `1m`, or `0`.
+        #[arg(long, default_value = "10s")]
+        window: String,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Uptime and what happened to an environment: deploys, crashes (exit code, OOM),
+    /// restarts, scale changes, failing health checks.
+    Events {
+        /// How many of the newest events.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: u32,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
     /// Scheduled commands.
     #[command(subcommand)]
     Cron(CronCommand),
@@ -144,6 +167,32 @@ pub enum Command {
     /// Instance administration.
     #[command(subcommand)]
     Admin(AdminCommand),
+}
+
+/// `gilgal logs` filters.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Keep printing new lines as they come (Ctrl-C stops).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only this process type: `web`, a worker's name, `release`, `run`, `build`.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub process_type: Option<String>,
+    /// Only this release (`v3` or `3`).
+    #[arg(long)]
+    pub release: Option<String>,
+    /// Only lines since a duration ago (`30s`, `15m`, `1h`, `7d`) or an RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only lines containing this text (case-sensitive).
+    #[arg(long)]
+    pub grep: Option<String>,
+    /// How many of the newest matching lines to print first.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    pub lines: u32,
+    /// Where.
+    #[command(flatten)]
+    pub target: Target,
 }
 
 /// `gilgal deploy` options.
@@ -505,6 +554,16 @@ pub struct ServerArgs {
     /// ones are pruned.
     #[arg(long, default_value_t = 10, env = "GILGAL_KEEP_RELEASES")]
     pub keep_releases: usize,
+    /// Days an environment's logs are kept (app output, builds, runs).
+    #[arg(long, default_value_t = 30, env = "GILGAL_LOG_RETENTION_DAYS")]
+    pub log_retention_days: u64,
+    /// Most MiB of logs kept per environment; the oldest go first.
+    #[arg(long, default_value_t = 256, env = "GILGAL_LOG_MAX_MB")]
+    pub log_max_mb: u64,
+    /// Milliseconds between health checks of running web instances (uptime and replacement
+    /// of instances that fail 3 checks in a row).
+    #[arg(long, default_value_t = 10_000, env = "GILGAL_HEALTH_INTERVAL_MS")]
+    pub health_interval_ms: u64,
     /// Accept `file://` git URLs in deployments (single-user machines and tests).
     #[arg(long, env = "GILGAL_ALLOW_LOCAL_GIT")]
     pub allow_local_git: bool,

@@ -15,6 +15,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Isolation, LogFormat, Registration, RuntimeKind, ServerArgs};
 
+/// Capacity of the runtimes' log broadcast: about three 100 ms polls of an app printing
+/// 100,000 lines/s (lines beyond it are counted as dropped in the app's log, not lost silently).
+const LOG_CHANNEL_CAPACITY: usize = 32 * 1024;
+
 /// Runs the server on a small multi-threaded runtime (two workers keep idle memory low).
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     tune_allocator();
@@ -173,6 +177,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         )
         .context("cannot open the master key that protects secrets")?,
     );
+    let logs = open_logs(&data_dir, args.log_retention_days, args.log_max_mb)?;
     let deployer = Deployer::new(
         store.clone(),
         runtime.clone(),
@@ -194,6 +199,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 postgres_url: args.addons_postgres_url.clone(),
                 container_gateway,
             },
+            logs,
+            health_interval: std::time::Duration::from_millis(args.health_interval_ms.max(100)),
         },
         vault,
     );
@@ -253,6 +260,21 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     // then start the cron scheduler.
     let cron_stop = tokio_util::sync::CancellationToken::new();
     {
+        let deployer = deployer.clone();
+        let stop = cron_stop.clone();
+        tokio::spawn(async move { deployer.run_log_ingest(stop).await });
+    }
+    {
+        let deployer = deployer.clone();
+        let stop = cron_stop.clone();
+        tokio::spawn(async move { deployer.run_event_recorder(stop).await });
+    }
+    {
+        let deployer = deployer.clone();
+        let stop = cron_stop.clone();
+        tokio::spawn(async move { deployer.run_health_watch(stop).await });
+    }
+    {
         let cron_stop = cron_stop.clone();
         tokio::spawn(async move {
             match deployer.recover().await {
@@ -293,13 +315,34 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The persistent log store in `DATA_DIR/logs` (0700) with the retention flags.
+fn open_logs(
+    data_dir: &Path,
+    retention_days: u64,
+    max_mb: u64,
+) -> anyhow::Result<gilgal_logs::LogStore> {
+    let mut config = gilgal_logs::LogConfig::new(data_dir.join("logs"));
+    config.retention.max_age =
+        std::time::Duration::from_secs(retention_days.saturating_mul(86_400));
+    config.retention.max_bytes = max_mb.saturating_mul(1024 * 1024);
+    config.retention.segment_bytes = config
+        .retention
+        .segment_bytes
+        .min((config.retention.max_bytes / 4).max(64 * 1024));
+    gilgal_logs::LogStore::open(config).context("cannot open the log store")
+}
+
 /// The process runtime over `DATA_DIR/runtime`, with per-app users and hidden data when
 /// `app_users`.
 async fn process_runtime(
     data_dir: &Path,
     app_users: bool,
 ) -> anyhow::Result<std::sync::Arc<dyn gilgal_runtime::Runtime>> {
-    let mut runtime_config = gilgal_runtime::ProcessRuntimeConfig::default();
+    let mut runtime_config = gilgal_runtime::ProcessRuntimeConfig {
+        // Room for a few polls of a 100,000 lines/s app before the log pump lags.
+        channel_capacity: LOG_CHANNEL_CAPACITY,
+        ..Default::default()
+    };
     if app_users {
         runtime_config.mount_isolation = gilgal_runtime::MountIsolation {
             // A private /tmp would hide a data dir that lives under /tmp (tests, trials).
@@ -337,6 +380,7 @@ async fn docker_runtime(
     let namespace = docker_namespace(&state_dir)?;
     let config = gilgal_docker::DockerRuntimeConfig {
         namespace,
+        channel_capacity: LOG_CHANNEL_CAPACITY,
         ..Default::default()
     };
     let runtime = gilgal_docker::DockerRuntime::new(docker.clone(), &state_dir, config)

@@ -274,6 +274,7 @@ async fn delete_environment(
         .delete_environment(caller.user.id, environment.id)
         .await
         .map_err(environment_error)?;
+    state.deployer().remove_logs(environment.id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -8,7 +8,7 @@ use axum::Json;
 use gilgal_deploy::InstanceUsage;
 use gilgal_proxy::{RouteMetricsSnapshot, LATENCY_BUCKETS_SECONDS};
 use gilgal_store::{EnvironmentRecord, StoreError};
-use gilgal_types::{EnvironmentMetrics, ErrorBody, InstanceMetrics};
+use gilgal_types::{EnvironmentMetrics, ErrorBody, InstanceMetrics, LatencyBucket};
 use std::fmt::Write as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -88,6 +88,15 @@ fn environment_figures(
         p95_seconds: quantile(&m.latency_buckets, 0.95),
         p99_seconds: quantile(&m.latency_buckets, 0.99),
         open_connections: m.open_connections,
+        latency_buckets: m
+            .latency_buckets
+            .iter()
+            .enumerate()
+            .map(|(i, count)| LatencyBucket {
+                le_seconds: LATENCY_BUCKETS_SECONDS.get(i).copied(),
+                count: *count,
+            })
+            .collect(),
         instances: usage
             .iter()
             .filter(|u| {

@@ -9,6 +9,7 @@ pub mod deployments;
 pub mod environments;
 pub mod fallback;
 pub mod health;
+pub mod logs;
 pub mod metrics;
 pub mod projects;
 pub mod teams;

@@ -174,11 +174,20 @@ async fn delete_project(
             StatusCode::NOT_FOUND => ApiError::not_found("project"),
             _ => e,
         })?;
+    // Its environments' logs go with it (listed first: afterwards they are gone).
+    let environments = state
+        .store()
+        .list_environments(caller.user.id, id)
+        .await
+        .unwrap_or_default();
     state
         .store()
         .delete_project(caller.user.id, id)
         .await
         .map_err(project_not_found)?;
+    for environment in environments {
+        state.deployer().remove_logs(environment.id).await;
+    }
     tracing::info!(project_id = %id, "project deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -193,6 +193,7 @@ impl ProcessRuntime {
             shared: Mutex::new(Shared { record, adopted }),
             ring: Mutex::new(VecDeque::new()),
             control,
+            log_seq: std::sync::atomic::AtomicU64::new(0),
         });
         (entry, control_rx)
     }

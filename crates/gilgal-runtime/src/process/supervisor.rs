@@ -56,6 +56,8 @@ pub(crate) struct Entry {
     pub shared: Mutex<Shared>,
     pub ring: Mutex<VecDeque<LogLine>>,
     pub control: mpsc::Sender<Control>,
+    /// Lines delivered so far ([`LogLine::seq`]).
+    pub log_seq: std::sync::atomic::AtomicU64,
 }
 
 /// Mutable state of an instance.
@@ -258,6 +260,11 @@ impl Supervisor {
                 stream,
                 at: OffsetDateTime::now_utc(),
                 line,
+                seq: self
+                    .entry
+                    .log_seq
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1,
             };
             if let Some(sinks) = &self.oneoff {
                 let _ = sinks.lines.send(line.clone());

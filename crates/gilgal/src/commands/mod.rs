@@ -4,6 +4,8 @@ mod account;
 mod addons;
 mod apps;
 mod deploy;
+mod logs;
+mod metrics;
 mod projects;
 mod tokens;
 
@@ -54,6 +56,13 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
         } => return apps::scale(&session, counts, memory, cpu, target, global.json).await,
         Command::Run { command, target } => {
             return apps::run(&session, command, target, global.json).await
+        }
+        Command::Logs(args) => return logs::logs(&session, args, global.json).await,
+        Command::Events { lines, target } => {
+            return logs::events(&session, lines, target, global.json).await
+        }
+        Command::Metrics { window, target } => {
+            return metrics::metrics(&session, &window, target, global.json).await
         }
         Command::Cron(cmd) => return apps::cron(&session, cmd, global.json).await,
         Command::Domains(cmd) => return apps::domains(&session, cmd, global.json).await,

@@ -11,6 +11,7 @@ use gilgal_testkit::{backend_tests, Backend};
 mod addons;
 mod day2;
 mod docker;
+mod logs;
 mod schemathesis;
 mod webhooks;
 use day2::config_secrets_rollback_and_promotion;

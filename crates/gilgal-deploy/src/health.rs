@@ -1,0 +1,296 @@
+//! After the deploy: running web instances keep being health-checked; an instance that fails
+//! its check `failure_threshold` times in a row (3 by default) is replaced, and every check
+//! adds to the environment's uptime record. Runtime events (crashes with their exit code or
+//! OOM, restarts, instances lost while the server was down) and deploy outcomes go to the
+//! environment's events timeline.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gilgal_build::Artifact;
+use gilgal_runtime::{health, InstanceId, InstanceState, RuntimeEvent, RuntimeEventKind};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::logs::Environments;
+use crate::pipeline::{health_check, RELEASE_PROCESS};
+use crate::runs::RUN_PROCESS;
+use crate::Deployer;
+
+/// How often running web instances are checked when the server does not say.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+
+fn who(labels: &gilgal_runtime::InstanceLabels) -> String {
+    format!(
+        "{}.{} (v{})",
+        labels.process_type, labels.index, labels.release
+    )
+}
+
+/// The timeline entry for a runtime event, if it is one worth keeping.
+fn describe(event: &RuntimeEvent) -> Option<(&'static str, String)> {
+    let who = who(&event.labels);
+    match &event.kind {
+        RuntimeEventKind::Exited(exit) if exit.oom_killed => Some((
+            "oom",
+            format!("{who} was killed by the kernel's OOM killer (out of memory)"),
+        )),
+        RuntimeEventKind::Exited(exit) => {
+            let how = match (exit.code, exit.signal) {
+                (Some(code), _) => format!("exited with code {code}"),
+                (None, Some(signal)) => format!("was killed by signal {signal}"),
+                (None, None) => "exited (status unknown)".to_owned(),
+            };
+            Some(("crash", format!("{who} {how}")))
+        }
+        RuntimeEventKind::Lost { reason } => Some(("crash", format!("{who} was lost: {reason}"))),
+        RuntimeEventKind::SpawnFailed { error } => {
+            Some(("crash", format!("{who} could not be started: {error}")))
+        }
+        RuntimeEventKind::Started { restarts, .. } if *restarts > 0 => {
+            Some(("restart", format!("{who} restarted (restart {restarts})")))
+        }
+        _ => None,
+    }
+}
+
+impl Deployer {
+    /// Appends to an environment's events timeline (failures are logged, never raised: the
+    /// timeline must not break what it records).
+    pub(crate) async fn event(&self, environment: Uuid, kind: &str, message: String) {
+        if let Err(e) = self.store.record_event(environment, kind, &message).await {
+            tracing::warn!(%environment, kind, error = %e, "cannot record an event");
+        }
+    }
+
+    /// Records runtime events of long-running instances (not one-off runs or release phases)
+    /// in their environment's timeline until `stop`.
+    pub async fn run_event_recorder(self: &Arc<Self>, stop: CancellationToken) {
+        let receiver = match self.runtime_events.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(_) => None,
+        };
+        let Some(mut receiver) = receiver else {
+            return;
+        };
+        let mut environments = Environments::default();
+        let recovered = self.runtime.take_recovery_events();
+        let mut backlog = recovered.into_iter();
+        loop {
+            let event = match backlog.next() {
+                Some(event) => event,
+                None => tokio::select! {
+                    _ = stop.cancelled() => break,
+                    received = receiver.recv() => match received {
+                        Ok(event) => event,
+                        Err(RecvError::Lagged(n)) => {
+                            tracing::warn!(missed = n, "the event recorder fell behind the runtime");
+                            continue;
+                        }
+                        Err(RecvError::Closed) => break,
+                    },
+                },
+            };
+            let process = event.labels.process_type.as_str();
+            if process == RUN_PROCESS || process == RELEASE_PROCESS {
+                continue;
+            }
+            let Some((kind, message)) = describe(&event) else {
+                continue;
+            };
+            if let Some(environment) = environments
+                .resolve(&self.store, &event.labels.app, &event.labels.env)
+                .await
+            {
+                self.event(environment, kind, message).await;
+            }
+        }
+    }
+
+    /// Health-checks every running web instance of each live release every
+    /// `DeployerConfig::health_interval` until `stop`; records uptime and replaces instances
+    /// that keep failing.
+    pub async fn run_health_watch(self: &Arc<Self>, stop: CancellationToken) {
+        let mut failures: HashMap<InstanceId, (Option<u32>, u32)> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(self.config.health_interval) => {}
+            }
+            if let Err(e) = self.check_health_once(&mut failures).await {
+                tracing::warn!(error = %e, "health round failed");
+            }
+        }
+    }
+
+    async fn check_health_once(
+        self: &Arc<Self>,
+        failures: &mut HashMap<InstanceId, (Option<u32>, u32)>,
+    ) -> Result<(), String> {
+        let environments = self
+            .store
+            .live_environments()
+            .await
+            .map_err(|e| e.to_string())?;
+        let statuses = self.runtime.list().await.map_err(|e| e.to_string())?;
+        let mut seen = Vec::new();
+        for environment in environments {
+            let Some(number) = environment.live_release else {
+                continue;
+            };
+            let Ok(release) = self.store.release(environment.id, number).await else {
+                continue;
+            };
+            let Ok(artifact) = serde_json::from_str::<Artifact>(&release.artifact_json) else {
+                continue;
+            };
+            if !artifact.processes.iter().any(|p| p.process_type.is_web()) {
+                continue;
+            }
+            let check = health_check(&artifact);
+            let mut any_up = false;
+            let mut replace = Vec::new();
+            for status in statuses.iter().filter(|s| {
+                s.labels.app == environment.project_name
+                    && s.labels.env == environment.name
+                    && s.labels.release == number
+                    && s.labels.process_type == "web"
+                    // Crashed instances waiting for their restart (Backoff) are the runtime's
+                    // to handle; only running processes are probed.
+                    && s.state == InstanceState::Running
+            }) {
+                let Some(port) = status.port else { continue };
+                seen.push(status.id.clone());
+                let published = SocketAddr::from(([127, 0, 0, 1], port));
+                let addr = self.runtime.probe_addr(&status.id, published).await;
+                match health::probe(addr, &check.probe, check.timeout).await {
+                    Ok(()) => {
+                        any_up = true;
+                        failures.remove(&status.id);
+                    }
+                    Err(e) => {
+                        // A restart by the runtime (new pid) starts the count over.
+                        let (pid, count) =
+                            failures.entry(status.id.clone()).or_insert((status.pid, 0));
+                        if *pid != status.pid {
+                            *pid = status.pid;
+                            *count = 0;
+                        }
+                        *count += 1;
+                        if *count == check.failure_threshold.max(1) {
+                            replace.push((status.id.clone(), who(&status.labels), e.to_string()));
+                        }
+                    }
+                }
+            }
+            if let Err(e) = self.store.record_health_check(environment.id, any_up).await {
+                tracing::warn!(environment = %environment.id, error = %e, "cannot record a health check");
+            }
+            for (id, who, error) in replace {
+                self.event(
+                    environment.id,
+                    "health",
+                    format!(
+                        "{who} failed its health check {} times in a row ({error}); replacing it",
+                        check.failure_threshold.max(1)
+                    ),
+                )
+                .await;
+                self.replace_instance(environment.id, &id).await;
+                failures.remove(&id);
+            }
+        }
+        failures.retain(|id, _| seen.contains(id));
+        Ok(())
+    }
+
+    /// Stops an unhealthy instance and lets the reconciler start a healthy one in its slot
+    /// (health-gated, then routed).
+    async fn replace_instance(self: &Arc<Self>, environment: Uuid, id: &InstanceId) {
+        let lock = self.environment_lock(environment);
+        let _one_change_at_a_time = lock.lock().await;
+        let Ok(current) = self.store.environment_by_id(environment).await else {
+            return;
+        };
+        let grace = match current.live_release {
+            Some(release) => self.grace_period_of(&current, release).await,
+            None => Duration::from_secs(5),
+        };
+        let _ = self.runtime.stop(id, grace).await;
+        let _ = self.runtime.remove(id).await;
+        if let Err(e) = self.reconcile_environment(&current).await {
+            tracing::warn!(%environment, error = %e, "replacing an unhealthy instance failed");
+            self.event(environment, "health", format!("replacing {id} failed: {e}"))
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gilgal_runtime::{ExitInfo, InstanceLabels};
+
+    fn event(kind: RuntimeEventKind) -> RuntimeEvent {
+        RuntimeEvent {
+            instance: InstanceId::parse("i-1").unwrap(),
+            labels: InstanceLabels {
+                app: "shop".into(),
+                env: "production".into(),
+                release: 3,
+                process_type: "web".into(),
+                index: 1,
+            },
+            at: time::OffsetDateTime::UNIX_EPOCH,
+            kind,
+        }
+    }
+
+    fn exit(code: Option<i32>, signal: Option<i32>, oom: bool) -> ExitInfo {
+        ExitInfo {
+            code,
+            signal,
+            oom_killed: oom,
+            at: time::OffsetDateTime::UNIX_EPOCH,
+            uptime: None,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn runtime_events_become_timeline_entries() {
+        let d = |k| describe(&event(k));
+        assert_eq!(
+            d(RuntimeEventKind::Exited(exit(Some(3), None, false))),
+            Some(("crash", "web.1 (v3) exited with code 3".to_owned()))
+        );
+        assert_eq!(
+            d(RuntimeEventKind::Exited(exit(None, Some(9), true))),
+            Some((
+                "oom",
+                "web.1 (v3) was killed by the kernel's OOM killer (out of memory)".to_owned()
+            ))
+        );
+        assert_eq!(
+            d(RuntimeEventKind::Started {
+                pid: 7,
+                restarts: 2
+            }),
+            Some(("restart", "web.1 (v3) restarted (restart 2)".to_owned()))
+        );
+        assert_eq!(
+            d(RuntimeEventKind::Started {
+                pid: 7,
+                restarts: 0
+            }),
+            None
+        );
+        assert_eq!(
+            d(RuntimeEventKind::Stopped(exit(Some(0), None, false))),
+            None
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! The events timeline of each environment and its per-minute health record (uptime).
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::{from_millis, now_millis, parse_id, Store, StoreError};
+
+/// One thing that happened to an environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Stable id.
+    pub id: Uuid,
+    /// When it happened.
+    pub at: time::OffsetDateTime,
+    /// `deploy`, `crash`, `oom`, `restart`, `scale`, `health`.
+    pub kind: String,
+    /// What happened, for people.
+    pub message: String,
+}
+
+/// Health checks of an environment over a period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthTally {
+    /// Checks that ran.
+    pub checks: u64,
+    /// Checks in which at least one web instance answered.
+    pub up: u64,
+}
+
+impl Store {
+    /// Appends an event to an environment's timeline (an environment deleted meanwhile makes
+    /// this a no-op error the caller may ignore).
+    pub async fn record_event(
+        &self,
+        environment_id: Uuid,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO environment_events (id, environment_id, at, kind, message) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(environment_id.to_string())
+        .bind(now_millis())
+        .bind(kind)
+        .bind(message)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` events of an environment, oldest first.
+    pub async fn events(
+        &self,
+        environment_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, kind, message FROM environment_events WHERE environment_id = $1 \
+             ORDER BY at DESC, id DESC LIMIT $2",
+        )
+        .bind(environment_id.to_string())
+        .bind(i64::from(limit.clamp(1, 1000)))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = rows
+            .iter()
+            .map(|row| {
+                Ok(EventRecord {
+                    id: parse_id(&row.try_get::<String, _>("id")?)?,
+                    at: from_millis(row.try_get("at")?),
+                    kind: row.try_get("kind")?,
+                    message: row.try_get("message")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
+    /// Adds one health check to the environment's current minute.
+    pub async fn record_health_check(
+        &self,
+        environment_id: Uuid,
+        up: bool,
+    ) -> Result<(), StoreError> {
+        let minute = now_millis() / 60_000;
+        sqlx::query(
+            "INSERT INTO health_minutes (environment_id, minute, checks, up) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (environment_id, minute) DO UPDATE SET \
+             checks = health_minutes.checks + 1, up = health_minutes.up + excluded.up",
+        )
+        .bind(environment_id.to_string())
+        .bind(minute)
+        .bind(i64::from(up))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Health checks of the environment in the last `minutes` minutes.
+    pub async fn health_tally(
+        &self,
+        environment_id: Uuid,
+        minutes: i64,
+    ) -> Result<HealthTally, StoreError> {
+        let since = now_millis() / 60_000 - minutes;
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(checks), 0) AS BIGINT) AS checks, \
+             CAST(COALESCE(SUM(up), 0) AS BIGINT) AS up \
+             FROM health_minutes WHERE environment_id = $1 AND minute > $2",
+        )
+        .bind(environment_id.to_string())
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        let checks: i64 = row.try_get("checks")?;
+        let up: i64 = row.try_get("up")?;
+        Ok(HealthTally {
+            checks: u64::try_from(checks).unwrap_or(0),
+            up: u64::try_from(up).unwrap_or(0),
+        })
+    }
+}
