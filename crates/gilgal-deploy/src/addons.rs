@@ -541,6 +541,18 @@ impl Deployer {
                     )
                     .await?;
                 tracing::info!(addon = %addon.id, backup = %id, bytes = file.size, "add-on backup succeeded");
+                self.event(
+                    addon.environment_id,
+                    "backup",
+                    format!(
+                        "{} backup of {} succeeded ({} bytes, sha256 {})",
+                        cause,
+                        addon.name,
+                        file.size,
+                        &file.sha256[..16.min(file.sha256.len())]
+                    ),
+                )
+                .await;
                 if let Err(e) = self.apply_retention(addon).await {
                     tracing::warn!(addon = %addon.id, error = %e, "backup retention failed");
                 }
@@ -549,6 +561,12 @@ impl Deployer {
                 let message = e.to_string();
                 self.store.finish_backup(id, Err(&message)).await?;
                 tracing::error!(addon = %addon.id, backup = %id, error = %message, "add-on backup FAILED");
+                self.event(
+                    addon.environment_id,
+                    "backup_failed",
+                    format!("{cause} backup of {} FAILED: {message}", addon.name),
+                )
+                .await;
             }
         }
         Ok(self.store.backup(id).await?)

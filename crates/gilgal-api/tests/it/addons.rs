@@ -358,4 +358,27 @@ async fn postgres_and_redis_addons_end_to_end(backend: Backend) {
     );
     assert_eq!(backups[1]["state"], "succeeded", "{backups}");
     assert_eq!(backups[1]["id"], snapshot["id"]);
+    // …and both are on the environment's events timeline.
+    let (status, _, events) = raw(
+        &server,
+        Method::GET,
+        &format!(
+            "/api/environments/{}/events",
+            production["id"].as_str().unwrap()
+        ),
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{events}");
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"backup") && kinds.contains(&"backup_failed"),
+        "{events}"
+    );
 }

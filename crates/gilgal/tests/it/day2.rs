@@ -623,13 +623,22 @@ async fn git_source_redeploy_and_pruning() {
         ));
         assert!(out.contains(&format!("Deployed v{round}")), "{out}");
     }
-    let history = ok(server.cli(&["releases", "-p", "gitapp", "--json"], None));
-    let releases: Vec<serde_json::Value> = serde_json::from_str(&history).unwrap();
-    let pruned: Vec<u64> = releases
-        .iter()
-        .filter(|r| r["pruned"] == true)
-        .map(|r| r["number"].as_u64().unwrap())
-        .collect();
+    // Pruning follows the rollout in the deployment's task: allow it to finish.
+    let mut history = String::new();
+    let mut pruned: Vec<u64> = Vec::new();
+    for _ in 0..100 {
+        history = ok(server.cli(&["releases", "-p", "gitapp", "--json"], None));
+        let releases: Vec<serde_json::Value> = serde_json::from_str(&history).unwrap();
+        pruned = releases
+            .iter()
+            .filter(|r| r["pruned"] == true)
+            .map(|r| r["number"].as_u64().unwrap())
+            .collect();
+        if pruned == [2, 1] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         pruned,
         vec![2, 1],

@@ -762,7 +762,15 @@ async fn kill_9_mid_rollout_converges_after_restart() {
     );
 
     // Exactly one web instance of phoenix runs (no orphan from the killed server's rollout).
-    let instances = count_processes_with_env("GILGAL_APP=phoenix");
+    // (The reconciler stops the interrupted rollout's instance; give it time under load.)
+    let mut instances = count_processes_with_env("GILGAL_APP=phoenix");
+    for _ in 0..100 {
+        if instances == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        instances = count_processes_with_env("GILGAL_APP=phoenix");
+    }
     assert_eq!(instances, 1, "one instance of the app, no orphans");
 }
 
