@@ -844,6 +844,13 @@ async fn misbehaving_releases_and_in_flight_requests() {
     );
     let (status, body) = get_via_proxy(&server, "stubborn.localhost").await;
     assert_eq!((status, body.as_str()), (200, "v1"));
+    // Its process may still be exiting when the failure is reported; it must be gone soon.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count_processes_with_env("GILGAL_APP=stubborn") > 1
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         count_processes_with_env("GILGAL_APP=stubborn"),
         1,
