@@ -3,7 +3,7 @@
 //! per environment with release, process type and JSON fields; `gilgal logs` searches and
 //! follows them; they survive a redeploy and a server crash; and a chatty app printing
 //! 100,000 lines/s neither stalls the API nor loses lines uncounted. Metrics over a window;
-//! health checks after the deploy, the events timeline and uptime.
+//! health checks after the deploy, the events timeline and uptime; error grouping.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -90,6 +90,7 @@ fn texts(lines: &[Value]) -> Vec<&str> {
 gilgal_testkit::backend_tests!(
     logs_persist_search_follow_and_count_drops,
     unhealthy_instances_are_replaced_and_events_and_uptime_are_kept,
+    metrics_over_a_window_show_errors_and_slow_requests,
 );
 
 async fn logs_persist_search_follow_and_count_drops(backend: Backend) {
@@ -397,10 +398,10 @@ async fn logs_persist_search_follow_and_count_drops(backend: Backend) {
     assert_eq!(after[0]["release"], 2);
 }
 
-/// `gilgal metrics` over a window: a real app driven into errors and slow responses.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_over_a_window_show_errors_and_slow_requests() {
-    let server = ServerProcess::start(Backend::Sqlite).await;
+/// `gilgal metrics` over a window: a real app driven into errors and slow responses; its
+/// tracebacks grouped by signature (`gilgal errors`).
+async fn metrics_over_a_window_show_errors_and_slow_requests(backend: Backend) {
+    let server = ServerProcess::start(backend).await;
     ok(server.cli(
         &[
             "register",
@@ -466,6 +467,43 @@ async fn metrics_over_a_window_show_errors_and_slow_requests() {
     let human = ok(server.cli(&["metrics", "-p", "chatty", "--window", "0"], None));
     assert!(human.contains("since the server started"), "{human}");
     assert!(human.contains("requests  11"), "{human}");
+
+    // Error grouping: the three KeyError tracebacks of /fail are one group, a ZeroDivisionError
+    // another.
+    assert_eq!(app_get(&server, "/divide").await.0, 500);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let groups = loop {
+        let out = ok(server.cli(&["--json", "errors", "-p", "chatty"], None));
+        let groups: Vec<Value> = serde_json::from_str(&out).unwrap();
+        let counted: u64 = groups.iter().map(|g| g["count"].as_u64().unwrap()).sum();
+        if counted == 4 {
+            break groups;
+        }
+        assert!(Instant::now() < deadline, "{groups:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    let key_error = groups
+        .iter()
+        .find(|g| g["signature"] == "python:KeyError@app.py:do_GET")
+        .expect("the KeyError group");
+    assert_eq!(key_error["count"], 3);
+    assert_eq!(key_error["title"], "KeyError: 'missing'");
+    assert_eq!(key_error["first_release"], 1);
+    assert_eq!(key_error["last_release"], 1);
+    assert!(key_error["sample"]
+        .as_str()
+        .unwrap()
+        .starts_with("Traceback (most recent call last):"));
+    let division = groups
+        .iter()
+        .find(|g| g["signature"] == "python:ZeroDivisionError@app.py:do_GET")
+        .expect("the ZeroDivisionError group");
+    assert_eq!(division["count"], 1);
+    assert_eq!(division["title"], "ZeroDivisionError: division by zero");
+    let table = ok(server.cli(&["errors", "-p", "chatty"], None));
+    assert!(table.starts_with("COUNT"), "{table}");
+    assert!(table.contains("KeyError: 'missing'"), "{table}");
 }
 
 /// `gilgal events -p NAME` as JSON.
