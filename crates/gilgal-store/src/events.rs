@@ -100,6 +100,23 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets health minutes and events older than `days` days (they would otherwise grow
+    /// by one row per environment and minute forever). Returns the rows deleted.
+    pub async fn prune_health_and_events(&self, days: i64) -> Result<u64, StoreError> {
+        let cutoff_ms = now_millis() - days.saturating_mul(86_400_000);
+        let minutes = sqlx::query("DELETE FROM health_minutes WHERE minute < $1")
+            .bind(cutoff_ms / 60_000)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let events = sqlx::query("DELETE FROM environment_events WHERE at < $1")
+            .bind(cutoff_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(minutes + events)
+    }
+
     /// Health checks of the environment in the last `minutes` minutes.
     pub async fn health_tally(
         &self,
