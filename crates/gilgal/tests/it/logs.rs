@@ -169,9 +169,11 @@ async fn logs_persist_search_follow_and_count_drops(backend: Backend) {
     );
     assert_eq!(routed[0]["fields"]["status"], 200);
     assert_eq!(routed[0]["fields"]["host"], HOST);
-    let web = logs(&server, &["--type", "web", "-n", "1000"]);
+    let web = wait_logs(&server, &["--type", "web", "-n", "1000"], |l| {
+        texts(l).contains(&"hay")
+    })
+    .await;
     assert!(web.iter().all(|l| l["process_type"] == "web"), "{web:?}");
-    assert!(texts(&web).contains(&"hay"));
     assert_eq!(
         texts(&logs(&server, &["--type", "build", "--grep", "hay"])),
         Vec::<&str>::new()
@@ -585,12 +587,21 @@ async fn unhealthy_instances_are_replaced_and_events_and_uptime_are_kept(backend
         .map(|l| l["instance"].as_str().unwrap())
         .collect();
     assert_eq!(instances.len(), 3, "a new instance replaced the sick one");
-    for _ in 0..10 {
-        assert_eq!(
-            app_get(&server, "/health").await.0,
-            200,
-            "only healthy instances serve"
+    // Once the replacement is routed, only healthy instances serve.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            statuses.push(app_get(&server, "/health").await.0);
+        }
+        if statuses.iter().all(|s| *s == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still unhealthy answers: {statuses:?}"
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // A crash is on the timeline with its exit code, and the runtime restarts the instance.
