@@ -610,6 +610,18 @@ impl Client {
         .await
     }
 
+    /// `GET /api/environments/{id}/errors`: traceback groups, most recent first.
+    pub async fn environment_errors(
+        &self,
+        environment: Uuid,
+    ) -> Result<Vec<gilgal_types::ErrorGroup>, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/environments/{environment}/errors"),
+        ))
+        .await
+    }
+
     /// `GET /api/environments/{id}/uptime`.
     pub async fn environment_uptime(
         &self,

@@ -20,6 +20,11 @@ use crate::pipeline::{health_check, RELEASE_PROCESS};
 use crate::runs::RUN_PROCESS;
 use crate::Deployer;
 
+/// Health minutes and events older than this are deleted (uptime is reported up to 30 days).
+const KEEP_DAYS: i64 = 90;
+/// How often old health minutes and events are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// How often running web instances are checked when the server does not say.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -115,7 +120,18 @@ impl Deployer {
     /// that keep failing.
     pub async fn run_health_watch(self: &Arc<Self>, stop: CancellationToken) {
         let mut failures: HashMap<InstanceId, (Option<u32>, u32)> = HashMap::new();
+        let mut last_prune: Option<std::time::Instant> = None;
         loop {
+            if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                last_prune = Some(std::time::Instant::now());
+                match self.store.prune_health_and_events(KEEP_DAYS).await {
+                    Ok(0) => {}
+                    Ok(rows) => tracing::info!(rows, "old health minutes and events pruned"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot prune old health minutes and events")
+                    }
+                }
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(self.config.health_interval) => {}

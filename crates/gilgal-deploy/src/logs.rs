@@ -2,6 +2,9 @@
 //! the release phase, one-off and cron runs) goes into the environment's persistent log
 //! ([`gilgal_logs::LogStore`]), tagged with release, process type and instance.
 //!
+//! Tracebacks in that output (Python, Node.js, Rust panics) are detected on the way and
+//! counted in the environment's error groups (`gilgal errors`).
+//!
 //! The proxy's access log (one line per routed request, process type `router`) goes to the
 //! same place.
 //!
@@ -154,6 +157,8 @@ impl Deployer {
         // Last sequence number seen per instance, with its environment.
         let mut last_seq: HashMap<String, u64> = HashMap::new();
         let mut lagged: u64 = 0;
+        // Traceback detection per instance and stream (stdout/stderr).
+        let mut detectors: HashMap<(String, bool), gilgal_logs::TracebackDetector> = HashMap::new();
         loop {
             let line = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -190,11 +195,33 @@ impl Deployer {
                         .count_dropped(environment, line.seq - previous - 1);
                 }
             }
+            let detector = detectors
+                .entry((
+                    line.instance.as_str().to_owned(),
+                    line.stream == LogStream::Stderr,
+                ))
+                .or_default();
+            if let Some(traceback) = detector.feed(&line.line) {
+                if let Err(e) = self
+                    .store
+                    .record_error(
+                        environment,
+                        &traceback.signature,
+                        &traceback.title,
+                        &traceback.text,
+                        Some(line.labels.release),
+                    )
+                    .await
+                {
+                    tracing::warn!(%environment, error = %e, "cannot record an error group");
+                }
+            }
             self.config.logs.append(environment, record(line));
             if last_seq.len() > 100_000 {
                 // Instances come and go; forget them all rather than grow without bound
                 // (the next line of each instance starts it over).
                 last_seq.clear();
+                detectors.clear();
                 environments.forget(environment);
             }
         }

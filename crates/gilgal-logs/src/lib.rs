@@ -32,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+mod errors;
 mod query;
 mod record;
 mod writer;
@@ -45,6 +46,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+pub use errors::{Traceback, TracebackDetector};
 pub use query::{Query, DEFAULT_LIMIT, MAX_LIMIT};
 pub use record::{LogRecord, DROPPED_PROCESS};
 

@@ -36,7 +36,7 @@ pub use deployments::{
 };
 pub use environments::{ConfigChange, ConfigVarRecord};
 pub use error::StoreError;
-pub use events::{EventRecord, HealthTally};
+pub use events::{ErrorGroupRecord, EventRecord, HealthTally};
 pub use projects::ProjectChanges;
 pub use runs::{CronJobRecord, RunRecord};
 pub use teams::{AcceptOutcome, MemberRecord, TeamRecord};

@@ -64,3 +64,28 @@ pub struct Uptime {
     /// Health checks in the last 24 hours.
     pub checks_24h: u64,
 }
+
+/// Tracebacks with the same signature (error type and innermost frame) in one environment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ErrorGroup {
+    /// Grouping key, e.g. `python:KeyError@app.py:do_GET`.
+    pub signature: String,
+    /// The latest occurrence's one-line summary.
+    pub title: String,
+    /// How many times it happened.
+    pub count: u64,
+    /// First occurrence.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub first_seen: Timestamp,
+    /// Latest occurrence.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub last_seen: Timestamp,
+    /// Release of the first occurrence.
+    pub first_release: Option<u64>,
+    /// Release of the latest occurrence.
+    pub last_release: Option<u64>,
+    /// The latest occurrence's whole traceback.
+    pub sample: String,
+}

@@ -140,6 +140,13 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Tracebacks in the app's output (Python, Node.js, Rust panics) grouped by signature,
+    /// with counts, first and last seen, and release.
+    Errors {
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
     /// Scheduled commands.
     #[command(subcommand)]
     Cron(CronCommand),

@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use gilgal_logs::{LogRecord, LogStore};
-use gilgal_types::{EnvironmentEvent, EnvironmentLogLine, ErrorBody, Uptime};
+use gilgal_types::{EnvironmentEvent, EnvironmentLogLine, ErrorBody, ErrorGroup, Uptime};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -26,6 +26,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(environment_logs))
         .routes(routes!(environment_events))
         .routes(routes!(environment_uptime))
+        .routes(routes!(environment_errors))
 }
 
 /// How often a follower looks for new lines.
@@ -337,6 +338,40 @@ async fn environment_uptime(
         last_30d: percent.get(2).copied().flatten(),
         checks_24h,
     }))
+}
+
+/// Tracebacks found in the environment's output (Python, Node.js, Rust panics), grouped by
+/// signature, with counts, first and last occurrence and release; most recent first.
+#[utoipa::path(get, path = "/api/environments/{id}/errors", tag = "logs",
+    params(("id" = String, Path, description = "Environment id")),
+    responses(
+        (status = 200, description = "Error groups, most recently seen first", body = Vec<ErrorGroup>),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such environment for this caller", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn environment_errors(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<ErrorGroup>>, ApiError> {
+    let environment = readable_environment(&state, &caller, &id).await?;
+    let groups = state.store().error_groups(environment.id).await?;
+    Ok(Json(
+        groups
+            .into_iter()
+            .map(|g| ErrorGroup {
+                signature: g.signature,
+                title: g.title,
+                count: g.occurrences,
+                first_seen: g.first_seen,
+                last_seen: g.last_seen,
+                first_release: g.first_release,
+                last_release: g.last_release,
+                sample: g.sample,
+            })
+            .collect(),
+    ))
 }
 
 #[cfg(test)]

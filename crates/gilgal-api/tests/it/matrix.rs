@@ -541,6 +541,14 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
         ),
         (
             Method::GET,
+            "/api/environments/{id}/errors",
+            format!("/api/environments/{env_id}/errors"),
+            None,
+            Access::Project("viewer"),
+            false,
+        ),
+        (
+            Method::GET,
             "/api/environments/{id}/uptime",
             format!("/api/environments/{env_id}/uptime"),
             None,

@@ -1,5 +1,5 @@
 //! `gilgal logs`: print (and follow) an environment's persistent log; `gilgal events`: its
-//! uptime and timeline.
+//! uptime and timeline; `gilgal errors`: its traceback groups.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -104,5 +104,39 @@ pub async fn events(
             .unwrap_or_default();
         println!("{at} {:<8} {}", event.kind, event.message);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gilgal errors`.
+pub async fn errors(session: &Session, target: Target, json: bool) -> anyhow::Result<ExitCode> {
+    let client = session.authenticated()?;
+    let project = client.project_by_name(&target.project).await?;
+    let env = client.environment_by_name(project.id, &target.env).await?;
+    let groups = client.environment_errors(env.id).await?;
+    if json {
+        crate::output::json(&groups)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rfc = |at: &time::OffsetDateTime| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let release = |r: Option<u64>| r.map(|r| format!("v{r}")).unwrap_or_else(|| "-".to_owned());
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| {
+            vec![
+                g.count.to_string(),
+                g.title.clone(),
+                rfc(&g.first_seen),
+                rfc(&g.last_seen),
+                format!("{}..{}", release(g.first_release), release(g.last_release)),
+            ]
+        })
+        .collect();
+    crate::output::table(
+        &["COUNT", "ERROR", "FIRST SEEN", "LAST SEEN", "RELEASES"],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -61,6 +61,7 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
         Command::Events { lines, target } => {
             return logs::events(&session, lines, target, global.json).await
         }
+        Command::Errors { target } => return logs::errors(&session, target, global.json).await,
         Command::Metrics { window, target } => {
             return metrics::metrics(&session, &window, target, global.json).await
         }

@@ -3,7 +3,7 @@
 //! per environment with release, process type and JSON fields; `gilgal logs` searches and
 //! follows them; they survive a redeploy and a server crash; and a chatty app printing
 //! 100,000 lines/s neither stalls the API nor loses lines uncounted. Metrics over a window;
-//! health checks after the deploy, the events timeline and uptime.
+//! health checks after the deploy, the events timeline and uptime; error grouping.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -90,6 +90,7 @@ fn texts(lines: &[Value]) -> Vec<&str> {
 gilgal_testkit::backend_tests!(
     logs_persist_search_follow_and_count_drops,
     unhealthy_instances_are_replaced_and_events_and_uptime_are_kept,
+    metrics_over_a_window_show_errors_and_slow_requests,
 );
 
 async fn logs_persist_search_follow_and_count_drops(backend: Backend) {
@@ -168,9 +169,11 @@ async fn logs_persist_search_follow_and_count_drops(backend: Backend) {
     );
     assert_eq!(routed[0]["fields"]["status"], 200);
     assert_eq!(routed[0]["fields"]["host"], HOST);
-    let web = logs(&server, &["--type", "web", "-n", "1000"]);
+    let web = wait_logs(&server, &["--type", "web", "-n", "1000"], |l| {
+        texts(l).contains(&"hay")
+    })
+    .await;
     assert!(web.iter().all(|l| l["process_type"] == "web"), "{web:?}");
-    assert!(texts(&web).contains(&"hay"));
     assert_eq!(
         texts(&logs(&server, &["--type", "build", "--grep", "hay"])),
         Vec::<&str>::new()
@@ -397,10 +400,10 @@ async fn logs_persist_search_follow_and_count_drops(backend: Backend) {
     assert_eq!(after[0]["release"], 2);
 }
 
-/// `gilgal metrics` over a window: a real app driven into errors and slow responses.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_over_a_window_show_errors_and_slow_requests() {
-    let server = ServerProcess::start(Backend::Sqlite).await;
+/// `gilgal metrics` over a window: a real app driven into errors and slow responses; its
+/// tracebacks grouped by signature (`gilgal errors`).
+async fn metrics_over_a_window_show_errors_and_slow_requests(backend: Backend) {
+    let server = ServerProcess::start(backend).await;
     ok(server.cli(
         &[
             "register",
@@ -466,6 +469,43 @@ async fn metrics_over_a_window_show_errors_and_slow_requests() {
     let human = ok(server.cli(&["metrics", "-p", "chatty", "--window", "0"], None));
     assert!(human.contains("since the server started"), "{human}");
     assert!(human.contains("requests  11"), "{human}");
+
+    // Error grouping: the three KeyError tracebacks of /fail are one group, a ZeroDivisionError
+    // another.
+    assert_eq!(app_get(&server, "/divide").await.0, 500);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let groups = loop {
+        let out = ok(server.cli(&["--json", "errors", "-p", "chatty"], None));
+        let groups: Vec<Value> = serde_json::from_str(&out).unwrap();
+        let counted: u64 = groups.iter().map(|g| g["count"].as_u64().unwrap()).sum();
+        if counted == 4 {
+            break groups;
+        }
+        assert!(Instant::now() < deadline, "{groups:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    let key_error = groups
+        .iter()
+        .find(|g| g["signature"] == "python:KeyError@app.py:do_GET")
+        .expect("the KeyError group");
+    assert_eq!(key_error["count"], 3);
+    assert_eq!(key_error["title"], "KeyError: 'missing'");
+    assert_eq!(key_error["first_release"], 1);
+    assert_eq!(key_error["last_release"], 1);
+    assert!(key_error["sample"]
+        .as_str()
+        .unwrap()
+        .starts_with("Traceback (most recent call last):"));
+    let division = groups
+        .iter()
+        .find(|g| g["signature"] == "python:ZeroDivisionError@app.py:do_GET")
+        .expect("the ZeroDivisionError group");
+    assert_eq!(division["count"], 1);
+    assert_eq!(division["title"], "ZeroDivisionError: division by zero");
+    let table = ok(server.cli(&["errors", "-p", "chatty"], None));
+    assert!(table.starts_with("COUNT"), "{table}");
+    assert!(table.contains("KeyError: 'missing'"), "{table}");
 }
 
 /// `gilgal events -p NAME` as JSON.
@@ -547,12 +587,21 @@ async fn unhealthy_instances_are_replaced_and_events_and_uptime_are_kept(backend
         .map(|l| l["instance"].as_str().unwrap())
         .collect();
     assert_eq!(instances.len(), 3, "a new instance replaced the sick one");
-    for _ in 0..10 {
-        assert_eq!(
-            app_get(&server, "/health").await.0,
-            200,
-            "only healthy instances serve"
+    // Once the replacement is routed, only healthy instances serve.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            statuses.push(app_get(&server, "/health").await.0);
+        }
+        if statuses.iter().all(|s| *s == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still unhealthy answers: {statuses:?}"
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // A crash is on the timeline with its exit code, and the runtime restarts the instance.
