@@ -39,6 +39,11 @@ fn program(name: &'static str) -> Result<PathBuf, AddonError> {
     }
 }
 
+/// Whether `redis-server` is installed (an actionable error naming the package if not).
+pub fn check_installed() -> Result<(), AddonError> {
+    program("redis-server").map(|_| ())
+}
+
 /// A free loopback port for a new Redis add-on.
 pub fn free_port() -> Result<u16, AddonError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
@@ -60,7 +65,7 @@ impl RedisServer {
         extra_bind: Option<std::net::IpAddr>,
     ) -> Result<Self, AddonError> {
         check_identifier(name)?;
-        program("redis-server")?;
+        check_installed()?;
         Ok(Self {
             dir: addons_dir.join("redis").join(name),
             port,

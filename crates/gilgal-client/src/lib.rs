@@ -335,13 +335,23 @@ impl Client {
         environment: &str,
         request: &GitDeployRequest,
     ) -> Result<Deployment, ClientError> {
+        self.json_deployment(project_id, environment, request).await
+    }
+
+    /// `POST /api/projects/{id}/deployments` with a JSON body (git source or image).
+    async fn json_deployment<B: Serialize>(
+        &self,
+        project_id: Uuid,
+        environment: &str,
+        body: &B,
+    ) -> Result<Deployment, ClientError> {
         let builder = self
             .request(
                 Method::POST,
                 &format!("/api/projects/{project_id}/deployments"),
             )
             .query(&[("environment", environment)])
-            .json(request);
+            .json(body);
         self.json(builder).await
     }
 
@@ -353,16 +363,10 @@ impl Client {
         environment: &str,
         image: &str,
     ) -> Result<Deployment, ClientError> {
-        let builder = self
-            .request(
-                Method::POST,
-                &format!("/api/projects/{project_id}/deployments"),
-            )
-            .query(&[("environment", environment)])
-            .json(&gilgal_types::ImageDeployRequest {
-                image: image.to_owned(),
-            });
-        self.json(builder).await
+        let body = gilgal_types::ImageDeployRequest {
+            image: image.to_owned(),
+        };
+        self.json_deployment(project_id, environment, &body).await
     }
 
     /// `POST /api/deployments/{id}/redeploy`.

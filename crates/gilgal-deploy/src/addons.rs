@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use gilgal_addons::postgres::PostgresServer;
 use gilgal_addons::redis::RedisServer;
 use gilgal_addons::s3::S3Server;
@@ -243,34 +243,25 @@ impl Deployer {
 
     /// Makes sure the server of `addon` runs and its database exists (idempotent).
     async fn provision(&self, addon: &AddonRecord) -> Result<(), DeployError> {
+        self.ensure_server(addon).await?;
         let credentials = self.credentials(addon).await?;
         match addon.kind.as_str() {
-            "postgres" => {
-                let server = self.postgres_server()?;
-                server.ensure_running().await.map_err(addon_error)?;
-                server
-                    .create_database(&addon.resource, &credentials.password)
-                    .await
-                    .map_err(addon_error)
-            }
-            "redis" => self
-                .redis_server(addon, &credentials)?
-                .ensure_running()
+            "postgres" => self
+                .postgres_server()?
+                .create_database(&addon.resource, &credentials.password)
                 .await
                 .map_err(addon_error),
-            "s3" => {
-                let server = self.s3_server().await?;
-                server.ensure_running().await.map_err(addon_error)?;
-                server
-                    .create_bucket(
-                        &Self::bucket_name(addon),
-                        credentials.access_key.as_deref().unwrap_or_default(),
-                        &credentials.password,
-                    )
-                    .await
-                    .map_err(addon_error)
-            }
-            other => Err(DeployError::Invalid(format!("unknown add-on kind {other}"))),
+            "s3" => self
+                .s3_server()
+                .await?
+                .create_bucket(
+                    &Self::bucket_name(addon),
+                    credentials.access_key.as_deref().unwrap_or_default(),
+                    &credentials.password,
+                )
+                .await
+                .map_err(addon_error),
+            _ => Ok(()),
         }
     }
 
@@ -398,8 +389,7 @@ impl Deployer {
                 self.postgres_server()?;
             }
             "redis" => {
-                RedisServer::new(&self.addons_config().dir, "probe", 1, "x", None, None)
-                    .map_err(addon_error)?;
+                gilgal_addons::redis::check_installed().map_err(addon_error)?;
             }
             _ => {}
         }
@@ -695,13 +685,23 @@ impl Deployer {
     }
 
     async fn addon_pass(self: &Arc<Self>, now: DateTime<Utc>) -> Result<(), DeployError> {
+        // PostgreSQL and S3 are one server for all their add-ons: checked once a pass.
+        let mut shared_checked: Vec<&'static str> = Vec::new();
         for addon in self.store.all_addons().await? {
             if addon.state != "ready" {
                 continue;
             }
-            if let Err(e) = self.ensure_server(&addon).await {
-                tracing::warn!(addon = %addon.id, error = %e, "add-on server is down; retrying");
-                continue;
+            let shared = match addon.kind.as_str() {
+                "postgres" => Some("postgres"),
+                "s3" => Some("s3"),
+                _ => None,
+            };
+            if !shared.is_some_and(|kind| shared_checked.contains(&kind)) {
+                if let Err(e) = self.ensure_server(&addon).await {
+                    tracing::warn!(addon = %addon.id, error = %e, "add-on server is down; retrying");
+                    continue;
+                }
+                shared_checked.extend(shared);
             }
             if addon.kind == "s3" {
                 continue; // buckets are not backed up (yet): no daily failure records
@@ -727,16 +727,7 @@ impl Deployer {
             .await?
             .unwrap_or(created)
             .max(created);
-        let Some(start) = Utc.timestamp_opt(after, 0).single() else {
-            return Ok(());
-        };
-        let mut due = None;
-        for tick in cron.iter_after(start).take(10_000) {
-            if tick > now {
-                break;
-            }
-            due = Some(tick.timestamp());
-        }
+        let due = crate::runs::latest_due_tick(&cron, after, now);
         if let Some(tick) = due {
             self.backup_addon(addon, "scheduled", Some(tick)).await?;
         }

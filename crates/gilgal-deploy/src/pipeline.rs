@@ -383,7 +383,17 @@ impl Deployer {
     /// with `--allow-local-git`) and, unless private URLs are allowed, a host that resolves to
     /// public addresses only. Checked before anything is recorded, and when a webhook is made.
     pub async fn check_git_url(&self, url: &str) -> Result<(), DeployError> {
+        self.check_git_source(url, None).await
+    }
+
+    /// [`Deployer::check_git_url`], and the ref when there is one (before any DNS lookup).
+    async fn check_git_source(
+        &self,
+        url: &str,
+        reference: Option<&str>,
+    ) -> Result<(), DeployError> {
         gilgal_build::git::validate_url(url, self.config.allow_local_git)
+            .and_then(|()| reference.map_or(Ok(()), gilgal_build::git::validate_ref))
             .map_err(|e| DeployError::Invalid(e.to_string()))?;
         if !self.config.allow_private_urls {
             crate::ssrf::check_public(url)
@@ -421,10 +431,8 @@ impl Deployer {
                 }
             }
             DeploySource::Git(git) => {
-                gilgal_build::git::validate_url(&git.url, self.config.allow_local_git)
-                    .and_then(|()| gilgal_build::git::validate_ref(&git.reference))
-                    .map_err(|e| DeployError::Invalid(e.to_string()))?;
-                self.check_git_url(&git.url).await?;
+                self.check_git_source(&git.url, Some(&git.reference))
+                    .await?;
             }
             DeploySource::Image(reference) => {
                 if self.config.images.is_none() {

@@ -51,7 +51,7 @@ pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, String> {
 }
 
 /// The latest tick of `cron` in `(after, now]`, in Unix seconds.
-fn latest_due_tick(cron: &croner::Cron, after: i64, now: DateTime<Utc>) -> Option<i64> {
+pub(crate) fn latest_due_tick(cron: &croner::Cron, after: i64, now: DateTime<Utc>) -> Option<i64> {
     let start = Utc.timestamp_opt(after, 0).single()?;
     let mut latest = None;
     for tick in cron.iter_after(start).take(10_000) {

@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::extract::{parse_path_id, ApiJson, AuthUser};
-use crate::routes::environments::deploy_error;
+use crate::routes::environments::{deploy_error, owned_environment};
 use crate::{ApiError, AppState};
 
 /// Routes of this module.
@@ -89,26 +89,6 @@ async fn visible_addon(
     Ok(addon)
 }
 
-async fn visible_environment(
-    state: &AppState,
-    caller: &AuthUser,
-    id: &str,
-    needed: Role,
-) -> Result<gilgal_store::EnvironmentRecord, ApiError> {
-    let id = parse_path_id(id, "environment")?;
-    let environment = state
-        .store()
-        .environment_of(caller.user.id, id)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("environment"),
-            other => other.into(),
-        })?;
-    caller.check_scope(environment.project_id, Some(environment.id), "environment")?;
-    crate::routes::teams::require_role(state, caller, environment.project_id, needed).await?;
-    Ok(environment)
-}
-
 /// The environment's add-ons.
 #[utoipa::path(get, path = "/api/environments/{id}/addons", tag = "addons",
     params(("id" = String, Path, description = "Environment id")),
@@ -123,7 +103,7 @@ async fn list_addons(
     caller: AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<Addon>>, ApiError> {
-    let environment = visible_environment(&state, &caller, &id, Role::Viewer).await?;
+    let environment = owned_environment(&state, &caller, &id).await?;
     let addons = state.store().addons(environment.id).await?;
     Ok(Json(addons.into_iter().map(to_wire).collect()))
 }
@@ -149,7 +129,7 @@ async fn create_addon(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<CreateAddonRequest>,
 ) -> Result<(StatusCode, Json<AddonChanged>), ApiError> {
-    let environment = visible_environment(&state, &caller, &id, Role::Developer).await?;
+    let environment = owned_environment(&state, &caller, &id).await?;
     crate::audit::note("kind", serde_json::json!(request.kind));
     let (addon, deployment) = state
         .deployer()

@@ -86,7 +86,7 @@ fn to_wire(state: &AppState, record: EnvironmentRecord) -> Environment {
     }
 }
 
-async fn owned_environment(
+pub(crate) async fn owned_environment(
     state: &AppState,
     caller: &AuthUser,
     id: &str,

@@ -4,15 +4,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use gilgal_client::Client;
-use gilgal_types::{Addon, Backup, Environment};
+use gilgal_types::{Addon, Backup};
 
+use super::apps::environment;
 use super::Session;
 use crate::cli::{AddonsCommand, Target};
-
-async fn environment(client: &Client, target: &Target) -> anyhow::Result<Environment> {
-    let project = client.project_by_name(&target.project).await?;
-    Ok(client.environment_by_name(project.id, &target.env).await?)
-}
 
 async fn addon_named(client: &Client, target: &Target, name: &str) -> anyhow::Result<Addon> {
     let env = environment(client, target).await?;

@@ -18,7 +18,7 @@ use crate::cli::{
     WebhooksCommand,
 };
 
-async fn environment(client: &Client, target: &Target) -> anyhow::Result<Environment> {
+pub(crate) async fn environment(client: &Client, target: &Target) -> anyhow::Result<Environment> {
     let project = client.project_by_name(&target.project).await?;
     Ok(client.environment_by_name(project.id, &target.env).await?)
 }
