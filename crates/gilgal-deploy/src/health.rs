@@ -168,6 +168,7 @@ impl Deployer {
             }
             let check = health_check(&artifact);
             let mut any_up = false;
+            let mut streak = 0;
             let mut replace = Vec::new();
             for status in statuses.iter().filter(|s| {
                 s.labels.app == environment.project_name
@@ -196,12 +197,14 @@ impl Deployer {
                             *count = 0;
                         }
                         *count += 1;
+                        streak = streak.max(*count);
                         if *count == check.failure_threshold.max(1) {
                             replace.push((status.id.clone(), who(&status.labels), e.to_string()));
                         }
                     }
                 }
             }
+            self.note_health_streak(environment.id, streak);
             if let Err(e) = self.store.record_health_check(environment.id, any_up).await {
                 tracing::warn!(environment = %environment.id, error = %e, "cannot record a health check");
             }

@@ -14,6 +14,7 @@
 //! difference is applied, and routes are reinstalled.
 
 mod addons;
+mod alerts;
 mod config;
 mod health;
 mod images;
@@ -27,6 +28,10 @@ mod ssrf;
 pub use addons::{
     config_var_names, validate_addon_name, AddonsConfig, DEFAULT_BACKUP_RETENTION,
     DEFAULT_BACKUP_SCHEDULE, KINDS as ADDON_KINDS,
+};
+pub use alerts::{
+    channel_secret_name, effective_rules, AlertsConfig, DEFAULT_ALERT_INTERVAL,
+    MAX_DELIVERY_ATTEMPTS,
 };
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
 pub use gilgal_build::GitSource;
@@ -81,6 +86,8 @@ pub struct DeployerConfig {
     /// How often running web instances are health-checked after their deploy
     /// ([`DEFAULT_HEALTH_INTERVAL`]; tests use less).
     pub health_interval: std::time::Duration,
+    /// How alert rules are evaluated and their notifications delivered.
+    pub alerts: AlertsConfig,
 }
 
 /// Failures starting a deployment (failures *during* one are recorded on the deployment).
@@ -119,6 +126,8 @@ pub struct Deployer {
     runtime_events: Mutex<Option<tokio::sync::broadcast::Receiver<gilgal_runtime::RuntimeEvent>>>,
     /// One rollout at a time per environment.
     environment_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// Health-check failure streaks per environment, from the health watch to the alerts.
+    health_streaks: Mutex<HashMap<Uuid, alerts::HealthStreak>>,
 }
 
 impl std::fmt::Debug for Deployer {
@@ -150,6 +159,7 @@ impl Deployer {
             log_lines: Mutex::new(Some(log_lines)),
             runtime_events: Mutex::new(Some(runtime_events)),
             environment_locks: Mutex::new(HashMap::new()),
+            health_streaks: Mutex::new(HashMap::new()),
         })
     }
 

@@ -7,6 +7,7 @@
 //! user id, so another user's row is simply not found.
 
 mod addons;
+mod alerts;
 mod audit;
 mod certificates;
 mod deployments;
@@ -28,6 +29,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::AnyPool;
 
 pub use addons::{AddonRecord, BackupRecord, NewAddon};
+pub use alerts::{AlertChannelRecord, AlertRecord, AlertRuleRecord, NotificationRecord};
 pub use audit::{AuditFilter, AuditRecord};
 pub use certificates::CertificateRecord;
 pub use deployments::{

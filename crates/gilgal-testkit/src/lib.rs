@@ -104,6 +104,10 @@ impl TestServer {
                 ))
                 .expect("log store"),
                 health_interval: gilgal_deploy::DEFAULT_HEALTH_INTERVAL,
+                alerts: gilgal_deploy::AlertsConfig {
+                    interval: std::time::Duration::from_millis(200),
+                    notifier: gilgal_notify::Notifier::new(None).expect("notifier"),
+                },
             },
             vault,
         );
@@ -113,6 +117,15 @@ impl TestServer {
             tokio::spawn(async move {
                 deployer
                     .run_log_ingest(tokio_util::sync::CancellationToken::new())
+                    .await
+            });
+        }
+        {
+            // Alert rules evaluated every 200 ms (no channels unless a test adds them).
+            let deployer = deployer.clone();
+            tokio::spawn(async move {
+                deployer
+                    .run_alerts(tokio_util::sync::CancellationToken::new())
                     .await
             });
         }

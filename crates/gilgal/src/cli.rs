@@ -571,6 +571,21 @@ pub struct ServerArgs {
     /// of instances that fail 3 checks in a row).
     #[arg(long, default_value_t = 10_000, env = "GILGAL_HEALTH_INTERVAL_MS")]
     pub health_interval_ms: u64,
+    /// Milliseconds between evaluations of alert rules (error rate, p95 latency, health
+    /// checks, crash loops, failed backups) and deliveries of their notifications.
+    #[arg(long, default_value_t = 15_000, env = "GILGAL_ALERT_INTERVAL_MS")]
+    pub alert_interval_ms: u64,
+    /// SMTP relay for email alerts: `smtp://host:25` (plain, a local relay),
+    /// `smtp://user:pass@host:587?tls=required` (STARTTLS) or `smtps://user:pass@host:465`.
+    #[arg(long, env = "GILGAL_SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// The `From` of alert emails.
+    #[arg(
+        long,
+        default_value = "Gilgal <gilgal@localhost>",
+        env = "GILGAL_SMTP_FROM"
+    )]
+    pub smtp_from: String,
     /// Accept `file://` git URLs in deployments (single-user machines and tests).
     #[arg(long, env = "GILGAL_ALLOW_LOCAL_GIT")]
     pub allow_local_git: bool,

@@ -178,6 +178,14 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .context("cannot open the master key that protects secrets")?,
     );
     let logs = open_logs(&data_dir, args.log_retention_days, args.log_max_mb)?;
+    let smtp = match &args.smtp_url {
+        Some(url) => Some(
+            gilgal_notify::SmtpRelay::from_url(url, &args.smtp_from)
+                .context("cannot use --smtp-url/--smtp-from")?,
+        ),
+        None => None,
+    };
+    let notifier = gilgal_notify::Notifier::new(smtp).context("cannot set up notifications")?;
     let deployer = Deployer::new(
         store.clone(),
         runtime.clone(),
@@ -201,6 +209,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             },
             logs,
             health_interval: std::time::Duration::from_millis(args.health_interval_ms.max(100)),
+            alerts: gilgal_deploy::AlertsConfig {
+                interval: std::time::Duration::from_millis(args.alert_interval_ms.max(100)),
+                notifier,
+            },
         },
         vault,
     );
@@ -273,6 +285,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         let deployer = deployer.clone();
         let stop = cron_stop.clone();
         tokio::spawn(async move { deployer.run_health_watch(stop).await });
+    }
+    {
+        let deployer = deployer.clone();
+        let stop = cron_stop.clone();
+        tokio::spawn(async move { deployer.run_alerts(stop).await });
     }
     {
         let cron_stop = cron_stop.clone();
