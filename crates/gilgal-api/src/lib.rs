@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::metrics::routes())
         .merge(routes::webhooks::routes())
         .merge(routes::addons::routes())
+        .merge(routes::alerts::routes())
         .split_for_parts();
     let api = api.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),

@@ -17,6 +17,7 @@ use crate::AppState;
         (name = "projects", description = "Projects (apps)"),
         (name = "deployments", description = "Deployments and their logs"),
         (name = "logs", description = "Environment logs: search and follow"),
+        (name = "alerts", description = "Alert rules, notification channels and alerts"),
         (name = "admin", description = "Instance administration"),
         (name = "health", description = "Liveness and readiness"),
     )

@@ -816,6 +816,88 @@ impl Client {
         .await
     }
 
+    /// `GET /api/environments/{id}/alerts`: the newest `limit` alerts, newest first.
+    pub async fn alerts(
+        &self,
+        environment: Uuid,
+        limit: u32,
+    ) -> Result<Vec<gilgal_types::Alert>, ClientError> {
+        self.json(
+            self.request(
+                Method::GET,
+                &format!("/api/environments/{environment}/alerts"),
+            )
+            .query(&[("limit", limit)]),
+        )
+        .await
+    }
+
+    /// `GET /api/environments/{id}/alerts/rules`.
+    pub async fn alert_rules(
+        &self,
+        environment: Uuid,
+    ) -> Result<Vec<gilgal_types::AlertRule>, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/environments/{environment}/alerts/rules"),
+        ))
+        .await
+    }
+
+    /// `PUT /api/environments/{id}/alerts/rules/{kind}`.
+    pub async fn update_alert_rule(
+        &self,
+        environment: Uuid,
+        kind: &str,
+        change: &gilgal_types::UpdateAlertRule,
+    ) -> Result<gilgal_types::AlertRule, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/api/environments/{environment}/alerts/rules/{kind}"),
+            change,
+        )
+        .await
+    }
+
+    /// `GET /api/environments/{id}/alerts/channels`.
+    pub async fn alert_channels(
+        &self,
+        environment: Uuid,
+    ) -> Result<Vec<gilgal_types::AlertChannel>, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/environments/{environment}/alerts/channels"),
+        ))
+        .await
+    }
+
+    /// `POST /api/environments/{id}/alerts/channels`.
+    pub async fn create_alert_channel(
+        &self,
+        environment: Uuid,
+        request: &gilgal_types::CreateAlertChannel,
+    ) -> Result<gilgal_types::CreatedAlertChannel, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/environments/{environment}/alerts/channels"),
+            request,
+        )
+        .await
+    }
+
+    /// `DELETE /api/environments/{id}/alerts/channels/{channel}`.
+    pub async fn delete_alert_channel(
+        &self,
+        environment: Uuid,
+        channel: Uuid,
+    ) -> Result<(), ClientError> {
+        self.empty(
+            Method::DELETE,
+            &format!("/api/environments/{environment}/alerts/channels/{channel}"),
+        )
+        .await
+    }
+
     /// `GET /api/audit` with filters (`action`, `since` RFC 3339, `limit`).
     pub async fn audit(
         &self,

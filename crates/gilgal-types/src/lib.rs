@@ -5,6 +5,7 @@
 //! (such as [`ProjectName`]) that reject bad input at the edge, so that no other layer has to.
 
 mod addons;
+mod alerts;
 mod auth;
 mod deployments;
 mod environments;
@@ -15,6 +16,7 @@ mod projects;
 mod webhooks;
 
 pub use addons::*;
+pub use alerts::*;
 pub use auth::*;
 pub use deployments::*;
 pub use environments::*;

@@ -156,6 +156,10 @@ pub enum Command {
     /// Push-to-deploy webhooks for GitHub, GitLab or any CI.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Alerts: what fired, the rules (error rate, p95 latency, health checks, crash loops,
+    /// failed backups) and where notifications go (webhooks, Slack, email).
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
     /// Managed PostgreSQL and Redis: create, back up, restore, connect.
     #[command(subcommand)]
     Addons(AddonsCommand),
@@ -505,6 +509,74 @@ pub enum WebhooksCommand {
     Remove {
         /// Webhook id.
         id: uuid::Uuid,
+    },
+}
+
+/// `gilgal alerts …`.
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// The environment's alerts, newest first, with their notifications.
+    List {
+        /// At most this many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: u32,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The environment's rules (defaults unless changed).
+    Rules {
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Change a rule: `gilgal alerts set error_rate --threshold 0.02 --for 10m`.
+    Set {
+        /// `error_rate`, `latency_p95`, `health_check`, `crash_loop` or `backup_failed`.
+        #[arg(value_parser = ["error_rate", "latency_p95", "health_check", "crash_loop", "backup_failed"])]
+        kind: String,
+        /// The bound: a fraction for error_rate (0.01 = 1 %), seconds for latency_p95,
+        /// a count for health_check and crash_loop.
+        #[arg(long)]
+        threshold: Option<f64>,
+        /// How long the breach must last (`5m`), or crash_loop's counting window.
+        #[arg(long = "for", value_name = "DURATION")]
+        for_duration: Option<String>,
+        /// Turn the rule on.
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        /// Turn the rule off (resolves what it fired).
+        #[arg(long)]
+        disable: bool,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Where the environment's notifications go.
+    Channels {
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Send notifications somewhere more: a signed JSON `webhook`, a `slack` incoming
+    /// webhook, or an `email` address.
+    Notify {
+        /// `webhook`, `slack` or `email`.
+        #[arg(value_parser = ["webhook", "slack", "email"])]
+        kind: String,
+        /// The URL, or the address.
+        destination: String,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop sending notifications to a channel.
+    RemoveChannel {
+        /// Channel id (from `gilgal alerts channels`).
+        id: uuid::Uuid,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
     },
 }
 

@@ -2,6 +2,7 @@
 
 pub mod addons;
 pub mod admin;
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod certificates;

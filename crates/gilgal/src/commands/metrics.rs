@@ -37,7 +37,7 @@ pub struct Window {
 }
 
 /// Parses `10s`, `2m`, `1h` or `0`.
-fn parse_window(text: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_window(text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
     if text == "0" {
         return Ok(Duration::ZERO);
@@ -46,12 +46,12 @@ fn parse_window(text: &str) -> anyhow::Result<Duration> {
     let n: u64 = digits
         .parse()
         .ok()
-        .with_context(|| format!("--window {text:?}: use a duration like 10s, 1m or 1h, or 0"))?;
+        .with_context(|| format!("{text:?}: use a duration like 10s, 1m or 1h, or 0"))?;
     let seconds = match unit {
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
-        _ => bail!("--window {text:?}: use a duration like 10s, 1m or 1h, or 0"),
+        _ => bail!("{text:?}: use a duration like 10s, 1m or 1h, or 0"),
     };
     Ok(Duration::from_secs(seconds))
 }
