@@ -9,6 +9,7 @@ use std::time::Duration;
 use gilgal_testkit::{backend_tests, Backend};
 
 mod addons;
+mod alerts;
 mod day2;
 mod docker;
 mod logs;
