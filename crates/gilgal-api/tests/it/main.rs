@@ -2,6 +2,7 @@
 //! and on PostgreSQL (see `gilgal_testkit::backend_tests!`).
 
 mod addons;
+mod alerts;
 mod auth;
 mod certificates;
 mod docs;

@@ -231,6 +231,21 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
     .await;
     let eve_token_id = eve_token["id"].as_str().unwrap().to_owned();
 
+    // An alert channel to delete (created in the store: the API refuses internal hosts).
+    let alert_channel_id = uuid::Uuid::new_v4();
+    server
+        .state
+        .store()
+        .create_alert_channel(
+            alert_channel_id,
+            env_uuid,
+            "slack",
+            "https://203.0.113.9/hook",
+            None,
+        )
+        .await
+        .unwrap();
+
     let carol = user_id["carol"].clone();
     let frank = user_id["frank"].clone();
     // (method, documented path, concrete path, body, who may call it, destructive)
@@ -546,6 +561,54 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
             None,
             Access::Project("viewer"),
             false,
+        ),
+        (
+            Method::GET,
+            "/api/environments/{id}/alerts",
+            format!("/api/environments/{env_id}/alerts?limit=5"),
+            None,
+            Access::Project("viewer"),
+            false,
+        ),
+        (
+            Method::GET,
+            "/api/environments/{id}/alerts/rules",
+            format!("/api/environments/{env_id}/alerts/rules"),
+            None,
+            Access::Project("viewer"),
+            false,
+        ),
+        (
+            Method::PUT,
+            "/api/environments/{id}/alerts/rules/{kind}",
+            format!("/api/environments/{env_id}/alerts/rules/error_rate"),
+            Some(json!({"threshold": 0.05})),
+            Access::Project("developer"),
+            false,
+        ),
+        (
+            Method::GET,
+            "/api/environments/{id}/alerts/channels",
+            format!("/api/environments/{env_id}/alerts/channels"),
+            None,
+            Access::Project("viewer"),
+            false,
+        ),
+        (
+            Method::POST,
+            "/api/environments/{id}/alerts/channels",
+            format!("/api/environments/{env_id}/alerts/channels"),
+            Some(json!({"kind": "slack", "target": "https://203.0.113.9/slack"})),
+            Access::Project("admin"),
+            false,
+        ),
+        (
+            Method::DELETE,
+            "/api/environments/{id}/alerts/channels/{channel}",
+            format!("/api/environments/{env_id}/alerts/channels/{alert_channel_id}"),
+            None,
+            Access::Project("admin"),
+            true,
         ),
         (
             Method::GET,
@@ -999,6 +1062,11 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
             "DELETE a webhook as admin",
             "bob",
             format!("/api/webhooks/{webhook_id}"),
+        ),
+        (
+            "DELETE an alert channel as admin",
+            "bob",
+            format!("/api/environments/{env_id}/alerts/channels/{alert_channel_id}"),
         ),
         (
             "DELETE a member as admin",
