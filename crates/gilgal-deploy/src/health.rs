@@ -63,6 +63,15 @@ fn describe(event: &RuntimeEvent) -> Option<(&'static str, String)> {
 }
 
 impl Deployer {
+    /// Seconds since the health watch last finished a round (`None` before the first): how
+    /// far behind the running instances the reconciler's view may be.
+    pub fn reconciler_lag(&self) -> Option<Duration> {
+        self.last_health_round
+            .lock()
+            .ok()
+            .and_then(|at| at.map(|at| at.elapsed()))
+    }
+
     /// Appends to an environment's events timeline (failures are logged, never raised: the
     /// timeline must not break what it records).
     pub(crate) async fn event(&self, environment: Uuid, kind: &str, message: String) {
@@ -136,8 +145,13 @@ impl Deployer {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(self.config.health_interval) => {}
             }
-            if let Err(e) = self.check_health_once(&mut failures).await {
-                tracing::warn!(error = %e, "health round failed");
+            match self.check_health_once(&mut failures).await {
+                Ok(()) => {
+                    if let Ok(mut at) = self.last_health_round.lock() {
+                        *at = Some(std::time::Instant::now());
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "health round failed"),
             }
         }
     }

@@ -128,6 +128,9 @@ pub struct Deployer {
     environment_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     /// Health-check failure streaks per environment, from the health watch to the alerts.
     health_streaks: Mutex<HashMap<Uuid, alerts::HealthStreak>>,
+    /// When the health watch (the loop that keeps running instances converged to the
+    /// desired state) last finished a round.
+    last_health_round: Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Deployer {
@@ -160,6 +163,7 @@ impl Deployer {
             runtime_events: Mutex::new(Some(runtime_events)),
             environment_locks: Mutex::new(HashMap::new()),
             health_streaks: Mutex::new(HashMap::new()),
+            last_health_round: Mutex::new(None),
         })
     }
 

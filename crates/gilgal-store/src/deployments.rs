@@ -609,6 +609,30 @@ impl Store {
 
 impl Store {
     /// Deployments by final state, over the whole instance (for `/metrics`).
+    /// How long each finished build took, in milliseconds (from entering `building` to
+    /// leaving it), for the build-duration histogram.
+    pub async fn build_durations_ms(&self) -> Result<Vec<u64>, StoreError> {
+        sqlx::query(
+            "SELECT b.at AS started, (SELECT MIN(t.at) FROM deployment_transitions t \
+             WHERE t.deployment_id = b.deployment_id AND t.from_state = 'building') AS ended \
+             FROM deployment_transitions b WHERE b.to_state = 'building'",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .filter_map(|row| {
+            let started = row.try_get::<i64, _>("started");
+            let ended = row.try_get::<Option<i64>, _>("ended");
+            match (started, ended) {
+                (Ok(started), Ok(Some(ended))) => Some(Ok(u64_of(ended - started))),
+                (Ok(_), Ok(None)) => None,
+                (Err(e), _) | (_, Err(e)) => Some(Err(e.into())),
+            }
+        })
+        .collect()
+    }
+
+    /// Every deployment's state, counted.
     pub async fn deployment_outcomes(&self) -> Result<Vec<(String, u64)>, StoreError> {
         sqlx::query("SELECT state, COUNT(*) AS n FROM deployments GROUP BY state ORDER BY state")
             .fetch_all(&self.pool)

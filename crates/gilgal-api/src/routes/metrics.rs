@@ -117,8 +117,44 @@ fn environment_figures(
     }
 }
 
+/// Upper bounds of the build-duration histogram, in seconds.
+const BUILD_BUCKETS_SECONDS: [f64; 10] =
+    [1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
+
+/// `gilgal_build_duration_seconds`: a cumulative histogram of the builds in the store.
+fn render_build_durations(out: &mut String, durations_ms: &[u64]) {
+    let _ = writeln!(out, "# TYPE gilgal_build_duration_seconds histogram");
+    for bound in BUILD_BUCKETS_SECONDS {
+        let n = durations_ms
+            .iter()
+            .filter(|d| (**d as f64) / 1000.0 <= bound)
+            .count();
+        let _ = writeln!(
+            out,
+            "gilgal_build_duration_seconds_bucket{{le=\"{bound}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "gilgal_build_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+        durations_ms.len()
+    );
+    let sum: u64 = durations_ms.iter().sum();
+    let _ = writeln!(
+        out,
+        "gilgal_build_duration_seconds_sum {}",
+        sum as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "gilgal_build_duration_seconds_count {}",
+        durations_ms.len()
+    );
+}
+
 /// Prometheus exposition of the whole platform: proxy traffic per route, deployments by
-/// state, and every instance's CPU, memory and restarts. Administrators only (scrape with an
+/// state, build durations, reconciler lag, desired and running instances per environment,
+/// firing alerts, and every instance's CPU, memory and restarts. Administrators only (scrape with an
 /// administrator's read-scoped API token).
 #[utoipa::path(get, path = "/metrics", tag = "metrics",
     responses(
@@ -141,11 +177,55 @@ async fn prometheus(
             label(&deployment_state)
         );
     }
+    render_build_durations(&mut out, &state.store().build_durations_ms().await?);
+    if let Some(lag) = state.deployer().reconciler_lag() {
+        let _ = writeln!(out, "# TYPE gilgal_reconciler_lag_seconds gauge");
+        let _ = writeln!(out, "gilgal_reconciler_lag_seconds {}", lag.as_secs_f64());
+    }
     let usage = state
         .deployer()
         .instance_usage()
         .await
         .map_err(|e| ApiError::internal(&e))?;
+    let environments = state.store().all_environments().await?;
+    let _ = writeln!(out, "# TYPE gilgal_environment_instances gauge");
+    for environment in environments.iter().filter(|e| e.live_release.is_some()) {
+        let desired: u32 = environment.formation.values().sum();
+        let running = usage
+            .iter()
+            .filter(|u| {
+                u.status.labels.app == environment.project_name
+                    && u.status.labels.env == environment.name
+                    && Some(u.status.labels.release) == environment.live_release
+                    && u.status.state.is_active()
+            })
+            .count();
+        let labels = format!(
+            "app=\"{}\",env=\"{}\"",
+            label(&environment.project_name),
+            label(&environment.name)
+        );
+        let _ = writeln!(
+            out,
+            "gilgal_environment_instances{{{labels},state=\"desired\"}} {desired}"
+        );
+        let _ = writeln!(
+            out,
+            "gilgal_environment_instances{{{labels},state=\"running\"}} {running}"
+        );
+    }
+    let _ = writeln!(out, "# TYPE gilgal_alerts_firing gauge");
+    for alert in state.store().open_alerts().await? {
+        if let Some(environment) = environments.iter().find(|e| e.id == alert.environment_id) {
+            let _ = writeln!(
+                out,
+                "gilgal_alerts_firing{{app=\"{}\",env=\"{}\",rule=\"{}\"}} 1",
+                label(&environment.project_name),
+                label(&environment.name),
+                label(&alert.kind)
+            );
+        }
+    }
     for (name, kind) in [
         ("gilgal_instance_up", "gauge"),
         ("gilgal_instance_cpu_seconds_total", "counter"),
@@ -289,5 +369,35 @@ mod tests {
         assert_eq!(quantile(&buckets, 0.95), Some(LATENCY_BUCKETS_SECONDS[5]));
         assert_eq!(quantile(&buckets, 1.0), Some(f64::INFINITY));
         assert_eq!(quantile(&[0; 15], 0.5), None);
+    }
+
+    #[test]
+    fn build_durations_are_a_cumulative_histogram() {
+        let mut out = String::new();
+        render_build_durations(&mut out, &[800, 4_000, 45_000]);
+        assert!(
+            out.contains("gilgal_build_duration_seconds_bucket{le=\"1\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gilgal_build_duration_seconds_bucket{le=\"5\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gilgal_build_duration_seconds_bucket{le=\"60\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gilgal_build_duration_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gilgal_build_duration_seconds_sum 49.8\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gilgal_build_duration_seconds_count 3\n"),
+            "{out}"
+        );
     }
 }

@@ -451,6 +451,20 @@ async fn scale_up_and_down_without_failures() {
         text.contains("gilgal_deployments_total{state=\"live\"} 1"),
         "{text}"
     );
+    // The one build, desired = running after the scale-down, and the reconciler's lag.
+    assert!(
+        text.contains("gilgal_build_duration_seconds_count 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "gilgal_environment_instances{app=\"wide\",env=\"production\",state=\"desired\"} 1\n"
+        ) && text.contains(
+            "gilgal_environment_instances{app=\"wide\",env=\"production\",state=\"running\"} 1\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE gilgal_alerts_firing gauge"), "{text}");
     let refused = server.cli(&["scale", "worker=2", "-p", "wide"], None);
     assert!(!refused.status.success());
     assert!(

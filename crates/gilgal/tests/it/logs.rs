@@ -540,7 +540,11 @@ async fn wait_event(server: &ServerProcess, kind: &str, needle: &str) -> Value {
 /// while the other serves; a crash is recorded with its exit code and restarted; deploys and
 /// scale changes are on the timeline; uptime is computed from the checks.
 async fn unhealthy_instances_are_replaced_and_events_and_uptime_are_kept(backend: Backend) {
-    let server = ServerProcess::start_with(backend, &["--health-interval-ms", "300"]).await;
+    let server = ServerProcess::start_with(
+        backend,
+        &["--health-interval-ms", "300", "--alert-interval-ms", "200"],
+    )
+    .await;
     ok(server.cli(
         &[
             "register",
@@ -603,6 +607,20 @@ async fn unhealthy_instances_are_replaced_and_events_and_uptime_are_kept(backend
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The health-check alert fired when the instance failed 3 times in a row and resolved
+    // once every instance answered again.
+    wait_event(
+        &server,
+        "alert",
+        "firing: health check failing 3 times in a row",
+    )
+    .await;
+    wait_event(
+        &server,
+        "alert",
+        "resolved: health check failing 3 times in a row",
+    )
+    .await;
 
     // A crash is on the timeline with its exit code, and the runtime restarts the instance.
     let (status, _) = {
