@@ -39,7 +39,7 @@ pub use health::DEFAULT_HEALTH_INTERVAL;
 pub use images::ImageSettings;
 pub use logs::{BUILD_PROCESS, ROUTER_PROCESS};
 pub use pipeline::{DeploySource, ReuseKind, ReuseRelease};
-pub use reconcile::InstanceUsage;
+pub use reconcile::{AppScrape, InstanceUsage};
 pub use runs::{parse_schedule, RunOutput, RunRequest};
 
 use std::collections::HashMap;

@@ -402,3 +402,82 @@ impl Deployer {
         crate::pipeline::route_id(&environment.project_name, &environment.name)
     }
 }
+
+/// One instance's own `/metrics`, scraped on request.
+#[derive(Debug, Clone)]
+pub struct AppScrape {
+    /// Which instance.
+    pub labels: gilgal_runtime::InstanceLabels,
+    /// Its Prometheus text, or why it could not be read.
+    pub result: Result<String, String>,
+}
+
+/// The most an instance's exposition may weigh.
+const MAX_APP_METRICS_BYTES: usize = 4 << 20;
+/// How long one instance may take to answer.
+const APP_SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Deployer {
+    /// Reads `path` (e.g. `/metrics`) from every running web instance of the environment's
+    /// live release, concurrently, each bounded in time and size.
+    pub async fn scrape_app_metrics(
+        &self,
+        environment: &EnvironmentRecord,
+        path: &str,
+    ) -> Result<Vec<AppScrape>, DeployError> {
+        let Some(release) = environment.live_release else {
+            return Ok(Vec::new());
+        };
+        let statuses = self
+            .runtime
+            .list()
+            .await
+            .map_err(|e| DeployError::Runtime(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .timeout(APP_SCRAPE_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| DeployError::Runtime(e.to_string()))?;
+        let scrapes = statuses
+            .into_iter()
+            .filter(|s| {
+                s.labels.app == environment.project_name
+                    && s.labels.env == environment.name
+                    && s.labels.release == release
+                    && s.labels.process_type == "web"
+                    && s.state == gilgal_runtime::InstanceState::Running
+            })
+            .filter_map(|s| s.port.map(|port| (s, port)))
+            .map(|(status, port)| {
+                let http = http.clone();
+                async move {
+                    let published = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                    let addr = self.runtime.probe_addr(&status.id, published).await;
+                    let result = read_exposition(&http, &format!("http://{addr}{path}")).await;
+                    AppScrape {
+                        labels: status.labels,
+                        result,
+                    }
+                }
+            });
+        Ok(futures_util::future::join_all(scrapes).await)
+    }
+}
+
+async fn read_exposition(http: &reqwest::Client, url: &str) -> Result<String, String> {
+    let mut response = http.get(url).send().await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("answered {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_APP_METRICS_BYTES {
+            return Err(format!(
+                "more than {} MiB of metrics",
+                MAX_APP_METRICS_BYTES >> 20
+            ));
+        }
+    }
+    String::from_utf8(body).map_err(|_| "metrics are not UTF-8".to_owned())
+}

@@ -22,6 +22,184 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(prometheus))
         .routes(routes!(project_metrics))
         .routes(routes!(deployment_metrics))
+        .routes(routes!(app_metrics))
+}
+
+/// The label pairs of a sample (`{a="1",b="x\"y"}` without braces), values kept escaped.
+fn parse_labels(inner: &str) -> Option<Vec<(&str, &str)>> {
+    let mut labels = Vec::new();
+    let mut rest = inner.trim_start_matches([' ', ',']);
+    while !rest.is_empty() {
+        let (name, after) = rest.split_once('=')?;
+        let name = name.trim();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return None;
+        }
+        let after = after.trim_start().strip_prefix('"')?;
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let end = end?;
+        labels.push((name, &after[..end]));
+        rest = after[end + 1..].trim_start_matches([' ', ',']);
+    }
+    Some(labels)
+}
+
+/// Appends an app's exposition to `out` with `extra` labels on every sample. A label the app
+/// already uses is kept as `exported_<name>` (Prometheus' rule for conflicting target
+/// labels); `# TYPE`/`# HELP` lines are kept once per metric across instances. Returns how
+/// many lines could not be parsed (dropped).
+fn relabel(
+    text: &str,
+    extra: &[(&str, String)],
+    out: &mut String,
+    seen_meta: &mut std::collections::HashSet<String>,
+) -> usize {
+    let mut dropped = 0;
+    for line in text.lines() {
+        let line = line.trim_end();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            let words: Vec<&str> = comment.split_whitespace().take(2).collect();
+            if matches!(words.first(), Some(&"TYPE") | Some(&"HELP"))
+                && seen_meta.insert(words.join(" "))
+            {
+                out.push_str(line);
+                out.push('\n');
+            }
+            continue;
+        }
+        let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let (own, rest) = if line[name_end..].starts_with('{') {
+            let Some(close) = line.rfind('}') else {
+                dropped += 1;
+                continue;
+            };
+            match parse_labels(&line[name_end + 1..close]) {
+                Some(labels) => (labels, &line[close + 1..]),
+                None => {
+                    dropped += 1;
+                    continue;
+                }
+            }
+        } else {
+            (Vec::new(), &line[name_end..])
+        };
+        if name.is_empty() || rest.trim().is_empty() {
+            dropped += 1;
+            continue;
+        }
+        let mut labels: Vec<String> = extra
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+            .collect();
+        for (k, v) in own {
+            if extra.iter().any(|(e, _)| *e == k) {
+                labels.push(format!("exported_{k}=\"{v}\""));
+            } else {
+                labels.push(format!("{k}=\"{v}\""));
+            }
+        }
+        let _ = writeln!(out, "{name}{{{}}}{rest}", labels.join(","));
+    }
+    dropped
+}
+
+/// Which path of the app to read.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct AppMetricsQuery {
+    /// The app's metrics path (default `/metrics`).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// The app's own Prometheus metrics: `path` (default `/metrics`) read from every running web
+/// instance of the live release, with `app`, `env`, `release` and `instance` labels added
+/// (a label the app already uses becomes `exported_<name>`), plus `gilgal_app_scrape_up`
+/// per instance. Point Prometheus here with a read-scoped API token.
+#[utoipa::path(get, path = "/api/environments/{id}/metrics/app", tag = "metrics",
+    params(("id" = String, Path, description = "Environment id"), AppMetricsQuery),
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "No such environment for this caller", body = ErrorBody),
+        (status = 422, description = "Invalid path", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn app_metrics(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<AppMetricsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let environment = crate::routes::environments::owned_environment(&state, &caller, &id).await?;
+    let path = query.path.unwrap_or_else(|| "/metrics".to_owned());
+    if !path.starts_with('/')
+        || path.len() > 256
+        || path.contains("..")
+        || !path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b))
+    {
+        return Err(ApiError::invalid(
+            "path must be an absolute URL path of letters, digits and / - _ . ~ (e.g. /metrics)",
+        ));
+    }
+    let scrapes = state
+        .deployer()
+        .scrape_app_metrics(&environment, &path)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let mut out = String::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut up = String::from("# TYPE gilgal_app_scrape_up gauge\n");
+    for scrape in scrapes {
+        let l = &scrape.labels;
+        let extra = [
+            ("app", l.app.clone()),
+            ("env", l.env.clone()),
+            ("release", l.release.to_string()),
+            ("instance", format!("{}.{}", l.process_type, l.index)),
+        ];
+        let ok = match &scrape.result {
+            Ok(text) => {
+                relabel(text, &extra, &mut out, &mut seen);
+                1
+            }
+            Err(error) => {
+                tracing::debug!(instance = %extra[3].1, %error, "app metrics unreadable");
+                0
+            }
+        };
+        let labels: Vec<String> = extra
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+            .collect();
+        let _ = writeln!(up, "gilgal_app_scrape_up{{{}}} {ok}", labels.join(","));
+    }
+    out.push_str(&up);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    ))
 }
 
 fn label(value: &str) -> String {
@@ -369,6 +547,26 @@ mod tests {
         assert_eq!(quantile(&buckets, 0.95), Some(LATENCY_BUCKETS_SECONDS[5]));
         assert_eq!(quantile(&buckets, 1.0), Some(f64::INFINITY));
         assert_eq!(quantile(&[0; 15], 0.5), None);
+    }
+
+    #[test]
+    fn app_samples_get_environment_labels_and_keep_their_own() {
+        let text = "# HELP hits_total Hits.\n# TYPE hits_total counter\nhits_total{path=\"/a\",instance=\"x\"} 3\nup 1 1700000000\n# a comment\nbroken{path=\"/a\" 1\nmsg{text=\"a \\\"q\\\" }\"} 2\n";
+        let extra = [("app", "shop".to_owned()), ("instance", "web.1".to_owned())];
+        let mut out = String::new();
+        let mut seen = std::collections::HashSet::new();
+        assert_eq!(relabel(text, &extra, &mut out, &mut seen), 1, "{out}");
+        assert_eq!(
+            out,
+            "# HELP hits_total Hits.\n# TYPE hits_total counter\n\
+             hits_total{app=\"shop\",instance=\"web.1\",path=\"/a\",exported_instance=\"x\"} 3\n\
+             up{app=\"shop\",instance=\"web.1\"} 1 1700000000\n\
+             msg{app=\"shop\",instance=\"web.1\",text=\"a \\\"q\\\" }\"} 2\n"
+        );
+        // A second instance adds its samples but not the metadata again.
+        let mut again = String::new();
+        relabel(text, &extra, &mut again, &mut seen);
+        assert!(!again.contains("# TYPE"), "{again}");
     }
 
     #[test]

@@ -572,6 +572,14 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
         ),
         (
             Method::GET,
+            "/api/environments/{id}/metrics/app",
+            format!("/api/environments/{env_id}/metrics/app?path=/metrics"),
+            None,
+            Access::Project("viewer"),
+            false,
+        ),
+        (
+            Method::GET,
             "/api/environments/{id}/alerts/rules",
             format!("/api/environments/{env_id}/alerts/rules"),
             None,

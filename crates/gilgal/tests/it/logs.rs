@@ -470,6 +470,40 @@ async fn metrics_over_a_window_show_errors_and_slow_requests(backend: Backend) {
     assert!(human.contains("since the server started"), "{human}");
     assert!(human.contains("requests  11"), "{human}");
 
+    // The app's own /metrics, scraped with the environment's labels added.
+    let envs = api_json(&server, "/api/projects").await;
+    let project = envs.as_array().unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let environments = api_json(&server, &format!("/api/projects/{project}/environments")).await;
+    let env_id = environments[0]["id"].as_str().unwrap().to_owned();
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/api/environments/{env_id}/metrics/app",
+            server.url
+        ))
+        .bearer_auth(token(&server))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let scraped = response.text().await.unwrap();
+    assert!(
+        scraped.contains(
+            "chatty_requests_total{app=\"chatty\",env=\"production\",release=\"1\",instance=\"web.0\",path=\"/fail\"} 3\n"
+        ),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("# TYPE chatty_requests_total counter\n"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("gilgal_app_scrape_up{app=\"chatty\",env=\"production\",release=\"1\",instance=\"web.0\"} 1\n"),
+        "{scraped}"
+    );
+
     // Error grouping: the three KeyError tracebacks of /fail are one group, a ZeroDivisionError
     // another.
     assert_eq!(app_get(&server, "/divide").await.0, 500);
