@@ -131,6 +131,17 @@ fn count(received: &[Value], kind: &str, path: Option<&str>, needle: &str) -> us
         .count()
 }
 
+/// Whether `event` of both traffic rules reached the webhook, Slack and email.
+fn on_every_channel(received: &[Value], event: &str) -> bool {
+    let tag = event.to_uppercase();
+    let h = hooks(received);
+    ["error_rate", "latency_p95"]
+        .iter()
+        .all(|rule| h.iter().any(|(e, k, _)| e == event && k == rule))
+        && count(received, "http", Some("/slack"), &format!("[{tag}]")) == 2
+        && count(received, "smtp", None, &tag) == 2
+}
+
 async fn get(server: &ServerProcess, path: &str) -> u16 {
     reqwest::Client::new()
         .get(format!("{}{path}", server.proxy_url))
@@ -307,12 +318,7 @@ async fn alerts_fire_and_resolve_once_each_on_webhook_slack_and_email() {
     }
     let fired = sink
         .wait("firing notifications of both rules on every channel", |r| {
-            let h = hooks(r);
-            ["error_rate", "latency_p95"]
-                .iter()
-                .all(|rule| h.iter().any(|(e, k, _)| e == "firing" && k == rule))
-                && count(r, "http", Some("/slack"), "[FIRING]") == 2
-                && count(r, "smtp", None, "FIRING") == 2
+            on_every_channel(r, "firing")
         })
         .await;
     for (_, _, valid) in hooks(&fired) {
@@ -350,13 +356,7 @@ async fn alerts_fire_and_resolve_once_each_on_webhook_slack_and_email() {
     let resolved = loop {
         assert_eq!(get(&server, "/health").await, 200);
         let got = sink.received();
-        let h = hooks(&got);
-        let done = ["error_rate", "latency_p95"]
-            .iter()
-            .all(|rule| h.iter().any(|(e, k, _)| e == "resolved" && k == rule))
-            && count(&got, "http", Some("/slack"), "[RESOLVED]") == 2
-            && count(&got, "smtp", None, "RESOLVED") == 2;
-        if done {
+        if on_every_channel(&got, "resolved") {
             break got;
         }
         assert!(
