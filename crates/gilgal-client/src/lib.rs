@@ -898,6 +898,19 @@ impl Client {
         .await
     }
 
+    /// `POST /api/environments/{id}/alerts/channels/{channel}/test`.
+    pub async fn test_alert_channel(
+        &self,
+        environment: Uuid,
+        channel: Uuid,
+    ) -> Result<(), ClientError> {
+        self.empty(
+            Method::POST,
+            &format!("/api/environments/{environment}/alerts/channels/{channel}/test"),
+        )
+        .await
+    }
+
     /// `GET /api/audit` with filters (`action`, `since` RFC 3339, `limit`).
     pub async fn audit(
         &self,

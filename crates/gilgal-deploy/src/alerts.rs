@@ -318,6 +318,39 @@ impl Deployer {
         Ok(())
     }
 
+    /// Sends a test notification to one channel now (not through the outbox: the caller
+    /// waits for the outcome). The error says why it did not arrive.
+    pub async fn test_alert_channel(
+        &self,
+        channel: &AlertChannelRecord,
+        environment: &EnvironmentRecord,
+    ) -> Result<(), String> {
+        let target = self.channel(channel).await?;
+        let notification = Notification {
+            event: Event::Test,
+            alert_id: format!("test-{}", Uuid::new_v4()),
+            rule: "test".to_owned(),
+            condition: "test notification".to_owned(),
+            message: format!(
+                "A test from Gilgal: alerts of {}/{} reach this {} channel.",
+                environment.project_name, environment.name, channel.kind
+            ),
+            value: None,
+            threshold: 0.0,
+            project: environment.project_name.clone(),
+            environment: environment.name.clone(),
+            fired_at: time::OffsetDateTime::now_utc(),
+            resolved_at: None,
+            url: Some(self.url(&environment.project_name, &environment.name)),
+        };
+        self.config
+            .alerts
+            .notifier
+            .send(&target, &notification)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     async fn deliver(&self, pending: &NotificationRecord) -> Result<(), StoreError> {
         let alert = self.store.alert(pending.alert_id).await?;
         if pending.event == Event::Resolved.as_str() {
@@ -375,7 +408,14 @@ impl Deployer {
             .await
     }
 
+    /// The channel as the notifier takes it; a URL whose host now resolves to the server's
+    /// own network is refused at every delivery, not only when the channel was added.
     async fn channel(&self, channel: &AlertChannelRecord) -> Result<Channel, String> {
+        if channel.kind != "email" {
+            self.check_notification_url(&channel.target)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         Ok(match channel.kind.as_str() {
             "webhook" => {
                 let sealed = channel

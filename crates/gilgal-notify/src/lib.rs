@@ -58,6 +58,8 @@ pub enum Event {
     Firing,
     /// The condition no longer holds.
     Resolved,
+    /// Sent on request, to check a channel works; no alert behind it.
+    Test,
 }
 
 impl Event {
@@ -66,6 +68,7 @@ impl Event {
         match self {
             Event::Firing => "firing",
             Event::Resolved => "resolved",
+            Event::Test => "test",
         }
     }
 }
@@ -177,6 +180,7 @@ pub fn slack_body(notification: &Notification) -> Vec<u8> {
     let (icon, color) = match notification.event {
         Event::Firing => (":rotating_light:", "#d00000"),
         Event::Resolved => (":white_check_mark:", "#2eb886"),
+        Event::Test => (":wave:", "#439fe0"),
     };
     serde_json::to_vec(&serde_json::json!({
         "text": format!("{icon} {}", notification.headline()),

@@ -113,7 +113,8 @@ fn count_of(row: &sqlx::any::AnyRow) -> Result<u64, StoreError> {
     Ok(u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0))
 }
 
-/// Queues `event` of `alert_id` for every channel of the environment (inside `tx`).
+/// Queues `event` of `alert_id` for the environment's channels (inside `tx`): `firing` for
+/// every channel, `resolved` for those that were sent the `firing`.
 async fn queue_notifications(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     alert_id: Uuid,
@@ -121,10 +122,17 @@ async fn queue_notifications(
     event: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    // "resolved" goes only where "firing" went: a channel added meanwhile never heard of it.
+    let only_notified = if event == "firing" {
+        ""
+    } else {
+        " AND EXISTS (SELECT 1 FROM alert_notifications n WHERE n.alert_id = $1 \
+          AND n.channel_id = c.id AND n.event = 'firing')"
+    };
+    sqlx::query(&format!(
         "INSERT INTO alert_notifications (alert_id, channel_id, event, created_at, attempts, next_attempt_at) \
-         SELECT $1, c.id, $2, $3, 0, $3 FROM alert_channels c WHERE c.environment_id = $4",
-    )
+         SELECT $1, c.id, $2, $3, 0, $3 FROM alert_channels c WHERE c.environment_id = $4{only_notified}"
+    ))
     .bind(alert_id.to_string())
     .bind(event)
     .bind(now)
@@ -297,8 +305,8 @@ impl Store {
         self.alert(id).await.map(Some)
     }
 
-    /// Resolves an open alert and queues a `resolved` notification for every channel, in one
-    /// transaction. Returns false when it was not open (already resolved).
+    /// Resolves an open alert and queues a `resolved` notification for every channel that was
+    /// sent its `firing`, in one transaction. Returns false when it was not open (already resolved).
     pub async fn resolve_alert(&self, id: Uuid, message: &str) -> Result<bool, StoreError> {
         let now = now_millis();
         let mut tx = self.pool.begin().await?;

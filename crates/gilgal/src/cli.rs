@@ -570,6 +570,14 @@ pub enum AlertsCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Send a test notification to a channel now.
+    Test {
+        /// Channel id (from `gilgal alerts channels`).
+        id: uuid::Uuid,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
     /// Stop sending notifications to a channel.
     RemoveChannel {
         /// Channel id (from `gilgal alerts channels`).

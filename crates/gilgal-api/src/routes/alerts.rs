@@ -33,6 +33,25 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(update_rule))
         .routes(routes!(list_channels, create_channel))
         .routes(routes!(delete_channel))
+        .routes(routes!(test_channel))
+}
+
+/// The caller's environment's channel `channel` (another environment's is not found).
+async fn channel_of(
+    state: &AppState,
+    environment: &EnvironmentRecord,
+    channel: &str,
+) -> Result<AlertChannelRecord, ApiError> {
+    let not_found = || ApiError::not_found("alert channel");
+    let id = parse_path_id(channel, "alert channel")?;
+    let record = state.store().alert_channel(id).await.map_err(|e| match e {
+        StoreError::NotFound => not_found(),
+        other => other.into(),
+    })?;
+    if record.environment_id != environment.id {
+        return Err(not_found());
+    }
+    Ok(record)
 }
 
 fn rule_to_wire(rule: &CoreRule, overridden: bool) -> AlertRule {
@@ -349,20 +368,8 @@ async fn delete_channel(
     let environment = owned_environment(&state, &caller, &id).await?;
     crate::routes::teams::require_role(&state, &caller, environment.project_id, Role::Admin)
         .await?;
-    let channel_id = parse_path_id(&channel, "alert channel")?;
+    let channel_id = channel_of(&state, &environment, &channel).await?.id;
     let not_found = || ApiError::not_found("alert channel");
-    let record = state
-        .store()
-        .alert_channel(channel_id)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => not_found(),
-            other => other.into(),
-        })?;
-    // Another environment's channel is not found, whoever owns it.
-    if record.environment_id != environment.id {
-        return Err(not_found());
-    }
     state
         .store()
         .delete_alert_channel(channel_id)
@@ -372,5 +379,53 @@ async fn delete_channel(
             other => other.into(),
         })?;
     crate::audit::note("channel", serde_json::json!(channel_id));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Send a test notification to a channel now and say whether it arrived (the receiver's
+/// answer or the SMTP relay's error on failure). Needs the admin role on the project.
+#[utoipa::path(post, path = "/api/environments/{id}/alerts/channels/{channel}/test", tag = "alerts",
+    params(
+        ("id" = String, Path, description = "Environment id"),
+        ("channel" = String, Path, description = "Channel id"),
+    ),
+    responses(
+        (status = 204, description = "Delivered"),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Role too low", body = ErrorBody),
+        (status = 404, description = "No such environment or channel", body = ErrorBody),
+        (status = 422, description = "The channel's host is now on the server's own network", body = ErrorBody),
+        (status = 502, description = "Not delivered; the message says why", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+async fn test_channel(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path((id, channel)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let environment = owned_environment(&state, &caller, &id).await?;
+    crate::routes::teams::require_role(&state, &caller, environment.project_id, Role::Admin)
+        .await?;
+    let record = channel_of(&state, &environment, &channel).await?;
+    // Checked when the channel was added, but its host may resolve elsewhere now.
+    if record.kind != "email" {
+        state
+            .deployer()
+            .check_notification_url(&record.target)
+            .await
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+    }
+    state
+        .deployer()
+        .test_alert_channel(&record, &environment)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "delivery_failed",
+                format!("the test notification did not arrive: {e}"),
+            )
+        })?;
+    crate::audit::note("channel", serde_json::json!(record.id));
     Ok(StatusCode::NO_CONTENT)
 }

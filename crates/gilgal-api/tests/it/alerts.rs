@@ -283,6 +283,55 @@ async fn rules_and_channels_are_validated_and_private_to_their_environment(backe
     .await;
     assert_error(&answer, StatusCode::NOT_FOUND, "not_found");
 
+    // A channel whose host turned internal is refused when tested, and nothing is sent.
+    let internal = Uuid::new_v4();
+    server
+        .state
+        .store()
+        .create_alert_channel(
+            internal,
+            env.parse().unwrap(),
+            "webhook",
+            "http://127.0.0.1:9/hook",
+            None,
+        )
+        .await
+        .unwrap();
+    let answer = call(
+        Method::POST,
+        format!("/api/environments/{env}/alerts/channels/{internal}/test"),
+        &token,
+        None,
+    )
+    .await;
+    assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    assert!(
+        answer.2["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("internal address"),
+        "{answer:?}"
+    );
+    let answer = call(
+        Method::POST,
+        format!("/api/environments/{eve_env}/alerts/channels/{internal}/test"),
+        &eve,
+        None,
+    )
+    .await;
+    assert_error(&answer, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        call(
+            Method::DELETE,
+            format!("/api/environments/{env}/alerts/channels/{internal}"),
+            &token,
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+
     let gone = format!("/api/environments/{env}/alerts/channels/{hook_id}");
     assert_eq!(
         call(Method::DELETE, gone.clone(), &token, None).await.0,

@@ -245,6 +245,20 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
         )
         .await
         .unwrap();
+    // One to test: its loopback host is refused (422) before anything is sent.
+    let internal_channel_id = uuid::Uuid::new_v4();
+    server
+        .state
+        .store()
+        .create_alert_channel(
+            internal_channel_id,
+            env_uuid,
+            "slack",
+            "http://127.0.0.1:9/hook",
+            None,
+        )
+        .await
+        .unwrap();
 
     let carol = user_id["carol"].clone();
     let frank = user_id["frank"].clone();
@@ -607,6 +621,14 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
             "/api/environments/{id}/alerts/channels",
             format!("/api/environments/{env_id}/alerts/channels"),
             Some(json!({"kind": "slack", "target": "https://203.0.113.9/slack"})),
+            Access::Project("admin"),
+            false,
+        ),
+        (
+            Method::POST,
+            "/api/environments/{id}/alerts/channels/{channel}/test",
+            format!("/api/environments/{env_id}/alerts/channels/{internal_channel_id}/test"),
+            None,
             Access::Project("admin"),
             false,
         ),

@@ -165,6 +165,13 @@ pub async fn run(
                 }
             }
         }
+        AlertsCommand::Test { id, target } => {
+            let env = environment(&client, &target).await?;
+            client.test_alert_channel(env.id, id).await?;
+            if !json {
+                println!("Test notification delivered to channel {id}.");
+            }
+        }
         AlertsCommand::RemoveChannel { id, target } => {
             let env = environment(&client, &target).await?;
             client.delete_alert_channel(env.id, id).await?;

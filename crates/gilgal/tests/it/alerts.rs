@@ -418,4 +418,25 @@ async fn alerts_fire_and_resolve_once_each_on_webhook_slack_and_email() {
     );
     let human = ok(server.cli(&["alerts", "list", "-p", "chatty"], None));
     assert!(human.contains("notifications: 6 of 6 delivered"), "{human}");
+
+    // A test notification, on request, to the webhook (signed) and by email.
+    let channels: Vec<Value> = serde_json::from_str(&ok(
+        server.cli(&["--json", "alerts", "channels", "-p", "chatty"], None)
+    ))
+    .unwrap();
+    for kind in ["webhook", "email"] {
+        let id = channels.iter().find(|c| c["kind"] == kind).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let out = ok(server.cli(&["alerts", "test", &id, "-p", "chatty"], None));
+        assert!(out.contains("delivered"), "{out}");
+    }
+    let tested = sink
+        .wait("the test notifications", |r| {
+            count(r, "smtp", None, "[TEST]") == 1
+                && hooks(r).iter().any(|(e, k, _)| e == "test" && k == "test")
+        })
+        .await;
+    assert!(hooks(&tested).iter().all(|(_, _, valid)| *valid));
 }
