@@ -200,9 +200,14 @@ impl ConnActivity {
         self.waker.wake();
     }
 
-    /// Arm the connection's response deadline `timeout` from now, until the guard drops.
-    pub(crate) fn set_response_deadline(&self, timeout: std::time::Duration) -> DeadlineGuard<'_> {
-        let at = std::time::Instant::now() + timeout;
+    /// Arm the connection's response deadline `timeout` after `from` (the request's start,
+    /// or now for a retry: no clock read on the first attempt), until the guard drops.
+    pub(crate) fn set_response_deadline(
+        &self,
+        from: std::time::Instant,
+        timeout: std::time::Duration,
+    ) -> DeadlineGuard<'_> {
+        let at = from + timeout;
         let micros = at.saturating_duration_since(deadline_epoch()).as_micros();
         let micros = u64::try_from(micros).unwrap_or(u64::MAX).max(1);
         self.response_timed_out.store(false, Ordering::Release);
