@@ -667,9 +667,8 @@ impl Forward {
 
 /// Origin-form request target (`/path?query`), as HTTP/1.1 sends it to a backend.
 fn upstream_uri(path_and_query: PathAndQuery) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(path_and_query);
-    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+    // Direct: no scheme or authority to validate, unlike `Uri::from_parts`.
+    Uri::from(path_and_query)
 }
 
 /// Pick the split group: the sticky cookie's group if valid, else a weighted coin flip (and a
