@@ -832,6 +832,38 @@ mod tests {
         assert!(until(Duration::from_secs(1), || parked(&handle) == 0).await);
     }
 
+    #[tokio::test]
+    async fn shutdown_closes_parked_connections_at_once() {
+        let up = upstream().await;
+        let handle = ProxyHandle::new(ProxySettings::default());
+        handle
+            .replace(vec![RouteSpec::upstream(
+                "r",
+                vec!["app.localhost".into()],
+                vec![Backend::new("b", up)],
+            )])
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(super::serve(listener, handle.clone(), async {
+            let _ = stopped.await;
+        }));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(exchange(&mut s, &mut buf, GET_A).await.0, 200);
+        assert!(until(Duration::from_secs(3), || parked(&handle) == 1).await);
+        let _ = stop.send(());
+        let mut byte = [0u8; 1];
+        let eof = tokio::time::timeout(Duration::from_secs(2), s.read(&mut byte)).await;
+        assert!(
+            matches!(eof, Ok(Ok(0)) | Ok(Err(_))),
+            "parked connection not closed"
+        );
+        let done = tokio::time::timeout(Duration::from_secs(2), server).await;
+        assert!(matches!(done, Ok(Ok(Ok(())))), "listener did not finish");
+    }
+
     /// A connection's task and its boxed state live as long as the connection, idle or not:
     /// they must not grow back to hold HTTP/2 or TLS handshake state (2 KB and 1.4 KB before).
     #[tokio::test]
