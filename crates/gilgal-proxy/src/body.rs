@@ -135,6 +135,38 @@ pub(crate) struct ConnActivity {
     response_deadline: AtomicU64,
     /// Raised by the connection task when `response_deadline` passed.
     response_timed_out: AtomicBool,
+    /// Parking of an idle HTTP/1 connection (its hyper state dropped until the client sends
+    /// again): [`PARK_NONE`], [`PARK_REQUESTED`] by the watchdog, or [`PARK_PARKED`].
+    park: AtomicU8,
+    /// What the connection's IO wrapper saw last, so the task can tell when hyper is idle.
+    pub(crate) io: IoState,
+}
+
+/// Not parked, no request to park.
+const PARK_NONE: u8 = 0;
+/// The watchdog asks the connection task to park (it saw the connection idle for a while).
+const PARK_REQUESTED: u8 = 1;
+/// The connection holds no hyper state and waits for the client to send.
+const PARK_PARKED: u8 = 2;
+
+/// Last observations of a client connection's IO wrapper ([`crate::framing::FramingGuard`]):
+/// plain stores on the request path, read by the connection task only when asked to park.
+#[derive(Debug, Default)]
+pub(crate) struct IoState {
+    /// hyper's last read found nothing to read.
+    pub(crate) read_blocked: AtomicBool,
+    /// Bytes were written since the last completed flush.
+    pub(crate) write_pending: AtomicBool,
+    /// The client's bytes so far do not end at a message boundary (part of a head or body
+    /// arrived, or the stream is no longer HTTP/1 framed: HTTP/2, upgrade, invalid).
+    pub(crate) mid_message: AtomicBool,
+    /// hyper asked to shut the connection down.
+    pub(crate) shut: AtomicBool,
+    /// A park attempt is under way: a shutdown is swallowed (and noted in `swallowed`)
+    /// unless bytes move first.
+    pub(crate) parking: AtomicBool,
+    /// hyper shut the connection down during a park attempt, with no bytes moved.
+    pub(crate) swallowed: AtomicBool,
 }
 
 /// Time base of [`ConnActivity`] response deadlines.
@@ -168,9 +200,14 @@ impl ConnActivity {
         self.waker.wake();
     }
 
-    /// Arm the connection's response deadline `timeout` from now, until the guard drops.
-    pub(crate) fn set_response_deadline(&self, timeout: std::time::Duration) -> DeadlineGuard<'_> {
-        let at = std::time::Instant::now() + timeout;
+    /// Arm the connection's response deadline `timeout` after `from` (the request's start,
+    /// or now for a retry: no clock read on the first attempt), until the guard drops.
+    pub(crate) fn set_response_deadline(
+        &self,
+        from: std::time::Instant,
+        timeout: std::time::Duration,
+    ) -> DeadlineGuard<'_> {
+        let at = from + timeout;
         let micros = at.saturating_duration_since(deadline_epoch()).as_micros();
         let micros = u64::try_from(micros).unwrap_or(u64::MAX).max(1);
         self.response_timed_out.store(false, Ordering::Release);
@@ -189,6 +226,50 @@ impl ConnActivity {
 
     pub(crate) fn response_timed_out(&self) -> bool {
         self.response_timed_out.load(Ordering::Acquire)
+    }
+
+    /// The watchdog saw the connection idle for a whole park period: ask its task to drop
+    /// hyper's per-connection state (unless it is parked already or serving HTTP/2).
+    pub(crate) fn request_park(&self) {
+        if self
+            .park
+            .compare_exchange(
+                PARK_NONE,
+                PARK_REQUESTED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            self.waker.wake();
+        }
+    }
+
+    /// Take a pending park request (cheap when there is none: one load).
+    pub(crate) fn take_park_request(&self) -> bool {
+        if self.park.load(Ordering::Relaxed) != PARK_REQUESTED {
+            return false;
+        }
+        self.park.store(PARK_NONE, Ordering::Relaxed);
+        true
+    }
+
+    /// Mark the connection parked (no hyper state) or active.
+    pub(crate) fn set_parked(&self, parked: bool) {
+        let state = if parked { PARK_PARKED } else { PARK_NONE };
+        self.park.store(state, Ordering::Release);
+    }
+
+    /// Whether the connection looks idle to hyper: no request open, everything written and
+    /// flushed, the last read found nothing, and the client's bytes end at a message boundary.
+    /// A hint only: hyper itself decides in the park attempt (see `server::drive`).
+    pub(crate) fn looks_idle(&self) -> bool {
+        let io = &self.io;
+        self.open_requests.load(Ordering::Acquire) == 0
+            && io.read_blocked.load(Ordering::Relaxed)
+            && !io.write_pending.load(Ordering::Relaxed)
+            && !io.mid_message.load(Ordering::Relaxed)
+            && !io.shut.load(Ordering::Relaxed)
     }
 
     /// The close requested so far; registers `waker` to hear about a later request.

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -252,15 +253,47 @@ fn inspect_head(bytes: &[u8]) -> Parsed {
     Parsed::Complete { len, next }
 }
 
+impl Scanner {
+    /// The bytes fed so far end at a message boundary (no partial head or body), on a stream
+    /// that is still HTTP/1 framed.
+    fn at_boundary(&self) -> bool {
+        self.state == State::Head && self.pending.is_empty()
+    }
+}
+
+/// Waiting for a connection to become readable without reading (and so without a buffer).
+pub(crate) trait ReadReady {
+    /// Ready once the socket has bytes (or an EOF or error) to read.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl ReadReady for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    /// The TCP socket's readiness: a parked connection's last read drained rustls' plaintext
+    /// (it returned pending), so anything new arrives on the socket first.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
+    }
+}
+
 pin_project! {
     /// Client stream wrapper that feeds every read into a [`Scanner`] and raises the
     /// connection's `smuggling` flag when a request with ambiguous framing arrives (and its
-    /// `http2` flag when the client speaks HTTP/2).
+    /// `http2` flag when the client speaks HTTP/2). It also notes what hyper last did with the
+    /// stream ([`crate::body::IoState`]) so an idle connection can be parked, and replays bytes
+    /// read before the current hyper connection existed.
     pub(crate) struct FramingGuard<I> {
         #[pin]
         inner: I,
         scanner: Scanner,
         conn: Arc<ConnContext>,
+        // Read already (and scanned), handed to hyper before anything else.
+        replay: Bytes,
     }
 }
 
@@ -270,7 +303,31 @@ impl<I> FramingGuard<I> {
             inner,
             scanner: Scanner::default(),
             conn,
+            replay: Bytes::new(),
         }
+    }
+
+    /// Bytes hyper should read first (the protocol sniff, or what a parked hyper connection
+    /// had read but not parsed). A copy, so hyper's read buffer is freed.
+    pub(crate) fn set_replay(&mut self, bytes: &[u8]) {
+        self.replay = Bytes::copy_from_slice(bytes);
+    }
+
+    pub(crate) fn has_replay(&self) -> bool {
+        !self.replay.is_empty()
+    }
+
+    /// Free what the scanner buffered (nothing is partial when a connection parks).
+    pub(crate) fn release(&mut self) {
+        if self.scanner.pending.is_empty() {
+            self.scanner.pending = Vec::new();
+        }
+    }
+}
+
+impl<I: ReadReady> FramingGuard<I> {
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_read_ready(cx)
     }
 }
 
@@ -281,17 +338,41 @@ impl<I: AsyncRead> AsyncRead for FramingGuard<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        let io = &this.conn.activity.io;
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
+            if this.replay.is_empty() {
+                // Free the copy rather than keep an empty view of it.
+                *this.replay = Bytes::new();
+            }
+            io.read_blocked.store(false, Ordering::Relaxed);
+            io.parking.store(false, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            if this.scanner.state != State::Passthrough {
-                if this.scanner.feed(&buf.filled()[before..]) {
-                    this.conn.activity.smuggling.store(true, Ordering::Release);
+        match polled {
+            Poll::Ready(Ok(())) => {
+                io.read_blocked.store(false, Ordering::Relaxed);
+                let data = &buf.filled()[before..];
+                if !data.is_empty() {
+                    io.parking.store(false, Ordering::Relaxed);
                 }
-                if this.scanner.http2 {
-                    this.conn.activity.http2.store(true, Ordering::Relaxed);
+                if this.scanner.state != State::Passthrough {
+                    if this.scanner.feed(data) {
+                        this.conn.activity.smuggling.store(true, Ordering::Release);
+                    }
+                    if this.scanner.http2 {
+                        this.conn.activity.http2.store(true, Ordering::Relaxed);
+                    }
+                    io.mid_message
+                        .store(!this.scanner.at_boundary(), Ordering::Relaxed);
                 }
             }
+            Poll::Pending => io.read_blocked.store(true, Ordering::Relaxed),
+            Poll::Ready(Err(_)) => {}
         }
         polled
     }
@@ -303,15 +384,36 @@ impl<I: AsyncWrite> AsyncWrite for FramingGuard<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        let io = &this.conn.activity.io;
+        io.write_pending.store(true, Ordering::Relaxed);
+        io.parking.store(false, Ordering::Relaxed);
+        this.inner.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let polled = this.inner.poll_flush(cx);
+        if let Poll::Ready(Ok(())) = polled {
+            this.conn
+                .activity
+                .io
+                .write_pending
+                .store(false, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+        let this = self.project();
+        let io = &this.conn.activity.io;
+        if io.parking.load(Ordering::Relaxed) {
+            // hyper closed an idle connection because we asked it to: keep the socket.
+            io.swallowed.store(true, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        io.shut.store(true, Ordering::Relaxed);
+        this.inner.poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -319,7 +421,11 @@ impl<I: AsyncWrite> AsyncWrite for FramingGuard<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let io = &this.conn.activity.io;
+        io.write_pending.store(true, Ordering::Relaxed);
+        io.parking.store(false, Ordering::Relaxed);
+        this.inner.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) certs: Arc<SniResolver>,
     pub(crate) unrouted: Arc<RouteMetrics>,
     pub(crate) open_client_connections: AtomicI64,
+    /// HTTP/1 client connections parked between requests (no hyper state held).
+    pub(crate) parked_client_connections: AtomicI64,
     pub(crate) access_log: crate::access::AccessLog,
     control: Mutex<Control>,
 }
@@ -176,6 +178,7 @@ impl ProxyHandle {
                 certs: Arc::new(SniResolver::default()),
                 unrouted: Arc::new(RouteMetrics::default()),
                 open_client_connections: AtomicI64::new(0),
+                parked_client_connections: AtomicI64::new(0),
                 access_log: crate::access::AccessLog::default(),
                 control: Mutex::new(control),
             }),

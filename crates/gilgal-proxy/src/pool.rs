@@ -80,10 +80,13 @@ impl ConnPool {
         }
     }
 
-    fn take_idle(&self) -> Option<http1::SendRequest<UpstreamBody>> {
+    /// The most recently returned live connection; `now` is a recent instant (the request's
+    /// start) rather than a fresh clock read.
+    fn take_idle(&self, now: Instant) -> Option<http1::SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(entry) = idle.pop() {
-            if entry.sender.is_ready() && entry.since.elapsed() < self.idle_timeout {
+            let age = now.saturating_duration_since(entry.since);
+            if entry.sender.is_ready() && age < self.idle_timeout {
                 return Some(entry.sender);
             }
         }
@@ -140,19 +143,21 @@ impl ConnPool {
         Ok(sender)
     }
 
-    /// Send the request in `req` on a pooled connection (or a new one), returning the response
+    /// Send the request in `req` on a pooled connection (or a new one; `now` is a recent
+    /// instant for the idle check), returning the response
     /// and the lease to give back once the response body is done. On failure the request is
     /// back in `req` if none of it was sent (safe to retry, body included). Upgrade requests
     /// always use a fresh, never-pooled connection.
     pub(crate) async fn send(
         &self,
+        now: Instant,
         req: &mut Option<Request<UpstreamBody>>,
         connect_timeout: Duration,
         upgrade: bool,
         cut: &Signal,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         if !upgrade {
-            while let Some(mut sender) = self.take_idle() {
+            while let Some(mut sender) = self.take_idle(now) {
                 let Some(request) = req.take() else {
                     return Err(UpstreamError::NoRequest);
                 };

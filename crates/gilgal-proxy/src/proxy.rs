@@ -234,7 +234,7 @@ fn route_request(
     let start = Instant::now();
     let mut guard = RequestGuard::new(ctx.clone());
     let facts = HeaderFacts::of(req.headers());
-    let request_id = request_id(facts.request_id);
+    let request_id = RequestId::of(facts.request_id);
     let unrouted = &ctx.shared.unrouted;
     let done = |resp| Routed::Done(Some(resp));
 
@@ -244,7 +244,7 @@ fn route_request(
         .load(Ordering::Acquire)
         .then_some("conflicting Content-Length / Transfer-Encoding framing");
     if let Some(reason) = ambiguous.or_else(|| framing_violation(&facts, req.version())) {
-        let mut resp = error_page(StatusCode::BAD_REQUEST, reason, &request_id);
+        let mut resp = error_page(StatusCode::BAD_REQUEST, reason, &request_id.value());
         if req.version() <= Version::HTTP_11 {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -252,7 +252,11 @@ fn route_request(
         return done(finish(resp, unrouted, start, guard));
     }
     let Some(host) = request_host(&req, facts.host) else {
-        let resp = error_page(StatusCode::BAD_REQUEST, "missing Host header", &request_id);
+        let resp = error_page(
+            StatusCode::BAD_REQUEST,
+            "missing Host header",
+            &request_id.value(),
+        );
         return done(finish(resp, unrouted, start, guard));
     };
     let route = {
@@ -260,7 +264,11 @@ fn route_request(
         table.lookup(&host, req.uri().path()).cloned()
     };
     let Some(route) = route else {
-        let resp = error_page(StatusCode::NOT_FOUND, "no app is served here", &request_id);
+        let resp = error_page(
+            StatusCode::NOT_FOUND,
+            "no app is served here",
+            &request_id.value(),
+        );
         return done(finish(resp, unrouted, start, guard));
     };
     guard.set_route(route.metrics.clone());
@@ -272,7 +280,7 @@ fn route_request(
         return done(finish(resp, metrics, start, guard));
     }
     if let Some((status, reason)) = limit_violation(&route, &req, facts.bytes) {
-        let mut resp = error_page(status, reason, &request_id);
+        let mut resp = error_page(status, reason, &request_id.value());
         if status == StatusCode::PAYLOAD_TOO_LARGE && req.version() <= Version::HTTP_11 {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -287,6 +295,7 @@ fn route_request(
                 let CompiledTarget::Static { root, fallback } = &route.target else {
                     unreachable!("matched a static route above");
                 };
+                let request_id = request_id.value();
                 let resp = serve_static(root, fallback.as_deref(), &route, req, &request_id).await;
                 let status = resp.status();
                 route
@@ -349,7 +358,7 @@ enum Group {
 struct Forward {
     ctx: Arc<ConnContext>,
     route: Arc<CompiledRoute>,
-    request_id: HeaderValue,
+    request_id: RequestId,
     start: Instant,
     /// Taken by the response (or error page) that ends the request.
     guard: Option<RequestGuard>,
@@ -476,7 +485,7 @@ impl Forward {
             }
             let in_flight = InFlightGuard::new(backend.clone());
             let last = attempt == attempts;
-            match self.attempt(&backend).await {
+            match self.attempt(&backend, attempt == 1).await {
                 Attempt::Response(resp, lease) => {
                     return self.relay(resp, lease, in_flight);
                 }
@@ -522,12 +531,16 @@ impl Forward {
         )
     }
 
-    async fn attempt(&mut self, backend: &BackendState) -> Attempt {
+    async fn attempt(&mut self, backend: &BackendState, first: bool) -> Attempt {
         if backend.cut.is_fired() {
             return Attempt::Cut;
         }
         let limits = &self.route.limits;
+        // The first attempt starts microseconds after the request: its start time stands in for
+        // a clock read (a retry reads the clock for a deadline of its own).
+        let now = if first { self.start } else { Instant::now() };
         let send = backend.pool.send(
+            now,
             &mut self.request,
             limits.connect_timeout,
             self.upgrade,
@@ -541,7 +554,7 @@ impl Forward {
                 .ok()
         } else {
             // One request at a time: the connection task's timer (see `ConnActivity`).
-            let _deadline = activity.set_response_deadline(limits.response_timeout);
+            let _deadline = activity.set_response_deadline(now, limits.response_timeout);
             tokio::pin!(send);
             std::future::poll_fn(|cx| {
                 if activity.response_timed_out() {
@@ -560,7 +573,7 @@ impl Forward {
     }
 
     fn fail(&mut self, status: StatusCode, why: &str) -> Response<ProxyBody> {
-        let mut resp = error_page(status, why, &self.request_id);
+        let mut resp = error_page(status, why, &self.request_id.value());
         self.route
             .metrics
             .record_response(resp.status().as_u16(), self.start.elapsed());
@@ -648,15 +661,14 @@ impl Forward {
         if !has_host {
             headers.insert(header::HOST, host_value.clone());
         }
-        headers.insert(X_REQUEST_ID.clone(), self.request_id.clone());
+        headers.insert(X_REQUEST_ID.clone(), self.request_id.value());
     }
 }
 
 /// Origin-form request target (`/path?query`), as HTTP/1.1 sends it to a backend.
 fn upstream_uri(path_and_query: PathAndQuery) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(path_and_query);
-    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+    // Direct: no scheme or authority to validate, unlike `Uri::from_parts`.
+    Uri::from(path_and_query)
 }
 
 /// Pick the split group: the sticky cookie's group if valid, else a weighted coin flip (and a
@@ -881,28 +893,46 @@ fn scan_host_header(value: &HeaderValue) -> Option<(&str, bool)> {
     Some((colon.map_or(text, |i| &text[..i]), upper))
 }
 
-/// Keep a sane incoming `X-Request-Id`, otherwise mint a new one.
-fn request_id(incoming: Option<&HeaderValue>) -> HeaderValue {
-    if let Some(v) = incoming {
-        let b = v.as_bytes();
-        if !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
-        {
-            return v.clone();
-        }
-    }
-    new_request_id()
+/// A request's id: the client's `X-Request-Id` if sane, otherwise a minted one kept as its
+/// counter and turned into a header value only where one is needed (once on the way upstream;
+/// again only for an error page). A minted value is copied into its own allocation, and its
+/// first clone would allocate again: building it where it is used avoids the clone.
+#[derive(Clone)]
+enum RequestId {
+    Incoming(HeaderValue),
+    Minted(u64),
 }
 
-/// 32 hex digits: a random per-process prefix and a counter (unique, cheap, not guessable
-/// across restarts).
-fn new_request_id() -> HeaderValue {
+impl RequestId {
+    /// Keep a sane incoming `X-Request-Id`, otherwise mint a new one.
+    fn of(incoming: Option<&HeaderValue>) -> Self {
+        if let Some(v) = incoming {
+            let b = v.as_bytes();
+            if !b.is_empty()
+                && b.len() <= 128
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+            {
+                return Self::Incoming(v.clone());
+            }
+        }
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        Self::Minted(COUNTER.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn value(&self) -> HeaderValue {
+        match self {
+            Self::Incoming(v) => v.clone(),
+            Self::Minted(n) => minted_request_id(*n),
+        }
+    }
+}
+
+/// 32 hex digits: a random per-process prefix and the counter `n` (unique, cheap, not
+/// guessable across restarts).
+fn minted_request_id(n: u64) -> HeaderValue {
     static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| hex16(rand::random::<u64>()));
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut buf = [0u8; 32];
     buf[..16].copy_from_slice(prefix);
     buf[16..].copy_from_slice(&hex16(n));
