@@ -13,7 +13,9 @@ pub enum AlertKind {
     ErrorRate,
     /// 95th percentile of request latency (seconds) above `threshold` for `for_seconds`.
     LatencyP95,
-    /// A web instance failed its health check `threshold` times in a row.
+    /// A web instance failed its health check `threshold` times in a row. (An instance is
+    /// replaced when it reaches its release's failure threshold, 3 unless `gilgal.toml` says
+    /// otherwise, so a higher `threshold` fires only for releases that wait longer.)
     HealthCheck,
     /// At least `threshold` crashes (exits, OOM kills, failed starts) within the last
     /// `for_seconds`.
@@ -300,6 +302,17 @@ impl TrafficHistory {
         }
     }
 
+    /// Whether the samples kept reach back `window_ms` from the newest (after a restart they
+    /// do not yet, and a rate over them would say little).
+    pub fn spans(&self, window_ms: u64) -> bool {
+        match (self.samples.front(), self.samples.back()) {
+            (Some(oldest), Some(newest)) => {
+                self.samples.len() > 1 && oldest.at_ms <= newest.at_ms.saturating_sub(window_ms)
+            }
+            _ => false,
+        }
+    }
+
     /// Traffic over (about) the last `window_ms`: from the newest sample at or before the
     /// window's start (or the oldest one kept) to the newest. `None` with fewer than two.
     pub fn over(&self, window_ms: u64) -> Option<TrafficDelta> {
@@ -446,6 +459,8 @@ mod tests {
         assert_eq!((all.requests, all.errors), (150, 60));
         assert_eq!(all.latency_buckets, vec![70, 30]);
         assert_eq!(all.error_rate(), Some(0.4));
+        assert!(history.spans(10_000) && history.spans(5_000));
+        assert!(!TrafficHistory::default().spans(1));
         let last = history.over(5_000).unwrap();
         assert_eq!((last.requests, last.errors), (50, 10));
         // Old samples are forgotten but one at the window's edge stays.
@@ -456,6 +471,7 @@ mod tests {
         // A restarted server reports smaller counters: no negative deltas.
         history.push(sample(25_000, 3, 1, &[4, 0]), 10_000);
         assert_eq!(history.over(10_000), None);
+        assert!(!history.spans(1), "a restart starts the history over");
         history.push(sample(26_000, 5, 1, &[6, 0]), 10_000);
         assert_eq!(history.over(10_000).unwrap().requests, 2);
     }

@@ -4,7 +4,8 @@
 //! feeds them to its rules (gilgal-core's defaults, or the owner's overrides), opens an alert
 //! when a rule has been breached for its pending period and resolves it when the breach ends.
 //! Each change is written with one notification per channel (the store's outbox), which is
-//! then delivered, retried with backoff, and never sent twice for the same change.
+//! then delivered and retried with backoff: at least once (a crash between sending and
+//! recording sends it again; receivers deduplicate on `X-Gilgal-Delivery`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -90,6 +91,18 @@ fn retry_after_ms(attempts: u32) -> u64 {
 }
 
 impl Deployer {
+    /// Sets the streak of every environment the health watch did not check this round (no
+    /// live release, no web process, deleted) to 0: nothing of theirs is failing.
+    pub(crate) fn clear_health_streaks_except(&self, checked: &[Uuid]) {
+        if let Ok(mut streaks) = self.health_streaks.lock() {
+            for (id, streak) in streaks.iter_mut() {
+                if !checked.contains(id) {
+                    streak.current = 0;
+                }
+            }
+        }
+    }
+
     /// Records the health watch's longest failure streak in `environment` this round.
     pub(crate) fn note_health_streak(&self, environment: Uuid, streak: u32) {
         if let Ok(mut streaks) = self.health_streaks.lock() {
@@ -183,11 +196,11 @@ impl Deployer {
                 );
             }
             for rule in self.alert_rules(environment.id).await? {
-                let (value, window) = if rule.enabled {
+                let (value, known, window) = if rule.enabled {
                     self.measure(environment, &rule, state, &streaks, now, interval_ms)
                         .await?
                 } else {
-                    (None, String::new())
+                    (None, true, String::new())
                 };
                 let breached = value.map(|v| rule.breached_by(v));
                 let firing = state
@@ -219,7 +232,9 @@ impl Deployer {
                                 .await;
                         }
                     }
-                    Some(alert) if breached != Some(true) => {
+                    // Resolved only by a measurement: right after a restart there is not yet
+                    // a window of traffic or a health round, and an open alert stays open.
+                    Some(alert) if known && breached != Some(true) => {
                         let message = match value {
                             _ if !rule.enabled => "the rule was disabled".to_owned(),
                             Some(v) => {
@@ -250,8 +265,9 @@ impl Deployer {
         Ok(())
     }
 
-    /// The rule's signal now (`None`: nothing to measure) and, for traffic rules, the window
-    /// it was measured over, for the message.
+    /// The rule's signal now (`None`: nothing to measure), whether it was measured at all
+    /// (`false` before the server has watched a whole window or a health round), and, for
+    /// traffic rules, the window it was measured over, for the message.
     async fn measure(
         &self,
         environment: &EnvironmentRecord,
@@ -260,17 +276,16 @@ impl Deployer {
         streaks: &HashMap<Uuid, u32>,
         now: u64,
         interval_ms: u64,
-    ) -> Result<(Option<f64>, String), StoreError> {
+    ) -> Result<(Option<f64>, bool, String), StoreError> {
         Ok(match rule.kind {
             AlertKind::ErrorRate | AlertKind::LatencyP95 => {
                 let window_ms = rule
                     .for_seconds
                     .saturating_mul(1000)
                     .clamp(2 * interval_ms, MAX_TRAFFIC_WINDOW_MS.max(2 * interval_ms));
-                let delta = state
-                    .traffic
-                    .get(&self.route_of(environment))
-                    .and_then(|h| h.over(window_ms));
+                let history = state.traffic.get(&self.route_of(environment));
+                let known = history.is_some_and(|h| h.spans(window_ms));
+                let delta = history.and_then(|h| h.over(window_ms));
                 let value = delta.and_then(|d| match rule.kind {
                     AlertKind::ErrorRate => d.error_rate(),
                     _ => histogram_quantile(
@@ -281,25 +296,25 @@ impl Deployer {
                 });
                 (
                     value,
+                    known,
                     format!(" over the last {:.0} s", window_ms as f64 / 1000.0),
                 )
             }
-            AlertKind::HealthCheck => (
-                Some(f64::from(
-                    streaks.get(&environment.id).copied().unwrap_or(0),
-                )),
-                String::new(),
-            ),
+            AlertKind::HealthCheck => match streaks.get(&environment.id) {
+                Some(streak) => (Some(f64::from(*streak)), true, String::new()),
+                None => (None, false, String::new()),
+            },
             AlertKind::CrashLoop => {
                 let since = now.saturating_sub(rule.for_seconds.saturating_mul(1000));
                 let crashes = self
                     .store
                     .crashes_since(environment.id, i64::try_from(since).unwrap_or(0))
                     .await?;
-                (Some(crashes as f64), String::new())
+                (Some(crashes as f64), true, String::new())
             }
             AlertKind::BackupFailed => (
                 Some(self.store.addons_with_failed_backup(environment.id).await? as f64),
+                true,
                 String::new(),
             ),
         })
@@ -393,7 +408,13 @@ impl Deployer {
                     "alert",
                     format!(
                         "the {} notification to {} {} failed {attempts} times; giving up: {error}",
-                        pending.event, channel.kind, channel.target
+                        pending.event,
+                        channel.kind,
+                        if channel.kind == "email" {
+                            channel.target.clone()
+                        } else {
+                            gilgal_notify::redact_url(&channel.target)
+                        }
                     ),
                 )
                 .await;

@@ -167,6 +167,7 @@ impl Deployer {
             .map_err(|e| e.to_string())?;
         let statuses = self.runtime.list().await.map_err(|e| e.to_string())?;
         let mut seen = Vec::new();
+        let mut checked = Vec::new();
         for environment in environments {
             let Some(number) = environment.live_release else {
                 continue;
@@ -180,6 +181,7 @@ impl Deployer {
             if !artifact.processes.iter().any(|p| p.process_type.is_web()) {
                 continue;
             }
+            checked.push(environment.id);
             let check = health_check(&artifact);
             let mut any_up = false;
             let mut streak = 0;
@@ -237,6 +239,7 @@ impl Deployer {
             }
         }
         failures.retain(|id, _| seen.contains(id));
+        self.clear_health_streaks_except(&checked);
         Ok(())
     }
 

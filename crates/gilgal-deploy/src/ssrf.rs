@@ -7,11 +7,21 @@
 use std::net::IpAddr;
 
 /// The host part of a git URL (`scheme://[user@]host[:port]/…` or scp-style `user@host:path`).
+///
+/// A URL with a scheme is read by the same WHATWG parser the HTTP client uses, so the host
+/// checked is the host connected to (`http://127.0.0.1?@example.com/` is 127.0.0.1, not
+/// example.com); one it cannot parse has no host and is refused.
 pub(crate) fn url_host(url: &str) -> Option<String> {
-    let rest = match url.split_once("://") {
-        Some((_, rest)) => rest.split('/').next()?,
-        None => url.split(':').next()?,
-    };
+    if url.contains("://") {
+        let parsed = reqwest::Url::parse(url).ok()?;
+        let host = parsed.host_str()?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        return (!host.is_empty()).then(|| host.to_ascii_lowercase());
+    }
+    let rest = url.split(':').next()?;
     let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
     if let Some(v6) = host.strip_prefix('[') {
         return v6.split(']').next().map(str::to_owned);
@@ -73,6 +83,20 @@ pub(crate) async fn check_public(url: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_checked_is_the_host_connected_to() {
+        for tricky in [
+            "http://127.0.0.1?@example.com/",
+            "http://127.0.0.1#@example.com/",
+            "http://127.0.0.1\\@example.com/",
+            "http://user@127.0.0.1/x",
+        ] {
+            assert_eq!(url_host(tricky).as_deref(), Some("127.0.0.1"), "{tricky}");
+        }
+        assert_eq!(url_host("http://[::1]:8080/x").as_deref(), Some("::1"));
+        assert_eq!(url_host("http://exa mple.com/"), None);
+    }
 
     #[test]
     fn hosts_are_found_in_every_git_url_form() {

@@ -214,6 +214,24 @@ pub fn check_url(url: &str) -> Result<reqwest::Url, NotifyError> {
     Ok(parsed)
 }
 
+/// A webhook or Slack URL as it may be shown to everyone who can read the environment:
+/// scheme, host and port, the rest (which for Slack *is* the credential) elided.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) => {
+            let host = parsed.host_str().unwrap_or("?");
+            let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let elided = if parsed.path() == "/" && parsed.query().is_none() {
+                "/"
+            } else {
+                "/…"
+            };
+            format!("{}://{host}{port}{elided}", parsed.scheme())
+        }
+        Err(_) => "(invalid URL)".to_owned(),
+    }
+}
+
 /// Checks an email address (`name@example.com`).
 pub fn check_email(address: &str) -> Result<(), NotifyError> {
     address.parse::<lettre::Address>().map(|_| ()).map_err(|e| {
@@ -320,7 +338,8 @@ impl Notifier {
             .body(body)
             .send()
             .await
-            .map_err(|e| NotifyError::Unreachable(e.to_string()))?;
+            // Without the URL: a Slack URL is a credential and errors end up in logs.
+            .map_err(|e| NotifyError::Unreachable(e.without_url().to_string()))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -412,6 +431,15 @@ mod tests {
         ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            redact_url("https://hooks.slack.com/services/T0/B0/secret"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:8080/"),
+            "http://127.0.0.1:8080/"
+        );
+        assert_eq!(redact_url("https://x.test/?token=1"), "https://x.test/…");
         assert!(check_email("ops@example.com").is_ok());
         assert!(check_email("ops").is_err());
         assert!(check_email("a@b@c").is_err());

@@ -608,7 +608,6 @@ impl Store {
 }
 
 impl Store {
-    /// Deployments by final state, over the whole instance (for `/metrics`).
     /// How long each finished build took, in milliseconds (from entering `building` to
     /// leaving it), for the build-duration histogram.
     pub async fn build_durations_ms(&self) -> Result<Vec<u64>, StoreError> {
@@ -632,7 +631,7 @@ impl Store {
         .collect()
     }
 
-    /// Every deployment's state, counted.
+    /// Deployments by final state, over the whole instance (for `/metrics`).
     pub async fn deployment_outcomes(&self) -> Result<Vec<(String, u64)>, StoreError> {
         sqlx::query("SELECT state, COUNT(*) AS n FROM deployments GROUP BY state ORDER BY state")
             .fetch_all(&self.pool)

@@ -60,7 +60,8 @@ pub struct AlertChannel {
     pub id: Uuid,
     /// `webhook`, `slack` or `email`.
     pub kind: String,
-    /// The URL or the address.
+    /// The address, or the URL as scheme and host only (the rest can be a credential; the
+    /// whole URL is shown once, when the channel is added).
     pub target: String,
     /// When it was added.
     #[serde(with = "time::serde::rfc3339")]

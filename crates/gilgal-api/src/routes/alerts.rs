@@ -65,11 +65,17 @@ fn rule_to_wire(rule: &CoreRule, overridden: bool) -> AlertRule {
     }
 }
 
+/// A channel as listed: URLs (a Slack URL is itself the credential) shown as scheme and
+/// host only; the creator sees the whole target once, in the creation answer.
 fn channel_to_wire(record: &AlertChannelRecord) -> AlertChannel {
     AlertChannel {
         id: record.id,
         kind: record.kind.clone(),
-        target: record.target.clone(),
+        target: if record.kind == "email" {
+            record.target.clone()
+        } else {
+            gilgal_notify::redact_url(&record.target)
+        },
         created_at: record.created_at,
     }
 }
@@ -340,7 +346,10 @@ async fn create_channel(
     Ok((
         StatusCode::CREATED,
         Json(CreatedAlertChannel {
-            channel: channel_to_wire(&record),
+            channel: AlertChannel {
+                target: record.target.clone(),
+                ..channel_to_wire(&record)
+            },
             secret,
         }),
     ))

@@ -56,6 +56,10 @@ fn parse_labels(inner: &str) -> Option<Vec<(&str, &str)>> {
     Some(labels)
 }
 
+/// The most text one app-metrics answer carries (labels make each sample longer; samples
+/// past this are dropped and counted in `gilgal_app_scrape_dropped_lines`).
+const MAX_APP_METRICS_OUTPUT: usize = 16 << 20;
+
 /// Appends an app's exposition to `out` with `extra` labels on every sample. A label the app
 /// already uses is kept as `exported_<name>` (Prometheus' rule for conflicting target
 /// labels); `# TYPE`/`# HELP` lines are kept once per metric across instances. Returns how
@@ -68,6 +72,10 @@ fn relabel(
 ) -> usize {
     let mut dropped = 0;
     for line in text.lines() {
+        if out.len() > MAX_APP_METRICS_OUTPUT {
+            dropped += 1;
+            continue;
+        }
         let line = line.trim_end();
         if line.is_empty() {
             continue;
@@ -85,7 +93,8 @@ fn relabel(
         let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
         let name = &line[..name_end];
         let (own, rest) = if line[name_end..].starts_with('{') {
-            let Some(close) = line.rfind('}') else {
+            // The closing brace is searched after the name, never before it (`a}{ 1`).
+            let Some(close) = line[name_end..].rfind('}').map(|i| name_end + i) else {
                 dropped += 1;
                 continue;
             };
@@ -99,7 +108,11 @@ fn relabel(
         } else {
             (Vec::new(), &line[name_end..])
         };
-        if name.is_empty() || rest.trim().is_empty() {
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':');
+        if !valid_name || rest.trim().is_empty() {
             dropped += 1;
             continue;
         }
@@ -168,6 +181,7 @@ async fn app_metrics(
     let mut out = String::new();
     let mut seen = std::collections::HashSet::new();
     let mut up = String::from("# TYPE gilgal_app_scrape_up gauge\n");
+    let mut dropped_lines = String::from("# TYPE gilgal_app_scrape_dropped_lines gauge\n");
     for scrape in scrapes {
         let l = &scrape.labels;
         let extra = [
@@ -176,23 +190,26 @@ async fn app_metrics(
             ("release", l.release.to_string()),
             ("instance", format!("{}.{}", l.process_type, l.index)),
         ];
-        let ok = match &scrape.result {
-            Ok(text) => {
-                relabel(text, &extra, &mut out, &mut seen);
-                1
-            }
+        let (ok, dropped) = match &scrape.result {
+            Ok(text) => (1, relabel(text, &extra, &mut out, &mut seen)),
             Err(error) => {
                 tracing::debug!(instance = %extra[3].1, %error, "app metrics unreadable");
-                0
+                (0, 0)
             }
         };
         let labels: Vec<String> = extra
             .iter()
             .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
             .collect();
-        let _ = writeln!(up, "gilgal_app_scrape_up{{{}}} {ok}", labels.join(","));
+        let labels = labels.join(",");
+        let _ = writeln!(up, "gilgal_app_scrape_up{{{labels}}} {ok}");
+        let _ = writeln!(
+            dropped_lines,
+            "gilgal_app_scrape_dropped_lines{{{labels}}} {dropped}"
+        );
     }
     out.push_str(&up);
+    out.push_str(&dropped_lines);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -551,11 +568,11 @@ mod tests {
 
     #[test]
     fn app_samples_get_environment_labels_and_keep_their_own() {
-        let text = "# HELP hits_total Hits.\n# TYPE hits_total counter\nhits_total{path=\"/a\",instance=\"x\"} 3\nup 1 1700000000\n# a comment\nbroken{path=\"/a\" 1\nmsg{text=\"a \\\"q\\\" }\"} 2\n";
+        let text = "# HELP hits_total Hits.\n# TYPE hits_total counter\nhits_total{path=\"/a\",instance=\"x\"} 3\nup 1 1700000000\n# a comment\nbroken{path=\"/a\" 1\na}{ 1\nmsg{text=\"a \\\"q\\\" }\"} 2\n";
         let extra = [("app", "shop".to_owned()), ("instance", "web.1".to_owned())];
         let mut out = String::new();
         let mut seen = std::collections::HashSet::new();
-        assert_eq!(relabel(text, &extra, &mut out, &mut seen), 1, "{out}");
+        assert_eq!(relabel(text, &extra, &mut out, &mut seen), 2, "{out}");
         assert_eq!(
             out,
             "# HELP hits_total Hits.\n# TYPE hits_total counter\n\

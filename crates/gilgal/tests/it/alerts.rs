@@ -210,7 +210,7 @@ async fn alerts_fire_and_resolve_once_each_on_webhook_slack_and_email() {
             "set",
             "error_rate",
             "--threshold",
-            "0.2",
+            "0.1",
             "--for",
             "1s",
             "-p",
@@ -345,7 +345,7 @@ async fn alerts_fire_and_resolve_once_each_on_webhook_slack_and_email() {
     assert_eq!(error_alert["state"], "firing", "{firing:#?}");
     let rate = error_alert["value"].as_f64().unwrap();
     assert!(
-        rate > 0.2 && rate < 0.5,
+        rate > 0.1 && rate < 0.5,
         "a third of the answers are 500s: {rate}"
     );
     let p95_alert = firing.iter().find(|a| a["kind"] == "latency_p95").unwrap();
@@ -409,7 +409,7 @@ async fn alerts_fire_and_resolve_once_each_on_webhook_slack_and_email() {
     }
     let events = ok(server.cli(&["events", "-p", "chatty"], None));
     assert!(
-        events.contains("alert    firing: error rate > 20 % for 1 s"),
+        events.contains("alert    firing: error rate > 10 % for 1 s"),
         "{events}"
     );
     assert!(
