@@ -1,7 +1,8 @@
 //! Alerts end to end: a real app driven into errors and slow responses fires the error-rate
 //! and p95-latency rules; back to normal, both resolve; each change reaches a generic
 //! webhook (its HMAC-SHA256 signature checked by Python's `hmac`), a Slack-compatible
-//! webhook and an SMTP server (aiosmtpd from PyPI), once each.
+//! webhook and an SMTP server (aiosmtpd from PyPI), once each, across a `kill -9` of the
+//! server while they fire.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -158,7 +159,7 @@ async fn get(server: &ServerProcess, path: &str) -> u16 {
 async fn alerts_fire_and_resolve_once_each_on_webhook_slack_and_email() {
     let sink = tokio::task::spawn_blocking(Sink::start).await.unwrap();
     let smtp = format!("smtp://127.0.0.1:{}", sink.smtp_port);
-    let server = ServerProcess::start_with(
+    let mut server = ServerProcess::start_with(
         Backend::Sqlite,
         &[
             "--alert-interval-ms",
@@ -351,6 +352,52 @@ async fn alerts_fire_and_resolve_once_each_on_webhook_slack_and_email() {
     let p95_alert = firing.iter().find(|a| a["kind"] == "latency_p95").unwrap();
     assert!(p95_alert["value"].as_f64().unwrap() > 0.3, "{p95_alert}");
 
+    // kill -9 while both fire: after the restart they are the same open alerts, the errors
+    // go on, and nothing is sent again.
+    let ids: Vec<Value> = firing.iter().map(|a| a["id"].clone()).collect();
+    // The stored login names the old address; the same token works on the restarted server.
+    let credentials: Value = serde_json::from_str(
+        &std::fs::read_to_string(server.config_dir().join("credentials.json")).unwrap(),
+    )
+    .unwrap();
+    let token = credentials["token"].as_str().unwrap().to_owned();
+    server.crash_and_restart();
+    let cli = |args: &[&str]| {
+        super::cli_with(
+            &server.config_dir(),
+            Some(&server.url),
+            args,
+            None,
+            &[("GILGAL_TOKEN", &token)],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(&server, "/health").await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the app is routed again after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        assert_eq!(get(&server, "/fail").await, 500);
+        assert_eq!(get(&server, "/slow?ms=500").await, 200);
+        assert_eq!(get(&server, "/health").await, 200);
+    }
+    let after: Vec<Value> =
+        serde_json::from_str(&ok(cli(&["--json", "alerts", "list", "-p", "chatty"]))).unwrap();
+    assert_eq!(after.len(), 2, "no new alert after the restart: {after:#?}");
+    for alert in &after {
+        assert_eq!(alert["state"], "firing", "{alert}");
+        assert!(ids.contains(&alert["id"]), "{alert}");
+    }
+    let firings = hooks(&sink.received())
+        .iter()
+        .filter(|(e, _, _)| e == "firing")
+        .count();
+    assert_eq!(firings, 2, "the restart sent nothing again");
+
     // Back to normal: fast, good answers only. Both resolve.
     let started = Instant::now();
     let resolved = loop {
@@ -389,10 +436,8 @@ async fn alerts_fire_and_resolve_once_each_on_webhook_slack_and_email() {
         .collect();
     assert_eq!(ids.len(), 4, "one delivery id per alert and event: {ids:?}");
 
-    let listed: Vec<Value> = serde_json::from_str(&ok(
-        server.cli(&["--json", "alerts", "list", "-p", "chatty"], None)
-    ))
-    .unwrap();
+    let listed: Vec<Value> =
+        serde_json::from_str(&ok(cli(&["--json", "alerts", "list", "-p", "chatty"]))).unwrap();
     assert_eq!(listed.len(), 2, "{listed:#?}");
     for alert in &listed {
         assert_eq!(alert["state"], "resolved", "{alert}");
@@ -407,7 +452,7 @@ async fn alerts_fire_and_resolve_once_each_on_webhook_slack_and_email() {
         assert_eq!(deliveries.len(), 6, "3 channels × firing and resolved");
         assert!(deliveries.iter().all(|d| d["delivered_at"].is_string()));
     }
-    let events = ok(server.cli(&["events", "-p", "chatty"], None));
+    let events = ok(cli(&["events", "-p", "chatty"]));
     assert!(
         events.contains("alert    firing: error rate > 10 % for 1 s"),
         "{events}"
@@ -416,20 +461,18 @@ async fn alerts_fire_and_resolve_once_each_on_webhook_slack_and_email() {
         events.contains("alert    resolved: p95 latency > 300 ms"),
         "{events}"
     );
-    let human = ok(server.cli(&["alerts", "list", "-p", "chatty"], None));
+    let human = ok(cli(&["alerts", "list", "-p", "chatty"]));
     assert!(human.contains("notifications: 6 of 6 delivered"), "{human}");
 
     // A test notification, on request, to the webhook (signed) and by email.
-    let channels: Vec<Value> = serde_json::from_str(&ok(
-        server.cli(&["--json", "alerts", "channels", "-p", "chatty"], None)
-    ))
-    .unwrap();
+    let channels: Vec<Value> =
+        serde_json::from_str(&ok(cli(&["--json", "alerts", "channels", "-p", "chatty"]))).unwrap();
     for kind in ["webhook", "email"] {
         let id = channels.iter().find(|c| c["kind"] == kind).unwrap()["id"]
             .as_str()
             .unwrap()
             .to_owned();
-        let out = ok(server.cli(&["alerts", "test", &id, "-p", "chatty"], None));
+        let out = ok(cli(&["alerts", "test", &id, "-p", "chatty"]));
         assert!(out.contains("delivered"), "{out}");
     }
     let tested = sink
