@@ -6,10 +6,12 @@
 //! - [`desired`]: desired state as a value and its `diff` against what runs, so start-up and
 //!   every later change go through one code path (start-up is a diff from nothing).
 //! - [`hostnames`]: the default hostnames of a project's environments.
+//! - [`exposition`]: Prometheus text from apps, relabelled strictly (untrusted input).
 //! - [`alerts`]: alert rules, their defaults and validation, and when a rule is breached
 //!   (windowed rates, histogram quantiles, the pending period).
 
 pub mod alerts;
 pub mod desired;
+pub mod exposition;
 pub mod hostnames;
 pub mod lifecycle;

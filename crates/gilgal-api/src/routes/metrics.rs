@@ -25,112 +25,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(app_metrics))
 }
 
-/// The label pairs of a sample (`{a="1",b="x\"y"}` without braces), values kept escaped.
-fn parse_labels(inner: &str) -> Option<Vec<(&str, &str)>> {
-    let mut labels = Vec::new();
-    let mut rest = inner.trim_start_matches([' ', ',']);
-    while !rest.is_empty() {
-        let (name, after) = rest.split_once('=')?;
-        let name = name.trim();
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return None;
-        }
-        let after = after.trim_start().strip_prefix('"')?;
-        let mut end = None;
-        let mut escaped = false;
-        for (i, c) in after.char_indices() {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => {
-                    end = Some(i);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let end = end?;
-        labels.push((name, &after[..end]));
-        rest = after[end + 1..].trim_start_matches([' ', ',']);
-    }
-    Some(labels)
-}
-
 /// The most text one app-metrics answer carries (labels make each sample longer; samples
 /// past this are dropped and counted in `gilgal_app_scrape_dropped_lines`).
 const MAX_APP_METRICS_OUTPUT: usize = 16 << 20;
-
-/// Appends an app's exposition to `out` with `extra` labels on every sample. A label the app
-/// already uses is kept as `exported_<name>` (Prometheus' rule for conflicting target
-/// labels); `# TYPE`/`# HELP` lines are kept once per metric across instances. Returns how
-/// many lines could not be parsed (dropped).
-fn relabel(
-    text: &str,
-    extra: &[(&str, String)],
-    out: &mut String,
-    seen_meta: &mut std::collections::HashSet<String>,
-) -> usize {
-    let mut dropped = 0;
-    for line in text.lines() {
-        if out.len() > MAX_APP_METRICS_OUTPUT {
-            dropped += 1;
-            continue;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(comment) = line.strip_prefix('#') {
-            let words: Vec<&str> = comment.split_whitespace().take(2).collect();
-            if matches!(words.first(), Some(&"TYPE") | Some(&"HELP"))
-                && seen_meta.insert(words.join(" "))
-            {
-                out.push_str(line);
-                out.push('\n');
-            }
-            continue;
-        }
-        let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
-        let name = &line[..name_end];
-        let (own, rest) = if line[name_end..].starts_with('{') {
-            // The closing brace is searched after the name, never before it (`a}{ 1`).
-            let Some(close) = line[name_end..].rfind('}').map(|i| name_end + i) else {
-                dropped += 1;
-                continue;
-            };
-            match parse_labels(&line[name_end + 1..close]) {
-                Some(labels) => (labels, &line[close + 1..]),
-                None => {
-                    dropped += 1;
-                    continue;
-                }
-            }
-        } else {
-            (Vec::new(), &line[name_end..])
-        };
-        let valid_name = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':');
-        if !valid_name || rest.trim().is_empty() {
-            dropped += 1;
-            continue;
-        }
-        let mut labels: Vec<String> = extra
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
-            .collect();
-        for (k, v) in own {
-            if extra.iter().any(|(e, _)| *e == k) {
-                labels.push(format!("exported_{k}=\"{v}\""));
-            } else {
-                labels.push(format!("{k}=\"{v}\""));
-            }
-        }
-        let _ = writeln!(out, "{name}{{{}}}{rest}", labels.join(","));
-    }
-    dropped
-}
 
 /// Which path of the app to read.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -191,7 +88,16 @@ async fn app_metrics(
             ("instance", format!("{}.{}", l.process_type, l.index)),
         ];
         let (ok, dropped) = match &scrape.result {
-            Ok(text) => (1, relabel(text, &extra, &mut out, &mut seen)),
+            Ok(text) => (
+                1,
+                gilgal_core::exposition::relabel(
+                    text,
+                    &extra,
+                    &mut out,
+                    &mut seen,
+                    MAX_APP_METRICS_OUTPUT,
+                ),
+            ),
             Err(error) => {
                 tracing::debug!(instance = %extra[3].1, %error, "app metrics unreadable");
                 (0, 0)
@@ -220,10 +126,7 @@ async fn app_metrics(
 }
 
 fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    gilgal_core::exposition::escape_label(value)
 }
 
 /// The upper bound of the bucket holding quantile `q`, from non-cumulative bucket counts.
@@ -564,26 +467,6 @@ mod tests {
         assert_eq!(quantile(&buckets, 0.95), Some(LATENCY_BUCKETS_SECONDS[5]));
         assert_eq!(quantile(&buckets, 1.0), Some(f64::INFINITY));
         assert_eq!(quantile(&[0; 15], 0.5), None);
-    }
-
-    #[test]
-    fn app_samples_get_environment_labels_and_keep_their_own() {
-        let text = "# HELP hits_total Hits.\n# TYPE hits_total counter\nhits_total{path=\"/a\",instance=\"x\"} 3\nup 1 1700000000\n# a comment\nbroken{path=\"/a\" 1\na}{ 1\nmsg{text=\"a \\\"q\\\" }\"} 2\n";
-        let extra = [("app", "shop".to_owned()), ("instance", "web.1".to_owned())];
-        let mut out = String::new();
-        let mut seen = std::collections::HashSet::new();
-        assert_eq!(relabel(text, &extra, &mut out, &mut seen), 2, "{out}");
-        assert_eq!(
-            out,
-            "# HELP hits_total Hits.\n# TYPE hits_total counter\n\
-             hits_total{app=\"shop\",instance=\"web.1\",path=\"/a\",exported_instance=\"x\"} 3\n\
-             up{app=\"shop\",instance=\"web.1\"} 1 1700000000\n\
-             msg{app=\"shop\",instance=\"web.1\",text=\"a \\\"q\\\" }\"} 2\n"
-        );
-        // A second instance adds its samples but not the metadata again.
-        let mut again = String::new();
-        relabel(text, &extra, &mut again, &mut seen);
-        assert!(!again.contains("# TYPE"), "{again}");
     }
 
     #[test]
