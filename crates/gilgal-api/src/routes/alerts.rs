@@ -36,6 +36,20 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(test_channel))
 }
 
+/// The environment `id` and its channel `channel`, for a caller with the admin role on the
+/// project (another environment's channel is not found).
+async fn admin_channel(
+    state: &AppState,
+    caller: &AuthUser,
+    id: &str,
+    channel: &str,
+) -> Result<(EnvironmentRecord, AlertChannelRecord), ApiError> {
+    let environment = owned_environment(state, caller, id).await?;
+    crate::routes::teams::require_role(state, caller, environment.project_id, Role::Admin).await?;
+    let record = channel_of(state, &environment, channel).await?;
+    Ok((environment, record))
+}
+
 /// The caller's environment's channel `channel` (another environment's is not found).
 async fn channel_of(
     state: &AppState,
@@ -374,10 +388,8 @@ async fn delete_channel(
     caller: AuthUser,
     Path((id, channel)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let environment = owned_environment(&state, &caller, &id).await?;
-    crate::routes::teams::require_role(&state, &caller, environment.project_id, Role::Admin)
-        .await?;
-    let channel_id = channel_of(&state, &environment, &channel).await?.id;
+    let (_, record) = admin_channel(&state, &caller, &id, &channel).await?;
+    let channel_id = record.id;
     let not_found = || ApiError::not_found("alert channel");
     state
         .store()
@@ -412,10 +424,7 @@ async fn test_channel(
     caller: AuthUser,
     Path((id, channel)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let environment = owned_environment(&state, &caller, &id).await?;
-    crate::routes::teams::require_role(&state, &caller, environment.project_id, Role::Admin)
-        .await?;
-    let record = channel_of(&state, &environment, &channel).await?;
+    let (environment, record) = admin_channel(&state, &caller, &id, &channel).await?;
     // Checked when the channel was added, but its host may resolve elsewhere now.
     if record.kind != "email" {
         state
