@@ -180,6 +180,10 @@ impl Deployer {
             .into_iter()
             .map(|a| ((a.environment_id, a.kind.clone()), a))
             .collect();
+        let mut overrides: HashMap<Uuid, Vec<AlertRuleRecord>> = HashMap::new();
+        for (environment, rule) in self.store.all_alert_rule_overrides().await? {
+            overrides.entry(environment).or_default().push(rule);
+        }
         let snapshot = self.proxy.metrics();
         let streaks = self.take_health_streaks();
         let keep_ms = MAX_TRAFFIC_WINDOW_MS + 2 * interval_ms;
@@ -195,7 +199,12 @@ impl Deployer {
                     keep_ms,
                 );
             }
-            for rule in self.alert_rules(environment.id).await? {
+            let rules = effective_rules(
+                overrides
+                    .get(&environment.id)
+                    .map_or(&[][..], Vec::as_slice),
+            );
+            for rule in rules {
                 let (value, known, window) = if rule.enabled {
                     self.measure(environment, &rule, state, &streaks, now, interval_ms)
                         .await?
@@ -225,7 +234,6 @@ impl Deployer {
                                 rule.threshold,
                             )
                             .await?
-                            .is_some()
                         {
                             tracing::warn!(environment = %environment.id, rule = %rule.kind, %message, "alert firing");
                             self.event(environment.id, "alert", format!("firing: {message}"))
@@ -358,10 +366,14 @@ impl Deployer {
             resolved_at: None,
             url: Some(self.url(&environment.project_name, &environment.name)),
         };
+        self.send(&target, &notification).await
+    }
+
+    async fn send(&self, target: &Channel, notification: &Notification) -> Result<(), String> {
         self.config
             .alerts
             .notifier
-            .send(&target, &notification)
+            .send(target, notification)
             .await
             .map_err(|e| e.to_string())
     }
@@ -390,12 +402,7 @@ impl Deployer {
         let outcome = match self.channel(&channel).await {
             Ok(target) => {
                 let notification = self.notification(&alert, &environment, &pending.event);
-                self.config
-                    .alerts
-                    .notifier
-                    .send(&target, &notification)
-                    .await
-                    .map_err(|e| e.to_string())
+                self.send(&target, &notification).await
             }
             Err(e) => Err(e),
         };

@@ -62,6 +62,21 @@ fn describe(event: &RuntimeEvent) -> Option<(&'static str, String)> {
     }
 }
 
+/// Whether `status` is a running web instance of `environment`'s release `release`: what
+/// the health watch probes and app metrics are read from. Crashed instances waiting for
+/// their restart (Backoff) are the runtime's to handle.
+pub(crate) fn is_running_web(
+    status: &gilgal_runtime::InstanceStatus,
+    environment: &gilgal_store::EnvironmentRecord,
+    release: u64,
+) -> bool {
+    status.labels.app == environment.project_name
+        && status.labels.env == environment.name
+        && status.labels.release == release
+        && status.labels.process_type == "web"
+        && status.state == InstanceState::Running
+}
+
 impl Deployer {
     /// Seconds since the health watch last finished a round (`None` before the first): how
     /// far behind the running instances the reconciler's view may be.
@@ -186,15 +201,10 @@ impl Deployer {
             let mut any_up = false;
             let mut streak = 0;
             let mut replace = Vec::new();
-            for status in statuses.iter().filter(|s| {
-                s.labels.app == environment.project_name
-                    && s.labels.env == environment.name
-                    && s.labels.release == number
-                    && s.labels.process_type == "web"
-                    // Crashed instances waiting for their restart (Backoff) are the runtime's
-                    // to handle; only running processes are probed.
-                    && s.state == InstanceState::Running
-            }) {
+            for status in statuses
+                .iter()
+                .filter(|s| is_running_web(s, &environment, number))
+            {
                 let Some(port) = status.port else { continue };
                 seen.push(status.id.clone());
                 let published = SocketAddr::from(([127, 0, 0, 1], port));

@@ -440,13 +440,7 @@ impl Deployer {
             .map_err(|e| DeployError::Runtime(e.to_string()))?;
         let scrapes = statuses
             .into_iter()
-            .filter(|s| {
-                s.labels.app == environment.project_name
-                    && s.labels.env == environment.name
-                    && s.labels.release == release
-                    && s.labels.process_type == "web"
-                    && s.state == gilgal_runtime::InstanceState::Running
-            })
+            .filter(|s| crate::health::is_running_web(s, environment, release))
             .filter_map(|s| s.port.map(|port| (s, port)))
             .map(|(status, port)| {
                 let http = http.clone();

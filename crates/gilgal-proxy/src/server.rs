@@ -676,7 +676,8 @@ mod tests {
         addr
     }
 
-    async fn proxy(settings: ProxySettings) -> (ProxyHandle, std::net::SocketAddr) {
+    /// A proxy routing `app.localhost` to a fresh [`upstream`].
+    async fn routed(settings: ProxySettings) -> ProxyHandle {
         let up = upstream().await;
         let handle = ProxyHandle::new(settings);
         handle
@@ -686,6 +687,11 @@ mod tests {
                 vec![Backend::new("b", up)],
             )])
             .unwrap();
+        handle
+    }
+
+    async fn proxy(settings: ProxySettings) -> (ProxyHandle, std::net::SocketAddr) {
+        let handle = routed(settings).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(super::serve(
@@ -834,15 +840,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_closes_parked_connections_at_once() {
-        let up = upstream().await;
-        let handle = ProxyHandle::new(ProxySettings::default());
-        handle
-            .replace(vec![RouteSpec::upstream(
-                "r",
-                vec!["app.localhost".into()],
-                vec![Backend::new("b", up)],
-            )])
-            .unwrap();
+        let handle = routed(ProxySettings::default()).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -908,15 +906,7 @@ mod tests {
 
     #[tokio::test]
     async fn tls_connection_parks_and_serves_its_next_request() {
-        let up = upstream().await;
-        let handle = ProxyHandle::new(ProxySettings::default());
-        handle
-            .replace(vec![RouteSpec::upstream(
-                "r",
-                vec!["app.localhost".into()],
-                vec![Backend::new("b", up)],
-            )])
-            .unwrap();
+        let handle = routed(ProxySettings::default()).await;
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["app.localhost".to_string()])
             .unwrap()

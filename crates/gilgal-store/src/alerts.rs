@@ -109,6 +109,15 @@ fn channel_from_row(row: &sqlx::any::AnyRow) -> Result<AlertChannelRecord, Store
     })
 }
 
+fn rule_from_row(row: &sqlx::any::AnyRow) -> Result<AlertRuleRecord, StoreError> {
+    Ok(AlertRuleRecord {
+        kind: row.try_get("kind")?,
+        threshold: row.try_get("threshold")?,
+        for_seconds: u64::try_from(row.try_get::<i64, _>("for_seconds")?).unwrap_or(0),
+        enabled: row.try_get::<i64, _>("enabled")? != 0,
+    })
+}
+
 fn count_of(row: &sqlx::any::AnyRow) -> Result<u64, StoreError> {
     Ok(u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0))
 }
@@ -153,6 +162,24 @@ impl Store {
             .collect()
     }
 
+    /// Every environment's rules that differ from the defaults (one query per evaluation
+    /// round instead of one per environment).
+    pub async fn all_alert_rule_overrides(
+        &self,
+    ) -> Result<Vec<(Uuid, AlertRuleRecord)>, StoreError> {
+        sqlx::query("SELECT environment_id, kind, threshold, for_seconds, enabled FROM alert_rules")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    parse_id(&row.try_get::<String, _>("environment_id")?)?,
+                    rule_from_row(row)?,
+                ))
+            })
+            .collect()
+    }
+
     /// The environment's rules that differ from the defaults.
     pub async fn alert_rule_overrides(
         &self,
@@ -165,14 +192,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|row| {
-            Ok(AlertRuleRecord {
-                kind: row.try_get("kind")?,
-                threshold: row.try_get("threshold")?,
-                for_seconds: u64::try_from(row.try_get::<i64, _>("for_seconds")?).unwrap_or(0),
-                enabled: row.try_get::<i64, _>("enabled")? != 0,
-            })
-        })
+        .map(rule_from_row)
         .collect()
     }
 
@@ -250,19 +270,13 @@ impl Store {
         .collect()
     }
 
-    /// Removes a channel (and its pending notifications).
+    /// Removes a channel; its notifications go with it (`ON DELETE CASCADE`).
     pub async fn delete_alert_channel(&self, id: Uuid) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM alert_notifications WHERE channel_id = $1")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
         let deleted = sqlx::query("DELETE FROM alert_channels WHERE id = $1")
             .bind(id.to_string())
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?
             .rows_affected();
-        tx.commit().await?;
         if deleted == 0 {
             return Err(StoreError::NotFound);
         }
@@ -270,7 +284,7 @@ impl Store {
     }
 
     /// Opens an alert of `kind` and queues a `firing` notification for every channel, in
-    /// one transaction. `Ok(None)` when one is already open (the partial unique index makes
+    /// one transaction. `Ok(false)` when one is already open (the partial unique index makes
     /// "at most one open alert per rule" hold even with two evaluators).
     pub async fn fire_alert(
         &self,
@@ -279,7 +293,7 @@ impl Store {
         message: &str,
         value: Option<f64>,
         threshold: f64,
-    ) -> Result<Option<AlertRecord>, StoreError> {
+    ) -> Result<bool, StoreError> {
         let id = Uuid::new_v4();
         let now = now_millis();
         let mut tx = self.pool.begin().await?;
@@ -297,12 +311,12 @@ impl Store {
         .await;
         match inserted {
             Ok(_) => {}
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => return Ok(None),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => return Ok(false),
             Err(e) => return Err(e.into()),
         }
         queue_notifications(&mut tx, id, environment_id, "firing", now).await?;
         tx.commit().await?;
-        self.alert(id).await.map(Some)
+        Ok(true)
     }
 
     /// Resolves an open alert and queues a `resolved` notification for every channel that was

@@ -26,40 +26,40 @@ pub async fn run(
             let alerts = client.alerts(env.id, limit).await?;
             if json {
                 crate::output::json(&alerts)?;
-            } else if alerts.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if alerts.is_empty() {
                 println!("No alerts yet.");
             }
-            if !json {
-                for alert in alerts {
-                    let delivered = alert
-                        .deliveries
-                        .iter()
-                        .filter(|d| d.delivered_at.is_some())
-                        .count();
+            for alert in alerts {
+                let delivered = alert
+                    .deliveries
+                    .iter()
+                    .filter(|d| d.delivered_at.is_some())
+                    .count();
+                println!(
+                    "{} {:<8} {:<13} {}",
+                    rfc3339(alert.fired_at),
+                    alert.state,
+                    alert.kind,
+                    alert.message
+                );
+                if let (Some(at), Some(why)) = (alert.resolved_at, &alert.resolved_message) {
+                    println!("{:>20}  resolved {} — {why}", "", rfc3339(at));
+                }
+                if !alert.deliveries.is_empty() {
                     println!(
-                        "{} {:<8} {:<13} {}",
-                        rfc3339(alert.fired_at),
-                        alert.state,
-                        alert.kind,
-                        alert.message
+                        "{:>20}  notifications: {delivered} of {} delivered",
+                        "",
+                        alert.deliveries.len()
                     );
-                    if let (Some(at), Some(why)) = (alert.resolved_at, &alert.resolved_message) {
-                        println!("{:>20}  resolved {} — {why}", "", rfc3339(at));
-                    }
-                    if !alert.deliveries.is_empty() {
+                }
+                for failed in alert.deliveries.iter().filter(|d| d.delivered_at.is_none()) {
+                    if let Some(error) = &failed.last_error {
                         println!(
-                            "{:>20}  notifications: {delivered} of {} delivered",
-                            "",
-                            alert.deliveries.len()
+                            "{:>20}  {} to {} not delivered after {} tries: {error}",
+                            "", failed.event, failed.channel_id, failed.attempts
                         );
-                    }
-                    for failed in alert.deliveries.iter().filter(|d| d.delivered_at.is_none()) {
-                        if let Some(error) = &failed.last_error {
-                            println!(
-                                "{:>20}  {} to {} not delivered after {} tries: {error}",
-                                "", failed.event, failed.channel_id, failed.attempts
-                            );
-                        }
                     }
                 }
             }
