@@ -5,4 +5,5 @@ mod protection;
 mod routing;
 mod support;
 mod tls_static;
+mod upstream_h1;
 mod ws_drain;
