@@ -133,6 +133,12 @@ impl Signal {
         self.fired.load(Ordering::Acquire)
     }
 
+    /// Completes when the signal fires (borrowed, so it costs no allocation; register it once
+    /// and read [`Signal::is_fired`] on later polls, as [`SignalWatch`] does).
+    pub(crate) fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
     /// A watcher for polling the signal from one task many times over.
     pub(crate) fn watch(&self) -> SignalWatch {
         SignalWatch {

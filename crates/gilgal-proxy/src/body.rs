@@ -15,8 +15,8 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::backend::InFlightGuard;
+use crate::exchange::{ResponseBody, StreamingBody};
 use crate::metrics::RouteMetrics;
-use crate::pool::Lease;
 use crate::proxy::ConnContext;
 
 /// Error type of every body the proxy produces.
@@ -299,9 +299,6 @@ pub(crate) struct RequestGuard {
     conn: Arc<ConnContext>,
     pub(crate) route: Option<Arc<RouteMetrics>>,
     pub(crate) backend: Option<InFlightGuard>,
-    /// The upstream connection, returned to its pool only if the response ended cleanly.
-    pub(crate) lease: Option<Lease>,
-    clean: bool,
     bytes_out: u64,
 }
 
@@ -312,8 +309,6 @@ impl RequestGuard {
             conn,
             route: None,
             backend: None,
-            lease: None,
-            clean: false,
             bytes_out: 0,
         }
     }
@@ -329,9 +324,6 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        if let (true, Some(lease), Some(backend)) = (self.clean, self.lease.take(), &self.backend) {
-            backend.backend().pool.put_back(lease);
-        }
         if let Some(route) = &self.route {
             route.add_bytes_out(self.bytes_out);
             route.add_open(-1);
@@ -345,7 +337,8 @@ impl Drop for RequestGuard {
 pin_project! {
     #[project = KindProj]
     enum Kind {
-        Upstream { #[pin] inner: Incoming },
+        Streaming { #[pin] inner: StreamingBody },
+        Hyper { #[pin] inner: Incoming },
         Full { #[pin] inner: Full<Bytes> },
         Boxed { #[pin] inner: UnsyncBoxBody<Bytes, BoxError> },
     }
@@ -361,13 +354,22 @@ pin_project! {
 }
 
 impl ProxyBody {
-    pub(crate) fn upstream(inner: Incoming, mut guard: Option<RequestGuard>) -> Self {
-        if let Some(guard) = guard.as_mut() {
-            guard.clean = inner.is_end_stream();
+    /// An upstream response's body (guard attached later with [`Self::set_guard`]).
+    pub(crate) fn upstream(body: ResponseBody) -> Self {
+        match body {
+            ResponseBody::Full(bytes) => Self::full(bytes, None),
+            ResponseBody::Streaming(inner) => Self {
+                kind: Kind::Streaming { inner },
+                guard: None,
+            },
         }
+    }
+
+    /// The body of a non-101 answer to an upgrade request (sent over hyper's client).
+    pub(crate) fn hyper(inner: Incoming) -> Self {
         Self {
-            kind: Kind::Upstream { inner },
-            guard,
+            kind: Kind::Hyper { inner },
+            guard: None,
         }
     }
 
@@ -412,18 +414,10 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let polled = match this.kind.project() {
-            KindProj::Upstream { mut inner } => match inner.as_mut().poll_frame(cx) {
+            KindProj::Streaming { inner } => inner.poll_frame(cx),
+            KindProj::Hyper { inner } => match inner.poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
-                Poll::Ready(Some(Ok(f))) => {
-                    // hyper stops polling once a sized body reports its end, so the last
-                    // frame is where a clean finish must be noticed.
-                    if inner.is_end_stream() {
-                        if let Some(guard) = this.guard.as_mut() {
-                            guard.clean = true;
-                        }
-                    }
-                    Poll::Ready(Some(Ok(f)))
-                }
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
@@ -444,9 +438,7 @@ impl Body for ProxyBody {
             // Release the backend slot and counters as soon as the body is done, not when
             // hyper gets around to dropping it.
             Poll::Ready(None) => {
-                if let Some(mut guard) = this.guard.take() {
-                    guard.clean = true;
-                }
+                this.guard.take();
             }
             _ => {}
         }
@@ -455,7 +447,8 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream { inner } => inner.is_end_stream(),
+            Kind::Streaming { inner } => inner.is_end_stream(),
+            Kind::Hyper { inner } => inner.is_end_stream(),
             Kind::Full { inner } => inner.is_end_stream(),
             Kind::Boxed { inner } => inner.is_end_stream(),
         }
@@ -463,7 +456,8 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream { inner } => inner.size_hint(),
+            Kind::Streaming { inner } => inner.size_hint(),
+            Kind::Hyper { inner } => inner.size_hint(),
             Kind::Full { inner } => inner.size_hint(),
             Kind::Boxed { inner } => inner.size_hint(),
         }

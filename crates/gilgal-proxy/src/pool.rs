@@ -1,10 +1,11 @@
-//! Per-backend pool of HTTP/1.1 keep-alive connections, built on hyper's low-level client.
+//! Per-backend pool of HTTP/1.1 keep-alive connections, and the hyper client path that
+//! upgrade requests (WebSockets) still take.
 //!
-//! A proxy talks to few backends over many requests, so a LIFO stack of ready `SendRequest`
-//! handles per backend is all the pooling it needs: no per-request task spawn, no shared
-//! authority-keyed map. A connection goes back to the stack only after its response body ended
-//! cleanly; a request that a reused connection could not send is handed back by hyper and
-//! re-sent on a fresh connection.
+//! A proxy talks to few backends over many requests, so a LIFO stack of idle connections per
+//! backend is all the pooling it needs: no per-request task spawn, no shared authority-keyed
+//! map. A connection goes back to the stack only after its response ended cleanly (see
+//! [`crate::exchange`]); one that died while idle is noticed when taken, without a system call
+//! in the common case.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,7 +20,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::backend::Signal;
-use crate::body::UpstreamBody;
+use crate::body::{BoxError, UpstreamBody};
+use crate::exchange::UpstreamConn;
+use crate::h1::ResponseError;
 
 /// Why a request to a backend failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +33,22 @@ pub(crate) enum UpstreamError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// The exchange failed after the connection was open.
+    /// Reading from or writing to the open connection failed.
+    #[error("upstream connection: {0}")]
+    Io(#[source] std::io::Error),
+    /// The backend closed the connection without sending a byte of an answer.
+    #[error("the backend closed the connection before answering")]
+    Closed,
+    /// The backend's answer is not valid HTTP/1.1.
+    #[error(transparent)]
+    Response(#[from] ResponseError),
+    /// The backend closed the connection before the (buffered) response body was complete.
+    #[error("the backend closed the connection in the middle of the response body")]
+    TruncatedBody,
+    /// The client's request body failed (too large, or the client went away).
+    #[error("request body: {0}")]
+    Body(#[source] BoxError),
+    /// The hyper client exchange of an upgrade request failed after the connection was open.
     #[error("upstream exchange: {0}")]
     Http(#[from] hyper::Error),
     /// There was no request to send (a caller bug; reported instead of panicking).
@@ -42,10 +60,16 @@ impl UpstreamError {
     pub(crate) fn is_connect(&self) -> bool {
         matches!(self, Self::Connect { .. })
     }
+
+    /// The connection was dead (reset, closed) before any answer: a pooled connection that the
+    /// backend closed while it idled, typically.
+    pub(crate) fn is_dead_connection(&self) -> bool {
+        matches!(self, Self::Io(_) | Self::Closed)
+    }
 }
 
 struct Idle {
-    sender: http1::SendRequest<UpstreamBody>,
+    conn: UpstreamConn,
     since: Instant,
 }
 
@@ -65,11 +89,6 @@ impl std::fmt::Debug for ConnPool {
     }
 }
 
-/// A connection lent to one request; give it back with [`ConnPool::put_back`].
-pub(crate) struct Lease {
-    sender: http1::SendRequest<UpstreamBody>,
-}
-
 impl ConnPool {
     pub(crate) fn new(addr: SocketAddr, max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
@@ -82,20 +101,19 @@ impl ConnPool {
 
     /// The most recently returned live connection; `now` is a recent instant (the request's
     /// start) rather than a fresh clock read.
-    fn take_idle(&self, now: Instant) -> Option<http1::SendRequest<UpstreamBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(entry) = idle.pop() {
+    pub(crate) fn take_idle(&self, now: Instant) -> Option<UpstreamConn> {
+        loop {
+            let mut entry = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
             let age = now.saturating_duration_since(entry.since);
-            if entry.sender.is_ready() && age < self.idle_timeout {
-                return Some(entry.sender);
+            if age < self.idle_timeout && entry.conn.is_reusable_after_idle() {
+                return Some(entry.conn);
             }
         }
-        None
     }
 
     /// Return a connection whose response finished cleanly, for the next request.
-    pub(crate) fn put_back(&self, lease: Lease) {
-        if lease.sender.is_closed() || self.max_idle == 0 {
+    pub(crate) fn put_back(&self, conn: UpstreamConn) {
+        if self.max_idle == 0 {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -103,17 +121,13 @@ impl ConnPool {
             idle.remove(0);
         }
         idle.push(Idle {
-            sender: lease.sender,
+            conn,
             since: Instant::now(),
         });
     }
 
-    async fn connect(
-        &self,
-        timeout: Duration,
-        upgrades: bool,
-        cut: &Signal,
-    ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+    /// Open a new connection to the backend (Nagle off: heads and bodies go out at once).
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<TcpStream, UpstreamError> {
         let connect_err = |source| UpstreamError::Connect {
             addr: self.addr,
             source,
@@ -129,56 +143,31 @@ impl ConnPool {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        // Past a drain deadline the backend's connections are dropped: requests waiting on
-        // them fail at once and are answered 504 by the caller.
-        let cut = cut.clone();
-        if upgrades {
-            tokio::spawn(run_until_cut(conn.with_upgrades(), cut));
-        } else {
-            tokio::spawn(run_until_cut(conn, cut));
-        }
-        Ok(sender)
+        Ok(stream)
     }
 
-    /// Send the request in `req` on a pooled connection (or a new one; `now` is a recent
-    /// instant for the idle check), returning the response
-    /// and the lease to give back once the response body is done. On failure the request is
-    /// back in `req` if none of it was sent (safe to retry, body included). Upgrade requests
-    /// always use a fresh, never-pooled connection.
-    pub(crate) async fn send(
+    /// Send an upgrade request over hyper's client on a fresh, never-pooled connection,
+    /// returning the response (a 101 carries the upgrade for the tunnel). On failure the
+    /// request is back in `req` if none of it was sent.
+    pub(crate) async fn send_upgrade(
         &self,
-        now: Instant,
         req: &mut Option<Request<UpstreamBody>>,
         connect_timeout: Duration,
-        upgrade: bool,
         cut: &Signal,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
-        if !upgrade {
-            while let Some(mut sender) = self.take_idle(now) {
-                let Some(request) = req.take() else {
-                    return Err(UpstreamError::NoRequest);
-                };
-                match sender.try_send_request(request).await {
-                    Ok(resp) => return Ok((resp, Lease { sender })),
-                    Err(mut e) => match e.take_message() {
-                        // Never written (the connection died while idle): try another one.
-                        Some(unsent) => *req = Some(unsent),
-                        None => return Err(UpstreamError::Http(e.into_error())),
-                    },
-                }
-            }
-        }
-        // Boxed: connecting is rare on a warm pool, and its future would otherwise grow every
-        // request's future.
-        let mut sender = Box::pin(self.connect(connect_timeout, upgrade, cut)).await?;
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        // Boxed: upgrades are rare, and this future would otherwise grow every request's.
+        let stream = Box::pin(self.connect(connect_timeout)).await?;
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        // Past a drain deadline the backend's connections are dropped: a request waiting on
+        // one fails at once and is answered 504 by the caller.
+        tokio::spawn(run_until_cut(conn.with_upgrades(), cut.clone()));
         let Some(request) = req.take() else {
             return Err(UpstreamError::NoRequest);
         };
         match sender.try_send_request(request).await {
-            Ok(resp) => Ok((resp, Lease { sender })),
+            Ok(resp) => Ok(resp),
             Err(mut e) => {
                 *req = e.take_message();
                 Err(UpstreamError::Http(e.into_error()))
@@ -186,7 +175,6 @@ impl ConnPool {
         }
     }
 }
-
 /// Drive an upstream connection until it ends or `cut` fires (checked cheaply on every wake-up
 /// of a busy connection, see [`crate::backend::SignalWatch`]).
 async fn run_until_cut<C: Future>(conn: C, cut: Signal) {

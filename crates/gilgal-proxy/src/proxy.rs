@@ -16,9 +16,11 @@ use hyper::body::{Body, Incoming};
 
 use crate::backend::{fast_random, pick_backend, BackendState, InFlightGuard};
 use crate::body::{BodyTooLarge, ConnActivity, ProxyBody, RequestGuard, UpstreamBody};
+use crate::exchange::{self, OutgoingRequest, ResponseBody};
+use crate::h1::ResponseHead;
 use crate::handle::Shared;
 use crate::metrics::RouteMetrics;
-use crate::pool::{Lease, UpstreamError};
+use crate::pool::UpstreamError;
 
 fn build_upstream_request(
     method: Method,
@@ -325,8 +327,7 @@ fn route_request(
                 client_upgrade: None,
                 upgrade: upgrade.is_some(),
                 retry_after_send: false,
-                request: None,
-                template: None,
+                outgoing: Outgoing::Upgrade(None),
             };
             forward.prepare(req, hop, forwarded_for, host_header, upgrade);
             Routed::Upstream(forward)
@@ -368,14 +369,29 @@ struct Forward {
     upgrade: bool,
     /// A bodyless idempotent request: safe to re-send after a failure even if it was sent.
     retry_after_send: bool,
-    /// The request to send next (handed back by the pool when it was never sent).
-    request: Option<Request<UpstreamBody>>,
-    /// A bodyless request can be rebuilt for a retry even after it was sent.
-    template: Option<(Method, PathAndQuery, HeaderMap)>,
+    /// The request as it goes upstream (set by [`Forward::prepare`]).
+    outgoing: Outgoing,
 }
 
+/// A request ready for its backend.
+enum Outgoing {
+    /// Ordinary requests: Gilgal's own exchange over pooled connections.
+    Plain(OutgoingRequest),
+    /// Upgrade requests: hyper's client (handed back when it was never sent).
+    Upgrade(Option<Request<UpstreamBody>>),
+}
+
+/// What a backend answered.
+enum Exchanged {
+    Plain(ResponseHead, ResponseBody),
+    Upgrade(Response<Incoming>),
+}
+
+/// How one try at a backend ended.
+// Moved once per attempt: boxing the response would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
-    Response(Response<Incoming>, Lease),
+    Response(Exchanged),
     Failed(UpstreamError),
     TimedOut,
     Cut,
@@ -420,26 +436,29 @@ impl Forward {
         );
 
         let body_empty = body.is_end_stream() && !self.upgrade;
-        let body = if body_empty {
-            UpstreamBody::empty()
-        } else {
+        let body = (!body_empty).then(|| {
             UpstreamBody::new(
                 body,
                 self.route.limits.max_body_bytes,
                 self.route.metrics.clone(),
             )
-        };
+        });
         self.retry_after_send = body_empty && is_idempotent(&method);
-        let attempts = self.candidates(&self.route).len().clamp(1, 3);
-        if body_empty && attempts > 1 {
-            self.template = Some((method.clone(), path_and_query.clone(), headers.clone()));
-        }
-        self.request = Some(build_upstream_request(
-            method,
-            path_and_query,
-            headers,
-            body,
-        ));
+        self.outgoing = if self.upgrade {
+            Outgoing::Upgrade(Some(build_upstream_request(
+                method,
+                path_and_query,
+                headers,
+                body.unwrap_or_else(UpstreamBody::empty),
+            )))
+        } else {
+            Outgoing::Plain(OutgoingRequest::new(
+                method,
+                path_and_query.as_str(),
+                &headers,
+                body,
+            ))
+        };
     }
 
     fn candidates<'r>(&self, route: &'r CompiledRoute) -> &'r [Arc<BackendState>] {
@@ -472,22 +491,11 @@ impl Forward {
             let Some(backend) = pick_backend(candidates, failed.as_deref()).cloned() else {
                 break;
             };
-            if self.request.is_none() {
-                let Some((method, path_and_query, headers)) = &self.template else {
-                    break;
-                };
-                self.request = Some(build_upstream_request(
-                    method.clone(),
-                    path_and_query.clone(),
-                    headers.clone(),
-                    UpstreamBody::empty(),
-                ));
-            }
             let in_flight = InFlightGuard::new(backend.clone());
             let last = attempt == attempts;
             match self.attempt(&backend, attempt == 1).await {
-                Attempt::Response(resp, lease) => {
-                    return self.relay(resp, lease, in_flight);
+                Attempt::Response(exchanged) => {
+                    return self.relay(exchanged, in_flight);
                 }
                 Attempt::TimedOut => {
                     return self.fail(
@@ -512,7 +520,10 @@ impl Forward {
                     tracing::debug!(backend = %backend.id, error = %err, connect, "upstream attempt failed");
                     // Safe to retry: nothing was sent (the request came back), or a bodyless
                     // idempotent request whose answer never arrived.
-                    let safe = self.request.is_some() || self.retry_after_send;
+                    let safe = match &self.outgoing {
+                        Outgoing::Plain(req) => !req.sent || self.retry_after_send,
+                        Outgoing::Upgrade(req) => req.is_some(),
+                    };
                     if last || !safe {
                         let why = if connect {
                             "the app is not accepting connections"
@@ -531,7 +542,7 @@ impl Forward {
         )
     }
 
-    async fn attempt(&mut self, backend: &BackendState, first: bool) -> Attempt {
+    async fn attempt(&mut self, backend: &Arc<BackendState>, first: bool) -> Attempt {
         if backend.cut.is_fired() {
             return Attempt::Cut;
         }
@@ -539,36 +550,67 @@ impl Forward {
         // The first attempt starts microseconds after the request: its start time stands in for
         // a clock read (a retry reads the clock for a deadline of its own).
         let now = if first { self.start } else { Instant::now() };
-        let send = backend.pool.send(
-            now,
-            &mut self.request,
-            limits.connect_timeout,
-            self.upgrade,
-            &backend.cut,
-        );
+        let connect_timeout = limits.connect_timeout;
+        let resend_ok = self.retry_after_send;
+        let outgoing = &mut self.outgoing;
+        let send = async move {
+            match outgoing {
+                Outgoing::Plain(req) => {
+                    exchange::exchange(backend, now, req, resend_ok, connect_timeout)
+                        .await
+                        .map(|(head, body)| Exchanged::Plain(head, body))
+                }
+                Outgoing::Upgrade(req) => backend
+                    .pool
+                    .send_upgrade(req, connect_timeout, &backend.cut)
+                    .await
+                    .map(Exchanged::Upgrade),
+            }
+        };
+        // Past the backend's drain deadline a waiting request is answered 504 at once. The
+        // signal is registered only once the exchange has to wait.
+        let cut = backend.cut.cancelled();
+        tokio::pin!(send, cut);
+        let mut cut_registered = false;
+        let mut exchange = std::future::poll_fn(|cx| match send.as_mut().poll(cx) {
+            std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+            std::task::Poll::Pending => {
+                let fired = if cut_registered {
+                    backend.cut.is_fired()
+                } else {
+                    cut_registered = true;
+                    cut.as_mut().poll(cx).is_ready()
+                };
+                if fired {
+                    std::task::Poll::Ready(None)
+                } else {
+                    std::task::Poll::Pending
+                }
+            }
+        });
         let activity = &self.ctx.activity;
-        let sent = if activity.http2.load(Ordering::Relaxed) {
+        let outcome = if activity.http2.load(Ordering::Relaxed) {
             // Several requests share an HTTP/2 connection: a timer each.
-            tokio::time::timeout(limits.response_timeout, send)
+            tokio::time::timeout(limits.response_timeout, exchange)
                 .await
-                .ok()
+                .map_err(|_| ())
         } else {
             // One request at a time: the connection task's timer (see `ConnActivity`).
             let _deadline = activity.set_response_deadline(now, limits.response_timeout);
-            tokio::pin!(send);
             std::future::poll_fn(|cx| {
                 if activity.response_timed_out() {
-                    return std::task::Poll::Ready(None);
+                    return std::task::Poll::Ready(Err(()));
                 }
-                send.as_mut().poll(cx).map(Some)
+                std::pin::Pin::new(&mut exchange).poll(cx).map(Ok)
             })
             .await
         };
-        match sent {
-            None => Attempt::TimedOut,
-            Some(Err(_)) if backend.cut.is_fired() => Attempt::Cut,
-            Some(Err(error)) => Attempt::Failed(error),
-            Some(Ok((resp, lease))) => Attempt::Response(resp, lease),
+        match outcome {
+            Err(()) => Attempt::TimedOut,
+            Ok(None) => Attempt::Cut,
+            Ok(Some(Err(_))) if backend.cut.is_fired() => Attempt::Cut,
+            Ok(Some(Err(error))) => Attempt::Failed(error),
+            Ok(Some(Ok(exchanged))) => Attempt::Response(exchanged),
         }
     }
 
@@ -584,43 +626,52 @@ impl Forward {
     }
 
     /// Client-facing copy of the upstream response; upgrades become a spliced tunnel.
-    fn relay(
-        &mut self,
-        mut resp: Response<Incoming>,
-        lease: Lease,
-        in_flight: InFlightGuard,
-    ) -> Response<ProxyBody> {
+    fn relay(&mut self, exchanged: Exchanged, in_flight: InFlightGuard) -> Response<ProxyBody> {
         let metrics = &self.route.metrics;
-        let status = resp.status();
-        metrics.record_response(status.as_u16(), self.start.elapsed());
+        let mut resp = match exchanged {
+            Exchanged::Plain(head, body) => {
+                let mut resp = Response::new(ProxyBody::upstream(body));
+                *resp.status_mut() = head.status;
+                *resp.headers_mut() = head.headers;
+                resp
+            }
+            Exchanged::Upgrade(mut resp) => {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_upgrade) = self.client_upgrade.take() {
+                        metrics.record_response(resp.status().as_u16(), self.start.elapsed());
+                        let protocol = Protocol::switched_to(resp.headers().get(header::UPGRADE));
+                        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                        spawn_tunnel(
+                            client_upgrade,
+                            upstream_upgrade,
+                            protocol,
+                            in_flight,
+                            metrics.clone(),
+                        );
+                        let (mut parts, _) = resp.into_parts();
+                        if let Some(cookie) = self.set_cookie.take() {
+                            parts.headers.append(header::SET_COOKIE, cookie);
+                        }
+                        return Response::from_parts(
+                            parts,
+                            ProxyBody::full(Bytes::new(), self.guard.take()),
+                        );
+                    }
+                }
+                resp.map(ProxyBody::hyper)
+            }
+        };
+        metrics.record_response(resp.status().as_u16(), self.start.elapsed());
+        let hop = hop_mask(resp.headers());
+        strip_hop_by_hop(resp.headers_mut(), hop);
         if let Some(cookie) = self.set_cookie.take() {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
-        let guard = self.guard.take();
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = self.client_upgrade.take() {
-                let protocol = Protocol::switched_to(resp.headers().get(header::UPGRADE));
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                spawn_tunnel(
-                    client_upgrade,
-                    upstream_upgrade,
-                    protocol,
-                    in_flight,
-                    metrics.clone(),
-                );
-                let (parts, _) = resp.into_parts();
-                return Response::from_parts(parts, ProxyBody::full(Bytes::new(), guard));
-            }
-        }
-        let hop = hop_mask(resp.headers());
-        strip_hop_by_hop(resp.headers_mut(), hop);
-        let (parts, body) = resp.into_parts();
-        let guard = guard.map(|mut guard| {
+        if let Some(mut guard) = self.guard.take() {
             guard.backend = Some(in_flight);
-            guard.lease = Some(lease);
-            guard
-        });
-        Response::from_parts(parts, ProxyBody::upstream(body, guard))
+            resp.body_mut().set_guard(guard);
+        }
+        resp
     }
 
     fn prepare_headers(

@@ -478,9 +478,6 @@ async fn upstream_h1_chunked_responses_are_dechunked_and_keep_the_connection() {
 }
 
 #[tokio::test]
-#[ignore = "current proxy drops the upstream connection after a chunked response with trailer \
-            fields: hyper's server stops polling the body at the trailers frame, so ProxyBody never \
-            marks the response clean and the lease is not put back"]
 async fn upstream_h1_chunked_response_with_trailers_keeps_the_connection() {
     let up = RawUpstream::start(|seen| match seen.target.as_str() {
         "/trailers" => Reply::send(
@@ -967,8 +964,6 @@ async fn upstream_h1_response_head_of_1_mib_is_502() {
 }
 
 #[tokio::test]
-#[ignore = "current proxy accepts response heads up to hyper's ~408 KiB read buffer: an 80 KiB \
-            head is relayed to the client as 200"]
 async fn upstream_h1_response_head_over_64_kib_is_502() {
     oversized_head_is_502(80 * 1024).await;
 }
