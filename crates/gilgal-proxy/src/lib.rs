@@ -9,9 +9,12 @@
 //!
 //! Why hyper (1.x + hyper-util + tokio + rustls/ring) rather than Pingora or Sozu: hyper is the
 //! HTTP engine the rest of Gilgal (axum, reqwest) already compiles, so the proxy adds almost no
-//! build time or binary size; its HTTP/1.1 + HTTP/2 server, low-level client connections (pooled
-//! per backend here) and upgrade support cover everything the edge needs, and the routing on
-//! top stays small enough to audit. Pingora would bring a second runtime model and a long
+//! build time or binary size; its HTTP/1.1 + HTTP/2 server and upgrade support cover everything
+//! the client side needs, and the routing on top stays small enough to audit. Towards backends
+//! the proxy speaks HTTP/1.1 itself (httparse for the parsing, `exchange.rs` for the IO): hyper's
+//! client would run a second task per connection and pass every request and response across
+//! a channel, which was the largest cost left per proxied request. Upgrades still use hyper's
+//! client. Pingora would bring a second runtime model and a long
 //! C-heavy build (cmake for its TLS backends, absent here), and Sozu is AGPL, which we must not
 //! embed.
 //!
