@@ -45,6 +45,8 @@ pub(crate) struct UpstreamConn {
     stream: TcpStream,
     buf: BytesMut,
     scratch: HeadScratch,
+    /// Whether this exchange already forced out the ACK for what the backend sent.
+    acked: bool,
 }
 
 impl UpstreamConn {
@@ -53,6 +55,7 @@ impl UpstreamConn {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
             scratch: HeadScratch::default(),
+            acked: false,
         }
     }
 
@@ -82,6 +85,31 @@ impl UpstreamConn {
         }
         poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
     }
+
+    /// [`Self::poll_fill`] for the rest of a response whose first bytes came. A backend that
+    /// writes head and body separately without `TCP_NODELAY` (Python's `http.server`) holds
+    /// the body back until the head is acknowledged, while a keep-alive socket delays that
+    /// ACK by 40 ms hoping to piggyback it on a reply that never comes. So the first time
+    /// such a read must wait, the pending ACK goes out at once (one system call, and none when
+    /// the whole response came in one read).
+    fn poll_fill_rest(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let poll = self.poll_fill(cx);
+        if poll.is_pending() && !self.acked {
+            self.acked = true;
+            self.ack_now();
+        }
+        poll
+    }
+
+    #[cfg(target_os = "linux")]
+    fn ack_now(&self) {
+        // Setting TCP_QUICKACK leaves the delayed-ACK mode and sends a scheduled ACK now; a
+        // failure only costs the delay it tried to avoid.
+        let _ = socket2::SockRef::from(&self.stream).set_tcp_quickack(true);
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn ack_now(&self) {}
 
     /// The next final response head in the buffer (1xx interim responses are skipped).
     fn next_head(&mut self, method: &Method) -> Result<Option<ResponseHead>, UpstreamError> {
@@ -194,6 +222,7 @@ async fn exchange_on(
     backend: &Arc<BackendState>,
     req: &mut OutgoingRequest,
 ) -> Result<(ResponseHead, ResponseBody), UpstreamError> {
+    conn.acked = false;
     let mut head_bytes = req.head.clone();
     let sent = &mut req.sent;
     poll_fn(|cx| conn.poll_write_all(cx, &mut head_bytes, sent))
@@ -216,7 +245,12 @@ async fn exchange_on(
                     return Poll::Ready(Ok(head));
                 }
                 let had_bytes = !conn.buf.is_empty();
-                match ready!(conn.poll_fill(cx)) {
+                let filled = if had_bytes {
+                    conn.poll_fill_rest(cx)
+                } else {
+                    conn.poll_fill(cx)
+                };
+                match ready!(filled) {
                     Ok(0) if had_bytes => {
                         return Poll::Ready(Err(ResponseError::Head("truncated").into()))
                     }
@@ -239,7 +273,7 @@ async fn exchange_on(
     if let Some(len) = small {
         poll_fn(|cx| {
             while conn.buf.len() < len {
-                match ready!(conn.poll_fill(cx)) {
+                match ready!(conn.poll_fill_rest(cx)) {
                     Ok(0) => return Poll::Ready(Err(UpstreamError::TruncatedBody)),
                     Ok(_) => {}
                     Err(e) => return Poll::Ready(Err(UpstreamError::Io(e))),
@@ -427,7 +461,7 @@ impl Body for StreamingBody {
             if let Some(data) = data {
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
-            match ready!(conn.poll_fill(cx)) {
+            match ready!(conn.poll_fill_rest(cx)) {
                 Ok(0) => {
                     if matches!(this.remaining, Remaining::UntilClose) {
                         this.conn = None;

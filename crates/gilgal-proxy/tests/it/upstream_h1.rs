@@ -51,6 +51,9 @@ impl Seen {
 struct Reply {
     /// Written one after another, with a short pause between them (each its own TCP segment).
     pieces: Vec<Vec<u8>>,
+    /// Write the pieces back to back with Nagle's algorithm on, the way a backend without
+    /// `TCP_NODELAY` that writes head and body separately does (Python's `http.server`).
+    nagled: bool,
     then: Then,
 }
 
@@ -73,7 +76,15 @@ impl Reply {
     fn pieces(pieces: Vec<Vec<u8>>) -> Self {
         Self {
             pieces,
+            nagled: false,
             then: Then::KeepAlive,
+        }
+    }
+
+    fn nagled(pieces: Vec<Vec<u8>>) -> Self {
+        Self {
+            nagled: true,
+            ..Self::pieces(pieces)
         }
     }
 
@@ -85,6 +96,7 @@ impl Reply {
     fn close_without_answer() -> Self {
         Self {
             pieces: Vec::new(),
+            nagled: false,
             then: Then::Close,
         }
     }
@@ -304,8 +316,9 @@ async fn serve_raw(
         };
         let reply = script(&request);
         seen.lock().unwrap().push(request);
+        let _ = stream.set_nodelay(!reply.nagled);
         for (i, piece) in reply.pieces.iter().enumerate() {
-            if i > 0 {
+            if i > 0 && !reply.nagled {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             if stream.write_all(piece).await.is_err() {
@@ -966,4 +979,37 @@ async fn upstream_h1_response_head_of_1_mib_is_502() {
 #[tokio::test]
 async fn upstream_h1_response_head_over_64_kib_is_502() {
     oversized_head_is_502(80 * 1024).await;
+}
+
+/// A backend that writes the head and then the body with Nagle's algorithm on holds the body
+/// until the head is acknowledged; a keep-alive connection whose ACK waited for a reply
+/// would stall every request by the 40 ms delayed-ACK timer.
+#[tokio::test]
+async fn upstream_h1_head_and_body_written_apart_do_not_wait_for_a_delayed_ack() {
+    const REQUESTS: u32 = 30;
+    let up = RawUpstream::start(|_| {
+        Reply::nagled(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec(),
+            b"hello".to_vec(),
+        ])
+    })
+    .await;
+    let proxy = proxy_to(vec![up.backend("raw")]).await;
+    let c = client();
+    let started = std::time::Instant::now();
+    for _ in 0..REQUESTS {
+        let got = fetch(&c, request("GET", &proxy, "/", Bytes::new())).await;
+        assert_eq!((got.status, &got.body[..]), (200, &b"hello"[..]));
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(
+        up.accepts(),
+        1,
+        "all requests share one upstream connection"
+    );
+    // Stalled, each request would wait 40 ms: at least 1.2 s in all.
+    assert!(
+        elapsed < Duration::from_millis(600),
+        "{REQUESTS} requests took {elapsed:?}: responses waited for delayed ACKs"
+    );
 }
