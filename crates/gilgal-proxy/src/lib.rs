@@ -14,9 +14,8 @@
 //! the proxy speaks HTTP/1.1 itself (httparse for the parsing, `exchange.rs` for the IO): hyper's
 //! client would run a second task per connection and pass every request and response across
 //! a channel, which was the largest cost left per proxied request. Upgrades still use hyper's
-//! client. Pingora would bring a second runtime model and a long
-//! C-heavy build (cmake for its TLS backends, absent here), and Sozu is AGPL, which we must not
-//! embed.
+//! client. Pingora would bring a second runtime model and a long C-heavy build (cmake for its
+//! TLS backends, absent here), and Sozu is AGPL, which we must not embed.
 //!
 //! Entry points: build a [`ProxyHandle`], install routes with [`ProxyHandle::replace`] or
 //! [`ProxyHandle::apply`], then run [`serve`] and/or [`serve_tls`] on listeners.

@@ -49,7 +49,8 @@ impl Seen {
 
 /// What the raw backend does once it read a request.
 struct Reply {
-    /// Written one after another, with a short pause between them (each its own TCP segment).
+    /// Written one after another, with a short pause between them (each its own TCP segment)
+    /// unless `nagled`.
     pieces: Vec<Vec<u8>>,
     /// Write the pieces back to back with Nagle's algorithm on, the way a backend without
     /// `TCP_NODELAY` that writes head and body separately does (Python's `http.server`).
@@ -94,11 +95,7 @@ impl Reply {
     }
 
     fn close_without_answer() -> Self {
-        Self {
-            pieces: Vec::new(),
-            nagled: false,
-            then: Then::Close,
-        }
+        Self::pieces(Vec::new()).then(Then::Close)
     }
 }
 
