@@ -19,7 +19,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
@@ -163,17 +163,19 @@ pub(crate) struct OutgoingRequest {
 }
 
 impl OutgoingRequest {
-    /// Encode `method target` with `headers` (already the upstream's: hop-by-hop removed,
-    /// forwarding headers added). A body without `Content-Length` is sent chunked.
+    /// Encode `method target` with `headers` (hop-by-hop ones removed already) and the
+    /// forwarding fields in `set`, which replace any of the same name. A body without
+    /// `Content-Length` is sent chunked.
     pub(crate) fn new(
         method: Method,
         target: &str,
         headers: &HeaderMap,
+        set: &[(&HeaderName, &HeaderValue)],
         body: Option<UpstreamBody>,
     ) -> Self {
         let chunked = body.is_some() && !headers.contains_key(header::CONTENT_LENGTH);
         let mut head = Vec::new();
-        h1::encode_request_head(&method, target, headers, chunked, &mut head);
+        h1::encode_request_head(&method, target, headers, set, chunked, &mut head);
         Self {
             method,
             head: Bytes::from(head),

@@ -17,6 +17,43 @@ pub const MAX_RESPONSE_HEADERS: usize = 128;
 /// Longest chunk-size line (with extensions) or trailer section accepted in a chunked body.
 const MAX_CHUNK_META: usize = 16 * 1024;
 
+pub(crate) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub(crate) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one hop, never the end-to-end message (RFC 9110 §7.6.1); a header's
+/// index here is its bit in a hop-by-hop mask.
+pub(crate) fn hop_by_hop() -> [&'static HeaderName; 9] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+    ]
+}
+
+pub(crate) const HOP_CONNECTION: u16 = 1;
+
+/// Bit of a (lowercase) header name in the hop-by-hop mask, 0 for end-to-end headers.
+pub(crate) fn hop_bit(name: &str) -> u16 {
+    match name {
+        "connection" => HOP_CONNECTION,
+        "keep-alive" => 1 << 1,
+        "proxy-connection" => 1 << 2,
+        "te" => 1 << 3,
+        "trailer" => 1 << 4,
+        "transfer-encoding" => 1 << 5,
+        "upgrade" => 1 << 6,
+        "proxy-authenticate" => 1 << 7,
+        "proxy-authorization" => 1 << 8,
+        _ => 0,
+    }
+}
+
 /// Why a backend's response could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResponseError {
@@ -51,26 +88,34 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
-    /// End-to-end and hop-by-hop headers as received (`Content-Length` removed when
-    /// `Transfer-Encoding` overrides it).
+    /// The end-to-end headers as received (`Content-Length` removed when `Transfer-Encoding`
+    /// overrides it). Hop-by-hop headers are left out while parsing, except a `Connection`
+    /// header naming other headers, which [`Self::connection_names_headers`] flags.
     pub headers: HeaderMap,
     pub framing: Framing,
     /// The backend allows another request on this connection after this response.
     pub keep_alive: bool,
+    /// `headers` holds a `Connection` header listing options other than `keep-alive`: it and
+    /// the headers it names must be removed before the response goes on.
+    pub connection_names_headers: bool,
 }
 
-/// Append the request head for `method target` with `headers` to `out`. `chunked` adds
-/// `transfer-encoding: chunked` (a body of unknown length). Header names and values come from
-/// a `HeaderMap`, which cannot hold CR or LF, so nothing here can split the head.
+/// Append the request head for `method target` with `headers` to `out`, then the fields in
+/// `set`, which replace any of the same name in `headers` (the forwarding headers: written
+/// straight into the head instead of inserted into the map first). `chunked` adds
+/// `transfer-encoding: chunked` (a body of unknown length). Names and values come from
+/// `HeaderName`s and `HeaderValue`s, which cannot hold CR or LF, so nothing here can split
+/// the head.
 pub fn encode_request_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    set: &[(&HeaderName, &HeaderValue)],
     chunked: bool,
     out: &mut Vec<u8>,
 ) {
     let mut size = method.as_str().len() + target.len() + 16;
-    for (name, value) in headers {
+    for (name, value) in headers.iter().chain(set.iter().copied()) {
         size += name.as_str().len() + value.len() + 4;
     }
     out.reserve(size + 32);
@@ -78,11 +123,19 @@ pub fn encode_request_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    let mut field = |name: &HeaderName, value: &HeaderValue| {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in headers {
+        if !set.iter().any(|(replaced, _)| *replaced == name) {
+            field(name, value);
+        }
+    }
+    for (name, value) in set {
+        field(name, value);
     }
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -97,7 +150,8 @@ pub struct HeadScratch(Vec<(HeaderName, usize, usize)>);
 
 /// Parse a response head from the front of `buf`. `Ok(None)`: incomplete, read more. On
 /// success the head's bytes are removed from `buf`, which then starts with the body; the
-/// header values share the buffer's memory (no copy per header).
+/// header values share the buffer's memory (no copy per header). Framing and keep-alive are
+/// worked out in the same pass over the headers, not by looking them up afterwards.
 pub fn parse_response_head(
     buf: &mut BytesMut,
     request_method: &Method,
@@ -105,6 +159,7 @@ pub fn parse_response_head(
 ) -> Result<Option<ResponseHead>, ResponseError> {
     let spans = &mut scratch.0;
     spans.clear();
+    let mut facts = HeadFacts::default();
     let (len, code, version) = {
         let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_RESPONSE_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
@@ -133,6 +188,9 @@ pub fn parse_response_head(
         for h in parsed.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| ResponseError::Head("invalid header name"))?;
+            if facts.note(&name, h.value) == Keep::No {
+                continue;
+            }
             let start = h.value.as_ptr() as usize - base;
             spans.push((name, start, start + h.value.len()));
         }
@@ -145,20 +203,31 @@ pub fn parse_response_head(
         Some(0) => Version::HTTP_10,
         _ => return Err(ResponseError::Head("unsupported HTTP version")),
     };
+    let framing = facts.framing(status, request_method)?;
+    // With `Transfer-Encoding` deciding the framing, a `Content-Length` would mislead.
+    let drop_length = facts.transfer_encoding.is_some() && framing != Framing::Empty;
+    let keep_alive = framing != Framing::UntilClose
+        && !facts.close
+        && (version == Version::HTTP_11 || facts.keep_alive);
+    let connection_names_headers = facts.connection_names_headers;
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len());
     for (name, start, end) in spans.drain(..) {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-            .map_err(|_| ResponseError::Head("invalid header value"))?;
+        if drop_length && name == header::CONTENT_LENGTH {
+            continue;
+        }
+        // SAFETY: httparse accepted these bytes as a field value, so each is HTAB, SP..=`~`
+        // or obs-text (0x80..=0xFF): exactly the bytes `HeaderValue` allows (hyper's server
+        // builds its header values the same way).
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(start..end)) };
         headers.append(name, value);
     }
-    let framing = framing_of(status, request_method, &mut headers)?;
-    let keep_alive = framing != Framing::UntilClose && keeps_alive(version, &headers);
     Ok(Some(ResponseHead {
         status,
         headers,
         framing,
         keep_alive,
+        connection_names_headers,
     }))
 }
 
@@ -174,69 +243,105 @@ fn parse_error(e: httparse::Error) -> &'static str {
     }
 }
 
-/// Body framing of a response (RFC 9112 §6.3), normalising the headers: with
-/// `Transfer-Encoding`, any `Content-Length` is removed.
-fn framing_of(
-    status: StatusCode,
-    request_method: &Method,
-    headers: &mut HeaderMap,
-) -> Result<Framing, ResponseError> {
-    if status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || request_method == Method::HEAD
-    {
-        return Ok(Framing::Empty);
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        headers.remove(header::CONTENT_LENGTH);
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => Framing::Chunked,
-            _ => Framing::UntilClose,
-        });
-    }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        // A list such as `42, 42` is allowed when every member agrees (RFC 9110 §8.6).
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
-                return Err(ResponseError::Framing("malformed Content-Length"));
-            }
-            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            match length {
-                Some(seen) if seen != n => {
-                    return Err(ResponseError::Framing("conflicting Content-Length values"));
-                }
-                _ => length = Some(n),
-            }
-        }
-    }
-    Ok(match length {
-        Some(n) => Framing::Length(n),
-        None => Framing::UntilClose,
-    })
+/// Whether a parsed header goes into the response's header map.
+#[derive(PartialEq, Eq)]
+enum Keep {
+    Yes,
+    No,
 }
 
-/// Whether the backend keeps the connection open after this response.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep_alive = false;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|b| *b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+/// What the framing, keep-alive and hop-by-hop decisions need from a response's headers,
+/// gathered as they are parsed.
+#[derive(Default)]
+struct HeadFacts<'h> {
+    /// The last `Transfer-Encoding` value (only the last coding of the last one counts).
+    transfer_encoding: Option<&'h [u8]>,
+    /// The agreed `Content-Length`, or the first problem found with the `Content-Length`s.
+    content_length: Option<Result<u64, &'static str>>,
+    close: bool,
+    keep_alive: bool,
+    connection_names_headers: bool,
+}
+
+impl<'h> HeadFacts<'h> {
+    /// Note one header; hop-by-hop headers are not kept, except a `Connection` header that
+    /// names other headers (they must be removed too, wherever they are in the head).
+    fn note(&mut self, name: &HeaderName, value: &'h [u8]) -> Keep {
+        if *name == header::CONTENT_LENGTH {
+            self.note_length(value);
+            return Keep::Yes;
+        }
+        let bit = hop_bit(name.as_str());
+        if bit == 0 {
+            return Keep::Yes;
+        }
+        if *name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = Some(value);
+        } else if bit == HOP_CONNECTION {
+            let mut names_others = false;
+            for token in value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                self.keep_alive |= keep_alive;
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                names_others |= !keep_alive && !token.is_empty();
+            }
+            if names_others {
+                self.connection_names_headers = true;
+                return Keep::Yes;
+            }
+        }
+        Keep::No
+    }
+
+    /// A list such as `42, 42` is allowed when every member agrees (RFC 9110 §8.6).
+    fn note_length(&mut self, value: &[u8]) {
+        if matches!(self.content_length, Some(Err(_))) {
+            return;
+        }
+        for part in value.split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
+                self.content_length = Some(Err("malformed Content-Length"));
+                return;
+            }
+            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            match self.content_length {
+                Some(Ok(seen)) if seen != n => {
+                    self.content_length = Some(Err("conflicting Content-Length values"));
+                    return;
+                }
+                _ => self.content_length = Some(Ok(n)),
+            }
         }
     }
-    !close && (version == Version::HTTP_11 || keep_alive)
+
+    /// Body framing of the response (RFC 9112 §6.3).
+    fn framing(
+        &self,
+        status: StatusCode,
+        request_method: &Method,
+    ) -> Result<Framing, ResponseError> {
+        if status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || request_method == Method::HEAD
+        {
+            return Ok(Framing::Empty);
+        }
+        if let Some(te) = self.transfer_encoding {
+            let last = te.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
+            return Ok(match last {
+                Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+                _ => Framing::UntilClose,
+            });
+        }
+        match self.content_length {
+            Some(Ok(n)) => Ok(Framing::Length(n)),
+            Some(Err(why)) => Err(ResponseError::Framing(why)),
+            None => Ok(Framing::UntilClose),
+        }
+    }
 }
 
 /// What [`ChunkedDecoder::decode`] found.
@@ -363,17 +468,25 @@ mod tests {
     }
 
     #[test]
-    fn request_head_is_origin_form_with_every_header() {
+    fn request_head_is_origin_form_with_every_header_and_set_fields_replace() {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("a.localhost"));
         headers.append("x-two", HeaderValue::from_static("1"));
         headers.append("x-two", HeaderValue::from_static("2"));
+        headers.append("x-set", HeaderValue::from_static("old"));
         let mut out = Vec::new();
-        encode_request_head(&Method::POST, "/p?q=1", &headers, true, &mut out);
+        let x_set = HeaderName::from_static("x-set");
+        let x_new = HeaderName::from_static("x-new");
+        let (new, fresh) = (
+            HeaderValue::from_static("new"),
+            HeaderValue::from_static("yes"),
+        );
+        let set = [(&x_set, &new), (&x_new, &fresh)];
+        encode_request_head(&Method::POST, "/p?q=1", &headers, &set, true, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nhost: a.localhost\r\nx-two: 1\r\nx-two: 2\r\n\
-             transfer-encoding: chunked\r\n\r\n"
+             x-set: new\r\nx-new: yes\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
 
@@ -489,6 +602,35 @@ mod tests {
             b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
         ));
         assert!(!alive(b"HTTP/1.1 200 OK\r\n\r\n"));
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_left_out_unless_connection_names_others() {
+        let plain = head(
+            b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\n\
+              Transfer-Encoding: chunked\r\nContent-Length: 3\r\nTrailer: x-sum\r\n\
+              Server: s\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        let names: Vec<&str> = plain.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["server"]);
+        assert_eq!(plain.framing, Framing::Chunked);
+        assert!(plain.keep_alive);
+        assert!(!plain.connection_names_headers);
+
+        let naming = head(
+            b"HTTP/1.1 200 OK\r\nX-Hop: 1\r\nConnection: keep-alive, x-hop\r\n\
+              Content-Length: 0\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(naming.connection_names_headers);
+        assert!(naming.keep_alive);
+        assert!(naming.headers.contains_key("x-hop"));
+        assert!(naming.headers.contains_key(header::CONNECTION));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use hyper::body::{Body, Incoming};
 use crate::backend::{fast_random, pick_backend, BackendState, InFlightGuard};
 use crate::body::{BodyTooLarge, ConnActivity, ProxyBody, RequestGuard, UpstreamBody};
 use crate::exchange::{self, OutgoingRequest, ResponseBody};
-use crate::h1::ResponseHead;
+use crate::h1::{hop_bit, hop_by_hop, ResponseHead, HOP_CONNECTION};
 use crate::handle::Shared;
 use crate::metrics::RouteMetrics;
 use crate::pool::UpstreamError;
@@ -41,43 +41,6 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Headers that describe one hop, never the end-to-end message (RFC 9110 §7.6.1); a header's
-/// index here is its bit in a hop-by-hop mask.
-fn hop_by_hop() -> [&'static HeaderName; 9] {
-    [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-    ]
-}
-
-const HOP_CONNECTION: u16 = 1;
-
-/// Bit of a (lowercase) header name in the hop-by-hop mask, 0 for end-to-end headers.
-fn hop_bit(name: &str) -> u16 {
-    match name {
-        "connection" => HOP_CONNECTION,
-        "keep-alive" => 1 << 1,
-        "proxy-connection" => 1 << 2,
-        "te" => 1 << 3,
-        "trailer" => 1 << 4,
-        "transfer-encoding" => 1 << 5,
-        "upgrade" => 1 << 6,
-        "proxy-authenticate" => 1 << 7,
-        "proxy-authorization" => 1 << 8,
-        _ => 0,
-    }
-}
-
 /// Hop-by-hop mask of the headers present in `headers`.
 fn hop_mask(headers: &HeaderMap) -> u16 {
     headers
@@ -426,15 +389,8 @@ impl Forward {
             (_, None) => HeaderValue::from_static(""),
         };
         let mut headers = parts.headers;
-        self.prepare_headers(
-            &mut headers,
-            &host_value,
-            hop,
-            forwarded_for,
-            has_host,
-            upgrade,
-        );
-
+        // Hop-by-hop headers are rare in requests: only then is the map edited.
+        strip_hop_by_hop(&mut headers, hop);
         let body_empty = body.is_end_stream() && !self.upgrade;
         let body = (!body_empty).then(|| {
             UpstreamBody::new(
@@ -444,7 +400,25 @@ impl Forward {
             )
         });
         self.retry_after_send = body_empty && is_idempotent(&method);
+        let forwarding = self.forwarding(&headers, forwarded_for);
+        let proto = HeaderValue::from_static(if self.ctx.https { "https" } else { "http" });
+        let set = [
+            (&X_FORWARDED_FOR, &forwarding.forwarded_for),
+            (&X_FORWARDED_PROTO, &proto),
+            (&X_FORWARDED_HOST, &host_value),
+            (&X_REQUEST_ID, &forwarding.request_id),
+            (&header::HOST, &host_value),
+        ];
+        // The client's Host is kept; only a request without one (HTTP/2) gets the authority.
+        let set = if has_host { &set[..4] } else { &set[..] };
         self.outgoing = if self.upgrade {
+            for (name, value) in set.iter() {
+                headers.insert((*name).clone(), (*value).clone());
+            }
+            if let Some(protocol) = upgrade {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, protocol);
+            }
             Outgoing::Upgrade(Some(build_upstream_request(
                 method,
                 path_and_query,
@@ -456,6 +430,7 @@ impl Forward {
                 method,
                 path_and_query.as_str(),
                 &headers,
+                set,
                 body,
             ))
         };
@@ -628,12 +603,18 @@ impl Forward {
     /// Client-facing copy of the upstream response; upgrades become a spliced tunnel.
     fn relay(&mut self, exchanged: Exchanged, in_flight: InFlightGuard) -> Response<ProxyBody> {
         let metrics = &self.route.metrics;
-        let mut resp = match exchanged {
+        // The hop-by-hop headers a response carries (the parser leaves most out already).
+        let (mut resp, hop) = match exchanged {
             Exchanged::Plain(head, body) => {
                 let mut resp = Response::new(ProxyBody::upstream(body));
                 *resp.status_mut() = head.status;
                 *resp.headers_mut() = head.headers;
-                resp
+                let hop = if head.connection_names_headers {
+                    HOP_CONNECTION
+                } else {
+                    0
+                };
+                (resp, hop)
             }
             Exchanged::Upgrade(mut resp) => {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -658,11 +639,11 @@ impl Forward {
                         );
                     }
                 }
-                resp.map(ProxyBody::hyper)
+                let hop = hop_mask(resp.headers());
+                (resp.map(ProxyBody::hyper), hop)
             }
         };
         metrics.record_response(resp.status().as_u16(), self.start.elapsed());
-        let hop = hop_mask(resp.headers());
         strip_hop_by_hop(resp.headers_mut(), hop);
         if let Some(cookie) = self.set_cookie.take() {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
@@ -674,46 +655,36 @@ impl Forward {
         resp
     }
 
-    fn prepare_headers(
-        &self,
-        headers: &mut HeaderMap,
-        host_value: &HeaderValue,
-        hop: u16,
-        forwarded_for: bool,
-        has_host: bool,
-        upgrade: Option<HeaderValue>,
-    ) {
-        strip_hop_by_hop(headers, hop);
-        // Room for the forwarding headers in one growth instead of several.
-        headers.reserve(5);
-        if let Some(protocol) = upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol);
-        }
+    /// The `X-Forwarded-For` (the client appended to any list it sent) and `X-Request-Id`
+    /// values for the upstream request.
+    fn forwarding(&self, headers: &HeaderMap, forwarded_for: bool) -> Forwarding {
+        let client_ip = &self.ctx.client_ip;
         let previous = if forwarded_for {
             headers.get(&X_FORWARDED_FOR)
         } else {
             None
         };
-        let xff = match previous {
+        let forwarded_for = match previous {
             Some(prev) => {
-                let mut joined = Vec::with_capacity(prev.len() + 2 + self.ctx.client_ip.len());
+                let mut joined = Vec::with_capacity(prev.len() + 2 + client_ip.len());
                 joined.extend_from_slice(prev.as_bytes());
                 joined.extend_from_slice(b", ");
-                joined.extend_from_slice(self.ctx.client_ip.as_bytes());
-                HeaderValue::from_bytes(&joined).unwrap_or_else(|_| self.ctx.client_ip.clone())
+                joined.extend_from_slice(client_ip.as_bytes());
+                HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
             }
-            None => self.ctx.client_ip.clone(),
+            None => client_ip.clone(),
         };
-        headers.insert(X_FORWARDED_FOR.clone(), xff);
-        let proto = if self.ctx.https { "https" } else { "http" };
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-        headers.insert(X_FORWARDED_HOST.clone(), host_value.clone());
-        if !has_host {
-            headers.insert(header::HOST, host_value.clone());
+        Forwarding {
+            forwarded_for,
+            request_id: self.request_id.value(),
         }
-        headers.insert(X_REQUEST_ID.clone(), self.request_id.value());
     }
+}
+
+/// Computed forwarding header values (see [`Forward::forwarding`]).
+struct Forwarding {
+    forwarded_for: HeaderValue,
+    request_id: HeaderValue,
 }
 
 /// Origin-form request target (`/path?query`), as HTTP/1.1 sends it to a backend.
@@ -1111,6 +1082,7 @@ async fn serve_static(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h1::KEEP_ALIVE;
 
     #[test]
     fn host_header_scan_drops_ports_and_notes_case() {
