@@ -337,7 +337,7 @@ impl Drop for RequestGuard {
 pin_project! {
     #[project = KindProj]
     enum Kind {
-        Streaming { #[pin] inner: StreamingBody },
+        Streaming { #[pin] inner: Box<StreamingBody> },
         Hyper { #[pin] inner: Incoming },
         Full { #[pin] inner: Full<Bytes> },
         Boxed { #[pin] inner: UnsyncBoxBody<Bytes, BoxError> },

@@ -189,7 +189,9 @@ impl OutgoingRequest {
 /// Body of an upstream response: read already, or streamed from the connection.
 pub(crate) enum ResponseBody {
     Full(Bytes),
-    Streaming(StreamingBody),
+    /// Boxed: streamed bodies are the rare case, and a response is moved several times on its
+    /// way to hyper.
+    Streaming(Box<StreamingBody>),
 }
 
 /// Send `req` to `backend` on its most recently used idle connection, or a new one, and read
@@ -302,7 +304,7 @@ async fn exchange_on(
         backend: Arc::clone(backend),
         cut: None,
     };
-    Ok((head, ResponseBody::Streaming(body)))
+    Ok((head, ResponseBody::Streaming(Box::new(body))))
 }
 
 /// Stream the request body upstream, chunk-encoding it when it has no declared length. Reads
