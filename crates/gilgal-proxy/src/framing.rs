@@ -2,7 +2,7 @@
 //!
 //! hyper already resolves ambiguous framing safely (Transfer-Encoding wins over Content-Length,
 //! duplicate equal lengths are merged) but it hides the ambiguity from the service, and we want
-//! such requests *rejected*. This wrapper re-reads each request head with `httparse` as the
+//! such requests *rejected*. This wrapper re-reads each request head's framing fields as the
 //! bytes go by (skipping bodies by their framing) and raises a per-connection flag when a head
 //! carries both Content-Length and Transfer-Encoding, or several Content-Length fields. HTTP/2
 //! and upgraded connections are not scanned.
@@ -204,38 +204,49 @@ enum Parsed {
     Complete { len: usize, next: State },
 }
 
+/// Find the end of a request head and the fields that frame its body, one line at a time.
+///
+/// Only the framing fields matter here, so the head is not parsed field by field (httparse
+/// would validate every byte, as hyper does right after): lines are found with `memchr` and
+/// only those starting like `Content-Length:`, `Transfer-Encoding:` or `Upgrade:` are read. A
+/// head hyper would reject ends the connection anyway, so what this makes of one is moot.
 fn inspect_head(bytes: &[u8]) -> Parsed {
-    // Uninitialized slots: zeroing 128 headers (4 KB) would cost more than parsing a head.
-    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
-    let mut req = httparse::Request::new(&mut []);
-    let len = match req.parse_with_uninit_headers(bytes, &mut headers) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Invalid,
-    };
     let mut content_lengths = 0usize;
     let mut length = 0u64;
     let mut chunked = false;
     let mut has_te = false;
-    let mut upgrade = req.method == Some("CONNECT");
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
+    let mut upgrade = bytes.starts_with(b"CONNECT ");
+    let mut lines = memchr::memchr_iter(b'\n', bytes);
+    // The request line.
+    let Some(mut start) = lines.next().map(|end| end + 1) else {
+        return Parsed::Partial;
+    };
+    let len = loop {
+        let Some(end) = lines.next() else {
+            return Parsed::Partial;
+        };
+        let line = &bytes[start..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        start = end + 1;
+        if line.is_empty() {
+            break start;
+        }
+        if let Some(value) = field_value(line, b"content-length") {
             content_lengths += 1;
-            match std::str::from_utf8(h.value)
+            match std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
             {
                 Some(n) => length = n,
                 None => return Parsed::Invalid,
             }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if let Some(value) = field_value(line, b"transfer-encoding") {
             has_te = true;
-            chunked = std::str::from_utf8(h.value)
-                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
-        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if field_value(line, b"upgrade").is_some() {
             upgrade = true;
         }
-    }
+    };
     if content_lengths > 1 || (has_te && content_lengths > 0) {
         return Parsed::Ambiguous;
     }
@@ -251,6 +262,14 @@ fn inspect_head(bytes: &[u8]) -> Parsed {
         State::Head
     };
     Parsed::Complete { len, next }
+}
+
+/// The value of header line `line` if its field name is `name` (lowercase, matched without
+/// regard to case; no space is allowed before the colon, as in RFC 9112).
+fn field_value<'l>(line: &'l [u8], name: &[u8]) -> Option<&'l [u8]> {
+    let (field, rest) = line.split_at_checked(name.len())?;
+    let value = rest.strip_prefix(b":")?;
+    field.eq_ignore_ascii_case(name).then_some(value)
 }
 
 impl Scanner {
@@ -465,6 +484,39 @@ mod tests {
             assert!(
                 !scan_in_pieces(&quoted[..], piece),
                 "body content flagged at piece {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_exact_field_names_count_whatever_their_case() {
+        // Lookalike names frame nothing: the body here is 0 bytes, so the next head is checked.
+        let lookalikes = b"GET / HTTP/1.1\r\nX-Content-Length: 9\r\nContent-Length-X: 9\r\n\
+                           Transfer-Encodings: chunked\r\n\r\n\
+                           POST / HTTP/1.1\r\ncOnTeNt-LeNgTh:\t1\r\nTRANSFER-ENCODING: chunked\r\n\r\n";
+        // Bare LF line endings end lines and the head too.
+        let bare_lf = b"POST / HTTP/1.1\nContent-Length: 2\n\nokGET / HTTP/1.1\nHost: x\n\n";
+        // After a CONNECT or an upgrade the stream is no longer HTTP/1: nothing is flagged.
+        let tunnel = b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n\
+                       POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        let upgraded = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\
+                         POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        for piece in [1, 5, 4096] {
+            assert!(
+                scan_in_pieces(lookalikes, piece),
+                "second head missed at {piece}"
+            );
+            assert!(
+                !scan_in_pieces(bare_lf, piece),
+                "bare LF flagged at {piece}"
+            );
+            assert!(
+                !scan_in_pieces(tunnel, piece),
+                "tunnel bytes flagged at {piece}"
+            );
+            assert!(
+                !scan_in_pieces(upgraded, piece),
+                "upgraded bytes flagged at {piece}"
             );
         }
     }
