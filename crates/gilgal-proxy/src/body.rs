@@ -72,6 +72,45 @@ impl UpstreamBody {
     }
 }
 
+/// Most of an unread request body read (and dropped) after an early answer so that the client
+/// connection stays open: past it, or a declared length above it, the connection is closed.
+const DRAIN_UP_TO: u64 = 1 << 20;
+/// How long the rest of an unread request body may take to arrive before the connection is
+/// closed instead (nginx's `lingering_timeout` default).
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl UpstreamBody {
+    /// Read the rest of a request body the backend answered before reading (an early 401, or
+    /// an app that replies first), and drop it, in a task of its own.
+    ///
+    /// hyper closes a connection whose request body is dropped unread unless the rest is
+    /// already buffered: a client that writes its body after the head (a second write held
+    /// back by Nagle's algorithm) would lose its keep-alive connection on every such request,
+    /// and one sending its next request meanwhile would see it cut. The response itself is not
+    /// held up: hyper sends it and keeps reading the body into this task. A body declared
+    /// longer than [`DRAIN_UP_TO`], growing past it, or slower than [`DRAIN_FOR`] is dropped
+    /// instead, and the connection closes as before.
+    pub(crate) fn discard_rest(self) {
+        if self.is_end_stream() || self.size_hint().lower() > DRAIN_UP_TO {
+            return;
+        }
+        let mut body = self;
+        tokio::spawn(async move {
+            let mut left = DRAIN_UP_TO;
+            let drained = tokio::time::timeout(DRAIN_FOR, async {
+                while let Some(Ok(frame)) = body.frame().await {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    let Some(rest) = left.checked_sub(len) else {
+                        return;
+                    };
+                    left = rest;
+                }
+            });
+            let _ = drained.await;
+        });
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;

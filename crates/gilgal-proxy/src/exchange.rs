@@ -154,7 +154,8 @@ impl UpstreamConn {
 pub(crate) struct OutgoingRequest {
     method: Method,
     head: Bytes,
-    /// `None` for a bodyless request (or once the body started streaming).
+    /// `None` for a bodyless request (or once the body started streaming); after an early
+    /// answer, what the client has yet to send.
     body: Option<UpstreamBody>,
     /// The body has no declared length and goes out chunked.
     chunked: bool,
@@ -163,6 +164,12 @@ pub(crate) struct OutgoingRequest {
 }
 
 impl OutgoingRequest {
+    /// The rest of a request body the backend answered before reading (see
+    /// [`UpstreamBody::discard_rest`]).
+    pub(crate) fn take_unread_body(&mut self) -> Option<UpstreamBody> {
+        self.body.take().filter(|_| self.sent)
+    }
+
     /// Encode `method target` with `headers` (hop-by-hop ones removed already) and the
     /// forwarding fields in `set`, which replace any of the same name. A body without
     /// `Content-Length` is sent chunked.
@@ -234,9 +241,14 @@ async fn exchange_on(
         .map_err(UpstreamError::Io)?;
     let mut complete = true;
     let early = match req.body.take() {
-        Some(body) => {
-            let early = send_body(&mut conn, body, req.chunked, &req.method).await?;
+        Some(mut body) => {
+            let early = send_body(&mut conn, &mut body, req.chunked, &req.method).await?;
             complete = early.is_none();
+            if early.is_some() && !body.is_end_stream() {
+                // The client is still sending what the backend no longer wants: kept, so the
+                // client connection can read it to the end and stay open.
+                req.body = Some(body);
+            }
             early
         }
         None => None,
@@ -313,11 +325,11 @@ async fn exchange_on(
 /// answer.
 async fn send_body(
     conn: &mut UpstreamConn,
-    body: UpstreamBody,
+    body: &mut UpstreamBody,
     chunked: bool,
     method: &Method,
 ) -> Result<Option<ResponseHead>, UpstreamError> {
-    let mut body = std::pin::pin!(body);
+    let mut body = Pin::new(body);
     let mut queue: VecDeque<Bytes> = VecDeque::new();
     let mut finished = false;
     let mut sent = true;

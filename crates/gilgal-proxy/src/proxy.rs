@@ -652,6 +652,14 @@ impl Forward {
             guard.backend = Some(in_flight);
             resp.body_mut().set_guard(guard);
         }
+        // An HTTP/2 stream is reset on its own; an HTTP/1 connection would close.
+        if let Outgoing::Plain(req) = &mut self.outgoing {
+            if let Some(unread) = req.take_unread_body() {
+                if !self.ctx.activity.http2.load(Ordering::Relaxed) {
+                    unread.discard_rest();
+                }
+            }
+        }
         resp
     }
 

@@ -886,6 +886,47 @@ async fn upstream_h1_early_413_during_a_large_upload_leaves_the_proxy_healthy() 
 }
 
 #[tokio::test]
+async fn upstream_h1_early_answer_before_a_late_body_keeps_the_client_connection() {
+    // The backend answers as soon as it has the head; each client body comes only after the
+    // answer (as a client's second write does when Nagle's algorithm holds it back).
+    let up = RawUpstream::answering_before_the_body(|seen| {
+        Reply::send(ok(format!("early {}", seen.target))).then(Then::Close)
+    })
+    .await;
+    let proxy = proxy_to(vec![up.backend("raw")]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut got = Vec::new();
+    for i in 0..3 {
+        let head = format!("POST /{i} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\n\r\n");
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("request {i} could not be sent: {e}"));
+        let answer = format!("early /{i}");
+        tokio::time::timeout(WAIT, async {
+            while !String::from_utf8_lossy(&got).contains(&answer) {
+                assert!(
+                    fill(&mut stream, &mut got).await,
+                    "the proxy closed the connection before answering request {i}: {:?}",
+                    String::from_utf8_lossy(&got)
+                );
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no answer to request {i}"));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        stream.write_all(b"hello").await.unwrap();
+    }
+    assert_eq!(up.seen().len(), 3);
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn upstream_h1_end_to_end_headers_pass_and_hop_by_hop_ones_are_stripped() {
     let up = RawUpstream::start(|_| {
         Reply::send(
