@@ -1,6 +1,7 @@
 //! HTTP/1.1 wire format of the upstream side, without IO: the request head the proxy writes, the
-//! response head it parses (with httparse) and how the response body is framed, and a
-//! chunked-body decoder. [`crate::pool`] drives these over pooled backend connections.
+//! response head it parses (with httparse) and how the response body is framed, a chunked-body
+//! decoder, and the table of hop-by-hop fields (used for requests too). [`crate::exchange`]
+//! drives these over pooled backend connections.
 //!
 //! Kept free of IO so every framing rule is a plain function over bytes, tested here.
 
