@@ -164,6 +164,10 @@ pub(crate) struct ConnActivity {
     pub(crate) smuggling: AtomicBool,
     /// Raised by the framing scanner when the client speaks HTTP/2.
     pub(crate) http2: AtomicBool,
+    /// Raised by the framing scanner when a request asked for a tunnel (CONNECT, `Upgrade`)
+    /// and it stopped following the stream: unless that request is answered 101, the
+    /// connection closes after the answer, so nothing after it goes unscanned.
+    pub(crate) upgrade_asked: AtomicBool,
     /// Set by the watchdog (idle, slow headers, shutdown): a [`Close`] level.
     close: AtomicU8,
     /// The connection task, woken when `close` is raised.

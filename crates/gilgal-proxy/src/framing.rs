@@ -29,8 +29,29 @@ enum State {
     ChunkSize,
     ChunkData(u64),
     ChunkCrlf(u8),
-    Trailers,
+    /// In the trailer section of a chunked body, read byte by byte the way hyper does (lines
+    /// end with CRLF only; an empty line ends the section).
+    Trailers(TrailerAt),
+    /// No longer followed: the stream is not (or no longer) framed HTTP/1.1 as far as this
+    /// scanner can tell (HTTP/2, or a head hyper rejects and closes the connection over).
     Passthrough,
+    /// A CONNECT or `Upgrade` request was seen: what follows may not be HTTP/1.1, so it is
+    /// not followed. Unless the answer switches protocols, the connection is closed after it
+    /// (see `ConnActivity::upgrade_asked`), so no request goes unscanned.
+    Tunnel,
+}
+
+/// Where the scanner is in a trailer section (the states of hyper's chunked decoder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrailerAt {
+    /// At the start of a line: CR begins the end of the section, anything else a field.
+    LineStart,
+    /// After a CR at the start of a line: LF ends the section.
+    EndLf,
+    /// Inside a trailer field line: CR begins its end.
+    InLine,
+    /// After a CR inside a field line: LF ends the line.
+    LineLf,
 }
 
 /// Incremental HTTP/1.1 framing follower.
@@ -66,7 +87,7 @@ impl Scanner {
         }
         while !data.is_empty() {
             match self.state {
-                State::Passthrough => return false,
+                State::Passthrough | State::Tunnel => return false,
                 State::Head => match self.head(data) {
                     HeadStep::NeedMore => return false,
                     HeadStep::Violation => {
@@ -103,7 +124,32 @@ impl Scanner {
                         State::ChunkCrlf(left)
                     };
                 }
-                State::ChunkSize | State::Trailers => {
+                State::Trailers(mut at) => {
+                    let mut used = 0;
+                    for &b in data {
+                        used += 1;
+                        at = match (at, b) {
+                            (TrailerAt::LineStart, b'\r') => TrailerAt::EndLf,
+                            (TrailerAt::InLine, b'\r') => TrailerAt::LineLf,
+                            (TrailerAt::LineStart | TrailerAt::InLine, _) => TrailerAt::InLine,
+                            (TrailerAt::LineLf, b'\n') => TrailerAt::LineStart,
+                            (TrailerAt::EndLf, b'\n') => {
+                                self.state = State::Head;
+                                break;
+                            }
+                            // hyper fails the body and closes the connection.
+                            (TrailerAt::LineLf | TrailerAt::EndLf, _) => {
+                                self.state = State::Passthrough;
+                                return false;
+                            }
+                        };
+                    }
+                    if self.state != State::Head {
+                        self.state = State::Trailers(at);
+                    }
+                    data = &data[used..];
+                }
+                State::ChunkSize => {
                     let Some(line_end) = data.iter().position(|b| *b == b'\n') else {
                         self.buffer(data);
                         return false;
@@ -132,17 +178,10 @@ impl Scanner {
     fn after_line(&self, line: &[u8]) -> State {
         let text = line.strip_suffix(b"\n").unwrap_or(line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
-        if self.state == State::Trailers {
-            return if text.is_empty() {
-                State::Head
-            } else {
-                State::Trailers
-            };
-        }
         let size = text.split(|b| *b == b';').next().unwrap_or(b"");
         let size = std::str::from_utf8(size).ok().map(str::trim);
         match size.and_then(|s| u64::from_str_radix(s, 16).ok()) {
-            Some(0) => State::Trailers,
+            Some(0) => State::Trailers(TrailerAt::LineStart),
             Some(n) => State::ChunkData(n),
             None => State::Passthrough,
         }
@@ -251,7 +290,7 @@ fn inspect_head(bytes: &[u8]) -> Parsed {
         return Parsed::Ambiguous;
     }
     let next = if upgrade {
-        State::Passthrough
+        State::Tunnel
     } else if has_te && chunked {
         State::ChunkSize
     } else if has_te {
@@ -379,9 +418,15 @@ impl<I: AsyncRead> AsyncRead for FramingGuard<I> {
                 if !data.is_empty() {
                     io.parking.store(false, Ordering::Relaxed);
                 }
-                if this.scanner.state != State::Passthrough {
+                if !matches!(this.scanner.state, State::Passthrough | State::Tunnel) {
                     if this.scanner.feed(data) {
                         this.conn.activity.smuggling.store(true, Ordering::Release);
+                    }
+                    if this.scanner.state == State::Tunnel {
+                        this.conn
+                            .activity
+                            .upgrade_asked
+                            .store(true, Ordering::Release);
                     }
                     if this.scanner.http2 {
                         this.conn.activity.http2.store(true, Ordering::Relaxed);
@@ -501,7 +546,16 @@ mod tests {
                        POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         let upgraded = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\
                          POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        // hyper ends a trailer section only at CRLF CRLF: the bare LF is field content, the
+        // "request" after it a trailer field, and the POST after that is the next head.
+        let trailers = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n\
+                         GET /x HTTP/1.1\r\nContent-Length: 68\r\n\r\n\
+                         POST /b HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
         for piece in [1, 5, 4096] {
+            assert!(
+                scan_in_pieces(trailers, piece),
+                "head after trailers missed at {piece}"
+            );
             assert!(
                 scan_in_pieces(lookalikes, piece),
                 "second head missed at {piece}"

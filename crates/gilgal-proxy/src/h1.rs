@@ -219,7 +219,8 @@ pub fn parse_response_head(
         }
         // SAFETY: httparse accepted these bytes as a field value, so each is HTAB, SP..=`~`
         // or obs-text (0x80..=0xFF): exactly the bytes `HeaderValue` allows (hyper's server
-        // builds its header values the same way).
+        // builds its header values the same way). This holds because the parser runs with
+        // the default config: obs-fold (which would leave CRLF inside a value) stays off.
         let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(start..end)) };
         headers.append(name, value);
     }
@@ -331,7 +332,11 @@ impl<'h> HeadFacts<'h> {
             return Ok(Framing::Empty);
         }
         if let Some(te) = self.transfer_encoding {
-            let last = te.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
+            // A value with obs-text names no coding we know (hyper reads it the same way).
+            let last = te
+                .is_ascii()
+                .then(|| te.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii))
+                .flatten();
             return Ok(match last {
                 Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
                 _ => Framing::UntilClose,
@@ -588,6 +593,14 @@ mod tests {
         assert_eq!(
             framing(b"HTTP/1.1 200 OK\r\n\r\n", Method::GET),
             Ok(Framing::UntilClose)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \xff, chunked\r\n\r\n",
+                Method::GET
+            ),
+            Ok(Framing::UntilClose),
+            "a coding list with obs-text is not read as chunked"
         );
     }
 

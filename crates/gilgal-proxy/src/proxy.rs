@@ -126,16 +126,23 @@ pub(crate) fn handle(
         .enabled()
         .then(|| AccessStart::of(&ctx, &req));
     let log_ctx = access.as_ref().map(|_| Arc::clone(&ctx));
+    // The smuggling guard stopped reading this connection at a tunnel request: unless the
+    // protocol switches, the connection must not carry another request.
+    let close_unless_switched = ctx.activity.upgrade_asked.load(Ordering::Acquire);
     let mut route_id = None;
     let mut routed = route_request(ctx, req, &mut route_id);
     async move {
-        let resp = match &mut routed {
+        let mut resp = match &mut routed {
             Routed::Done(resp) => resp
                 .take()
                 .unwrap_or_else(|| Response::new(ProxyBody::empty())),
             Routed::Static(serve) => serve.as_mut().await,
             Routed::Upstream(forward) => forward.run().await,
         };
+        if close_unless_switched && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let (Some(access), Some(ctx), Some(route)) = (access, log_ctx, route_id) {
             ctx.shared.access_log.send(crate::AccessLogEntry {
                 route: route.to_string(),

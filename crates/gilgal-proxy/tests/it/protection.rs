@@ -343,6 +343,33 @@ async fn rejects_request_smuggling_attempts() {
         "no attack reached the backend"
     );
 
+    // Hidden behind what the scanner once misread: a trailer section that hyper ends only at
+    // CRLF CRLF (a bare LF there is field content), and tunnel requests after which the
+    // scanner stops reading (so the connection must close unless the protocol switches).
+    let hidden: [&[u8]; 3] = [
+        b"POST /a HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n\
+          GET /x HTTP/1.1\r\nContent-Length: 68\r\n\r\n\
+          POST /b HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: app.localhost\r\nUpgrade: foo\r\n\r\n\
+          POST /b HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"CONNECT app.localhost:443 HTTP/1.1\r\nHost: app.localhost\r\n\r\n\
+          POST /b HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ];
+    for attack in hidden {
+        let before = up.requests.load(Ordering::SeqCst);
+        let reply = raw_exchange(proxy.addr, attack).await;
+        assert_eq!(
+            reply.matches("HTTP/1.1 ").count(),
+            1,
+            "the request after the first one was answered:\n{}\n---\n{reply}",
+            String::from_utf8_lossy(attack)
+        );
+        assert!(
+            up.requests.load(Ordering::SeqCst) <= before + 1,
+            "the hidden request reached the backend: {reply}"
+        );
+    }
+
     // A well-formed chunked request still works.
     let reply = raw_exchange(
         proxy.addr,
