@@ -164,10 +164,10 @@ pub(crate) struct OutgoingRequest {
 }
 
 impl OutgoingRequest {
-    /// The rest of a request body the backend answered before reading (see
-    /// [`UpstreamBody::discard_rest`]).
+    /// Once a response arrived: the rest of a request body the backend answered before
+    /// reading (see [`UpstreamBody::discard_rest`]); the exchange took the body otherwise.
     pub(crate) fn take_unread_body(&mut self) -> Option<UpstreamBody> {
-        self.body.take().filter(|_| self.sent)
+        self.body.take()
     }
 
     /// Encode `method target` with `headers` (hop-by-hop ones removed already) and the
@@ -244,9 +244,9 @@ async fn exchange_on(
         Some(mut body) => {
             let early = send_body(&mut conn, &mut body, req.chunked, &req.method).await?;
             complete = early.is_none();
-            if early.is_some() && !body.is_end_stream() {
-                // The client is still sending what the backend no longer wants: kept, so the
-                // client connection can read it to the end and stay open.
+            if early.is_some() {
+                // What the client may still be sending is kept, so the client connection can
+                // read it to the end and stay open (`UpstreamBody::discard_rest`).
                 req.body = Some(body);
             }
             early

@@ -19,7 +19,7 @@ pub const MAX_RESPONSE_HEADERS: usize = 128;
 const MAX_CHUNK_META: usize = 16 * 1024;
 
 pub(crate) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-pub(crate) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one hop, never the end-to-end message (RFC 9110 §7.6.1); a header's
 /// index here is its bit in a hop-by-hop mask.
