@@ -42,6 +42,8 @@ pub use access::AccessLogEntry;
 pub use body::{BodyTooLarge, BoxError};
 pub use error::ProxyError;
 pub use handle::{DrainOutcome, ProxyHandle, UNROUTED};
+/// Network ranges, as [`ProxySettings::trusted_proxies`] names trusted peers.
+pub use ipnet::IpNet;
 pub use metrics::{MetricsSnapshot, RouteMetricsSnapshot, LATENCY_BUCKETS_SECONDS};
 pub use server::{serve, serve_tls};
 pub use spec::{

@@ -41,6 +41,18 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Forwarding headers a request carries, as bits of [`HeaderFacts::forwarding`]: what the
+/// peer claims about the hops before it, believed only from a trusted proxy.
+const FWD_FOR: u8 = 1;
+const FWD_PROTO: u8 = 2;
+const FWD_HOST: u8 = 4;
+const FWD_REAL_IP: u8 = 8;
+/// `Forwarded` or `X-Forwarded-Port`: claims Gilgal does not make itself, so from an untrusted
+/// peer they are removed rather than replaced.
+const FWD_OTHER: u8 = 16;
 /// Hop-by-hop mask of the headers present in `headers`.
 fn hop_mask(headers: &HeaderMap) -> u16 {
     headers
@@ -61,7 +73,8 @@ struct HeaderFacts<'a> {
     transfer_encoding: Option<&'a HeaderValue>,
     transfer_encodings: usize,
     upgrade: Option<&'a HeaderValue>,
-    forwarded_for: bool,
+    /// Forwarding headers present (`FWD_*` bits).
+    forwarding: u8,
     /// Hop-by-hop headers present (see [`hop_by_hop`]).
     hop: u16,
 }
@@ -90,7 +103,11 @@ impl<'a> HeaderFacts<'a> {
                 "x-request-id" => {
                     facts.request_id.get_or_insert(value);
                 }
-                "x-forwarded-for" => facts.forwarded_for = true,
+                "x-forwarded-for" => facts.forwarding |= FWD_FOR,
+                "x-forwarded-proto" => facts.forwarding |= FWD_PROTO,
+                "x-forwarded-host" => facts.forwarding |= FWD_HOST,
+                "x-real-ip" => facts.forwarding |= FWD_REAL_IP,
+                "forwarded" | "x-forwarded-port" => facts.forwarding |= FWD_OTHER,
                 _ => {}
             }
             facts.hop |= hop_bit(name);
@@ -102,8 +119,11 @@ impl<'a> HeaderFacts<'a> {
 /// What one client connection knows about itself, shared by its requests.
 pub(crate) struct ConnContext {
     pub(crate) shared: Arc<Shared>,
-    /// Client IP, preformatted for `X-Forwarded-For`.
+    /// The peer's IP, preformatted for `X-Forwarded-For`.
     pub(crate) client_ip: HeaderValue,
+    /// The peer is one of [`ProxySettings::trusted_proxies`](crate::ProxySettings): its
+    /// forwarding headers are believed.
+    pub(crate) trusted_peer: bool,
     pub(crate) https: bool,
     pub(crate) activity: ConnActivity,
 }
@@ -180,7 +200,14 @@ impl AccessStart {
             host: request_host(req, req.headers().get(header::HOST))
                 .map(|h| h.into_owned())
                 .unwrap_or_default(),
-            client: ctx.client_ip.to_str().unwrap_or_default().to_owned(),
+            client: if ctx.trusted_peer {
+                let chain = forwarded_chain(req.headers(), &ctx.client_ip);
+                real_client(&ctx.shared.settings, &chain)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default()
+            } else {
+                ctx.client_ip.to_str().unwrap_or_default().to_owned()
+            },
         }
     }
 }
@@ -284,7 +311,7 @@ fn route_request(
                 None => (Group::All, None),
             };
             let hop = facts.hop;
-            let forwarded_for = facts.forwarded_for;
+            let forwarding = facts.forwarding;
             let host_header = facts.host.cloned();
             let mut forward = Forward {
                 ctx,
@@ -299,7 +326,7 @@ fn route_request(
                 retry_after_send: false,
                 outgoing: Outgoing::Upgrade(None),
             };
-            forward.prepare(req, hop, forwarded_for, host_header, upgrade);
+            forward.prepare(req, hop, forwarding, host_header, upgrade);
             Routed::Upstream(forward)
         }
     }
@@ -373,7 +400,7 @@ impl Forward {
         &mut self,
         mut req: Request<Incoming>,
         hop: u16,
-        forwarded_for: bool,
+        forwarding: u8,
         host_header: Option<HeaderValue>,
         upgrade: Option<HeaderValue>,
     ) {
@@ -398,6 +425,12 @@ impl Forward {
         let mut headers = parts.headers;
         // Hop-by-hop headers are rare in requests: only then is the map edited.
         strip_hop_by_hop(&mut headers, hop);
+        // What the peer says about earlier hops is believed only from a trusted proxy.
+        let believed = if self.ctx.trusted_peer { forwarding } else { 0 };
+        if forwarding & FWD_OTHER != 0 && believed & FWD_OTHER == 0 {
+            headers.remove(header::FORWARDED);
+            headers.remove(&X_FORWARDED_PORT);
+        }
         let body_empty = body.is_end_stream() && !self.upgrade;
         let body = (!body_empty).then(|| {
             UpstreamBody::new(
@@ -407,17 +440,29 @@ impl Forward {
             )
         });
         self.retry_after_send = body_empty && is_idempotent(&method);
-        let forwarding = self.forwarding(&headers, forwarded_for);
+        let forwarding = self.forwarding(&headers, believed);
         let proto = HeaderValue::from_static(if self.ctx.https { "https" } else { "http" });
-        let set = [
-            (&X_FORWARDED_FOR, &forwarding.forwarded_for),
-            (&X_FORWARDED_PROTO, &proto),
-            (&X_FORWARDED_HOST, &host_value),
-            (&X_REQUEST_ID, &forwarding.request_id),
-            (&header::HOST, &host_value),
-        ];
+        // A trusted peer's own values of the fields it is believed on stay; every other
+        // forwarding field is written by Gilgal, replacing what the client sent.
+        let mut set = [(&X_FORWARDED_FOR, &forwarding.forwarded_for); 6];
+        set[1] = (&X_REQUEST_ID, &forwarding.request_id);
+        let mut len = 2;
+        for (bit, name, value) in [
+            (FWD_PROTO, &X_FORWARDED_PROTO, &proto),
+            (FWD_HOST, &X_FORWARDED_HOST, &host_value),
+            (FWD_REAL_IP, &X_REAL_IP, &forwarding.real_ip),
+        ] {
+            if believed & bit == 0 {
+                set[len] = (name, value);
+                len += 1;
+            }
+        }
         // The client's Host is kept; only a request without one (HTTP/2) gets the authority.
-        let set = if has_host { &set[..4] } else { &set[..] };
+        if !has_host {
+            set[len] = (&header::HOST, &host_value);
+            len += 1;
+        }
+        let set = &set[..len];
         self.outgoing = if self.upgrade {
             for (name, value) in set.iter() {
                 headers.insert((*name).clone(), (*value).clone());
@@ -670,28 +715,32 @@ impl Forward {
         resp
     }
 
-    /// The `X-Forwarded-For` (the client appended to any list it sent) and `X-Request-Id`
-    /// values for the upstream request.
-    fn forwarding(&self, headers: &HeaderMap, forwarded_for: bool) -> Forwarding {
+    /// The `X-Forwarded-For`, `X-Real-IP` and `X-Request-Id` values for the upstream request.
+    /// `X-Forwarded-For` is the peer's address, appended to the list the peer sent only when
+    /// that list is `believed` (the `FWD_*` bits of a trusted peer).
+    fn forwarding(&self, headers: &HeaderMap, believed: u8) -> Forwarding {
         let client_ip = &self.ctx.client_ip;
-        let previous = if forwarded_for {
-            headers.get(&X_FORWARDED_FOR)
+        let request_id = self.request_id.value();
+        if believed & FWD_FOR == 0 {
+            return Forwarding {
+                forwarded_for: client_ip.clone(),
+                real_ip: client_ip.clone(),
+                request_id,
+            };
+        }
+        let chain = forwarded_chain(headers, client_ip);
+        let real_ip = if believed & FWD_REAL_IP == 0 {
+            real_client(&self.ctx.shared.settings, &chain)
+                .and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok())
+                .unwrap_or_else(|| client_ip.clone())
         } else {
-            None
-        };
-        let forwarded_for = match previous {
-            Some(prev) => {
-                let mut joined = Vec::with_capacity(prev.len() + 2 + client_ip.len());
-                joined.extend_from_slice(prev.as_bytes());
-                joined.extend_from_slice(b", ");
-                joined.extend_from_slice(client_ip.as_bytes());
-                HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
-            }
-            None => client_ip.clone(),
+            // Not sent on: the peer's own `X-Real-IP` stays.
+            client_ip.clone()
         };
         Forwarding {
-            forwarded_for,
-            request_id: self.request_id.value(),
+            forwarded_for: HeaderValue::from_bytes(&chain).unwrap_or_else(|_| client_ip.clone()),
+            real_ip,
+            request_id,
         }
     }
 }
@@ -699,7 +748,41 @@ impl Forward {
 /// Computed forwarding header values (see [`Forward::forwarding`]).
 struct Forwarding {
     forwarded_for: HeaderValue,
+    real_ip: HeaderValue,
     request_id: HeaderValue,
+}
+
+/// Every `X-Forwarded-For` field of `headers` joined into one list, with `peer` appended.
+fn forwarded_chain(headers: &HeaderMap, peer: &HeaderValue) -> Vec<u8> {
+    let mut chain = Vec::with_capacity(64);
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        chain.extend_from_slice(value.as_bytes());
+        chain.extend_from_slice(b", ");
+    }
+    chain.extend_from_slice(peer.as_bytes());
+    chain
+}
+
+/// The client behind a chain of trusted proxies: walking `chain` (an `X-Forwarded-For` list)
+/// from the right, the first address that is not a trusted proxy; if all are, the left-most
+/// (as nginx's `real_ip_recursive`). An entry that is not an address ends the walk: the hop
+/// after it is the last one known.
+fn real_client(settings: &crate::ProxySettings, chain: &[u8]) -> Option<std::net::IpAddr> {
+    let mut client = None;
+    for entry in chain.rsplit(|&b| b == b',') {
+        let Some(ip) = std::str::from_utf8(entry)
+            .ok()
+            .and_then(|e| e.trim().parse::<std::net::IpAddr>().ok())
+        else {
+            break;
+        };
+        let ip = ip.to_canonical();
+        client = Some(ip);
+        if !settings.is_trusted(ip) {
+            break;
+        }
+    }
+    client
 }
 
 /// Origin-form request target (`/path?query`), as HTTP/1.1 sends it to a backend.

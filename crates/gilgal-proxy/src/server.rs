@@ -196,10 +196,14 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
+    // A dual-stack listener reports IPv4 clients as `::ffff:a.b.c.d`: apps and trust rules
+    // see them as the IPv4 addresses they are.
+    let ip = peer.ip().to_canonical();
     let ctx = Arc::new(ConnContext {
         shared: shared.clone(),
-        client_ip: HeaderValue::from_str(&peer.ip().to_string())
+        client_ip: HeaderValue::from_str(&ip.to_string())
             .unwrap_or(HeaderValue::from_static("unknown")),
+        trusted_peer: shared.settings.is_trusted(ip),
         https,
         activity: ConnActivity::default(),
     });

@@ -4,10 +4,11 @@
 //! pipeline can build, store and diff it freely; [`crate::RouteTable`] compiles it into the
 //! lookup structure the hot path reads.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// One upstream instance a route can send traffic to.
@@ -193,6 +194,19 @@ pub struct ProxySettings {
     pub backend_ejection: Duration,
     /// How long `serve` waits for in-flight requests after its shutdown future resolves.
     pub shutdown_grace: Duration,
+    /// Peers whose forwarding headers are believed: load balancers in front of Gilgal. From
+    /// any other peer `X-Forwarded-For`/`-Proto`/`-Host` and `X-Real-IP` are replaced and
+    /// `Forwarded`/`X-Forwarded-Port` removed, so a client cannot make an app log or trust an
+    /// address it made up. Empty (the default): Gilgal is the edge and believes no one.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl ProxySettings {
+    /// Whether `ip` is one of [`Self::trusted_proxies`].
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
 }
 
 impl Default for ProxySettings {
@@ -207,6 +221,7 @@ impl Default for ProxySettings {
             upstream_idle_timeout: Duration::from_secs(90),
             backend_ejection: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }

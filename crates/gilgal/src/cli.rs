@@ -623,6 +623,17 @@ pub struct ServerArgs {
     /// off when omitted.
     #[arg(long, env = "GILGAL_PROXY_TLS_LISTEN")]
     pub proxy_tls_listen: Option<SocketAddr>,
+    /// Load balancers in front of the proxy (addresses or CIDR ranges, comma-separated, e.g.
+    /// `10.0.0.0/8`): only their X-Forwarded-For/-Proto/-Host, X-Real-IP and Forwarded
+    /// headers reach the apps. From anyone else Gilgal writes its own, so a client cannot
+    /// pass a made-up address off as its own.
+    #[arg(
+        long,
+        env = "GILGAL_PROXY_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_network
+    )]
+    pub proxy_trusted_proxies: Vec<gilgal_proxy::IpNet>,
     /// Domain under which apps get hostnames: `{project}.{base}` and `{project}-{env}.{base}`.
     #[arg(long, default_value = "localhost", env = "GILGAL_BASE_DOMAIN")]
     pub base_domain: String,
@@ -789,4 +800,48 @@ pub enum TokensCommand {
         /// Token id (from `gilgal tokens list`).
         id: String,
     },
+}
+
+/// A CIDR range, or one address as the range holding only it.
+fn parse_network(text: &str) -> Result<gilgal_proxy::IpNet, String> {
+    let text = text.trim();
+    text.parse::<gilgal_proxy::IpNet>()
+        .or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(gilgal_proxy::IpNet::from)
+        })
+        .map_err(|_| format!("`{text}` is neither an IP address nor a CIDR range like 10.0.0.0/8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_ranges() {
+        let cli = Cli::try_parse_from([
+            "gilgal",
+            "server",
+            "--proxy-trusted-proxies",
+            "10.0.0.0/8, 192.0.2.7,::1",
+        ])
+        .unwrap();
+        let Command::Server(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        let nets: Vec<String> = args
+            .proxy_trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "::1/128"]);
+
+        let err = Cli::try_parse_from(["gilgal", "server", "--proxy-trusted-proxies", "10.0.0/8"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("neither an IP address nor a CIDR range"),
+            "{err}"
+        );
+    }
 }

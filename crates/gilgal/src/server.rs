@@ -152,7 +152,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             .await?;
     }
     let key = SigningKey::load_or_generate(&data_dir.join("keys").join("signing.key"))?;
-    let mut proxy_settings = ProxySettings::default();
+    let mut proxy_settings = ProxySettings {
+        trusted_proxies: args.proxy_trusted_proxies.clone(),
+        ..ProxySettings::default()
+    };
     if let Some(tls) = args.proxy_tls_listen {
         proxy_settings.https_port = tls.port();
     }

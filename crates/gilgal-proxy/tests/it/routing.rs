@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use gilgal_core::hostnames::default_hostname as app_hostname;
-use gilgal_proxy::{Backend, ProxyError, RouteSpec, RouteTarget, WeightedSplit};
+use gilgal_proxy::{Backend, ProxyError, ProxySettings, RouteSpec, RouteTarget, WeightedSplit};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -102,10 +102,10 @@ async fn routes_by_host_custom_domain_and_longest_prefix() {
     assert!(unknown.body.contains(&id), "404 page names the request id");
 }
 
-#[tokio::test]
-async fn adds_forwarding_headers_and_strips_hop_by_hop() {
+/// A proxy with `settings` routing `app.localhost` to one upstream (kept alive with it).
+async fn proxy_to_one_upstream(settings: ProxySettings) -> (Upstream, Proxy) {
     let up = Upstream::start("up").await;
-    let proxy = Proxy::start().await;
+    let proxy = Proxy::with_settings(settings).await;
     proxy
         .handle
         .replace(vec![route(
@@ -115,22 +115,73 @@ async fn adds_forwarding_headers_and_strips_hop_by_hop() {
             vec![up.backend()],
         )])
         .unwrap();
+    (up, proxy)
+}
+
+/// The header lines the upstream saw of a `GET /echo-headers` sent with `headers`.
+async fn echoed_headers(c: &TestClient, proxy: &Proxy, headers: &[(&str, &str)]) -> String {
+    let mut req = Request::get(proxy.url("/echo-headers"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    send(c, req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .body
+}
+
+/// Header lines as a map (the last of repeated names wins).
+fn fields(echoed: &str) -> HashMap<&str, &str> {
+    echoed.lines().filter_map(|l| l.split_once(": ")).collect()
+}
+
+#[tokio::test]
+async fn adds_forwarding_headers_and_strips_hop_by_hop() {
+    let (_up, proxy) = proxy_to_one_upstream(ProxySettings::default()).await;
     let c = client();
-    let req = Request::get(proxy.url("/echo-headers"))
-        .header("host", "app.localhost:1234")
-        .header("connection", "keep-alive, x-secret-hop")
-        .header("x-secret-hop", "1")
-        .header("keep-alive", "timeout=5")
-        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
-        .header("x-forwarded-for", "10.1.2.3")
-        .header("x-end-to-end", "kept")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let a = send(&c, req).await;
-    let seen: HashMap<&str, &str> = a.body.lines().filter_map(|l| l.split_once(": ")).collect();
-    assert_eq!(seen.get("x-forwarded-for"), Some(&"10.1.2.3, 127.0.0.1"));
+    let body = echoed_headers(
+        &c,
+        &proxy,
+        &[
+            ("host", "app.localhost:1234"),
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("x-end-to-end", "kept"),
+            // Spoofed forwarding claims from a client that is no trusted proxy.
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "6.6.6.7"),
+            ("x-real-ip", "6.6.6.8"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-port", "443"),
+            ("forwarded", "for=6.6.6.9;proto=https"),
+        ],
+    )
+    .await;
+    let seen = fields(&body);
+    assert_eq!(seen.get("x-forwarded-for"), Some(&"127.0.0.1"));
+    assert_eq!(seen.get("x-real-ip"), Some(&"127.0.0.1"));
     assert_eq!(seen.get("x-forwarded-proto"), Some(&"http"));
     assert_eq!(seen.get("x-forwarded-host"), Some(&"app.localhost:1234"));
+    for name in [
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ] {
+        let lines = body
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}: ")))
+            .count();
+        assert_eq!(lines, 1, "one {name} field reaches the backend: {body}");
+    }
+    for spoof in ["6.6.6.", "evil.example", "forwarded:", "x-forwarded-port"] {
+        assert!(
+            !body.contains(spoof),
+            "{spoof} must not reach the backend: {body}"
+        );
+    }
     assert_eq!(seen.get("host"), Some(&"app.localhost:1234"));
     assert_eq!(seen.get("x-end-to-end"), Some(&"kept"));
     for hop in [
@@ -141,8 +192,7 @@ async fn adds_forwarding_headers_and_strips_hop_by_hop() {
     ] {
         assert!(
             !seen.contains_key(hop),
-            "{hop} must not reach the backend: {}",
-            a.body
+            "{hop} must not reach the backend: {body}"
         );
     }
     let id = seen.get("x-request-id").unwrap();
@@ -151,19 +201,76 @@ async fn adds_forwarding_headers_and_strips_hop_by_hop() {
 
     // A valid incoming id is kept; a hostile one is replaced.
     for (incoming, kept) in [("abc-123.def", true), ("bad id\"<script>", false)] {
-        let req = Request::get(proxy.url("/echo-headers"))
-            .header("host", "app.localhost")
-            .header("x-request-id", incoming)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let a = send(&c, req).await;
+        let body = echoed_headers(
+            &c,
+            &proxy,
+            &[("host", "app.localhost"), ("x-request-id", incoming)],
+        )
+        .await;
         assert_eq!(
-            a.body.contains(&format!("x-request-id: {incoming}\n")),
+            body.contains(&format!("x-request-id: {incoming}\n")),
             kept,
-            "{}",
-            a.body
+            "{body}"
         );
     }
+}
+
+#[tokio::test]
+async fn believes_forwarding_headers_only_from_trusted_proxies() {
+    let trusted = ["127.0.0.0/8", "10.0.0.0/8"];
+    let (_up, proxy) = proxy_to_one_upstream(ProxySettings {
+        trusted_proxies: trusted.iter().map(|n| n.parse().unwrap()).collect(),
+        ..ProxySettings::default()
+    })
+    .await;
+    let (sink, mut access) = tokio::sync::mpsc::channel(16);
+    proxy.handle.set_access_log(sink);
+    let c = client();
+    // A load balancer (trusted, 10.0.0.5) in front of Gilgal; the client put a made-up
+    // address at the front of the list, which the walk from the right never reaches.
+    let body = echoed_headers(
+        &c,
+        &proxy,
+        &[
+            ("host", "app.localhost"),
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.9"),
+            ("x-forwarded-for", "10.0.0.5"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "app.example.com"),
+            ("x-forwarded-port", "443"),
+            ("forwarded", "for=203.0.113.9;proto=https"),
+        ],
+    )
+    .await;
+    let seen = fields(&body);
+    assert_eq!(
+        seen.get("x-forwarded-for"),
+        Some(&"6.6.6.6, 203.0.113.9, 10.0.0.5, 127.0.0.1"),
+        "{body}"
+    );
+    assert_eq!(seen.get("x-real-ip"), Some(&"203.0.113.9"));
+    assert_eq!(seen.get("x-forwarded-proto"), Some(&"https"));
+    assert_eq!(seen.get("x-forwarded-host"), Some(&"app.example.com"));
+    assert_eq!(seen.get("x-forwarded-port"), Some(&"443"));
+    assert_eq!(seen.get("forwarded"), Some(&"for=203.0.113.9;proto=https"));
+    let entry = access.recv().await.unwrap();
+    assert_eq!(
+        entry.client, "203.0.113.9",
+        "the access log names the real client"
+    );
+
+    // A trusted peer's own X-Real-IP stays; without a list the peer itself is the client.
+    let body = echoed_headers(
+        &c,
+        &proxy,
+        &[("host", "app.localhost"), ("x-real-ip", "198.51.100.4")],
+    )
+    .await;
+    let seen = fields(&body);
+    assert_eq!(seen.get("x-real-ip"), Some(&"198.51.100.4"));
+    assert_eq!(seen.get("x-forwarded-for"), Some(&"127.0.0.1"));
+    assert_eq!(seen.get("x-forwarded-proto"), Some(&"http"));
+    assert_eq!(access.recv().await.unwrap().client, "127.0.0.1");
 }
 
 #[tokio::test]
