@@ -225,3 +225,24 @@ impl Default for ProxySettings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_proxies_match_ranges_and_ipv4_mapped_peers() {
+        let settings = ProxySettings {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()],
+            ..ProxySettings::default()
+        };
+        let trusted = |ip: &str| settings.is_trusted(ip.parse().unwrap());
+        assert!(trusted("10.1.2.3"));
+        // A dual-stack listener reports IPv4 peers in their IPv6-mapped form.
+        assert!(trusted("::ffff:10.1.2.3"));
+        assert!(trusted("fd12::1"));
+        assert!(!trusted("11.0.0.1"));
+        assert!(!trusted("::ffff:11.0.0.1"));
+        assert!(!ProxySettings::default().is_trusted("127.0.0.1".parse().unwrap()));
+    }
+}
