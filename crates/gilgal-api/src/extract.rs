@@ -19,10 +19,56 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let mut value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(value)) => value,
+            Err(rejection) => return Err(json_rejection(rejection)),
+        };
+        integral_numbers_as_integers(&mut value);
+        T::deserialize(value).map(Self).map_err(|e| {
+            ApiError::invalid(format!(
+                "the JSON body does not fit this endpoint: {e}; see /api/openapi.json"
+            ))
+        })
+    }
+}
+
+/// JSON has one number type: `3.0` and `3` are the same integer (JSON Schema's `integer`
+/// includes both), but serde refuses a float where an integer field is. Numbers without a
+/// fractional part are turned into integers before the body meets its type.
+fn integral_numbers_as_integers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(number) if number.is_f64() => {
+            let Some(float) = number.as_f64() else { return };
+            if float.fract() != 0.0 || !float.is_finite() {
+                return;
+            }
+            // Exactly representable range only; beyond it the float stays a float.
+            if (0.0..9_007_199_254_740_992.0).contains(&float) {
+                *number = serde_json::Number::from(float as u64);
+            } else if (-9_007_199_254_740_992.0..0.0).contains(&float) {
+                *number = serde_json::Number::from(float as i64);
+            }
         }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
+        serde_json::Value::Object(fields) => fields
+            .values_mut()
+            .for_each(integral_numbers_as_integers),
+        _ => {}
+    }
+}
+
+/// `Query<T>` whose rejections use the API's error shape: a 422 naming the parameter, in
+/// JSON like every other error (axum's own rejection is plain text).
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|rejection| ApiError::invalid(rejection.body_text()))
     }
 }
 

@@ -47,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::addons::routes())
         .merge(routes::alerts::routes())
         .split_for_parts();
+    let mut spec = spec;
+    openapi::document_shared_responses(&mut spec);
     let api = api.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         audit::record,

@@ -61,3 +61,103 @@ pub fn docs_routes(spec: utoipa::openapi::OpenApi) -> Router<AppState> {
         ),
     )
 }
+
+/// Documents, on every operation, the error statuses that the layers every request crosses
+/// can answer, so the document says what the server does (schemathesis checks it):
+///
+/// - a bearer credential: 401 (missing, invalid, expired or revoked), 403 (a scoped token's
+///   scope), 429 (the credential's request budget);
+/// - a JSON body: 400 (not JSON), 413 (over the body limit), 415 (not `application/json`),
+///   422 (valid JSON of the wrong shape, or a value a rule refuses);
+/// - path parameters: 404 (an id that does not exist, or that the caller cannot see);
+/// - query parameters: 400 (not parseable) and 422 (a value a rule refuses).
+///
+/// A handler's own annotation wins where it documents the same status.
+pub fn document_shared_responses(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::PathItem;
+
+    for item in spec.paths.paths.values_mut() {
+        let PathItem {
+            get,
+            put,
+            post,
+            delete,
+            patch,
+            head,
+            options,
+            trace,
+            ..
+        } = item;
+        for operation in [get, put, post, delete, patch, head, options, trace]
+            .into_iter()
+            .flatten()
+        {
+            let secured = operation
+                .security
+                .as_ref()
+                .is_some_and(|requirements| !requirements.is_empty());
+            let json_body = operation.request_body.as_ref().is_some_and(|body| {
+                body.content
+                    .keys()
+                    .any(|media| media.starts_with("application/json"))
+            });
+            let parameters = operation.parameters.as_deref().unwrap_or_default();
+            let in_path = parameters
+                .iter()
+                .any(|p| matches!(p.parameter_in, ParameterIn::Path));
+            let in_query = parameters
+                .iter()
+                .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+            let mut shared: Vec<(&str, &str)> = Vec::new();
+            if secured {
+                shared.extend([
+                    ("401", "Not authenticated: the token is missing, invalid, expired or revoked"),
+                    ("403", "Not allowed: your role, or this API token's scope, does not cover it"),
+                    ("429", "Too many requests with this credential; retry after `Retry-After` seconds"),
+                ]);
+            }
+            if json_body {
+                shared.extend([
+                    ("400", "The body is not valid JSON"),
+                    ("413", "The body is larger than this endpoint accepts"),
+                    ("415", "The body must be sent with `Content-Type: application/json`"),
+                    ("422", "The body is valid JSON but breaks a rule; the message names it"),
+                ]);
+            }
+            if in_path {
+                shared.push(("404", "No such resource for this caller"));
+            }
+            if in_query {
+                shared.extend([
+                    ("400", "A query parameter cannot be parsed"),
+                    ("422", "A query parameter breaks a rule; the message names it"),
+                ]);
+            }
+            for (status, description) in shared {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| error_response(description));
+            }
+        }
+    }
+}
+
+/// A response with the one error body.
+fn error_response(
+    description: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::response::Response> {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+        .into()
+}

@@ -13,6 +13,7 @@ pub struct RegisterRequest {
     /// Login email, unique per instance (case-insensitive).
     pub email: Email,
     /// At least 10 characters; stored only as an argon2id hash.
+    #[schema(min_length = 10)]
     pub password: String,
 }
 
@@ -68,10 +69,13 @@ pub struct User {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiTokenRequest {
-    /// A label to recognise the token by, e.g. `ci-github`; 1 to 100 characters.
+    /// A label to recognise the token by, e.g. `ci-github`; 1 to 100 characters, not all
+    /// blank, no control characters.
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$", max_length = 100)]
     pub name: String,
-    /// Days until it expires; omit for a token that lives until revoked.
+    /// Days until it expires (1 to 3650); omit for a token that lives until revoked.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<u32>,
     /// What it may do (default `full`).
     #[serde(default)]
@@ -248,6 +252,7 @@ pub struct Team {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct CreateTeamRequest {
     /// Name (a DNS label).
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
 }
 
@@ -266,6 +271,7 @@ pub struct TeamMember {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct InviteRequest {
     /// The invitee's email; only that account can accept.
+    #[schema(pattern = "^\\s*[^\\s@\\x00-\\x1f\\x7f-\\x9f]+@[^\\s@.\\x00-\\x1f\\x7f-\\x9f][^\\s@\\x00-\\x1f\\x7f-\\x9f]*\\.[^\\s@\\x00-\\x1f\\x7f-\\x9f]*[^\\s@.\\x00-\\x1f\\x7f-\\x9f]\\s*$", max_length = 254)]
     pub email: String,
     /// The role they get.
     pub role: Role,

@@ -31,6 +31,7 @@ pub struct Environment {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct EnvironmentRequest {
     /// Name (a DNS label, e.g. `staging`).
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
 }
 
@@ -45,6 +46,12 @@ pub struct ConfigVar {
     pub secret: bool,
 }
 
+/// A config var's name, as the schema documents it: letters, digits and `_`, not starting
+/// with a digit.
+#[derive(ToSchema)]
+#[schema(value_type = String, pattern = "^[A-Za-z_][A-Za-z0-9_]*$", example = "DATABASE_URL")]
+pub struct ConfigVarName(#[allow(dead_code)] String);
+
 /// Body of `PATCH /api/environments/{id}/config`: one change, one new release.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct ConfigUpdate {
@@ -56,6 +63,7 @@ pub struct ConfigUpdate {
     pub set_secret: BTreeMap<String, String>,
     /// Variables to remove.
     #[serde(default)]
+    #[schema(value_type = Vec<ConfigVarName>)]
     pub unset: Vec<String>,
 }
 
@@ -245,6 +253,7 @@ pub struct CronJob {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct DomainRequest {
     /// A hostname you control, pointed at this machine (`www.example.com`).
+    #[schema(pattern = "^(\\*\\.)?(([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?|[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt])\\.*$", max_length = 253)]
     pub hostname: String,
 }
 

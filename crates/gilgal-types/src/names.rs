@@ -125,7 +125,7 @@ impl<'de> Deserialize<'de> for ProjectName {
 /// Only the shape is checked (one `@`, non-empty parts, a dot in the domain, no spaces or
 /// control characters); ownership is proven later by invitations, not here.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, ToSchema)]
-#[schema(value_type = String, format = "email", example = "ada@example.com")]
+#[schema(value_type = String, pattern = "^\\s*[^\\s@\\x00-\\x1f\\x7f-\\x9f]+@[^\\s@.\\x00-\\x1f\\x7f-\\x9f][^\\s@\\x00-\\x1f\\x7f-\\x9f]*\\.[^\\s@\\x00-\\x1f\\x7f-\\x9f]*[^\\s@.\\x00-\\x1f\\x7f-\\x9f]\\s*$", example = "ada@example.com")]
 #[serde(transparent)]
 pub struct Email(String);
 
@@ -147,7 +147,8 @@ impl FromStr for Email {
         if value.is_empty() {
             return Err(NameError::Empty { what: WHAT });
         }
-        if value.len() > Self::MAX_LEN {
+        // Characters, as the OpenAPI document's maxLength counts them.
+        if value.chars().count() > Self::MAX_LEN {
             return Err(NameError::TooLong {
                 what: WHAT,
                 max: Self::MAX_LEN,
@@ -190,7 +191,7 @@ impl<'de> Deserialize<'de> for Email {
 ///
 /// Used for custom domains and TLS certificates; each label follows [`DnsLabel`]'s rules.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, ToSchema)]
-#[schema(value_type = String, example = "api.example.com")]
+#[schema(value_type = String, pattern = "^(\\*\\.)?(([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?|[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt])\\.*$", example = "api.example.com")]
 #[serde(transparent)]
 pub struct Hostname(String);
 

@@ -13,6 +13,7 @@ pub struct CreateWebhookRequest {
     #[serde(default)]
     pub environment: Option<String>,
     /// `github` (also Gitea/Forgejo), `gitlab`, or `generic` (any CI: HMAC-signed JSON).
+    #[schema(pattern = "^(github|gitlab|generic)$", example = "github")]
     pub provider: String,
     /// The repository Gilgal fetches on a push (the payload's URL is never trusted).
     pub repo_url: String,

@@ -4,7 +4,7 @@
 //! destroys or overwrites data (destroy, restore) admin. Credentials are only ever handed
 //! out by `POST /api/addons/{id}/credentials`, so every such hand-out is in the audit log.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use gilgal_store::{AddonRecord, BackupRecord, StoreError};
@@ -17,7 +17,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::extract::{parse_path_id, ApiJson, AuthUser};
+use crate::extract::{ApiQuery, parse_path_id, ApiJson, AuthUser};
 use crate::routes::environments::{deploy_error, owned_environment};
 use crate::{ApiError, AppState};
 
@@ -170,7 +170,7 @@ async fn destroy_addon(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    Query(query): Query<DestroyQuery>,
+    ApiQuery(query): ApiQuery<DestroyQuery>,
 ) -> Result<Json<AddonChanged>, ApiError> {
     let addon = visible_addon(&state, &caller, &id, Role::Admin).await?;
     let final_backup = query.backup.unwrap_or(true);

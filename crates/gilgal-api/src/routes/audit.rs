@@ -1,6 +1,6 @@
 //! `/api/audit`: the audit trail. Administrators see every row; everyone else sees their own.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use gilgal_store::AuditFilter;
 use gilgal_types::{AuditEntry, ErrorBody};
@@ -10,6 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::extract::AuthUser;
+use crate::extract::ApiQuery;
 use crate::{ApiError, AppState};
 
 /// Routes of this module.
@@ -25,6 +26,7 @@ pub struct AuditQuery {
     pub action: Option<String>,
     /// Only rows at or after this time (RFC 3339).
     #[serde(default)]
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// Only this actor's rows (administrators only; others always get their own).
     #[serde(default)]
@@ -45,7 +47,7 @@ pub struct AuditQuery {
 async fn list_audit(
     State(state): State<AppState>,
     caller: AuthUser,
-    Query(query): Query<AuditQuery>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     let since_millis = match &query.since {
         Some(text) => {

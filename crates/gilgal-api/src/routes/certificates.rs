@@ -117,7 +117,7 @@ async fn list_certificates(
 
 /// Upload (or replace) the certificate and key the proxy serves for a hostname.
 #[utoipa::path(put, path = "/api/admin/certificates/{domain}", tag = "admin", request_body = PutCertificateRequest,
-    params(("domain" = String, Path, description = "Hostname, e.g. api.example.com or *.example.com")),
+    params(("domain" = String, Path, description = "Hostname, e.g. api.example.com or *.example.com", pattern = "^(\\*\\.)?(([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?|[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt])\\.*$", max_length = 253)),
     responses(
         (status = 200, description = "Stored and served", body = CertificateInfo),
         (status = 401, description = "Not authenticated", body = ErrorBody),
@@ -193,7 +193,7 @@ async fn put_certificate(
 
 /// Stop serving a hostname's certificate.
 #[utoipa::path(delete, path = "/api/admin/certificates/{domain}", tag = "admin",
-    params(("domain" = String, Path, description = "Hostname")),
+    params(("domain" = String, Path, description = "Hostname", pattern = "^(\\*\\.)?(([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?|[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt])\\.*$", max_length = 253)),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, description = "Not authenticated", body = ErrorBody),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,7 +22,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::extract::{parse_path_id, ApiJson, AuthUser};
+use crate::extract::{ApiQuery, parse_path_id, ApiJson, AuthUser};
 use crate::{ApiError, AppState};
 
 /// Largest source upload accepted (compressed).
@@ -118,7 +118,7 @@ async fn create_deployment(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    Query(query): Query<DeployQuery>,
+    ApiQuery(query): ApiQuery<DeployQuery>,
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Deployment>), ApiError> {
@@ -338,7 +338,7 @@ async fn deployment_logs(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    Query(query): Query<LogsQuery>,
+    ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_path_id(&id, "deployment")?;
     let record = state

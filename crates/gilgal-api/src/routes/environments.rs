@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,7 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::extract::{parse_path_id, ApiJson, AuthUser};
+use crate::extract::{ApiQuery, parse_path_id, ApiJson, AuthUser};
 use crate::routes::deployments::LogsQuery;
 use crate::{ApiError, AppState};
 
@@ -854,7 +854,7 @@ async fn run_logs(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    Query(query): Query<LogsQuery>,
+    ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let run = owned_run(&state, &caller, &id).await?;
     let store = state.store().clone();
@@ -1076,7 +1076,7 @@ async fn add_domain(
 
 /// Stop serving the environment at a custom domain.
 #[utoipa::path(delete, path = "/api/environments/{id}/domains/{hostname}", tag = "domains",
-    params(("id" = String, Path, description = "Environment id"), ("hostname" = String, Path, description = "The domain")),
+    params(("id" = String, Path, description = "Environment id"), ("hostname" = String, Path, description = "The domain", pattern = "^(\\*\\.)?(([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?|[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt])\\.*$", max_length = 253)),
     responses(
         (status = 204, description = "Detached"),
         (status = 404, description = "No such environment or domain", body = ErrorBody),

@@ -39,7 +39,9 @@ async fn create_token(
     ApiJson(request): ApiJson<CreateApiTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedApiToken>), ApiError> {
     let name = request.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control)
+    if name.is_empty()
+        || request.name.chars().count() > MAX_NAME_LEN
+        || name.chars().any(char::is_control)
     {
         return Err(ApiError::invalid(format!(
             "token name must be 1 to {MAX_NAME_LEN} printable characters"

@@ -9,7 +9,7 @@
 //! webhook (checked against the SSRF guard when it is created), never a URL from the payload.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use gilgal_deploy::DeploySource;
@@ -26,7 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::extract::{parse_path_id, ApiJson, AuthUser};
+use crate::extract::{ApiQuery, parse_path_id, ApiJson, AuthUser};
 use crate::{ApiError, AppState};
 
 /// Routes of this module.
@@ -271,7 +271,7 @@ async fn list_deliveries(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    Query(query): Query<DeliveriesQuery>,
+    ApiQuery(query): ApiQuery<DeliveriesQuery>,
 ) -> Result<Json<Vec<WebhookDelivery>>, ApiError> {
     let record = visible_webhook(&state, &caller, &id, Role::Viewer).await?;
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
