@@ -50,9 +50,9 @@ fn integral_numbers_as_integers(value: &mut serde_json::Value) {
             }
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
-        serde_json::Value::Object(fields) => fields
-            .values_mut()
-            .for_each(integral_numbers_as_integers),
+        serde_json::Value::Object(fields) => {
+            fields.values_mut().for_each(integral_numbers_as_integers)
+        }
         _ => {}
     }
 }

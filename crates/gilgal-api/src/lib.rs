@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .split_for_parts();
     let mut spec = spec;
     openapi::document_shared_responses(&mut spec);
+    openapi::document_body_rules(&mut spec);
     let api = api.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         audit::record,

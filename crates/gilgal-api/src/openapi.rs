@@ -69,7 +69,8 @@ pub fn docs_routes(spec: utoipa::openapi::OpenApi) -> Router<AppState> {
 ///   scope), 429 (the credential's request budget);
 /// - a JSON body: 400 (not JSON), 413 (over the body limit), 415 (not `application/json`),
 ///   422 (valid JSON of the wrong shape, or a value a rule refuses);
-/// - path parameters: 404 (an id that does not exist, or that the caller cannot see);
+/// - path parameters: 404 (an id that does not exist, or that the caller cannot see), and
+///   422 where one has a pattern or a set of values;
 /// - query parameters: 400 (not parseable) and 422 (a value a rule refuses).
 ///
 /// A handler's own annotation wins where it documents the same status.
@@ -106,32 +107,64 @@ pub fn document_shared_responses(spec: &mut utoipa::openapi::OpenApi) {
             let in_path = parameters
                 .iter()
                 .any(|p| matches!(p.parameter_in, ParameterIn::Path));
+            let path_rule = parameters.iter().any(|p| {
+                matches!(p.parameter_in, ParameterIn::Path)
+                    && matches!(
+                        &p.schema,
+                        Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(o)))
+                            if o.pattern.is_some() || o.enum_values.is_some()
+                    )
+            });
             let in_query = parameters
                 .iter()
                 .any(|p| matches!(p.parameter_in, ParameterIn::Query));
             let mut shared: Vec<(&str, &str)> = Vec::new();
             if secured {
                 shared.extend([
-                    ("401", "Not authenticated: the token is missing, invalid, expired or revoked"),
-                    ("403", "Not allowed: your role, or this API token's scope, does not cover it"),
-                    ("429", "Too many requests with this credential; retry after `Retry-After` seconds"),
+                    (
+                        "401",
+                        "Not authenticated: the token is missing, invalid, expired or revoked",
+                    ),
+                    (
+                        "403",
+                        "Not allowed: your role, or this API token's scope, does not cover it",
+                    ),
+                    (
+                        "429",
+                        "Too many requests with this credential; retry after `Retry-After` seconds",
+                    ),
                 ]);
             }
             if json_body {
                 shared.extend([
                     ("400", "The body is not valid JSON"),
                     ("413", "The body is larger than this endpoint accepts"),
-                    ("415", "The body must be sent with `Content-Type: application/json`"),
-                    ("422", "The body is valid JSON but breaks a rule; the message names it"),
+                    (
+                        "415",
+                        "The body must be sent with `Content-Type: application/json`",
+                    ),
+                    (
+                        "422",
+                        "The body is valid JSON but breaks a rule; the message names it",
+                    ),
                 ]);
             }
             if in_path {
                 shared.push(("404", "No such resource for this caller"));
             }
+            if path_rule {
+                shared.push((
+                    "422",
+                    "A path parameter breaks its rule; the message names it",
+                ));
+            }
             if in_query {
                 shared.extend([
                     ("400", "A query parameter cannot be parsed"),
-                    ("422", "A query parameter breaks a rule; the message names it"),
+                    (
+                        "422",
+                        "A query parameter breaks a rule; the message names it",
+                    ),
                 ]);
             }
             for (status, description) in shared {
@@ -143,6 +176,45 @@ pub fn document_shared_responses(spec: &mut utoipa::openapi::OpenApi) {
             }
         }
     }
+}
+
+/// Rules of request bodies that span fields, which handler annotations cannot state: a
+/// config change (`ConfigUpdate`) must set, set as secret or unset at least one variable.
+pub fn document_body_rules(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder};
+    let Some(components) = spec.components.as_mut() else {
+        return;
+    };
+    let Some(update) = components.schemas.remove("ConfigUpdate") else {
+        return;
+    };
+    let non_empty = |field: &str| -> utoipa::openapi::Schema {
+        let constraint: utoipa::openapi::Schema = if field == "unset" {
+            ArrayBuilder::new().min_items(Some(1)).build().into()
+        } else {
+            ObjectBuilder::new().min_properties(Some(1)).build().into()
+        };
+        ObjectBuilder::new()
+            .required(field)
+            .property(field, constraint)
+            .build()
+            .into()
+    };
+    let changes_something = AnyOfBuilder::new()
+        .item(non_empty("set"))
+        .item(non_empty("set_secret"))
+        .item(non_empty("unset"))
+        .build();
+    let changes_something = utoipa::openapi::Schema::AnyOf(changes_something);
+    components.schemas.insert(
+        "ConfigUpdate".to_owned(),
+        utoipa::openapi::RefOr::T(utoipa::openapi::Schema::AllOf(
+            AllOfBuilder::new()
+                .item(update)
+                .item(changes_something)
+                .build(),
+        )),
+    );
 }
 
 /// A response with the one error body.

@@ -71,7 +71,10 @@ pub struct User {
 pub struct CreateApiTokenRequest {
     /// A label to recognise the token by, e.g. `ci-github`; 1 to 100 characters, not all
     /// blank, no control characters.
-    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$", max_length = 100)]
+    #[schema(
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+        max_length = 100
+    )]
     pub name: String,
     /// Days until it expires (1 to 3650); omit for a token that lives until revoked.
     #[serde(default)]
@@ -271,7 +274,10 @@ pub struct TeamMember {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct InviteRequest {
     /// The invitee's email; only that account can accept.
-    #[schema(pattern = "^\\s*[^\\s@\\x00-\\x1f\\x7f-\\x9f]+@[^\\s@.\\x00-\\x1f\\x7f-\\x9f][^\\s@\\x00-\\x1f\\x7f-\\x9f]*\\.[^\\s@\\x00-\\x1f\\x7f-\\x9f]*[^\\s@.\\x00-\\x1f\\x7f-\\x9f]\\s*$", max_length = 254)]
+    #[schema(
+        pattern = "^\\s*[^\\s@\\x00-\\x1f\\x7f-\\x9f]+@[^\\s@.\\x00-\\x1f\\x7f-\\x9f][^\\s@\\x00-\\x1f\\x7f-\\x9f]*\\.[^\\s@\\x00-\\x1f\\x7f-\\x9f]*[^\\s@.\\x00-\\x1f\\x7f-\\x9f]\\s*$",
+        max_length = 254
+    )]
     pub email: String,
     /// The role they get.
     pub role: Role,
@@ -314,5 +320,8 @@ pub struct ChangeRoleRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct TransferRequest {
     /// The team to move it to; `null` makes it the caller's personal project.
+    #[schema(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub team_id: Option<Uuid>,
 }

@@ -46,20 +46,53 @@ pub struct ConfigVar {
     pub secret: bool,
 }
 
+/// The OpenAPI schema of a map from config var names to values: names are letters, digits
+/// and `_`, not starting with a digit (the server refuses others with 422).
+fn config_map_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[A-Za-z_][A-Za-z0-9_]*$")),
+        ))
+        .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .build()
+}
+
+/// The OpenAPI schema of instance counts by process type: 0 to 100 each.
+fn instance_counts_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                    utoipa::openapi::KnownFormat::Int32,
+                )))
+                .minimum(Some(0))
+                .maximum(Some(100)),
+        ))
+        .build()
+}
+
 /// A config var's name, as the schema documents it: letters, digits and `_`, not starting
 /// with a digit.
 #[derive(ToSchema)]
 #[schema(value_type = String, pattern = "^[A-Za-z_][A-Za-z0-9_]*$", example = "DATABASE_URL")]
 pub struct ConfigVarName(#[allow(dead_code)] String);
 
-/// Body of `PATCH /api/environments/{id}/config`: one change, one new release.
+/// Body of `PATCH /api/environments/{id}/config`: one change, one new release. It must change
+/// something: at least one of its fields is not empty (the OpenAPI document says so too).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct ConfigUpdate {
     /// Variables to set (plain).
     #[serde(default)]
+    #[schema(schema_with = config_map_schema)]
     pub set: BTreeMap<String, String>,
     /// Secrets to set (encrypted at rest, never returned).
     #[serde(default)]
+    #[schema(schema_with = config_map_schema)]
     pub set_secret: BTreeMap<String, String>,
     /// Variables to remove.
     #[serde(default)]
@@ -154,19 +187,22 @@ pub enum JsonDeployRequest {
 /// Size of one process type.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct ProcessSize {
-    /// Memory ceiling in MiB.
+    /// Memory ceiling in MiB (16 to 1048576).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 16, maximum = 1048576)]
     pub memory_mb: Option<u64>,
-    /// CPU cap in thousandths of a core (500 = half a core).
+    /// CPU cap in thousandths of a core (500 = half a core; 10 to 256000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 10, maximum = 256000)]
     pub cpu_millicores: Option<u64>,
 }
 
 /// Body of `PUT /api/environments/{id}/formation` (`gilgal scale web=3 worker=1`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct FormationUpdate {
-    /// Instance counts by process type.
+    /// Instance counts by process type (0 to 100 each).
     #[serde(default)]
+    #[schema(schema_with = instance_counts_schema)]
     pub counts: BTreeMap<String, u32>,
     /// Sizes by process type.
     #[serde(default)]
@@ -253,7 +289,10 @@ pub struct CronJob {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct DomainRequest {
     /// A hostname you control, pointed at this machine (`www.example.com`).
-    #[schema(pattern = "^(\\*\\.)?(([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?|[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt])\\.*$", max_length = 253)]
+    #[schema(
+        pattern = "^(\\*\\.)?(([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?|[Ll][Oo][Cc][Aa][Ll][Hh][Oo][Ss][Tt])\\.*$",
+        max_length = 253
+    )]
     pub hostname: String,
 }
 

@@ -16,6 +16,7 @@ pub struct CreateWebhookRequest {
     #[schema(pattern = "^(github|gitlab|generic)$", example = "github")]
     pub provider: String,
     /// The repository Gilgal fetches on a push (the payload's URL is never trusted).
+    #[schema(min_length = 1, max_length = 2048)]
     pub repo_url: String,
     /// Only pushes to this branch deploy (default `main`).
     #[serde(default)]

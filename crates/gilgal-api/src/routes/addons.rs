@@ -17,7 +17,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::extract::{ApiQuery, parse_path_id, ApiJson, AuthUser};
+use crate::extract::{parse_path_id, ApiJson, ApiQuery, AuthUser};
 use crate::routes::environments::{deploy_error, owned_environment};
 use crate::{ApiError, AppState};
 
@@ -148,6 +148,7 @@ async fn create_addon(
 
 /// Query of the destroy endpoint.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DestroyQuery {
     /// Take a final backup first (default true); when it fails nothing is destroyed.
     #[serde(default)]

@@ -96,9 +96,11 @@ fn channel_to_wire(record: &AlertChannelRecord) -> AlertChannel {
 
 /// Filters of `GET /api/environments/{id}/alerts`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AlertsQuery {
     /// The newest this many alerts (default 50, at most 1000).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -123,7 +125,7 @@ async fn list_alerts(
     let environment = owned_environment(&state, &caller, &id).await?;
     let records = state
         .store()
-        .alerts(environment.id, query.limit.unwrap_or(50))
+        .alerts(environment.id, super::list_limit(query.limit, 50, 1000)?)
         .await?;
     let mut alerts = Vec::with_capacity(records.len());
     for record in records {

@@ -9,8 +9,8 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::extract::AuthUser;
 use crate::extract::ApiQuery;
+use crate::extract::AuthUser;
 use crate::{ApiError, AppState};
 
 /// Routes of this module.
@@ -20,6 +20,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Filters of `GET /api/audit`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only actions containing this text (e.g. `deployments`, `DELETE`).
     #[serde(default)]
@@ -33,6 +34,7 @@ pub struct AuditQuery {
     pub actor: Option<uuid::Uuid>,
     /// At most this many rows, newest first (default 100, at most 1000).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -71,7 +73,7 @@ async fn list_audit(
             actor_id,
             action: query.action.filter(|a| !a.is_empty()),
             since_millis,
-            limit: query.limit.unwrap_or(100),
+            limit: super::list_limit(query.limit, 100, 1000)?,
         })
         .await?;
     Ok(Json(

@@ -22,7 +22,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::extract::{ApiQuery, parse_path_id, ApiJson, AuthUser};
+use crate::extract::{parse_path_id, ApiJson, ApiQuery, AuthUser};
 use crate::{ApiError, AppState};
 
 /// Largest source upload accepted (compressed).
@@ -39,6 +39,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Query of `POST /api/projects/{id}/deployments`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeployQuery {
     /// Environment to deploy to (default `production`).
     #[serde(default)]
@@ -47,6 +48,7 @@ pub struct DeployQuery {
 
 /// Query of the logs endpoint.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// Only lines after this position.
     #[serde(default)]

@@ -25,7 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::extract::{ApiQuery, parse_path_id, ApiJson, AuthUser};
+use crate::extract::{parse_path_id, ApiJson, ApiQuery, AuthUser};
 use crate::routes::deployments::LogsQuery;
 use crate::{ApiError, AppState};
 

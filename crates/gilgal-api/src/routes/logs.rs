@@ -37,6 +37,7 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Filters of `GET /api/environments/{id}/logs`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EnvironmentLogsQuery {
     /// Only this process type: `web`, a worker's name, `release`, `run`, `build`.
     #[serde(default, rename = "type")]
@@ -44,24 +45,52 @@ pub struct EnvironmentLogsQuery {
     pub process_type: Option<String>,
     /// Only lines of this release (`3` or `v3`).
     #[serde(default)]
+    #[param(pattern = "^v*[0-9]{1,19}$")]
     pub release: Option<String>,
     /// Only lines printed since: a duration back from now (`90s`, `15m`, `1h`, `7d`) or an
     /// RFC 3339 time.
     #[serde(default)]
+    #[param(schema_with = since_schema)]
     pub since: Option<String>,
     /// Only lines containing this text (case-sensitive).
     #[serde(default)]
     pub grep: Option<String>,
     /// Only lines after this position (the `id` of a line already seen).
     #[serde(default)]
+    #[param(maximum = 9223372036854775807_i64)]
     pub after: Option<u64>,
     /// At most this many lines: the newest ones, or the first ones after `after` (default
     /// 1000, at most 10000).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
     /// Keep the response open and stream new lines as they are stored.
     #[serde(default)]
     pub follow: Option<bool>,
+}
+
+/// The OpenAPI schema of `since`: a duration (`90s`, `15m`, `1h`, `7d`) or an RFC 3339 time.
+fn since_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    AnyOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9]{1,18}[smhd]$")),
+        )
+        // Empty: no lower bound, as if absent.
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(0)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .build()
+        .into()
 }
 
 /// Parses `since`: `<n>s|m|h|d` back from `now_ms`, or an RFC 3339 time.
@@ -179,7 +208,15 @@ async fn environment_logs(
             .filter(|s| !s.is_empty())
             .map(|s| parse_since(s, now_ms()))
             .transpose()?,
-        after: query.after,
+        after: match query.after {
+            Some(after) if i64::try_from(after).is_err() => {
+                return Err(ApiError::invalid(format!(
+                    "after must be a line id between 0 and {}",
+                    i64::MAX
+                )))
+            }
+            other => other,
+        },
         process: query.process_type.filter(|t| !t.is_empty()),
         release: query
             .release
@@ -188,7 +225,11 @@ async fn environment_logs(
             .map(parse_release)
             .transpose()?,
         grep: query.grep.filter(|g| !g.is_empty()),
-        limit: query.limit.map(|l| l as usize).unwrap_or(0),
+        limit: super::list_limit(
+            query.limit,
+            gilgal_logs::DEFAULT_LIMIT as u32,
+            gilgal_logs::MAX_LIMIT as u32,
+        )? as usize,
     };
     let logs = state.deployer().logs().clone();
     let first = run_query(&logs, environment.id, filter.clone()).await?;
@@ -266,9 +307,11 @@ async fn readable_environment(
 
 /// Filters of `GET /api/environments/{id}/events`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// The newest this many events (default 100, at most 1000).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -293,7 +336,7 @@ async fn environment_events(
     let environment = readable_environment(&state, &caller, &id).await?;
     let events = state
         .store()
-        .events(environment.id, query.limit.unwrap_or(100))
+        .events(environment.id, super::list_limit(query.limit, 100, 1000)?)
         .await?;
     Ok(Json(
         events

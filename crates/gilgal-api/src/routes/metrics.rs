@@ -31,9 +31,12 @@ const MAX_APP_METRICS_OUTPUT: usize = 16 << 20;
 
 /// Which path of the app to read.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AppMetricsQuery {
-    /// The app's metrics path (default `/metrics`).
+    /// The app's metrics path (default `/metrics`): `/` then letters, digits and `/ - _ . ~`,
+    /// never `..`, at most 256 characters.
     #[serde(default)]
+    #[param(pattern = r"^/(\.?[A-Za-z0-9/_~-])*\.?$", max_length = 256)]
     pub path: Option<String>,
 }
 

@@ -19,6 +19,22 @@ pub mod webhooks;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// A list's `limit` query parameter: `default` when absent; 1 to `max`, else a 422 that
+/// names the range (the OpenAPI document states the same bounds).
+pub(crate) fn list_limit(
+    limit: Option<u32>,
+    default: u32,
+    max: u32,
+) -> Result<u32, crate::ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(crate::ApiError::invalid(format!(
+            "limit must be between 1 and {max} (got {n})"
+        ))),
+    }
+}
+
 /// Seconds since the epoch, for token lifetimes.
 pub(crate) fn now_secs() -> u64 {
     SystemTime::now()

@@ -30,6 +30,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         (status = 201, description = "Token created; store the secret now", body = CreatedApiToken),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 404, description = "The project or environment to bind it to is not yours", body = ErrorBody),
         (status = 422, description = "Invalid name or expiry", body = ErrorBody),
     ),
     security(("bearer" = [])))]

@@ -26,7 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::extract::{ApiQuery, parse_path_id, ApiJson, AuthUser};
+use crate::extract::{parse_path_id, ApiJson, ApiQuery, AuthUser};
 use crate::{ApiError, AppState};
 
 /// Routes of this module.
@@ -252,9 +252,11 @@ async fn delete_webhook(
 
 /// Query of the deliveries list.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveriesQuery {
     /// At most this many, newest first (default 50, at most 500).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -274,7 +276,7 @@ async fn list_deliveries(
     ApiQuery(query): ApiQuery<DeliveriesQuery>,
 ) -> Result<Json<Vec<WebhookDelivery>>, ApiError> {
     let record = visible_webhook(&state, &caller, &id, Role::Viewer).await?;
-    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let limit = super::list_limit(query.limit, 50, 500)?;
     let deliveries = state.store().deliveries(record.id, limit).await?;
     Ok(Json(deliveries.into_iter().map(delivery_to_wire).collect()))
 }
