@@ -880,6 +880,8 @@ async fn run_logs(
             }
         },
     );
+    let project = owned_environment(&state, &caller, &run.environment_id.to_string()).await?;
+    let stream = crate::follow::guard(&state, &caller, project.project_id, follow, stream)?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),
