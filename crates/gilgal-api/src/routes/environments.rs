@@ -567,6 +567,11 @@ async fn promote(
             StoreError::NotFound => ApiError::not_found(&format!("environment {:?}", body.from)),
             other => other.into(),
         })?;
+    caller.check_scope(
+        source.project_id,
+        Some(source.id),
+        &format!("environment {:?}", body.from),
+    )?;
     if source.id == target.id {
         return Err(ApiError::invalid(
             "an environment cannot be promoted to itself",
