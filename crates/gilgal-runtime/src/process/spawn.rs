@@ -86,7 +86,7 @@ struct Cover {
 #[derive(Debug)]
 struct Visible {
     path: CString,
-    /// Every prefix of `path` (shortest first), created if missing inside the covers.
+    /// Every prefix of `path` (shortest first), created (0711) if missing inside the covers.
     prefixes: Vec<CString>,
 }
 
@@ -231,7 +231,8 @@ impl MountPlan {
             }
             for (fd, visible) in fds.iter().zip(&self.visible) {
                 for prefix in &visible.prefixes {
-                    if libc::mkdir(prefix.as_ptr(), 0o755) < 0
+                    // Passable, not listable, like the data dir it may stand for.
+                    if libc::mkdir(prefix.as_ptr(), 0o711) < 0
                         && std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST)
                     {
                         return fail();
