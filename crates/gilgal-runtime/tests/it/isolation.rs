@@ -294,7 +294,11 @@ async fn mount_namespace_hides_data_and_tmp(parent: &Path) {
     }
     expected.sort();
     let listed: Vec<String> = expected.iter().map(|name| format!("'{name}'")).collect();
-    assert_eq!(first[2], format!("tmp=[{}]", listed.join(", ")), "a fresh /tmp");
+    assert_eq!(
+        first[2],
+        format!("tmp=[{}]", listed.join(", ")),
+        "a fresh /tmp"
+    );
     // The marker went to the instance's own /tmp, not the host's or the next instance's.
     assert!(!Path::new("/tmp").join(&marker).exists());
     let second = run(sandbox.spec("mounts.py", &[&data_arg, &marker])).await;
