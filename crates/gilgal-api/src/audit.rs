@@ -1,7 +1,8 @@
 //! The audit trail: every mutating call (POST, PUT, PATCH, DELETE) that reaches a route is
 //! recorded after it completes — who (set by the `AuthUser` extractor, or by login/register on
 //! success), from which address and credential, which route, the outcome, and facts a handler
-//! adds (config var *names*, never values). Reads are not audited.
+//! adds (config var *names*, never values). Reads are not audited, nor calls to the webhook
+//! receiver whose signature did not check out (no credential, no row).
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -21,6 +22,10 @@ struct AuditContext {
     actor_email: Option<String>,
     credential: Option<String>,
     details: serde_json::Map<String, serde_json::Value>,
+    /// Set by routes without a user credential (the webhook receiver): the row is written
+    /// only if the request then proved itself (`credential` set), so anonymous noise costs
+    /// no write.
+    needs_credential: bool,
 }
 
 tokio::task_local! {
@@ -35,6 +40,18 @@ pub(crate) fn set_actor(id: Uuid, email: &str, credential: String) {
         context.actor_email = Some(email.to_owned());
         context.credential = Some(credential);
     });
+}
+
+/// Makes the current request's audit row depend on it proving who sent it: routes that take
+/// no user credential call this first and [`authenticated_by`] once a signature checks out.
+pub(crate) fn only_if_authenticated() {
+    let _ = CONTEXT.try_with(|context| context.borrow_mut().needs_credential = true);
+}
+
+/// Records the non-user credential that authenticated the current request (e.g.
+/// `webhook:<id>` for a verified signature).
+pub(crate) fn authenticated_by(credential: String) {
+    let _ = CONTEXT.try_with(|context| context.borrow_mut().credential = Some(credential));
 }
 
 /// Adds a fact to the current request's audit row (never a secret value).
@@ -77,6 +94,9 @@ pub(crate) async fn record(
             (context, response)
         })
         .await;
+    if context.needs_credential && context.credential.is_none() {
+        return response;
+    }
     let row = gilgal_store::AuditRecord {
         id: Uuid::new_v4(),
         at: time::OffsetDateTime::now_utc(),

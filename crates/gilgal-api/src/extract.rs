@@ -1,6 +1,5 @@
 //! Extractors that turn bad input into [`ApiError`]s: JSON bodies, path ids, credentials.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -12,23 +11,20 @@ use uuid::Uuid;
 
 use crate::{ApiError, AppState};
 
-/// `Json<T>` whose rejections use the API's error shape and precise status codes.
+/// A JSON object body decoded into `T`, whose rejections use the API's error shape: 415
+/// without a JSON content type, 413 when too large, 400 when not JSON at all, 422 when valid
+/// JSON is not an object or does not fit `T` (serde would take an array for a struct).
+///
+/// It is decoded when extracted, i.e. before the handler runs; a handler that must decide
+/// authorization first takes [`JsonBody`] and calls [`JsonBody::parse`] after its checks.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let mut value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
-            Ok(axum::Json(value)) => value,
-            Err(rejection) => return Err(json_rejection(rejection)),
-        };
-        integral_numbers_as_integers(&mut value);
-        T::deserialize(value).map(Self).map_err(|e| {
-            ApiError::invalid(format!(
-                "the JSON body does not fit this endpoint: {e}; see /api/openapi.json"
-            ))
-        })
+        let body = JsonBody::<T>::from_request(req, state).await?;
+        body.parse().map(Self)
     }
 }
 
@@ -72,28 +68,92 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::JsonSyntaxError(e) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("request body is not valid JSON: {}", e.body_text()),
-        ),
-        JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as JSON with `Content-Type: application/json`",
-        ),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+/// A JSON body read but not yet decoded: the content type and size are checked when it is
+/// extracted, everything else by [`JsonBody::parse`], so a handler can refuse a caller (403,
+/// 404) before it says anything about what the caller sent.
+pub struct JsonBody<T> {
+    bytes: axum::body::Bytes,
+    target: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> JsonBody<T> {
+    /// Decodes the body: 400 `malformed_json` when it is not JSON, 422 `invalid_request` when
+    /// it is JSON but not an object, or an object that does not fit `T`.
+    pub fn parse(&self) -> Result<T, ApiError> {
+        let mut value: serde_json::Value = serde_json::from_slice(&self.bytes).map_err(|e| {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request body is larger than this endpoint accepts",
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("request body is not valid JSON: {e}"),
             )
+        })?;
+        if !value.is_object() {
+            return Err(ApiError::invalid(
+                "the request body must be a JSON object (`{...}`)",
+            ));
         }
-        other => ApiError::new(other.status(), "bad_request", other.body_text()),
+        integral_numbers_as_integers(&mut value);
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                ApiError::invalid(format!("request body: {inner}"))
+            } else {
+                ApiError::invalid(format!("request body: {path}: {inner}"))
+            }
+        })
     }
+}
+
+impl<T, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !has_json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "request body is larger than this endpoint accepts",
+                    )
+                } else {
+                    ApiError::new(rejection.status(), "bad_request", rejection.body_text())
+                }
+            })?;
+        Ok(Self {
+            bytes,
+            target: std::marker::PhantomData,
+        })
+    }
+}
+
+/// `application/json` or `application/<anything>+json`, parameters ignored (as axum's `Json`).
+fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
 }
 
 /// Parses an id from the path; anything that is not a UUID cannot exist, so it is a 404.
@@ -168,7 +228,9 @@ impl AuthUser {
 
 /// Refuses what a scoped token's scope does not cover: `read` tokens only read, `deploy`
 /// tokens read and deploy; any restricted token is refused token and admin management (it
-/// could otherwise mint itself a wider token).
+/// could otherwise mint itself a wider token); and a token bound to a project or environment
+/// only reaches routes addressed to one project's resources (see
+/// [`addresses_project_resources`]), whatever its scope.
 fn check_method_scope(parts: &Parts, grant: &gilgal_store::TokenGrant) -> Result<(), ApiError> {
     use axum::http::Method;
     let route = parts
@@ -181,6 +243,14 @@ fn check_method_scope(parts: &Parts, grant: &gilgal_store::TokenGrant) -> Result
         return Err(ApiError::forbidden(
             "token_scope",
             "a scoped API token cannot manage tokens or the instance; use a login session",
+        ));
+    }
+    let bound = grant.project_id.is_some() || grant.environment_id.is_some();
+    if bound && !addresses_project_resources(&parts.method, route) {
+        return Err(ApiError::forbidden(
+            "token_scope",
+            "this API token is bound to one project; it reaches only that project's \
+             resources, not the account or the instance (use a login session or an unbound token)",
         ));
     }
     let allowed = match grant.scope {
@@ -207,6 +277,39 @@ fn check_method_scope(parts: &Parts, grant: &gilgal_store::TokenGrant) -> Result
             ),
         ))
     }
+}
+
+/// Whether a route is one a project- or environment-bound token may call: a route addressed
+/// to one project's resources (its handler then answers 404 for another project's), the
+/// project list (filtered to the token's project), creating a webhook (its body names the
+/// project, checked by the handler), and the caller's identity and logout (which revokes the
+/// token itself). Everything account- or instance-wide is not: creating projects, teams,
+/// invitations, transfers between owners, the audit trail, tokens, `/metrics`, admin.
+fn addresses_project_resources(method: &axum::http::Method, route: &str) -> bool {
+    use axum::http::Method;
+    /// Prefixes of routes whose `{id}` names a resource of exactly one project.
+    const PROJECT_RESOURCES: [&str; 7] = [
+        "/api/projects/{id}",
+        "/api/environments/{id}",
+        "/api/deployments/{id}",
+        "/api/runs/{id}",
+        "/api/cron/{id}",
+        "/api/addons/{id}",
+        "/api/webhooks/{id}",
+    ];
+    let addressed = PROJECT_RESOURCES.iter().any(|prefix| {
+        route
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    });
+    (addressed && route != "/api/projects/{id}/transfer")
+        || matches!(
+            (method, route),
+            (&Method::GET, "/api/projects")
+                | (&Method::POST, "/api/webhooks")
+                | (&Method::GET, "/api/auth/me")
+                | (&Method::POST, "/api/auth/logout")
+        )
 }
 
 impl FromRequestParts<AppState> for AuthUser {
@@ -310,6 +413,30 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
+/// An authenticated instance administrator; anyone else is refused with 403 `admin_only`
+/// while the request is still being extracted, so before its body is read or judged.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = AuthUser::from_request_parts(parts, state).await?;
+        if caller.user.is_admin {
+            Ok(Self(caller))
+        } else {
+            Err(ApiError::forbidden(
+                "admin_only",
+                "only an instance administrator can do this",
+            ))
+        }
+    }
+}
+
 /// The client's address, when the server was started with connection info (always, via
 /// [`crate::serve`]); `None` in router-only tests.
 #[derive(Debug, Clone, Copy)]
@@ -336,7 +463,7 @@ fn is_mutating(method: &axum::http::Method) -> bool {
 }
 
 /// Refuses a request beyond the credential's budget with 429 and `Retry-After`.
-fn spend_budget(state: &AppState, key: &str) -> Result<(), ApiError> {
+pub(crate) fn spend_budget(state: &AppState, key: &str) -> Result<(), ApiError> {
     state.request_budget().spend(key).map_err(|wait| {
         ApiError::too_many(
             "rate_limited",

@@ -10,6 +10,7 @@
 mod audit;
 mod error;
 mod extract;
+mod follow;
 mod limits;
 mod openapi;
 mod request_id;

@@ -59,6 +59,7 @@ struct Inner {
     account_failures: crate::limits::FailureLimiter,
     address_failures: crate::limits::FailureLimiter,
     request_budget: crate::limits::RequestBudget,
+    follow_streams: crate::follow::FollowStreams,
 }
 
 impl AppState {
@@ -87,6 +88,7 @@ impl AppState {
                     config.requests_per_second,
                     config.requests_per_second.saturating_mul(10),
                 ),
+                follow_streams: crate::follow::FollowStreams::default(),
             }),
             config,
         })
@@ -126,6 +128,11 @@ impl AppState {
     /// Per-credential request budget.
     pub(crate) fn request_budget(&self) -> &crate::limits::RequestBudget {
         &self.inner.request_budget
+    }
+
+    /// Open log follow streams per user.
+    pub(crate) fn follow_streams(&self) -> &crate::follow::FollowStreams {
+        &self.inner.follow_streams
     }
 
     pub(crate) fn decoy_hash(&self) -> &str {

@@ -20,8 +20,8 @@ pub use archive::{
     inspect_tree, pack_dir, unpack_tar_gz, ArchiveError, PackSummary, UnpackLimits, UnpackSummary,
 };
 pub use builder::{
-    build, plan_source, Artifact, BuildError, BuildRequest, BuildUser, DependencyCache, LogLine,
-    LogSink, LogStream, ProcessSpec, ReleasePhase, SourcePlan,
+    build, plan_source, Artifact, BuildError, BuildRequest, BuildSandbox, BuildUser,
+    DependencyCache, LogLine, LogSink, LogStream, ProcessSpec, ReleasePhase, SourcePlan,
 };
 pub use command::{CommandError, CommandLine};
 pub use config::{

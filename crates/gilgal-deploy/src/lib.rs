@@ -75,6 +75,9 @@ pub struct DeployerConfig {
     /// readable by that user's group only, and build with the system toolchains (which every
     /// user can run) instead of the server's `PATH`. Needs root.
     pub app_users: bool,
+    /// With `app_users`: the namespace and cgroups builds run in (as the app's user), so a
+    /// build command sees and may use no more of the host than the app's instances.
+    pub build_sandbox: Option<gilgal_build::BuildSandbox>,
     /// Build releases as container images on this dockerd (the Docker runtime) instead of
     /// host artifact directories; `None` builds on the host (the process runtime).
     pub images: Option<ImageSettings>,

@@ -760,7 +760,11 @@ impl Deployer {
         request.environment = environment.name.clone();
         request.cancel = token.child_token();
         if self.config.app_users {
-            // Apps run as their own user: build with interpreters every user can run.
+            // The build runs as the app's own user, hidden from Gilgal's data as its instances
+            // are: build with interpreters every user can run.
+            let (uid, gid) = gilgal_runtime::app_user_ids(&environment.project_name).await?;
+            request.run_as = Some(gilgal_build::BuildUser { uid, gid });
+            request.sandbox = self.config.build_sandbox.clone();
             request
                 .env
                 .insert("PATH".to_owned(), gilgal_runtime::DEFAULT_PATH.to_owned());
@@ -836,8 +840,8 @@ impl Deployer {
     }
 
     /// With per-app users: the project's release tree becomes `root:<app group>` 0750 and the
-    /// artifact group-readable, so the app can read (not change) its own releases and no other
-    /// app can reach them.
+    /// artifact (built as the app's user) root's and group-readable, so the app can read (not
+    /// change) its own releases and no other app can reach them.
     async fn share_with_app(
         &self,
         environment: &EnvironmentRecord,
@@ -846,11 +850,11 @@ impl Deployer {
         if !self.config.app_users {
             return Ok(());
         }
-        let (_, gid) = gilgal_runtime::app_user_ids(&environment.project_name).await?;
+        let (uid, gid) = gilgal_runtime::app_user_ids(&environment.project_name).await?;
         let project_dir = self.config.releases_dir.join(&environment.project_name);
         let (project_dir, artifact_dir) = (project_dir, artifact_dir.to_path_buf());
         tokio::task::spawn_blocking(move || {
-            crate::isolation::share_tree(&project_dir, &artifact_dir, gid)
+            crate::isolation::share_tree(&project_dir, &artifact_dir, uid, gid)
         })
         .await?
         .map_err(|e| Failure::Failed(format!("cannot share the release with the app's user: {e}")))

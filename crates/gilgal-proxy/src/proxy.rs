@@ -1154,6 +1154,28 @@ async fn serve_static(
             }
         }
     }
+    let (root_owned, path, fallback_owned) = (
+        root.to_path_buf(),
+        parts.uri.path().to_owned(),
+        fallback.map(|file| root.join(file)),
+    );
+    let leaves = tokio::task::spawn_blocking(move || {
+        leaves_static_root(&root_owned, &path, fallback_owned.as_deref())
+    })
+    .await
+    .unwrap_or(true);
+    if leaves {
+        tracing::warn!(
+            route = %route.id,
+            path = parts.uri.path(),
+            "static file refused: its path leads outside the site's directory through a symlink"
+        );
+        return boxed(error_page(
+            StatusCode::NOT_FOUND,
+            "file not found",
+            request_id,
+        ));
+    }
     let req = Request::from_parts(parts, http_body_util::Empty::<Bytes>::new());
     let served = match fallback {
         Some(file) => ServeDir::new(root)
@@ -1175,6 +1197,50 @@ async fn serve_static(
         Ok(resp) => resp,
         Err(never) => match never {},
     }
+}
+
+/// Whether answering a request for `request_path` from the static `root` would read a file
+/// outside `root`: the root no longer resolves to itself (it was replaced by a link), or the
+/// file `ServeDir` would open (the path itself, its `index.html`, or the fallback) resolves
+/// through a symlink to somewhere else. Paths that do not exist are left to `ServeDir` (404
+/// or the fallback). Checked on every request, because links can change after the build
+/// checked them; the remaining window between this check and `ServeDir`'s open needs write
+/// access to the release tree, which only root has.
+fn leaves_static_root(
+    root: &std::path::Path,
+    request_path: &str,
+    fallback: Option<&std::path::Path>,
+) -> bool {
+    use std::path::{Component, Path};
+    let Ok(real_root) = root.canonicalize() else {
+        return true;
+    };
+    if real_root != root {
+        return true;
+    }
+    let resolves_outside = |path: &Path| match path.canonicalize() {
+        Ok(real) => !real.starts_with(&real_root),
+        Err(err) => {
+            err.kind() != std::io::ErrorKind::NotFound && err.raw_os_error() != Some(libc::ENOTDIR)
+        }
+    };
+    if fallback.is_some_and(resolves_outside) {
+        return true;
+    }
+    // The file `ServeDir` maps the path to (it refuses `..`, roots and prefixes itself).
+    let trimmed = request_path.trim_start_matches('/');
+    let Ok(decoded) = percent_encoding::percent_decode_str(trimmed).decode_utf8() else {
+        return false;
+    };
+    let mut file = real_root.clone();
+    for component in Path::new(&*decoded).components() {
+        match component {
+            Component::Normal(part) => file.push(part),
+            Component::CurDir => {}
+            Component::Prefix(_) | Component::RootDir | Component::ParentDir => return false,
+        }
+    }
+    resolves_outside(&file) || (file.is_dir() && resolves_outside(&file.join("index.html")))
 }
 
 #[cfg(test)]

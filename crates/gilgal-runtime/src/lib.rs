@@ -8,6 +8,7 @@
 //! Gilgal's 0700 root data dir. Each instance gets cgroup v1 memory/cpu/pids groups for limits,
 //! OOM detection and complete process tracking (skipped with a warning where not writable), and
 //! optionally ([`MountIsolation`]) a mount namespace with a private /tmp and the data dir hidden.
+//! [`Confinement`] applies the same to commands that are not instances (build steps).
 //!
 //! # Crash-safety invariant
 //! *No instance process is ever spawned before the instance's record is durably on disk*
@@ -36,8 +37,10 @@
 //! - Backoff resets after an instance ran `reset_after` (10 min), whatever its health.
 //! - Suggested production config as root: `run_as: AppUser` in every spec, and
 //!   `ProcessRuntimeConfig { mount_isolation: MountIsolation { private_tmp: true,
-//!   hidden_paths: vec![data_dir] }, app_home_root: Some("/var/lib/gilgal-homes".into()),
-//!   ..Default::default() }` (release dirs then must be outside /tmp and the data dir).
+//!   hidden_paths: vec![data_dir], own_only_paths: vec![releases_dir] },
+//!   app_home_root: Some("/var/lib/gilgal-homes".into()), ..Default::default() }` (release
+//!   dirs then must be outside the hidden paths; under /tmp or the releases dir they stay
+//!   visible, alone). Build steps get the same through [`Confinement`].
 //!
 //! # Use
 //! ```no_run
@@ -85,8 +88,8 @@ pub use health::{
     wait_healthy, HealthCheck, HealthError, HealthMonitor, HealthState, Probe, ProbeError,
 };
 pub use process::{
-    app_user_ids, app_user_name, CgroupConfig, MountIsolation, ProcessRuntime,
-    ProcessRuntimeConfig, DEFAULT_PATH, INSTANCE_ID_ENV,
+    app_user_ids, app_user_name, CgroupConfig, Confinement, ConfinementSettings, MountIsolation,
+    ProcessRuntime, ProcessRuntimeConfig, DEFAULT_PATH, INSTANCE_ID_ENV,
 };
 pub use runtime::{OneoffHandle, Runtime};
 pub use spec::{

@@ -478,9 +478,10 @@ impl Store {
         .ok_or(StoreError::NotFound)?;
         if let Some(owner) = owner {
             let project = parse_id(&row.try_get::<String, _>("project_id")?)?;
-            if parse_id(&row.try_get::<String, _>("owner_id")?)? != owner
-                && self.project(owner, project).await.is_err()
-            {
+            // The owner of a personal project; a team's project by team membership only.
+            let personal_owner = row.try_get::<Option<String>, _>("team_id")?.is_none()
+                && parse_id(&row.try_get::<String, _>("owner_id")?)? == owner;
+            if !personal_owner && self.project(owner, project).await.is_err() {
                 return Err(StoreError::NotFound);
             }
         }

@@ -17,11 +17,13 @@ pub struct ProjectChanges {
 
 const PROJECT_COLUMNS: &str = "id, owner_id, name, description, created_at, updated_at";
 
-/// SQL condition: user `$N` may see project row `alias` — its owner, or a member of its team.
+/// SQL condition: user `$N` may see project row `alias` — the owner of a personal project, or
+/// a member of the team a project belongs to. A team's project is governed by team roles
+/// only: `owner_id` (whoever created or moved it) grants nothing once `team_id` is set.
 pub(crate) fn can_see(alias: &str, param: usize) -> String {
     format!(
-        "({alias}.owner_id = ${param} OR EXISTS (SELECT 1 FROM team_members tm \
-         WHERE tm.team_id = {alias}.team_id AND tm.user_id = ${param}))"
+        "(({alias}.team_id IS NULL AND {alias}.owner_id = ${param}) OR EXISTS (SELECT 1 FROM \
+         team_members tm WHERE tm.team_id = {alias}.team_id AND tm.user_id = ${param}))"
     )
 }
 const NAME_TAKEN: &str = "a project with this name";

@@ -230,15 +230,16 @@ impl Store {
         Ok(())
     }
 
-    /// The user's role on a project: `Owner` of a personal project they own, else their team
-    /// role; `None` when they cannot see it.
+    /// The user's role on a project: `Owner` of a personal project they own; for a team's
+    /// project, their role on that team and nothing else (whoever created or moved it keeps
+    /// no rights of their own once demoted or removed); `None` when they cannot see it.
     pub async fn project_role(
         &self,
         user: Uuid,
         project: Uuid,
     ) -> Result<Option<Role>, StoreError> {
         let row = sqlx::query(
-            "SELECT p.owner_id, m.role FROM projects p \
+            "SELECT p.owner_id, p.team_id, m.role FROM projects p \
              LEFT JOIN team_members m ON m.team_id = p.team_id AND m.user_id = $2 WHERE p.id = $1",
         )
         .bind(project.to_string())
@@ -246,15 +247,18 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        if parse_id(&row.try_get::<String, _>("owner_id")?)? == user {
-            return Ok(Some(Role::Owner));
+        let personal = row.try_get::<Option<String>, _>("team_id")?.is_none();
+        if personal {
+            let owner = parse_id(&row.try_get::<String, _>("owner_id")?)?;
+            return Ok((owner == user).then_some(Role::Owner));
         }
         Ok(row
             .try_get::<Option<String>, _>("role")?
             .map(|r| Role::from_stored(&r)))
     }
 
-    /// Moves a project to a team (or back to personal ownership by `new_owner`).
+    /// Moves a project to a team (or back to personal ownership by `new_owner`). `owner_id`
+    /// is set either way but only governs while the project is personal.
     pub async fn transfer_project(
         &self,
         project: Uuid,

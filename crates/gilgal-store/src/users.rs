@@ -395,6 +395,25 @@ impl Store {
         }
     }
 
+    /// Whether one of the user's API tokens still works (not revoked, not expired): requests
+    /// that stay open (log follow streams) end when it stops.
+    pub async fn api_token_is_active(
+        &self,
+        token_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT id FROM api_tokens WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
+             AND (expires_at IS NULL OR expires_at > $3)",
+        )
+        .bind(token_id.to_string())
+        .bind(user_id.to_string())
+        .bind(now_millis())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// Resolves a presented API token (by digest) to its owner, if it is live.
     pub async fn authenticate_api_token(
         &self,

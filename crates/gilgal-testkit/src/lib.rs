@@ -92,6 +92,7 @@ impl TestServer {
                 allow_local_git: true,
                 allow_private_urls: false,
                 app_users: false,
+                build_sandbox: None,
                 images: None,
                 addons: gilgal_deploy::AddonsConfig {
                     dir: data_dir.path().join("addons"),

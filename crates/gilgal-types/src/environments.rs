@@ -184,8 +184,10 @@ pub enum JsonDeployRequest {
     Git(GitDeployRequest),
 }
 
-/// Size of one process type.
+/// Size of one process type. Only a JSON object is one (serde would also take an array of
+/// the fields in order, which the OpenAPI document does not allow).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(from = "ProcessSizeObject")]
 pub struct ProcessSize {
     /// Memory ceiling in MiB (16 to 1048576).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,6 +197,54 @@ pub struct ProcessSize {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 10, maximum = 256000)]
     pub cpu_millicores: Option<u64>,
+}
+
+/// The fields of a [`ProcessSize`], read from a JSON object only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessSizeObject {
+    memory_mb: Option<u64>,
+    cpu_millicores: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for ProcessSizeObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// The fields as serde derives them; only reached through a map.
+        #[derive(Deserialize)]
+        struct Fields {
+            #[serde(default)]
+            memory_mb: Option<u64>,
+            #[serde(default)]
+            cpu_millicores: Option<u64>,
+        }
+        struct ObjectOnly;
+        impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+            type Value = ProcessSizeObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object with memory_mb and/or cpu_millicores")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let fields =
+                    Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ProcessSizeObject {
+                    memory_mb: fields.memory_mb,
+                    cpu_millicores: fields.cpu_millicores,
+                })
+            }
+        }
+        deserializer.deserialize_map(ObjectOnly)
+    }
+}
+
+impl From<ProcessSizeObject> for ProcessSize {
+    fn from(object: ProcessSizeObject) -> Self {
+        Self {
+            memory_mb: object.memory_mb,
+            cpu_millicores: object.cpu_millicores,
+        }
+    }
 }
 
 /// Body of `PUT /api/environments/{id}/formation` (`gilgal scale web=3 worker=1`).

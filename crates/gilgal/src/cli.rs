@@ -695,8 +695,9 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
-    /// App isolation: `auto` runs each app as its own Unix user with Gilgal's data hidden from
-    /// it when the server runs as root; `off` runs apps as the server's user.
+    /// App isolation: `auto` runs and builds each app as its own Unix user with Gilgal's data
+    /// hidden from it when the server runs as root; `off` runs and builds apps as the server's
+    /// user.
     #[arg(long, value_enum, default_value_t = Isolation::Auto, env = "GILGAL_ISOLATION")]
     pub isolation: Isolation,
     /// Log format on standard error.
@@ -733,7 +734,7 @@ pub enum Registration {
 pub enum Isolation {
     /// Per-app Unix users and hidden data when running as root; none otherwise.
     Auto,
-    /// Apps run as the server's own user (development only).
+    /// Apps run and build as the server's own user (development only).
     Off,
 }
 

@@ -203,6 +203,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             allow_local_git: args.allow_local_git,
             allow_private_urls: args.allow_private_urls,
             app_users,
+            build_sandbox: app_users.then(|| gilgal_build::BuildSandbox {
+                mounts: app_mount_isolation(&data_dir),
+                cgroups: gilgal_runtime::CgroupConfig::default(),
+                limits: BUILD_LIMITS,
+            }),
             images,
             addons: gilgal_deploy::AddonsConfig {
                 dir: data_dir.join("addons"),
@@ -352,6 +357,30 @@ fn open_logs(
     gilgal_logs::LogStore::open(config).context("cannot open the log store")
 }
 
+/// What an app's processes (instances and build steps) see of the host with per-app users:
+/// a private `/tmp`, Gilgal's private dirs hidden, and of the releases dir only their own
+/// release (or, building, the release being built and the app's cache).
+fn app_mount_isolation(data_dir: &Path) -> gilgal_runtime::MountIsolation {
+    gilgal_runtime::MountIsolation {
+        private_tmp: true,
+        hidden_paths: ["keys", "runtime", "work", "cache"]
+            .iter()
+            .map(|p| data_dir.join(p))
+            .collect(),
+        own_only_paths: vec![data_dir.join("releases")],
+    }
+}
+
+/// Limits of one build with per-app users (all its steps together): room for a Rust or
+/// webpack build, a fork-bomb guard, and half the CPU weight of an instance so builds do not
+/// slow running apps down.
+const BUILD_LIMITS: gilgal_runtime::ResourceLimits = gilgal_runtime::ResourceLimits {
+    memory_mb: Some(4096),
+    cpu_shares: Some(512),
+    cpu_millicores: None,
+    max_pids: Some(4096),
+};
+
 /// The process runtime over `DATA_DIR/runtime`, with per-app users and hidden data when
 /// `app_users`.
 async fn process_runtime(
@@ -364,14 +393,7 @@ async fn process_runtime(
         ..Default::default()
     };
     if app_users {
-        runtime_config.mount_isolation = gilgal_runtime::MountIsolation {
-            // A private /tmp would hide a data dir that lives under /tmp (tests, trials).
-            private_tmp: !data_dir.starts_with("/tmp"),
-            hidden_paths: ["keys", "runtime", "work", "cache"]
-                .iter()
-                .map(|p| data_dir.join(p))
-                .collect(),
-        };
+        runtime_config.mount_isolation = app_mount_isolation(data_dir);
         runtime_config.app_home_root = Some(data_dir.join("homes"));
     }
     let runtime = gilgal_runtime::ProcessRuntime::new(data_dir.join("runtime"), runtime_config)

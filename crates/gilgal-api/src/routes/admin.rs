@@ -6,7 +6,7 @@ use gilgal_types::{ErrorBody, InstanceSettings};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::extract::{ApiJson, AuthUser};
+use crate::extract::{AdminUser, ApiJson, AuthUser};
 use crate::{ApiError, AppState};
 
 /// Routes of this module.
@@ -87,10 +87,10 @@ async fn get_settings(
     security(("bearer" = [])))]
 async fn put_settings(
     State(state): State<AppState>,
-    caller: AuthUser,
+    // Refused before the body is judged: a non-administrator learns nothing from a 422.
+    AdminUser(_caller): AdminUser,
     ApiJson(settings): ApiJson<InstanceSettings>,
 ) -> Result<Json<InstanceSettings>, ApiError> {
-    require_admin(&caller)?;
     state
         .store()
         .set_registration_open(settings.registration_open)

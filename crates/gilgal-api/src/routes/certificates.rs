@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 use x509_parser::extensions::GeneralName;
 
 use super::admin::require_admin;
-use crate::extract::{ApiJson, AuthUser};
+use crate::extract::{AdminUser, ApiJson, AuthUser};
 use crate::{ApiError, AppState};
 
 /// Routes of this module.
@@ -127,11 +127,11 @@ async fn list_certificates(
     security(("bearer" = [])))]
 async fn put_certificate(
     State(state): State<AppState>,
-    caller: AuthUser,
+    // Refused before the body is judged.
+    AdminUser(_caller): AdminUser,
     Path(domain): Path<String>,
     ApiJson(request): ApiJson<PutCertificateRequest>,
 ) -> Result<Json<CertificateInfo>, ApiError> {
-    require_admin(&caller)?;
     let domain = parse_domain(&domain)?;
     let (names, not_after_ms) = inspect_leaf(&request.cert_chain_pem)?;
     if !names.iter().any(|name| covers(name, domain.as_str())) {

@@ -353,6 +353,7 @@ async fn deployment_logs(
     let follow = query.follow.unwrap_or(false);
     let store = state.store().clone();
     let stream = async_stream_lines(store, id, query.after.unwrap_or(0), follow);
+    let stream = crate::follow::guard(&state, &caller, record.project_id, follow, stream)?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),

@@ -567,6 +567,11 @@ async fn promote(
             StoreError::NotFound => ApiError::not_found(&format!("environment {:?}", body.from)),
             other => other.into(),
         })?;
+    caller.check_scope(
+        source.project_id,
+        Some(source.id),
+        &format!("environment {:?}", body.from),
+    )?;
     if source.id == target.id {
         return Err(ApiError::invalid(
             "an environment cannot be promoted to itself",
@@ -880,6 +885,8 @@ async fn run_logs(
             }
         },
     );
+    let project = owned_environment(&state, &caller, &run.environment_id.to_string()).await?;
+    let stream = crate::follow::guard(&state, &caller, project.project_id, follow, stream)?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),

@@ -282,7 +282,14 @@ async fn environment_logs(
         },
     );
     use futures_util::StreamExt;
-    Ok((headers, Body::from_stream(head.chain(tail))).into_response())
+    let stream = crate::follow::guard(
+        &state,
+        &caller,
+        environment.project_id,
+        true,
+        head.chain(tail),
+    )?;
+    Ok((headers, Body::from_stream(stream)).into_response())
 }
 
 /// The environment the caller may read, or the one 404.

@@ -3,7 +3,7 @@
 //!
 //! Roles, weakest first: viewer (read), developer (deploy, config, scale, run, cron, domains),
 //! admin (projects and environments, members), owner (owners, transfers). A personal project's
-//! owner has the owner role on it.
+//! owner has the owner role on it; a team's project is governed by team roles only.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::millis_from_now;
-use crate::extract::{parse_path_id, ApiJson, AuthUser};
+use crate::extract::{parse_path_id, ApiJson, AuthUser, JsonBody};
 use crate::{ApiError, AppState};
 
 /// How long an invitation can be accepted.
@@ -201,11 +201,12 @@ async fn invite_member(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<InviteRequest>,
+    body: JsonBody<InviteRequest>,
 ) -> Result<(StatusCode, Json<Invitation>), ApiError> {
     let team = parse_path_id(&id, "team")?;
     let role = team_role(&state, &caller, team).await?;
     at_least(role, Role::Admin)?;
+    let body = body.parse()?;
     if body.role == Role::Owner {
         at_least(role, Role::Owner)?;
     }
@@ -307,12 +308,13 @@ async fn change_role(
     State(state): State<AppState>,
     caller: AuthUser,
     Path((id, user)): Path<(String, String)>,
-    ApiJson(body): ApiJson<ChangeRoleRequest>,
+    body: JsonBody<ChangeRoleRequest>,
 ) -> Result<StatusCode, ApiError> {
     let team = parse_path_id(&id, "team")?;
     let member = parse_path_id(&user, "member")?;
     let role = team_role(&state, &caller, team).await?;
     at_least(role, Role::Admin)?;
+    let body = body.parse()?;
     let current = state
         .store()
         .team_role(member, team)
@@ -382,7 +384,9 @@ async fn remove_member(
 }
 
 /// Move a project to a team you administer, or back to yourself (`team_id: null`). Needs the
-/// owner role on the project.
+/// owner role on the project: its personal owner, or an owner of the team it is in (moving a
+/// team's project elsewhere needs that team's owner, whoever created the project); and the
+/// admin role on the team it moves to. Not with a project-bound API token.
 #[utoipa::path(post, path = "/api/projects/{id}/transfer", tag = "teams",
     params(("id" = String, Path, description = "Project id")),
     request_body = TransferRequest,
@@ -396,11 +400,12 @@ async fn transfer_project(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<TransferRequest>,
+    body: JsonBody<TransferRequest>,
 ) -> Result<StatusCode, ApiError> {
     let project = parse_path_id(&id, "project")?;
     caller.check_scope(project, None, "project")?;
     require_role(&state, &caller, project, Role::Owner).await?;
+    let body = body.parse()?;
     if let Some(team) = body.team_id {
         let role = team_role(&state, &caller, team).await?;
         at_least(role, Role::Admin)?;

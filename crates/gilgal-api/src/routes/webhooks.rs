@@ -26,7 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::extract::{parse_path_id, ApiJson, ApiQuery, AuthUser};
+use crate::extract::{parse_path_id, ApiJson, ApiQuery, AuthUser, ClientAddr};
 use crate::{ApiError, AppState};
 
 /// Routes of this module.
@@ -327,10 +327,16 @@ fn signature_error(err: WebhookError) -> ApiError {
     ))]
 async fn deliver(
     State(state): State<AppState>,
+    ClientAddr(address): ClientAddr,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<DeliveryOutcome>), ApiError> {
+    // Anyone can call this: it costs a budget per address before any lookup, and an audit
+    // row only once the signature checks out.
+    crate::audit::only_if_authenticated();
+    let sender = address.map(|a| a.to_string()).unwrap_or_default();
+    crate::extract::spend_budget(&state, &format!("webhook-sender:{sender}"))?;
     let id = parse_path_id(&id, "webhook")?;
     let webhook = state.store().webhook(id).await.map_err(webhook_not_found)?;
     let provider = Provider::parse(&webhook.provider)
@@ -363,6 +369,7 @@ async fn deliver(
         tracing::warn!(webhook = %id, error = %e, "webhook delivery refused");
         return Err(signature_error(e));
     }
+    crate::audit::authenticated_by(format!("webhook:{id}"));
     let event = gilgal_webhooks::parse(provider, header, &body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_payload", e.to_string()))?;
     let delivery_id = gilgal_webhooks::delivery_id(provider, header);

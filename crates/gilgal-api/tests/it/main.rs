@@ -11,6 +11,7 @@ mod hardening;
 mod matrix;
 mod projects;
 mod teams;
+mod tenancy;
 mod tokens;
 mod webhooks;
 

@@ -2,6 +2,11 @@
 //! viewer, developer, admin and owner, as a stranger, and as a non-admin for instance
 //! endpoints, gets the documented outcome. A new endpoint fails this test until it is
 //! classified here.
+//!
+//! The team's project was made by a member who moved it into the team and was then demoted
+//! to viewer (she is checked as a viewer) and, at the end, removed (she then gets 404 on every
+//! project operation). Every operation is also called with API tokens bound to this project
+//! and to another one, in each scope (read, deploy, full).
 
 use std::collections::BTreeSet;
 
@@ -45,7 +50,7 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
     let (_, root) = server.user("root@example.com").await;
     let mut token = std::collections::BTreeMap::new();
     let mut user_id = std::collections::BTreeMap::new();
-    for name in ["ada", "bob", "carol", "dave", "eve", "frank"] {
+    for name in ["ada", "bob", "carol", "dave", "eve", "frank", "gina"] {
         let (_, pair) = server.user(&format!("{name}@example.com")).await;
         user_id.insert(name, pair.user.id.to_string());
         token.insert(name, pair.access_token);
@@ -65,6 +70,7 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
         ("carol", "developer"),
         ("dave", "viewer"),
         ("frank", "viewer"),
+        ("gina", "admin"),
     ] {
         let (_, _, invitation) = raw(
             &server,
@@ -84,23 +90,61 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
         .await;
         assert_eq!(status, StatusCode::OK);
     }
+    // Gina, an admin, makes the project and moves it into the team; she is demoted below.
     let (_, _, project) = raw(
         &server,
         Method::POST,
         "/api/projects",
-        as_user("ada").as_deref(),
+        as_user("gina").as_deref(),
         Some(json!({"name": "shop"})),
     )
     .await;
     let project_id = project["id"].as_str().unwrap().to_owned();
-    raw(
+    let (status, _, _) = raw(
         &server,
         Method::POST,
         &format!("/api/projects/{project_id}/transfer"),
-        as_user("ada").as_deref(),
+        as_user("gina").as_deref(),
         Some(json!({"team_id": team_id})),
     )
     .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let gina = user_id["gina"].clone();
+    let (status, _, _) = raw(
+        &server,
+        Method::PUT,
+        &format!("/api/teams/{team_id}/members/{gina}"),
+        as_user("ada").as_deref(),
+        Some(json!({"role": "viewer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Another project (ada's own), for tokens bound elsewhere.
+    let (_, _, other) = raw(
+        &server,
+        Method::POST,
+        "/api/projects",
+        as_user("ada").as_deref(),
+        Some(json!({"name": "elsewhere"})),
+    )
+    .await;
+    let other_project_id = other["id"].as_str().unwrap().to_owned();
+    let mut bound_tokens = Vec::new();
+    for (bound_to, project) in [("this", &project_id), ("another", &other_project_id)] {
+        for scope in ["read", "deploy", "full"] {
+            let (status, _, created) = raw(
+                &server,
+                Method::POST,
+                "/api/tokens",
+                as_user("ada").as_deref(),
+                Some(json!({"name": format!("{scope}-{bound_to}"), "scope": scope, "project_id": project})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{created}");
+            let secret = created["token"].as_str().unwrap().to_owned();
+            bound_tokens.push((scope, bound_to == "this", secret));
+        }
+    }
     let (_, _, envs) = raw(
         &server,
         Method::GET,
@@ -1046,6 +1090,7 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
                 );
                 for (user, role) in [
                     ("dave", "viewer"),
+                    ("gina", "viewer"),
                     ("carol", "developer"),
                     ("bob", "admin"),
                     ("ada", "owner"),
@@ -1068,6 +1113,88 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
                     }
                 }
             }
+        }
+        // Project-bound tokens (ada's, the team's owner): a token reaches its own project's
+        // resources within its scope, another project's are not found, and nothing account-
+        // or instance-wide (403 `token_scope`).
+        if *access == Access::Public {
+            continue;
+        }
+        for (scope, this_project, secret) in &bound_tokens {
+            let who = format!(
+                "a {scope} token bound to {}",
+                if *this_project {
+                    "this project"
+                } else {
+                    "another project"
+                }
+            );
+            if *access == Access::Signed {
+                let answer = call(Some(secret.clone())).await;
+                assert_eq!(
+                    answer.0,
+                    StatusCode::UNAUTHORIZED,
+                    "{what} with {who}: {answer:?}"
+                );
+                continue;
+            }
+            let expected =
+                bound_token_outcome(access, scope, *this_project, method, documented_path);
+            if expected == Bound::Allowed && (*destructive || what == "POST /api/auth/logout") {
+                continue; // would destroy the fixture or the token; the roles cover it
+            }
+            let answer = call(Some(secret.clone())).await;
+            match expected {
+                Bound::Allowed => {
+                    assert!(!denied(&answer), "{who} may {what}: {answer:?}");
+                    assert!(!answer.0.is_server_error(), "{what} with {who}: {answer:?}");
+                }
+                Bound::NotFound => {
+                    assert_eq!(
+                        answer.0,
+                        StatusCode::NOT_FOUND,
+                        "{what} with {who}: {answer:?}"
+                    );
+                }
+                Bound::OutOfScope => {
+                    assert_eq!(
+                        answer.0,
+                        StatusCode::FORBIDDEN,
+                        "{what} with {who}: {answer:?}"
+                    );
+                    assert_eq!(
+                        answer.2["error"]["code"], "token_scope",
+                        "{what} with {who}"
+                    );
+                }
+            }
+        }
+    }
+    // Removed from the team, the member who made and moved the project sees none of it.
+    let (status, _, _) = raw(
+        &server,
+        Method::DELETE,
+        &format!("/api/teams/{team_id}/members/{gina}"),
+        as_user("ada").as_deref(),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for (method, documented_path, path, body, access, _) in &table {
+        if let Access::Project(_) | Access::Team(_) = access {
+            let answer = raw(
+                &server,
+                method.clone(),
+                path,
+                as_user("gina").as_deref(),
+                body.clone(),
+            )
+            .await;
+            assert_eq!(
+                answer.0,
+                StatusCode::NOT_FOUND,
+                "{method} {documented_path} by the removed member who made the project: {answer:?}"
+            );
         }
     }
     // Destructive operations, by their weakest allowed role, in an order that keeps the ids
@@ -1123,5 +1250,62 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
             StatusCode::NO_CONTENT
         };
         assert_eq!(answer.0, expected, "{what}: {answer:?}");
+    }
+}
+
+/// What a project-bound API token gets.
+#[derive(Debug, PartialEq)]
+enum Bound {
+    /// Anything but a refusal (the token's owner is the team's owner).
+    Allowed,
+    /// 404: another project's resource.
+    NotFound,
+    /// 403 `token_scope`: outside the token's scope or not addressed to one project.
+    OutOfScope,
+}
+
+/// The documented outcome for a project-bound token (README, "API tokens"): `read` reads,
+/// `deploy` also deploys, redeploys and cancels, `full` does anything its owner may, but only
+/// on routes addressed to one project's resources; of those, another project's are 404. The
+/// project list, the caller's identity and logout are allowed; everything else account- or
+/// instance-wide is refused, as is moving the project between owners.
+fn bound_token_outcome(
+    access: &Access,
+    scope: &str,
+    this_project: bool,
+    method: &Method,
+    path: &str,
+) -> Bound {
+    let reading = *method == Method::GET;
+    let account_wide_allowed = matches!(
+        (method.as_str(), path),
+        ("GET", "/api/projects") | ("GET", "/api/auth/me") | ("POST", "/api/auth/logout")
+    );
+    let project_route =
+        matches!(access, Access::Project(_)) && path != "/api/projects/{id}/transfer";
+    if !project_route {
+        return if account_wide_allowed {
+            Bound::Allowed
+        } else {
+            Bound::OutOfScope
+        };
+    }
+    let in_scope = match scope {
+        "read" => reading,
+        "deploy" => {
+            reading
+                || matches!(
+                    (method.as_str(), path),
+                    ("POST", "/api/projects/{id}/deployments")
+                        | ("POST", "/api/deployments/{id}/redeploy")
+                        | ("DELETE", "/api/deployments/{id}")
+                )
+        }
+        _ => true,
+    };
+    match (in_scope, this_project) {
+        (false, _) => Bound::OutOfScope,
+        (true, true) => Bound::Allowed,
+        (true, false) => Bound::NotFound,
     }
 }

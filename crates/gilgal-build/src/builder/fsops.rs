@@ -133,14 +133,17 @@ pub(crate) fn move_tree(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Changes the owner of everything under `root` (symlinks themselves, never their targets).
+///
+/// Children first: while a directory's entries are handed over it still belongs to its old
+/// owner, so the new owner (whose other processes may be running) cannot swap an entry for a
+/// symlink under our feet and have us follow it.
 pub(crate) fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    std::os::unix::fs::lchown(root, Some(uid), Some(gid))?;
     if fs::symlink_metadata(root)?.is_dir() {
         for entry in fs::read_dir(root)? {
             chown_tree(&entry?.path(), uid, gid)?;
         }
     }
-    Ok(())
+    std::os::unix::fs::lchown(root, Some(uid), Some(gid))
 }
 
 /// Like [`chown_tree`], but skips the walk when `root` is already owned by `uid` (the cache

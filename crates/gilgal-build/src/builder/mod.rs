@@ -72,6 +72,22 @@ pub struct BuildRequest {
     /// Gilgal's data). The release and cache directories are then chowned to it, and `HOME`
     /// is `<cache_dir>/home`. The toolchains must be readable by that user.
     pub run_as: Option<BuildUser>,
+    /// Runs every build command in a mount namespace and cgroups, as instances run
+    /// (recommended with `run_as`); the release and cache directories stay visible.
+    pub sandbox: Option<BuildSandbox>,
+}
+
+/// The confinement of build commands beyond their user: what they may see of the host and how
+/// much of it they may use. All steps of one build share one set of cgroups, and nothing a
+/// step starts outlives it.
+#[derive(Debug, Clone, Default)]
+pub struct BuildSandbox {
+    /// Hidden directories and private `/tmp`, as for the app's instances.
+    pub mounts: gilgal_runtime::MountIsolation,
+    /// Where cgroups live.
+    pub cgroups: gilgal_runtime::CgroupConfig,
+    /// Limits of the whole build.
+    pub limits: gilgal_runtime::ResourceLimits,
 }
 
 /// A Unix user and group that build commands run as.
@@ -101,6 +117,7 @@ impl BuildRequest {
             step_timeout: DEFAULT_STEP_TIMEOUT,
             cancel: CancellationToken::new(),
             run_as: None,
+            sandbox: None,
         }
     }
 }
@@ -277,6 +294,22 @@ pub enum BuildError {
     /// A static site's directory is missing or resolves outside the app.
     #[error("the static site directory {} does not exist inside the app", .0.display())]
     StaticDirMissing(PathBuf),
+    /// A symlink in a static site's directory leads outside it (or nowhere).
+    #[error(
+        "the static site links {} to {}, which is outside the served directory {}: copy \
+         the files in instead of linking to them",
+        link.display(),
+        target.display(),
+        root.display()
+    )]
+    StaticLinkOutside {
+        /// The symlink.
+        link: PathBuf,
+        /// What it points to, as written.
+        target: PathBuf,
+        /// The served directory.
+        root: PathBuf,
+    },
     /// package.json, cargo metadata or artifact.json could not be understood.
     #[error("invalid {0}")]
     InvalidManifest(String),
@@ -433,13 +466,15 @@ async fn build_inner(
             &app_dir,
         ))?;
     }
+    let confinement = confinement(req, &artifact_dir, &cache_dir)?;
     let runner = StepRunner::new(
         log.clone(),
         req.cancel.clone(),
         req.step_timeout,
         &req.env,
-        req.run_as.map(|user| (user, build_home.as_path())),
-    );
+        req.run_as.map(|_| build_home.as_path()),
+    )
+    .confined(confinement);
     let output = match stack {
         Stack::Python => python::build(&runner, &app_dir, &cache_dir).await?,
         Stack::Node => node::build(&runner, &app_dir, &cache_dir).await?,
@@ -482,13 +517,18 @@ async fn build_inner(
             return Err(BuildError::StaticDirMissing(dir));
         }
         // The build may have created links; the proxy must never serve from outside the app.
-        let inside = dir
-            .canonicalize()
-            .is_ok_and(|resolved| resolved.starts_with(&app_dir));
-        if !inside {
-            return Err(BuildError::StaticDirMissing(dir));
-        }
-        Some(dir)
+        let resolved = match dir.canonicalize() {
+            Ok(resolved) if resolved.starts_with(&app_dir) => resolved,
+            _ => return Err(BuildError::StaticDirMissing(dir)),
+        };
+        // Nor through a link inside it: every symlink must resolve within the served
+        // directory (the proxy checks again on every request).
+        let root = resolved.clone();
+        tokio::task::spawn_blocking(move || refuse_links_leaving(&root))
+            .await
+            .map_err(|err| BuildError::Internal(err.to_string()))??;
+        // Stored resolved: the proxy refuses to serve a root that no longer resolves to itself.
+        Some(resolved)
     } else {
         None
     };
@@ -519,6 +559,65 @@ async fn build_inner(
     let manifest = artifact_dir.join(ARTIFACT_FILE_NAME);
     fsops::write_atomically(&manifest, &json).map_err(io_error("cannot write", &manifest))?;
     Ok(artifact)
+}
+
+/// The confinement of this build's commands, if it has a user or a sandbox: the release and
+/// cache directories are its own and stay visible.
+fn confinement(
+    req: &BuildRequest,
+    artifact_dir: &Path,
+    cache_dir: &Path,
+) -> Result<Option<gilgal_runtime::Confinement>, BuildError> {
+    if req.run_as.is_none() && req.sandbox.is_none() {
+        return Ok(None);
+    }
+    let sandbox = req.sandbox.clone().unwrap_or(BuildSandbox {
+        cgroups: gilgal_runtime::CgroupConfig::Disabled,
+        ..BuildSandbox::default()
+    });
+    let settings = gilgal_runtime::ConfinementSettings {
+        user: req.run_as.map(|user| (user.uid, user.gid)),
+        mounts: sandbox.mounts,
+        visible: vec![artifact_dir.to_owned(), cache_dir.to_owned()],
+        cgroups: sandbox.cgroups,
+        limits: sandbox.limits,
+    };
+    gilgal_runtime::Confinement::new(settings)
+        .map(Some)
+        .map_err(|err| BuildError::Toolchain(format!("cannot confine the build: {err}")))
+}
+
+/// Fails with [`BuildError::StaticLinkOutside`] for the first symlink under `root` (a
+/// resolved path) that does not resolve to something inside `root`; dangling links are
+/// refused too, since what they name could appear later.
+fn refuse_links_leaving(root: &Path) -> Result<(), BuildError> {
+    let entries = fs::read_dir(root).map_err(io_error("cannot read", root))?;
+    let mut pending = vec![entries];
+    while let Some(entries) = pending.last_mut() {
+        let Some(entry) = entries.next() else {
+            pending.pop();
+            continue;
+        };
+        let entry = entry.map_err(io_error("cannot read", root))?;
+        let path = entry.path();
+        let file_type = entry.file_type().map_err(io_error("cannot read", &path))?;
+        if file_type.is_symlink() {
+            let inside = path
+                .canonicalize()
+                .is_ok_and(|resolved| resolved.starts_with(root));
+            if !inside {
+                let target = fs::read_link(&path).map_err(io_error("cannot read", &path))?;
+                return Err(BuildError::StaticLinkOutside {
+                    link: path,
+                    target,
+                    root: root.to_owned(),
+                });
+            }
+        } else if file_type.is_dir() {
+            pending.push(fs::read_dir(&path).map_err(io_error("cannot read", &path))?);
+        }
+    }
+    Ok(())
 }
 
 /// What a source tree says about running it, without building it: its validated

@@ -69,7 +69,8 @@ pub(crate) struct StepRunner {
     pub cancel: CancellationToken,
     pub timeout: Duration,
     base_env: Vec<(OsString, OsString)>,
-    run_as: Option<super::BuildUser>,
+    /// User, namespace and cgroups of every command, when confined.
+    confinement: Option<gilgal_runtime::Confinement>,
 }
 
 enum Outcome {
@@ -84,7 +85,7 @@ impl StepRunner {
         cancel: CancellationToken,
         timeout: Duration,
         build_env: &std::collections::BTreeMap<String, String>,
-        run_as: Option<(super::BuildUser, &Path)>,
+        home: Option<&Path>,
     ) -> Self {
         let mut base_env: Vec<(OsString, OsString)> = std::env::vars_os()
             .filter(|(name, _)| {
@@ -101,7 +102,7 @@ impl StepRunner {
                 .iter()
                 .map(|(key, value)| (key.into(), value.into())),
         );
-        if let Some((_, home)) = run_as {
+        if let Some(home) = home {
             // The build user cannot write Gilgal's HOME; give it one inside the app's cache.
             base_env.retain(|(key, _)| key != "HOME");
             base_env.insert(0, ("HOME".into(), home.as_os_str().to_owned()));
@@ -111,8 +112,14 @@ impl StepRunner {
             cancel,
             timeout,
             base_env,
-            run_as: run_as.map(|(user, _)| user),
+            confinement: None,
         }
+    }
+
+    /// Runs every command of this runner confined (user, namespace, cgroups).
+    pub fn confined(mut self, confinement: Option<gilgal_runtime::Confinement>) -> Self {
+        self.confinement = confinement;
+        self
     }
 
     /// The value build commands see for `name`, for `$VAR` expansion in build commands.
@@ -145,22 +152,47 @@ impl StepRunner {
         }
     }
 
-    fn command(&self, argv: &[OsString], cwd: &Path, env: &[(OsString, OsString)]) -> Command {
+    fn command(
+        &self,
+        argv: &[OsString],
+        cwd: &Path,
+        env: &[(OsString, OsString)],
+    ) -> Result<Command, BuildError> {
         let mut command = Command::new(&argv[0]);
         command
             .args(&argv[1..])
-            .current_dir(cwd)
             .env_clear()
             .envs(self.base_env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .process_group(0)
             .kill_on_drop(true);
-        if let Some(user) = self.run_as {
-            // std drops supplementary groups when switching away from root.
-            command.uid(user.uid).gid(user.gid);
+        match &self.confinement {
+            // The child enters its session (pid = process group), cgroups, namespace, user
+            // and directory itself, in that order.
+            Some(confinement) => {
+                confinement
+                    .confine(&mut command, cwd)
+                    .map_err(|err| BuildError::Spawn {
+                        command: display_argv(argv),
+                        source: std::io::Error::other(err.to_string()),
+                    })?;
+            }
+            None => {
+                command.current_dir(cwd).process_group(0);
+            }
         }
-        command
+        Ok(command)
+    }
+
+    /// Kills whatever the step just finished left running outside its process group
+    /// (daemons that called `setsid`), so nothing a build command starts outlives it.
+    fn kill_leftovers(&self) {
+        if let Some(confinement) = &self.confinement {
+            let killed = confinement.kill_all();
+            if killed > 0 {
+                tracing::info!(killed, "killed processes a build step left running");
+            }
+        }
     }
 
     /// Runs one step, streaming its output to the log; fails with the command and log tail.
@@ -173,7 +205,7 @@ impl StepRunner {
         self.check_cancelled()?;
         let shown = display_argv(argv);
         self.log.system(format!("$ {shown}")).await;
-        let mut command = self.command(argv, cwd, env);
+        let mut command = self.command(argv, cwd, env)?;
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().map_err(|source| BuildError::Spawn {
             command: shown.clone(),
@@ -208,6 +240,7 @@ impl StepRunner {
         };
         // Whatever happened, nothing started by this step may outlive it.
         guard.kill_now();
+        self.kill_leftovers();
         if !matches!(outcome, Outcome::Exited(_)) {
             let _ = child.wait().await;
         }
@@ -257,7 +290,7 @@ impl StepRunner {
     ) -> Result<String, BuildError> {
         self.check_cancelled()?;
         let shown = display_argv(argv);
-        let mut command = self.command(argv, cwd, env);
+        let mut command = self.command(argv, cwd, env)?;
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = command.spawn().map_err(|source| BuildError::Spawn {
             command: shown.clone(),
@@ -270,10 +303,12 @@ impl StepRunner {
             () = tokio::time::sleep(self.timeout) => None,
             () = self.cancel.cancelled() => {
                 guard.kill_now();
+                self.kill_leftovers();
                 return Err(BuildError::Cancelled { command: Some(shown) });
             }
         };
         guard.kill_now();
+        self.kill_leftovers();
         match result {
             None => Err(BuildError::TimedOut {
                 command: shown,

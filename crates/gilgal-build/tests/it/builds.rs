@@ -340,6 +340,69 @@ async fn static_site_has_no_process_and_records_its_directory() {
     assert!(matches!(err, BuildError::StaticDirMissing(_)), "{err}");
 }
 
+/// Regression (hardening #4): the proxy serves static sites as root, so a build that links
+/// something outside the served directory into it (`ln -s /etc public/host-etc`) fails,
+/// naming the link; links that stay inside are fine.
+#[tokio::test]
+async fn static_site_links_leading_out_of_the_served_directory_fail_the_build() {
+    let work = Workspace::new();
+    let static_source = |name: &str, command: &str| {
+        let toml = format!(
+            "[build]\nbuilder = \"static\"\ncommand = \"{command}\"\n\n[static]\ndir = \"public\"\n"
+        );
+        let source = work.source(name, None, &[("gilgal.toml", &toml), ("secret.txt", "no")]);
+        fs::create_dir(source.join("public")).unwrap();
+        fs::write(source.join("public/index.html"), "<h1>hi</h1>").unwrap();
+        source
+    };
+    for (index, (command, link, target)) in [
+        ("ln -s /etc public/host-etc", "host-etc", "/etc"),
+        (
+            "ln -s ../secret.txt public/up.txt",
+            "up.txt",
+            "../secret.txt",
+        ),
+        ("ln -s nowhere public/dangling", "dangling", "nowhere"),
+        (
+            "sh -c 'mkdir public/deep && ln -s ../../.. public/deep/root'",
+            "deep/root",
+            "../../..",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let source = static_source(&format!("bad{index}"), command);
+        let release = format!("bad-release{index}");
+        let err = build(work.request(&source, &release), LogSink::discard())
+            .await
+            .unwrap_err();
+        let BuildError::StaticLinkOutside {
+            link: found,
+            target: written,
+            ..
+        } = &err
+        else {
+            panic!("{command}: expected a refused link, got {err}");
+        };
+        assert!(found.ends_with(format!("public/{link}")), "{err}");
+        assert_eq!(written, Path::new(target), "{err}");
+        assert!(err.to_string().contains(link), "names the link: {err}");
+        assert!(!work.path(&release).exists(), "failed release removed");
+    }
+
+    let source = static_source("good", "ln -s index.html public/alias.html");
+    let artifact = build(work.request(&source, "good-release"), LogSink::discard())
+        .await
+        .unwrap();
+    let served = artifact.static_dir.unwrap();
+    assert_eq!(served, artifact.app_dir.join("public"));
+    assert_eq!(
+        fs::read_to_string(served.join("alias.html")).unwrap(),
+        "<h1>hi</h1>"
+    );
+}
+
 #[tokio::test]
 async fn command_builder_runs_without_a_shell_and_a_worker_only_app_is_valid() {
     let work = Workspace::new();

@@ -248,3 +248,85 @@ async fn serves_static_sites_safely() {
         .unwrap();
     assert_eq!(send(&c, post).await.status, 405);
 }
+
+/// Regression (hardening #4): the proxy runs as root, so a symlink in a static site that
+/// leads out of the site's directory must never be followed, even one that was harmless when
+/// the build checked it and was changed afterwards.
+#[tokio::test]
+async fn static_sites_never_follow_symlinks_out_of_their_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(site.join("docs")).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>home</h1>").unwrap();
+    std::fs::write(site.join("docs/index.html"), "<h1>docs</h1>").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "top secret").unwrap();
+    // Links that stay inside are served.
+    std::os::unix::fs::symlink("index.html", site.join("alias.html")).unwrap();
+    std::os::unix::fs::symlink("docs", site.join("manual")).unwrap();
+
+    let proxy = Proxy::start().await;
+    let mut route = RouteSpec::upstream("site", vec!["site.localhost".into()], vec![]);
+    route.target = RouteTarget::Static {
+        root: site.clone(),
+        fallback: None,
+    };
+    let mut spa = RouteSpec::upstream("spa", vec!["spa.localhost".into()], vec![]);
+    spa.target = RouteTarget::Static {
+        root: site.clone(),
+        fallback: Some("alias.html".into()),
+    };
+    proxy.handle.replace(vec![route, spa]).unwrap();
+    let c = client();
+    let alias = get(&c, &proxy, "site.localhost", "/alias.html").await;
+    assert_eq!((alias.status, alias.body.as_str()), (200, "<h1>home</h1>"));
+    let manual = get(&c, &proxy, "site.localhost", "/manual/").await;
+    assert_eq!(
+        (manual.status, manual.body.as_str()),
+        (200, "<h1>docs</h1>")
+    );
+    assert_eq!(
+        get(&c, &proxy, "spa.localhost", "/deep/link").await.status,
+        200
+    );
+
+    // Afterwards the links are replaced (atomically, as `ln -sfn` would) by ones leading out.
+    let repoint = |target: &std::path::Path, link: &str| {
+        let temp = site.join(format!(".{link}.new"));
+        std::os::unix::fs::symlink(target, &temp).unwrap();
+        std::fs::rename(&temp, site.join(link)).unwrap();
+    };
+    repoint(&dir.path().join("secret.txt"), "alias.html");
+    repoint(std::path::Path::new("/etc"), "manual");
+    std::os::unix::fs::symlink("/etc", site.join("host-etc")).unwrap();
+    std::os::unix::fs::symlink("../secret.txt", site.join("docs/up.txt")).unwrap();
+    for path in [
+        "/alias.html",
+        "/manual/passwd",
+        "/manual/",
+        "/host-etc/passwd",
+        "/host-etc/",
+        "/docs/up.txt",
+        "/docs/%75p.txt",
+    ] {
+        let answer = get(&c, &proxy, "site.localhost", path).await;
+        assert_eq!(answer.status, 404, "{path}: {}", answer.body);
+        assert!(
+            !answer.body.contains("top secret"),
+            "{path}: {}",
+            answer.body
+        );
+        assert!(!answer.body.contains("root:"), "{path}: {}", answer.body);
+    }
+    // A fallback that now leads out is not served either.
+    let deep = get(&c, &proxy, "spa.localhost", "/deep/link").await;
+    assert_eq!(deep.status, 404, "{}", deep.body);
+    assert!(!deep.body.contains("top secret"));
+
+    // Nor is a site whose directory itself was swapped for a link.
+    let moved = dir.path().join("site-moved");
+    std::fs::rename(&site, &moved).unwrap();
+    std::os::unix::fs::symlink("/etc", &site).unwrap();
+    let swapped = get(&c, &proxy, "site.localhost", "/passwd").await;
+    assert_eq!(swapped.status, 404, "{}", swapped.body);
+    assert!(!swapped.body.contains("root:"));
+}

@@ -3,6 +3,7 @@
 //! crash-safety invariant it maintains.
 
 mod cgroup;
+mod confine;
 mod logs;
 mod members;
 mod procfs;
@@ -22,6 +23,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 pub use cgroup::CgroupConfig;
+pub use confine::{Confinement, ConfinementSettings};
 pub use spawn::{MountIsolation, DEFAULT_PATH, INSTANCE_ID_ENV};
 pub use user::{app_user_ids, app_user_name};
 

@@ -308,7 +308,10 @@ impl Supervisor {
             home.as_deref(),
             &self.inner.config.default_path,
         );
-        let mounts = spawn::MountPlan::prepare(&self.inner.config.mount_isolation)?;
+        // The instance's own directories stay visible through the namespace's covers.
+        let mut visible = vec![spec.working_dir.as_path()];
+        visible.extend(home.as_deref());
+        let mounts = spawn::MountPlan::prepare(&self.inner.config.mount_isolation, &visible)?;
         if mounts.is_some() {
             if let Some(reason) = self.inner.config.mount_isolation.hides(&spec.working_dir) {
                 return Err(RuntimeError::WorkingDir {

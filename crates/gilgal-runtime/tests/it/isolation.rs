@@ -3,6 +3,7 @@
 //! machine does not allow the real thing (not root, no writable cgroups).
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::Duration;
 
 use gilgal_runtime::{
@@ -232,8 +233,19 @@ async fn without_cgroups_escaped_children_are_still_found_and_killed() {
 
 #[tokio::test]
 async fn mount_namespace_hides_the_data_dir_and_gives_a_private_tmp() {
-    // Not under /tmp: that becomes private (and empty) inside the instance.
-    let sandbox = Sandbox::new_in(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
+    // Wherever the checkout is (under /tmp or not).
+    mount_namespace_hides_data_and_tmp(Path::new(env!("CARGO_TARGET_TMPDIR"))).await;
+}
+
+/// Regression (hardening #13): an instance whose working dir is under /tmp still gets a
+/// private /tmp, in which its own directory stays visible (it used to be refused).
+#[tokio::test]
+async fn mount_namespace_keeps_a_release_under_tmp_visible_in_its_private_tmp() {
+    mount_namespace_hides_data_and_tmp(Path::new("/tmp")).await;
+}
+
+async fn mount_namespace_hides_data_and_tmp(parent: &Path) {
+    let sandbox = Sandbox::new_in(parent);
     let data_dir = sandbox.root().join("gilgal-data");
     std::fs::create_dir(&data_dir).unwrap();
     std::fs::write(data_dir.join("gilgal.db"), "secret").unwrap();
@@ -241,6 +253,7 @@ async fn mount_namespace_hides_the_data_dir_and_gives_a_private_tmp() {
         mount_isolation: gilgal_runtime::MountIsolation {
             private_tmp: true,
             hidden_paths: vec![data_dir.clone()],
+            own_only_paths: Vec::new(),
         },
         ..test_config()
     };
@@ -260,18 +273,34 @@ async fn mount_namespace_hides_the_data_dir_and_gives_a_private_tmp() {
         assert!(exit.success(), "{exit:?} {lines:?}");
         lines.into_iter().map(|l| l.line).collect::<Vec<_>>()
     };
-    // Even an app running as root (the server user here) sees an empty data dir.
+    // Even an app running as root (the server user here) sees no data.
     let first = run(sandbox.spec("mounts.py", &[&data_arg, &marker])).await;
     if !is_root() {
         assert_eq!(first[0], "hidden=['gilgal.db']", "namespaces need root");
-        let _ = std::fs::remove_file(std::path::Path::new("/tmp").join(&marker));
+        let _ = std::fs::remove_file(Path::new("/tmp").join(&marker));
         return;
     }
-    assert_eq!(first[0], "hidden=[]");
+    // Under /tmp, the data dir is simply not in the private /tmp; elsewhere it is covered.
+    assert!(
+        first[0] == "hidden=[]" || first[0] == "hidden=missing",
+        "{first:?}"
+    );
     assert_eq!(first[1], "existed=False");
-    assert_eq!(first[2], format!("tmp=['{marker}']"), "a fresh, empty /tmp");
+    // A fresh /tmp: the marker, and (for an app under /tmp) the way down to its directory.
+    let mut expected = vec![marker.clone()];
+    if let Ok(below) = sandbox.app_dir().strip_prefix("/tmp") {
+        let first_component = below.iter().next().unwrap();
+        expected.push(first_component.to_string_lossy().into_owned());
+    }
+    expected.sort();
+    let listed: Vec<String> = expected.iter().map(|name| format!("'{name}'")).collect();
+    assert_eq!(
+        first[2],
+        format!("tmp=[{}]", listed.join(", ")),
+        "a fresh /tmp"
+    );
     // The marker went to the instance's own /tmp, not the host's or the next instance's.
-    assert!(!std::path::Path::new("/tmp").join(&marker).exists());
+    assert!(!Path::new("/tmp").join(&marker).exists());
     let second = run(sandbox.spec("mounts.py", &[&data_arg, &marker])).await;
     assert_eq!(second[1], "existed=False");
     // The host still sees its data.
@@ -286,6 +315,77 @@ async fn mount_namespace_hides_the_data_dir_and_gives_a_private_tmp() {
         }
         other => panic!("expected a working dir error, got {other:?}"),
     }
+}
+
+/// With the releases dir in `own_only_paths`, an instance sees its own release there and
+/// nothing else: not another app's, not its own next release while it is being built.
+#[tokio::test]
+async fn own_only_paths_show_an_instance_its_own_release_and_nothing_else() {
+    let sandbox = Sandbox::new();
+    let releases = sandbox.root().join("releases");
+    let own = releases.join("mine/production/v1");
+    let next = releases.join("mine/production/v2");
+    let other = releases.join("theirs/production/v1");
+    for dir in [&own, &next, &other] {
+        std::fs::create_dir_all(dir.join("app")).unwrap();
+        std::fs::write(dir.join("app/code.py"), "print('hi')").unwrap();
+    }
+    for dir in [&sandbox.root().to_path_buf(), &releases] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let config = gilgal_runtime::ProcessRuntimeConfig {
+        mount_isolation: gilgal_runtime::MountIsolation {
+            private_tmp: true,
+            hidden_paths: Vec::new(),
+            own_only_paths: vec![releases.clone()],
+        },
+        ..test_config()
+    };
+    let runtime = gilgal_runtime::ProcessRuntime::new(sandbox.state_dir(), config)
+        .await
+        .unwrap();
+    let mut spec = sandbox.spec("unused", &[]);
+    spec.working_dir = own.join("app");
+    spec.argv = vec![
+        PYTHON.into(),
+        "-c".into(),
+        "import os, sys\n\
+         for path in sys.argv[1:]:\n    \
+             print(path.rsplit('/', 3)[-3:], sorted(os.listdir(path)) if os.path.isdir(path) else 'missing')\n\
+         print('cwd', open('code.py').read())"
+            .into(),
+    ];
+    for path in [
+        releases.clone(),
+        releases.join("mine/production"),
+        other.clone(),
+        next.clone(),
+    ] {
+        spec.argv.push(path.to_str().unwrap().to_owned());
+    }
+    let (lines, exit) = runtime
+        .run_oneoff(spec)
+        .await
+        .unwrap()
+        .collect(Some(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?} {lines:?}");
+    let text: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+    if !is_root() {
+        assert!(
+            text[0].ends_with("['mine', 'theirs']"),
+            "namespaces need root: {text:?}"
+        );
+        return;
+    }
+    assert!(text[0].ends_with("['mine']"), "{text:?}");
+    assert!(text[1].ends_with("['v1']"), "{text:?}");
+    assert!(text[2].ends_with("missing"), "{text:?}");
+    assert!(text[3].ends_with("missing"), "{text:?}");
+    assert_eq!(text[4], "cwd print('hi')", "{text:?}");
+    // The host is untouched.
+    assert!(next.join("app/code.py").exists() && other.join("app/code.py").exists());
 }
 
 #[tokio::test]
@@ -335,14 +435,26 @@ async fn app_user_gets_a_private_writable_home() {
 
 #[tokio::test]
 async fn all_isolation_together_still_serves_http() {
+    // Wherever the checkout is (under /tmp or not).
+    all_isolation_serves_http(Path::new(env!("CARGO_TARGET_TMPDIR"))).await;
+}
+
+/// Regression (hardening #13): the production shape works for an app (and HOME) under /tmp.
+#[tokio::test]
+async fn all_isolation_together_serves_http_from_a_release_under_tmp() {
+    all_isolation_serves_http(Path::new("/tmp")).await;
+}
+
+async fn all_isolation_serves_http(parent: &Path) {
     // Production shape: app user, private /tmp, hidden data dir, own HOME, cgroup limits.
-    let sandbox = Sandbox::new_in(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let sandbox = Sandbox::new_in(parent);
     let data_dir = sandbox.root().join("gilgal-data");
     std::fs::create_dir(&data_dir).unwrap();
     let config = gilgal_runtime::ProcessRuntimeConfig {
         mount_isolation: gilgal_runtime::MountIsolation {
             private_tmp: true,
             hidden_paths: vec![data_dir],
+            own_only_paths: Vec::new(),
         },
         app_home_root: Some(sandbox.root().join("homes")),
         ..test_config()

@@ -10,6 +10,7 @@ use gilgal_testkit::{backend_tests, Backend};
 
 mod addons;
 mod alerts;
+mod build_isolation;
 mod day2;
 mod docker;
 mod logs;

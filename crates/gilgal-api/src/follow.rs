@@ -1,0 +1,146 @@
+//! Live follow streams (`?follow=true` on environment, deployment and run logs): each user may
+//! hold a few open at once, and every stream re-checks every few seconds that its caller may
+//! still read what it follows, so logging out, revoking the API token or leaving the team ends
+//! it instead of letting it poll forever.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use uuid::Uuid;
+
+use crate::extract::{AuthUser, Credential};
+use crate::{ApiError, AppState};
+
+/// Follow streams one user may hold open at once; more are refused with 429.
+pub(crate) const MAX_STREAMS_PER_USER: usize = 8;
+/// How often an open stream re-checks its caller's credential and role.
+pub(crate) const RECHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// One line of NDJSON output (or an I/O error that ends the response).
+type Chunk = Result<String, std::io::Error>;
+
+/// Open follow streams per user.
+#[derive(Debug, Default)]
+pub(crate) struct FollowStreams {
+    open: Mutex<HashMap<Uuid, usize>>,
+}
+
+impl FollowStreams {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A user's claim on one of their follow streams; given back when the stream ends or the
+/// client goes away (the response body, and this with it, is dropped).
+struct Slot {
+    state: AppState,
+    user: Uuid,
+}
+
+impl Slot {
+    fn take(state: &AppState, user: Uuid) -> Result<Self, ApiError> {
+        let mut counts = state.follow_streams().counts();
+        let open = counts.entry(user).or_insert(0);
+        if *open >= MAX_STREAMS_PER_USER {
+            return Err(ApiError::too_many(
+                "too_many_streams",
+                format!("you already follow {MAX_STREAMS_PER_USER} logs at once; close one first"),
+                RECHECK_EVERY,
+            ));
+        }
+        *open += 1;
+        Ok(Self {
+            state: state.clone(),
+            user,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.state.follow_streams().counts();
+        if let Some(open) = counts.get_mut(&self.user) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// What a stream re-checks: the credential it was opened with still stands and its user
+/// still has a role on the project.
+struct Access {
+    state: AppState,
+    user: Uuid,
+    credential: Credential,
+    project: Uuid,
+}
+
+impl Access {
+    async fn still_allowed(&self) -> bool {
+        let store = self.state.store();
+        let credential = match self.credential {
+            Credential::Session(session) => store.session_is_active(session, self.user).await,
+            Credential::ApiToken(token) => store.api_token_is_active(token, self.user).await,
+        };
+        if !matches!(credential, Ok(true)) {
+            return false;
+        }
+        matches!(
+            store.project_role(self.user, self.project).await,
+            Ok(Some(_))
+        )
+    }
+}
+
+/// `stream` as the response of a request on `project`'s resources: unchanged when not
+/// following; when following, counted against the caller's cap (429 beyond it) and ended
+/// within [`RECHECK_EVERY`] once the caller's session or token ends or they lose their role.
+pub(crate) fn guard(
+    state: &AppState,
+    caller: &AuthUser,
+    project: Uuid,
+    follow: bool,
+    stream: impl futures_util::Stream<Item = Chunk> + Send + 'static,
+) -> Result<BoxStream<'static, Chunk>, ApiError> {
+    if !follow {
+        return Ok(stream.boxed());
+    }
+    let slot = Slot::take(state, caller.user.id)?;
+    let access = Access {
+        state: state.clone(),
+        user: caller.user.id,
+        credential: caller.credential,
+        project,
+    };
+    let mut recheck =
+        tokio::time::interval_at(tokio::time::Instant::now() + RECHECK_EVERY, RECHECK_EVERY);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let inner = stream.boxed();
+    Ok(futures_util::stream::unfold(
+        (inner, recheck, access, slot),
+        |(mut inner, mut recheck, access, slot)| async move {
+            loop {
+                // `next` keeps its progress inside the stream, so losing the race is harmless.
+                tokio::select! {
+                    item = inner.next() => {
+                        return item.map(|item| (item, (inner, recheck, access, slot)));
+                    }
+                    _ = recheck.tick() => {
+                        if !access.still_allowed().await {
+                            return None;
+                        }
+                    }
+                }
+            }
+        },
+    )
+    .boxed())
+}
