@@ -12,6 +12,7 @@ mod addons;
 mod alerts;
 mod day2;
 mod docker;
+mod identity;
 mod logs;
 mod schemathesis;
 mod webhooks;
