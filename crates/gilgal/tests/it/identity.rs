@@ -243,14 +243,46 @@ fn redis_pids(data: &Path) -> Vec<(PathBuf, i64)> {
     found
 }
 
-/// Deleting a project with a running instance and a redis add-on leaves no app process, no
-/// route (the proxy answers 404 for its host) and no add-on server or data; the add-on's
-/// final backup is kept.
+/// Deleting an environment removes its add-ons (server and data); deleting a project with a
+/// running instance and a redis add-on leaves no app process, no route (the proxy answers
+/// 404 for its host) and no add-on server or data; the add-ons' final backups are kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_project_stops_its_instances_route_and_addons() {
     let server = ServerProcess::start(Backend::Sqlite).await;
     let owner = User::register(&server, "ops@example.com");
     owner.cli(&server, &["projects", "create", "doomed"], None);
+    let data = server.dir.path().join("data");
+    owner.cli(
+        &server,
+        &["environments", "create", "staging", "-p", "doomed"],
+        None,
+    );
+    owner.cli(
+        &server,
+        &["addons", "create", "redis", "-p", "doomed", "-e", "staging"],
+        None,
+    );
+    let staging_redis = redis_pids(&data);
+    assert_eq!(staging_redis.len(), 1, "{staging_redis:?}");
+    owner.cli(
+        &server,
+        &["environments", "delete", "staging", "-p", "doomed", "--yes"],
+        None,
+    );
+    let (staging_dir, staging_pid) = staging_redis[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(staging_pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !alive(staging_pid),
+        "the environment's redis-server is gone"
+    );
+    assert!(
+        !staging_dir.exists(),
+        "the environment's add-on data is gone"
+    );
+
     owner.cli(
         &server,
         &["addons", "create", "redis", "-p", "doomed"],
@@ -259,7 +291,6 @@ async fn deleting_a_project_stops_its_instances_route_and_addons() {
     owner.deploy(&server, &fixture("config-echo"), "doomed");
     let running = who(&server, "doomed.localhost").await;
     let app_pid = running["pid"].as_i64().unwrap();
-    let data = server.dir.path().join("data");
     let redis = redis_pids(&data);
     assert_eq!(redis.len(), 1, "one redis-server: {redis:?}");
     let (redis_dir, redis_pid) = redis[0].clone();
@@ -303,7 +334,7 @@ async fn deleting_a_project_stops_its_instances_route_and_addons() {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "rdb"))
         .collect();
-    assert_eq!(backups.len(), 1, "the final backup is kept: {backups:?}");
+    assert_eq!(backups.len(), 2, "the final backups are kept: {backups:?}");
     assert!(
         !data.join("releases").join(&project).exists(),
         "its artifacts are gone"
