@@ -413,6 +413,11 @@ impl Deployer {
             .vault
             .seal(environment.id, &sealed_name(id), &json)
             .await?;
+        // Under the environment's lock: a deletion's teardown either ran before (the
+        // environment is gone: nothing is created) or runs after (and destroys this one).
+        let lock = self.environment_lock(environment.id);
+        let no_teardown_meanwhile = lock.lock().await;
+        self.store.environment_by_id(environment.id).await?;
         let addon = self
             .store
             .create_addon(&NewAddon {
@@ -436,6 +441,7 @@ impl Deployer {
             return Err(e);
         }
         self.store.set_addon_state(addon.id, "ready").await?;
+        drop(no_teardown_meanwhile);
         let deployment = self.attach(environment, &addon, true).await?;
         let addon = self.store.addon(addon.id).await?;
         tracing::info!(addon = %addon.id, kind, name = %addon.name, environment = %environment.id, "add-on created");
@@ -445,6 +451,10 @@ impl Deployer {
     /// Destroys an add-on: a final backup first (unless `final_backup` is false; if it
     /// fails, nothing is destroyed), then its config vars are removed (rolled out), its
     /// database or server removed, and its row deleted. Backups stay.
+    ///
+    /// Runs under its environment's rollout lock, like the teardown of a project or
+    /// environment deletion, so the two never destroy the same add-on or write rows of an
+    /// environment that is gone; an add-on a deletion already removed is not found.
     pub async fn destroy_addon(
         self: &Arc<Self>,
         addon: &AddonRecord,
@@ -455,17 +465,87 @@ impl Deployer {
                 "S3 buckets are not backed up by Gilgal yet; copy what you need out, then destroy with --no-backup".to_owned(),
             ));
         }
-        if final_backup {
-            let backup = self.backup_addon(addon, "final", None).await?;
-            if backup.state != "succeeded" {
-                return Err(DeployError::Invalid(format!(
-                    "the final backup failed ({}); nothing was destroyed. Fix it, or destroy without a backup",
-                    backup.error.unwrap_or_default()
-                )));
+        let live = {
+            let lock = self.environment_lock(addon.environment_id);
+            let _no_teardown_meanwhile = lock.lock().await;
+            let addon = self.store.addon(addon.id).await?;
+            if final_backup {
+                self.final_backup(&addon).await?;
             }
+            let environment = self.store.environment_by_id(addon.environment_id).await?;
+            let names: Vec<ConfigChange> = config_var_names(&addon.kind)
+                .iter()
+                .map(|n| ConfigChange::Unset(format!("{}{n}", addon.var_prefix)))
+                .collect();
+            self.store
+                .change_config_vars(environment.id, &names)
+                .await?;
+            self.remove_addon_resources(&addon).await?;
+            tracing::info!(addon = %addon.id, name = %addon.name, "add-on destroyed");
+            environment
+                .live_release
+                .map(|number| (environment, number, addon))
+        };
+        // The rollout that detaches it (its pipeline takes the lock itself).
+        let Some((environment, number, addon)) = live else {
+            return Ok(None);
+        };
+        let names: Vec<String> = config_var_names(&addon.kind)
+            .iter()
+            .map(|n| format!("{}{n}", addon.var_prefix))
+            .collect();
+        let rollout = self
+            .deploy(
+                environment.clone(),
+                DeploySource::Release(ReuseRelease {
+                    kind: ReuseKind::ConfigChange,
+                    from_environment: environment.id,
+                    number,
+                    run_release_phase: false,
+                    description: format!("Detach {} ({})", addon.name, names.join(", ")),
+                }),
+            )
+            .await;
+        match rollout {
+            Ok(id) => Ok(Some(id)),
+            // Deleted meanwhile: nothing is left to detach from.
+            Err(_)
+                if matches!(
+                    self.store.environment_by_id(environment.id).await,
+                    Err(gilgal_store::StoreError::NotFound)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
-        let environment = self.store.environment_by_id(addon.environment_id).await?;
-        let deployment = self.attach(&environment, addon, false).await?;
+    }
+
+    /// Takes an add-on's final backup where its kind is backed up (not S3 buckets, yet);
+    /// a failed one is an error that says how to go on without it.
+    pub(crate) async fn final_backup(&self, addon: &AddonRecord) -> Result<(), DeployError> {
+        if addon.kind == "s3" {
+            return Ok(());
+        }
+        let backup = self.backup_addon(addon, "final", None).await?;
+        if backup.state != "succeeded" {
+            return Err(DeployError::Invalid(format!(
+                "the final backup of add-on {} failed ({}); nothing was destroyed. Fix it, or destroy the add-on without a backup (gilgal addons destroy --no-backup)",
+                addon.name,
+                backup.error.unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stops and removes what an add-on is (its database, server process and data, or
+    /// bucket) and deletes its row. The caller holds the environment's lock; the supervisor
+    /// leaves it alone from the first step (its state is no longer `ready`).
+    pub(crate) async fn remove_addon_resources(
+        &self,
+        addon: &AddonRecord,
+    ) -> Result<(), DeployError> {
+        self.store.set_addon_state(addon.id, "deleting").await?;
         let credentials = self.credentials(addon).await?;
         match addon.kind.as_str() {
             "postgres" => {
@@ -493,8 +573,7 @@ impl Deployer {
             _ => {}
         }
         self.store.delete_addon(addon.id).await?;
-        tracing::info!(addon = %addon.id, name = %addon.name, "add-on destroyed");
-        Ok(deployment)
+        Ok(())
     }
 
     fn backup_path(&self, addon: &AddonRecord, backup: Uuid) -> PathBuf {

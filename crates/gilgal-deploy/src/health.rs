@@ -70,8 +70,7 @@ pub(crate) fn is_running_web(
     environment: &gilgal_store::EnvironmentRecord,
     release: u64,
 ) -> bool {
-    status.labels.app == environment.project_name
-        && status.labels.env == environment.name
+    crate::identity::owns(environment, &status.labels)
         && status.labels.release == release
         && status.labels.process_type == "web"
         && status.state == InstanceState::Running

@@ -96,7 +96,11 @@ impl Deployer {
                 .map_err(|e| Failure::Failed(format!("build failed: {e}")))?;
             (DockerfileSource::Generated(generated), stack)
         };
-        let tag = app_image_tag(&environment.project_name, &environment.name, number);
+        let tag = app_image_tag(
+            &crate::identity::app_label(environment),
+            &crate::identity::env_label(environment),
+            number,
+        );
         let mut build = ImageBuild::new(&source, &tag);
         build.dockerfile = dockerfile;
         build.build_args = registry_build_args_from_env();
@@ -172,7 +176,11 @@ impl Deployer {
     ) -> Result<Prepared, Failure> {
         let started = Instant::now();
         let number = self.store.next_release_number(environment.id).await?;
-        let tag = app_image_tag(&environment.project_name, &environment.name, number);
+        let tag = app_image_tag(
+            &crate::identity::app_label(environment),
+            &crate::identity::env_label(environment),
+            number,
+        );
         let (lines_tx, lines_rx) = mpsc::channel::<gilgal_build::LogLine>(1024);
         let forward = forward_build_log(lines_rx, log.sender());
         let sink = LogSink::new(lines_tx);

@@ -17,6 +17,7 @@ mod addons;
 mod alerts;
 mod config;
 mod health;
+mod identity;
 mod images;
 mod isolation;
 mod logs;
@@ -24,6 +25,7 @@ mod pipeline;
 mod reconcile;
 mod runs;
 mod ssrf;
+mod teardown;
 
 pub use addons::{
     config_var_names, validate_addon_name, AddonsConfig, DEFAULT_BACKUP_RETENTION,
@@ -36,6 +38,7 @@ pub use alerts::{
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
 pub use gilgal_build::GitSource;
 pub use health::DEFAULT_HEALTH_INTERVAL;
+pub use identity::owns as instance_belongs_to;
 pub use images::ImageSettings;
 pub use logs::{BUILD_PROCESS, ROUTER_PROCESS};
 pub use pipeline::{DeploySource, ReuseKind, ReuseRelease};
@@ -57,9 +60,9 @@ use uuid::Uuid;
 pub struct DeployerConfig {
     /// Scratch space for uploads and unpacked sources.
     pub work_dir: PathBuf,
-    /// Immutable release directories, `<project>/<env>/v<N>`.
+    /// Immutable release directories, `<project id>/<environment id>/v<N>`.
     pub releases_dir: PathBuf,
-    /// Per-app build caches (pip, npm, cargo).
+    /// Build caches (pip, npm, cargo), `<project id>/<environment id>`.
     pub cache_dir: PathBuf,
     /// Apps are served at `{project}.{base_domain}` / `{project}-{env}.{base_domain}`.
     pub base_domain: String,

@@ -32,8 +32,10 @@ pub const BUILD_PROCESS: &str = "build";
 /// How long an unknown (project, environment) pair is remembered as unknown.
 const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 
-/// Maps instance labels to environment ids, with a cache (labels are names; logs are kept
-/// per environment id so that a deleted and re-created project never sees old logs).
+/// Maps instance labels (and route ids) — a project id and an environment id — to the
+/// environment they name, checked against the store with a cache: a line of an environment
+/// that no longer exists (or of an instance labelled with names, from before labels were
+/// ids) is attributed to nothing.
 #[derive(Default)]
 pub(crate) struct Environments {
     known: HashMap<(String, String), Uuid>,
@@ -58,7 +60,16 @@ impl Environments {
         {
             return None;
         }
-        match store.environment_by_names(app, env).await {
+        let ids = app.parse::<Uuid>().ok().zip(env.parse::<Uuid>().ok());
+        let found = match ids {
+            Some((project, environment)) => match store.environment_by_id(environment).await {
+                Ok(record) => Ok((record.project_id == project).then_some(record.id)),
+                Err(gilgal_store::StoreError::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            },
+            None => Ok(None),
+        };
+        match found {
             Ok(Some(id)) => {
                 self.known.insert(key, id);
                 Some(id)

@@ -72,11 +72,6 @@ fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
-/// The proxy route id of an environment.
-pub(crate) fn route_id(project: &str, environment: &str) -> String {
-    format!("{project}/{environment}")
-}
-
 /// A free loopback port for a web instance.
 pub(crate) fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -224,8 +219,8 @@ pub(crate) fn instance_spec(
     }
     let argv = process.command.expand(&|key: &str| env.get(key).cloned());
     let labels = InstanceLabels {
-        app: environment.project_name.clone(),
-        env: environment.name.clone(),
+        app: crate::identity::app_label(environment),
+        env: crate::identity::env_label(environment),
         release: number,
         process_type: process_type.to_owned(),
         index,
@@ -738,11 +733,7 @@ impl Deployer {
                 .await;
         }
         let number = self.store.next_release_number(environment.id).await?;
-        let artifact_dir = self
-            .config
-            .releases_dir
-            .join(&environment.project_name)
-            .join(&environment.name)
+        let artifact_dir = crate::identity::environment_dir(&self.config.releases_dir, environment)
             .join(format!("v{number}"));
         if artifact_dir.exists() {
             // Left by a build that crashed before its release was recorded.
@@ -751,18 +742,15 @@ impl Deployer {
         if let Some(parent) = artifact_dir.parent() {
             tokio::fs::create_dir_all(parent).await?;
         }
-        let cache_dir = self
-            .config
-            .cache_dir
-            .join(&environment.project_name)
-            .join(&environment.name);
+        let cache_dir = crate::identity::environment_dir(&self.config.cache_dir, environment);
         let mut request = BuildRequest::new(source, artifact_dir.clone(), cache_dir);
         request.environment = environment.name.clone();
         request.cancel = token.child_token();
         if self.config.app_users {
             // The build runs as the app's own user, hidden from Gilgal's data as its instances
             // are: build with interpreters every user can run.
-            let (uid, gid) = gilgal_runtime::app_user_ids(&environment.project_name).await?;
+            let (uid, gid) =
+                gilgal_runtime::app_user_ids(&crate::identity::app_label(environment)).await?;
             request.run_as = Some(gilgal_build::BuildUser { uid, gid });
             request.sandbox = self.config.build_sandbox.clone();
             request
@@ -825,6 +813,14 @@ impl Deployer {
                 artifact.config = app_config.for_environment(&environment.name);
             }
         }
+        let artifact_dir = PathBuf::from(&release.artifact_dir);
+        if !artifact_dir.starts_with(crate::identity::project_dir(
+            &self.config.releases_dir,
+            environment,
+        )) {
+            // Built before directories and users were keyed by ids: its group is a name's.
+            self.share_with_app(environment, &artifact_dir).await?;
+        }
         log.system(format!(
             "reusing the artifact of release v{} (no build)",
             reuse.number
@@ -832,7 +828,7 @@ impl Deployer {
         .await;
         Ok(Prepared {
             artifact,
-            artifact_dir: PathBuf::from(&release.artifact_dir),
+            artifact_dir,
             config,
             run_release_phase: reuse.run_release_phase,
             description: reuse.description.clone(),
@@ -841,8 +837,11 @@ impl Deployer {
 
     /// With per-app users: the project's release tree becomes `root:<app group>` 0750 and the
     /// artifact (built as the app's user) root's and group-readable, so the app can read (not
-    /// change) its own releases and no other app can reach them.
-    async fn share_with_app(
+    /// change) its own releases and no other app can reach them. The app's user is its project
+    /// id's; the tree is the first directory under the releases dir (`<project id>`, or a project
+    /// name for releases built before directories were keyed by ids). Image artifacts are left
+    /// alone.
+    pub(crate) async fn share_with_app(
         &self,
         environment: &EnvironmentRecord,
         artifact_dir: &Path,
@@ -850,9 +849,17 @@ impl Deployer {
         if !self.config.app_users {
             return Ok(());
         }
-        let (uid, gid) = gilgal_runtime::app_user_ids(&environment.project_name).await?;
-        let project_dir = self.config.releases_dir.join(&environment.project_name);
-        let (project_dir, artifact_dir) = (project_dir, artifact_dir.to_path_buf());
+        let Some(top) = artifact_dir
+            .strip_prefix(&self.config.releases_dir)
+            .ok()
+            .and_then(|rest| rest.components().next())
+        else {
+            return Ok(());
+        };
+        let project_dir = self.config.releases_dir.join(top);
+        let (uid, gid) =
+            gilgal_runtime::app_user_ids(&crate::identity::app_label(environment)).await?;
+        let artifact_dir = artifact_dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
             crate::isolation::share_tree(&project_dir, &artifact_dir, uid, gid)
         })
@@ -941,8 +948,8 @@ impl Deployer {
         log.system(format!("running release command: {}", release.command))
             .await;
         let labels = InstanceLabels {
-            app: environment.project_name.clone(),
-            env: environment.name.clone(),
+            app: crate::identity::app_label(environment),
+            env: crate::identity::env_label(environment),
             release: number,
             process_type: RELEASE_PROCESS.to_owned(),
             index: 0,
@@ -1079,7 +1086,7 @@ impl Deployer {
             &self.config.base_domain,
         )];
         hosts.extend(domains.iter().cloned());
-        let id = route_id(&environment.project_name, &environment.name);
+        let id = crate::identity::route_id(environment);
         if let Some(static_dir) = &artifact.static_dir {
             let mut route = RouteSpec::upstream(id, hosts, vec![]);
             route.target = RouteTarget::Static {
@@ -1112,9 +1119,7 @@ impl Deployer {
             Ok(all) => all
                 .into_iter()
                 .filter(|s| {
-                    s.labels.app == environment.project_name
-                        && s.labels.env == environment.name
-                        && s.labels.release != keep
+                    crate::identity::owns(environment, &s.labels) && s.labels.release != keep
                 })
                 .collect(),
             Err(e) => {

@@ -23,6 +23,8 @@ impl Deployer {
     /// Idempotent: running it twice changes nothing the second time.
     pub async fn recover(&self) -> Result<(), crate::DeployError> {
         self.recover_runs().await?;
+        // Deletions a crash interrupted finish first: nothing of them comes back.
+        self.finish_deletions().await?;
         for id in self.store.in_progress_deployments().await? {
             let deployment = self.store.deployment_by_id(id).await?;
             let (to, note) = if deployment.state == DeploymentState::Draining {
@@ -35,18 +37,20 @@ impl Deployer {
             }
         }
         let environments = self.store.live_environments().await?;
-        let live: BTreeSet<(String, String)> = environments
-            .iter()
-            .map(|e| (e.project_name.clone(), e.name.clone()))
-            .collect();
+        let live: BTreeSet<(Uuid, Uuid)> =
+            environments.iter().map(|e| (e.project_id, e.id)).collect();
         for environment in &environments {
             if let Err(e) = self.reconcile_environment(environment).await {
                 tracing::error!(app = %environment.project_name, env = %environment.name, error = %e, "reconcile failed");
             }
         }
-        // Instances of environments with nothing live (e.g. a first deploy cut short) go away.
+        // Instances of environments with nothing live (e.g. a first deploy cut short, or a
+        // deleted one) go away. So do instances labelled with names (started before labels
+        // were ids): their environment's live release was started above under id labels,
+        // health-gated and routed, so they are replaced, not orphaned.
         for status in self.runtime.list().await.map_err(std::io::Error::other)? {
-            if !live.contains(&(status.labels.app.clone(), status.labels.env.clone())) {
+            if !crate::identity::owner_of(&status.labels).is_some_and(|owner| live.contains(&owner))
+            {
                 let _ = self.runtime.stop(&status.id, Duration::from_secs(10)).await;
                 let _ = self.runtime.remove(&status.id).await;
             }
@@ -185,9 +189,7 @@ impl Deployer {
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|s| {
-                s.labels.app == environment.project_name && s.labels.env == environment.name
-            })
+            .filter(|s| crate::identity::owns(environment, &s.labels))
             .collect();
         let observed: Vec<Observed> = statuses
             .iter()
@@ -203,6 +205,18 @@ impl Deployer {
             .collect();
         let wanted = desired::slots(number, &formation_of(&artifact, environment));
         let actions = desired::diff(&wanted, &observed);
+        let artifact_dir = std::path::PathBuf::from(&release.artifact_dir);
+        if actions.iter().any(|a| matches!(a, Action::Start(_)))
+            && !artifact_dir.starts_with(crate::identity::project_dir(
+                &self.config.releases_dir,
+                environment,
+            ))
+        {
+            // Built before directories and users were keyed by ids: its group is a name's.
+            self.share_with_app(environment, &artifact_dir)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+        }
         let check = health_check(&artifact);
         let mut stopping = Vec::new();
         // 1. Start what is missing; web instances must pass their health check first.
@@ -250,8 +264,7 @@ impl Deployer {
             .map_err(|e| e.to_string())?
             .into_iter()
             .filter(|s| {
-                s.labels.app == environment.project_name
-                    && s.labels.env == environment.name
+                crate::identity::owns(environment, &s.labels)
                     && s.labels.release == number
                     && s.state.is_active()
                     && !stopping.contains(&s.id)
@@ -322,8 +335,7 @@ impl Deployer {
             .await
             .map_err(|e| DeployError::Runtime(e.to_string()))?
         {
-            if status.labels.app == environment.project_name
-                && status.labels.env == environment.name
+            if crate::identity::owns(environment, &status.labels)
                 && status.labels.release == number
                 && status.state.is_active()
             {
@@ -333,38 +345,6 @@ impl Deployer {
             }
         }
         Ok(counts)
-    }
-
-    /// Stops everything an environment runs and removes its route (before it is deleted).
-    pub async fn tear_down(&self, environment: &EnvironmentRecord) -> Result<(), DeployError> {
-        let lock = self.environment_lock(environment.id);
-        let _no_rollout_meanwhile = lock.lock().await;
-        self.proxy
-            .apply(RouteDiff {
-                upsert: vec![],
-                remove: vec![crate::pipeline::route_id(
-                    &environment.project_name,
-                    &environment.name,
-                )],
-            })
-            .map_err(|e| DeployError::Runtime(e.to_string()))?;
-        for status in self
-            .runtime
-            .list()
-            .await
-            .map_err(|e| DeployError::Runtime(e.to_string()))?
-        {
-            if status.labels.app == environment.project_name
-                && status.labels.env == environment.name
-            {
-                let grace = self
-                    .grace_period_of(environment, status.labels.release)
-                    .await;
-                let _ = self.runtime.stop(&status.id, grace).await;
-                let _ = self.runtime.remove(&status.id).await;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -399,7 +379,7 @@ impl Deployer {
 
     /// The proxy route id of an environment (metrics are kept per route).
     pub fn route_of(&self, environment: &EnvironmentRecord) -> String {
-        crate::pipeline::route_id(&environment.project_name, &environment.name)
+        crate::identity::route_id(environment)
     }
 }
 

@@ -103,8 +103,8 @@ impl Deployer {
         env.insert("GILGAL_APP".to_owned(), environment.project_name.clone());
         env.insert("GILGAL_ENV".to_owned(), environment.name.clone());
         let labels = InstanceLabels {
-            app: environment.project_name.clone(),
-            env: environment.name.clone(),
+            app: crate::identity::app_label(environment),
+            env: crate::identity::env_label(environment),
             release: number,
             process_type: RUN_PROCESS.to_owned(),
             index: 0,

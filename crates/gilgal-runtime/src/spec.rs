@@ -71,9 +71,10 @@ impl From<InstanceId> for String {
 /// Who an instance belongs to; the reconciler diffs desired state against these labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct InstanceLabels {
-    /// App (project) name, a DNS label; also names the per-app Unix user.
+    /// The app: Gilgal puts its project's immutable id here, never its name (names can be
+    /// renamed away and reused). Names the per-app Unix user ([`crate::app_user_name`]).
     pub app: String,
-    /// Environment name (e.g. `production`).
+    /// The environment: Gilgal puts the environment's id here.
     pub env: String,
     /// Release number this instance runs.
     pub release: u64,
@@ -129,7 +130,8 @@ pub enum RunAs {
     /// The server's own user: for development runs as a normal user. No user isolation.
     #[default]
     ServerUser,
-    /// A dedicated unprivileged system user per app (`gilgal-<app>`), created on demand.
+    /// A dedicated unprivileged system user per app label ([`crate::app_user_name`]), created
+    /// on demand.
     /// Needs root; the app then cannot read anything private to root, like Gilgal's data dir.
     AppUser,
 }

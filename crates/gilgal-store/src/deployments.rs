@@ -205,31 +205,12 @@ impl Store {
         environment_from_row(&row)
     }
 
-    /// The id of project `project`'s environment `name`, by names (internal: instance labels
-    /// carry names, and log ingestion keys logs by environment id).
-    pub async fn environment_by_names(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> Result<Option<Uuid>, StoreError> {
-        let row = sqlx::query(
-            "SELECT e.id FROM environments e JOIN projects p ON p.id = e.project_id \
-             WHERE p.name = $1 AND e.name = $2",
-        )
-        .bind(project)
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => Ok(Some(parse_id(&row.try_get::<String, _>("id")?)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Every environment that should be serving something (the reconciler's input).
+    /// Every environment that should be serving something (the reconciler's input): one
+    /// being deleted never is, so a crash during its teardown cannot bring it back.
     pub async fn live_environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
         sqlx::query(&format!(
-            "{ENVIRONMENT_SELECT} WHERE e.live_release IS NOT NULL ORDER BY p.name, e.name"
+            "{ENVIRONMENT_SELECT} WHERE e.live_release IS NOT NULL AND e.deleting_at IS NULL \
+             AND p.deleting_at IS NULL ORDER BY p.name, e.name"
         ))
         .fetch_all(&self.pool)
         .await?

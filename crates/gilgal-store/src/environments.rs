@@ -89,35 +89,28 @@ impl Store {
         environment_from_row(&row)
     }
 
-    /// Whether `hostname_label` is some project's production label or some project's
-    /// `{project}-{env}` label (environment and project hostnames must not collide).
-    pub async fn hostname_label_taken(&self, hostname_label: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM projects p LEFT JOIN environments e ON e.project_id = p.id \
-             WHERE p.name = $1 OR (e.name <> 'production' AND p.name || '-' || e.name = $1)",
-        )
-        .bind(hostname_label)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get::<i64, _>("n")? > 0)
-    }
-
-    /// Adds an environment to the caller's project.
+    /// Adds an environment to the caller's project. Its hostname is checked and claimed in
+    /// one transaction, serialised with every other claim ([`claim_hostnames`]).
     pub async fn create_environment(
         &self,
         owner: Uuid,
         project_id: Uuid,
         name: &str,
     ) -> Result<EnvironmentRecord, StoreError> {
-        let project = self.project(owner, project_id).await?;
-        if self
-            .hostname_label_taken(&format!("{}-{name}", project.name.as_str()))
-            .await?
-        {
-            return Err(StoreError::Conflict(ENVIRONMENT_TAKEN));
-        }
+        self.project(owner, project_id).await?;
         let id = Uuid::new_v4();
         let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        claim_hostnames(&mut tx).await?;
+        let project_name: String = sqlx::query("SELECT name FROM projects WHERE id = $1")
+            .bind(project_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?
+            .try_get("name")?;
+        if label_taken(&mut tx, &format!("{project_name}-{name}"), None).await? {
+            return Err(StoreError::Conflict(ENVIRONMENT_TAKEN));
+        }
         sqlx::query(
             "INSERT INTO environments (id, project_id, name, formation, created_at, updated_at) \
              VALUES ($1, $2, $3, '{}', $4, $4)",
@@ -126,13 +119,15 @@ impl Store {
         .bind(project_id.to_string())
         .bind(name)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::conflict_on_unique(e, ENVIRONMENT_TAKEN))?;
+        tx.commit().await?;
         self.environment_by_id(id).await
     }
 
-    /// Renames an environment (its hostname changes with it).
+    /// Renames an environment (its hostname changes with it), checked and claimed in one
+    /// transaction like [`Store::create_environment`].
     pub async fn rename_environment(
         &self,
         owner: Uuid,
@@ -143,25 +138,72 @@ impl Store {
         if current.name == name {
             return Ok(current);
         }
-        if self
-            .hostname_label_taken(&format!("{}-{name}", current.project_name))
+        let mut tx = self.pool.begin().await?;
+        claim_hostnames(&mut tx).await?;
+        let project_name: String = sqlx::query("SELECT name FROM projects WHERE id = $1")
+            .bind(current.project_id.to_string())
+            .fetch_optional(&mut *tx)
             .await?
-        {
+            .ok_or(StoreError::NotFound)?
+            .try_get("name")?;
+        if label_taken(&mut tx, &format!("{project_name}-{name}"), None).await? {
             return Err(StoreError::Conflict(ENVIRONMENT_TAKEN));
         }
         sqlx::query("UPDATE environments SET name = $1, updated_at = $2 WHERE id = $3")
             .bind(name)
             .bind(now_millis())
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(|e| StoreError::conflict_on_unique(e, ENVIRONMENT_TAKEN))?;
+        tx.commit().await?;
         self.environment_by_id(id).await
     }
 
-    /// Deletes an environment with its releases, deployments, config and runs.
-    pub async fn delete_environment(&self, owner: Uuid, id: Uuid) -> Result<(), StoreError> {
-        self.environment_of(owner, id).await?;
+    /// The environments of a project, whoever may see it (internal: teardown).
+    pub async fn project_environments(
+        &self,
+        project_id: Uuid,
+    ) -> Result<Vec<EnvironmentRecord>, StoreError> {
+        sqlx::query(&format!(
+            "{ENVIRONMENT_SELECT} WHERE e.project_id = $1 ORDER BY e.id"
+        ))
+        .bind(project_id.to_string())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(environment_from_row)
+        .collect()
+    }
+
+    /// Marks an environment as being deleted (see [`Store::mark_project_deleting`]).
+    pub async fn mark_environment_deleting(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE environments SET deleting_at = COALESCE(deleting_at, $1) WHERE id = $2",
+        )
+        .bind(now_millis())
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Environments whose own deletion started and did not finish (those of a project being
+    /// deleted are [`Store::deleting_projects`]').
+    pub async fn deleting_environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
+        sqlx::query(&format!(
+            "{ENVIRONMENT_SELECT} WHERE e.deleting_at IS NOT NULL AND p.deleting_at IS NULL"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(environment_from_row)
+        .collect()
+    }
+
+    /// Deletes an environment's row with its releases, deployments, config and runs
+    /// (internal: the last step of the deployer's teardown).
+    pub async fn purge_environment(&self, id: Uuid) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM environments WHERE id = $1")
             .bind(id.to_string())
             .execute(&self.pool)
@@ -351,4 +393,38 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Serialises every transaction that claims hostnames (project create/rename, environment
+/// create/rename): each writes one row first, which PostgreSQL locks until the transaction
+/// ends (SQLite has one writer anyway). Checks made after it see every claim committed
+/// before, so two concurrent requests cannot both take the same hostname.
+pub(crate) async fn claim_hostnames(conn: &mut sqlx::AnyConnection) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO instance_settings (key, value) VALUES ('hostname_claims', $1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(now_millis().to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether `hostname_label` is a production label or a `{project}-{env}` label of a project
+/// other than `except` (a project renaming itself does not collide with its old labels).
+pub(crate) async fn label_taken(
+    conn: &mut sqlx::AnyConnection,
+    hostname_label: &str,
+    except: Option<Uuid>,
+) -> Result<bool, StoreError> {
+    let except = except.map(|id| id.to_string()).unwrap_or_default();
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM projects p LEFT JOIN environments e ON e.project_id = p.id \
+         WHERE p.id <> $2 AND (p.name = $1 OR (e.name <> 'production' AND p.name || '-' || e.name = $1))",
+    )
+    .bind(hostname_label)
+    .bind(except)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get::<i64, _>("n")? > 0)
 }

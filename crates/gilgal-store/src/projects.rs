@@ -50,21 +50,15 @@ impl Store {
         name: &ProjectName,
         description: &str,
     ) -> Result<Project, StoreError> {
-        // `{project}-{env}` hostnames of other projects' environments are taken too.
-        let clash: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM environments e JOIN projects p ON p.id = e.project_id \
-             WHERE e.name <> 'production' AND p.name || '-' || e.name = $1",
-        )
-        .bind(name.as_str())
-        .fetch_one(&self.pool)
-        .await?
-        .try_get("n")?;
-        if clash > 0 {
-            return Err(StoreError::Conflict(NAME_TAKEN));
-        }
         let id = Uuid::new_v4();
         let now = now_millis();
         let mut tx = self.pool.begin().await?;
+        // `{project}-{env}` hostnames of other projects' environments are taken too; checked
+        // inside the transaction that claims the name, serialised with every other claim.
+        crate::environments::claim_hostnames(&mut tx).await?;
+        if crate::environments::label_taken(&mut tx, name.as_str(), None).await? {
+            return Err(StoreError::Conflict(NAME_TAKEN));
+        }
         sqlx::query(
             "INSERT INTO projects (id, owner_id, name, description, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $5)",
@@ -144,13 +138,35 @@ impl Store {
         project_from_row(&row)
     }
 
-    /// Applies `changes` to one of the user's projects and returns the result.
+    /// Applies `changes` to one of the user's projects and returns the result. A new name
+    /// changes every hostname of the project (`{name}` and `{name}-{env}`): each is checked
+    /// against every other project's in the transaction that writes it.
     pub async fn update_project(
         &self,
         owner: Uuid,
         id: Uuid,
         changes: &ProjectChanges,
     ) -> Result<Project, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(name) = &changes.name {
+            crate::environments::claim_hostnames(&mut tx).await?;
+            let mut labels = vec![name.as_str().to_owned()];
+            let environments = sqlx::query(
+                "SELECT name FROM environments WHERE project_id = $1 AND name <> 'production'",
+            )
+            .bind(id.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in environments {
+                let environment: String = row.try_get("name")?;
+                labels.push(format!("{}-{environment}", name.as_str()));
+            }
+            for label in &labels {
+                if crate::environments::label_taken(&mut tx, label, Some(id)).await? {
+                    return Err(StoreError::Conflict(NAME_TAKEN));
+                }
+            }
+        }
         let done = sqlx::query(&format!(
             "UPDATE projects SET name = COALESCE($1, name), description = COALESCE($2, description), \
              updated_at = $3 WHERE id = $4 AND id IN (SELECT p.id FROM projects p WHERE {})",
@@ -161,29 +177,60 @@ impl Store {
         .bind(now_millis())
         .bind(id.to_string())
         .bind(owner.to_string())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::conflict_on_unique(e, NAME_TAKEN))?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        tx.commit().await?;
         self.project(owner, id).await
     }
 
-    /// Deletes one of the user's projects.
-    pub async fn delete_project(&self, owner: Uuid, id: Uuid) -> Result<(), StoreError> {
-        let done = sqlx::query(&format!(
-            "DELETE FROM projects WHERE id = $1 AND id IN (SELECT p.id FROM projects p WHERE {})",
-            can_see("p", 2)
-        ))
+    /// Marks a project as being deleted (internal: the deployer's teardown, after the API
+    /// checked the caller's role). From then on nothing of it is reconciled, and a server
+    /// restarted before the row is gone finishes the deletion ([`Store::deleting_projects`]).
+    pub async fn mark_project_deleting(&self, id: Uuid) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE projects SET deleting_at = COALESCE(deleting_at, $1) WHERE id = $2",
+        )
+        .bind(now_millis())
         .bind(id.to_string())
-        .bind(owner.to_string())
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
-            Err(StoreError::NotFound)
-        } else {
-            Ok(())
+            return Err(StoreError::NotFound);
         }
+        Ok(())
+    }
+
+    /// Projects whose deletion started and did not finish (a crash half-way).
+    pub async fn deleting_projects(&self) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query("SELECT id FROM projects WHERE deleting_at IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| parse_id(&row.try_get::<String, _>("id")?))
+            .collect()
+    }
+
+    /// Ids of every project, deleted or not yet (to find what on disk belongs to none).
+    pub async fn project_ids(&self) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query("SELECT id FROM projects")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| parse_id(&row.try_get::<String, _>("id")?))
+            .collect()
+    }
+
+    /// Deletes a project's row with everything that cascades from it (internal: the last
+    /// step of the deployer's teardown).
+    pub async fn purge_project(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM projects WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

@@ -180,7 +180,13 @@ async fn destroy_addon(
         .deployer()
         .destroy_addon(&addon, final_backup)
         .await
-        .map_err(deploy_error)?;
+        .map_err(|e| match e {
+            // Destroyed meanwhile (by another request, or with its project or environment).
+            gilgal_deploy::DeployError::Store(StoreError::NotFound) => {
+                ApiError::not_found("add-on")
+            }
+            other => deploy_error(other),
+        })?;
     Ok(Json(AddonChanged {
         addon: to_wire(addon),
         deployment,

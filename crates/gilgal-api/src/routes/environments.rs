@@ -264,17 +264,17 @@ async fn delete_environment(
             "the production environment goes only with its project",
         ));
     }
+    // Instances, route, add-ons (final backups first), artifacts, logs, then the rows.
     state
         .deployer()
-        .tear_down(&environment)
+        .delete_environment(&environment)
         .await
-        .map_err(deploy_error)?;
-    state
-        .store()
-        .delete_environment(caller.user.id, environment.id)
-        .await
-        .map_err(environment_error)?;
-    state.deployer().remove_logs(environment.id).await;
+        .map_err(|e| match e {
+            gilgal_deploy::DeployError::Store(StoreError::NotFound) => {
+                ApiError::not_found("environment")
+            }
+            other => deploy_error(other),
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -85,8 +85,9 @@ async fn app_metrics(
     for scrape in scrapes {
         let l = &scrape.labels;
         let extra = [
-            ("app", l.app.clone()),
-            ("env", l.env.clone()),
+            // Labels carry ids; the exposition names the project and environment.
+            ("app", environment.project_name.clone()),
+            ("env", environment.name.clone()),
             ("release", l.release.to_string()),
             ("instance", format!("{}.{}", l.process_type, l.index)),
         ];
@@ -201,8 +202,7 @@ fn environment_figures(
         instances: usage
             .iter()
             .filter(|u| {
-                u.status.labels.app == environment.project_name
-                    && u.status.labels.env == environment.name
+                gilgal_deploy::instance_belongs_to(environment, &u.status.labels)
                     && u.status.state.is_active()
                     && release.is_none_or(|r| u.status.labels.release == r)
             })
@@ -295,8 +295,7 @@ async fn prometheus(
         let running = usage
             .iter()
             .filter(|u| {
-                u.status.labels.app == environment.project_name
-                    && u.status.labels.env == environment.name
+                gilgal_deploy::instance_belongs_to(environment, &u.status.labels)
                     && Some(u.status.labels.release) == environment.live_release
                     && u.status.state.is_active()
             })
@@ -336,10 +335,17 @@ async fn prometheus(
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for u in &usage {
             let l = &u.status.labels;
+            // Labels carry ids; the exposition names projects and environments.
+            let Some(environment) = environments
+                .iter()
+                .find(|e| gilgal_deploy::instance_belongs_to(e, l))
+            else {
+                continue;
+            };
             let labels = format!(
                 "app=\"{}\",env=\"{}\",release=\"v{}\",process=\"{}\",index=\"{}\"",
-                label(&l.app),
-                label(&l.env),
+                label(&environment.project_name),
+                label(&environment.name),
                 l.release,
                 label(&l.process_type),
                 l.index

@@ -144,21 +144,35 @@ async fn update_project(
         name: request.name,
         description: request.description,
     };
+    let renamed = changes.name.is_some();
     let project = state
         .store()
         .update_project(caller.user.id, id, &changes)
         .await
         .map_err(project_not_found)?;
+    if renamed {
+        // Its routes move to the new hostnames at once: the old ones are free for others.
+        for environment in state.store().list_environments(caller.user.id, id).await? {
+            if environment.live_release.is_some() {
+                state
+                    .deployer()
+                    .refresh_route(&environment)
+                    .await
+                    .map_err(crate::routes::environments::deploy_error)?;
+            }
+        }
+    }
     Ok(Json(project))
 }
 
-/// Delete one of the caller's projects.
+/// Delete one of the caller's projects with everything it runs and stores.
 #[utoipa::path(delete, path = "/api/projects/{id}", tag = "projects",
     params(("id" = String, Path, description = "Project id")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 404, description = "No such project for this caller", body = ErrorBody),
+        (status = 409, description = "An add-on's final backup failed; nothing was deleted", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn delete_project(
@@ -174,20 +188,18 @@ async fn delete_project(
             StatusCode::NOT_FOUND => ApiError::not_found("project"),
             _ => e,
         })?;
-    // Its environments' logs go with it (listed first: afterwards they are gone).
-    let environments = state
-        .store()
-        .list_environments(caller.user.id, id)
-        .await
-        .unwrap_or_default();
+    // Everything it owned stops and goes (instances, routes, add-ons after their final
+    // backups, artifacts, logs), then its rows.
     state
-        .store()
-        .delete_project(caller.user.id, id)
+        .deployer()
+        .delete_project(id)
         .await
-        .map_err(project_not_found)?;
-    for environment in environments {
-        state.deployer().remove_logs(environment.id).await;
-    }
+        .map_err(|e| match e {
+            gilgal_deploy::DeployError::Store(StoreError::NotFound) => {
+                ApiError::not_found("project")
+            }
+            other => crate::routes::environments::deploy_error(other),
+        })?;
     tracing::info!(project_id = %id, "project deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -10,7 +10,8 @@ use crate::{assert_error, raw};
 backend_tests!(
     project_crud,
     project_validation,
-    other_users_projects_are_invisible
+    other_users_projects_are_invisible,
+    renames_never_take_another_projects_hostname
 );
 
 async fn project_crud(backend: Backend) {
@@ -220,4 +221,114 @@ async fn other_users_projects_are_invisible(backend: Backend) {
     assert_eq!(list, json!([]));
     let unchanged = ada.project(project.id).await.unwrap();
     assert_eq!(unchanged.description, "");
+}
+
+/// A rename changes every hostname of a project (`{name}` and `{name}-{env}`): none may take
+/// another project's, whoever owns it, and of two concurrent claims of one hostname only
+/// one succeeds.
+async fn renames_never_take_another_projects_hostname(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, a) = server.user("a@example.com").await;
+    let (_, b) = server.user("b@example.com").await;
+    let create = |token: String, name: &'static str| {
+        let server = &server;
+        async move {
+            let (status, _, body) = raw(
+                server,
+                Method::POST,
+                "/api/projects",
+                Some(&token),
+                Some(json!({"name": name})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let beta = create(a.access_token.clone(), "beta").await;
+    let staging = raw(
+        &server,
+        Method::POST,
+        &format!("/api/projects/{beta}/environments"),
+        Some(&a.access_token),
+        Some(json!({"name": "staging"})),
+    )
+    .await;
+    assert_eq!(staging.0, StatusCode::CREATED, "{}", staging.2);
+    let rename = |token: String, id: String, name: &'static str| {
+        let server = &server;
+        async move {
+            raw(
+                server,
+                Method::PUT,
+                &format!("/api/projects/{id}"),
+                Some(&token),
+                Some(json!({"name": name})),
+            )
+            .await
+        }
+    };
+
+    // B's project may not be renamed onto A's staging hostname (beta-staging.…).
+    let other = create(b.access_token.clone(), "other").await;
+    let taken = rename(b.access_token.clone(), other.clone(), "beta-staging").await;
+    assert_error(&taken, StatusCode::CONFLICT, "name_taken");
+    // Nor may A's project be renamed so that its staging hostname is B's project's.
+    let _ = create(b.access_token.clone(), "gamma-staging").await;
+    let taken = rename(a.access_token.clone(), beta.clone(), "gamma").await;
+    assert_error(&taken, StatusCode::CONFLICT, "name_taken");
+    let unchanged = raw(
+        &server,
+        Method::GET,
+        &format!("/api/projects/{beta}"),
+        Some(&a.access_token),
+        None,
+    )
+    .await;
+    assert_eq!(unchanged.2["name"], "beta");
+    // An environment of B's may not take it either.
+    let env = raw(
+        &server,
+        Method::POST,
+        &format!("/api/projects/{other}/environments"),
+        Some(&b.access_token),
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!(env.0, StatusCode::CREATED, "{}", env.2);
+
+    // Two concurrent claims: A renames `beta` to `delta` (claiming `delta-staging`) while B
+    // renames `other` to `delta-staging`; exactly one wins, every time.
+    for round in 0..5 {
+        let (a_name, b_name): (&'static str, &'static str) = match round {
+            0 => ("delta", "delta-staging"),
+            1 => ("eps", "eps-staging"),
+            2 => ("zeta", "zeta-staging"),
+            3 => ("eta", "eta-staging"),
+            _ => ("theta", "theta-staging"),
+        };
+        let (first, second) = tokio::join!(
+            rename(a.access_token.clone(), beta.clone(), a_name),
+            rename(b.access_token.clone(), other.clone(), b_name),
+        );
+        let won = [&first, &second]
+            .iter()
+            .filter(|r| r.0 == StatusCode::OK)
+            .count();
+        assert_eq!(won, 1, "round {round}: {} / {}", first.2, second.2);
+        // Back to where the round started.
+        if first.0 == StatusCode::OK {
+            assert_eq!(
+                rename(a.access_token.clone(), beta.clone(), "beta").await.0,
+                StatusCode::OK
+            );
+        } else {
+            assert_eq!(
+                rename(b.access_token.clone(), other.clone(), "other")
+                    .await
+                    .0,
+                StatusCode::OK
+            );
+        }
+    }
 }

@@ -1,6 +1,12 @@
-//! Per-app Unix users: `gilgal-<app>`, a system user with no home and no login shell, created
+//! Per-app Unix users: a system user with no home and no login shell per app label, created
 //! with `useradd` through an argument vector. Running each app as its own user keeps apps out
 //! of each other's files and out of Gilgal's root-only data directory.
+//!
+//! Gilgal labels apps with their project's immutable id, never a name (a name can be renamed
+//! away and taken by another tenant): the user is `gilgal-` + the id's first 24 hex digits,
+//! and its comment (GECOS) holds the whole id, checked on every lookup, so two ids sharing
+//! that prefix can never share a user. Other labels (tests, instances from before ids) keep
+//! the `gilgal-<label>` name.
 
 use std::ffi::CStr;
 use std::time::Duration;
@@ -27,8 +33,23 @@ const USERADD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Linux user names are at most 32 characters.
 const MAX_USER_NAME: usize = 32;
 
-/// The Unix user name for an app: `gilgal-<app>`, shortened with a hash when too long.
+/// Hex digits of an id kept in its user's name ("gilgal-" + 24 = 31 characters).
+const ID_DIGITS_IN_NAME: usize = 24;
+
+/// The comment (GECOS) of the user of app label `app` when it is an id: what proves the
+/// user is that id's and not another's sharing the name's prefix.
+fn id_comment(app: &str) -> Option<String> {
+    let id = uuid::Uuid::parse_str(app).ok()?;
+    Some(format!("gilgal app {}", id.hyphenated()))
+}
+
+/// The Unix user name for an app label: `gilgal-<24 hex digits of the id>` for an id,
+/// otherwise `gilgal-<app>`, shortened with a hash when too long.
 pub fn app_user_name(app: &str) -> String {
+    if let Ok(id) = uuid::Uuid::parse_str(app) {
+        let hex = id.simple().to_string();
+        return format!("gilgal-{}", &hex[..ID_DIGITS_IN_NAME]);
+    }
     let full = format!("gilgal-{app}");
     if full.len() <= MAX_USER_NAME {
         return full;
@@ -39,8 +60,22 @@ pub fn app_user_name(app: &str) -> String {
     format!("gilgal-{}-{}", head.trim_end_matches('-'), &digest[..8])
 }
 
-/// Looks up a user by name in the passwd database.
-fn lookup(name: &str) -> Result<Option<AppIdentity>> {
+/// Looks up an app's user by name in the passwd database; with `comment`, a user whose
+/// comment differs is someone else's and refused.
+fn lookup_owned(name: &str, comment: Option<&str>) -> Result<Option<AppIdentity>> {
+    let Some((identity, found)) = lookup(name)? else {
+        return Ok(None);
+    };
+    match comment {
+        Some(wanted) if found != wanted => Err(RuntimeError::UserIsolation(format!(
+            "user {name} exists but belongs to something else ({found:?}); refusing to run an app as it"
+        ))),
+        _ => Ok(Some(identity)),
+    }
+}
+
+/// Looks up a user by name in the passwd database: its identity and comment (GECOS).
+fn lookup(name: &str) -> Result<Option<(AppIdentity, String)>> {
     let c_name = std::ffi::CString::new(name)
         .map_err(|_| RuntimeError::UserIsolation(format!("bad user name {name:?}")))?;
     let mut buffer = vec![0u8; 16 * 1024];
@@ -66,10 +101,20 @@ fn lookup(name: &str) -> Result<Option<AppIdentity>> {
             return Ok(None);
         }
         debug_assert_eq!(CStr::from_ptr(entry.pw_name).to_bytes(), name.as_bytes());
-        Ok(Some(AppIdentity {
-            uid: entry.pw_uid,
-            gid: entry.pw_gid,
-        }))
+        let comment = if entry.pw_gecos.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(entry.pw_gecos)
+                .to_string_lossy()
+                .into_owned()
+        };
+        Ok(Some((
+            AppIdentity {
+                uid: entry.pw_uid,
+                gid: entry.pw_gid,
+            },
+            comment,
+        )))
     }
 }
 
@@ -82,25 +127,26 @@ pub(crate) async fn ensure_app_user(app: &str) -> Result<AppIdentity> {
         ));
     }
     let name = app_user_name(app);
-    if let Some(identity) = lookup(&name)? {
+    let comment = id_comment(app);
+    if let Some(identity) = lookup_owned(&name, comment.as_deref())? {
         return Ok(identity);
     }
     let _guard = USERADD_LOCK.lock().await;
     for attempt in 0..5u32 {
-        if let Some(identity) = lookup(&name)? {
+        if let Some(identity) = lookup_owned(&name, comment.as_deref())? {
             return Ok(identity);
         }
         let mut useradd = Command::new("useradd");
-        useradd
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "--",
-            ])
-            .arg(&name)
-            .kill_on_drop(true);
+        useradd.args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+        ]);
+        if let Some(comment) = &comment {
+            useradd.arg("--comment").arg(comment);
+        }
+        useradd.arg("--").arg(&name).kill_on_drop(true);
         let output = tokio::time::timeout(USERADD_TIMEOUT, useradd.output())
             .await
             .map_err(|_| {
@@ -125,7 +171,7 @@ pub(crate) async fn ensure_app_user(app: &str) -> Result<AppIdentity> {
             }
         }
     }
-    lookup(&name)?.ok_or_else(|| {
+    lookup_owned(&name, comment.as_deref())?.ok_or_else(|| {
         RuntimeError::UserIsolation(format!("user {name} still missing after useradd"))
     })
 }
@@ -151,5 +197,22 @@ mod tests {
             long,
             app_user_name("a-very-long-application-name-that-goes-om")
         );
+    }
+
+    #[test]
+    fn ids_name_short_distinct_users_that_carry_the_whole_id() {
+        let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let name = app_user_name(id);
+        assert_eq!(name, "gilgal-0f8fad5bd9cb469fa1657086");
+        assert!(name.len() <= MAX_USER_NAME);
+        // Ids sharing the name's prefix share the name, never the comment lookups check.
+        let sibling = "0f8fad5b-d9cb-469f-a165-70867728950f";
+        assert_eq!(app_user_name(sibling), name);
+        assert_ne!(id_comment(sibling), id_comment(id));
+        assert_eq!(
+            id_comment(id).as_deref(),
+            Some("gilgal app 0f8fad5b-d9cb-469f-a165-70867728950e")
+        );
+        assert_eq!(id_comment("billing"), None);
     }
 }

@@ -360,11 +360,15 @@ pub(super) async fn config_secrets_rollback_and_promotion(backend: Backend) {
         production["file"], staging["file"],
         "the very same artifact"
     );
+    let staging_dir = releases_dir(&server, "cfg", "staging").await;
+    let staging_ids: Vec<_> = staging_dir.iter().rev().take(3).collect();
     assert!(
-        production["file"]
-            .as_str()
-            .unwrap()
-            .contains("/releases/cfg/staging/"),
+        production["file"].as_str().unwrap().contains(&format!(
+            "/{}/{}/{}/",
+            staging_ids[2].to_string_lossy(),
+            staging_ids[1].to_string_lossy(),
+            staging_ids[0].to_string_lossy()
+        )),
         "{production}"
     );
     assert_eq!(production["env"], "production");
@@ -378,6 +382,20 @@ async fn project_id(server: &ServerProcess, name: &str) -> String {
         .as_str()
         .unwrap()
         .to_owned()
+}
+
+/// An environment's release directory: `releases/<project id>/<environment id>` (ids, never
+/// names, so a rename or a re-used name never shares one).
+async fn releases_dir(server: &ServerProcess, project: &str, environment: &str) -> PathBuf {
+    let pid = project_id(server, project).await;
+    let envs: Vec<serde_json::Value> =
+        serde_json::from_str(&api_get(server, &format!("/api/projects/{pid}/environments")).await)
+            .unwrap();
+    let env = envs.iter().find(|e| e["name"] == environment).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.dir.path().join("data/releases").join(pid).join(env)
 }
 
 /// `gilgal scale` up spreads requests over the new instances; down drains with no failure.
@@ -658,7 +676,7 @@ async fn git_source_redeploy_and_pruning() {
         vec![2, 1],
         "the last three keep their artifact: {history}"
     );
-    let releases_dir = server.dir.path().join("data/releases/gitapp/production");
+    let releases_dir = releases_dir(&server, "gitapp", "production").await;
     assert!(
         !releases_dir.join("v1").exists(),
         "v1's artifact is deleted once no release uses it"
@@ -707,7 +725,9 @@ async fn apps_are_isolated_from_each_other_and_from_gilgal() {
     deploy(&server, &app, "alpha", "production");
     deploy(&server, &app, "beta", "production");
     let data = server.dir.path().join("data");
-    let own = data.join("releases/alpha/production/v1");
+    let own = releases_dir(&server, "alpha", "production")
+        .await
+        .join("v1");
     let own_file = std::fs::read_dir(&own)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -71,14 +71,21 @@ impl DockerServer {
             .to_owned()
     }
 
-    /// Ids of this server's running containers of `app` (web and workers).
+    /// The id of project `name`: containers are labelled (and images tagged) with ids.
+    fn project_id(&self, name: &str) -> String {
+        let shown = ok(self.cli(&["--json", "projects", "show", name], None));
+        let project: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
+        project["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Ids of this server's running containers of project `app` (web and workers).
     async fn running_containers(&self, app: &str) -> Vec<String> {
         let filters = HashMap::from([
             (
                 "label".to_owned(),
                 vec![
                     format!("dev.gilgal.namespace={}", self.namespace()),
-                    format!("dev.gilgal.app={app}"),
+                    format!("dev.gilgal.app={}", self.project_id(app)),
                     "dev.gilgal.kind=instance".to_owned(),
                 ],
             ),
@@ -583,14 +590,17 @@ async fn docker_deploys_an_existing_image_by_reference() {
         vec![image_id.clone()],
         "the container runs exactly the named image"
     );
+    let project = server.project_id("dk-image");
+    let environments: serde_json::Value = serde_json::from_str(
+        ok(server.cli(&["--json", "environments", "list", "-p", "dk-image"], None)).trim(),
+    )
+    .unwrap();
+    let tag = format!(
+        "gilgal/app-{project}-{}:v1",
+        environments[0]["id"].as_str().unwrap()
+    );
     let tagged = Command::new("docker")
-        .args([
-            "image",
-            "inspect",
-            "--format",
-            "{{.Id}}",
-            "gilgal/app-dk-image-production:v1",
-        ])
+        .args(["image", "inspect", "--format", "{{.Id}}", &tag])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&tagged.stdout).trim(), image_id);
