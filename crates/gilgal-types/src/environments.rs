@@ -47,7 +47,8 @@ pub struct ConfigVar {
 }
 
 /// The OpenAPI schema of a map from config var names to values: names are letters, digits
-/// and `_`, not starting with a digit (the server refuses others with 422).
+/// and `_`, not starting with a digit; values have no NUL and at most 32768 characters (the
+/// server refuses others with 422).
 fn config_map_schema() -> utoipa::openapi::Object {
     use utoipa::openapi::{ObjectBuilder, Type};
     ObjectBuilder::new()
@@ -56,7 +57,12 @@ fn config_map_schema() -> utoipa::openapi::Object {
                 .schema_type(Type::String)
                 .pattern(Some("^[A-Za-z_][A-Za-z0-9_]*$")),
         ))
-        .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[^\\x00]*$"))
+                .max_length(Some(32 * 1024)),
+        ))
         .build()
 }
 
@@ -75,6 +81,11 @@ fn instance_counts_schema() -> utoipa::openapi::Object {
         ))
         .build()
 }
+
+/// One argument of a command, as the schema documents it: no NUL bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, pattern = "^[^\\x00]*$")]
+pub struct CommandArgument(#[allow(dead_code)] String);
 
 /// A config var's name, as the schema documents it: letters, digits and `_`, not starting
 /// with a digit.
@@ -273,7 +284,9 @@ pub struct Formation {
 /// Body of `POST /api/environments/{id}/runs`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct RunRequest {
-    /// The command and its arguments (never passed through a shell).
+    /// The command and its arguments (never passed through a shell): 1 to 256 arguments
+    /// without NUL bytes, the first not empty, 64 KiB in all.
+    #[schema(value_type = Vec<CommandArgument>, min_items = 1, max_items = 256)]
     pub command: Vec<String>,
 }
 
@@ -313,7 +326,9 @@ pub struct Run {
 pub struct CronJobRequest {
     /// Cron expression, UTC: five fields, or six with seconds first.
     pub schedule: String,
-    /// The command and its arguments.
+    /// The command and its arguments: 1 to 256 arguments without NUL bytes, the first not
+    /// empty, 64 KiB in all.
+    #[schema(value_type = Vec<CommandArgument>, min_items = 1, max_items = 256)]
     pub command: Vec<String>,
     /// Start a run even while the previous one is still going (default false: skip).
     #[serde(default)]

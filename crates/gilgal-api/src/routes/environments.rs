@@ -354,7 +354,8 @@ async fn change_config(
         .chain(body.set_secret.iter().map(|(n, v)| (n, v, true)))
     {
         check_var_name(name)?;
-        if value.len() > MAX_CONFIG_VALUE_BYTES {
+        // Characters, as the OpenAPI document's maxLength counts them.
+        if value.chars().count() > MAX_CONFIG_VALUE_BYTES {
             return Err(ApiError::invalid(format!(
                 "the value of {name} is longer than {} KiB",
                 MAX_CONFIG_VALUE_BYTES / 1024
