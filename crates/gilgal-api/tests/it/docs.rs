@@ -77,3 +77,67 @@ async fn health_ready_openapi_and_fallbacks(backend: Backend) {
         "method_not_allowed",
     );
 }
+
+/// The document states what every operation can answer and where its parameters go: each
+/// operation behind a credential documents 401, 403 and 429; each with a JSON body 400, 413,
+/// 415 and 422; each path parameter is in the path template, and each query filter in the
+/// query (they were once documented as required path parameters).
+#[tokio::test]
+async fn every_operation_documents_its_shared_statuses_and_parameter_places() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let (status, _, spec) = raw(&server, Method::GET, "/api/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let paths = spec["paths"].as_object().expect("paths");
+    let mut checked = 0;
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("path item") {
+            let responses = operation["responses"].as_object().expect("responses");
+            let documents = |code: &str| responses.contains_key(code);
+            let label = format!("{} {path}", method.to_uppercase());
+            if operation["security"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
+            {
+                for code in ["401", "403", "429"] {
+                    assert!(documents(code), "{label} does not document {code}");
+                }
+            }
+            let json_body = operation["requestBody"]["content"]
+                .as_object()
+                .is_some_and(|c| c.contains_key("application/json"));
+            if json_body {
+                for code in ["400", "413", "415", "422"] {
+                    assert!(documents(code), "{label} does not document {code}");
+                }
+            }
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                let name = parameter["name"].as_str().expect("parameter name");
+                if parameter["in"] == "path" {
+                    assert!(
+                        path.contains(&format!("{{{name}}}")),
+                        "{label} documents `{name}` as a path parameter; it is not in the path"
+                    );
+                    assert!(documents("404"), "{label} does not document 404");
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 80, "only {checked} operations in the document");
+    // The rules the server enforces are in the schemas: names, limits, enums.
+    let schemas = &spec["components"]["schemas"];
+    assert!(schemas["CreateTeamRequest"]["properties"]["name"]["pattern"].is_string());
+    assert_eq!(
+        schemas["RegisterRequest"]["properties"]["password"]["minLength"],
+        10
+    );
+    let audit = &paths["/api/audit"]["get"]["parameters"];
+    let limit = audit
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "limit"))
+        .expect("audit limit");
+    assert_eq!(
+        (limit["in"].as_str(), &limit["schema"]["maximum"]),
+        (Some("query"), &serde_json::json!(1000))
+    );
+}
