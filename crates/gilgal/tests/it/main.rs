@@ -13,6 +13,7 @@ mod alerts;
 mod day2;
 mod docker;
 mod logs;
+mod rollout;
 mod schemathesis;
 mod webhooks;
 use day2::config_secrets_rollback_and_promotion;
