@@ -248,7 +248,7 @@ pub struct Run {
 /// Body of `POST /api/environments/{id}/cron`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct CronJobRequest {
-    /// Cron expression, UTC: five fields (minute hour day-of-month month day-of-week); at most once a minute.
+    /// Cron expression, UTC: five fields, or six with seconds first.
     pub schedule: String,
     /// The command and its arguments.
     pub command: Vec<String>,
