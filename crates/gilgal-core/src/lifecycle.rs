@@ -148,6 +148,72 @@ impl FromStr for DeploymentState {
     }
 }
 
+/// What became of a release, recorded by the store at each transition (never inferred), so
+/// `gilgal releases` can show it and the default rollback target is the last release that
+/// was actually live before the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseOutcome {
+    /// Recorded; its rollout has not finished yet.
+    Pending,
+    /// It serves the environment now.
+    Live,
+    /// Its rollout failed (or was cancelled): it never got traffic.
+    Failed,
+    /// It was live until a newer release replaced it.
+    Superseded,
+    /// It was live until a rollback replaced it.
+    RolledBack,
+}
+
+/// All outcomes.
+pub const ALL_OUTCOMES: [ReleaseOutcome; 5] = [
+    ReleaseOutcome::Pending,
+    ReleaseOutcome::Live,
+    ReleaseOutcome::Failed,
+    ReleaseOutcome::Superseded,
+    ReleaseOutcome::RolledBack,
+];
+
+impl ReleaseOutcome {
+    /// The outcome's wire name (`pending`, `live`, `failed`, `superseded`, `rolled_back`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Live => "live",
+            Self::Failed => "failed",
+            Self::Superseded => "superseded",
+            Self::RolledBack => "rolled_back",
+        }
+    }
+
+    /// Whether the release served traffic at some point (a candidate to roll back to).
+    pub fn was_live(self) -> bool {
+        matches!(self, Self::Live | Self::Superseded | Self::RolledBack)
+    }
+}
+
+impl fmt::Display for ReleaseOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown outcome name (e.g. a corrupt row).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown release outcome {0:?}")]
+pub struct UnknownOutcome(pub String);
+
+impl FromStr for ReleaseOutcome {
+    type Err = UnknownOutcome;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ALL_OUTCOMES
+            .into_iter()
+            .find(|outcome| outcome.as_str() == s)
+            .ok_or_else(|| UnknownOutcome(s.to_owned()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::DeploymentState::*;
@@ -218,5 +284,15 @@ mod tests {
             assert_eq!(state.as_str().parse::<DeploymentState>(), Ok(state));
         }
         assert!("bogus".parse::<DeploymentState>().is_err());
+    }
+
+    #[test]
+    fn outcome_names_round_trip() {
+        for outcome in ALL_OUTCOMES {
+            assert_eq!(outcome.as_str().parse::<ReleaseOutcome>(), Ok(outcome));
+        }
+        assert!("bogus".parse::<ReleaseOutcome>().is_err());
+        assert!(!ReleaseOutcome::Failed.was_live());
+        assert!(ReleaseOutcome::RolledBack.was_live());
     }
 }

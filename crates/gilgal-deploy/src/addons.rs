@@ -23,7 +23,6 @@ use gilgal_store::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::pipeline::{DeploySource, ReuseKind, ReuseRelease};
 use crate::{DeployError, Deployer};
 
 /// Where add-ons live and which PostgreSQL server hosts their databases.
@@ -319,27 +318,13 @@ impl Deployer {
         } else {
             changes.extend(names.iter().cloned().map(ConfigChange::Unset));
         }
-        self.store
-            .change_config_vars(environment.id, &changes)
-            .await?;
-        let environment = self.store.environment_by_id(environment.id).await?;
-        let Some(number) = environment.live_release else {
-            return Ok(None);
-        };
         let verb = if attach { "Attach" } else { "Detach" };
-        let id = self
-            .deploy(
-                environment.clone(),
-                DeploySource::Release(ReuseRelease {
-                    kind: ReuseKind::ConfigChange,
-                    from_environment: environment.id,
-                    number,
-                    run_release_phase: false,
-                    description: format!("{verb} {} ({})", addon.name, names.join(", ")),
-                }),
-            )
-            .await?;
-        Ok(Some(id))
+        self.change_config(
+            environment.id,
+            &changes,
+            format!("{verb} {} ({})", addon.name, names.join(", ")),
+        )
+        .await
     }
 
     /// Creates an add-on of `kind` in `environment`, named `name` (default: the kind for the

@@ -15,6 +15,7 @@
 
 mod addons;
 mod alerts;
+mod changes;
 mod config;
 mod health;
 mod identity;
@@ -132,6 +133,13 @@ pub struct Deployer {
     runtime_events: Mutex<Option<tokio::sync::broadcast::Receiver<gilgal_runtime::RuntimeEvent>>>,
     /// One rollout at a time per environment.
     environment_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// The per-environment ordering point of changes (deploy, config, rollback, promote,
+    /// redeploy, resize, add-ons): held from reading what a change starts from until its
+    /// deployment is queued, so each change starts from what the previous one left.
+    intake_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per environment, the completion of the last queued rollout: the next one waits for it,
+    /// so rollouts run in the order their changes were accepted.
+    rollout_tails: Mutex<HashMap<Uuid, tokio::sync::oneshot::Receiver<()>>>,
     /// Health-check failure streaks per environment, from the health watch to the alerts.
     health_streaks: Mutex<HashMap<Uuid, alerts::HealthStreak>>,
     /// When the health watch (the loop that keeps running instances converged to the
@@ -168,6 +176,8 @@ impl Deployer {
             log_lines: Mutex::new(Some(log_lines)),
             runtime_events: Mutex::new(Some(runtime_events)),
             environment_locks: Mutex::new(HashMap::new()),
+            intake_locks: Mutex::new(HashMap::new()),
+            rollout_tails: Mutex::new(HashMap::new()),
             health_streaks: Mutex::new(HashMap::new()),
             last_health_round: Mutex::new(None),
         })
@@ -233,5 +243,31 @@ impl Deployer {
             Err(poisoned) => poisoned.into_inner(),
         };
         locks.entry(environment).or_default().clone()
+    }
+
+    /// The environment's ordering point for changes (see `changes.rs`).
+    pub(crate) fn intake_lock(&self, environment: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = match self.intake_locks.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        locks.entry(environment).or_default().clone()
+    }
+
+    /// Joins the environment's rollout queue: returns what to wait for before rolling out
+    /// (the previous rollout's end) and what to drop when done (this one's end).
+    pub(crate) fn join_rollout_queue(
+        &self,
+        environment: Uuid,
+    ) -> (
+        Option<tokio::sync::oneshot::Receiver<()>>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let mut tails = match self.rollout_tails.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        (tails.insert(environment, finished), done)
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gilgal_build::{Artifact, BuildRequest, GitFetchOptions, GitSource, LogSink, UnpackLimits};
-use gilgal_core::lifecycle::DeploymentState;
+use gilgal_core::lifecycle::{DeploymentState, ReleaseOutcome};
 use gilgal_proxy::{Backend, RouteDiff, RouteSpec, RouteTarget};
 use gilgal_runtime::{
     wait_healthy, HealthCheck, InstanceId, InstanceLabels, InstanceSpec, Probe, RestartPolicy,
@@ -338,7 +338,8 @@ pub struct ReuseRelease {
     pub kind: ReuseKind,
     /// The environment the release belongs to (differs from the target only for promotion).
     pub from_environment: Uuid,
-    /// Its number there.
+    /// Its number there. A config change or a resize of the environment's own release
+    /// starts from whatever is live when its rollout begins, not from this number.
     pub number: u64,
     /// Run the artifact's release phase before starting it (default: only for promotion).
     pub run_release_phase: bool,
@@ -398,10 +399,21 @@ impl Deployer {
         Ok(())
     }
 
-    /// Records a deployment of `source` to `environment` and runs it in the background;
-    /// returns its id at once. An existing release that cannot be started (pruned, unknown)
-    /// is refused here, before anything is recorded.
+    /// Records a deployment of `source` to `environment` and runs it in the background, after
+    /// every change accepted before it; returns its id at once. An existing release that
+    /// cannot be started (pruned, unknown) is refused here, before anything is recorded.
     pub async fn deploy(
+        self: &Arc<Self>,
+        environment: EnvironmentRecord,
+        source: DeploySource,
+    ) -> Result<Uuid, DeployError> {
+        let intake = self.intake_lock(environment.id);
+        let _in_order = intake.lock().await;
+        self.enqueue(environment, source).await
+    }
+
+    /// [`Deployer::deploy`] for a caller that already holds the environment's intake lock.
+    pub(crate) async fn enqueue(
         self: &Arc<Self>,
         environment: EnvironmentRecord,
         source: DeploySource,
@@ -448,8 +460,13 @@ impl Deployer {
         if let Ok(mut running) = self.running.lock() {
             running.insert(id, token.clone());
         }
+        let (previous, done) = self.join_rollout_queue(environment.id);
         let this = Arc::clone(self);
         tokio::spawn(async move {
+            if let Some(previous) = previous {
+                // Ended (or dropped) when the rollout queued before this one is over.
+                let _ = previous.await;
+            }
             let redactor = match this.vault.current(environment.id).await {
                 Ok(config) => config.redactor,
                 Err(e) => {
@@ -522,6 +539,7 @@ impl Deployer {
             if let Ok(mut running) = this.running.lock() {
                 running.remove(&id);
             }
+            drop(done);
         });
         Ok(id)
     }
@@ -561,7 +579,11 @@ impl Deployer {
     ) -> Result<(), Failure> {
         let lock = self.environment_lock(environment.id);
         let _one_rollout_at_a_time = lock.lock().await;
-        // Re-read: the formation or sizes may have changed while this deployment waited.
+        if token.is_cancelled() {
+            return Err(Failure::Cancelled);
+        }
+        // Re-read: the formation, sizes or live release may have changed while this
+        // deployment waited.
         let environment = &self.store.environment_by_id(environment.id).await?;
         let prepared = match source {
             DeploySource::Upload(tarball) => {
@@ -661,6 +683,13 @@ impl Deployer {
         }
 
         self.step(id, DeploymentState::Starting, token, log).await?;
+        let replaced = match source {
+            DeploySource::Release(ReuseRelease {
+                kind: ReuseKind::Rollback,
+                ..
+            }) => ReleaseOutcome::RolledBack,
+            _ => ReleaseOutcome::Superseded,
+        };
         let mut started = Vec::new();
         let outcome = self
             .start_and_switch(
@@ -668,7 +697,7 @@ impl Deployer {
                 environment,
                 artifact,
                 &config.vars,
-                number,
+                (number, replaced),
                 token,
                 log,
                 &mut started,
@@ -680,15 +709,6 @@ impl Deployer {
                 let _ = self.runtime.remove(&instance.0).await;
             }
             return Err(failure);
-        }
-        if let DeploySource::Release(ReuseRelease {
-            kind: ReuseKind::Rollback,
-            ..
-        }) = source
-        {
-            // Like Heroku: after a rollback, the environment's config is the one it rolled
-            // back to, so the next change starts from what is running.
-            self.restore_config(environment, &prepared.config).await?;
         }
         self.prune_releases(environment, number).await;
         Ok(())
@@ -792,14 +812,21 @@ impl Deployer {
         reuse: &ReuseRelease,
         log: &DeployLog,
     ) -> Result<Prepared, Failure> {
-        let release = self
-            .store
-            .release(reuse.from_environment, reuse.number)
-            .await?;
+        // A config change or resize applies to whatever is live when its turn comes (the
+        // rollouts queued before it may have changed that), not to what was live when it
+        // was accepted.
+        let number = match (reuse.kind, environment.live_release) {
+            (ReuseKind::ConfigChange | ReuseKind::Resize, Some(live))
+                if reuse.from_environment == environment.id =>
+            {
+                live
+            }
+            _ => reuse.number,
+        };
+        let release = self.store.release(reuse.from_environment, number).await?;
         if release.pruned {
             return Err(Failure::Failed(format!(
-                "release v{} was pruned; deploy the source again",
-                reuse.number
+                "release v{number} was pruned; deploy the source again"
             )));
         }
         let mut artifact: Artifact = serde_json::from_str(&release.artifact_json)?;
@@ -822,8 +849,7 @@ impl Deployer {
             self.share_with_app(environment, &artifact_dir).await?;
         }
         log.system(format!(
-            "reusing the artifact of release v{} (no build)",
-            reuse.number
+            "reusing the artifact of release v{number} (no build)"
         ))
         .await;
         Ok(Prepared {
@@ -868,11 +894,11 @@ impl Deployer {
     }
 
     /// Makes an environment's config vars exactly those of `snapshot`.
-    async fn restore_config(
+    pub(crate) async fn restore_config(
         &self,
         environment: &EnvironmentRecord,
         snapshot: &ConfigSnapshot,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), DeployError> {
         let current = self.store.config_vars(environment.id).await?;
         let mut changes: Vec<ConfigChange> = current
             .iter()
@@ -992,7 +1018,7 @@ impl Deployer {
         environment: &EnvironmentRecord,
         artifact: &Artifact,
         config: &BTreeMap<String, String>,
-        number: u64,
+        (number, replaced): (u64, ReleaseOutcome),
         token: &CancellationToken,
         log: &DeployLog,
         started: &mut Vec<(InstanceId, Option<SocketAddr>)>,
@@ -1056,7 +1082,9 @@ impl Deployer {
                 remove: vec![],
             })?;
         }
-        self.store.set_live_release(environment.id, number).await?;
+        self.store
+            .set_live_release(environment.id, number, replaced)
+            .await?;
         self.store
             .transition_deployment(id, DeploymentState::Live, None)
             .await?;

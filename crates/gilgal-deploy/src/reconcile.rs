@@ -68,6 +68,8 @@ impl Deployer {
         counts: &BTreeMap<String, u32>,
         sizes: &BTreeMap<String, ProcessSizeRecord>,
     ) -> Result<Option<Uuid>, DeployError> {
+        let intake = self.intake_lock(environment.id);
+        let _in_order = intake.lock().await;
         let resized;
         {
             let lock = self.environment_lock(environment.id);
@@ -149,7 +151,7 @@ impl Deployer {
                 .join("; ")
         );
         let id = self
-            .deploy(
+            .enqueue(
                 updated.clone(),
                 DeploySource::Release(ReuseRelease {
                     kind: ReuseKind::Resize,

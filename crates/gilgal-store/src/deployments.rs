@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use gilgal_core::lifecycle::DeploymentState;
+use gilgal_core::lifecycle::{DeploymentState, ReleaseOutcome};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -54,6 +54,8 @@ pub struct ReleaseRecord {
     pub description: String,
     /// Whether its artifact was deleted by the keep-last-N policy (it cannot start again).
     pub pruned: bool,
+    /// What became of it (recorded at each transition).
+    pub outcome: ReleaseOutcome,
     /// When it was made.
     pub created_at: time::OffsetDateTime,
 }
@@ -123,7 +125,7 @@ pub struct LogRecord {
 }
 
 const RELEASE_SELECT: &str =
-    "SELECT number, artifact_dir, artifact, config, description, pruned, created_at FROM releases";
+    "SELECT number, artifact_dir, artifact, config, description, pruned, outcome, created_at FROM releases";
 
 fn release_from_row(row: &sqlx::any::AnyRow) -> Result<ReleaseRecord, StoreError> {
     Ok(ReleaseRecord {
@@ -133,6 +135,10 @@ fn release_from_row(row: &sqlx::any::AnyRow) -> Result<ReleaseRecord, StoreError
         config_json: row.try_get("config")?,
         description: row.try_get("description")?,
         pruned: row.try_get::<i64, _>("pruned")? != 0,
+        outcome: row
+            .try_get::<String, _>("outcome")?
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
         created_at: from_millis(row.try_get("created_at")?),
     })
 }
@@ -219,18 +225,39 @@ impl Store {
         .collect()
     }
 
-    /// Makes `release` the environment's desired live release.
+    /// Makes `release` the environment's desired live release and records the outcomes in
+    /// one transaction: it is `live`, and the release it replaces gets `replaced` (superseded,
+    /// or rolled back).
     pub async fn set_live_release(
         &self,
         environment_id: Uuid,
         release: u64,
+        replaced: ReleaseOutcome,
     ) -> Result<(), StoreError> {
+        let number = i64::try_from(release).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE releases SET outcome = $1 WHERE environment_id = $2 AND number <> $3 \
+             AND number = (SELECT live_release FROM environments WHERE id = $2)",
+        )
+        .bind(replaced.as_str())
+        .bind(environment_id.to_string())
+        .bind(number)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE releases SET outcome = $1 WHERE environment_id = $2 AND number = $3")
+            .bind(ReleaseOutcome::Live.as_str())
+            .bind(environment_id.to_string())
+            .bind(number)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("UPDATE environments SET live_release = $1, updated_at = $2 WHERE id = $3")
-            .bind(i64::try_from(release).unwrap_or(i64::MAX))
+            .bind(number)
             .bind(now_millis())
             .bind(environment_id.to_string())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -407,6 +434,19 @@ impl Store {
             return Err(StoreError::IllegalTransition(format!(
                 "deployment {id} changed state concurrently"
             )));
+        }
+        if matches!(to, DeploymentState::Failed | DeploymentState::Cancelled) {
+            // The release it made (if any) never got traffic.
+            sqlx::query(
+                "UPDATE releases SET outcome = $1 WHERE outcome = $2 AND EXISTS (\
+                 SELECT 1 FROM deployments d WHERE d.id = $3 \
+                 AND d.environment_id = releases.environment_id AND d.release_number = releases.number)",
+            )
+            .bind(ReleaseOutcome::Failed.as_str())
+            .bind(ReleaseOutcome::Pending.as_str())
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
         }
         sqlx::query(
             "INSERT INTO deployment_transitions (deployment_id, seq, from_state, to_state, at, note) \

@@ -121,6 +121,35 @@ impl Store {
         }
     }
 
+    /// Runs still running in `environment_id`, and in every project of the same owner (its
+    /// team, or its user for a personal project): what bounds concurrent one-off runs.
+    pub async fn running_run_usage(
+        &self,
+        environment_id: Uuid,
+        project_id: Uuid,
+    ) -> Result<(u64, u64), StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN r.environment_id = $1 THEN 1 ELSE 0 END), 0) AS here, \
+             COUNT(*) AS owner \
+             FROM runs r JOIN environments e ON e.id = r.environment_id \
+             JOIN projects p ON p.id = e.project_id \
+             JOIN projects me ON me.id = $2 \
+             WHERE r.state = 'running' AND ( \
+               (me.team_id IS NOT NULL AND p.team_id = me.team_id) OR \
+               (me.team_id IS NULL AND p.team_id IS NULL AND p.owner_id = me.owner_id))",
+        )
+        .bind(environment_id.to_string())
+        .bind(project_id.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        let here: i64 = row.try_get("here")?;
+        let owner: i64 = row.try_get("owner")?;
+        Ok((
+            u64::try_from(here).unwrap_or(0),
+            u64::try_from(owner).unwrap_or(0),
+        ))
+    }
+
     /// Records how a run ended.
     pub async fn finish_run(
         &self,

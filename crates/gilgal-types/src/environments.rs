@@ -129,6 +129,8 @@ pub struct Release {
     pub description: String,
     /// Whether it is serving now.
     pub live: bool,
+    /// What became of it: live, failed, superseded, rolled back, or pending while it rolls out.
+    pub outcome: ReleaseOutcome,
     /// Whether its artifact was pruned (it can no longer be started).
     pub pruned: bool,
     /// Names of its config vars (values are not shown).
@@ -139,10 +141,39 @@ pub struct Release {
     pub created_at: Timestamp,
 }
 
+/// What became of a release, as recorded at each step of its rollout.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseOutcome {
+    /// Recorded; its rollout has not finished.
+    Pending,
+    /// It serves the environment now.
+    Live,
+    /// Its rollout failed or was cancelled: it never got traffic.
+    Failed,
+    /// It was live until a newer release replaced it.
+    Superseded,
+    /// It was live until a rollback replaced it.
+    RolledBack,
+}
+
+impl ReleaseOutcome {
+    /// How `gilgal releases` prints it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Live => "live",
+            Self::Failed => "failed",
+            Self::Superseded => "superseded",
+            Self::RolledBack => "rolled back",
+        }
+    }
+}
+
 /// Body of `POST /api/environments/{id}/rollback`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct RollbackRequest {
-    /// Release to go back to; default: the one before the live one.
+    /// Release to go back to; default: the last one that was live before the live one.
     #[serde(default)]
     pub release: Option<u64>,
     /// Run that release's release phase again (default false).

@@ -19,7 +19,7 @@ use gilgal_store::{
 use gilgal_types::{
     ConfigChanged, ConfigUpdate, ConfigVar, CronJob, CronJobRequest, DeploymentLogLine, DnsLabel,
     Domain, DomainRequest, Environment, EnvironmentRequest, ErrorBody, Formation, FormationUpdate,
-    ProcessSize, PromoteRequest, Release, RollbackRequest, Run, RunRequest,
+    ProcessSize, PromoteRequest, Release, ReleaseOutcome, RollbackRequest, Run, RunRequest,
 };
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -33,6 +33,10 @@ use crate::{ApiError, AppState};
 pub const MAX_CONFIG_VALUE_BYTES: usize = 32 * 1024;
 /// Most config vars one environment may have.
 pub const MAX_CONFIG_VARS: usize = 500;
+/// Most one-off runs running at once in one environment (each is a process of the app).
+pub const MAX_RUNNING_RUNS_PER_ENVIRONMENT: u64 = 5;
+/// Most runs running at once across one owner's (team's or user's) projects.
+pub const MAX_RUNNING_RUNS_PER_OWNER: u64 = 20;
 
 /// Routes of this module.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -413,37 +417,18 @@ async fn change_config(
             "an environment can have at most {MAX_CONFIG_VARS} config vars"
         )));
     }
-    state
-        .store()
-        .change_config_vars(environment.id, &changes)
-        .await?;
-    let deployment = match environment.live_release {
-        Some(number) => {
-            let mut what: Vec<String> = body
-                .set
-                .keys()
-                .chain(body.set_secret.keys())
-                .map(|n| format!("Set {n}"))
-                .collect();
-            what.extend(body.unset.iter().map(|n| format!("Unset {n}")));
-            let id = state
-                .deployer()
-                .deploy(
-                    environment.clone(),
-                    DeploySource::Release(ReuseRelease {
-                        kind: ReuseKind::ConfigChange,
-                        from_environment: environment.id,
-                        number,
-                        run_release_phase: false,
-                        description: what.join(", "),
-                    }),
-                )
-                .await
-                .map_err(deploy_error)?;
-            Some(id)
-        }
-        None => None,
-    };
+    let mut what: Vec<String> = body
+        .set
+        .keys()
+        .chain(body.set_secret.keys())
+        .map(|n| format!("Set {n}"))
+        .collect();
+    what.extend(body.unset.iter().map(|n| format!("Unset {n}")));
+    let deployment = state
+        .deployer()
+        .change_config(environment.id, &changes, what.join(", "))
+        .await
+        .map_err(deploy_error)?;
     let records = state.store().config_vars(environment.id).await?;
     Ok(Json(ConfigChanged {
         vars: mask(records),
@@ -471,6 +456,7 @@ async fn list_releases(
             .into_iter()
             .map(|r| Release {
                 live: environment.live_release == Some(r.number),
+                outcome: outcome_to_wire(r.outcome),
                 number: r.number,
                 description: r.description,
                 pruned: r.pruned,
@@ -483,8 +469,21 @@ async fn list_releases(
     ))
 }
 
-/// Roll back to an earlier release: its artifact with its config snapshot, no rebuild, zero
-/// downtime. The release phase runs again only when asked.
+fn outcome_to_wire(outcome: gilgal_core::lifecycle::ReleaseOutcome) -> ReleaseOutcome {
+    use gilgal_core::lifecycle::ReleaseOutcome as Recorded;
+    match outcome {
+        Recorded::Pending => ReleaseOutcome::Pending,
+        Recorded::Live => ReleaseOutcome::Live,
+        Recorded::Failed => ReleaseOutcome::Failed,
+        Recorded::Superseded => ReleaseOutcome::Superseded,
+        Recorded::RolledBack => ReleaseOutcome::RolledBack,
+    }
+}
+
+/// Roll back to an earlier release (by default the last one that was live before the current
+/// one): its artifact with its config snapshot, no rebuild, zero downtime. The environment's
+/// config is the snapshot as soon as this answers. The release phase runs again only when
+/// asked.
 #[utoipa::path(post, path = "/api/environments/{id}/rollback", tag = "releases",
     params(("id" = String, Path, description = "Environment id")),
     request_body = RollbackRequest,
@@ -501,42 +500,9 @@ async fn rollback(
     ApiJson(body): ApiJson<RollbackRequest>,
 ) -> Result<(StatusCode, Json<gilgal_types::Deployment>), ApiError> {
     let environment = owned_environment(&state, &caller, &id).await?;
-    let Some(live) = environment.live_release else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_possible",
-            "nothing is live in this environment",
-        ));
-    };
-    let target = match body.release {
-        Some(number) => number,
-        None => {
-            let releases = state.store().releases(environment.id).await?;
-            releases
-                .iter()
-                .find(|r| r.number < live && !r.pruned)
-                .map(|r| r.number)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::CONFLICT,
-                        "not_possible",
-                        format!("there is no release before v{live} to roll back to"),
-                    )
-                })?
-        }
-    };
     let deployment = state
         .deployer()
-        .deploy(
-            environment.clone(),
-            DeploySource::Release(ReuseRelease {
-                kind: ReuseKind::Rollback,
-                from_environment: environment.id,
-                number: target,
-                run_release_phase: body.run_release_phase,
-                description: format!("Rollback to v{target}"),
-            }),
-        )
+        .rollback(environment.id, body.release, body.run_release_phase)
         .await
         .map_err(deploy_error)?;
     accepted(&state, &caller, deployment).await
@@ -770,6 +736,7 @@ fn check_command(command: &[String]) -> Result<(), ApiError> {
         (status = 201, description = "Started", body = Run),
         (status = 404, description = "No such environment", body = ErrorBody),
         (status = 409, description = "Nothing is live", body = ErrorBody),
+        (status = 429, description = "Too many runs running in this environment or team; see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn create_run(
@@ -780,6 +747,28 @@ async fn create_run(
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
     let environment = owned_environment(&state, &caller, &id).await?;
     check_command(&body.command)?;
+    let (here, owner) = state
+        .store()
+        .running_run_usage(environment.id, environment.project_id)
+        .await?;
+    if here >= MAX_RUNNING_RUNS_PER_ENVIRONMENT {
+        return Err(ApiError::too_many(
+            "run_limit",
+            format!(
+                "{here} runs are running in this environment (the limit is {MAX_RUNNING_RUNS_PER_ENVIRONMENT}); wait for one to finish, then try again"
+            ),
+            std::time::Duration::from_secs(10),
+        ));
+    }
+    if owner >= MAX_RUNNING_RUNS_PER_OWNER {
+        return Err(ApiError::too_many(
+            "run_limit",
+            format!(
+                "{owner} runs are running across this team's projects (the limit is {MAX_RUNNING_RUNS_PER_OWNER}); wait for one to finish, then try again"
+            ),
+            std::time::Duration::from_secs(10),
+        ));
+    }
     let run = state
         .deployer()
         .start_run(

@@ -241,13 +241,14 @@ pub async fn releases(session: &Session, target: Target, json: bool) -> anyhow::
         crate::output::json(&list)?;
     } else {
         for release in list {
-            let marks = match (release.live, release.pruned) {
-                (true, _) => "live",
-                (false, true) => "pruned",
-                _ => "",
+            let outcome = release.outcome.label();
+            let marks = if release.pruned && !release.live {
+                format!("{outcome}, pruned")
+            } else {
+                outcome.to_owned()
             };
             println!(
-                "v{:<5} {:<7} {}  {}",
+                "v{:<5} {:<19} {}  {}",
                 release.number,
                 marks,
                 release

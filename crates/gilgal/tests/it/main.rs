@@ -15,6 +15,7 @@ mod day2;
 mod docker;
 mod identity;
 mod logs;
+mod rollout;
 mod schemathesis;
 mod webhooks;
 use day2::config_secrets_rollback_and_promotion;
