@@ -450,53 +450,37 @@ impl Deployer {
                 "S3 buckets are not backed up by Gilgal yet; copy what you need out, then destroy with --no-backup".to_owned(),
             ));
         }
-        let live = {
+        let addon = {
             let lock = self.environment_lock(addon.environment_id);
             let _no_teardown_meanwhile = lock.lock().await;
             let addon = self.store.addon(addon.id).await?;
             if final_backup {
                 self.final_backup(&addon).await?;
             }
-            let environment = self.store.environment_by_id(addon.environment_id).await?;
-            let names: Vec<ConfigChange> = config_var_names(&addon.kind)
-                .iter()
-                .map(|n| ConfigChange::Unset(format!("{}{n}", addon.var_prefix)))
-                .collect();
-            self.store
-                .change_config_vars(environment.id, &names)
-                .await?;
             self.remove_addon_resources(&addon).await?;
             tracing::info!(addon = %addon.id, name = %addon.name, "add-on destroyed");
-            environment
-                .live_release
-                .map(|number| (environment, number, addon))
+            addon
         };
-        // The rollout that detaches it (its pipeline takes the lock itself).
-        let Some((environment, number, addon)) = live else {
-            return Ok(None);
-        };
+        // Its config vars go through the environment's one ordering point, like any config
+        // change: the detaching release starts from what the previous change left.
         let names: Vec<String> = config_var_names(&addon.kind)
             .iter()
             .map(|n| format!("{}{n}", addon.var_prefix))
             .collect();
-        let rollout = self
-            .deploy(
-                environment.clone(),
-                DeploySource::Release(ReuseRelease {
-                    kind: ReuseKind::ConfigChange,
-                    from_environment: environment.id,
-                    number,
-                    run_release_phase: false,
-                    description: format!("Detach {} ({})", addon.name, names.join(", ")),
-                }),
+        let unset: Vec<ConfigChange> = names.iter().cloned().map(ConfigChange::Unset).collect();
+        let detached = self
+            .change_config(
+                addon.environment_id,
+                &unset,
+                format!("Detach {} ({})", addon.name, names.join(", ")),
             )
             .await;
-        match rollout {
-            Ok(id) => Ok(Some(id)),
+        match detached {
+            Ok(deployment) => Ok(deployment),
             // Deleted meanwhile: nothing is left to detach from.
             Err(_)
                 if matches!(
-                    self.store.environment_by_id(environment.id).await,
+                    self.store.environment_by_id(addon.environment_id).await,
                     Err(gilgal_store::StoreError::NotFound)
                 ) =>
             {
