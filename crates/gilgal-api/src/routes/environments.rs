@@ -471,7 +471,7 @@ async fn list_releases(
             .map(|r| Release {
                 live: environment.live_release == Some(r.number),
                 number: r.number,
-                description: r.description,
+                description: gilgal_deploy::redact_urls(&r.description),
                 pruned: r.pruned,
                 config_names: ConfigSnapshot::parse(&r.config_json)
                     .map(|s| s.vars.into_keys().collect())
