@@ -29,6 +29,8 @@ pub struct GlobalArgs {
 }
 
 /// Subcommands.
+// Parsed once per process; boxing `ServerArgs` would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the platform: API server (and, as it grows, proxy and supervisor).

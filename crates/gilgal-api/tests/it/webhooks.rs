@@ -548,10 +548,7 @@ async fn git_credentials_are_sealed_and_never_shown(backend: Backend) {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert!(!created.to_string().contains(secret), "{created}");
-    assert_eq!(
-        created["repo_url"],
-        "https://192.0.2.1/acme/site.git"
-    );
+    assert_eq!(created["repo_url"], "https://192.0.2.1/acme/site.git");
     // Stored without the credential; the credential is sealed.
     let id = created["id"].as_str().unwrap().parse().unwrap();
     let record = f.server.state.store().webhook(id).await.unwrap();
