@@ -5,9 +5,8 @@
 //! receiver whose signature did not check out (no credential, no row).
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -83,10 +82,9 @@ pub(crate) async fn record(
         .unwrap_or_else(|| request.uri().path().to_owned());
     let action = format!("{} {route}", request.method());
     let path = request.uri().path().to_owned();
-    let ip = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip().to_string());
+    let ip = crate::extract::ClientAddr::of(&state, request.extensions(), request.headers())
+        .0
+        .map(|ip| ip.to_string());
     let (context, response) = CONTEXT
         .scope(RefCell::new(AuditContext::default()), async {
             let response = next.run(request).await;

@@ -42,6 +42,18 @@ impl ApiError {
         }
     }
 
+    /// 503 with a `Retry-After` header: the server is saturated, not the caller at fault.
+    pub fn unavailable(
+        code: &'static str,
+        message: impl Into<String>,
+        wait: std::time::Duration,
+    ) -> Self {
+        Self {
+            retry_after_secs: Some(wait.as_secs().max(1)),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
+    }
+
     /// 404: the resource does not exist *for this caller* (also used for other users' ids).
     pub fn not_found(what: &str) -> Self {
         Self::new(

@@ -438,20 +438,40 @@ impl FromRequestParts<AppState> for AdminUser {
 }
 
 /// The client's address, when the server was started with connection info (always, via
-/// [`crate::serve`]); `None` in router-only tests.
+/// [`crate::serve`]); `None` in router-only tests. Behind a trusted reverse proxy
+/// ([`crate::ApiConfig::trusted_proxies`]) it is the client the proxy names.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub Option<std::net::IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl ClientAddr {
+    /// The client address of a request with `extensions` and `headers`.
+    pub(crate) fn of(
+        state: &AppState,
+        extensions: &axum::http::Extensions,
+        headers: &axum::http::HeaderMap,
+    ) -> Self {
+        Self(
+            extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| {
+                    gilgal_proxy::forwarded_client(
+                        &state.config.trusted_proxies,
+                        info.0.ip(),
+                        headers,
+                    )
+                }),
+        )
+    }
+}
+
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|info| info.0.ip()),
-        ))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(state, &parts.extensions, &parts.headers))
     }
 }
 

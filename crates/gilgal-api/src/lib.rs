@@ -18,6 +18,7 @@ mod routes;
 mod state;
 
 use std::future::Future;
+use std::net::SocketAddr;
 
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
@@ -131,15 +132,61 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
+///
+/// HTTP/1.1 on hyper's connection builder with a timer, so a client that does not finish a
+/// request head within [`ApiConfig::header_read_timeout`] (slowloris, or an idle keep-alive
+/// connection) is closed, and at most [`ApiConfig::max_connections`] connections are held:
+/// beyond that, new ones are closed at once. Handlers see the peer as `ConnectInfo`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::{Service as _, ServiceExt as _};
+
+    let header_read_timeout = state.config.header_read_timeout;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        state.config.max_connections.max(1),
+    ));
+    let mut make_service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "API listener cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "API connection refused: too many connections");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(service) = make_service.call(peer).await;
+        let service = hyper::service::service_fn(move |request| service.clone().oneshot(request));
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "API connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -1,8 +1,10 @@
 //! Brute-force protection for credentials: consecutive failures per account and per client
 //! address earn a growing wait (1 s, 2 s, 4 s, … up to 15 min) after a few free attempts, and a
 //! one-hour lockout well before 100 failures. A locked key is refused before any password is
-//! checked, so the wait cannot be used as an oracle. Failures are forgotten 15 minutes after
-//! the last one, and on success for the account key.
+//! checked, so the wait cannot be used as an oracle. An attempt is counted as a failure when it
+//! is *claimed*, atomically with the lock check and before the password is hashed, and refunded
+//! if the password was right: concurrent guesses cannot all slip past the lock. Failures are
+//! forgotten 15 minutes after the last one, and on success for the account key.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -84,20 +86,43 @@ impl FailureLimiter {
         }
     }
 
-    /// `Err(wait)` while `key` must wait before its next attempt.
-    pub fn check(&self, key: &str) -> Result<(), Duration> {
-        let now = Instant::now();
-        let entries = self.entries();
+    fn locked(
+        entries: &HashMap<String, Failures>,
+        key: &str,
+        now: Instant,
+    ) -> Result<(), Duration> {
         match entries.get(key).and_then(|f| f.locked_until) {
             Some(until) if until > now => Err(until - now),
             _ => Ok(()),
         }
     }
 
-    /// Records a failure of `key` and returns the wait it now has, if any.
-    pub fn failed(&self, key: &str) -> Option<Duration> {
+    /// Claims an attempt of `key`: refused with the wait while it is locked, else counted as a
+    /// failure at once (under the same lock), so that only the attempts the policy allows run
+    /// at all, however many arrive together. [`FailureLimiter::refund`] or
+    /// [`FailureLimiter::succeeded`] takes the count back when the attempt succeeds.
+    pub fn claim(&self, key: &str) -> Result<(), Duration> {
         let now = Instant::now();
         let mut entries = self.entries();
+        Self::locked(&entries, key, now)?;
+        self.count_failure(&mut entries, key, now);
+        Ok(())
+    }
+
+    /// Gives back one claimed attempt of `key` that turned out not to be a failure.
+    pub fn refund(&self, key: &str) {
+        let mut entries = self.entries();
+        if let Some(entry) = entries.get_mut(key) {
+            entry.count = entry.count.saturating_sub(1);
+            entry.locked_until = self
+                .policy
+                .wait_after(entry.count)
+                .map(|wait| entry.last + wait);
+        }
+    }
+
+    /// Counts a failure of `key`; the wait it now has, if any, starts now.
+    fn count_failure(&self, entries: &mut HashMap<String, Failures>, key: &str, now: Instant) {
         if entries.len() >= MAX_KEYS {
             let forget = self.policy.forget_after;
             entries.retain(|_, f| now.duration_since(f.last) < forget);
@@ -112,9 +137,7 @@ impl FailureLimiter {
         }
         entry.count = entry.count.saturating_add(1);
         entry.last = now;
-        let wait = self.policy.wait_after(entry.count);
-        entry.locked_until = wait.map(|w| now + w);
-        wait
+        entry.locked_until = self.policy.wait_after(entry.count).map(|w| now + w);
     }
 
     /// Forgets `key`'s failures (a successful login of that account).
@@ -145,13 +168,36 @@ mod tests {
             free_attempts: 2,
             ..FailurePolicy::ACCOUNT
         });
-        assert_eq!(limiter.failed("a"), None);
-        assert_eq!(limiter.failed("a"), None);
-        assert!(limiter.failed("a").is_some());
-        assert!(limiter.check("a").is_err());
-        assert!(limiter.check("b").is_ok());
+        assert!(limiter.claim("a").is_ok());
+        assert!(limiter.claim("a").is_ok());
+        assert!(limiter.claim("a").is_ok());
+        assert!(limiter.claim("a").is_err());
+        assert!(limiter.claim("b").is_ok());
         limiter.succeeded("a");
-        assert!(limiter.check("a").is_ok());
+        assert!(limiter.claim("a").is_ok());
+    }
+
+    #[test]
+    fn claims_count_before_the_check_and_refunds_give_them_back() {
+        let limiter = FailureLimiter::new(FailurePolicy {
+            free_attempts: 2,
+            ..FailurePolicy::ACCOUNT
+        });
+        // Claims made together, before any outcome is known: the third sets a wait and
+        // every later one is refused.
+        assert!(limiter.claim("a").is_ok());
+        assert!(limiter.claim("a").is_ok());
+        assert!(limiter.claim("a").is_ok());
+        assert!(limiter.claim("a").is_err());
+        assert!(limiter.claim("a").is_err());
+        // A claim that succeeded is refunded, and lifts the wait it caused.
+        limiter.refund("a");
+        assert!(limiter.claim("a").is_ok());
+        assert!(limiter.claim("b").is_ok());
+        limiter.refund("b");
+        assert!(limiter.claim("b").is_ok());
+        assert!(limiter.claim("b").is_ok());
+        assert!(limiter.claim("b").is_ok(), "refunded claims do not count");
     }
 }
 

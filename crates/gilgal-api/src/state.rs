@@ -26,6 +26,21 @@ pub struct ApiConfig {
     pub deploys_per_hour: u32,
     /// Builds at once per team (or per user for personal projects).
     pub concurrent_builds: u32,
+    /// How long a client may take to send a request head (also how long an idle keep-alive
+    /// connection is kept): slow or silent clients must not hold connections forever.
+    pub header_read_timeout: Duration,
+    /// Connections held at once; beyond this new connections are closed at once, so a flood
+    /// of half-open connections cannot exhaust file descriptors or memory.
+    pub max_connections: usize,
+    /// Reverse proxies in front of the API: only from them is `X-Forwarded-For` believed when
+    /// deciding which client address a request came from (login limits, audit). Empty: the
+    /// connection's peer is the client.
+    pub trusted_proxies: Vec<gilgal_proxy::IpNet>,
+    /// Password hashes (argon2, 19 MiB each) computed at once by logins and registrations;
+    /// by default twice the CPU count, so a burst cannot allocate memory per request.
+    pub password_hashes_at_once: usize,
+    /// How long a login or registration waits for a hashing slot before it is answered 503.
+    pub password_hash_wait: Duration,
 }
 
 impl Default for ApiConfig {
@@ -38,6 +53,13 @@ impl Default for ApiConfig {
             requests_per_second: 50,
             deploys_per_hour: 120,
             concurrent_builds: 4,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            trusted_proxies: Vec::new(),
+            password_hashes_at_once: std::thread::available_parallelism()
+                .map_or(2, std::num::NonZeroUsize::get)
+                .saturating_mul(2),
+            password_hash_wait: Duration::from_secs(5),
         }
     }
 }
@@ -60,6 +82,7 @@ struct Inner {
     address_failures: crate::limits::FailureLimiter,
     request_budget: crate::limits::RequestBudget,
     follow_streams: crate::follow::FollowStreams,
+    password_hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -89,6 +112,9 @@ impl AppState {
                     config.requests_per_second.saturating_mul(10),
                 ),
                 follow_streams: crate::follow::FollowStreams::default(),
+                password_hashing: Arc::new(tokio::sync::Semaphore::new(
+                    config.password_hashes_at_once.max(1),
+                )),
             }),
             config,
         })
@@ -114,7 +140,6 @@ impl AppState {
         &self.inner.codec
     }
 
-    /// A hash to verify against when an email is unknown, so timing reveals nothing.
     /// Failed logins per account.
     pub(crate) fn account_failures(&self) -> &crate::limits::FailureLimiter {
         &self.inner.account_failures
@@ -135,6 +160,12 @@ impl AppState {
         &self.inner.follow_streams
     }
 
+    /// Slots for password hashing (see [`ApiConfig::password_hashes_at_once`]).
+    pub(crate) fn password_hashing(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.password_hashing
+    }
+
+    /// A hash to verify against when an email is unknown, so timing reveals nothing.
     pub(crate) fn decoy_hash(&self) -> &str {
         &self.inner.decoy_hash
     }

@@ -5,9 +5,16 @@
 //! (no system or global git config, no terminal prompts), with only the `https`, `http`,
 //! `ssh` and `git` transports enabled — `ext::` (which runs commands) never, `file://` only
 //! when explicitly allowed (it would let API users read the server's own repositories).
+//! HTTP redirects are not followed: the host checked before the fetch is the only one contacted.
 //! One commit is fetched (`--depth 1`), checked out detached, and `.git` is removed; the tree
 //! is then held to the same rules as an uploaded tarball (size limits, symlinks inside).
 //! Submodules and Git LFS objects are not fetched.
+//!
+//! Credentials in an `https://user:token@host/…` URL never reach git's command line (which any
+//! local user can read in `/proc`) or the log: the URL git is given has no userinfo, and the
+//! credential travels as an `Authorization` header in git's environment
+//! (`GIT_CONFIG_COUNT`/`http.extraHeader`). [`split_credential`] and [`redact_urls`] let
+//! callers store and show such URLs without the credential.
 
 use std::ffi::OsString;
 use std::fs;
@@ -21,13 +28,22 @@ use crate::builder::runner::StepRunner;
 use crate::builder::{BuildError, LogSink};
 
 /// Where to fetch source from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct GitSource {
     /// Repository URL: `https://`, `http://`, `ssh://`, `git://`, scp-style `user@host:path`,
     /// or `file://` when [`GitFetchOptions::allow_local`] is set.
     pub url: String,
     /// Branch, tag or full commit id.
     pub reference: String,
+}
+
+impl std::fmt::Debug for GitSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitSource")
+            .field("url", &redact_urls(&self.url))
+            .field("reference", &self.reference)
+            .finish()
+    }
 }
 
 /// Settings of a fetch.
@@ -90,11 +106,128 @@ pub enum GitError {
     },
 }
 
+/// A username and password (or access token) for an HTTP(S) repository, taken out of its URL
+/// so that it can be stored sealed and handed to git without a command line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GitCredential {
+    /// The username (`x-access-token`, `oauth2`, a login, or the token itself).
+    pub username: String,
+    /// The password or token; may be empty when the token is the username.
+    pub password: String,
+}
+
+impl std::fmt::Debug for GitCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GitCredential(redacted)")
+    }
+}
+
+impl GitCredential {
+    /// The HTTP `Authorization` header value git sends.
+    fn authorization(&self) -> String {
+        use base64::Engine as _;
+        let pair = format!("{}:{}", self.username, self.password);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    }
+
+    /// The credential as one string, `user:password` (percent-encoded), for sealing.
+    pub fn to_userinfo(&self) -> String {
+        use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+        format!(
+            "{}:{}",
+            utf8_percent_encode(&self.username, NON_ALPHANUMERIC),
+            utf8_percent_encode(&self.password, NON_ALPHANUMERIC)
+        )
+    }
+
+    /// Reads [`GitCredential::to_userinfo`] back.
+    pub fn from_userinfo(userinfo: &str) -> Self {
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let (username, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        Self {
+            username: decode(username),
+            password: decode(password),
+        }
+    }
+}
+
+fn is_http(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    lower.starts_with("https://") || lower.starts_with("http://")
+}
+
+/// Splits the userinfo off an `http(s)://` URL: the URL without it, and the credential it held.
+/// Other URLs (ssh's `git@host` is a login name, not a secret) come back unchanged.
+pub fn split_credential(url: &str) -> (String, Option<GitCredential>) {
+    if !is_http(url) {
+        return (url.to_owned(), None);
+    }
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return (url.to_owned(), None);
+    };
+    if parsed.username().is_empty() && parsed.password().is_none() {
+        return (url.to_owned(), None);
+    }
+    let credential = GitCredential::from_userinfo(&format!(
+        "{}:{}",
+        parsed.username(),
+        parsed.password().unwrap_or_default()
+    ));
+    if parsed.set_username("").is_err() || parsed.set_password(None).is_err() {
+        return (url.to_owned(), None);
+    }
+    (parsed.to_string(), Some(credential))
+}
+
+/// `url` with `credential` put back as its userinfo (an in-memory value handed to
+/// [`fetch_git`], which takes it out again; never stored or shown).
+pub fn with_credential(url: &str, credential: &GitCredential) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) if is_http(url) => {
+            format!("{scheme}://{}@{rest}", credential.to_userinfo())
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `text` with the userinfo (`user:password@`) of every URL in it removed: for anything a
+/// repository URL may be written into (logs, descriptions, API answers).
+pub fn redact_urls(text: &str) -> String {
+    let mut redacted = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        redacted.push_str(head);
+        let end = tail
+            .find(|c: char| {
+                matches!(c, '/' | '\\' | '?' | '#' | '"' | '\'' | '<' | '>' | '`')
+                    || c.is_whitespace()
+            })
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        redacted.push_str(
+            authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host),
+        );
+        rest = &tail[end..];
+    }
+    redacted.push_str(rest);
+    redacted
+}
+
 /// Checks a repository URL without contacting it.
 pub fn validate_url(url: &str, allow_local: bool) -> Result<(), GitError> {
     let refuse = |reason| {
         Err(GitError::InvalidUrl {
-            url: url.to_owned(),
+            url: redact_urls(url),
             reason,
         })
     };
@@ -108,6 +241,20 @@ pub fn validate_url(url: &str, allow_local: bool) -> Result<(), GitError> {
         return refuse("it must not contain spaces or control characters");
     }
     let lower = url.to_ascii_lowercase();
+    if (lower.starts_with("ssh://") || lower.starts_with("git://"))
+        && url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split('/').next())
+            .is_some_and(|authority| {
+                authority
+                    .rsplit_once('@')
+                    .is_some_and(|(user, _)| user.contains(':'))
+            })
+    {
+        return refuse(
+            "passwords in ssh:// and git:// URLs are not supported; use https:// with a token",
+        );
+    }
     let remote = ["https://", "http://", "ssh://", "git://"];
     if remote.iter().any(|scheme| lower.starts_with(scheme)) {
         return Ok(());
@@ -186,6 +333,8 @@ pub async fn fetch_git(
             ("protocol.http.allow", "always"),
             ("protocol.ssh.allow", "always"),
             ("protocol.git.allow", "always"),
+            // A redirect would reach a host the SSRF check never saw.
+            ("http.followRedirects", "false"),
         ] {
             argv.push("-c".into());
             argv.push(format!("{key}={value}").into());
@@ -203,14 +352,28 @@ pub async fn fetch_git(
     runner
         .run(&git(&["init", "--quiet"], &[]), dest, &[])
         .await?;
+    // The credential goes into git's environment (readable only by this user), never argv.
+    let (url, credential) = split_credential(&source.url);
+    let credential_env: Vec<(OsString, OsString)> = credential
+        .map(|credential| {
+            vec![
+                ("GIT_CONFIG_COUNT".into(), "1".into()),
+                ("GIT_CONFIG_KEY_0".into(), "http.extraHeader".into()),
+                (
+                    "GIT_CONFIG_VALUE_0".into(),
+                    format!("Authorization: {}", credential.authorization()).into(),
+                ),
+            ]
+        })
+        .unwrap_or_default();
     runner
         .run(
             &git(
                 &["fetch", "--depth", "1", "--no-tags", "--quiet", "--"],
-                &[&source.url, &source.reference],
+                &[&url, &source.reference],
             ),
             dest,
-            &[],
+            &credential_env,
         )
         .await?;
     runner

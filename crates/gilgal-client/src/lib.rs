@@ -11,8 +11,9 @@ use gilgal_types::{
     CreateProjectRequest, CreateWebhookRequest, CreatedApiToken, CreatedWebhook, CronJob,
     CronJobRequest, Deployment, Domain, DomainRequest, Environment, EnvironmentRequest, ErrorBody,
     Formation, FormationUpdate, GitDeployRequest, InstanceSettings, LoginRequest, Project,
-    PromoteRequest, RedeployRequest, RefreshRequest, RegisterRequest, Release, RollbackRequest,
-    Run, RunRequest, TokenPair, UpdateProjectRequest, User, Webhook, WebhookDelivery,
+    PromoteRequest, RedeployRequest, RefreshRequest, RegisterAccepted, RegisterRequest, Release,
+    RollbackRequest, Run, RunRequest, TokenPair, UpdateProjectRequest, User, Webhook,
+    WebhookDelivery,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -180,9 +181,28 @@ impl Client {
         }
     }
 
-    /// `POST /api/auth/register`.
-    pub async fn register(&self, request: &RegisterRequest) -> Result<TokenPair, ClientError> {
+    /// `POST /api/auth/register`: the answer does not say whether the account is new (the
+    /// server does not reveal who has an account); log in next, or use
+    /// [`Client::register_and_login`].
+    pub async fn register(
+        &self,
+        request: &RegisterRequest,
+    ) -> Result<RegisterAccepted, ClientError> {
         self.call(Method::POST, "/api/auth/register", request).await
+    }
+
+    /// Registers, then logs in with the same email and password. A login refused after the
+    /// registration means the email already had an account with another password.
+    pub async fn register_and_login(
+        &self,
+        request: &RegisterRequest,
+    ) -> Result<TokenPair, ClientError> {
+        self.register(request).await?;
+        self.login(&LoginRequest {
+            email: request.email.clone(),
+            password: request.password.clone(),
+        })
+        .await
     }
 
     /// `POST /api/auth/login`.

@@ -37,6 +37,8 @@ pub use alerts::{
     MAX_DELIVERY_ATTEMPTS,
 };
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
+/// Credentials in git URLs: split off for sealing, put back for a fetch, redacted for display.
+pub use gilgal_build::git::{redact_urls, split_credential, with_credential, GitCredential};
 pub use gilgal_build::GitSource;
 pub use health::DEFAULT_HEALTH_INTERVAL;
 pub use identity::owns as instance_belongs_to;

@@ -352,7 +352,9 @@ impl DeploySource {
         let value = match self {
             Self::Upload(_) => serde_json::json!({"kind": "upload"}),
             Self::Git(git) => {
-                serde_json::json!({"kind": "git", "url": git.url, "ref": git.reference})
+                // Stored and shown: never with the credential a URL may carry.
+                let url = gilgal_build::git::redact_urls(&git.url);
+                serde_json::json!({"kind": "git", "url": url, "ref": git.reference})
             }
             Self::Release(reuse) => serde_json::json!({
                 "kind": reuse.kind.as_str(),
@@ -622,13 +624,14 @@ impl Deployer {
                     }
                     other => Failure::Failed(format!("git fetch failed: {other}")),
                 })?;
+                let shown_url = gilgal_build::git::redact_urls(&git.url);
                 log.system(format!(
-                    "fetched {} at {} ({} files)",
-                    git.url, checkout.commit, checkout.summary.files
+                    "fetched {shown_url} at {} ({} files)",
+                    checkout.commit, checkout.summary.files
                 ))
                 .await;
                 let short = checkout.commit.chars().take(12).collect::<String>();
-                let description = format!("Deploy {}@{} ({short})", git.url, git.reference);
+                let description = format!("Deploy {shown_url}@{} ({short})", git.reference);
                 self.build(environment, source_dir, description, token, log)
                     .await?
             }

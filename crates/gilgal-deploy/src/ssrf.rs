@@ -1,6 +1,7 @@
 //! Server-side request forgery guard for URLs users hand to the server (git sources): a host
 //! that resolves to loopback, link-local, private, shared (CGNAT), unspecified or multicast
-//! addresses is refused unless the administrator allowed private URLs. Checked at submission;
+//! addresses is refused unless the administrator allowed private URLs. IPv6 addresses that
+//! wrap an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) are judged by that address. Checked at submission;
 //! DNS could change before git connects (rebinding), so this stops casual probing of the
 //! internal network, not a determined attacker controlling DNS — documented as such.
 
@@ -45,17 +46,48 @@ pub(crate) fn is_internal(ip: IpAddr) -> bool {
                 || a == 0
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
+            if embedded_ipv4(v6).is_some_and(|v4| is_internal(IpAddr::V4(v4))) {
+                return true;
             }
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            let first = segments[0];
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
+                // 64:ff9b:1::/48, local-use NAT64 (RFC 8215): translated into the operator's
+                // own network, with the IPv4 address at a position only the operator knows.
+                || segments[..3] == [0x64, 0xff9b, 1]
         }
     }
+}
+
+/// The IPv4 address an IPv6 address stands for, where the IPv6 form is only a wrapper that a
+/// translator or tunnel turns back into IPv4: IPv4-mapped `::ffff:a.b.c.d` and -compatible
+/// `::a.b.c.d`, well-known NAT64 `64:ff9b::a.b.c.d` (RFC 6052), 6to4 `2002:aabb:ccdd::/48`
+/// (RFC 3056), and Teredo `2001:0::/32` (RFC 4380), which carries two: the server's and the
+/// client's (stored inverted); the client's is returned when it is internal, else the server's.
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    use std::net::Ipv4Addr;
+    let s = v6.segments();
+    let pair = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if let Some(v4) = v6.to_ipv4() {
+        return Some(v4); // mapped or compatible
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(pair(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return Some(pair(s[1], s[2]));
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        let server = pair(s[2], s[3]);
+        let client = pair(!s[6], !s[7]);
+        let internal = |ip: Ipv4Addr| is_internal(IpAddr::V4(ip));
+        return Some(if internal(client) { client } else { server });
+    }
+    None
 }
 
 /// Refuses `url` when its host resolves to an internal address.
@@ -63,7 +95,12 @@ pub(crate) async fn check_public(url: &str) -> Result<(), String> {
     if url.starts_with("file://") {
         return Ok(()); // governed by `allow_local_git`
     }
-    let host = url_host(url).ok_or_else(|| format!("cannot find the host in {url:?}"))?;
+    let host = url_host(url).ok_or_else(|| {
+        format!(
+            "cannot find the host in {:?}",
+            gilgal_build::git::redact_urls(url)
+        )
+    })?;
     let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
         Err(_) => tokio::net::lookup_host((host.as_str(), 0))
@@ -130,6 +167,50 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
         ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        for public in ["140.82.112.3", "1.1.1.1", "2606:4700::1111"] {
+            assert!(!is_internal(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn ipv6_wrappers_of_internal_ipv4_addresses_are_internal() {
+        for (internal, why) in [
+            ("::ffff:10.0.0.1", "IPv4-mapped"),
+            ("::127.0.0.1", "IPv4-compatible"),
+            ("::a9fe:a9fe", "IPv4-compatible metadata address"),
+            ("64:ff9b::7f00:1", "NAT64 of 127.0.0.1"),
+            ("64:ff9b::a9fe:a9fe", "NAT64 of 169.254.169.254"),
+            ("64:ff9b::c0a8:101", "NAT64 of 192.168.1.1"),
+            (
+                "64:ff9b:1::8c52:7003",
+                "local-use NAT64, any embedded address",
+            ),
+            ("64:ff9b:1:2::a00:1", "local-use NAT64 /48"),
+            ("2002:7f00:1::1", "6to4 of 127.0.0.1"),
+            ("2002:a00:1::", "6to4 of 10.0.0.1"),
+            ("2002:a9fe:a9fe::1", "6to4 of 169.254.169.254"),
+            ("2001:0:a00:1::1", "Teredo server 10.0.0.1"),
+            (
+                "2001:0:4136:e378:8000:63bf:80ff:fffe",
+                "Teredo client 127.0.0.1 (inverted)",
+            ),
+        ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}: {why}");
+        }
+        for public in [
+            "64:ff9b::8c52:7003",
+            "2002:8c52:7003::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        ] {
+            assert!(!is_internal(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn plain_internal_ranges_stay_internal() {
+        for internal in ["::1", "fd00::1", "fe80::1", "ff02::1", "::"] {
             assert!(is_internal(internal.parse().unwrap()), "{internal}");
         }
         for public in ["140.82.112.3", "1.1.1.1", "2606:4700::1111"] {

@@ -45,6 +45,7 @@ pub use handle::{DrainOutcome, ProxyHandle, UNROUTED};
 /// Network ranges, as [`ProxySettings::trusted_proxies`] names trusted peers.
 pub use ipnet::IpNet;
 pub use metrics::{MetricsSnapshot, RouteMetricsSnapshot, LATENCY_BUCKETS_SECONDS};
+pub use proxy::forwarded_client;
 pub use server::{serve, serve_tls};
 pub use spec::{
     Backend, CertificatePem, ProxySettings, RouteDiff, RouteLimits, RouteSpec, RouteTarget,

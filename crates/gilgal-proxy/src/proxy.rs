@@ -202,7 +202,7 @@ impl AccessStart {
                 .unwrap_or_default(),
             client: if ctx.trusted_peer {
                 let chain = forwarded_chain(req.headers(), &ctx.client_ip);
-                real_client(&ctx.shared.settings, &chain)
+                real_client(&ctx.shared.settings.trusted_proxies, &chain)
                     .map(|ip| ip.to_string())
                     .unwrap_or_default()
             } else {
@@ -730,7 +730,7 @@ impl Forward {
         }
         let chain = forwarded_chain(headers, client_ip);
         let real_ip = if believed & FWD_REAL_IP == 0 {
-            real_client(&self.ctx.shared.settings, &chain)
+            real_client(&self.ctx.shared.settings.trusted_proxies, &chain)
                 .and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok())
                 .unwrap_or_else(|| client_ip.clone())
         } else {
@@ -767,7 +767,7 @@ fn forwarded_chain(headers: &HeaderMap, peer: &HeaderValue) -> Vec<u8> {
 /// from the right, the first address that is not a trusted proxy; if all are, the left-most
 /// (as nginx's `real_ip_recursive`). An entry that is not an address ends the walk: the hop
 /// after it is the last one known.
-fn real_client(settings: &crate::ProxySettings, chain: &[u8]) -> Option<std::net::IpAddr> {
+fn real_client(trusted_proxies: &[ipnet::IpNet], chain: &[u8]) -> Option<std::net::IpAddr> {
     let mut client = None;
     for entry in chain.rsplit(|&b| b == b',') {
         let Some(ip) = std::str::from_utf8(entry)
@@ -778,11 +778,30 @@ fn real_client(settings: &crate::ProxySettings, chain: &[u8]) -> Option<std::net
         };
         let ip = ip.to_canonical();
         client = Some(ip);
-        if !settings.is_trusted(ip) {
+        if !crate::spec::is_trusted_by(trusted_proxies, ip) {
             break;
         }
     }
     client
+}
+
+/// The client a request from `peer` came from, by the edge proxy's rule: `peer` itself unless
+/// it is one of `trusted_proxies`, else the right-most untrusted address of its
+/// `X-Forwarded-For` list (see [`ProxySettings::trusted_proxies`](crate::ProxySettings)).
+/// Public so that the API resolves client addresses exactly as the proxy does.
+pub fn forwarded_client(
+    trusted_proxies: &[ipnet::IpNet],
+    peer: std::net::IpAddr,
+    headers: &HeaderMap,
+) -> std::net::IpAddr {
+    let peer = peer.to_canonical();
+    if !crate::spec::is_trusted_by(trusted_proxies, peer) {
+        return peer;
+    }
+    let Ok(peer_value) = HeaderValue::from_str(&peer.to_string()) else {
+        return peer;
+    };
+    real_client(trusted_proxies, &forwarded_chain(headers, &peer_value)).unwrap_or(peer)
 }
 
 /// Origin-form request target (`/path?query`), as HTTP/1.1 sends it to a backend.

@@ -204,9 +204,14 @@ pub struct ProxySettings {
 impl ProxySettings {
     /// Whether `ip` is one of [`Self::trusted_proxies`].
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+        is_trusted_by(&self.trusted_proxies, ip)
     }
+}
+
+/// Whether `ip` (IPv4-mapped addresses as IPv4) is in one of `trusted_proxies`.
+pub(crate) fn is_trusted_by(trusted_proxies: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    trusted_proxies.iter().any(|net| net.contains(&ip))
 }
 
 impl Default for ProxySettings {

@@ -27,6 +27,8 @@ pub struct WebhookRecord {
     pub branch: String,
     /// The shared secret, sealed with the environment's data key.
     pub secret_sealed: String,
+    /// The repository's credential (taken out of its URL), sealed like the secret.
+    pub git_credential_sealed: Option<String>,
     /// Who created it.
     pub created_by: Option<Uuid>,
     /// When it was created.
@@ -63,6 +65,8 @@ pub struct NewWebhook<'a> {
     pub branch: &'a str,
     /// Sealed shared secret.
     pub secret_sealed: &'a str,
+    /// Sealed repository credential, if the URL had one.
+    pub git_credential_sealed: Option<&'a str>,
     /// Creator.
     pub created_by: Uuid,
 }
@@ -91,7 +95,7 @@ pub struct DeliveryRecord {
 }
 
 const WEBHOOK_SELECT: &str = "SELECT id, project_id, environment_id, provider, repo_url, branch, \
-     secret_sealed, created_by, created_at FROM webhooks";
+     secret_sealed, git_credential_sealed, created_by, created_at FROM webhooks";
 
 fn webhook_from_row(row: &sqlx::any::AnyRow) -> Result<WebhookRecord, StoreError> {
     Ok(WebhookRecord {
@@ -102,6 +106,7 @@ fn webhook_from_row(row: &sqlx::any::AnyRow) -> Result<WebhookRecord, StoreError
         repo_url: row.try_get("repo_url")?,
         branch: row.try_get("branch")?,
         secret_sealed: row.try_get("secret_sealed")?,
+        git_credential_sealed: row.try_get("git_credential_sealed")?,
         created_by: row
             .try_get::<Option<String>, _>("created_by")?
             .map(|id| parse_id(&id))
@@ -132,7 +137,8 @@ impl Store {
     pub async fn create_webhook(&self, new: &NewWebhook<'_>) -> Result<WebhookRecord, StoreError> {
         sqlx::query(
             "INSERT INTO webhooks (id, project_id, environment_id, provider, repo_url, branch, \
-             secret_sealed, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             secret_sealed, git_credential_sealed, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(new.id.to_string())
         .bind(new.project_id.to_string())
@@ -141,6 +147,7 @@ impl Store {
         .bind(new.repo_url)
         .bind(new.branch)
         .bind(new.secret_sealed)
+        .bind(new.git_credential_sealed)
         .bind(new.created_by.to_string())
         .bind(now_millis())
         .execute(&self.pool)

@@ -166,7 +166,7 @@ impl TestServer {
     pub async fn user(&self, email: &str) -> (gilgal_client::Client, gilgal_types::TokenPair) {
         let pair = self
             .client()
-            .register(&gilgal_types::RegisterRequest {
+            .register_and_login(&gilgal_types::RegisterRequest {
                 email: email.parse().expect("valid email"),
                 password: TEST_PASSWORD.to_owned(),
             })

@@ -17,6 +17,15 @@ pub struct RegisterRequest {
     pub password: String,
 }
 
+/// The answer to a registration: the same whether the email was new or already had an account
+/// (which is left as it was), so registering cannot be used to find out who has an account.
+/// Log in next.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegisterAccepted {
+    /// What happened and what to do next.
+    pub message: String,
+}
+
 /// Email + password exchange for a token pair.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -29,6 +29,8 @@ pub struct GlobalArgs {
 }
 
 /// Subcommands.
+// Parsed once per process; boxing `ServerArgs` would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the platform: API server (and, as it grows, proxy and supervisor).
@@ -634,6 +636,20 @@ pub struct ServerArgs {
         value_parser = parse_network
     )]
     pub proxy_trusted_proxies: Vec<gilgal_proxy::IpNet>,
+    /// Reverse proxies in front of the API (addresses or CIDR ranges, comma-separated): only
+    /// from them is X-Forwarded-For believed, so login limits count the real client's address
+    /// rather than the proxy's. From anyone else the connection's own address counts.
+    #[arg(
+        long,
+        env = "GILGAL_API_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_network
+    )]
+    pub api_trusted_proxies: Vec<gilgal_proxy::IpNet>,
+    /// Most connections the API holds at once; beyond that new ones are closed at once, so
+    /// a flood of slow or idle connections cannot exhaust the server.
+    #[arg(long, default_value_t = 1024, env = "GILGAL_API_MAX_CONNECTIONS")]
+    pub api_max_connections: usize,
     /// Domain under which apps get hostnames: `{project}.{base}` and `{project}-{env}.{base}`.
     #[arg(long, default_value = "localhost", env = "GILGAL_BASE_DOMAIN")]
     pub base_domain: String,

@@ -231,6 +231,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         &key,
         ApiConfig {
             cors_origins: args.cors_origins.clone(),
+            trusted_proxies: args.api_trusted_proxies.clone(),
+            max_connections: args.api_max_connections,
             ..ApiConfig::default()
         },
     )?;

@@ -6,7 +6,9 @@ use axum::Json;
 use gilgal_auth::opaque::{self, REFRESH_TOKEN_PREFIX};
 use gilgal_auth::password::{self, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
 use gilgal_store::{RefreshOutcome, SessionRecord};
-use gilgal_types::{ErrorBody, LoginRequest, RefreshRequest, RegisterRequest, TokenPair, User};
+use gilgal_types::{
+    ErrorBody, LoginRequest, RefreshRequest, RegisterAccepted, RegisterRequest, TokenPair, User,
+};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -39,14 +41,37 @@ fn check_password_shape(password: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Runs a CPU-heavy password operation off the async workers.
+/// Runs a CPU- and memory-heavy password operation (argon2: 19 MiB each) off the async
+/// workers, at most [`crate::ApiConfig::password_hashes_at_once`] at a time: a burst of
+/// logins or registrations waits its turn for a bounded time, then is told to come back (503
+/// with `Retry-After`), instead of allocating memory for every request at once.
 async fn blocking<T: Send + 'static>(
+    state: &AppState,
     work: impl FnOnce() -> Result<T, gilgal_auth::AuthError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .map_err(ApiError::from)
+    let wait = state.config.password_hash_wait;
+    let slots = std::sync::Arc::clone(state.password_hashing());
+    let permit = match tokio::time::timeout(wait, slots.acquire_owned()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(closed)) => return Err(ApiError::internal(&closed)),
+        Err(_elapsed) => {
+            tracing::warn!("password hashing is saturated; request turned away");
+            return Err(ApiError::unavailable(
+                "server_busy",
+                "the server is busy checking other passwords; try again shortly",
+                std::time::Duration::from_secs(1),
+            ));
+        }
+    };
+    // The slot is held by the hashing thread, so a caller that goes away frees it only when
+    // the hash is done.
+    tokio::task::spawn_blocking(move || {
+        let _slot = permit;
+        work()
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+    .map_err(ApiError::from)
 }
 
 /// Issues an access token for `session` and pairs it with `refresh_secret`.
@@ -82,19 +107,22 @@ async fn start_session(state: &AppState, user: User) -> Result<TokenPair, ApiErr
     token_pair(state, &session, refresh.secret, user)
 }
 
-/// Create an account and log it in. The first account becomes the instance admin.
+/// Create an account, then log in with `POST /api/auth/login`. The first account becomes the
+/// instance admin. The answer is the same whether or not the email was already registered
+/// (an existing account is left untouched), so registration reveals nothing about who has an
+/// account; the password is hashed either way, so neither does its timing.
 #[utoipa::path(post, path = "/api/auth/register", tag = "auth", request_body = RegisterRequest,
     responses(
-        (status = 201, description = "Account created and logged in", body = TokenPair),
+        (status = 202, description = "Registered unless the email already was; log in next", body = RegisterAccepted),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 403, description = "Registration is closed", body = ErrorBody),
-        (status = 409, description = "Email already registered", body = ErrorBody),
         (status = 422, description = "Invalid email or password", body = ErrorBody),
+        (status = 503, description = "Too many passwords being checked; see Retry-After", body = ErrorBody),
     ))]
 async fn register(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RegisterRequest>,
-) -> Result<(StatusCode, Json<TokenPair>), ApiError> {
+) -> Result<(StatusCode, Json<RegisterAccepted>), ApiError> {
     check_password_shape(&request.password)?;
     if !state.store().registration_open().await? {
         return Err(ApiError::forbidden(
@@ -103,13 +131,23 @@ async fn register(
         ));
     }
     let password = request.password;
-    let hash = blocking(move || password::hash_password(&password)).await?;
-    let user = state.store().create_user(&request.email, &hash).await?;
-    tracing::info!(user_id = %user.id, admin = user.is_admin, "account registered");
-    crate::audit::set_actor(user.id, user.email.as_str(), "password".to_owned());
+    let hash = blocking(&state, move || password::hash_password(&password)).await?;
+    match state.store().create_user(&request.email, &hash).await {
+        Ok(user) => {
+            tracing::info!(user_id = %user.id, admin = user.is_admin, "account registered");
+            crate::audit::set_actor(user.id, user.email.as_str(), "password".to_owned());
+        }
+        Err(gilgal_store::StoreError::Conflict(_)) => {
+            tracing::info!("registration for an email that already has an account; ignored");
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok((
-        StatusCode::CREATED,
-        Json(start_session(&state, user).await?),
+        StatusCode::ACCEPTED,
+        Json(RegisterAccepted {
+            message: "registered unless this email already has an account; log in with it"
+                .to_owned(),
+        }),
     ))
 }
 
@@ -121,6 +159,7 @@ async fn register(
         (status = 401, description = "Wrong email or password", body = ErrorBody),
         (status = 422, description = "Invalid request", body = ErrorBody),
         (status = 429, description = "Too many failed attempts; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Too many passwords being checked; see Retry-After", body = ErrorBody),
     ))]
 async fn login(
     State(state): State<AppState>,
@@ -129,60 +168,78 @@ async fn login(
 ) -> Result<Json<TokenPair>, ApiError> {
     let account_key = request.email.as_str().to_ascii_lowercase();
     let address_key = address.map(|a| a.to_string());
-    let locked = state
-        .account_failures()
-        .check(&account_key)
-        .err()
-        .into_iter()
-        .chain(
-            address_key
-                .as_deref()
-                .and_then(|key| state.address_failures().check(key).err()),
-        )
-        .max();
-    if let Some(wait) = locked {
-        return Err(ApiError::too_many(
+    // The attempt is counted before the password is checked, under the limiter's lock, so
+    // concurrent guesses cannot all pass the check before any failure is recorded.
+    claim_attempt(&state, &account_key, address_key.as_deref())?;
+    let checked = check_login(&state, &request).await;
+    let user = match checked {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            tracing::info!("failed login");
+            crate::audit::note(
+                "email",
+                serde_json::Value::String(request.email.to_string()),
+            );
+            return Err(ApiError::unauthorized(
+                "invalid_credentials",
+                "email or password is incorrect",
+            ));
+        }
+        Err(e) => {
+            // Not a wrong password (busy, database down): the attempt did not count.
+            state.account_failures().refund(&account_key);
+            if let Some(key) = &address_key {
+                state.address_failures().refund(key);
+            }
+            return Err(e);
+        }
+    };
+    state.account_failures().succeeded(&account_key);
+    if let Some(key) = &address_key {
+        state.address_failures().refund(key);
+    }
+    crate::audit::set_actor(user.id, user.email.as_str(), "password".to_owned());
+    Ok(Json(start_session(&state, user).await?))
+}
+
+/// Claims one login attempt for the account and the client address, or says how long to wait.
+fn claim_attempt(state: &AppState, account: &str, address: Option<&str>) -> Result<(), ApiError> {
+    let refused = state.account_failures().claim(account).err().or_else(|| {
+        let address = address?;
+        let refused = state.address_failures().claim(address).err();
+        if refused.is_some() {
+            state.account_failures().refund(account);
+        }
+        refused
+    });
+    match refused {
+        Some(wait) => Err(ApiError::too_many(
             "too_many_attempts",
             format!(
                 "too many failed logins; try again in {} s",
                 wait.as_secs().max(1)
             ),
             wait,
-        ));
+        )),
+        None => Ok(()),
     }
+}
+
+/// The account `request` names if its password is right; an unknown email costs the same
+/// argon2 check as a known one.
+async fn check_login(state: &AppState, request: &LoginRequest) -> Result<Option<User>, ApiError> {
     let credentials = state.store().user_credentials(&request.email).await?;
     let (hash, user) = match credentials {
         Some(c) => (c.password_hash, Some(c.user)),
         None => (state.decoy_hash().to_owned(), None),
     };
-    let password = request.password;
+    let password = request.password.clone();
     let matches = if password.len() > MAX_PASSWORD_LEN {
         false
     } else {
-        blocking(move || password::verify_password(&password, &hash)).await?
+        blocking(state, move || password::verify_password(&password, &hash)).await?
     };
-    match user {
-        Some(user) if matches => {
-            state.account_failures().succeeded(&account_key);
-            crate::audit::set_actor(user.id, user.email.as_str(), "password".to_owned());
-            Ok(Json(start_session(&state, user).await?))
-        }
-        _ => {
-            tracing::info!("failed login");
-            state.account_failures().failed(&account_key);
-            if let Some(key) = &address_key {
-                state.address_failures().failed(key);
-            }
-            crate::audit::note(
-                "email",
-                serde_json::Value::String(request.email.to_string()),
-            );
-            Err(ApiError::unauthorized(
-                "invalid_credentials",
-                "email or password is incorrect",
-            ))
-        }
-    }
+    Ok(user.filter(|_| matches))
 }
 
 /// Rotate a refresh token: the presented one is spent and a new pair returned.

@@ -81,7 +81,7 @@ pub(crate) fn to_wire(
         environment: record.environment_name,
         state: record.state.as_str().to_owned(),
         release: record.release_number,
-        failure: record.failure,
+        failure: record.failure.map(|f| gilgal_deploy::redact_urls(&f)),
         url,
         transitions: record
             .transitions
@@ -400,7 +400,8 @@ where
                             seq: line.seq,
                             at: line.at,
                             stream: line.stream,
-                            line: line.line,
+                            // Lines written before git credentials were kept out of logs.
+                            line: gilgal_deploy::redact_urls(&line.line),
                         };
                         if let Ok(json) = serde_json::to_string(&wire) {
                             chunk.push_str(&json);

@@ -458,7 +458,7 @@ async fn list_releases(
                 live: environment.live_release == Some(r.number),
                 outcome: outcome_to_wire(r.outcome),
                 number: r.number,
-                description: r.description,
+                description: gilgal_deploy::redact_urls(&r.description),
                 pruned: r.pruned,
                 config_names: ConfigSnapshot::parse(&r.config_json)
                     .map(|s| s.vars.into_keys().collect())

@@ -45,6 +45,11 @@ fn secret_name(id: Uuid) -> String {
     format!("webhook:{id}")
 }
 
+/// The vault name a webhook's repository credential is sealed under.
+fn credential_name(id: Uuid) -> String {
+    format!("webhook-git:{id}")
+}
+
 fn receiver_path(id: Uuid) -> String {
     format!("/api/webhooks/{id}/deliver")
 }
@@ -67,7 +72,8 @@ async fn to_wire(state: &AppState, record: WebhookRecord) -> Result<Webhook, Api
         project_id: record.project_id,
         environment: environment.name,
         provider: record.provider,
-        repo_url: record.repo_url,
+        // New rows hold no credential; older ones may, and it is never shown.
+        repo_url: gilgal_deploy::redact_urls(&record.repo_url),
         branch: record.branch,
         created_at: record.created_at,
     })
@@ -165,6 +171,23 @@ async fn create_webhook(
         .seal(environment.id, &secret_name(id), &secret)
         .await
         .map_err(|e| ApiError::internal(&e))?;
+    // A credential in the URL is sealed apart; the URL is stored and shown without it.
+    let (repo_url, credential) = gilgal_deploy::split_credential(&request.repo_url);
+    let credential_sealed = match credential {
+        Some(credential) => Some(
+            state
+                .deployer()
+                .vault()
+                .seal(
+                    environment.id,
+                    &credential_name(id),
+                    &credential.to_userinfo(),
+                )
+                .await
+                .map_err(|e| ApiError::internal(&e))?,
+        ),
+        None => None,
+    };
     let record = state
         .store()
         .create_webhook(&NewWebhook {
@@ -172,9 +195,10 @@ async fn create_webhook(
             project_id,
             environment_id: environment.id,
             provider: provider.as_str(),
-            repo_url: &request.repo_url,
+            repo_url: &repo_url,
             branch: &branch,
             secret_sealed: &sealed,
+            git_credential_sealed: credential_sealed.as_deref(),
             created_by: caller.user.id,
         })
         .await?;
@@ -462,8 +486,23 @@ async fn deliver(
         .environment_by_id(webhook.environment_id)
         .await
         .map_err(webhook_not_found)?;
+    let url = match &webhook.git_credential_sealed {
+        Some(sealed) => {
+            let userinfo = state
+                .deployer()
+                .vault()
+                .open(webhook.environment_id, &credential_name(id), sealed)
+                .await
+                .map_err(|e| ApiError::internal(&e))?;
+            gilgal_deploy::with_credential(
+                &webhook.repo_url,
+                &gilgal_deploy::GitCredential::from_userinfo(&userinfo),
+            )
+        }
+        None => webhook.repo_url.clone(),
+    };
     let source = DeploySource::Git(gilgal_deploy::GitSource {
-        url: webhook.repo_url.clone(),
+        url,
         reference: commit.clone(),
     });
     match state.deployer().deploy(environment, source).await {

@@ -11,6 +11,10 @@ use crate::{assert_error, finish, raw};
 
 backend_tests!(
     register_first_user_is_admin,
+    register_reveals_nothing_about_existing_accounts,
+    concurrent_wrong_passwords_are_counted_before_hashing,
+    password_hashing_is_bounded,
+    login_limits_key_on_the_client_behind_a_trusted_proxy,
     register_rejects_bad_input,
     registration_can_be_closed,
     login_success_and_failures,
@@ -23,44 +27,34 @@ backend_tests!(
 
 async fn register_first_user_is_admin(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let first = raw(
-        &server,
-        Method::POST,
-        "/api/auth/register",
-        None,
-        Some(json!({"email": "Ada@Example.com", "password": TEST_PASSWORD})),
-    )
-    .await;
-    assert_eq!(first.0, StatusCode::CREATED, "{}", first.2);
-    assert_eq!(first.2["user"]["email"], "ada@example.com");
-    assert_eq!(first.2["user"]["is_admin"], true);
-    assert_eq!(first.2["token_type"], "Bearer");
-    assert!(first.2["refresh_token"]
-        .as_str()
-        .unwrap()
-        .starts_with("gilgal_rt_"));
+    let register = |email: &'static str, password: &'static str| {
+        raw(
+            &server,
+            Method::POST,
+            "/api/auth/register",
+            None,
+            Some(json!({"email": email, "password": password})),
+        )
+    };
+    let first = register("Ada@Example.com", TEST_PASSWORD).await;
+    assert_eq!(first.0, StatusCode::ACCEPTED, "{}", first.2);
+    assert!(first.2.get("access_token").is_none(), "{}", first.2);
+    let ada = server
+        .client()
+        .login(&gilgal_types::LoginRequest {
+            email: "ada@example.com".parse().unwrap(),
+            password: TEST_PASSWORD.to_owned(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ada.user.email.as_str(), "ada@example.com");
+    assert!(ada.user.is_admin);
+    assert_eq!(ada.token_type, "Bearer");
+    assert!(ada.refresh_token.starts_with("gilgal_rt_"));
 
-    let second = raw(
-        &server,
-        Method::POST,
-        "/api/auth/register",
-        None,
-        Some(json!({"email": "bob@example.com", "password": TEST_PASSWORD})),
-    )
-    .await;
-    assert_eq!(second.0, StatusCode::CREATED);
-    assert_eq!(second.2["user"]["is_admin"], false);
-
-    let duplicate = raw(
-        &server,
-        Method::POST,
-        "/api/auth/register",
-        None,
-        Some(json!({"email": "ADA@example.com", "password": TEST_PASSWORD})),
-    )
-    .await;
-    assert_error(&duplicate, StatusCode::CONFLICT, "conflict");
-
+    let (_, bob) = server.user("bob@example.com").await;
+    assert!(!bob.user.is_admin);
+    assert_eq!(server.state.store().user_count().await.unwrap(), 2);
     // The stored hash is argon2id at OWASP's minimum or above.
     let creds = server
         .state
@@ -76,6 +70,41 @@ async fn register_first_user_is_admin(backend: Backend) {
         "{}",
         creds.password_hash
     );
+}
+
+async fn register_reveals_nothing_about_existing_accounts(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user("ada@example.com").await;
+    let register = |email: &'static str| {
+        raw(
+            &server,
+            Method::POST,
+            "/api/auth/register",
+            None,
+            Some(json!({"email": email, "password": "another password 123"})),
+        )
+    };
+    let taken = register("ADA@example.com").await;
+    let new = register("carol@example.com").await;
+    assert_eq!(taken.0, new.0, "{} / {}", taken.2, new.2);
+    assert_eq!(taken.2, new.2);
+    assert_eq!(taken.0, StatusCode::ACCEPTED);
+    // The existing account is untouched: its password still works, the new one does not.
+    let client = server.client();
+    let login = |password: &str| gilgal_types::LoginRequest {
+        email: "ada@example.com".parse().unwrap(),
+        password: password.to_owned(),
+    };
+    assert!(client.login(&login(TEST_PASSWORD)).await.is_ok());
+    assert_eq!(
+        client
+            .login(&login("another password 123"))
+            .await
+            .unwrap_err()
+            .code(),
+        Some("invalid_credentials")
+    );
+    assert_eq!(server.state.store().user_count().await.unwrap(), 2);
 }
 
 async fn register_rejects_bad_input(backend: Backend) {
@@ -451,4 +480,109 @@ async fn request_ids_round_trip(backend: Backend) {
     .await;
     assert_ne!(forged.1, "a b\"c");
     assert_eq!(forged.1.len(), 36);
+}
+
+async fn login_as(
+    server: &TestServer,
+    email: &str,
+    password: &str,
+    forwarded_for: Option<&str>,
+) -> (StatusCode, String, serde_json::Value) {
+    let mut request = server
+        .http()
+        .post(format!("{}/api/auth/login", server.url))
+        .json(&json!({"email": email, "password": password}));
+    if let Some(address) = forwarded_for {
+        request = request.header("x-forwarded-for", address);
+    }
+    finish(request).await
+}
+
+async fn concurrent_wrong_passwords_are_counted_before_hashing(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user("ada@example.com").await;
+    let attempts = (0..40).map(|_| login_as(&server, "ada@example.com", "wrong password!", None));
+    let answers = futures_util::future::join_all(attempts).await;
+    let checked = answers
+        .iter()
+        .filter(|a| a.0 == StatusCode::UNAUTHORIZED)
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|a| a.0 == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    // Five free attempts and the sixth, which earns the first wait (1 s); nothing more is
+    // hashed. (A burst slower than that second lets a seventh through, which earns 2 s.)
+    assert!((6..=7).contains(&checked), "{checked} checked: {answers:?}");
+    assert_eq!(checked + refused, 40, "{answers:?}");
+}
+
+async fn password_hashing_is_bounded(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        ApiConfig {
+            password_hashes_at_once: 1,
+            password_hash_wait: Duration::from_millis(1),
+            ..ApiConfig::default()
+        },
+    )
+    .await;
+    // Different accounts, so no per-account wait applies; all arrive at once.
+    let server = &server;
+    let attempts = (0..12).map(|i| async move {
+        let email = format!("nobody{i}@example.com");
+        login_as(server, &email, "whatever password", None).await
+    });
+    let answers = futures_util::future::join_all(attempts).await;
+    let busy: Vec<_> = answers
+        .iter()
+        .filter(|a| a.0 == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert!(!busy.is_empty(), "every hash ran at once: {answers:?}");
+    for answer in &busy {
+        assert_error(answer, StatusCode::SERVICE_UNAVAILABLE, "server_busy");
+    }
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.0 == StatusCode::SERVICE_UNAVAILABLE || a.0 == StatusCode::UNAUTHORIZED),
+        "{answers:?}"
+    );
+    // Turned-away attempts were not failures: the same address is not slowed by them.
+    let answer = login_as(server, "someone@example.com", "whatever password", None).await;
+    assert_error(&answer, StatusCode::UNAUTHORIZED, "invalid_credentials");
+}
+
+async fn login_limits_key_on_the_client_behind_a_trusted_proxy(backend: Backend) {
+    let server = TestServer::start_with(
+        backend,
+        ApiConfig {
+            trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+            ..ApiConfig::default()
+        },
+    )
+    .await;
+    let mallory = Some("198.51.100.7, 203.0.113.9");
+    for i in 0..21 {
+        let answer = login_as(
+            &server,
+            &format!("nobody{i}@example.com"),
+            "whatever password",
+            mallory,
+        )
+        .await;
+        assert_error(&answer, StatusCode::UNAUTHORIZED, "invalid_credentials");
+    }
+    let answer = login_as(&server, "someone@example.com", "whatever password", mallory).await;
+    assert_error(&answer, StatusCode::TOO_MANY_REQUESTS, "too_many_attempts");
+    // Another client behind the same proxy is not slowed by Mallory's failures; the address
+    // that counts is the right-most one the proxy added, not what the client claimed.
+    let answer = login_as(
+        &server,
+        "someone@example.com",
+        "whatever password",
+        Some("198.51.100.7, 203.0.113.10"),
+    )
+    .await;
+    assert_error(&answer, StatusCode::UNAUTHORIZED, "invalid_credentials");
 }

@@ -562,3 +562,78 @@ async fn deploy_and_build_quotas_answer_429() {
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "deploy_quota");
 }
+
+/// Reads from `stream` until the server closes it; `None` if it is still open after `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|()| received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_heads_and_connections_beyond_the_cap_are_closed() {
+    use tokio::io::AsyncWriteExt as _;
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        ApiConfig {
+            header_read_timeout: Duration::from_millis(800),
+            max_connections: 4,
+            ..ApiConfig::default()
+        },
+    )
+    .await;
+    // Four half-sent requests take every connection slot.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: gilgal\r\n")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A fifth connection is closed without an answer, even with a complete request.
+    let mut surplus = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let _ = surplus
+        .write_all(b"GET /health HTTP/1.1\r\nHost: gilgal\r\n\r\n")
+        .await;
+    let answer = closed_within(&mut surplus, Duration::from_millis(500))
+        .await
+        .expect("a connection beyond the cap is closed at once");
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The half-sent requests are closed once the head timeout passes.
+    for stream in &mut slow {
+        let answer = closed_within(stream, Duration::from_secs(3))
+            .await
+            .expect("a half-sent request is closed within the head timeout");
+        assert!(
+            !answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // Their slots are free again: a normal request works.
+    let status = server
+        .http()
+        .get(format!("{}/health", server.url))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+}

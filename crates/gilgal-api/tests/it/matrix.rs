@@ -253,6 +253,7 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
             repo_url: "https://example.com/shop.git",
             branch: "main",
             secret_sealed: &sealed,
+            git_credential_sealed: None,
             created_by: user_id["ada"].parse().unwrap(),
         })
         .await

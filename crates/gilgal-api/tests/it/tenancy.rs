@@ -619,6 +619,7 @@ async fn the_webhook_receiver_audits_only_signed_calls_and_has_a_budget(backend:
             repo_url: "https://example.com/site.git",
             branch: "main",
             secret_sealed: &sealed,
+            git_credential_sealed: None,
             created_by: root_id,
         })
         .await

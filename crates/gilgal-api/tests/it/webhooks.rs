@@ -16,7 +16,8 @@ backend_tests!(
     a_signed_github_push_deploys_the_pushed_commit_once,
     forged_and_malformed_deliveries_change_nothing,
     gitlab_and_generic_senders_and_branch_rules,
-    webhooks_are_managed_by_admins_and_hidden_from_strangers
+    webhooks_are_managed_by_admins_and_hidden_from_strangers,
+    git_credentials_are_sealed_and_never_shown
 );
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -526,4 +527,126 @@ async fn webhooks_are_managed_by_admins_and_hidden_from_strangers(backend: Backe
     assert_eq!(status, StatusCode::NO_CONTENT);
     let answer = f.deliver(&webhook, &[], b"{}").await;
     assert_error(&answer, StatusCode::NOT_FOUND, "not_found");
+}
+
+async fn git_credentials_are_sealed_and_never_shown(backend: Backend) {
+    let f = fixture(backend).await;
+    let secret = "ghs_n0tForV1ewers";
+    // 192.0.2.0/24 is public (documentation) space: it passes the SSRF check unfetched.
+    let with_credential = format!("https://x-access-token:{secret}@192.0.2.1/acme/site.git");
+    let (status, _, created) = raw(
+        &f.server,
+        Method::POST,
+        "/api/webhooks",
+        Some(&f.token),
+        Some(json!({
+            "project_id": f.project_id,
+            "provider": "github",
+            "repo_url": with_credential,
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert!(!created.to_string().contains(secret), "{created}");
+    assert_eq!(created["repo_url"], "https://192.0.2.1/acme/site.git");
+    // Stored without the credential; the credential is sealed.
+    let id = created["id"].as_str().unwrap().parse().unwrap();
+    let record = f.server.state.store().webhook(id).await.unwrap();
+    assert_eq!(record.repo_url, "https://192.0.2.1/acme/site.git");
+    let sealed = record
+        .git_credential_sealed
+        .expect("credential kept sealed");
+    assert!(!sealed.contains(secret));
+
+    // A row written before credentials were split off is shown without it too.
+    let legacy_id = uuid::Uuid::new_v4();
+    f.server
+        .state
+        .store()
+        .create_webhook(&gilgal_store::NewWebhook {
+            id: legacy_id,
+            project_id: f.project_id.parse().unwrap(),
+            environment_id: record.environment_id,
+            provider: "github",
+            repo_url: &with_credential,
+            branch: "main",
+            secret_sealed: &record.secret_sealed,
+            git_credential_sealed: None,
+            created_by: record.created_by.unwrap(),
+        })
+        .await
+        .unwrap();
+    let (status, _, listed) = raw(
+        &f.server,
+        Method::GET,
+        &format!("/api/projects/{}/webhooks", f.project_id),
+        Some(&f.token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert!(!listed.to_string().contains(secret), "{listed}");
+
+    // A git deploy with the credential: neither the log nor the deployment shows it.
+    let (status, _, deployment) = raw(
+        &f.server,
+        Method::POST,
+        &format!("/api/projects/{}/deployments", f.project_id),
+        Some(&f.token),
+        Some(json!({"url": with_credential, "ref": "main"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{deployment}");
+    let deployment_id = deployment["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = loop {
+        let log = f
+            .server
+            .http()
+            .get(format!(
+                "{}/api/deployments/{deployment_id}/logs",
+                f.server.url
+            ))
+            .bearer_auth(&f.token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if log.contains("fetch") || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(log.contains("https://192.0.2.1/acme/site.git"), "{log}");
+    assert!(!log.contains(secret), "{log}");
+    let stored = f
+        .server
+        .state
+        .store()
+        .deployment_by_id(deployment_id.parse().unwrap())
+        .await
+        .map(|record| record.source);
+    let _ = raw(
+        &f.server,
+        Method::POST,
+        &format!("/api/deployments/{deployment_id}/cancel"),
+        Some(&f.token),
+        None,
+    )
+    .await;
+    let (_, _, shown) = raw(
+        &f.server,
+        Method::GET,
+        &format!("/api/deployments/{deployment_id}"),
+        Some(&f.token),
+        None,
+    )
+    .await;
+    assert!(!shown.to_string().contains(secret), "{shown}");
+    let stored = stored.unwrap();
+    assert!(stored.contains("192.0.2.1"), "{stored}");
+    assert!(!stored.contains(secret), "{stored}");
 }

@@ -201,3 +201,215 @@ async fn a_missing_ref_reports_gits_error_and_escaping_symlinks_are_refused() {
     assert!(matches!(err, GitError::Content(_)), "{err}");
     assert!(err.to_string().contains("passwd"), "{err}");
 }
+
+/// Answers every HTTP request on `listener` with `status` and `location`, counting requests.
+async fn http_stub(
+    listener: tokio::net::TcpListener,
+    status: &'static str,
+    location: String,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    while let Ok((mut socket, _)) = listener.accept().await {
+        hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let location = location.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let answer = format!(
+                "HTTP/1.1 {status}\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_to_another_host() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // The "internal" target: any request reaching it means git followed the redirect.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let target_hits = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(http_stub(
+        target,
+        "404 Not Found",
+        String::new(),
+        target_hits.clone(),
+    ));
+    let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirector_addr = redirector.local_addr().unwrap();
+    let redirector_hits = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(http_stub(
+        redirector,
+        "302 Found",
+        format!("http://{target_addr}/internal.git/info/refs?service=git-upload-pack"),
+        redirector_hits.clone(),
+    ));
+
+    let root = tempfile::tempdir().unwrap();
+    let source = GitSource {
+        url: format!("http://{redirector_addr}/repo.git"),
+        reference: "main".to_owned(),
+    };
+    let options = GitFetchOptions {
+        timeout: std::time::Duration::from_secs(30),
+        ..GitFetchOptions::default()
+    };
+    let fetched = fetch_git(
+        &source,
+        &root.path().join("checkout"),
+        &options,
+        CancellationToken::new(),
+        LogSink::discard(),
+    )
+    .await;
+    assert!(fetched.is_err(), "{fetched:?}");
+    assert!(
+        redirector_hits.load(Ordering::SeqCst) >= 1,
+        "git never asked"
+    );
+    assert_eq!(
+        target_hits.load(Ordering::SeqCst),
+        0,
+        "git followed the redirect to the other host"
+    );
+}
+
+/// Whether any process's command line holds `needle` (what any local user can read).
+fn on_a_command_line(needle: &str) -> bool {
+    let Ok(processes) = fs::read_dir("/proc") else {
+        return false;
+    };
+    processes.flatten().any(|process| {
+        fs::read(process.path().join("cmdline")).is_ok_and(|cmdline| {
+            cmdline
+                .windows(needle.len())
+                .any(|window| window == needle.as_bytes())
+        })
+    })
+}
+
+#[tokio::test]
+async fn url_credentials_reach_git_by_header_never_by_command_line_or_log() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let secret = format!("s3cret{}", std::process::id());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(String, bool)>();
+    {
+        let secret = secret.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // git is waiting for this answer: its command line is there to read now.
+                let exposed = on_a_command_line(&secret);
+                let _ = seen_tx.send((String::from_utf8_lossy(&head).into_owned(), exposed));
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    )
+                    .await;
+            }
+        });
+    }
+    let root = tempfile::tempdir().unwrap();
+    let source = GitSource {
+        url: format!("http://x-access-token:{secret}@{addr}/repo.git"),
+        reference: "main".to_owned(),
+    };
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel(1024);
+    let options = GitFetchOptions {
+        timeout: std::time::Duration::from_secs(30),
+        ..GitFetchOptions::default()
+    };
+    let fetched = fetch_git(
+        &source,
+        &root.path().join("checkout"),
+        &options,
+        CancellationToken::new(),
+        LogSink::new(lines_tx),
+    )
+    .await;
+    let error = fetched.unwrap_err().to_string();
+    assert!(!error.contains(&secret), "{error}");
+    assert!(!format!("{source:?}").contains(&secret));
+    let mut log = String::new();
+    while let Ok(line) = lines_rx.try_recv() {
+        log.push_str(&line.text);
+        log.push('\n');
+    }
+    assert!(log.contains("fetch"), "{log}");
+    assert!(
+        !log.contains(&secret),
+        "the credential is in the log:\n{log}"
+    );
+
+    use base64::Engine as _;
+    let expected =
+        base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{secret}"));
+    let mut requests = Vec::new();
+    while let Ok(seen) = seen_rx.try_recv() {
+        requests.push(seen);
+    }
+    assert!(!requests.is_empty(), "git never asked");
+    for (head, exposed) in &requests {
+        assert!(!exposed, "the credential is on a command line (in /proc)");
+        assert!(
+            head.to_ascii_lowercase().contains(&format!(
+                "authorization: basic {}",
+                expected.to_ascii_lowercase()
+            )),
+            "{head}"
+        );
+    }
+}
+
+#[test]
+fn credentials_are_split_off_urls_and_redacted_from_text() {
+    use gilgal_build::git::{redact_urls, split_credential, with_credential};
+    let (url, credential) = split_credential("https://x-access-token:ghs_a%2Fb@github.com/a/b.git");
+    assert_eq!(url, "https://github.com/a/b.git");
+    let credential = credential.unwrap();
+    assert_eq!(credential.username, "x-access-token");
+    assert_eq!(credential.password, "ghs_a/b");
+    assert!(!format!("{credential:?}").contains("ghs"));
+    let again = with_credential(&url, &credential);
+    assert_eq!(split_credential(&again), (url.clone(), Some(credential)));
+    let (url, token_only) = split_credential("https://ghp_token@example.com/x");
+    assert_eq!(url, "https://example.com/x");
+    assert_eq!(token_only.unwrap().username, "ghp_token");
+    for plain in [
+        "https://github.com/a/b.git",
+        "git@github.com:a/b.git",
+        "ssh://git@host/x",
+    ] {
+        assert_eq!(split_credential(plain), (plain.to_owned(), None));
+    }
+    assert_eq!(
+        redact_urls("$ git fetch -- https://u:p@h.example/x.git main; see http://t@h2:80/y"),
+        "$ git fetch -- https://h.example/x.git main; see http://h2:80/y"
+    );
+    assert_eq!(
+        redact_urls(r#"{"url":"https://u:p@h/x"}"#),
+        r#"{"url":"https://h/x"}"#
+    );
+    assert!(validate_url("ssh://git:pw@host/x", false).is_err());
+    assert!(validate_url("ssh://git@host/x", false).is_ok());
+    let refused = validate_url("ftp://u:secret@host/x", false).unwrap_err();
+    assert!(!refused.to_string().contains("secret"), "{refused}");
+}

@@ -22,8 +22,16 @@ pub async fn register(session: &Session, args: CredentialArgs) -> anyhow::Result
     let password = read_password(args.password_stdin, "Choose a password (10+ characters): ")?;
     let client = session.anonymous()?;
     let pair = client
-        .register(&RegisterRequest { email, password })
-        .await?;
+        .register_and_login(&RegisterRequest { email, password })
+        .await
+        .map_err(|e| match e.code() {
+            // Registration does not say whether the email was taken; the login after it does.
+            Some("invalid_credentials") => anyhow::anyhow!(
+                "registered, but logging in failed: this email may already have an account \
+                 with another password; use `gilgal login`"
+            ),
+            _ => e.into(),
+        })?;
     if pair.user.is_admin {
         eprintln!("You are the first user: this account is the instance administrator.");
     }
