@@ -44,8 +44,14 @@ pub struct RunOutput {
 /// Parses a cron schedule: five fields (minute hour day month weekday, UTC), or six with
 /// seconds first.
 pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, String> {
+    let nickname = schedule.trim_start().starts_with('@');
+    let fields = schedule.split_whitespace().count();
+    if !nickname && fields != 5 {
+        return Err(format!(
+            "invalid cron schedule {schedule:?}: a schedule has exactly 5 fields (minute hour day-of-month month day-of-week) and runs at most once a minute; seconds and years are not accepted"
+        ));
+    }
     croner::Cron::new(schedule)
-        .with_seconds_optional()
         .parse()
         .map_err(|e| format!("invalid cron schedule {schedule:?}: {e}"))
 }
@@ -288,9 +294,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn five_and_six_field_schedules_parse() {
+    fn only_five_field_schedules_parse() {
         assert!(parse_schedule("0 * * * *").is_ok());
-        assert!(parse_schedule("*/2 * * * * *").is_ok());
+        // Minute resolution only: a seconds (or years) field would run every supervisor tick.
+        for too_fine in ["*/2 * * * * *", "* * * * * *", "0 0 * * * * 2030"] {
+            let refused = parse_schedule(too_fine).unwrap_err();
+            assert!(refused.contains("exactly 5 fields"), "{refused}");
+        }
+        assert!(parse_schedule("@hourly").is_ok());
         assert!(parse_schedule("61 * * * *").is_err());
         assert!(parse_schedule("not cron").is_err());
     }

@@ -355,7 +355,7 @@ pub struct Run {
 /// Body of `POST /api/environments/{id}/cron`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct CronJobRequest {
-    /// Cron expression, UTC: five fields, or six with seconds first.
+    /// Cron expression, UTC: five fields (minute hour day-of-month month day-of-week); at most once a minute.
     pub schedule: String,
     /// The command and its arguments: 1 to 256 arguments without NUL bytes, the first not
     /// empty, 64 KiB in all.

@@ -324,7 +324,7 @@ pub enum EnvironmentsCommand {
 pub enum CronCommand {
     /// Schedule a command: `gilgal cron add "0 * * * *" -- python cleanup.py`.
     Add {
-        /// Cron expression, UTC (five fields, or six with seconds first).
+        /// Cron expression, UTC: five fields (minute resolution; seconds are refused).
         schedule: String,
         /// The command and its arguments.
         #[arg(last = true, required = true)]

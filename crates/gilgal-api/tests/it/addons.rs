@@ -237,6 +237,12 @@ async fn postgres_and_redis_addons_end_to_end(backend: Backend) {
     };
     let answer = policy(json!({"schedule": "every day", "retention": 7})).await;
     assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    let answer = policy(json!({"schedule": "* * * * * *", "retention": 7})).await;
+    assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    assert!(answer.2["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("exactly 5 fields"));
     let answer = policy(json!({"schedule": "0 3 * * *", "retention": 0})).await;
     assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
     let (status, _, changed) = policy(json!({"schedule": "30 2 * * *", "retention": 3})).await;

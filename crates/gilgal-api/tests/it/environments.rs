@@ -230,6 +230,24 @@ async fn environments_and_config_vars(backend: Backend) {
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_request",
     );
+    // Minute resolution: a seconds field (6) or a years field (7) is refused, naming the rule.
+    for too_fine in ["* * * * * *", "0 0 3 * * * 2030"] {
+        let response = raw(
+            &server,
+            Method::POST,
+            &format!("{env_path}/cron"),
+            token,
+            Some(json!({"schedule": too_fine, "command": ["pg_dump"]})),
+        )
+        .await;
+        assert_error(
+            &response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        );
+        let message = response.2["error"]["message"].as_str().unwrap();
+        assert!(message.contains("exactly 5 fields"), "{message}");
+    }
     let (status, _, job) = raw(
         &server,
         Method::POST,
