@@ -90,13 +90,23 @@ impl Access {
             Credential::Session(session) => store.session_is_active(session, self.user).await,
             Credential::ApiToken(token) => store.api_token_is_active(token, self.user).await,
         };
-        if !matches!(credential, Ok(true)) {
-            return false;
+        // Only a definite answer ends the stream: a store that is briefly busy (SQLite under
+        // load) must not cut a client's log off as if its access had been revoked.
+        match credential {
+            Ok(false) => return false,
+            Ok(true) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot re-check a log follower's session; checking again later");
+                return true;
+            }
         }
-        matches!(
-            store.project_role(self.user, self.project).await,
-            Ok(Some(_))
-        )
+        match store.project_role(self.user, self.project).await {
+            Ok(role) => role.is_some(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot re-check a log follower's role; checking again later");
+                true
+            }
+        }
     }
 }
 

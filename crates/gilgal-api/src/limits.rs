@@ -7,7 +7,7 @@
 //! forgotten 15 minutes after the last one, and on success for the account key.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How failures of one kind of key are punished.
@@ -260,5 +260,55 @@ mod budget_tests {
         assert!(budget.spend("other").is_ok(), "budgets are per key");
         std::thread::sleep(Duration::from_millis(120));
         assert!(budget.spend("t").is_ok());
+    }
+}
+
+/// Source uploads being received, per user. Each is a build about to start, and the deploy
+/// quota counts deployments only once their upload is on disk: without this bound, any number
+/// of uploads sent at once would all pass the quota and be written (512 MiB each) first.
+#[derive(Debug, Default)]
+pub struct UploadsInFlight {
+    by_user: Mutex<HashMap<uuid::Uuid, u32>>,
+}
+
+impl UploadsInFlight {
+    /// Claims one upload slot for `user` when fewer than `limit` of theirs are in flight; the
+    /// slot is given back when the returned claim is dropped.
+    pub fn claim(self: &Arc<Self>, user: uuid::Uuid, limit: u32) -> Option<UploadClaim> {
+        let mut by_user = match self.by_user.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let count = by_user.entry(user).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(UploadClaim {
+            uploads: Arc::clone(self),
+            user,
+        })
+    }
+}
+
+/// One upload in flight; dropping it frees the slot.
+#[derive(Debug)]
+pub struct UploadClaim {
+    uploads: Arc<UploadsInFlight>,
+    user: uuid::Uuid,
+}
+
+impl Drop for UploadClaim {
+    fn drop(&mut self) {
+        let mut by_user = match self.uploads.by_user.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(count) = by_user.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                by_user.remove(&self.user);
+            }
+        }
     }
 }

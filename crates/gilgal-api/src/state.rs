@@ -83,6 +83,7 @@ struct Inner {
     request_budget: crate::limits::RequestBudget,
     follow_streams: crate::follow::FollowStreams,
     password_hashing: Arc<tokio::sync::Semaphore>,
+    uploads_in_flight: Arc<crate::limits::UploadsInFlight>,
 }
 
 impl AppState {
@@ -112,6 +113,7 @@ impl AppState {
                     config.requests_per_second.saturating_mul(10),
                 ),
                 follow_streams: crate::follow::FollowStreams::default(),
+                uploads_in_flight: Arc::default(),
                 password_hashing: Arc::new(tokio::sync::Semaphore::new(
                     config.password_hashes_at_once.max(1),
                 )),
@@ -158,6 +160,11 @@ impl AppState {
     /// Open log follow streams per user.
     pub(crate) fn follow_streams(&self) -> &crate::follow::FollowStreams {
         &self.inner.follow_streams
+    }
+
+    /// Source uploads being received, per user.
+    pub(crate) fn uploads_in_flight(&self) -> &Arc<crate::limits::UploadsInFlight> {
+        &self.inner.uploads_in_flight
     }
 
     /// Slots for password hashing (see [`ApiConfig::password_hashes_at_once`]).

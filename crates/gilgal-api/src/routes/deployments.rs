@@ -183,6 +183,20 @@ async fn create_deployment(
         tracing::info!(deployment = %deployment_id, project = %project.name, environment = %environment_name, "git deployment accepted");
         return crate::routes::environments::accepted(&state, &caller, deployment_id).await;
     }
+    // Held until the deployment exists (and so counts against the quota itself).
+    let _uploading = state
+        .uploads_in_flight()
+        .claim(caller.user.id, state.config.concurrent_builds.max(1))
+        .ok_or_else(|| {
+            ApiError::too_many(
+                "build_quota",
+                format!(
+                    "you are already uploading {} sources (the limit is the concurrent-build quota); wait for one to finish",
+                    state.config.concurrent_builds
+                ),
+                Duration::from_secs(10),
+            )
+        })?;
     let uploads = state.deployer().work_dir().join("uploads");
     tokio::fs::create_dir_all(&uploads)
         .await

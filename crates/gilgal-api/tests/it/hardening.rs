@@ -637,3 +637,84 @@ async fn slow_request_heads_and_connections_beyond_the_cap_are_closed() {
         .status();
     assert_eq!(status, StatusCode::OK);
 }
+
+/// Uploads still being received count against the build quota before a byte of a second one
+/// is written: with one concurrent build allowed, a second upload sent while the first is
+/// still arriving is refused at once (429 `build_quota`) and leaves no file; once the first
+/// connection is gone its slot is free again.
+#[tokio::test]
+async fn uploads_in_flight_count_against_the_build_quota() {
+    use tokio::io::AsyncWriteExt;
+
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        ApiConfig {
+            concurrent_builds: 1,
+            ..ApiConfig::default()
+        },
+    )
+    .await;
+    let (_, pair) = server.user("uploader@example.com").await;
+    let (_, _, project) = raw(
+        &server,
+        Method::POST,
+        "/api/projects",
+        Some(&pair.access_token),
+        Some(json!({"name": "slowpoke"})),
+    )
+    .await;
+    let project_id = project["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/projects/{project_id}/deployments");
+    // The first upload announces 1 MiB and sends 16 bytes of it.
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/gzip\r\nContent-Length: 1048576\r\n\r\n",
+        pair.access_token
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&[0x1f; 16]).await.unwrap();
+    let uploads = server.state.deployer().work_dir().join("uploads");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_dir(&uploads).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first upload never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let upload = || {
+        server
+            .http()
+            .post(format!("{}{path}", server.url))
+            .bearer_auth(&pair.access_token)
+            .header("content-type", "application/gzip")
+            .body(vec![0x1f; 4096])
+            .send()
+    };
+    let refused = upload().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "build_quota", "{body}");
+    assert_eq!(
+        std::fs::read_dir(&uploads).unwrap().count(),
+        1,
+        "only the first upload is on disk"
+    );
+    // The first client goes away: its slot (and its partial file) go with it.
+    drop(slow);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let answer = upload().await.unwrap();
+        if answer.status() == StatusCode::ACCEPTED {
+            break;
+        }
+        assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -123,7 +123,24 @@ pub async fn follow(
             }
         }
     }
-    let deployment = client.deployment(deployment.id).await?;
+    // The server may end the stream before the deployment settles (a restart, a re-check it
+    // could not make): the outcome is then read until it is known, never guessed.
+    let mut deployment = client.deployment(deployment.id).await?;
+    let mut said = false;
+    while matches!(
+        deployment.state.as_str(),
+        "pending" | "building" | "releasing" | "starting" | "healthy"
+    ) {
+        if !said && !json {
+            eprintln!(
+                "the log stream ended while the deployment is {}; waiting for its outcome",
+                deployment.state
+            );
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        deployment = client.deployment(deployment.id).await?;
+    }
     finish(deployment, json)
 }
 

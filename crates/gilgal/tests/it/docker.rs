@@ -18,6 +18,9 @@ use super::*;
 struct DockerServer {
     server: Option<ServerProcess>,
     docker: Docker,
+    /// Project ids by name, looked up once: after a restart the stored login names the old
+    /// server URL, and ids never change.
+    project_ids: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl std::ops::Deref for DockerServer {
@@ -60,6 +63,7 @@ impl DockerServer {
         Some(DockerServer {
             server: Some(server),
             docker,
+            project_ids: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -73,9 +77,17 @@ impl DockerServer {
 
     /// The id of project `name`: containers are labelled (and images tagged) with ids.
     fn project_id(&self, name: &str) -> String {
+        if let Some(id) = self.project_ids.lock().unwrap().get(name) {
+            return id.clone();
+        }
         let shown = ok(self.cli(&["--json", "projects", "show", name], None));
         let project: serde_json::Value = serde_json::from_str(shown.trim()).unwrap();
-        project["id"].as_str().unwrap().to_owned()
+        let id = project["id"].as_str().unwrap().to_owned();
+        self.project_ids
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), id.clone());
+        id
     }
 
     /// Ids of this server's running containers of project `app` (web and workers).
