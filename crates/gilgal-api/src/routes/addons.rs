@@ -17,7 +17,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::extract::{parse_path_id, ApiJson, ApiQuery, AuthUser};
+use crate::extract::{parse_path_id, ApiQuery, AuthUser, JsonBody};
 use crate::routes::environments::{deploy_error, owned_environment};
 use crate::{ApiError, AppState};
 
@@ -127,9 +127,10 @@ async fn create_addon(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(request): ApiJson<CreateAddonRequest>,
+    request: JsonBody<CreateAddonRequest>,
 ) -> Result<(StatusCode, Json<AddonChanged>), ApiError> {
     let environment = owned_environment(&state, &caller, &id).await?;
+    let request = request.parse()?;
     crate::audit::note("kind", serde_json::json!(request.kind));
     let (addon, deployment) = state
         .deployer()
@@ -268,9 +269,10 @@ async fn restore(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(request): ApiJson<RestoreRequest>,
+    request: JsonBody<RestoreRequest>,
 ) -> Result<StatusCode, ApiError> {
     let addon = visible_addon(&state, &caller, &id, Role::Admin).await?;
+    let request = request.parse()?;
     let backup = state
         .store()
         .backup(request.backup_id)
@@ -308,9 +310,10 @@ async fn set_backup_policy(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(policy): ApiJson<BackupPolicy>,
+    policy: JsonBody<BackupPolicy>,
 ) -> Result<Json<Addon>, ApiError> {
     let addon = visible_addon(&state, &caller, &id, Role::Developer).await?;
+    let policy = policy.parse()?;
     gilgal_deploy::parse_schedule(&policy.schedule).map_err(ApiError::invalid)?;
     if !(1..=365).contains(&policy.retention) {
         return Err(ApiError::invalid(

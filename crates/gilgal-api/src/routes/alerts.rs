@@ -21,7 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::extract::{parse_path_id, ApiJson, AuthUser};
+use crate::extract::{parse_path_id, AuthUser, JsonBody};
 use crate::routes::environments::owned_environment;
 use crate::{ApiError, AppState};
 
@@ -217,9 +217,10 @@ async fn update_rule(
     State(state): State<AppState>,
     caller: AuthUser,
     Path((id, kind)): Path<(String, String)>,
-    ApiJson(change): ApiJson<UpdateAlertRule>,
+    change: JsonBody<UpdateAlertRule>,
 ) -> Result<Json<AlertRule>, ApiError> {
     let environment = owned_environment(&state, &caller, &id).await?;
+    let change = change.parse()?;
     let kind = AlertKind::parse(&kind).ok_or_else(|| ApiError::not_found("alert rule kind"))?;
     let current = state
         .deployer()
@@ -293,11 +294,12 @@ async fn create_channel(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(request): ApiJson<CreateAlertChannel>,
+    request: JsonBody<CreateAlertChannel>,
 ) -> Result<(StatusCode, Json<CreatedAlertChannel>), ApiError> {
     let environment = owned_environment(&state, &caller, &id).await?;
     crate::routes::teams::require_role(&state, &caller, environment.project_id, Role::Admin)
         .await?;
+    let request = request.parse()?;
     let target = request.target.trim();
     if target.len() > 2048 {
         return Err(ApiError::invalid("target must be at most 2048 characters"));

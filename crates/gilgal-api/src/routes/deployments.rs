@@ -22,7 +22,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::extract::{parse_path_id, ApiJson, ApiQuery, AuthUser};
+use crate::extract::{parse_path_id, ApiQuery, AuthUser, JsonBody};
 use crate::{ApiError, AppState};
 
 /// Largest source upload accepted (compressed).
@@ -482,7 +482,7 @@ async fn redeploy(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<RedeployRequest>,
+    body: JsonBody<RedeployRequest>,
 ) -> Result<(StatusCode, Json<Deployment>), ApiError> {
     let id = parse_path_id(&id, "deployment")?;
     let record = state
@@ -492,6 +492,7 @@ async fn redeploy(
         .map_err(not_found)?;
     caller.check_scope(record.project_id, Some(record.environment_id), "deployment")?;
     crate::routes::teams::require_for_method(&state, &caller, record.project_id).await?;
+    let body = body.parse()?;
     let Some(number) = record.release_number else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

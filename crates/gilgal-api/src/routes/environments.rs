@@ -25,7 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::extract::{parse_path_id, ApiJson, ApiQuery, AuthUser};
+use crate::extract::{parse_path_id, ApiQuery, AuthUser, JsonBody};
 use crate::routes::deployments::LogsQuery;
 use crate::{ApiError, AppState};
 
@@ -167,7 +167,7 @@ async fn create_environment(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<EnvironmentRequest>,
+    body: JsonBody<EnvironmentRequest>,
 ) -> Result<(StatusCode, Json<Environment>), ApiError> {
     let project_id = parse_path_id(&id, "project")?;
     caller.check_scope(project_id, None, "project")?;
@@ -177,6 +177,7 @@ async fn create_environment(
             StatusCode::NOT_FOUND => ApiError::not_found("project"),
             _ => e,
         })?;
+    let body = body.parse()?;
     let name = environment_name(&body.name)?;
     let created = state
         .store()
@@ -203,7 +204,7 @@ async fn update_environment(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<EnvironmentRequest>,
+    body: JsonBody<EnvironmentRequest>,
 ) -> Result<Json<Environment>, ApiError> {
     let current = owned_environment(&state, &caller, &id).await?;
     crate::routes::teams::require_role(
@@ -213,6 +214,7 @@ async fn update_environment(
         gilgal_types::Role::Admin,
     )
     .await?;
+    let body = body.parse()?;
     let name = environment_name(&body.name)?;
     if current.name == name {
         return Ok(Json(to_wire(&state, current)));
@@ -347,9 +349,10 @@ async fn change_config(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<ConfigUpdate>,
+    body: JsonBody<ConfigUpdate>,
 ) -> Result<Json<ConfigChanged>, ApiError> {
     let environment = owned_environment(&state, &caller, &id).await?;
+    let body = body.parse()?;
     let mut changes = Vec::new();
     for (name, value, secret) in body
         .set
@@ -497,9 +500,10 @@ async fn rollback(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<RollbackRequest>,
+    body: JsonBody<RollbackRequest>,
 ) -> Result<(StatusCode, Json<gilgal_types::Deployment>), ApiError> {
     let environment = owned_environment(&state, &caller, &id).await?;
+    let body = body.parse()?;
     let deployment = state
         .deployer()
         .rollback(environment.id, body.release, body.run_release_phase)
@@ -523,9 +527,10 @@ async fn promote(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<PromoteRequest>,
+    body: JsonBody<PromoteRequest>,
 ) -> Result<(StatusCode, Json<gilgal_types::Deployment>), ApiError> {
     let target = owned_environment(&state, &caller, &id).await?;
+    let body = body.parse()?;
     let source = state
         .store()
         .environment(caller.user.id, target.project_id, &body.from)
@@ -644,9 +649,10 @@ async fn change_formation(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<FormationUpdate>,
+    body: JsonBody<FormationUpdate>,
 ) -> Result<Json<Formation>, ApiError> {
     let environment = owned_environment(&state, &caller, &id).await?;
+    let body = body.parse()?;
     for (name, count) in &body.counts {
         if *count > 100 {
             return Err(ApiError::invalid(format!(
@@ -743,9 +749,10 @@ async fn create_run(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<RunRequest>,
+    body: JsonBody<RunRequest>,
 ) -> Result<(StatusCode, Json<Run>), ApiError> {
     let environment = owned_environment(&state, &caller, &id).await?;
+    let body = body.parse()?;
     check_command(&body.command)?;
     let (here, owner) = state
         .store()
@@ -930,9 +937,10 @@ async fn create_cron_job(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<CronJobRequest>,
+    body: JsonBody<CronJobRequest>,
 ) -> Result<(StatusCode, Json<CronJob>), ApiError> {
     let environment = owned_environment(&state, &caller, &id).await?;
+    let body = body.parse()?;
     check_command(&body.command)?;
     if body.schedule.len() > 200 {
         return Err(ApiError::invalid("the schedule is too long"));
@@ -1041,9 +1049,10 @@ async fn add_domain(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<DomainRequest>,
+    body: JsonBody<DomainRequest>,
 ) -> Result<(StatusCode, Json<Domain>), ApiError> {
     let environment = owned_environment(&state, &caller, &id).await?;
+    let body = body.parse()?;
     let hostname = custom_domain(&state, &body.hostname)?;
     state
         .store()

@@ -10,7 +10,7 @@ use gilgal_types::{
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::extract::{parse_path_id, ApiJson, AuthUser};
+use crate::extract::{parse_path_id, ApiJson, AuthUser, JsonBody};
 use crate::{ApiError, AppState};
 
 /// Routes of this module.
@@ -127,7 +127,7 @@ async fn update_project(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-    ApiJson(request): ApiJson<UpdateProjectRequest>,
+    request: JsonBody<UpdateProjectRequest>,
 ) -> Result<Json<Project>, ApiError> {
     let id = parse_path_id(&id, "project")?;
     caller.check_scope(id, None, "project")?;
@@ -137,6 +137,7 @@ async fn update_project(
             StatusCode::NOT_FOUND => ApiError::not_found("project"),
             _ => e,
         })?;
+    let request = request.parse()?;
     if let Some(description) = &request.description {
         check_description(description)?;
     }

@@ -17,6 +17,7 @@ backend_tests!(
     follow_streams_end_with_access_and_are_capped,
     the_webhook_receiver_audits_only_signed_calls_and_has_a_budget,
     bodies_must_be_objects_and_authorization_comes_first,
+    a_viewer_is_refused_before_any_body_is_judged,
 );
 
 /// A team `name` owned by `owner`, with each `(token, email, role)` invited and joined.
@@ -810,5 +811,58 @@ async fn bodies_must_be_objects_and_authorization_comes_first(backend: Backend) 
         )
         .await;
         assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    }
+}
+
+/// On every project route that changes something, a viewer of the project is refused (403)
+/// before its body is read: a body that is not even an object says nothing about the rules.
+async fn a_viewer_is_refused_before_any_body_is_judged(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, ada) = server.user("ada@example.com").await;
+    let (_, bob) = server.user("bob@example.com").await;
+    let (ada, bob) = (ada.access_token, bob.access_token);
+    let team = team_with(
+        &server,
+        &ada,
+        "acme",
+        &[(bob.as_str(), "bob@example.com", "viewer")],
+    )
+    .await;
+    let (project_id, env_id) = project(&server, &ada, "shop").await;
+    let (status, _, _) = raw(
+        &server,
+        Method::POST,
+        &format!("/api/projects/{project_id}/transfer"),
+        Some(&ada),
+        Some(json!({ "team_id": team })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let env = format!("/api/environments/{env_id}");
+    for (method, path) in [
+        (Method::PUT, format!("/api/projects/{project_id}")),
+        (
+            Method::POST,
+            format!("/api/projects/{project_id}/environments"),
+        ),
+        (Method::PUT, env.clone()),
+        (Method::PATCH, format!("{env}/config")),
+        (Method::POST, format!("{env}/rollback")),
+        (Method::POST, format!("{env}/promote")),
+        (Method::PUT, format!("{env}/formation")),
+        (Method::POST, format!("{env}/runs")),
+        (Method::POST, format!("{env}/cron")),
+        (Method::POST, format!("{env}/domains")),
+        (Method::POST, format!("{env}/addons")),
+        (Method::PUT, format!("{env}/alerts/rules/error_rate")),
+        (Method::POST, format!("{env}/alerts/channels")),
+    ] {
+        let answer = raw(&server, method.clone(), &path, Some(&bob), Some(json!([]))).await;
+        assert_eq!(
+            answer.0,
+            StatusCode::FORBIDDEN,
+            "{method} {path} judged the body before the role: {:?}",
+            answer.2
+        );
     }
 }
