@@ -3,8 +3,6 @@
 //! still read what it follows, so logging out, revoking the API token or leaving the team ends
 //! it instead of letting it poll forever.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::stream::BoxStream;
@@ -12,66 +10,29 @@ use futures_util::StreamExt;
 use uuid::Uuid;
 
 use crate::extract::{AuthUser, Credential};
+use crate::limits::SlotClaim;
 use crate::{ApiError, AppState};
 
 /// Follow streams one user may hold open at once; more are refused with 429.
-pub(crate) const MAX_STREAMS_PER_USER: usize = 8;
+pub(crate) const MAX_STREAMS_PER_USER: u32 = 8;
 /// How often an open stream re-checks its caller's credential and role.
 pub(crate) const RECHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// One line of NDJSON output (or an I/O error that ends the response).
 type Chunk = Result<String, std::io::Error>;
 
-/// Open follow streams per user.
-#[derive(Debug, Default)]
-pub(crate) struct FollowStreams {
-    open: Mutex<HashMap<Uuid, usize>>,
-}
-
-impl FollowStreams {
-    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, usize>> {
-        self.open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// A user's claim on one of their follow streams; given back when the stream ends or the
-/// client goes away (the response body, and this with it, is dropped).
-struct Slot {
-    state: AppState,
-    user: Uuid,
-}
-
-impl Slot {
-    fn take(state: &AppState, user: Uuid) -> Result<Self, ApiError> {
-        let mut counts = state.follow_streams().counts();
-        let open = counts.entry(user).or_insert(0);
-        if *open >= MAX_STREAMS_PER_USER {
-            return Err(ApiError::too_many(
+/// Takes one of the caller's follow slots: 429 beyond [`MAX_STREAMS_PER_USER`].
+fn take_slot(state: &AppState, user: Uuid) -> Result<SlotClaim, ApiError> {
+    state
+        .follow_streams()
+        .claim(user, MAX_STREAMS_PER_USER)
+        .ok_or_else(|| {
+            ApiError::too_many(
                 "too_many_streams",
                 format!("you already follow {MAX_STREAMS_PER_USER} logs at once; close one first"),
                 RECHECK_EVERY,
-            ));
-        }
-        *open += 1;
-        Ok(Self {
-            state: state.clone(),
-            user,
+            )
         })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut counts = self.state.follow_streams().counts();
-        if let Some(open) = counts.get_mut(&self.user) {
-            *open = open.saturating_sub(1);
-            if *open == 0 {
-                counts.remove(&self.user);
-            }
-        }
-    }
 }
 
 /// What a stream re-checks: the credential it was opened with still stands and its user
@@ -123,7 +84,7 @@ pub(crate) fn guard(
     if !follow {
         return Ok(stream.boxed());
     }
-    let slot = Slot::take(state, caller.user.id)?;
+    let slot = take_slot(state, caller.user.id)?;
     let access = Access {
         state: state.clone(),
         user: caller.user.id,

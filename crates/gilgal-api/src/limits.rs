@@ -263,51 +263,50 @@ mod budget_tests {
     }
 }
 
-/// Source uploads being received, per user. Each is a build about to start, and the deploy
-/// quota counts deployments only once their upload is on disk: without this bound, any number
-/// of uploads sent at once would all pass the quota and be written (512 MiB each) first.
+/// Slots held per user, each given back when its claim is dropped: bounds what one user can
+/// hold open at once (log follow streams; source uploads still arriving, which the deploy
+/// quota cannot count until they are on disk).
 #[derive(Debug, Default)]
-pub struct UploadsInFlight {
+pub struct PerUserSlots {
     by_user: Mutex<HashMap<uuid::Uuid, u32>>,
 }
 
-impl UploadsInFlight {
-    /// Claims one upload slot for `user` when fewer than `limit` of theirs are in flight; the
-    /// slot is given back when the returned claim is dropped.
-    pub fn claim(self: &Arc<Self>, user: uuid::Uuid, limit: u32) -> Option<UploadClaim> {
-        let mut by_user = match self.by_user.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let count = by_user.entry(user).or_insert(0);
+impl PerUserSlots {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<uuid::Uuid, u32>> {
+        self.by_user
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Claims one slot for `user` when fewer than `limit` of theirs are held.
+    pub fn claim(self: &Arc<Self>, user: uuid::Uuid, limit: u32) -> Option<SlotClaim> {
+        let mut counts = self.counts();
+        let count = counts.entry(user).or_insert(0);
         if *count >= limit {
             return None;
         }
         *count += 1;
-        Some(UploadClaim {
-            uploads: Arc::clone(self),
+        Some(SlotClaim {
+            slots: Arc::clone(self),
             user,
         })
     }
 }
 
-/// One upload in flight; dropping it frees the slot.
+/// One held slot; dropping it frees the slot.
 #[derive(Debug)]
-pub struct UploadClaim {
-    uploads: Arc<UploadsInFlight>,
+pub struct SlotClaim {
+    slots: Arc<PerUserSlots>,
     user: uuid::Uuid,
 }
 
-impl Drop for UploadClaim {
+impl Drop for SlotClaim {
     fn drop(&mut self) {
-        let mut by_user = match self.uploads.by_user.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(count) = by_user.get_mut(&self.user) {
+        let mut counts = self.slots.counts();
+        if let Some(count) = counts.get_mut(&self.user) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                by_user.remove(&self.user);
+                counts.remove(&self.user);
             }
         }
     }

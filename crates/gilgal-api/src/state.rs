@@ -81,9 +81,9 @@ struct Inner {
     account_failures: crate::limits::FailureLimiter,
     address_failures: crate::limits::FailureLimiter,
     request_budget: crate::limits::RequestBudget,
-    follow_streams: crate::follow::FollowStreams,
+    follow_streams: Arc<crate::limits::PerUserSlots>,
     password_hashing: Arc<tokio::sync::Semaphore>,
-    uploads_in_flight: Arc<crate::limits::UploadsInFlight>,
+    uploads_in_flight: Arc<crate::limits::PerUserSlots>,
 }
 
 impl AppState {
@@ -112,7 +112,7 @@ impl AppState {
                     config.requests_per_second,
                     config.requests_per_second.saturating_mul(10),
                 ),
-                follow_streams: crate::follow::FollowStreams::default(),
+                follow_streams: Arc::default(),
                 uploads_in_flight: Arc::default(),
                 password_hashing: Arc::new(tokio::sync::Semaphore::new(
                     config.password_hashes_at_once.max(1),
@@ -158,12 +158,12 @@ impl AppState {
     }
 
     /// Open log follow streams per user.
-    pub(crate) fn follow_streams(&self) -> &crate::follow::FollowStreams {
+    pub(crate) fn follow_streams(&self) -> &Arc<crate::limits::PerUserSlots> {
         &self.inner.follow_streams
     }
 
     /// Source uploads being received, per user.
-    pub(crate) fn uploads_in_flight(&self) -> &Arc<crate::limits::UploadsInFlight> {
+    pub(crate) fn uploads_in_flight(&self) -> &Arc<crate::limits::PerUserSlots> {
         &self.inner.uploads_in_flight
     }
 
