@@ -56,9 +56,16 @@ pub enum AddonError {
     /// The managed PostgreSQL server refused an administrative statement.
     #[error("PostgreSQL: {0}")]
     Sql(#[from] sqlx::Error),
-    /// The server did not come up in time.
-    #[error("{0} did not start in time; see its log at {1}")]
-    NotStarted(&'static str, PathBuf),
+    /// The server did not come up in time; the end of its log says why.
+    #[error("{server} did not start in time; its log ({}) ends with:\n{tail}", .log.display())]
+    NotStarted {
+        /// Which server.
+        server: &'static str,
+        /// Its log file.
+        log: PathBuf,
+        /// The log's last lines.
+        tail: String,
+    },
     /// A name that cannot be a database, role or file name.
     #[error("invalid add-on name {0:?}")]
     InvalidName(String),
@@ -175,5 +182,20 @@ pub fn stop_all(addons_dir: &std::path::Path, grace: std::time::Duration) {
     }
     if let Some(pid) = weed {
         let _ = kill(pid, Signal::SIGKILL);
+    }
+}
+
+/// How many log lines a start failure quotes.
+const START_FAILURE_TAIL_LINES: usize = 30;
+
+impl AddonError {
+    /// A start failure quoting the end of the server's log, so the reason is in the error
+    /// (and in CI output) rather than in a file that is gone with its temporary directory.
+    pub(crate) fn not_started(server: &'static str, log: PathBuf) -> Self {
+        let text = std::fs::read(&log).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(START_FAILURE_TAIL_LINES)..].join("\n");
+        Self::NotStarted { server, log, tail }
     }
 }

@@ -313,7 +313,7 @@ impl PostgresServer {
             // Another start (or a server still shutting down) may have raced us.
             if self.postmaster_pid().is_none() || !self.accepts_connections().await {
                 tracing::warn!(error = %e, "managed PostgreSQL did not start");
-                return Err(AddonError::NotStarted("PostgreSQL", log));
+                return Err(AddonError::not_started("PostgreSQL", log));
             }
         }
         Ok(())

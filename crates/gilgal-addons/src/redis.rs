@@ -179,7 +179,7 @@ impl RedisServer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(AddonError::NotStarted("Redis", self.dir.join("redis.log")))
+        Err(AddonError::not_started("Redis", self.dir.join("redis.log")))
     }
 
     /// Stops it (saving nothing more: AOF already has every write) and removes its files.

@@ -599,7 +599,7 @@ impl S3Server {
         if self.wait_ready(START_LIMIT).await {
             Ok(())
         } else {
-            Err(AddonError::NotStarted("SeaweedFS", self.log_path()))
+            Err(AddonError::not_started("SeaweedFS", self.log_path()))
         }
     }
 

@@ -28,7 +28,7 @@ def client(key, secret):
         aws_access_key_id=key,
         aws_secret_access_key=secret,
         region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30),
     )
 
 def attempt(operation):
@@ -94,6 +94,14 @@ fn boto3_python() -> PathBuf {
     python
 }
 
+/// The last 40 lines of a log, for failure messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 struct Pair {
     bucket: String,
     key: String,
@@ -103,13 +111,14 @@ struct Pair {
 fn client(
     python: &Path,
     mode: &str,
-    endpoint: &str,
+    server: &S3Server,
     a: &Pair,
     b: &Pair,
 ) -> serde_json::Map<String, serde_json::Value> {
+    let endpoint = server.endpoint();
     let output = Command::new(python)
         .args(["-c", CLIENT, mode])
-        .env("S3_ENDPOINT", endpoint)
+        .env("S3_ENDPOINT", &endpoint)
         .env("A_BUCKET", &a.bucket)
         .env("A_KEY", &a.key)
         .env("A_SECRET", &a.secret)
@@ -120,8 +129,9 @@ fn client(
         .unwrap();
     assert!(
         output.status.success(),
-        "boto3 client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+        "boto3 client failed: {}\nSeaweedFS log, last lines:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        log_tail(&server.log_path())
     );
     serde_json::from_slice(&output.stdout).unwrap()
 }
@@ -215,8 +225,7 @@ async fn s3_buckets_isolated_per_key_and_surviving_kill_9() {
         .is_err());
     eprintln!("buckets made after {:?}", started.elapsed());
 
-    let endpoint = server.endpoint();
-    let out = client(&python, "write", &endpoint, &a, &b);
+    let out = client(&python, "write", &server, &a, &b);
     assert_eq!(out["put"], "ok", "{out:?}");
     assert_eq!(out["get"], "hello from a", "{out:?}");
     assert_eq!(out["b_put_own"], "ok", "{out:?}");
@@ -251,7 +260,7 @@ async fn s3_buckets_isolated_per_key_and_surviving_kill_9() {
         killed.elapsed(),
         started.elapsed()
     );
-    let out = client(&python, "read", &endpoint, &a, &b);
+    let out = client(&python, "read", &server, &a, &b);
     assert_eq!(out["get"], "hello from a", "{out:?}");
     assert_eq!(out["b_list_own"], "ok", "{out:?}");
 
@@ -259,7 +268,7 @@ async fn s3_buckets_isolated_per_key_and_surviving_kill_9() {
     server.delete_bucket(&b.bucket, &b.key).await.unwrap();
     server.delete_bucket(&b.bucket, &b.key).await.unwrap(); // idempotent
     assert!(!server.bucket_exists(&b.bucket).await.unwrap());
-    let out = client(&python, "read", &endpoint, &a, &b);
+    let out = client(&python, "read", &server, &a, &b);
     assert_eq!(out["b_list_own"], "InvalidAccessKeyId", "{out:?}");
     assert_eq!(out["get"], "hello from a", "{out:?}");
 

@@ -291,13 +291,26 @@ async fn an_app_uses_its_redis_and_s3_addons() {
                 .await
                 .unwrap();
             let status = response.status().as_u16();
-            (status, response.json::<serde_json::Value>().await.unwrap())
+            let text = response.text().await.unwrap();
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| {
+                panic!("{path}: {status} with a body that is not JSON: {text}")
+            });
+            (status, value)
         }
     };
     assert_eq!(get("/redis").await, (200, serde_json::json!({"visits": 1})));
     assert_eq!(get("/redis").await, (200, serde_json::json!({"visits": 2})));
     let (status, body) = get("/s3").await;
-    assert_eq!(status, 200, "{body}");
+    if status != 200 {
+        let log =
+            std::fs::read(server.dir.path().join("data/addons/s3/weed.log")).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!(
+            "/s3 answered {status}: {body}\nSeaweedFS log, last lines (newest first):\n{}",
+            tail.join("\n")
+        );
+    }
     assert_eq!(body["body"], "stored in an add-on");
     assert_eq!(body["keys"].as_array().unwrap().len(), 1, "{body}");
     let config = ok(server.cli(&["env", "list", "-p", "probe"], None));
