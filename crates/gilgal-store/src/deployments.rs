@@ -586,17 +586,15 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?
         .try_get("last")?;
-        for (at, stream, line) in lines {
-            next += 1;
-            sqlx::query("INSERT INTO deployment_logs (deployment_id, seq, at, stream, line) VALUES ($1, $2, $3, $4, $5)")
-                .bind(id.to_string())
-                .bind(next)
-                .bind(*at)
-                .bind(*stream)
-                .bind(*line)
-                .execute(&mut *tx)
-                .await?;
-        }
+        next = crate::insert_numbered_lines(
+            &mut tx,
+            "deployment_logs",
+            "deployment_id",
+            id,
+            next,
+            lines,
+        )
+        .await?;
         tx.commit().await?;
         Ok(u64_of(next))
     }
@@ -667,6 +665,72 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Appends batches that cross the rows-per-statement boundary on both backends: every line
+    /// is stored once, numbered in order, with its own time and stream.
+    async fn log_batches_round_trip(backend: crate::StoreBackend) {
+        let store = crate::Store::connect(&backend).await.unwrap();
+        let user = store
+            .create_user(&"logs@example.com".parse().unwrap(), "hash")
+            .await
+            .unwrap();
+        let project = store
+            .create_project(user.id, &"logs".parse().unwrap(), "")
+            .await
+            .unwrap();
+        let environment = store.list_environments(user.id, project.id).await.unwrap()[0].id;
+        let deployment = store
+            .create_deployment(project.id, environment, "{}")
+            .await
+            .unwrap();
+        let texts: Vec<String> = (1..=250).map(|i| format!("line {i}")).collect();
+        let rows: Vec<(i64, &str, &str)> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let stream = if i % 2 == 0 { "stdout" } else { "stderr" };
+                (i64::try_from(i).unwrap(), stream, text.as_str())
+            })
+            .collect();
+        assert_eq!(
+            store
+                .append_deployment_logs(deployment, &rows[..201])
+                .await
+                .unwrap(),
+            201
+        );
+        assert_eq!(
+            store
+                .append_deployment_logs(deployment, &rows[201..])
+                .await
+                .unwrap(),
+            250
+        );
+        let stored = store.deployment_logs(deployment, 0, 1000).await.unwrap();
+        assert_eq!(stored.len(), 250);
+        for (i, record) in stored.iter().enumerate() {
+            assert_eq!(record.seq, u64::try_from(i + 1).unwrap());
+            assert_eq!(record.line, texts[i]);
+            assert_eq!(record.stream, rows[i].1);
+        }
+    }
+
+    #[tokio::test]
+    async fn log_batches_round_trip_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        log_batches_round_trip(crate::StoreBackend::Sqlite(dir.path().join("store.db"))).await;
+    }
+
+    #[tokio::test]
+    async fn log_batches_round_trip_on_postgres() {
+        let admin = std::env::var("GILGAL_TEST_POSTGRES_URL")
+            .expect("GILGAL_TEST_POSTGRES_URL (run scripts/test)");
+        let name = format!("gilgal_store_{}", Uuid::new_v4().simple());
+        let url = crate::create_postgres_database(&admin, &name)
+            .await
+            .unwrap();
+        log_batches_round_trip(crate::StoreBackend::Postgres(url)).await;
+    }
 
     #[test]
     fn formation_round_trips() {

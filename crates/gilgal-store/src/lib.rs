@@ -109,7 +109,10 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(10))
+            // One SQLite connection is shared by every task: on a loaded machine a burst of
+            // writers may queue for seconds, which must slow a deploy, not fail it. (A
+            // PostgreSQL server that does not answer is reported sooner.)
+            .acquire_timeout(Duration::from_secs(if is_sqlite { 30 } else { 10 }))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if is_sqlite {
@@ -153,6 +156,42 @@ impl Store {
 }
 
 /// Now, in Unix milliseconds: the store's time unit.
+/// Log lines per INSERT statement: one statement per chunk instead of one per line keeps a
+/// batch's hold on SQLite's single connection short (500 round trips became 5).
+const LOG_ROWS_PER_STATEMENT: usize = 100;
+
+/// Inserts `lines` `(at_ms, stream, line)` into `table` (columns: owner, seq, at, stream,
+/// line) numbered from `after + 1`, in multi-row statements; returns the last number.
+pub(crate) async fn insert_numbered_lines(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    table: &str,
+    owner_column: &str,
+    owner: uuid::Uuid,
+    after: i64,
+    lines: &[(i64, &str, &str)],
+) -> Result<i64, StoreError> {
+    let mut next = after;
+    for chunk in lines.chunks(LOG_ROWS_PER_STATEMENT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = 2 + i * 4;
+                format!("($1, ${}, ${}, ${}, ${})", p, p + 1, p + 2, p + 3)
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} ({owner_column}, seq, at, stream, line) VALUES {}",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(owner.to_string());
+        for (at, stream, line) in chunk {
+            next += 1;
+            query = query.bind(next).bind(*at).bind(*stream).bind(*line);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(next)
+}
+
 pub(crate) fn now_millis() -> i64 {
     let now = time::OffsetDateTime::now_utc();
     (now.unix_timestamp_nanos() / 1_000_000) as i64

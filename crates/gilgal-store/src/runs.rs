@@ -239,25 +239,13 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        let mut next: i64 =
+        let next: i64 =
             sqlx::query("SELECT COALESCE(MAX(seq), 0) AS last FROM run_logs WHERE run_id = $1")
                 .bind(id.to_string())
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get("last")?;
-        for (at, stream, line) in lines {
-            next += 1;
-            sqlx::query(
-                "INSERT INTO run_logs (run_id, seq, at, stream, line) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(id.to_string())
-            .bind(next)
-            .bind(*at)
-            .bind(*stream)
-            .bind(*line)
-            .execute(&mut *tx)
-            .await?;
-        }
+        crate::insert_numbered_lines(&mut tx, "run_logs", "run_id", id, next, lines).await?;
         tx.commit().await?;
         Ok(())
     }

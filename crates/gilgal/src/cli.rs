@@ -158,6 +158,9 @@ pub enum Command {
     /// Push-to-deploy webhooks for GitHub, GitLab or any CI.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Deployments in progress: cancel one.
+    #[command(subcommand)]
+    Deployments(DeploymentsCommand),
     /// Alerts: what fired, the rules (error rate, p95 latency, health checks, crash loops,
     /// failed backups) and where notifications go (webhooks, Slack, email).
     #[command(subcommand)]
@@ -316,6 +319,17 @@ pub enum EnvironmentsCommand {
         /// Do not ask for confirmation.
         #[arg(long, short = 'y')]
         yes: bool,
+    },
+}
+
+/// `gilgal deployments …`.
+#[derive(Debug, Subcommand)]
+pub enum DeploymentsCommand {
+    /// Stop a deployment during its build, release phase, start or health gate; the release
+    /// that was live keeps serving. Waits until the deployment has stopped.
+    Cancel {
+        /// Deployment id (printed by `gilgal deploy`).
+        deployment: String,
     },
 }
 

@@ -127,10 +127,7 @@ pub async fn follow(
     // could not make): the outcome is then read until it is known, never guessed.
     let mut deployment = client.deployment(deployment.id).await?;
     let mut said = false;
-    while matches!(
-        deployment.state.as_str(),
-        "pending" | "building" | "releasing" | "starting" | "healthy"
-    ) {
+    while IN_PROGRESS.contains(&deployment.state.as_str()) {
         if !said && !json {
             eprintln!(
                 "the log stream ended while the deployment is {}; waiting for its outcome",
@@ -142,6 +139,53 @@ pub async fn follow(
         deployment = client.deployment(deployment.id).await?;
     }
     finish(deployment, json)
+}
+
+/// The states of a deployment that has not settled yet.
+const IN_PROGRESS: [&str; 5] = ["pending", "building", "releasing", "starting", "healthy"];
+
+/// `gilgal deployments …`.
+pub async fn deployments(
+    session: &Session,
+    command: crate::cli::DeploymentsCommand,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = session.authenticated()?;
+    match command {
+        crate::cli::DeploymentsCommand::Cancel { deployment } => {
+            let id = deployment
+                .parse()
+                .with_context(|| format!("{deployment:?} is not a deployment id"))?;
+            let mut deployment = client.cancel_deployment(id).await?;
+            // Cancelling is asynchronous: the step in progress stops and cleans up first.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while IN_PROGRESS.contains(&deployment.state.as_str())
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                deployment = client.deployment(id).await?;
+            }
+            if json {
+                crate::output::json(&deployment)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            match deployment.state.as_str() {
+                "cancelled" => {
+                    println!(
+                        "Cancelled deployment {id}; what was live in {} keeps serving",
+                        deployment.environment
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => {
+                    eprintln!(
+                        "error: deployment {id} is {other}: it was past its last step before the cancel reached it"
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
 }
 
 pub fn finish(deployment: Deployment, json: bool) -> anyhow::Result<ExitCode> {

@@ -69,6 +69,7 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
         Command::Cron(cmd) => return apps::cron(&session, cmd, global.json).await,
         Command::Domains(cmd) => return apps::domains(&session, cmd, global.json).await,
         Command::Webhooks(cmd) => return apps::webhooks(&session, cmd, global.json).await,
+        Command::Deployments(cmd) => return deploy::deployments(&session, cmd, global.json).await,
         Command::Alerts(cmd) => return alerts::run(&session, cmd, global.json).await,
         Command::Addons(cmd) => return addons::run(&session, cmd, global.json).await,
         Command::Audit {
