@@ -13,6 +13,7 @@ mod alerts;
 mod build_isolation;
 mod day2;
 mod docker;
+mod engine;
 mod identity;
 mod logs;
 mod rollout;
