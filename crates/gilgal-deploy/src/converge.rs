@@ -279,6 +279,53 @@ impl Deployer {
         Ok(())
     }
 
+    /// Staying web instances the edge does not route yet (after a restart the route table
+    /// starts empty, and the runtime may have just restarted a lost instance): each must pass
+    /// the health gate before it gets traffic. Returns those that fail it.
+    pub(crate) async fn unproven_failing_gate(
+        &self,
+        environment: &EnvironmentRecord,
+        desired: &Desired<'_>,
+        plan: &Plan,
+    ) -> Vec<InstanceId> {
+        let route_id = crate::identity::route_id(environment);
+        let routed: Vec<String> = self
+            .proxy
+            .routes()
+            .into_iter()
+            .filter(|route| route.id == route_id)
+            .flat_map(|route| match route.target {
+                gilgal_proxy::RouteTarget::Upstream { backends, .. } => {
+                    backends.into_iter().map(|b| b.id).collect::<Vec<_>>()
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        let check = health_check(desired.artifact);
+        let gates = plan
+            .staying
+            .iter()
+            .filter(|(id, addr)| addr.is_some() && !routed.iter().any(|r| r == id.as_str()))
+            .map(|(id, addr)| {
+                let check = &check;
+                async move {
+                    let addr = self.runtime.probe_addr(id, (*addr)?).await;
+                    match wait_healthy(self.runtime.as_ref(), id, addr, check).await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            tracing::warn!(instance = %id, error = %e, "an unrouted instance failed its health gate; it gets a successor");
+                            Some(id.clone())
+                        }
+                    }
+                }
+            });
+        futures_util::future::join_all(gates)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Stops instances a rollout started but will not route (a cancel after the gate).
     pub(crate) async fn stop_started(&self, started: &[Routable]) {
         for (id, _) in started {

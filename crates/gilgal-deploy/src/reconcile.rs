@@ -38,6 +38,8 @@ impl Deployer {
         let live: BTreeSet<(Uuid, Uuid)> =
             environments.iter().map(|e| (e.project_id, e.id)).collect();
         for environment in &environments {
+            let lock = self.environment_lock(environment.id);
+            let _one_change_at_a_time = lock.lock().await;
             if let Err(e) = self.reconcile_environment(environment, &[]).await {
                 tracing::error!(app = %environment.project_name, env = %environment.name, error = %e, "reconcile failed");
                 self.event(
@@ -210,7 +212,14 @@ impl Deployer {
             artifact: &artifact,
             vars: &config.vars,
         };
-        let plan = self.plan(environment, &desired, replace).await?;
+        let mut plan = self.plan(environment, &desired, replace).await?;
+        let failing = self
+            .unproven_failing_gate(environment, &desired, &plan)
+            .await;
+        if !failing.is_empty() {
+            let replace: Vec<InstanceId> = replace.iter().cloned().chain(failing).collect();
+            plan = self.plan(environment, &desired, &replace).await?;
+        }
         let artifact_dir = std::path::PathBuf::from(&release.artifact_dir);
         if plan.starts_any()
             && !artifact_dir.starts_with(crate::identity::project_dir(
