@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gilgal_build::Artifact;
 use gilgal_runtime::{health, InstanceId, InstanceState, RuntimeEvent, RuntimeEventKind};
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::logs::Environments;
-use crate::pipeline::{health_check, RELEASE_PROCESS};
+use crate::pipeline::{formation_of, health_check, RELEASE_PROCESS};
 use crate::runs::RUN_PROCESS;
 use crate::Deployer;
 
@@ -75,6 +75,14 @@ pub(crate) fn is_running_web(
         && status.labels.process_type == "web"
         && status.state == InstanceState::Running
 }
+
+/// Environments whose convergence failed: when the watch may try again, and the delay that
+/// led there (doubled on each failure).
+type Retries = HashMap<Uuid, (Instant, Duration)>;
+/// The first delay before re-converging an environment whose convergence failed.
+const FIRST_RETRY: Duration = Duration::from_secs(10);
+/// The longest such delay.
+const LONGEST_RETRY: Duration = Duration::from_secs(300);
 
 impl Deployer {
     /// Seconds since the health watch last finished a round (`None` before the first): how
@@ -143,6 +151,7 @@ impl Deployer {
     /// that keep failing.
     pub async fn run_health_watch(self: &Arc<Self>, stop: CancellationToken) {
         let mut failures: HashMap<InstanceId, (Option<u32>, u32)> = HashMap::new();
+        let mut retries: Retries = HashMap::new();
         let mut last_prune: Option<std::time::Instant> = None;
         loop {
             if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
@@ -167,7 +176,99 @@ impl Deployer {
                 }
                 Err(e) => tracing::warn!(error = %e, "health round failed"),
             }
+            if let Err(e) = self.converge_drifted(&mut retries).await {
+                tracing::warn!(error = %e, "convergence round failed");
+            }
         }
+    }
+
+    /// Converges every live environment that runs fewer instances than its formation asks
+    /// (an instance its runtime gave up on, or one whose successor failed its health gate
+    /// after a restart), through the rollout engine. One that keeps failing is retried with
+    /// a doubling delay, and each failure is recorded on its timeline. Environments with a
+    /// change in progress are left to it.
+    async fn converge_drifted(self: &Arc<Self>, retries: &mut Retries) -> Result<(), String> {
+        let environments = self
+            .store
+            .live_environments()
+            .await
+            .map_err(|e| e.to_string())?;
+        let statuses = self.runtime.list().await.map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        retries.retain(|id, _| environments.iter().any(|e| e.id == *id));
+        for environment in environments {
+            let Some(number) = environment.live_release else {
+                continue;
+            };
+            if retries
+                .get(&environment.id)
+                .is_some_and(|(at, _)| now < *at)
+            {
+                continue;
+            }
+            let Ok(release) = self.store.release(environment.id, number).await else {
+                continue;
+            };
+            let Ok(artifact) = serde_json::from_str::<Artifact>(&release.artifact_json) else {
+                continue;
+            };
+            let mut running: HashMap<&str, u32> = HashMap::new();
+            for status in statuses.iter().filter(|s| {
+                crate::identity::owns(&environment, &s.labels)
+                    && s.labels.release == number
+                    && s.state.is_active()
+            }) {
+                *running
+                    .entry(status.labels.process_type.as_str())
+                    .or_default() += 1;
+            }
+            let missing: Vec<String> = formation_of(&artifact, &environment)
+                .into_iter()
+                .filter_map(|(process_type, count)| {
+                    let have = running.get(process_type.as_str()).copied().unwrap_or(0);
+                    (have < count).then(|| format!("{process_type} {have}/{count}"))
+                })
+                .collect();
+            if missing.is_empty() {
+                retries.remove(&environment.id);
+                continue;
+            }
+            let lock = self.environment_lock(environment.id);
+            let Ok(_no_change_in_progress) = lock.try_lock() else {
+                continue;
+            };
+            let Ok(current) = self.store.environment_by_id(environment.id).await else {
+                continue;
+            };
+            match self.reconcile_environment(&current, &[]).await {
+                Ok(()) => {
+                    retries.remove(&environment.id);
+                    self.event(
+                        environment.id,
+                        "health",
+                        format!("restored missing instances ({})", missing.join(", ")),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    let delay = retries
+                        .get(&environment.id)
+                        .map_or(FIRST_RETRY, |(_, delay)| (*delay * 2).min(LONGEST_RETRY));
+                    retries.insert(environment.id, (Instant::now() + delay, delay));
+                    self.event(
+                        environment.id,
+                        "health",
+                        format!(
+                            "cannot restore missing instances ({}); next try in {}s: {e}",
+                            missing.join(", "),
+                            delay.as_secs()
+                        ),
+                    )
+                    .await;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn check_health_once(
@@ -252,21 +353,20 @@ impl Deployer {
         Ok(())
     }
 
-    /// Stops an unhealthy instance and lets the reconciler start a healthy one in its slot
-    /// (health-gated, then routed).
+    /// Replaces an unhealthy instance through the rollout engine: a successor starts in its
+    /// slot and passes its health check, takes its place in the route, and only then does
+    /// the sick one drain and stop. A successor that fails its gate gets no traffic; the
+    /// sick instance stays (its failures are counted again) and the failure is recorded.
     async fn replace_instance(self: &Arc<Self>, environment: Uuid, id: &InstanceId) {
         let lock = self.environment_lock(environment);
         let _one_change_at_a_time = lock.lock().await;
         let Ok(current) = self.store.environment_by_id(environment).await else {
             return;
         };
-        let grace = match current.live_release {
-            Some(release) => self.grace_period_of(&current, release).await,
-            None => Duration::from_secs(5),
-        };
-        let _ = self.runtime.stop(id, grace).await;
-        let _ = self.runtime.remove(id).await;
-        if let Err(e) = self.reconcile_environment(&current).await {
+        if let Err(e) = self
+            .reconcile_environment(&current, std::slice::from_ref(id))
+            .await
+        {
             tracing::warn!(%environment, error = %e, "replacing an unhealthy instance failed");
             self.event(environment, "health", format!("replacing {id} failed: {e}"))
                 .await;

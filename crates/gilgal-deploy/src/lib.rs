@@ -17,6 +17,7 @@ mod addons;
 mod alerts;
 mod changes;
 mod config;
+mod converge;
 mod health;
 mod identity;
 mod images;
@@ -37,6 +38,7 @@ pub use alerts::{
     MAX_DELIVERY_ATTEMPTS,
 };
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
+pub use converge::RolloutError;
 /// Credentials in git URLs: split off for sealing, put back for a fetch, redacted for display.
 pub use gilgal_build::git::{redact_urls, split_credential, with_credential, GitCredential};
 pub use gilgal_build::GitSource;
@@ -117,6 +119,10 @@ pub enum DeployError {
     /// Secrets could not be opened.
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// A change to what runs (scale, domain refresh) failed at one of its steps; what served
+    /// keeps serving.
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
 }
 
 /// Runs deployments and reconciles environments; shared as `Arc<Deployer>`.

@@ -8,10 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gilgal_build::{Artifact, BuildRequest, GitFetchOptions, GitSource, LogSink, UnpackLimits};
 use gilgal_core::lifecycle::{DeploymentState, ReleaseOutcome};
-use gilgal_proxy::{Backend, RouteDiff, RouteSpec, RouteTarget};
-use gilgal_runtime::{
-    wait_healthy, HealthCheck, InstanceId, InstanceLabels, InstanceSpec, Probe, RestartPolicy,
-};
+use gilgal_proxy::{Backend, RouteSpec, RouteTarget};
+use gilgal_runtime::{HealthCheck, InstanceId, InstanceLabels, InstanceSpec, Probe, RestartPolicy};
 use gilgal_secrets::Redactor;
 use gilgal_store::{ConfigChange, ConfigVarRecord, EnvironmentRecord, NewRelease};
 use tokio::sync::mpsc;
@@ -19,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::ConfigSnapshot;
+use crate::converge::{Desired, RolloutError};
 use crate::{DeployError, Deployer};
 
 /// Copies build/git log lines into the deployment log until the builder closes its sink.
@@ -52,6 +51,14 @@ pub(crate) enum Failure {
     Failed(String),
 }
 
+/// A rollout engine failure as a deployment's: a cancel stays a cancel.
+fn rollout_failure(err: RolloutError) -> Failure {
+    match err {
+        RolloutError::Cancelled => Failure::Cancelled,
+        other => Failure::Failed(other.to_string()),
+    }
+}
+
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(err: E) -> Self {
         Failure::Failed(err.to_string())
@@ -61,9 +68,9 @@ impl<E: std::fmt::Display> From<E> for Failure {
 /// Process type of the release phase in labels and logs.
 pub(crate) const RELEASE_PROCESS: &str = "release";
 /// Grace period when a release's own configuration cannot be read.
-const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// How many log lines of a failed instance a failure reason quotes.
-const FAILURE_TAIL_LINES: usize = 20;
+pub(crate) const FAILURE_TAIL_LINES: usize = 20;
 
 fn now_millis() -> i64 {
     SystemTime::now()
@@ -693,26 +700,19 @@ impl Deployer {
             }) => ReleaseOutcome::RolledBack,
             _ => ReleaseOutcome::Superseded,
         };
-        let mut started = Vec::new();
-        let outcome = self
-            .start_and_switch(
-                id,
-                environment,
+        self.roll_out(
+            id,
+            environment,
+            &Desired {
+                release: number,
                 artifact,
-                &config.vars,
-                (number, replaced),
-                token,
-                log,
-                &mut started,
-            )
-            .await;
-        if let Err(failure) = outcome {
-            for instance in &started {
-                let _ = self.runtime.stop(&instance.0, Duration::from_secs(5)).await;
-                let _ = self.runtime.remove(&instance.0).await;
-            }
-            return Err(failure);
-        }
+                vars: &config.vars,
+            },
+            replaced,
+            token,
+            log,
+        )
+        .await?;
         self.prune_releases(environment, number).await;
         Ok(())
     }
@@ -1014,77 +1014,42 @@ impl Deployer {
         Ok(())
     }
 
+    /// Rolls the environment onto a new release through the rollout engine, recording the
+    /// deployment's steps between the engine's: Starting → (gate) → Healthy → (route) → Live,
+    /// and the previous deployment Draining → Retired around the drain.
     #[allow(clippy::too_many_arguments)]
-    async fn start_and_switch(
+    async fn roll_out(
         &self,
         id: Uuid,
         environment: &EnvironmentRecord,
-        artifact: &Artifact,
-        config: &BTreeMap<String, String>,
-        (number, replaced): (u64, ReleaseOutcome),
+        desired: &Desired<'_>,
+        replaced: ReleaseOutcome,
         token: &CancellationToken,
         log: &DeployLog,
-        started: &mut Vec<(InstanceId, Option<SocketAddr>)>,
     ) -> Result<(), Failure> {
-        let formation = formation_of(artifact, environment);
-        for (process_type, count) in &formation {
-            for index in 0..*count {
-                let port = if process_type == "web" {
-                    Some(free_port()?)
-                } else {
-                    None
-                };
-                let spec = instance_spec(
-                    artifact,
-                    environment,
-                    config,
-                    number,
-                    process_type,
-                    index,
-                    port,
-                    self.run_as(),
-                )?;
-                let instance = self.runtime.start(spec).await?;
-                log.system(format!("started {process_type}.{index} ({instance})"))
-                    .await;
-                started.push((
-                    instance,
-                    port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
-                ));
-            }
+        let number = desired.release;
+        let plan = self
+            .plan(environment, desired, &[])
+            .await
+            .map_err(rollout_failure)?;
+        let started = self
+            .start_gated(environment, desired, &plan, token, Some(log))
+            .await
+            .map_err(rollout_failure)?;
+        let routed = async {
+            self.step(id, DeploymentState::Healthy, token, log).await?;
+            let mut serving = plan.staying().to_vec();
+            serving.extend(started.iter().cloned());
+            self.switch_route(environment, desired.artifact, &serving)
+                .await
+                .map_err(rollout_failure)
         }
-        let check = health_check(artifact);
-        for (instance, addr) in started.iter() {
-            let Some(addr) = addr else { continue };
-            let addr = &self.runtime.probe_addr(instance, *addr).await;
-            let healthy = tokio::select! {
-                result = wait_healthy(self.runtime.as_ref(), instance, *addr, &check) => result,
-                _ = token.cancelled() => return Err(Failure::Cancelled),
-            };
-            if let Err(e) = healthy {
-                let tail = self
-                    .runtime
-                    .log_tail(instance, FAILURE_TAIL_LINES)
-                    .await
-                    .unwrap_or_default();
-                let tail: Vec<String> = tail.into_iter().map(|l| l.line).collect();
-                return Err(Failure::Failed(format!(
-                    "release v{number} never became healthy, so it got no traffic and the previous release kept serving: {e}\n{}",
-                    tail.join("\n")
-                )));
-            }
+        .await;
+        if let Err(failure) = routed {
+            self.stop_started(&started).await;
+            return Err(failure);
         }
-        self.step(id, DeploymentState::Healthy, token, log).await?;
-
         let previous = self.store.live_deployment(environment.id).await?;
-        let domains = self.store.domains(environment.id).await?;
-        let route = self.route_for(environment, &domains, artifact, started);
-        if let Some(route) = route {
-            self.proxy.apply(RouteDiff {
-                upsert: vec![route],
-                remove: vec![],
-            })?;
-        }
         self.store
             .set_live_release(environment.id, number, replaced)
             .await?;
@@ -1096,9 +1061,19 @@ impl Deployer {
             self.url(&environment.project_name, &environment.name)
         ))
         .await;
-
         if let Some(previous) = previous {
-            self.retire(previous, environment, number, log).await;
+            let _ = self
+                .store
+                .transition_deployment(previous, DeploymentState::Draining, None)
+                .await;
+        }
+        self.drain_and_stop(environment, plan.leaving()).await;
+        if let Some(previous) = previous {
+            log.system("previous release drained and stopped").await;
+            let _ = self
+                .store
+                .transition_deployment(previous, DeploymentState::Retired, None)
+                .await;
         }
         Ok(())
     }
@@ -1131,62 +1106,6 @@ impl Deployer {
             .filter_map(|(instance, addr)| addr.map(|a| Backend::new(instance.as_str(), a)))
             .collect();
         (!backends.is_empty()).then(|| RouteSpec::upstream(id, hosts, backends))
-    }
-
-    /// Drains and stops every instance of the environment that is not of release `keep`, each
-    /// with the grace period of the release it belongs to.
-    async fn retire(
-        &self,
-        previous: Uuid,
-        environment: &EnvironmentRecord,
-        keep: u64,
-        log: &DeployLog,
-    ) {
-        let _ = self
-            .store
-            .transition_deployment(previous, DeploymentState::Draining, None)
-            .await;
-        let old: Vec<_> = match self.runtime.list().await {
-            Ok(all) => all
-                .into_iter()
-                .filter(|s| {
-                    crate::identity::owns(environment, &s.labels) && s.labels.release != keep
-                })
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list instances to retire");
-                Vec::new()
-            }
-        };
-        let releases: std::collections::BTreeSet<u64> =
-            old.iter().map(|s| s.labels.release).collect();
-        let mut graces: BTreeMap<u64, Duration> = BTreeMap::new();
-        for release in releases {
-            let grace = self.grace_period_of(environment, release).await;
-            graces.insert(release, grace);
-        }
-        let grace_of = |release: u64| graces.get(&release).copied().unwrap_or(DEFAULT_GRACE);
-        // Drain every old web instance at once (each closes its WebSockets right away).
-        let drains = old.iter().filter(|s| s.port.is_some()).map(|status| {
-            let grace = grace_of(status.labels.release);
-            async move {
-                let outcome = self.proxy.wait_drained(status.id.as_str(), grace).await;
-                tracing::info!(instance = %status.id, ?outcome, "drained");
-            }
-        });
-        futures_util::future::join_all(drains).await;
-        for status in old {
-            let _ = self
-                .runtime
-                .stop(&status.id, grace_of(status.labels.release))
-                .await;
-            let _ = self.runtime.remove(&status.id).await;
-        }
-        log.system("previous release drained and stopped").await;
-        let _ = self
-            .store
-            .transition_deployment(previous, DeploymentState::Retired, None)
-            .await;
     }
 
     /// The grace period configured by release `number` (its own `gilgal.toml`).

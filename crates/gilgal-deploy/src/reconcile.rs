@@ -1,20 +1,18 @@
-//! The reconciler's start-up pass: converge every environment to its desired state.
+//! The reconciler: the start-up pass, scaling and domain refreshes, each converging an
+//! environment on its live release through the rollout engine (`converge.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use gilgal_build::Artifact;
-use gilgal_core::desired::{self, Action, Observed, Slot};
 use gilgal_core::lifecycle::DeploymentState;
-use gilgal_proxy::RouteDiff;
-use gilgal_runtime::{wait_healthy, InstanceId};
+use gilgal_runtime::InstanceId;
 use gilgal_store::{EnvironmentRecord, ProcessSizeRecord};
 use uuid::Uuid;
 
 use crate::config::ConfigSnapshot;
-use crate::pipeline::{formation_of, free_port, health_check, instance_spec};
+use crate::converge::{Desired, RolloutError};
 use crate::{DeployError, DeploySource, Deployer, ReuseKind, ReuseRelease};
 
 impl Deployer {
@@ -40,8 +38,16 @@ impl Deployer {
         let live: BTreeSet<(Uuid, Uuid)> =
             environments.iter().map(|e| (e.project_id, e.id)).collect();
         for environment in &environments {
-            if let Err(e) = self.reconcile_environment(environment).await {
+            let lock = self.environment_lock(environment.id);
+            let _one_change_at_a_time = lock.lock().await;
+            if let Err(e) = self.reconcile_environment(environment, &[]).await {
                 tracing::error!(app = %environment.project_name, env = %environment.name, error = %e, "reconcile failed");
+                self.event(
+                    environment.id,
+                    "recovery",
+                    format!("converging after a restart failed: {e}"),
+                )
+                .await;
             }
         }
         // Instances of environments with nothing live (e.g. a first deploy cut short, or a
@@ -123,9 +129,20 @@ impl Deployer {
             .await;
             let updated = self.store.environment_by_id(environment.id).await?;
             if !resized {
-                self.reconcile_environment(&updated)
-                    .await
-                    .map_err(DeployError::Runtime)?;
+                if let Err(e) = self.reconcile_environment(&updated, &[]).await {
+                    // Nothing of the failed change stays: the formation goes back to what
+                    // runs, so the health watch does not retry a scale-up that was refused.
+                    self.store
+                        .set_formation(environment.id, &current.formation, &current.sizes)
+                        .await?;
+                    self.event(
+                        environment.id,
+                        "scale",
+                        format!("scaling failed, the formation is unchanged: {e}"),
+                    )
+                    .await;
+                    return Err(e.into());
+                }
                 return Ok(None);
             }
         }
@@ -165,50 +182,46 @@ impl Deployer {
         Ok(Some(id))
     }
 
+    /// Converges an environment on its live release and formation through the rollout
+    /// engine; instances in `replace` get a successor in their slot before they go.
     pub(crate) async fn reconcile_environment(
         &self,
         environment: &EnvironmentRecord,
-    ) -> Result<(), String> {
+        replace: &[InstanceId],
+    ) -> Result<(), RolloutError> {
         let Some(number) = environment.live_release else {
             return Ok(());
         };
+        let unreadable = |e: String| RolloutError::Observe(format!("release v{number}: {e}"));
         let release = self
             .store
             .release(environment.id, number)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| unreadable(e.to_string()))?;
         let artifact: Artifact =
-            serde_json::from_str(&release.artifact_json).map_err(|e| e.to_string())?;
-        let snapshot = ConfigSnapshot::parse(&release.config_json).map_err(|e| e.to_string())?;
+            serde_json::from_str(&release.artifact_json).map_err(|e| unreadable(e.to_string()))?;
+        let snapshot =
+            ConfigSnapshot::parse(&release.config_json).map_err(|e| unreadable(e.to_string()))?;
         let config = self
             .vault
             .resolve(environment.id, &snapshot)
             .await
-            .map_err(|e| e.to_string())?;
-        let statuses: Vec<_> = self
-            .runtime
-            .list()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|s| crate::identity::owns(environment, &s.labels))
-            .collect();
-        let observed: Vec<Observed> = statuses
-            .iter()
-            .map(|s| Observed {
-                id: s.id.to_string(),
-                slot: Slot {
-                    release: s.labels.release,
-                    process_type: s.labels.process_type.clone(),
-                    index: s.labels.index,
-                },
-                alive: s.state.is_active(),
-            })
-            .collect();
-        let wanted = desired::slots(number, &formation_of(&artifact, environment));
-        let actions = desired::diff(&wanted, &observed);
+            .map_err(|e| unreadable(e.to_string()))?;
+        let desired = Desired {
+            release: number,
+            artifact: &artifact,
+            vars: &config.vars,
+        };
+        let mut plan = self.plan(environment, &desired, replace).await?;
+        let failing = self
+            .unproven_failing_gate(environment, &desired, &plan)
+            .await;
+        if !failing.is_empty() {
+            let replace: Vec<InstanceId> = replace.iter().cloned().chain(failing).collect();
+            plan = self.plan(environment, &desired, &replace).await?;
+        }
         let artifact_dir = std::path::PathBuf::from(&release.artifact_dir);
-        if actions.iter().any(|a| matches!(a, Action::Start(_)))
+        if plan.starts_any()
             && !artifact_dir.starts_with(crate::identity::project_dir(
                 &self.config.releases_dir,
                 environment,
@@ -217,94 +230,12 @@ impl Deployer {
             // Built before directories and users were keyed by ids: its group is a name's.
             self.share_with_app(environment, &artifact_dir)
                 .await
-                .map_err(|e| format!("{e:?}"))?;
+                .map_err(|e| RolloutError::Start {
+                    slot: format!("v{number}"),
+                    reason: format!("{e:?}"),
+                })?;
         }
-        let check = health_check(&artifact);
-        let mut stopping = Vec::new();
-        // 1. Start what is missing; web instances must pass their health check first.
-        for action in &actions {
-            match action {
-                Action::Start(slot) => {
-                    let port = if slot.process_type == "web" {
-                        Some(free_port().map_err(|e| e.to_string())?)
-                    } else {
-                        None
-                    };
-                    let spec = instance_spec(
-                        &artifact,
-                        environment,
-                        &config.vars,
-                        number,
-                        &slot.process_type,
-                        slot.index,
-                        port,
-                        self.run_as(),
-                    )
-                    .map_err(|e| format!("{e:?}"))?;
-                    let id = self.runtime.start(spec).await.map_err(|e| e.to_string())?;
-                    if let Some(port) = port {
-                        let published = SocketAddr::from(([127, 0, 0, 1], port));
-                        let addr = self.runtime.probe_addr(&id, published).await;
-                        if let Err(e) = wait_healthy(self.runtime.as_ref(), &id, addr, &check).await
-                        {
-                            tracing::warn!(instance = %id, error = %e, "new instance is not healthy yet");
-                        }
-                    }
-                }
-                Action::Stop(id) => {
-                    if let Ok(id) = InstanceId::parse(id) {
-                        stopping.push(id);
-                    }
-                }
-            }
-        }
-        // 2. Route to every live web instance of the live release that is staying.
-        let serving: Vec<(InstanceId, Option<SocketAddr>)> = self
-            .runtime
-            .list()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|s| {
-                crate::identity::owns(environment, &s.labels)
-                    && s.labels.release == number
-                    && s.state.is_active()
-                    && !stopping.contains(&s.id)
-            })
-            .map(|s| {
-                (
-                    s.id.clone(),
-                    s.port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
-                )
-            })
-            .collect();
-        let domains = self
-            .store
-            .domains(environment.id)
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(route) = self.route_for(environment, &domains, &artifact, &serving) {
-            self.proxy
-                .apply(RouteDiff {
-                    upsert: vec![route],
-                    remove: vec![],
-                })
-                .map_err(|e| e.to_string())?;
-        }
-        // 3. Drain and stop what goes away.
-        for id in &stopping {
-            let status = statuses.iter().find(|s| &s.id == id);
-            let release = status.map(|s| s.labels.release).unwrap_or(number);
-            let grace = self.grace_period_of(environment, release).await;
-            if status.is_some_and(|s| s.port.is_some()) {
-                let outcome = self.proxy.wait_drained(id.as_str(), grace).await;
-                tracing::info!(instance = %id, ?outcome, "drained");
-            }
-            let _ = self.runtime.stop(id, grace).await;
-            let _ = self.runtime.remove(id).await;
-        }
-        tracing::info!(app = %environment.project_name, env = %environment.name, release = number, actions = actions.len(), "environment reconciled");
-        Ok(())
+        self.apply(environment, &desired, &plan).await
     }
 
     /// Re-applies an environment's route (after its custom domains changed).
@@ -312,9 +243,7 @@ impl Deployer {
         let lock = self.environment_lock(environment.id);
         let _one_change_at_a_time = lock.lock().await;
         let current = self.store.environment_by_id(environment.id).await?;
-        self.reconcile_environment(&current)
-            .await
-            .map_err(DeployError::Runtime)
+        Ok(self.reconcile_environment(&current, &[]).await?)
     }
 
     /// The hostname suffix apps get by default; custom domains may not use it.

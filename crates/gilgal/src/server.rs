@@ -294,11 +294,6 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     {
         let deployer = deployer.clone();
         let stop = cron_stop.clone();
-        tokio::spawn(async move { deployer.run_health_watch(stop).await });
-    }
-    {
-        let deployer = deployer.clone();
-        let stop = cron_stop.clone();
         tokio::spawn(async move { deployer.run_alerts(stop).await });
     }
     {
@@ -308,6 +303,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 Ok(()) => tracing::info!("desired state reconciled"),
                 Err(e) => tracing::error!(error = %e, "reconciling desired state failed"),
             }
+            // The health watch converges too: it starts from what recovery left, never
+            // beside it.
+            let watch = deployer.clone();
+            let watch_stop = cron_stop.clone();
+            tokio::spawn(async move { watch.run_health_watch(watch_stop).await });
             let supervisor = deployer.clone();
             let supervisor_stop = cron_stop.clone();
             tokio::spawn(async move { supervisor.run_addon_supervisor(supervisor_stop).await });

@@ -75,6 +75,9 @@ pub(crate) fn deploy_error(err: DeployError) -> ApiError {
             ApiError::new(StatusCode::CONFLICT, "not_possible", message)
         }
         DeployError::Store(StoreError::NotFound) => ApiError::not_found("release"),
+        DeployError::Rollout(e @ gilgal_deploy::RolloutError::Unhealthy { .. }) => {
+            ApiError::new(StatusCode::CONFLICT, "not_healthy", e.to_string())
+        }
         other => ApiError::internal(&other),
     }
 }
@@ -642,7 +645,7 @@ async fn get_formation(
         (status = 200, description = "Scaled", body = Formation),
         (status = 400, description = "Invalid counts or sizes", body = ErrorBody),
         (status = 404, description = "No such environment", body = ErrorBody),
-        (status = 409, description = "The live release has no such process type", body = ErrorBody),
+        (status = 409, description = "The live release has no such process type, or a new instance never passed its health check (it got no traffic and the formation is unchanged)", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn change_formation(

@@ -63,7 +63,7 @@ async fn get_path(server: &ServerProcess, host: &str, path: &str) -> (u16, Strin
 }
 
 /// Every file named `name` under `dir` (symlinks not followed).
-fn find_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+pub(super) fn find_named(dir: &Path, name: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return found;

@@ -13,6 +13,7 @@ mod alerts;
 mod build_isolation;
 mod day2;
 mod docker;
+mod engine;
 mod identity;
 mod logs;
 mod rollout;
@@ -71,6 +72,8 @@ fn spawn_server(
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // Captured by the test harness: shown with a failing test's output.
+            eprintln!("server: {line}");
             if line.contains("gilgal server ready") {
                 let value: serde_json::Value = serde_json::from_str(&line).unwrap();
                 let _ = tx.send(value);

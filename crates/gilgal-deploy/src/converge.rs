@@ -1,0 +1,421 @@
+//! The one rollout engine: every change to what an environment runs goes through it.
+//!
+//! A deploy, a rollback, a config change, a scale, a health replacement, a domain change and
+//! the start-up pass after a crash all say what should run ([`Desired`]), [`Deployer::plan`]
+//! the difference from what runs, and [`Deployer::apply`] it (or its steps in order, when
+//! the caller records something between them, as a deployment does). One order, whoever calls: start what is missing → health gate → route → drain →
+//! stop. A new web instance that fails its health gate never gets traffic: everything this
+//! rollout started is stopped, the route is left as it was, and [`RolloutError`] says which
+//! step failed and why.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gilgal_build::Artifact;
+use gilgal_core::desired::{self, Action, Observed, Slot};
+use gilgal_proxy::RouteDiff;
+use gilgal_runtime::{wait_healthy, InstanceId, InstanceStatus};
+use gilgal_store::EnvironmentRecord;
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::{
+    formation_of, free_port, health_check, instance_spec, DeployLog, FAILURE_TAIL_LINES,
+};
+use crate::Deployer;
+
+/// What an environment should run: one release, with the environment's formation and sizes.
+pub(crate) struct Desired<'a> {
+    /// The release number every instance must carry.
+    pub release: u64,
+    /// Its build output (processes, health check, static files).
+    pub artifact: &'a Artifact,
+    /// Its config vars, opened.
+    pub vars: &'a BTreeMap<String, String>,
+}
+
+/// A web instance the route may send traffic to, with the address the edge must use.
+pub(crate) type Routable = (InstanceId, Option<SocketAddr>);
+
+/// The step a rollout failed at, so callers and users can tell "could not start" from
+/// "started but never healthy" from "could not route".
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// The rollout was cancelled before it routed anything; what served keeps serving.
+    #[error("cancelled")]
+    Cancelled,
+    /// What runs could not be read from the runtime or the store.
+    #[error("cannot read what runs: {0}")]
+    Observe(String),
+    /// An instance could not be started.
+    #[error("cannot start {slot}: {reason}")]
+    Start {
+        /// `web.0 of v3`.
+        slot: String,
+        /// Why.
+        reason: String,
+    },
+    /// A new web instance never passed its health check: it got no traffic and was stopped.
+    #[error(
+        "release v{release} never became healthy ({slot}), so it got no traffic and what served kept serving: {reason}\n{tail}"
+    )]
+    Unhealthy {
+        /// The release it belongs to.
+        release: u64,
+        /// `web.1`.
+        slot: String,
+        /// The health check's verdict.
+        reason: String,
+        /// The instance's last log lines.
+        tail: String,
+    },
+    /// The proxy refused the new route.
+    #[error("cannot route: {0}")]
+    Route(String),
+}
+
+/// What one rollout found and will change.
+pub(crate) struct Plan {
+    /// Slots to fill with new instances.
+    starts: Vec<Slot>,
+    /// Web instances of the desired release that stay (routed alongside the new ones).
+    staying: Vec<Routable>,
+    /// Instances to drain and stop once the route no longer names them.
+    leaving: Vec<InstanceStatus>,
+}
+
+impl Plan {
+    /// True when nothing has to change but (maybe) the route.
+    pub(crate) fn is_converged(&self) -> bool {
+        self.starts.is_empty() && self.leaving.is_empty()
+    }
+
+    /// True when the rollout starts at least one instance.
+    pub(crate) fn starts_any(&self) -> bool {
+        !self.starts.is_empty()
+    }
+
+    /// Web instances of the desired release that stay.
+    pub(crate) fn staying(&self) -> &[Routable] {
+        &self.staying
+    }
+
+    /// Instances that go once the route no longer names them.
+    pub(crate) fn leaving(&self) -> &[InstanceStatus] {
+        &self.leaving
+    }
+}
+
+fn slot_name(slot: &Slot) -> String {
+    format!("{}.{} of v{}", slot.process_type, slot.index, slot.release)
+}
+
+/// The loopback address of a published port (item 4 of the engine issue moves this into the
+/// runtime).
+fn published(port: Option<u16>) -> Option<SocketAddr> {
+    port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+}
+
+impl Deployer {
+    /// Diffs what `desired` asks for against what the runtime runs for `environment`.
+    /// Instances in `replace` count as gone: their slot gets a new instance and they leave
+    /// once it is routed (a health replacement).
+    pub(crate) async fn plan(
+        &self,
+        environment: &EnvironmentRecord,
+        desired: &Desired<'_>,
+        replace: &[InstanceId],
+    ) -> Result<Plan, RolloutError> {
+        let statuses: Vec<InstanceStatus> = self
+            .runtime
+            .list()
+            .await
+            .map_err(|e| RolloutError::Observe(e.to_string()))?
+            .into_iter()
+            .filter(|s| crate::identity::owns(environment, &s.labels))
+            .collect();
+        let observed: Vec<Observed> = statuses
+            .iter()
+            .map(|s| Observed {
+                id: s.id.to_string(),
+                slot: Slot {
+                    release: s.labels.release,
+                    process_type: s.labels.process_type.clone(),
+                    index: s.labels.index,
+                },
+                alive: s.state.is_active() && !replace.contains(&s.id),
+            })
+            .collect();
+        let wanted = desired::slots(
+            desired.release,
+            &formation_of(desired.artifact, environment),
+        );
+        let mut starts = Vec::new();
+        let mut stops = Vec::new();
+        for action in desired::diff(&wanted, &observed) {
+            match action {
+                Action::Start(slot) => starts.push(slot),
+                Action::Stop(id) => stops.push(id),
+            }
+        }
+        let (leaving, staying): (Vec<_>, Vec<_>) = statuses
+            .into_iter()
+            .partition(|s| stops.iter().any(|id| id == s.id.as_str()));
+        let staying = staying
+            .into_iter()
+            .filter(|s| s.labels.release == desired.release && s.state.is_active())
+            .map(|s| (s.id, published(s.port)))
+            .collect();
+        Ok(Plan {
+            starts,
+            staying,
+            leaving,
+        })
+    }
+
+    /// Starts an instance for every slot the plan lacks and waits for each new web instance
+    /// to pass its health check; returns every instance it started (workers without an
+    /// address). On any failure (or `cancel`), every instance it started is
+    /// stopped before it returns: a failed gate leaves nothing half-started and routes nothing.
+    pub(crate) async fn start_gated(
+        &self,
+        environment: &EnvironmentRecord,
+        desired: &Desired<'_>,
+        plan: &Plan,
+        cancel: &CancellationToken,
+        log: Option<&DeployLog>,
+    ) -> Result<Vec<Routable>, RolloutError> {
+        let mut started: Vec<(Slot, InstanceId, Option<SocketAddr>)> = Vec::new();
+        let outcome = self
+            .start_and_gate(environment, desired, plan, cancel, log, &mut started)
+            .await;
+        if outcome.is_err() {
+            for (_, id, _) in &started {
+                let _ = self.runtime.stop(id, Duration::from_secs(5)).await;
+                let _ = self.runtime.remove(id).await;
+            }
+        }
+        outcome.map(|()| {
+            started
+                .into_iter()
+                .map(|(_, id, addr)| (id, addr))
+                .collect()
+        })
+    }
+
+    async fn start_and_gate(
+        &self,
+        environment: &EnvironmentRecord,
+        desired: &Desired<'_>,
+        plan: &Plan,
+        cancel: &CancellationToken,
+        log: Option<&DeployLog>,
+        started: &mut Vec<(Slot, InstanceId, Option<SocketAddr>)>,
+    ) -> Result<(), RolloutError> {
+        for slot in &plan.starts {
+            if cancel.is_cancelled() {
+                return Err(RolloutError::Cancelled);
+            }
+            let start_failed = |reason: String| RolloutError::Start {
+                slot: slot_name(slot),
+                reason,
+            };
+            let port = if slot.process_type == "web" {
+                Some(free_port().map_err(|e| start_failed(e.to_string()))?)
+            } else {
+                None
+            };
+            let spec = instance_spec(
+                desired.artifact,
+                environment,
+                desired.vars,
+                desired.release,
+                &slot.process_type,
+                slot.index,
+                port,
+                self.run_as(),
+            )
+            .map_err(|e| start_failed(format!("{e:?}")))?;
+            let id = self
+                .runtime
+                .start(spec)
+                .await
+                .map_err(|e| start_failed(e.to_string()))?;
+            if let Some(log) = log {
+                log.system(format!(
+                    "started {}.{} ({id})",
+                    slot.process_type, slot.index
+                ))
+                .await;
+            }
+            started.push((slot.clone(), id, published(port)));
+        }
+        let check = health_check(desired.artifact);
+        for (slot, id, addr) in started.iter() {
+            let Some(addr) = addr else { continue };
+            let addr = self.runtime.probe_addr(id, *addr).await;
+            let healthy = tokio::select! {
+                result = wait_healthy(self.runtime.as_ref(), id, addr, &check) => result,
+                _ = cancel.cancelled() => return Err(RolloutError::Cancelled),
+            };
+            if let Err(e) = healthy {
+                let tail = self
+                    .runtime
+                    .log_tail(id, FAILURE_TAIL_LINES)
+                    .await
+                    .unwrap_or_default();
+                return Err(RolloutError::Unhealthy {
+                    release: slot.release,
+                    slot: format!("{}.{}", slot.process_type, slot.index),
+                    reason: e.to_string(),
+                    tail: tail
+                        .into_iter()
+                        .map(|l| l.line)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Staying web instances the edge does not route yet (after a restart the route table
+    /// starts empty, and the runtime may have just restarted a lost instance): each must pass
+    /// the health gate before it gets traffic. Returns those that fail it.
+    pub(crate) async fn unproven_failing_gate(
+        &self,
+        environment: &EnvironmentRecord,
+        desired: &Desired<'_>,
+        plan: &Plan,
+    ) -> Vec<InstanceId> {
+        let route_id = crate::identity::route_id(environment);
+        let routed: Vec<String> = self
+            .proxy
+            .routes()
+            .into_iter()
+            .filter(|route| route.id == route_id)
+            .flat_map(|route| match route.target {
+                gilgal_proxy::RouteTarget::Upstream { backends, .. } => {
+                    backends.into_iter().map(|b| b.id).collect::<Vec<_>>()
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        let check = health_check(desired.artifact);
+        let gates = plan
+            .staying
+            .iter()
+            .filter(|(id, addr)| addr.is_some() && !routed.iter().any(|r| r == id.as_str()))
+            .map(|(id, addr)| {
+                let check = &check;
+                async move {
+                    let addr = self.runtime.probe_addr(id, (*addr)?).await;
+                    match wait_healthy(self.runtime.as_ref(), id, addr, check).await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            tracing::warn!(instance = %id, error = %e, "an unrouted instance failed its health gate; it gets a successor");
+                            Some(id.clone())
+                        }
+                    }
+                }
+            });
+        futures_util::future::join_all(gates)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Stops instances a rollout started but will not route (a cancel after the gate).
+    pub(crate) async fn stop_started(&self, started: &[Routable]) {
+        for (id, _) in started {
+            let _ = self.runtime.stop(id, Duration::from_secs(5)).await;
+            let _ = self.runtime.remove(id).await;
+        }
+    }
+
+    /// Points the environment's route at `serving` (or its static files). With nothing to
+    /// serve, the route goes away rather than naming instances that are about to stop.
+    pub(crate) async fn switch_route(
+        &self,
+        environment: &EnvironmentRecord,
+        artifact: &Artifact,
+        serving: &[Routable],
+    ) -> Result<(), RolloutError> {
+        let domains = self
+            .store
+            .domains(environment.id)
+            .await
+            .map_err(|e| RolloutError::Observe(e.to_string()))?;
+        let diff = match self.route_for(environment, &domains, artifact, serving) {
+            Some(route) => RouteDiff {
+                upsert: vec![route],
+                remove: vec![],
+            },
+            None => RouteDiff {
+                upsert: vec![],
+                remove: vec![crate::identity::route_id(environment)],
+            },
+        };
+        self.proxy
+            .apply(diff)
+            .map_err(|e| RolloutError::Route(e.to_string()))
+    }
+
+    /// Drains every leaving web instance at once (each with its own release's grace period;
+    /// WebSockets are closed right away), then stops and forgets every leaving instance.
+    pub(crate) async fn drain_and_stop(
+        &self,
+        environment: &EnvironmentRecord,
+        leaving: &[InstanceStatus],
+    ) {
+        let releases: BTreeSet<u64> = leaving.iter().map(|s| s.labels.release).collect();
+        let mut graces: BTreeMap<u64, Duration> = BTreeMap::new();
+        for release in releases {
+            graces.insert(release, self.grace_period_of(environment, release).await);
+        }
+        let grace_of = |release: u64| {
+            graces
+                .get(&release)
+                .copied()
+                .unwrap_or(crate::pipeline::DEFAULT_GRACE)
+        };
+        let drains = leaving.iter().filter(|s| s.port.is_some()).map(|status| {
+            let grace = grace_of(status.labels.release);
+            async move {
+                let outcome = self.proxy.wait_drained(status.id.as_str(), grace).await;
+                tracing::info!(instance = %status.id, ?outcome, "drained");
+            }
+        });
+        futures_util::future::join_all(drains).await;
+        for status in leaving {
+            let _ = self
+                .runtime
+                .stop(&status.id, grace_of(status.labels.release))
+                .await;
+            let _ = self.runtime.remove(&status.id).await;
+        }
+    }
+
+    /// Carries out a plan made by [`Deployer::plan`]: start and gate, route, drain, stop.
+    /// Idempotent: applying the plan of a converged environment only re-applies its route.
+    pub(crate) async fn apply(
+        &self,
+        environment: &EnvironmentRecord,
+        desired: &Desired<'_>,
+        plan: &Plan,
+    ) -> Result<(), RolloutError> {
+        let started = self
+            .start_gated(environment, desired, plan, &CancellationToken::new(), None)
+            .await?;
+        let mut serving = plan.staying.clone();
+        serving.extend(started);
+        self.switch_route(environment, desired.artifact, &serving)
+            .await?;
+        self.drain_and_stop(environment, &plan.leaving).await;
+        if !plan.is_converged() {
+            tracing::info!(app = %environment.project_name, env = %environment.name, release = desired.release, started = plan.starts.len(), stopped = plan.leaving.len(), "environment converged");
+        }
+        Ok(())
+    }
+}
