@@ -379,7 +379,9 @@ impl DockerRuntime {
         }
         let lock_file = lock_state_dir(&state_dir).await?;
         let (logs, _) = broadcast::channel(config.channel_capacity.max(16));
-        let (events, _) = broadcast::channel(config.channel_capacity.max(16));
+        // Events are rare (starts, exits, restarts): a short buffer, since a broadcast
+        // reserves every slot up front.
+        let (events, _) = broadcast::channel(config.channel_capacity.clamp(16, 1024));
         let runtime = DockerRuntime {
             inner: Arc::new(Inner {
                 docker,

@@ -39,8 +39,8 @@ mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -151,6 +151,9 @@ pub(crate) struct Shared {
     pub pending_drops: Mutex<HashMap<Uuid, u64>>,
     pub has_drops: AtomicBool,
     pub accepted: AtomicU64,
+    /// Records queued and not yet taken by the writer: the queue's bound is kept with this
+    /// count, so the queue's memory grows with what is in it instead of being reserved whole.
+    pub queued: AtomicUsize,
     pub dropped: AtomicU64,
     pub written: AtomicU64,
 }
@@ -174,7 +177,8 @@ impl Shared {
 /// and readers (the API). Dropping every clone stops the writer after it wrote what was queued.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    sender: SyncSender<Msg>,
+    sender: Sender<Msg>,
+    capacity: usize,
     shared: Arc<Shared>,
     root: PathBuf,
 }
@@ -183,8 +187,10 @@ impl LogStore {
     /// Opens (creating) the log directory and starts the writer thread.
     pub fn open(config: LogConfig) -> Result<Self, LogError> {
         create_private_dir(&config.dir)?;
-        let (sender, receiver): (SyncSender<Msg>, Receiver<Msg>) =
-            std::sync::mpsc::sync_channel(config.queue_capacity.max(1));
+        // Unbounded underneath (it allocates in blocks as it fills; a bounded std channel
+        // reserves every slot up front, 26 MB for the default capacity), bounded by
+        // `Shared::queued` in `append`.
+        let (sender, receiver): (Sender<Msg>, Receiver<Msg>) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared::default());
         let writer = writer::Writer::new(config.dir.clone(), config.retention, Arc::clone(&shared));
         std::thread::Builder::new()
@@ -193,6 +199,7 @@ impl LogStore {
             .map_err(|e| LogError::io(&config.dir, e))?;
         Ok(LogStore {
             sender,
+            capacity: config.queue_capacity.max(1),
             shared,
             root: config.dir,
         })
@@ -201,12 +208,18 @@ impl LogStore {
     /// Queues a record for `environment` without blocking. Returns `false` when it was dropped
     /// (queue full or writer gone); the drop is counted and later recorded in the log.
     pub fn append(&self, environment: Uuid, record: LogRecord) -> bool {
-        match self.sender.try_send(Msg::Record(environment, record)) {
+        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            self.shared.add_drops(environment, 1);
+            return false;
+        }
+        match self.sender.send(Msg::Record(environment, record)) {
             Ok(()) => {
                 self.shared.accepted.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(_) => {
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
                 self.shared.add_drops(environment, 1);
                 false
             }

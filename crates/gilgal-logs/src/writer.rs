@@ -89,7 +89,10 @@ impl Writer {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Record(environment, record) => self.write(environment, record),
+            Msg::Record(environment, record) => {
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                self.write(environment, record)
+            }
             Msg::Flush(reply) => {
                 self.write_drop_markers();
                 self.flush_all();

@@ -154,7 +154,9 @@ impl ProcessRuntime {
         let lock = lock_state_dir(&state_dir).await?;
         let cgroups = Cgroups::detect(&config.cgroups);
         let (logs, _) = broadcast::channel(config.channel_capacity.max(16));
-        let (events, _) = broadcast::channel(config.channel_capacity.max(16));
+        // Events are rare (starts, exits, restarts): a short buffer, since a broadcast
+        // reserves every slot up front.
+        let (events, _) = broadcast::channel(config.channel_capacity.clamp(16, 1024));
         let runtime = ProcessRuntime {
             inner: Arc::new(Inner {
                 state_dir,
