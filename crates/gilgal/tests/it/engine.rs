@@ -251,3 +251,139 @@ async fn a_recovery_whose_new_instance_is_unhealthy_routes_nothing_to_it() {
     assert_ne!(successor, original);
     assert_eq!(web_formation(&server).await, (1, 1));
 }
+
+/// How long a lingering step sleeps: long enough to be cancelled, and a number no other test
+/// uses, so the processes it leaves are found by their command line.
+const LINGER: &str = "121.5";
+
+/// Processes whose command line names [`LINGER`]: what a cancelled step must not leave.
+fn lingering_processes() -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(LINGER) && !cmdline.contains("gilgal") {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+/// A copy of the fixture whose new deployment lingers in `step`: a build command, a release
+/// phase or a web process that never becomes ready, each sleeping.
+fn lingering_copy(step: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/boot-gated");
+    for file in ["app.py", "requirements.txt"] {
+        std::fs::copy(fixture.join(file), dir.path().join(file)).unwrap();
+    }
+    let (procfile, extra) = match step {
+        "building" => (
+            "web: python3 app.py\n",
+            format!("[build]\ncommand = \"sleep {LINGER}\"\n"),
+        ),
+        "releasing" => (
+            "web: python3 app.py\n",
+            format!("[release]\ncommand = \"sleep {LINGER}\"\n"),
+        ),
+        _ => (
+            "web: python3 -c 'import time; time.sleep(121.5)'\n",
+            String::new(),
+        ),
+    };
+    std::fs::write(dir.path().join("Procfile"), procfile).unwrap();
+    std::fs::write(
+        dir.path().join("gilgal.toml"),
+        format!(
+            "grace_period_secs = 1\n\n[healthcheck]\npath = \"/health\"\nboot_deadline_secs = 120\n\n{extra}"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// `gilgal deployments cancel` stops a deployment in its build, its release phase, or while
+/// its new instances start and wait for their health gate: the deployment ends cancelled,
+/// nothing of it keeps running, and the release that was live serves every request meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_at_each_step_leaves_the_previous_release_serving() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    deploy_gated(&server);
+    let live = no_sick_instance_answers(&server, 1).await[0];
+    for step in ["building", "releasing", "starting"] {
+        let source = lingering_copy(step);
+        let mut deploying = std::process::Command::new(super::BIN)
+            .args(["--server", &server.url])
+            .args(["deploy", source.path().to_str().unwrap(), "-p", "gated"])
+            .env("GILGAL_CONFIG_DIR", server.config_dir())
+            .env_remove("GILGAL_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = deploying.stderr.take().unwrap();
+        let id = {
+            use std::io::BufRead;
+            std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .find_map(|line| {
+                    line.strip_prefix("Deployment ")
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .map(str::to_owned)
+                })
+                .expect("the CLI names the deployment")
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let record = api_json(&server, &format!("/api/deployments/{id}")).await;
+            if record["state"] == step {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{step}: the deployment never got there: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The step is under way once its process runs.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while lingering_processes().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{step}: its process never started"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let cancelled = ok(server.cli(&["deployments", "cancel", &id], None));
+        assert!(cancelled.contains("Cancelled deployment"), "{cancelled}");
+        let record = api_json(&server, &format!("/api/deployments/{id}")).await;
+        assert_eq!(record["state"], "cancelled", "{step}: {record}");
+        let status = deploying.wait().unwrap();
+        assert!(
+            !status.success(),
+            "{step}: the deploy command reports the cancel"
+        );
+
+        let answered = no_sick_instance_answers(&server, 10).await;
+        assert_eq!(answered, vec![live; 10], "{step}: v1 kept serving alone");
+        assert_eq!(web_formation(&server).await, (1, 1), "{step}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = lingering_processes();
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{step}: the cancelled step left {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
