@@ -360,7 +360,9 @@ async fn a_cancel_at_each_step_leaves_the_previous_release_serving() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        eprintln!("{step}: cancelling {id} while {:?}", lingering_processes());
         let cancelled = ok(server.cli(&["deployments", "cancel", &id], None));
+        eprintln!("{step}: {cancelled}");
         assert!(cancelled.contains("Cancelled deployment"), "{cancelled}");
         let record = api_json(&server, &format!("/api/deployments/{id}")).await;
         assert_eq!(record["state"], "cancelled", "{step}: {record}");
