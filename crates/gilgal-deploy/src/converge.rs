@@ -74,6 +74,31 @@ pub enum RolloutError {
     Route(String),
 }
 
+impl RolloutError {
+    /// The same error with config secrets masked in the quoted log tail (it goes to events
+    /// and API answers, which deployment logs' redaction does not cover).
+    pub(crate) fn redacted(self, redactor: &gilgal_secrets::Redactor) -> Self {
+        match self {
+            RolloutError::Unhealthy {
+                release,
+                slot,
+                reason,
+                tail,
+            } => RolloutError::Unhealthy {
+                release,
+                slot,
+                reason: redactor.redact(&reason).into_owned(),
+                tail: redactor.redact(&tail).into_owned(),
+            },
+            RolloutError::Start { slot, reason } => RolloutError::Start {
+                slot,
+                reason: redactor.redact(&reason).into_owned(),
+            },
+            other => other,
+        }
+    }
+}
+
 /// What one rollout found and will change.
 pub(crate) struct Plan {
     /// Slots to fill with new instances.
@@ -279,6 +304,24 @@ impl Deployer {
         Ok(())
     }
 
+    /// The instances the environment's route sends traffic to now, or `None` when the edge
+    /// has no route for it (after a restart, or when nothing serves).
+    pub(crate) fn routed_backends(&self, environment: &EnvironmentRecord) -> Option<Vec<Routable>> {
+        let route_id = crate::identity::route_id(environment);
+        let route = self
+            .proxy
+            .routes()
+            .into_iter()
+            .find(|route| route.id == route_id)?;
+        Some(match route.target {
+            gilgal_proxy::RouteTarget::Upstream { backends, .. } => backends
+                .into_iter()
+                .filter_map(|b| Some((InstanceId::parse(&b.id).ok()?, Some(b.addr))))
+                .collect(),
+            _ => Vec::new(),
+        })
+    }
+
     /// Staying web instances the edge does not route yet (after a restart the route table
     /// starts empty, and the runtime may have just restarted a lost instance): each must pass
     /// the health gate before it gets traffic. Returns those that fail it.
@@ -288,24 +331,17 @@ impl Deployer {
         desired: &Desired<'_>,
         plan: &Plan,
     ) -> Vec<InstanceId> {
-        let route_id = crate::identity::route_id(environment);
-        let routed: Vec<String> = self
-            .proxy
-            .routes()
+        let routed: Vec<InstanceId> = self
+            .routed_backends(environment)
+            .unwrap_or_default()
             .into_iter()
-            .filter(|route| route.id == route_id)
-            .flat_map(|route| match route.target {
-                gilgal_proxy::RouteTarget::Upstream { backends, .. } => {
-                    backends.into_iter().map(|b| b.id).collect::<Vec<_>>()
-                }
-                _ => Vec::new(),
-            })
+            .map(|(id, _)| id)
             .collect();
         let check = health_check(desired.artifact);
         let gates = plan
             .staying
             .iter()
-            .filter(|(id, addr)| addr.is_some() && !routed.iter().any(|r| r == id.as_str()))
+            .filter(|(id, addr)| addr.is_some() && !routed.contains(id))
             .map(|(id, addr)| {
                 let check = &check;
                 async move {
@@ -405,13 +441,35 @@ impl Deployer {
         desired: &Desired<'_>,
         plan: &Plan,
     ) -> Result<(), RolloutError> {
-        let started = self
+        let started = match self
             .start_gated(environment, desired, plan, &CancellationToken::new(), None)
-            .await?;
+            .await
+        {
+            Ok(started) => started,
+            Err(e) => {
+                // One slot that cannot be filled must not keep the healthy ones off the edge:
+                // with no route yet (after a restart), those that stay are routed anyway
+                // (unrouted ones passed their gate in `unproven_failing_gate`).
+                if self.routed_backends(environment).is_none() {
+                    if let Err(route) = self
+                        .switch_route(environment, desired.artifact, &plan.staying)
+                        .await
+                    {
+                        tracing::warn!(error = %route, "cannot route the instances that stay");
+                    }
+                }
+                return Err(e);
+            }
+        };
         let mut serving = plan.staying.clone();
-        serving.extend(started);
-        self.switch_route(environment, desired.artifact, &serving)
-            .await?;
+        serving.extend(started.iter().cloned());
+        if let Err(e) = self
+            .switch_route(environment, desired.artifact, &serving)
+            .await
+        {
+            self.stop_started(&started).await;
+            return Err(e);
+        }
         self.drain_and_stop(environment, &plan.leaving).await;
         if !plan.is_converged() {
             tracing::info!(app = %environment.project_name, env = %environment.name, release = desired.release, started = plan.starts.len(), stopped = plan.leaving.len(), "environment converged");

@@ -237,7 +237,7 @@ impl Deployer {
             let Ok(_no_change_in_progress) = lock.try_lock() else {
                 continue;
             };
-            let Ok(current) = self.store.environment_by_id(environment.id).await else {
+            let Ok(Some(current)) = self.live_environment(environment.id).await else {
                 continue;
             };
             match self.reconcile_environment(&current, &[]).await {
@@ -360,7 +360,7 @@ impl Deployer {
     async fn replace_instance(self: &Arc<Self>, environment: Uuid, id: &InstanceId) {
         let lock = self.environment_lock(environment);
         let _one_change_at_a_time = lock.lock().await;
-        let Ok(current) = self.store.environment_by_id(environment).await else {
+        let Ok(Some(current)) = self.live_environment(environment).await else {
             return;
         };
         if let Err(e) = self

@@ -34,13 +34,15 @@ impl Deployer {
                 tracing::warn!(deployment = %id, error = %e, "could not close an interrupted deployment");
             }
         }
-        let environments = self.store.live_environments().await?;
-        let live: BTreeSet<(Uuid, Uuid)> =
-            environments.iter().map(|e| (e.project_id, e.id)).collect();
-        for environment in &environments {
-            let lock = self.environment_lock(environment.id);
+        for listed in self.store.live_environments().await? {
+            let lock = self.environment_lock(listed.id);
             let _one_change_at_a_time = lock.lock().await;
-            if let Err(e) = self.reconcile_environment(environment, &[]).await {
+            // A change may have landed while this pass waited for the lock (the API serves
+            // during recovery): converge on what the store says now.
+            let Some(environment) = self.live_environment(listed.id).await? else {
+                continue;
+            };
+            if let Err(e) = self.reconcile_environment(&environment, &[]).await {
                 tracing::error!(app = %environment.project_name, env = %environment.name, error = %e, "reconcile failed");
                 self.event(
                     environment.id,
@@ -54,9 +56,21 @@ impl Deployer {
         // deleted one) go away. So do instances labelled with names (started before labels
         // were ids): their environment's live release was started above under id labels,
         // health-gated and routed, so they are replaced, not orphaned.
+        let live: BTreeSet<(Uuid, Uuid)> = self
+            .store
+            .live_environments()
+            .await?
+            .iter()
+            .map(|e| (e.project_id, e.id))
+            .collect();
         for status in self.runtime.list().await.map_err(std::io::Error::other)? {
-            if !crate::identity::owner_of(&status.labels).is_some_and(|owner| live.contains(&owner))
-            {
+            let owner = crate::identity::owner_of(&status.labels);
+            // A first rollout in progress holds its environment's lock: its instances are
+            // not leftovers.
+            let in_progress = owner.is_some_and(|(_, environment)| {
+                self.environment_lock(environment).try_lock().is_err()
+            });
+            if !in_progress && !owner.is_some_and(|owner| live.contains(&owner)) {
                 let _ = self.runtime.stop(&status.id, Duration::from_secs(10)).await;
                 let _ = self.runtime.remove(&status.id).await;
             }
@@ -235,15 +249,46 @@ impl Deployer {
                     reason: format!("{e:?}"),
                 })?;
         }
-        self.apply(environment, &desired, &plan).await
+        self.apply(environment, &desired, &plan)
+            .await
+            .map_err(|e| e.redacted(&config.redactor))
     }
 
-    /// Re-applies an environment's route (after its custom domains changed).
+    /// The environment as the store has it now, if it is still live (not deleted or being
+    /// deleted, and with a live release): what a pass that waited for a lock must act on.
+    pub(crate) async fn live_environment(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<EnvironmentRecord>, DeployError> {
+        Ok(self
+            .store
+            .live_environments()
+            .await?
+            .into_iter()
+            .find(|e| e.id == id))
+    }
+
+    /// Re-applies an environment's route with its current hostnames (after its custom
+    /// domains changed or its project was renamed).
     pub async fn refresh_route(&self, environment: &EnvironmentRecord) -> Result<(), DeployError> {
         let lock = self.environment_lock(environment.id);
         let _one_change_at_a_time = lock.lock().await;
-        let current = self.store.environment_by_id(environment.id).await?;
-        Ok(self.reconcile_environment(&current, &[]).await?)
+        let Some(current) = self.live_environment(environment.id).await? else {
+            return Ok(());
+        };
+        let Some(number) = current.live_release else {
+            return Ok(());
+        };
+        let release = self.store.release(current.id, number).await?;
+        let artifact: Artifact = serde_json::from_str(&release.artifact_json)
+            .map_err(|e| DeployError::Invalid(e.to_string()))?;
+        // Only the route changes: the instances it names stay as they are (no start, no
+        // gate), so a domain change never fails on an instance's health.
+        let serving = self.routed_backends(&current).unwrap_or_default();
+        if serving.is_empty() && artifact.static_dir.is_none() {
+            return Ok(());
+        }
+        Ok(self.switch_route(&current, &artifact, &serving).await?)
     }
 
     /// The hostname suffix apps get by default; custom domains may not use it.
