@@ -37,6 +37,7 @@ fn take_slot(state: &AppState, user: Uuid) -> Result<SlotClaim, ApiError> {
 
 /// What a stream re-checks: the credential it was opened with still stands and its user
 /// still has a role on the project.
+#[derive(Clone)]
 struct Access {
     state: AppState,
     user: Uuid,
@@ -44,8 +45,11 @@ struct Access {
     project: Uuid,
 }
 
+/// A re-check in progress, kept across items so a busy stream cannot starve it.
+type Recheck = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
 impl Access {
-    async fn still_allowed(&self) -> bool {
+    async fn still_allowed(self) -> bool {
         let store = self.state.store();
         let credential = match self.credential {
             Credential::Session(session) => store.session_is_active(session, self.user).await,
@@ -95,19 +99,32 @@ pub(crate) fn guard(
         tokio::time::interval_at(tokio::time::Instant::now() + RECHECK_EVERY, RECHECK_EVERY);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let inner = stream.boxed();
+    let pending: Option<Recheck> = None;
     Ok(futures_util::stream::unfold(
-        (inner, recheck, access, slot),
-        |(mut inner, mut recheck, access, slot)| async move {
+        (inner, recheck, access, slot, pending),
+        |(mut inner, mut recheck, access, slot, mut pending)| async move {
             loop {
-                // `next` keeps its progress inside the stream, so losing the race is harmless.
+                // The inner stream is polled all along, also while a re-check runs: it may be
+                // holding the store's only (SQLite) connection in the middle of a query, and a
+                // re-check awaited without it would wait for that connection until the pool
+                // gave up (30 s), stalling every other use of the store meanwhile.
                 tokio::select! {
                     item = inner.next() => {
-                        return item.map(|item| (item, (inner, recheck, access, slot)));
+                        return item.map(|item| (item, (inner, recheck, access, slot, pending)));
                     }
-                    _ = recheck.tick() => {
-                        if !access.still_allowed().await {
+                    allowed = async {
+                        match pending.as_mut() {
+                            Some(check) => check.await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        pending = None;
+                        if !allowed {
                             return None;
                         }
+                    }
+                    _ = recheck.tick(), if pending.is_none() => {
+                        pending = Some(Box::pin(access.clone().still_allowed()));
                     }
                 }
             }
