@@ -43,9 +43,9 @@ pub struct EnvironmentLogsQuery {
     #[serde(default, rename = "type")]
     #[param(rename = "type")]
     pub process_type: Option<String>,
-    /// Only lines of this release (`3` or `v3`).
+    /// Only lines of this release (`3` or `v3`); empty is no filter, as if absent.
     #[serde(default)]
-    #[param(pattern = "^v*[0-9]{1,19}$")]
+    #[param(pattern = "^(v*[0-9]{1,19})?$")]
     pub release: Option<String>,
     /// Only lines printed since: a duration back from now (`90s`, `15m`, `1h`, `7d`) or an
     /// RFC 3339 time.
