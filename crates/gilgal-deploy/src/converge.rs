@@ -214,18 +214,14 @@ impl Deployer {
         let outcome = self
             .start_and_gate(environment, desired, plan, cancel, log, &mut started)
             .await;
+        let started: Vec<Routable> = started
+            .into_iter()
+            .map(|(_, id, addr)| (id, addr))
+            .collect();
         if outcome.is_err() {
-            for (_, id, _) in &started {
-                let _ = self.runtime.stop(id, Duration::from_secs(5)).await;
-                let _ = self.runtime.remove(id).await;
-            }
+            self.stop_started(&started).await;
         }
-        outcome.map(|()| {
-            started
-                .into_iter()
-                .map(|(_, id, addr)| (id, addr))
-                .collect()
-        })
+        outcome.map(|()| started)
     }
 
     async fn start_and_gate(
