@@ -262,6 +262,7 @@ impl Deployer {
                 .start(spec)
                 .await
                 .map_err(|e| start_failed(e.to_string()))?;
+            tracing::info!(app = %environment.project_name, env = %environment.name, release = slot.release, instance = %id, "instance started");
             if let Some(log) = log {
                 log.system(format!(
                     "started {}.{} ({id})",

@@ -1049,6 +1049,7 @@ impl Deployer {
             self.stop_started(&started).await;
             return Err(failure);
         }
+        tracing::info!(deployment = %id, release = number, "route switched");
         let previous = self.store.live_deployment(environment.id).await?;
         self.store
             .set_live_release(environment.id, number, replaced)
@@ -1067,6 +1068,7 @@ impl Deployer {
                 .transition_deployment(previous, DeploymentState::Draining, None)
                 .await;
         }
+        tracing::info!(deployment = %id, leaving = plan.leaving().len(), "draining the previous release");
         self.drain_and_stop(environment, plan.leaving()).await;
         if let Some(previous) = previous {
             log.system("previous release drained and stopped").await;

@@ -18,6 +18,8 @@ use crate::{DeployError, DeploySource, Deployer, ReuseKind, ReuseRelease};
 impl Deployer {
     /// Converges after a (re)start: fails interrupted deployments, then makes every
     /// environment run exactly its live release's formation and routes traffic to it.
+    /// When it returns, every environment that can serve is routed (the server opens the
+    /// edge then); [`Deployer::sweep_leftovers`] stops what no environment owns.
     /// Idempotent: running it twice changes nothing the second time.
     pub async fn recover(&self) -> Result<(), crate::DeployError> {
         self.recover_runs().await?;
@@ -52,6 +54,11 @@ impl Deployer {
                 .await;
             }
         }
+        Ok(())
+    }
+
+    /// Stops the instances no live environment owns, after [`Deployer::recover`].
+    pub async fn sweep_leftovers(&self) -> Result<(), crate::DeployError> {
         // Instances of environments with nothing live (e.g. a first deploy cut short, or a
         // deleted one) go away. So do instances labelled with names (started before labels
         // were ids): their environment's live release was started above under id labels,
@@ -248,6 +255,16 @@ impl Deployer {
                     slot: format!("v{number}"),
                     reason: format!("{e:?}"),
                 })?;
+        }
+        if plan.starts_any()
+            && plan.staying().iter().any(|(_, addr)| addr.is_some())
+            && self.routed_backends(environment).is_none()
+        {
+            // After a restart the edge has no route yet: what stays (gated above) serves
+            // while the missing instances boot, instead of waiting for them.
+            self.switch_route(environment, desired.artifact, plan.staying())
+                .await
+                .map_err(|e| e.redacted(&config.redactor))?;
         }
         self.apply(environment, &desired, &plan)
             .await

@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod credentials;
+mod listeners;
 mod output;
 mod server;
 

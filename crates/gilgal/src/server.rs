@@ -14,6 +14,10 @@ use gilgal_store::{Store, StoreBackend};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Isolation, LogFormat, Registration, RuntimeKind, ServerArgs};
+use crate::listeners::InheritedListeners;
+
+/// How long the edge waits for recovery to route what runs before it accepts anyway.
+const ROUTES_RESTORE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Capacity of the runtimes' log broadcast: about three 100 ms polls of an app printing
 /// 100,000 lines/s (lines beyond it are counted as dropped in the app's log, not lost silently).
@@ -21,6 +25,8 @@ const LOG_CHANNEL_CAPACITY: usize = 32 * 1024;
 
 /// Runs the server on a small multi-threaded runtime (two workers keep idle memory low).
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    // Before any thread exists: it edits the environment.
+    let inherited = InheritedListeners::take_from_env()?;
     tune_allocator();
     init_logging(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -28,7 +34,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .max_blocking_threads(8)
         .enable_all()
         .build()?;
-    runtime.block_on(serve(args))?;
+    runtime.block_on(serve(args, inherited))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -131,7 +137,7 @@ fn restrict_database_files(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::Result<()> {
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => default_data_dir()?,
@@ -171,7 +177,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         Some(images) => gilgal_docker::bridge_gateway(&images.docker).await,
         None => None,
     };
-    let proxy_listener = bind(args.proxy_listen, "proxy").await?;
+    let proxy_listener = inherited
+        .listen("proxy", args.proxy_listen, "proxy")
+        .await?;
     let proxy_addr = proxy_listener.local_addr()?;
     let vault = std::sync::Arc::new(
         gilgal_deploy::Vault::open_or_create(
@@ -242,9 +250,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             anyhow::anyhow!("cannot load TLS certificates from the store: {}", e.code())
         })?;
 
-    let api_listener = bind(args.listen, "API").await?;
+    let api_listener = inherited.listen("api", args.listen, "API").await?;
     let tls_listener = match args.proxy_tls_listen {
-        Some(addr) => Some(bind(addr, "proxy TLS").await?),
+        Some(addr) => Some(inherited.listen("proxy-tls", addr, "proxy TLS").await?),
         None => None,
     };
     let api_addr = api_listener.local_addr()?;
@@ -258,14 +266,31 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
+    // The edge accepts once recovery has routed what runs (a restarted server knows no
+    // routes before): until then connections wait in the accept queue rather than meet a
+    // 404. Bounded, so one slow environment cannot keep every app off the edge.
+    let (routes_restored, routes_restored_rx) = tokio::sync::watch::channel(false);
+    let edge_open = move || {
+        let mut restored = routes_restored_rx.clone();
+        async move {
+            let _ =
+                tokio::time::timeout(ROUTES_RESTORE_WAIT, restored.wait_for(|done| *done)).await;
+        }
+    };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(gilgal_proxy::serve(
-        proxy_listener,
-        proxy.clone(),
-        stopped(),
-    ));
+    {
+        let (proxy, open, stop) = (proxy.clone(), edge_open(), stopped());
+        tasks.spawn(async move {
+            open.await;
+            gilgal_proxy::serve(proxy_listener, proxy, stop).await
+        });
+    }
     if let Some(listener) = tls_listener {
-        tasks.spawn(gilgal_proxy::serve_tls(listener, proxy.clone(), stopped()));
+        let (proxy, open, stop) = (proxy.clone(), edge_open(), stopped());
+        tasks.spawn(async move {
+            open.await;
+            gilgal_proxy::serve_tls(listener, proxy, stop).await
+        });
     }
     tracing::info!(
         api = %format!("http://{api_addr}"),
@@ -302,6 +327,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             match deployer.recover().await {
                 Ok(()) => tracing::info!("desired state reconciled"),
                 Err(e) => tracing::error!(error = %e, "reconciling desired state failed"),
+            }
+            let _ = routes_restored.send(true);
+            if let Err(e) = deployer.sweep_leftovers().await {
+                tracing::error!(error = %e, "stopping instances no environment owns failed");
             }
             // The health watch converges too: it starts from what recovery left, never
             // beside it.
@@ -456,12 +485,6 @@ fn docker_namespace(state_dir: &Path) -> anyhow::Result<String> {
     file.sync_all()?;
     std::fs::rename(&temp, &path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(namespace)
-}
-
-async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for the {what}; pick another address"))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -11,6 +11,7 @@ use gilgal_testkit::{backend_tests, Backend};
 mod addons;
 mod alerts;
 mod build_isolation;
+mod crash;
 mod day2;
 mod docker;
 mod engine;
@@ -33,23 +34,61 @@ struct ServerProcess {
     database_url: Option<String>,
     /// Extra `gilgal server` arguments (e.g. `--runtime docker`), kept for restarts.
     extra_args: Vec<String>,
+    /// The proxy's listening socket when the test holds it (as systemd would) and passes
+    /// it to every server it starts; `None` when the server binds its own.
+    proxy_socket: Option<std::net::TcpListener>,
+    /// Where the server's stderr lines also go, while a test listens.
+    tap: LineTap,
 }
+
+/// A test's ear on the server's stderr: every line is sent while it holds a sender.
+type LineTap = std::sync::Arc<std::sync::Mutex<Option<std::sync::mpsc::Sender<String>>>>;
 
 /// Starts `gilgal server` on free ports over `dir`, returning it and its "ready" log line.
 fn spawn_server(
     dir: &Path,
     database_url: Option<&str>,
     extra_args: &[String],
+    proxy_socket: Option<&std::net::TcpListener>,
+    tap: &LineTap,
 ) -> (Child, serde_json::Value) {
-    let mut command = Command::new(BIN);
+    let mut command = match proxy_socket {
+        None => Command::new(BIN),
+        Some(socket) => {
+            // As systemd's socket activation does: the socket as descriptor 3, named, and
+            // LISTEN_PID naming the server (the shell's pid, which `exec` keeps).
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fd = socket.as_raw_fd();
+            let mut command = Command::new("/bin/sh");
+            command
+                .args([
+                    "-c",
+                    "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=proxy exec \"$0\" \"$@\"",
+                    BIN,
+                ])
+                .env_remove("LISTEN_PID");
+            // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if fd == 3 {
+                        if libc::fcntl(3, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(fd, 3) != 3 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            command
+        }
+    };
+    command.args(["server", "--listen", "127.0.0.1:0"]);
+    if proxy_socket.is_none() {
+        command.args(["--proxy-listen", "127.0.0.1:0"]);
+    }
     command
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--proxy-listen",
-            "127.0.0.1:0",
-        ])
         .args([
             "--proxy-tls-listen",
             "127.0.0.1:0",
@@ -70,10 +109,14 @@ fn spawn_server(
     let mut child = command.spawn().expect("spawn gilgal server");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let tap = tap.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             // Captured by the test harness: shown with a failing test's output.
             eprintln!("server: {line}");
+            if let Some(ear) = tap.lock().unwrap().as_ref() {
+                let _ = ear.send(line.clone());
+            }
             if line.contains("gilgal server ready") {
                 let value: serde_json::Value = serde_json::from_str(&line).unwrap();
                 let _ = tx.send(value);
@@ -93,6 +136,21 @@ impl ServerProcess {
 
     /// Starts a server with extra `gilgal server` arguments (also used on restarts).
     async fn start_with(backend: Backend, extra_args: &[&str]) -> Self {
+        Self::launch(backend, extra_args, None).await
+    }
+
+    /// Starts a server that is handed its proxy socket, bound by the test (kept open across
+    /// crashes, as systemd keeps a `.socket` unit's), like socket activation.
+    async fn start_with_proxy_socket(backend: Backend) -> Self {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::launch(backend, &[], Some(socket)).await
+    }
+
+    async fn launch(
+        backend: Backend,
+        extra_args: &[&str],
+        proxy_socket: Option<std::net::TcpListener>,
+    ) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
         let dir = tempfile::tempdir().unwrap();
         // As root, apps run as their own users: they must be able to pass through to their
@@ -115,7 +173,14 @@ impl ServerProcess {
                 )
             }
         };
-        let (child, ready) = spawn_server(dir.path(), database_url.as_deref(), &extra_args);
+        let tap = LineTap::default();
+        let (child, ready) = spawn_server(
+            dir.path(),
+            database_url.as_deref(),
+            &extra_args,
+            proxy_socket.as_ref(),
+            &tap,
+        );
         let field = |name: &str| ready[name].as_str().unwrap().to_owned();
         Self {
             child,
@@ -125,6 +190,8 @@ impl ServerProcess {
             dir,
             database_url,
             extra_args,
+            proxy_socket,
+            tap,
         }
     }
 
@@ -137,6 +204,8 @@ impl ServerProcess {
             self.dir.path(),
             self.database_url.as_deref(),
             &self.extra_args,
+            self.proxy_socket.as_ref(),
+            &self.tap,
         );
         self.child = child;
         self.url = ready["api"].as_str().unwrap().to_owned();

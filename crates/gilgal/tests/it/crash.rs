@@ -1,0 +1,224 @@
+//! `kill -9` of the server at each step of a rollout (its new instances started, the route
+//! switched, the old release draining), ten times each, while a client requests the app
+//! without pause. The test holds the proxy's socket and hands it to every server it starts,
+//! as systemd socket activation does, so connections made while no server runs wait in the
+//! accept queue. After each restart the environment converges with no new deploy: one
+//! instance of the app runs, the interrupted deployment is settled, and no request failed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gilgal_testkit::Backend;
+use serde_json::Value;
+
+use super::{count_processes_with_env, fixture_dir, ok, ServerProcess, PASSWORD};
+
+const HOST: &str = "steps.localhost";
+const ROUNDS_PER_STEP: usize = 10;
+
+/// A rollout step and the server log message that says it was reached.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    InstancesStarted,
+    RouteSwitched,
+    Draining,
+}
+
+impl Step {
+    fn reached(self, line: &str, deployment: &str) -> bool {
+        match self {
+            // The new instance is up and in its (one second long) health gate.
+            Step::InstancesStarted => {
+                line.contains("\"instance started\"") && line.contains("\"app\":\"steps\"")
+            }
+            Step::RouteSwitched => line.contains("\"route switched\"") && line.contains(deployment),
+            // The old instance gets SIGTERM and keeps serving a second before it exits.
+            Step::Draining => {
+                line.contains("\"draining the previous release\"") && line.contains(deployment)
+            }
+        }
+    }
+}
+
+/// What the continuous client saw.
+#[derive(Default)]
+struct Traffic {
+    served: AtomicU64,
+    /// Requests whose connection closed before any response (the one in flight when the
+    /// server was killed): an idempotent GET a client may retry (RFC 9110, 9.2.2), counted.
+    cut: AtomicU64,
+    failures: Mutex<Vec<String>>,
+}
+
+/// Requests the app through the proxy, one new connection each, until `stop`.
+async fn request_continuously(proxy: String, traffic: Arc<Traffic>, stop: Arc<AtomicBool>) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        let answer = client
+            .get(format!("{proxy}/who"))
+            .header("host", HOST)
+            .send()
+            .await;
+        match answer {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default();
+                let answered = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .is_some_and(|who| who["pid"].is_i64());
+                if status == 200 && answered {
+                    traffic.served.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    traffic
+                        .failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{status}: {body}"));
+                }
+            }
+            Err(e) if e.is_timeout() => traffic.failures.lock().unwrap().push(e.to_string()),
+            Err(_) => {
+                traffic.cut.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn api(server: &ServerProcess, token: &str, method: reqwest::Method, path: &str) -> Value {
+    let response = reqwest::Client::new()
+        .request(method, format!("{}{path}", server.url))
+        .bearer_auth(token)
+        .json(&serde_json::json!({}))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert!(status.is_success(), "{path}: {status} {body}");
+    body
+}
+
+/// Waits until `deployment` is settled and exactly one instance of the app runs; returns
+/// the deployment's final state.
+async fn converged(server: &ServerProcess, token: &str, deployment: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let record = api(
+            server,
+            token,
+            reqwest::Method::GET,
+            &format!("/api/deployments/{deployment}"),
+        )
+        .await;
+        let state = record["state"].as_str().unwrap_or_default().to_owned();
+        let settled = ["live", "failed", "retired", "cancelled"].contains(&state.as_str());
+        let instances = count_processes_with_env("GILGAL_APP=steps");
+        if settled && instances == 1 {
+            return state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not converged after a restart: deployment {state}, {instances} instances"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_each_rollout_step_converges_and_fails_no_request() {
+    let mut server = ServerProcess::start_with_proxy_socket(Backend::Sqlite).await;
+    ok(server.cli(
+        &["register", "--email", "ops@example.com", "--password-stdin"],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "steps"], None));
+    let fixture = fixture_dir("rollout-steps");
+    let accepted = ok(server.cli(
+        &[
+            "deploy",
+            fixture.to_str().unwrap(),
+            "-p",
+            "steps",
+            "--no-follow",
+            "--json",
+        ],
+        None,
+    ));
+    let first: Value = serde_json::from_str(&accepted).unwrap();
+    // The CLI's stored login names the server's first URL; the token works on the next.
+    let token = ok(server.cli(&["tokens", "create", "crash"], None))
+        .trim()
+        .to_owned();
+    let mut live = first["id"].as_str().unwrap().to_owned();
+    assert_eq!(converged(&server, &token, &live).await, "live");
+
+    let traffic = Arc::new(Traffic::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = tokio::spawn(request_continuously(
+        server.proxy_url.clone(),
+        traffic.clone(),
+        stop.clone(),
+    ));
+    let mut kills = 0u64;
+    let mut outcomes = Vec::new();
+    for step in [Step::InstancesStarted, Step::RouteSwitched, Step::Draining] {
+        for round in 0..ROUNDS_PER_STEP {
+            let (ear, lines) = std::sync::mpsc::channel();
+            *server.tap.lock().unwrap() = Some(ear);
+            let deployment = api(
+                &server,
+                &token,
+                reqwest::Method::POST,
+                &format!("/api/deployments/{live}/redeploy"),
+            )
+            .await;
+            let deployment = deployment["id"].as_str().unwrap().to_owned();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let line = lines
+                    .recv_timeout(left)
+                    .unwrap_or_else(|_| panic!("{step:?} never reached in round {round}"));
+                if step.reached(&line, &deployment) {
+                    break;
+                }
+            }
+            server.crash_and_restart();
+            kills += 1;
+            *server.tap.lock().unwrap() = None;
+            let state = converged(&server, &token, &deployment).await;
+            if state == "live" {
+                live = deployment;
+            }
+            outcomes.push(format!("{step:?}#{round}: {state}"));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    client.await.unwrap();
+
+    let failures = traffic.failures.lock().unwrap().clone();
+    let served = traffic.served.load(Ordering::Relaxed);
+    let cut = traffic.cut.load(Ordering::Relaxed);
+    eprintln!("{kills} kills, {served} requests served, {cut} cut by a kill; {outcomes:?}");
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(
+        cut <= kills,
+        "only the request in flight at a kill may be cut: {cut} cut, {kills} kills"
+    );
+    assert!(served > kills * 10, "the client kept requesting: {served}");
+    // The interrupted rollouts settled both ways: killed before the switch they failed and
+    // the previous release kept serving; killed while draining, the new release is live.
+    assert!(outcomes
+        .iter()
+        .any(|o| o.starts_with("InstancesStarted") && o.ends_with("failed")));
+    assert!(outcomes
+        .iter()
+        .any(|o| o.starts_with("Draining") && o.ends_with("live")));
+}
