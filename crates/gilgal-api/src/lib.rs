@@ -26,7 +26,6 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 pub use extract::{AuthUser, Credential};
-pub use routes::certificates::load_certificates_into_proxy;
 pub use state::{ApiConfig, AppState};
 
 /// The complete API router over `state`.

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use gilgal_build::Artifact;
 use gilgal_core::desired::{self, Action, Observed, Slot};
-use gilgal_proxy::RouteDiff;
 use gilgal_runtime::{wait_healthy, InstanceId, InstanceStatus};
 use gilgal_store::EnvironmentRecord;
 use tokio_util::sync::CancellationToken;
@@ -304,12 +303,7 @@ impl Deployer {
     /// The instances the environment's route sends traffic to now, or `None` when the edge
     /// has no route for it (after a restart, or when nothing serves).
     pub(crate) fn routed_backends(&self, environment: &EnvironmentRecord) -> Option<Vec<Routable>> {
-        let route_id = crate::identity::route_id(environment);
-        let route = self
-            .proxy
-            .routes()
-            .into_iter()
-            .find(|route| route.id == route_id)?;
+        let route = self.edge.route(&crate::identity::route_id(environment))?;
         Some(match route.target {
             gilgal_proxy::RouteTarget::Upstream { backends, .. } => backends
                 .into_iter()
@@ -380,18 +374,17 @@ impl Deployer {
             .domains(environment.id)
             .await
             .map_err(|e| RolloutError::Observe(e.to_string()))?;
-        let diff = match self.route_for(environment, &domains, artifact, serving) {
-            Some(route) => RouteDiff {
-                upsert: vec![route],
-                remove: vec![],
-            },
-            None => RouteDiff {
-                upsert: vec![],
-                remove: vec![crate::identity::route_id(environment)],
-            },
-        };
-        self.proxy
-            .apply(diff)
+        let route_id = crate::identity::route_id(environment);
+        let route = self.route_for(environment, &domains, artifact, serving);
+        self.edge
+            .update(|edge| match route {
+                Some(route) => {
+                    edge.routes.insert(route_id, route);
+                }
+                None => {
+                    edge.routes.remove(&route_id);
+                }
+            })
             .map_err(|e| RolloutError::Route(e.to_string()))
     }
 
@@ -428,6 +421,29 @@ impl Deployer {
                 .await;
             let _ = self.runtime.remove(&status.id).await;
         }
+    }
+
+    /// Converges an environment being deleted to nothing: its route goes first, then every
+    /// instance it owns drains and stops under the same policy as a rollout's leaving ones.
+    pub(crate) async fn converge_to_nothing(
+        &self,
+        environment: &EnvironmentRecord,
+    ) -> Result<(), RolloutError> {
+        self.edge
+            .update(|edge| {
+                edge.routes.remove(&crate::identity::route_id(environment));
+            })
+            .map_err(|e| RolloutError::Route(e.to_string()))?;
+        let owned: Vec<InstanceStatus> = self
+            .runtime
+            .list()
+            .await
+            .map_err(|e| RolloutError::Observe(e.to_string()))?
+            .into_iter()
+            .filter(|status| crate::identity::owns(environment, &status.labels))
+            .collect();
+        self.drain_and_stop(environment, &owned).await;
+        Ok(())
     }
 
     /// Carries out a plan made by [`Deployer::plan`]: start and gate, route, drain, stop.

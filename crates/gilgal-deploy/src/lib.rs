@@ -18,6 +18,7 @@ mod alerts;
 mod changes;
 mod config;
 mod converge;
+mod edge;
 mod health;
 mod identity;
 mod images;
@@ -39,6 +40,7 @@ pub use alerts::{
 };
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
 pub use converge::RolloutError;
+pub use edge::{CertificateError, Edge, EdgeState};
 /// Credentials in git URLs: split off for sealing, put back for a fetch, redacted for display.
 pub use gilgal_build::git::{redact_urls, split_credential, with_credential, GitCredential};
 pub use gilgal_build::GitSource;
@@ -129,7 +131,10 @@ pub enum DeployError {
 pub struct Deployer {
     store: Store,
     runtime: Arc<dyn Runtime>,
+    /// Read side of the edge (metrics, in-flight counts, drains); writes go through `edge`.
     proxy: ProxyHandle,
+    /// The single writer of routes and certificates.
+    edge: Edge,
     config: DeployerConfig,
     vault: Arc<Vault>,
     /// Cancellation tokens of deployments in progress.
@@ -177,6 +182,7 @@ impl Deployer {
         Arc::new(Self {
             store,
             runtime,
+            edge: Edge::new(proxy.clone()),
             proxy,
             config,
             vault,

@@ -11,7 +11,6 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use gilgal_proxy::RouteDiff;
 use gilgal_store::EnvironmentRecord;
 use uuid::Uuid;
 
@@ -131,30 +130,9 @@ impl Deployer {
         &self,
         environment: &EnvironmentRecord,
     ) -> Result<Vec<String>, DeployError> {
-        self.proxy
-            .apply(RouteDiff {
-                upsert: vec![],
-                remove: vec![crate::identity::route_id(environment)],
-            })
-            .map_err(|e| DeployError::Runtime(e.to_string()))?;
-        for status in self
-            .runtime
-            .list()
+        self.converge_to_nothing(environment)
             .await
-            .map_err(|e| DeployError::Runtime(e.to_string()))?
-        {
-            if crate::identity::owns(environment, &status.labels) {
-                let grace = self
-                    .grace_period_of(environment, status.labels.release)
-                    .await;
-                if status.port.is_some() {
-                    let outcome = self.proxy.wait_drained(status.id.as_str(), grace).await;
-                    tracing::info!(instance = %status.id, ?outcome, "drained");
-                }
-                let _ = self.runtime.stop(&status.id, grace).await;
-                let _ = self.runtime.remove(&status.id).await;
-            }
-        }
+            .map_err(DeployError::Rollout)?;
         for addon in self.store.addons(environment.id).await? {
             self.remove_addon_resources(&addon).await?;
             tracing::info!(addon = %addon.id, name = %addon.name, "add-on destroyed with its environment");

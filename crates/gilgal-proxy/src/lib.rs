@@ -52,3 +52,4 @@ pub use spec::{
     WeightedSplit,
 };
 pub use table::RouteTable;
+pub use tls::check_certificate;

@@ -74,6 +74,13 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// Parses a certificate chain and key as the TLS listener would, without serving them: lets
+/// a caller refuse a bad upload before storing it.
+pub fn check_certificate(pem: &CertificatePem) -> Result<(), ProxyError> {
+    let domain = pem.domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    parse_certified_key(&domain, pem).map(|_| ())
+}
+
 fn parse_certified_key(domain: &str, pem: &CertificatePem) -> Result<CertifiedKey, ProxyError> {
     let invalid = |reason: String| ProxyError::InvalidCertificate {
         domain: domain.to_string(),

@@ -244,11 +244,10 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
             ..ApiConfig::default()
         },
     )?;
-    gilgal_api::load_certificates_into_proxy(&state)
+    deployer
+        .restore_certificates()
         .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot load TLS certificates from the store: {}", e.code())
-        })?;
+        .context("cannot load TLS certificates from the store")?;
 
     let api_listener = inherited.listen("api", args.listen, "API").await?;
     let tls_listener = match args.proxy_tls_listen {

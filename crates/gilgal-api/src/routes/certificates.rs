@@ -8,6 +8,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use gilgal_deploy::{CertificateError, DeployError};
 use gilgal_proxy::CertificatePem;
 use gilgal_types::{CertificateInfo, ErrorBody, Hostname, PutCertificateRequest};
 use utoipa_axum::router::OpenApiRouter;
@@ -77,25 +78,6 @@ fn inspect_leaf(chain_pem: &str) -> Result<(Vec<String>, i64), ApiError> {
     Ok((names, not_after))
 }
 
-/// Loads every stored certificate into the proxy (at start-up and after every change).
-pub async fn load_certificates_into_proxy(state: &AppState) -> Result<(), ApiError> {
-    let pems: Vec<CertificatePem> = state
-        .store()
-        .certificates()
-        .await?
-        .into_iter()
-        .map(|c| CertificatePem {
-            domain: c.domain,
-            cert_chain_pem: c.cert_chain_pem,
-            key_pem: c.key_pem,
-        })
-        .collect();
-    state
-        .proxy()
-        .set_certificates(pems)
-        .map_err(|e| ApiError::internal(&e))
-}
-
 /// Stored certificates (never their keys).
 #[utoipa::path(get, path = "/api/admin/certificates", tag = "admin",
     responses(
@@ -147,39 +129,20 @@ async fn put_certificate(
     if not_after_ms <= (time::OffsetDateTime::now_utc().unix_timestamp() * 1000) {
         return Err(ApiError::invalid("the certificate has expired"));
     }
-    // The proxy's loader decides whether chain and key belong together; try it before storing.
-    let candidate = CertificatePem {
+    // The proxy's loader decides whether chain and key belong together, before storing.
+    let certificate = CertificatePem {
         domain: domain.to_string(),
-        cert_chain_pem: request.cert_chain_pem.clone(),
-        key_pem: request.key_pem.clone(),
+        cert_chain_pem: request.cert_chain_pem,
+        key_pem: request.key_pem,
     };
-    let mut all: Vec<CertificatePem> = state
-        .store()
-        .certificates()
-        .await?
-        .into_iter()
-        .filter(|c| c.domain != domain.as_str())
-        .map(|c| CertificatePem {
-            domain: c.domain,
-            cert_chain_pem: c.cert_chain_pem,
-            key_pem: c.key_pem,
-        })
-        .collect();
-    all.push(candidate);
     state
-        .proxy()
-        .set_certificates(all)
-        .map_err(|e| ApiError::invalid(format!("certificate or key rejected: {e}")))?;
-    state
-        .store()
-        .put_certificate(
-            domain.as_str(),
-            &request.cert_chain_pem,
-            &request.key_pem,
-            not_after_ms,
-        )
-        .await?;
-    load_certificates_into_proxy(&state).await?;
+        .deployer()
+        .put_certificate(certificate, not_after_ms)
+        .await
+        .map_err(|e| match e {
+            CertificateError::Rejected(_) => ApiError::invalid(e.to_string()),
+            CertificateError::Deploy(e) => ApiError::internal(&e),
+        })?;
     tracing::info!(%domain, "certificate stored");
     let stored = state
         .store()
@@ -209,14 +172,15 @@ async fn delete_certificate(
     require_admin(&caller)?;
     let domain = parse_domain(&domain)?;
     state
-        .store()
+        .deployer()
         .delete_certificate(domain.as_str())
         .await
         .map_err(|e| match e {
-            gilgal_store::StoreError::NotFound => ApiError::not_found("certificate"),
-            other => other.into(),
+            DeployError::Store(gilgal_store::StoreError::NotFound) => {
+                ApiError::not_found("certificate")
+            }
+            other => ApiError::internal(&other),
         })?;
-    load_certificates_into_proxy(&state).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
