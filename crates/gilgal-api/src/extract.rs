@@ -5,7 +5,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use gilgal_auth::opaque::{self, API_TOKEN_PREFIX};
 use gilgal_auth::AuthError;
-use gilgal_types::User;
+use gilgal_store::UserRecord;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -174,7 +174,7 @@ pub enum Credential {
 #[derive(Debug, Clone)]
 pub struct AuthUser {
     /// The account.
-    pub user: User,
+    pub user: UserRecord,
     /// The credential used.
     pub credential: Credential,
     /// Limits of a scoped API token (`None`: a login session or a full, unbound token).

@@ -16,6 +16,7 @@ mod openapi;
 mod request_id;
 mod routes;
 mod state;
+mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -39,10 +39,13 @@ pub use deployments::{
 pub use environments::{ConfigChange, ConfigVarRecord};
 pub use error::StoreError;
 pub use events::{ErrorGroupRecord, EventRecord, HealthTally};
-pub use projects::ProjectChanges;
+pub use projects::{ProjectChanges, ProjectRecord};
 pub use runs::{CronJobRecord, RunRecord};
 pub use teams::{AcceptOutcome, MemberRecord, TeamRecord};
-pub use users::{ApiTokenOwner, RefreshOutcome, SessionRecord, TokenGrant, UserCredentials};
+pub use users::{
+    ApiTokenOwner, ApiTokenRecord, RefreshOutcome, SessionRecord, TokenGrant, UserCredentials,
+    UserRecord,
+};
 pub use webhooks::{DeliveryRecord, NewWebhook, WebhookRecord};
 
 /// Migrations, embedded at build time and applied on connect.

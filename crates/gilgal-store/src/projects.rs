@@ -1,6 +1,6 @@
 //! Projects, always read and written on behalf of a user.
 
-use gilgal_types::{Project, ProjectName};
+use gilgal_types::ProjectName;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -28,9 +28,26 @@ pub(crate) fn can_see(alias: &str, param: usize) -> String {
 }
 const NAME_TAKEN: &str = "a project with this name";
 
-fn project_from_row(row: &sqlx::any::AnyRow) -> Result<Project, StoreError> {
+/// A project as stored; the API turns it into its wire `Project`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRecord {
+    /// Stable id.
+    pub id: Uuid,
+    /// Unique per instance; also the app's hostname label.
+    pub name: ProjectName,
+    /// Free text.
+    pub description: String,
+    /// The owning user.
+    pub owner_id: Uuid,
+    /// When it was created.
+    pub created_at: time::OffsetDateTime,
+    /// When it last changed.
+    pub updated_at: time::OffsetDateTime,
+}
+
+fn project_from_row(row: &sqlx::any::AnyRow) -> Result<ProjectRecord, StoreError> {
     let name: String = row.try_get("name")?;
-    Ok(Project {
+    Ok(ProjectRecord {
         id: parse_id(&row.try_get::<String, _>("id")?)?,
         name: name
             .parse()
@@ -49,7 +66,7 @@ impl Store {
         owner: Uuid,
         name: &ProjectName,
         description: &str,
-    ) -> Result<Project, StoreError> {
+    ) -> Result<ProjectRecord, StoreError> {
         let id = Uuid::new_v4();
         let now = now_millis();
         let mut tx = self.pool.begin().await?;
@@ -82,7 +99,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Project {
+        Ok(ProjectRecord {
             id,
             name: name.clone(),
             description: description.to_owned(),
@@ -93,7 +110,7 @@ impl Store {
     }
 
     /// The user's projects, by name.
-    pub async fn list_projects(&self, owner: Uuid) -> Result<Vec<Project>, StoreError> {
+    pub async fn list_projects(&self, owner: Uuid) -> Result<Vec<ProjectRecord>, StoreError> {
         sqlx::query(&format!(
             "SELECT {PROJECT_COLUMNS} FROM projects p WHERE {} ORDER BY name",
             can_see("p", 1)
@@ -107,7 +124,7 @@ impl Store {
     }
 
     /// One of the user's projects; someone else's is [`StoreError::NotFound`].
-    pub async fn project(&self, owner: Uuid, id: Uuid) -> Result<Project, StoreError> {
+    pub async fn project(&self, owner: Uuid, id: Uuid) -> Result<ProjectRecord, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {PROJECT_COLUMNS} FROM projects p WHERE id = $1 AND {}",
             can_see("p", 2)
@@ -125,7 +142,7 @@ impl Store {
         &self,
         owner: Uuid,
         name: &ProjectName,
-    ) -> Result<Project, StoreError> {
+    ) -> Result<ProjectRecord, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {PROJECT_COLUMNS} FROM projects p WHERE name = $1 AND {}",
             can_see("p", 2)
@@ -146,7 +163,7 @@ impl Store {
         owner: Uuid,
         id: Uuid,
         changes: &ProjectChanges,
-    ) -> Result<Project, StoreError> {
+    ) -> Result<ProjectRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
         if let Some(name) = &changes.name {
             crate::environments::claim_hostnames(&mut tx).await?;

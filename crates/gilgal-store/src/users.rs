@@ -1,16 +1,53 @@
 //! Accounts, login sessions with rotating refresh tokens, and personal API tokens.
 
-use gilgal_types::{ApiToken, Email, User};
+use gilgal_types::{Email, TokenScope};
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::{from_millis, now_millis, parse_id, Store, StoreError};
 
+/// An account as stored; the API turns it into its wire `User`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// Stable id.
+    pub id: Uuid,
+    /// Login email.
+    pub email: Email,
+    /// Instance administrators manage settings and every account.
+    pub is_admin: bool,
+    /// When the account was created.
+    pub created_at: time::OffsetDateTime,
+}
+
+/// A personal API token as stored (its digest stays in the store); the API turns it into
+/// its wire `ApiToken`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTokenRecord {
+    /// Stable id, used to revoke it.
+    pub id: Uuid,
+    /// The label given at creation.
+    pub name: String,
+    /// The first characters of the token, to tell tokens apart without revealing them.
+    pub prefix: String,
+    /// When it was created.
+    pub created_at: time::OffsetDateTime,
+    /// When it last authenticated, if ever.
+    pub last_used_at: Option<time::OffsetDateTime>,
+    /// When it stops working, if it expires.
+    pub expires_at: Option<time::OffsetDateTime>,
+    /// What it may do.
+    pub scope: TokenScope,
+    /// The project it is bound to, if any.
+    pub project_id: Option<Uuid>,
+    /// The environment it is bound to, if any.
+    pub environment_id: Option<Uuid>,
+}
+
 /// A user plus the password hash to verify a login against.
 #[derive(Debug, Clone)]
 pub struct UserCredentials {
     /// The account.
-    pub user: User,
+    pub user: UserRecord,
     /// argon2id PHC string.
     pub password_hash: String,
 }
@@ -45,7 +82,7 @@ pub struct ApiTokenOwner {
     /// The token's id.
     pub token_id: Uuid,
     /// The account it acts for.
-    pub user: User,
+    pub user: UserRecord,
     /// What it may do and where.
     pub grant: TokenGrant,
 }
@@ -53,9 +90,9 @@ pub struct ApiTokenOwner {
 /// Don't write `last_used_at` more often than this, to keep reads read-only on hot paths.
 const LAST_USED_RESOLUTION_MS: i64 = 60_000;
 
-fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User, StoreError> {
+fn user_from_row(row: &sqlx::any::AnyRow) -> Result<UserRecord, StoreError> {
     let email: String = row.try_get("email")?;
-    Ok(User {
+    Ok(UserRecord {
         id: parse_id(&row.try_get::<String, _>("id")?)?,
         email: email
             .parse::<Email>()
@@ -65,8 +102,8 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User, StoreError> {
     })
 }
 
-fn token_from_row(row: &sqlx::any::AnyRow) -> Result<ApiToken, StoreError> {
-    Ok(ApiToken {
+fn token_from_row(row: &sqlx::any::AnyRow) -> Result<ApiTokenRecord, StoreError> {
+    Ok(ApiTokenRecord {
         id: parse_id(&row.try_get::<String, _>("id")?)?,
         name: row.try_get("name")?,
         prefix: row.try_get("display_prefix")?,
@@ -77,7 +114,7 @@ fn token_from_row(row: &sqlx::any::AnyRow) -> Result<ApiToken, StoreError> {
         expires_at: row
             .try_get::<Option<i64>, _>("expires_at")?
             .map(from_millis),
-        scope: gilgal_types::TokenScope::from_stored(&row.try_get::<String, _>("scope")?),
+        scope: TokenScope::from_stored(&row.try_get::<String, _>("scope")?),
         project_id: row
             .try_get::<Option<String>, _>("project_id")?
             .as_deref()
@@ -95,7 +132,7 @@ fn token_from_row(row: &sqlx::any::AnyRow) -> Result<ApiToken, StoreError> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TokenGrant {
     /// Its scope.
-    pub scope: gilgal_types::TokenScope,
+    pub scope: TokenScope,
     /// Bound project.
     pub project_id: Option<Uuid>,
     /// Bound environment.
@@ -109,7 +146,7 @@ impl Store {
         &self,
         email: &Email,
         password_hash: &str,
-    ) -> Result<User, StoreError> {
+    ) -> Result<UserRecord, StoreError> {
         let id = Uuid::new_v4();
         let now = now_millis();
         let mut tx = self.pool.begin().await?;
@@ -136,7 +173,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
-        Ok(User {
+        Ok(UserRecord {
             id,
             email: email.clone(),
             is_admin: claimed,
@@ -165,7 +202,7 @@ impl Store {
     }
 
     /// Fetches an account by id.
-    pub async fn user(&self, id: Uuid) -> Result<User, StoreError> {
+    pub async fn user(&self, id: Uuid) -> Result<UserRecord, StoreError> {
         let row = sqlx::query("SELECT id, email, is_admin, created_at FROM users WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&self.pool)
@@ -331,7 +368,7 @@ impl Store {
         display_prefix: &str,
         expires_at_ms: Option<i64>,
         grant: TokenGrant,
-    ) -> Result<ApiToken, StoreError> {
+    ) -> Result<ApiTokenRecord, StoreError> {
         let id = Uuid::new_v4();
         let now = now_millis();
         sqlx::query(
@@ -351,7 +388,7 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(|e| StoreError::conflict_on_unique(e, "a token with this secret"))?;
-        Ok(ApiToken {
+        Ok(ApiTokenRecord {
             id,
             name: name.to_owned(),
             prefix: display_prefix.to_owned(),
@@ -365,7 +402,7 @@ impl Store {
     }
 
     /// The user's live (unrevoked) API tokens, newest first.
-    pub async fn list_api_tokens(&self, user_id: Uuid) -> Result<Vec<ApiToken>, StoreError> {
+    pub async fn list_api_tokens(&self, user_id: Uuid) -> Result<Vec<ApiTokenRecord>, StoreError> {
         sqlx::query(
             "SELECT id, name, display_prefix, created_at, last_used_at, expires_at, scope, project_id, environment_id \
              FROM api_tokens WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC, id",
@@ -442,7 +479,7 @@ impl Store {
                 .await?;
         }
         let grant = TokenGrant {
-            scope: gilgal_types::TokenScope::from_stored(&row.try_get::<String, _>("scope")?),
+            scope: TokenScope::from_stored(&row.try_get::<String, _>("scope")?),
             project_id: row
                 .try_get::<Option<String>, _>("project_id")?
                 .as_deref()

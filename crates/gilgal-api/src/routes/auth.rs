@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use gilgal_auth::opaque::{self, REFRESH_TOKEN_PREFIX};
 use gilgal_auth::password::{self, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
-use gilgal_store::{RefreshOutcome, SessionRecord};
+use gilgal_store::{RefreshOutcome, SessionRecord, UserRecord};
 use gilgal_types::{
     ErrorBody, LoginRequest, RefreshRequest, RegisterAccepted, RegisterRequest, TokenPair, User,
 };
@@ -79,7 +79,7 @@ fn token_pair(
     state: &AppState,
     session: &SessionRecord,
     refresh_secret: String,
-    user: User,
+    user: UserRecord,
 ) -> Result<TokenPair, ApiError> {
     let ttl = state.config.access_token_ttl.as_secs();
     let access_token = state
@@ -90,11 +90,11 @@ fn token_pair(
         token_type: "Bearer".to_owned(),
         expires_in: ttl,
         refresh_token: refresh_secret,
-        user,
+        user: crate::wire::user(user),
     })
 }
 
-async fn start_session(state: &AppState, user: User) -> Result<TokenPair, ApiError> {
+async fn start_session(state: &AppState, user: UserRecord) -> Result<TokenPair, ApiError> {
     let refresh = opaque::mint(REFRESH_TOKEN_PREFIX);
     let session = state
         .store()
@@ -227,7 +227,10 @@ fn claim_attempt(state: &AppState, account: &str, address: Option<&str>) -> Resu
 
 /// The account `request` names if its password is right; an unknown email costs the same
 /// argon2 check as a known one.
-async fn check_login(state: &AppState, request: &LoginRequest) -> Result<Option<User>, ApiError> {
+async fn check_login(
+    state: &AppState,
+    request: &LoginRequest,
+) -> Result<Option<UserRecord>, ApiError> {
     let credentials = state.store().user_credentials(&request.email).await?;
     let (hash, user) = match credentials {
         Some(c) => (c.password_hash, Some(c.user)),
@@ -349,5 +352,5 @@ async fn logout(
     ),
     security(("bearer" = [])))]
 async fn me(caller: AuthUser) -> Json<User> {
-    Json(caller.user)
+    Json(crate::wire::user(caller.user))
 }

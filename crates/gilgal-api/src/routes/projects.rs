@@ -57,6 +57,7 @@ async fn list_projects(
         projects
             .into_iter()
             .filter(|p| caller.check_project(p.id, "project").is_ok())
+            .map(crate::wire::project)
             .collect(),
     ))
 }
@@ -83,7 +84,7 @@ async fn create_project(
         .await
         .map_err(project_not_found)?;
     tracing::info!(project_id = %project.id, name = %project.name, "project created");
-    Ok((StatusCode::CREATED, Json(project)))
+    Ok((StatusCode::CREATED, Json(crate::wire::project(project))))
 }
 
 /// One of the caller's projects.
@@ -102,13 +103,13 @@ async fn get_project(
 ) -> Result<Json<Project>, ApiError> {
     let id = parse_path_id(&id, "project")?;
     caller.check_project(id, "project")?;
-    Ok(Json(
+    Ok(Json(crate::wire::project(
         state
             .store()
             .project(caller.user.id, id)
             .await
             .map_err(project_not_found)?,
-    ))
+    )))
 }
 
 /// Rename or re-describe one of the caller's projects.
@@ -163,7 +164,7 @@ async fn update_project(
             }
         }
     }
-    Ok(Json(project))
+    Ok(Json(crate::wire::project(project)))
 }
 
 /// Delete one of the caller's projects with everything it runs and stores.

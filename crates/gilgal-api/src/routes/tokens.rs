@@ -103,7 +103,7 @@ async fn create_token(
         StatusCode::CREATED,
         Json(CreatedApiToken {
             token: minted.secret,
-            info,
+            info: crate::wire::api_token(info),
         }),
     ))
 }
@@ -119,7 +119,15 @@ async fn list_tokens(
     State(state): State<AppState>,
     caller: AuthUser,
 ) -> Result<Json<Vec<ApiToken>>, ApiError> {
-    Ok(Json(state.store().list_api_tokens(caller.user.id).await?))
+    Ok(Json(
+        state
+            .store()
+            .list_api_tokens(caller.user.id)
+            .await?
+            .into_iter()
+            .map(crate::wire::api_token)
+            .collect(),
+    ))
 }
 
 /// Revoke one of the caller's API tokens; it stops working at once.
