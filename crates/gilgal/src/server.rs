@@ -221,6 +221,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 interval: std::time::Duration::from_millis(args.alert_interval_ms.max(100)),
                 notifier,
             },
+            quotas: gilgal_deploy::Quotas::default(),
         },
         vault,
     );

@@ -77,7 +77,7 @@ async fn rollback(
     let body = body.parse()?;
     let deployment = state
         .deployer()
-        .rollback(environment.id, body.release, body.run_release_phase)
+        .rollback(&environment, body.release, body.run_release_phase)
         .await
         .map_err(deploy_error)?;
     accepted(&state, &caller, deployment).await
@@ -115,30 +115,9 @@ async fn promote(
         Some(source.id),
         &format!("environment {:?}", body.from),
     )?;
-    if source.id == target.id {
-        return Err(ApiError::invalid(
-            "an environment cannot be promoted to itself",
-        ));
-    }
-    let Some(number) = source.live_release else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_possible",
-            format!("{} has no live release to promote", source.name),
-        ));
-    };
     let deployment = state
         .deployer()
-        .deploy(
-            target.clone(),
-            DeploySource::Release(ReuseRelease {
-                kind: ReuseKind::Promote,
-                from_environment: source.id,
-                number,
-                run_release_phase: true,
-                description: format!("Promote {} v{number}", source.name),
-            }),
-        )
+        .promote(&target, &source)
         .await
         .map_err(deploy_error)?;
     accepted(&state, &caller, deployment).await
