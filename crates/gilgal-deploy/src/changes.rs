@@ -323,3 +323,47 @@ impl Deployer {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, value: &str) -> ConfigEdit {
+        ConfigEdit::Set {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            secret: true,
+        }
+    }
+
+    #[test]
+    fn edits_are_validated_by_name_and_value() {
+        assert!(set("DATABASE_URL", "postgres://x").validate().is_ok());
+        assert!(ConfigEdit::Unset("_private".to_owned()).validate().is_ok());
+        for bad in [
+            set("PORT", "1"),
+            set("GILGAL_RELEASE", "1"),
+            set("1BAD", "1"),
+            set("A-B", "1"),
+            set("", "1"),
+            set("BIG", &"x".repeat(MAX_CONFIG_VALUE_BYTES + 1)),
+            set("NUL", "a\0b"),
+            ConfigEdit::Unset("PORT".to_owned()),
+        ] {
+            assert!(
+                matches!(bad.validate(), Err(DeployError::Rejected(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn descriptions_name_the_vars_and_debug_never_shows_values() {
+        let edits = [
+            set("A", "sk_live_secret"),
+            ConfigEdit::Unset("B".to_owned()),
+        ];
+        assert_eq!(describe(&edits), "Set A, Unset B");
+        assert!(!format!("{edits:?}").contains("sk_live"));
+    }
+}

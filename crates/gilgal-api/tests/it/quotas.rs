@@ -32,12 +32,10 @@ async fn every_entry_point_is_refused_once_the_hourly_quota_is_spent(backend: Ba
     )
     .await;
     let project_id: uuid::Uuid = project["id"].as_str().unwrap().parse().unwrap();
-    let (_, _, envs) = raw(
+    let envs = get(
         &server,
-        Method::GET,
+        token,
         &format!("/api/projects/{project_id}/environments"),
-        Some(token),
-        None,
     )
     .await;
     let production: uuid::Uuid = envs[0]["id"].as_str().unwrap().parse().unwrap();
@@ -192,45 +190,37 @@ async fn every_entry_point_is_refused_once_the_hourly_quota_is_spent(backend: Ba
         .await
         .unwrap();
     assert_eq!(recent, 1, "only the spent deployment exists");
-    let (_, _, config) = raw(
+    let config = get(
         &server,
-        Method::GET,
+        token,
         &format!("/api/environments/{production}/config"),
-        Some(token),
-        None,
     )
     .await;
     assert_eq!(config, json!([]), "the refused config change set nothing");
-    let (_, _, addons) = raw(
+    let addons = get(
         &server,
-        Method::GET,
+        token,
         &format!("/api/environments/{production}/addons"),
-        Some(token),
-        None,
     )
     .await;
     assert_eq!(addons, json!([]), "the refused add-on was not created");
-    let (_, _, envs) = raw(
+    let envs = get(
         &server,
-        Method::GET,
+        token,
         &format!("/api/projects/{project_id}/environments"),
-        Some(token),
-        None,
     )
     .await;
     assert_ne!(
         envs[0]["formation"]["web"], 2,
         "the refused scale changed nothing: {envs}"
     );
-    let (_, _, deliveries) = raw(
+    let deliveries = get(
         &server,
-        Method::GET,
+        token,
         &format!(
             "/api/webhooks/{}/deliveries",
             webhook["id"].as_str().unwrap()
         ),
-        Some(token),
-        None,
     )
     .await;
     assert_eq!(deliveries[0]["outcome"], "failed", "{deliveries}");
@@ -242,4 +232,9 @@ async fn finish_response(response: reqwest::Response) -> (StatusCode, String, se
     let text = response.text().await.expect("body");
     let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     (status, String::new(), json)
+}
+
+/// The JSON body of an authenticated GET.
+async fn get(server: &TestServer, token: &str, path: &str) -> serde_json::Value {
+    raw(server, Method::GET, path, Some(token), None).await.2
 }
