@@ -488,6 +488,7 @@ fn async_stream_lines(
         (status = 202, description = "Redeploying", body = Deployment),
         (status = 404, description = "No such deployment for this caller", body = ErrorBody),
         (status = 409, description = "It made no release, or its artifact was pruned", body = ErrorBody),
+        (status = 429, description = "Deploy quota reached (or this credential's request budget); see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn redeploy(

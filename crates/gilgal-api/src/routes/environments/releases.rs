@@ -65,6 +65,7 @@ fn outcome_to_wire(outcome: gilgal_core::lifecycle::ReleaseOutcome) -> ReleaseOu
         (status = 202, description = "Rolling back; follow the deployment", body = gilgal_types::Deployment),
         (status = 404, description = "No such environment or release", body = ErrorBody),
         (status = 409, description = "Nothing to roll back to, or its artifact was pruned", body = ErrorBody),
+        (status = 429, description = "Deploy quota reached (or this credential's request budget); see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn rollback(
@@ -92,6 +93,7 @@ async fn rollback(
         (status = 202, description = "Promoting; follow the deployment", body = gilgal_types::Deployment),
         (status = 404, description = "No such environment", body = ErrorBody),
         (status = 409, description = "The source has nothing live", body = ErrorBody),
+        (status = 429, description = "Deploy quota reached (or this credential's request budget); see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn promote(
