@@ -3,6 +3,11 @@
 //! (config vars, the rolled-back config), and queue its rollout, all before the next change
 //! may start. Rollouts then run in that order (`Deployer::enqueue`), so each starts from what
 //! the previous one left and an acknowledged change is never overwritten by an earlier one.
+//!
+//! These are also the use-cases `gilgal-api`'s handlers call once they have parsed the request
+//! and checked the caller's role: config change (validated, secrets sealed here), rollback
+//! (with its default target), promote and redeploy. Each checks the quota
+//! ([`crate::Quotas::check`]) before it records anything.
 
 use std::sync::Arc;
 
