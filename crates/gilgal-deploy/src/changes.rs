@@ -113,7 +113,7 @@ fn describe(edits: &[ConfigEdit]) -> String {
 
 impl Deployer {
     /// A config change asked for by a user: validates `edits`, checks the quota, then
-    /// [`Deployer::apply_config_edits`] (described by what it sets and unsets). Returns the
+    /// applies them (`apply_config_edits`, described by what it sets and unsets). Returns the
     /// deployment rolling it out, when something is live.
     pub async fn change_config(
         self: &Arc<Self>,
