@@ -22,10 +22,6 @@ pub struct ApiConfig {
     pub cors_origins: Vec<String>,
     /// Sustained requests per second each credential may make (bursts up to 10× that).
     pub requests_per_second: u32,
-    /// Deployments per hour per team (or per user for personal projects).
-    pub deploys_per_hour: u32,
-    /// Builds at once per team (or per user for personal projects).
-    pub concurrent_builds: u32,
     /// How long a client may take to send a request head (also how long an idle keep-alive
     /// connection is kept): slow or silent clients must not hold connections forever.
     pub header_read_timeout: Duration,
@@ -51,8 +47,6 @@ impl Default for ApiConfig {
             max_body_bytes: 1024 * 1024,
             cors_origins: Vec::new(),
             requests_per_second: 50,
-            deploys_per_hour: 120,
-            concurrent_builds: 4,
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
             trusted_proxies: Vec::new(),

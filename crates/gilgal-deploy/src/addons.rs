@@ -17,12 +17,11 @@ use gilgal_addons::postgres::PostgresServer;
 use gilgal_addons::redis::RedisServer;
 use gilgal_addons::s3::S3Server;
 use gilgal_addons::{AddonError, RunAs};
-use gilgal_store::{
-    AddonRecord, BackupRecord, ConfigChange, ConfigVarRecord, EnvironmentRecord, NewAddon,
-};
+use gilgal_store::{AddonRecord, BackupRecord, EnvironmentRecord, NewAddon};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::changes::ConfigEdit;
 use crate::{DeployError, Deployer};
 
 /// Where add-ons live and which PostgreSQL server hosts their databases.
@@ -84,6 +83,14 @@ pub fn config_var_names(kind: &str) -> &'static [&'static str] {
         ],
         _ => &[],
     }
+}
+
+/// The config var names `addon` sets, with its prefix.
+fn addon_var_names(addon: &AddonRecord) -> Vec<String> {
+    config_var_names(&addon.kind)
+        .iter()
+        .map(|n| format!("{}{n}", addon.var_prefix))
+        .collect()
 }
 
 fn sealed_name(addon: Uuid) -> String {
@@ -289,40 +296,31 @@ impl Deployer {
         }
     }
 
-    /// Sets (or unsets) an add-on's config vars and rolls the change out when something is
-    /// live; returns the rollout's deployment.
+    /// Sets an add-on's config vars (sealed) and rolls the change out when something is live;
+    /// returns the rollout's deployment. The quota was checked when the add-on was asked for.
     async fn attach(
         self: &Arc<Self>,
         environment: &EnvironmentRecord,
         addon: &AddonRecord,
-        attach: bool,
     ) -> Result<Option<Uuid>, DeployError> {
-        let names: Vec<String> = config_var_names(&addon.kind)
-            .iter()
-            .map(|n| format!("{}{n}", addon.var_prefix))
+        let edits: Vec<ConfigEdit> = self
+            .addon_vars(addon)
+            .await?
+            .into_iter()
+            .map(|(name, value, secret)| ConfigEdit::Set {
+                name,
+                value,
+                secret,
+            })
             .collect();
-        let mut changes = Vec::new();
-        if attach {
-            for (name, value, secret) in self.addon_vars(addon).await? {
-                let value = if secret {
-                    self.vault.seal(environment.id, &name, &value).await?
-                } else {
-                    value
-                };
-                changes.push(ConfigChange::Set(ConfigVarRecord {
-                    name,
-                    value,
-                    secret,
-                }));
-            }
-        } else {
-            changes.extend(names.iter().cloned().map(ConfigChange::Unset));
-        }
-        let verb = if attach { "Attach" } else { "Detach" };
-        self.change_config(
+        self.apply_config_edits(
             environment.id,
-            &changes,
-            format!("{verb} {} ({})", addon.name, names.join(", ")),
+            &edits,
+            format!(
+                "Attach {} ({})",
+                addon.name,
+                addon_var_names(addon).join(", ")
+            ),
         )
         .await
     }
@@ -368,6 +366,9 @@ impl Deployer {
                 config_var_names(kind).join(", ")
             )));
         }
+        // Attaching starts a rollout when something is live: refused before anything exists.
+        self.check_quota(environment.project_id, crate::quotas::Work::Rollout)
+            .await?;
         // Fail before recording anything when the server software is missing.
         match kind {
             "postgres" => {
@@ -427,7 +428,7 @@ impl Deployer {
         }
         self.store.set_addon_state(addon.id, "ready").await?;
         drop(no_teardown_meanwhile);
-        let deployment = self.attach(environment, &addon, true).await?;
+        let deployment = self.attach(environment, &addon).await?;
         let addon = self.store.addon(addon.id).await?;
         tracing::info!(addon = %addon.id, kind, name = %addon.name, environment = %environment.id, "add-on created");
         Ok((addon, deployment))
@@ -463,13 +464,10 @@ impl Deployer {
         };
         // Its config vars go through the environment's one ordering point, like any config
         // change: the detaching release starts from what the previous change left.
-        let names: Vec<String> = config_var_names(&addon.kind)
-            .iter()
-            .map(|n| format!("{}{n}", addon.var_prefix))
-            .collect();
-        let unset: Vec<ConfigChange> = names.iter().cloned().map(ConfigChange::Unset).collect();
+        let names = addon_var_names(&addon);
+        let unset: Vec<ConfigEdit> = names.iter().cloned().map(ConfigEdit::Unset).collect();
         let detached = self
-            .change_config(
+            .apply_config_edits(
                 addon.environment_id,
                 &unset,
                 format!("Detach {} ({})", addon.name, names.join(", ")),

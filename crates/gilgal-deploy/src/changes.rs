@@ -3,40 +3,182 @@
 //! (config vars, the rolled-back config), and queue its rollout, all before the next change
 //! may start. Rollouts then run in that order (`Deployer::enqueue`), so each starts from what
 //! the previous one left and an acknowledged change is never overwritten by an earlier one.
+//!
+//! These are also the use-cases `gilgal-api`'s handlers call once they have parsed the request
+//! and checked the caller's role: config change (validated, secrets sealed here), rollback
+//! (with its default target), promote and redeploy. Each checks the quota
+//! ([`crate::Quotas::check`]) before it records anything.
 
 use std::sync::Arc;
 
-use gilgal_store::ConfigChange;
+use gilgal_store::{ConfigChange, ConfigVarRecord, EnvironmentRecord};
 use uuid::Uuid;
 
 use crate::config::ConfigSnapshot;
 use crate::pipeline::{DeploySource, ReuseKind, ReuseRelease};
+use crate::quotas::Work;
 use crate::{DeployError, Deployer};
 
+/// Longest config var value accepted, in characters (as the OpenAPI document's maxLength
+/// counts them): config is for settings and credentials, not files.
+pub const MAX_CONFIG_VALUE_BYTES: usize = 32 * 1024;
+/// Most config vars one environment may have: each is copied into every instance's
+/// environment and every release's snapshot.
+pub const MAX_CONFIG_VARS: usize = 500;
+
+/// One requested change of an environment's config, with its value in clear: sealing a
+/// secret is the service's job, so no caller stores one unsealed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ConfigEdit {
+    /// Set `name` to `value` (sealed first when `secret`).
+    Set {
+        /// The variable.
+        name: String,
+        /// Its value, in clear.
+        value: String,
+        /// Sealed at rest and never returned.
+        secret: bool,
+    },
+    /// Remove `name` (no error when absent).
+    Unset(String),
+}
+
+impl std::fmt::Debug for ConfigEdit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: values (secret or not) stay out of logs.
+        match self {
+            ConfigEdit::Set { name, secret, .. } => write!(f, "Set({name}, secret: {secret})"),
+            ConfigEdit::Unset(name) => write!(f, "Unset({name})"),
+        }
+    }
+}
+
+impl ConfigEdit {
+    /// The variable it changes.
+    pub fn name(&self) -> &str {
+        match self {
+            ConfigEdit::Set { name, .. } | ConfigEdit::Unset(name) => name,
+        }
+    }
+
+    /// Refuses names apps could not read or that Gilgal sets itself, and values too long or
+    /// holding a NUL byte (which no process environment can carry).
+    fn validate(&self) -> Result<(), DeployError> {
+        let name = self.name();
+        let valid = !name.is_empty()
+            && name.len() <= 255
+            && name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(DeployError::Rejected(format!(
+                "config var name {name:?} is invalid: use letters, digits and _, not starting with a digit"
+            )));
+        }
+        if name == "PORT" || name.starts_with("GILGAL_") {
+            return Err(DeployError::Rejected(format!(
+                "{name} is set by Gilgal for every instance and cannot be configured"
+            )));
+        }
+        if let ConfigEdit::Set { value, .. } = self {
+            if value.chars().count() > MAX_CONFIG_VALUE_BYTES {
+                return Err(DeployError::Rejected(format!(
+                    "the value of {name} is longer than {} KiB",
+                    MAX_CONFIG_VALUE_BYTES / 1024
+                )));
+            }
+            if value.contains('\0') {
+                return Err(DeployError::Rejected(format!(
+                    "the value of {name} contains a NUL byte"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// "Set A, Set B, Unset C": how a config change is described in the release history.
+fn describe(edits: &[ConfigEdit]) -> String {
+    edits
+        .iter()
+        .map(|edit| match edit {
+            ConfigEdit::Set { name, .. } => format!("Set {name}"),
+            ConfigEdit::Unset(name) => format!("Unset {name}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Deployer {
-    /// Applies `changes` to the environment's config vars and, when something is live, queues
-    /// a new release of the live artifact with them (`description` names the change). Returns
-    /// that deployment.
+    /// A config change asked for by a user: validates `edits`, checks the quota, then
+    /// applies them (`apply_config_edits`, described by what it sets and unsets). Returns the
+    /// deployment rolling it out, when something is live.
     pub async fn change_config(
         self: &Arc<Self>,
+        environment: &EnvironmentRecord,
+        edits: &[ConfigEdit],
+    ) -> Result<Option<Uuid>, DeployError> {
+        if edits.is_empty() {
+            return Err(DeployError::Rejected("nothing to change".to_owned()));
+        }
+        for edit in edits {
+            edit.validate()?;
+        }
+        self.check_quota(environment.project_id, Work::Rollout)
+            .await?;
+        self.apply_config_edits(environment.id, edits, describe(edits))
+            .await
+    }
+
+    /// "Config change → new release", the one place it is written (user changes and add-on
+    /// attach/detach): under the environment's intake lock, seals secrets, keeps the number
+    /// of vars within [`MAX_CONFIG_VARS`], records the vars and, when something is live,
+    /// queues a new release of the live artifact with them (`description` names the change).
+    /// Checks no quota: the use-case that calls it decides.
+    pub(crate) async fn apply_config_edits(
+        self: &Arc<Self>,
         environment: Uuid,
-        changes: &[ConfigChange],
+        edits: &[ConfigEdit],
         description: String,
     ) -> Result<Option<Uuid>, DeployError> {
         let intake = self.intake_lock(environment);
         let _in_order = intake.lock().await;
-        self.change_config_in_order(environment, changes, description)
-            .await
-    }
-
-    /// [`Deployer::change_config`] for a caller that holds the intake lock.
-    pub(crate) async fn change_config_in_order(
-        self: &Arc<Self>,
-        environment: Uuid,
-        changes: &[ConfigChange],
-        description: String,
-    ) -> Result<Option<Uuid>, DeployError> {
-        self.store.change_config_vars(environment, changes).await?;
+        let mut changes = Vec::with_capacity(edits.len());
+        for edit in edits {
+            changes.push(match edit {
+                ConfigEdit::Set {
+                    name,
+                    value,
+                    secret,
+                } => ConfigChange::Set(ConfigVarRecord {
+                    name: name.clone(),
+                    value: if *secret {
+                        self.vault.seal(environment, name, value).await?
+                    } else {
+                        value.clone()
+                    },
+                    secret: *secret,
+                }),
+                ConfigEdit::Unset(name) => ConfigChange::Unset(name.clone()),
+            });
+        }
+        let current = self.store.config_vars(environment).await?;
+        let mut names: std::collections::BTreeSet<&str> =
+            current.iter().map(|r| r.name.as_str()).collect();
+        for edit in edits {
+            match edit {
+                ConfigEdit::Set { name, .. } => names.insert(name.as_str()),
+                ConfigEdit::Unset(name) => names.remove(name.as_str()),
+            };
+        }
+        if names.len() > MAX_CONFIG_VARS {
+            return Err(DeployError::Rejected(format!(
+                "an environment can have at most {MAX_CONFIG_VARS} config vars"
+            )));
+        }
+        self.store.change_config_vars(environment, &changes).await?;
         let environment = self.store.environment_by_id(environment).await?;
         let Some(number) = environment.live_release else {
             return Ok(None);
@@ -62,13 +204,15 @@ impl Deployer {
     /// it, and `env list` shows it as soon as this returns).
     pub async fn rollback(
         self: &Arc<Self>,
-        environment: Uuid,
+        environment: &EnvironmentRecord,
         target: Option<u64>,
         run_release_phase: bool,
     ) -> Result<Uuid, DeployError> {
-        let intake = self.intake_lock(environment);
+        self.check_quota(environment.project_id, Work::Rollout)
+            .await?;
+        let intake = self.intake_lock(environment.id);
         let _in_order = intake.lock().await;
-        let environment = self.store.environment_by_id(environment).await?;
+        let environment = self.store.environment_by_id(environment.id).await?;
         let Some(live) = environment.live_release else {
             return Err(DeployError::Invalid(
                 "nothing is live in this environment".to_owned(),
@@ -104,6 +248,68 @@ impl Deployer {
         Ok(id)
     }
 
+    /// Promotes `source`'s live release to `target`: its exact artifact with `target`'s
+    /// config, the release phase run in `target` first. No rebuild. The caller has checked
+    /// that it may read `source`.
+    pub async fn promote(
+        self: &Arc<Self>,
+        target: &EnvironmentRecord,
+        source: &EnvironmentRecord,
+    ) -> Result<Uuid, DeployError> {
+        if source.id == target.id {
+            return Err(DeployError::Rejected(
+                "an environment cannot be promoted to itself".to_owned(),
+            ));
+        }
+        self.check_quota(target.project_id, Work::Rollout).await?;
+        let Some(number) = source.live_release else {
+            return Err(DeployError::Invalid(format!(
+                "{} has no live release to promote",
+                source.name
+            )));
+        };
+        self.queue_in_order(
+            target.clone(),
+            DeploySource::Release(ReuseRelease {
+                kind: ReuseKind::Promote,
+                from_environment: source.id,
+                number,
+                run_release_phase: true,
+                description: format!("Promote {} v{number}", source.name),
+            }),
+        )
+        .await
+    }
+
+    /// Starts `release` (what an earlier deployment made, `None` when it made none) again
+    /// with the environment's current config, without rebuilding; the release phase runs
+    /// again only when asked.
+    pub async fn redeploy(
+        self: &Arc<Self>,
+        environment: &EnvironmentRecord,
+        release: Option<u64>,
+        run_release_phase: bool,
+    ) -> Result<Uuid, DeployError> {
+        self.check_quota(environment.project_id, Work::Rollout)
+            .await?;
+        let Some(number) = release else {
+            return Err(DeployError::Invalid(
+                "this deployment made no release; deploy the source again".to_owned(),
+            ));
+        };
+        self.queue_in_order(
+            environment.clone(),
+            DeploySource::Release(ReuseRelease {
+                kind: ReuseKind::Redeploy,
+                from_environment: environment.id,
+                number,
+                run_release_phase,
+                description: format!("Redeploy v{number}"),
+            }),
+        )
+        .await
+    }
+
     /// The last release that was live before `live` and still has its artifact.
     async fn default_rollback_target(
         &self,
@@ -120,5 +326,49 @@ impl Deployer {
                     "no release before v{live} was live and still has its build; name one with `gilgal rollback vN`"
                 ))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, value: &str) -> ConfigEdit {
+        ConfigEdit::Set {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            secret: true,
+        }
+    }
+
+    #[test]
+    fn edits_are_validated_by_name_and_value() {
+        assert!(set("DATABASE_URL", "postgres://x").validate().is_ok());
+        assert!(ConfigEdit::Unset("_private".to_owned()).validate().is_ok());
+        for bad in [
+            set("PORT", "1"),
+            set("GILGAL_RELEASE", "1"),
+            set("1BAD", "1"),
+            set("A-B", "1"),
+            set("", "1"),
+            set("BIG", &"x".repeat(MAX_CONFIG_VALUE_BYTES + 1)),
+            set("NUL", "a\0b"),
+            ConfigEdit::Unset("PORT".to_owned()),
+        ] {
+            assert!(
+                matches!(bad.validate(), Err(DeployError::Rejected(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn descriptions_name_the_vars_and_debug_never_shows_values() {
+        let edits = [
+            set("A", "sk_live_secret"),
+            ConfigEdit::Unset("B".to_owned()),
+        ];
+        assert_eq!(describe(&edits), "Set A, Unset B");
+        assert!(!format!("{edits:?}").contains("sk_live"));
     }
 }

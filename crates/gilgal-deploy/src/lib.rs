@@ -25,6 +25,7 @@ mod images;
 mod isolation;
 mod logs;
 mod pipeline;
+mod quotas;
 mod reconcile;
 mod runs;
 mod ssrf;
@@ -38,6 +39,7 @@ pub use alerts::{
     channel_secret_name, effective_rules, AlertsConfig, DEFAULT_ALERT_INTERVAL,
     MAX_DELIVERY_ATTEMPTS,
 };
+pub use changes::{ConfigEdit, MAX_CONFIG_VALUE_BYTES, MAX_CONFIG_VARS};
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
 pub use converge::RolloutError;
 pub use edge::{CertificateError, Edge, EdgeState};
@@ -49,6 +51,7 @@ pub use identity::owns as instance_belongs_to;
 pub use images::ImageSettings;
 pub use logs::{BUILD_PROCESS, ROUTER_PROCESS};
 pub use pipeline::{DeploySource, ReuseKind, ReuseRelease};
+pub use quotas::{QuotaError, Quotas, Work};
 pub use reconcile::{AppScrape, InstanceUsage};
 pub use runs::{parse_schedule, RunOutput, RunRequest};
 
@@ -101,6 +104,8 @@ pub struct DeployerConfig {
     pub health_interval: std::time::Duration,
     /// How alert rules are evaluated and their notifications delivered.
     pub alerts: AlertsConfig,
+    /// Deploy and build limits per team, checked by every change that starts a rollout.
+    pub quotas: Quotas,
 }
 
 /// Failures starting a deployment (failures *during* one are recorded on the deployment).
@@ -115,6 +120,13 @@ pub enum DeployError {
     /// The request cannot be carried out as asked (unknown or pruned release, bad git URL).
     #[error("{0}")]
     Invalid(String),
+    /// The request itself is malformed (a config var name or value, nothing to change, an
+    /// environment promoted to itself): the caller must change it, not the situation.
+    #[error("{0}")]
+    Rejected(String),
+    /// A quota refuses the change for now.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
     /// The runtime failed.
     #[error("runtime: {0}")]
     Runtime(String),

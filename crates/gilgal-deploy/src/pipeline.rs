@@ -409,9 +409,22 @@ impl Deployer {
     }
 
     /// Records a deployment of `source` to `environment` and runs it in the background, after
-    /// every change accepted before it; returns its id at once. An existing release that
-    /// cannot be started (pruned, unknown) is refused here, before anything is recorded.
+    /// every change accepted before it; returns its id at once. A quota that refuses it, or
+    /// an existing release that cannot be started (pruned, unknown), is refused here, before
+    /// anything is recorded.
     pub async fn deploy(
+        self: &Arc<Self>,
+        environment: EnvironmentRecord,
+        source: DeploySource,
+    ) -> Result<Uuid, DeployError> {
+        self.check_quota(environment.project_id, source.work())
+            .await?;
+        self.queue_in_order(environment, source).await
+    }
+
+    /// [`Deployer::deploy`] for a use-case that has checked the quota itself: takes the
+    /// environment's intake lock and queues the rollout.
+    pub(crate) async fn queue_in_order(
         self: &Arc<Self>,
         environment: EnvironmentRecord,
         source: DeploySource,

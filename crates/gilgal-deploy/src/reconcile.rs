@@ -89,12 +89,21 @@ impl Deployer {
     /// instances pass health checks before they get traffic, removed ones leave the route,
     /// drain, then get SIGTERM and their grace period. A size change rolls the live release
     /// onto new instances (a new release in the history). Returns the resize deployment, if any.
+    ///
+    /// Quota: every scale is checked against the hourly deploy quota (never the build quota:
+    /// it builds nothing), so a team that spent its hour is refused scaling too and a loop of
+    /// scale calls cannot churn instances without bound. Only a resize adds to the count,
+    /// because only it records a deployment; a change of counts alone starts or stops
+    /// instances of the live release, and must stay possible in bursts (scaling up under
+    /// load) without eating the quota deploys need.
     pub async fn scale(
         self: &Arc<Self>,
         environment: &EnvironmentRecord,
         counts: &BTreeMap<String, u32>,
         sizes: &BTreeMap<String, ProcessSizeRecord>,
     ) -> Result<Option<Uuid>, DeployError> {
+        self.check_quota(environment.project_id, crate::quotas::Work::Rollout)
+            .await?;
         let intake = self.intake_lock(environment.id);
         let _in_order = intake.lock().await;
         let resized;

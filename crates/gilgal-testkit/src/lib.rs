@@ -45,6 +45,16 @@ impl TestServer {
 
     /// Starts a server with `config`. Panics with a clear message if the backend is missing.
     pub async fn start_with(backend: Backend, config: ApiConfig) -> Self {
+        Self::start_with_quotas(backend, config, gilgal_deploy::Quotas::default()).await
+    }
+
+    /// Starts a server with `config` and deploy/build `quotas` (which the deployer enforces,
+    /// not the API), for tests of the limits.
+    pub async fn start_with_quotas(
+        backend: Backend,
+        config: ApiConfig,
+        quotas: gilgal_deploy::Quotas,
+    ) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
         // As root, add-on servers run as their own system users and must pass through.
         {
@@ -109,6 +119,7 @@ impl TestServer {
                     interval: std::time::Duration::from_millis(200),
                     notifier: gilgal_notify::Notifier::new(None).expect("notifier"),
                 },
+                quotas,
             },
             vault,
         );

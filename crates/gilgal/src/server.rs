@@ -229,6 +229,7 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
                 interval: std::time::Duration::from_millis(args.alert_interval_ms.max(100)),
                 notifier,
             },
+            quotas: gilgal_deploy::Quotas::default(),
         },
         vault,
     );

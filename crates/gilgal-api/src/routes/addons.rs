@@ -121,6 +121,7 @@ async fn list_addons(
         (status = 404, description = "No such environment", body = ErrorBody),
         (status = 409, description = "Not possible (name taken, server software missing…)", body = ErrorBody),
         (status = 422, description = "Invalid body", body = ErrorBody),
+        (status = 429, description = "Deploy quota reached (or this credential's request budget); see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn create_addon(

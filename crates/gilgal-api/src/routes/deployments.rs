@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use gilgal_core::lifecycle::DeploymentState;
-use gilgal_deploy::{DeploySource, ReuseKind, ReuseRelease};
+use gilgal_deploy::{DeploySource, Work};
 use gilgal_store::{DeploymentRecord, StoreError};
 use gilgal_types::{
     Deployment, DeploymentLogLine, DeploymentTransition, ErrorBody, JsonDeployRequest,
@@ -147,7 +147,6 @@ async fn create_deployment(
     caller.check_scope(project_id, Some(environment.id), "environment")?;
     crate::routes::teams::require_role(&state, &caller, project_id, gilgal_types::Role::Developer)
         .await?;
-    check_quota(&state, project_id).await?;
 
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -183,16 +182,23 @@ async fn create_deployment(
         tracing::info!(deployment = %deployment_id, project = %project.name, environment = %environment_name, "git deployment accepted");
         return crate::routes::environments::accepted(&state, &caller, deployment_id).await;
     }
+    // Checked before a byte of the body is received, so a refused upload costs nothing; the
+    // deployment checks again once the body is here.
+    state
+        .deployer()
+        .check_quota(project_id, Work::Build)
+        .await
+        .map_err(crate::routes::environments::deploy_error)?;
     // Held until the deployment exists (and so counts against the quota itself).
+    let concurrent_builds = state.deployer().quotas().concurrent_builds;
     let _uploading = state
         .uploads_in_flight()
-        .claim(caller.user.id, state.config.concurrent_builds.max(1))
+        .claim(caller.user.id, concurrent_builds.max(1))
         .ok_or_else(|| {
             ApiError::too_many(
                 "build_quota",
                 format!(
-                    "you are already uploading {} sources (the limit is the concurrent-build quota); wait for one to finish",
-                    state.config.concurrent_builds
+                    "you are already uploading {concurrent_builds} sources (the limit is the concurrent-build quota); wait for one to finish",
                 ),
                 Duration::from_secs(10),
             )
@@ -218,11 +224,17 @@ async fn create_deployment(
             "the request body must be a tar.gz of the app's source",
         ));
     }
-    let deployment_id = state
+    let deployment_id = match state
         .deployer()
-        .deploy_upload(environment, upload)
+        .deploy_upload(environment, upload.clone())
         .await
-        .map_err(|e| ApiError::internal(&e))?;
+    {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&upload).await;
+            return Err(crate::routes::environments::deploy_error(e));
+        }
+    };
     tracing::info!(deployment = %deployment_id, project = %project.name, environment = %environment_name, bytes = written, "deployment accepted");
     let record = state
         .store()
@@ -476,6 +488,7 @@ fn async_stream_lines(
         (status = 202, description = "Redeploying", body = Deployment),
         (status = 404, description = "No such deployment for this caller", body = ErrorBody),
         (status = 409, description = "It made no release, or its artifact was pruned", body = ErrorBody),
+        (status = 429, description = "Deploy quota reached (or this credential's request budget); see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn redeploy(
@@ -493,13 +506,6 @@ async fn redeploy(
     caller.check_scope(record.project_id, Some(record.environment_id), "deployment")?;
     crate::routes::teams::require_for_method(&state, &caller, record.project_id).await?;
     let body = body.parse()?;
-    let Some(number) = record.release_number else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_possible",
-            "this deployment made no release; deploy the source again",
-        ));
-    };
     let environment = state
         .store()
         .environment_of(caller.user.id, record.environment_id)
@@ -507,46 +513,8 @@ async fn redeploy(
         .map_err(not_found)?;
     let deployment = state
         .deployer()
-        .deploy(
-            environment.clone(),
-            DeploySource::Release(ReuseRelease {
-                kind: ReuseKind::Redeploy,
-                from_environment: environment.id,
-                number,
-                run_release_phase: body.run_release_phase,
-                description: format!("Redeploy v{number}"),
-            }),
-        )
+        .redeploy(&environment, record.release_number, body.run_release_phase)
         .await
         .map_err(crate::routes::environments::deploy_error)?;
     crate::routes::environments::accepted(&state, &caller, deployment).await
-}
-
-/// Deploy and build quotas per team (or per user for personal projects): a runaway CI loop
-/// gets a 429 with `Retry-After` instead of filling the machine with builds.
-pub(crate) async fn check_quota(state: &AppState, project: uuid::Uuid) -> Result<(), ApiError> {
-    let hour = Duration::from_secs(3600);
-    let since = crate::routes::millis_from_now(Duration::ZERO) - 3_600_000;
-    let (recent, building) = state.store().deployment_usage(project, since).await?;
-    if recent >= u64::from(state.config.deploys_per_hour) {
-        return Err(ApiError::too_many(
-            "deploy_quota",
-            format!(
-                "this team made {recent} deployments in the last hour (the limit is {}); try again later",
-                state.config.deploys_per_hour
-            ),
-            hour / 4,
-        ));
-    }
-    if building >= u64::from(state.config.concurrent_builds) {
-        return Err(ApiError::too_many(
-            "build_quota",
-            format!(
-                "{building} builds of this team are running (the limit is {}); wait for one to finish",
-                state.config.concurrent_builds
-            ),
-            Duration::from_secs(10),
-        ));
-    }
-    Ok(())
 }

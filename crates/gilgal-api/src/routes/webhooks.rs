@@ -474,13 +474,6 @@ async fn deliver(
     let Some(commit) = push.commit.clone() else {
         return ignore(format!("{} was deleted", push.reference)).await;
     };
-    if let Err(e) = crate::routes::deployments::check_quota(&state, webhook.project_id).await {
-        state
-            .store()
-            .finish_delivery(claimed, "failed", Some("deploy quota reached"), None)
-            .await?;
-        return Err(e);
-    }
     let environment = state
         .store()
         .environment_by_id(webhook.environment_id)
@@ -523,10 +516,16 @@ async fn deliver(
             ))
         }
         Err(e) => {
+            let over_quota = matches!(e, gilgal_deploy::DeployError::Quota(_));
             let error = crate::routes::environments::deploy_error(e);
+            let reason = if over_quota {
+                "deploy quota reached"
+            } else {
+                error.message()
+            };
             state
                 .store()
-                .finish_delivery(claimed, "failed", Some(error.message()), None)
+                .finish_delivery(claimed, "failed", Some(reason), None)
                 .await?;
             Err(error)
         }

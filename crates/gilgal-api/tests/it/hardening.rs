@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use gilgal_api::ApiConfig;
+use gilgal_deploy::Quotas;
 use gilgal_testkit::{backend_tests, Backend, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -471,12 +472,12 @@ async fn scoped_tokens_do_only_what_they_say(backend: Backend) {
 
 #[tokio::test]
 async fn deploy_and_build_quotas_answer_429() {
-    let server = TestServer::start_with(
+    let server = TestServer::start_with_quotas(
         Backend::Sqlite,
-        ApiConfig {
+        ApiConfig::default(),
+        Quotas {
             deploys_per_hour: 3,
             concurrent_builds: 1,
-            ..ApiConfig::default()
         },
     )
     .await;
@@ -646,11 +647,12 @@ async fn slow_request_heads_and_connections_beyond_the_cap_are_closed() {
 async fn uploads_in_flight_count_against_the_build_quota() {
     use tokio::io::AsyncWriteExt;
 
-    let server = TestServer::start_with(
+    let server = TestServer::start_with_quotas(
         Backend::Sqlite,
-        ApiConfig {
+        ApiConfig::default(),
+        Quotas {
             concurrent_builds: 1,
-            ..ApiConfig::default()
+            ..Quotas::default()
         },
     )
     .await;

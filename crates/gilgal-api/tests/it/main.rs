@@ -10,6 +10,7 @@ mod environments;
 mod hardening;
 mod matrix;
 mod projects;
+mod quotas;
 mod teams;
 mod tenancy;
 mod tokens;

@@ -16,12 +16,9 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gilgal_deploy::{
-    ConfigSnapshot, DeployError, DeploySource, ReuseKind, ReuseRelease, RunRequest as Oneoff,
-};
+use gilgal_deploy::{ConfigEdit, ConfigSnapshot, DeployError, QuotaError, RunRequest as Oneoff};
 use gilgal_store::{
-    ConfigChange, ConfigVarRecord, CronJobRecord, EnvironmentRecord, ProcessSizeRecord, RunRecord,
-    StoreError,
+    ConfigVarRecord, CronJobRecord, EnvironmentRecord, ProcessSizeRecord, RunRecord, StoreError,
 };
 use gilgal_types::{
     ConfigChanged, ConfigUpdate, ConfigVar, CronJob, CronJobRequest, DeploymentLogLine, DnsLabel,
@@ -36,10 +33,6 @@ use crate::extract::{parse_path_id, ApiQuery, AuthUser, JsonBody};
 use crate::routes::deployments::LogsQuery;
 use crate::{ApiError, AppState};
 
-/// Longest config var value accepted.
-pub const MAX_CONFIG_VALUE_BYTES: usize = 32 * 1024;
-/// Most config vars one environment may have.
-pub const MAX_CONFIG_VARS: usize = 500;
 /// Most one-off runs running at once in one environment (each is a process of the app).
 pub const MAX_RUNNING_RUNS_PER_ENVIRONMENT: u64 = 5;
 /// Most runs running at once across one owner's (team's or user's) projects.
@@ -70,10 +63,20 @@ fn environment_error(err: StoreError) -> ApiError {
     }
 }
 
+/// The service's errors as HTTP answers, in one place: a malformed request is 422, one the
+/// situation refuses 409, a quota 429 with `Retry-After` (`deploy_quota`, `build_quota`).
 pub(crate) fn deploy_error(err: DeployError) -> ApiError {
     match err {
         DeployError::Invalid(message) => {
             ApiError::new(StatusCode::CONFLICT, "not_possible", message)
+        }
+        DeployError::Rejected(message) => ApiError::invalid(message),
+        DeployError::Quota(quota) => {
+            let code = match quota {
+                QuotaError::DeploysPerHour { .. } => "deploy_quota",
+                QuotaError::ConcurrentBuilds { .. } => "build_quota",
+            };
+            ApiError::too_many(code, quota.to_string(), quota.retry_after())
         }
         DeployError::Store(StoreError::NotFound) => ApiError::not_found("release"),
         DeployError::Rollout(e @ gilgal_deploy::RolloutError::Unhealthy { .. }) => {

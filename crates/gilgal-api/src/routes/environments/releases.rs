@@ -65,6 +65,7 @@ fn outcome_to_wire(outcome: gilgal_core::lifecycle::ReleaseOutcome) -> ReleaseOu
         (status = 202, description = "Rolling back; follow the deployment", body = gilgal_types::Deployment),
         (status = 404, description = "No such environment or release", body = ErrorBody),
         (status = 409, description = "Nothing to roll back to, or its artifact was pruned", body = ErrorBody),
+        (status = 429, description = "Deploy quota reached (or this credential's request budget); see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn rollback(
@@ -77,7 +78,7 @@ async fn rollback(
     let body = body.parse()?;
     let deployment = state
         .deployer()
-        .rollback(environment.id, body.release, body.run_release_phase)
+        .rollback(&environment, body.release, body.run_release_phase)
         .await
         .map_err(deploy_error)?;
     accepted(&state, &caller, deployment).await
@@ -92,6 +93,7 @@ async fn rollback(
         (status = 202, description = "Promoting; follow the deployment", body = gilgal_types::Deployment),
         (status = 404, description = "No such environment", body = ErrorBody),
         (status = 409, description = "The source has nothing live", body = ErrorBody),
+        (status = 429, description = "Deploy quota reached (or this credential's request budget); see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn promote(
@@ -115,30 +117,9 @@ async fn promote(
         Some(source.id),
         &format!("environment {:?}", body.from),
     )?;
-    if source.id == target.id {
-        return Err(ApiError::invalid(
-            "an environment cannot be promoted to itself",
-        ));
-    }
-    let Some(number) = source.live_release else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_possible",
-            format!("{} has no live release to promote", source.name),
-        ));
-    };
     let deployment = state
         .deployer()
-        .deploy(
-            target.clone(),
-            DeploySource::Release(ReuseRelease {
-                kind: ReuseKind::Promote,
-                from_environment: source.id,
-                number,
-                run_release_phase: true,
-                description: format!("Promote {} v{number}", source.name),
-            }),
-        )
+        .promote(&target, &source)
         .await
         .map_err(deploy_error)?;
     accepted(&state, &caller, deployment).await
