@@ -8,7 +8,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use gilgal_runtime::{ExitInfo, InstanceId, InstanceState, RuntimeError};
+use gilgal_runtime::host::Lifecycle;
+use gilgal_runtime::{InstanceId, RuntimeError};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -17,11 +18,9 @@ use time::OffsetDateTime;
 pub(crate) struct Record {
     pub version: u32,
     pub id: InstanceId,
-    pub state: InstanceState,
-    pub restarts: u32,
-    pub last_exit: Option<ExitInfo>,
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    pub stop_deadline: Option<OffsetDateTime>,
+    /// State, restarts, last exit and stop deadline (flattened: the file keeps its shape).
+    #[serde(flatten)]
+    pub lifecycle: Lifecycle,
     /// Timestamp (from Docker's log) of the last stdout line delivered. One per stream:
     /// Docker orders lines within a stream, not across the two.
     #[serde(with = "time::serde::rfc3339::option", default)]
@@ -36,10 +35,7 @@ impl Record {
         Record {
             version: 1,
             id,
-            state: InstanceState::Starting,
-            restarts: 0,
-            last_exit: None,
-            stop_deadline: None,
+            lifecycle: Lifecycle::starting(),
             stdout_cursor: None,
             stderr_cursor: None,
         }

@@ -78,6 +78,7 @@
 pub mod backoff;
 pub mod error;
 pub mod health;
+pub mod host;
 pub mod process;
 pub mod runtime;
 pub mod spec;

@@ -11,14 +11,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::{Result, RuntimeError};
-use crate::spec::{ExitInfo, InstanceId, InstanceSpec, InstanceState};
-
-/// Whether a record is a supervised instance or a one-off run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum RecordKind {
-    Instance,
-    Oneoff,
-}
+use crate::host::{InstanceKind, Lifecycle};
+use crate::spec::{InstanceId, InstanceSpec};
 
 /// What survives a server restart about one instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,10 +20,12 @@ pub(crate) struct Record {
     /// Format version, for future migrations.
     pub version: u32,
     pub id: InstanceId,
-    pub kind: RecordKind,
+    pub kind: InstanceKind,
     /// The full spec, so the instance can be restarted after re-adoption.
     pub spec: InstanceSpec,
-    pub state: InstanceState,
+    /// State, restarts, last exit and stop deadline (flattened: the file keeps its shape).
+    #[serde(flatten)]
+    pub lifecycle: Lifecycle,
     /// PID (= process group id) of the current process; `None` before spawn.
     pub pid: Option<i32>,
     /// `/proc/PID/stat` field 22 of that process: PID + start time identify it uniquely.
@@ -39,12 +35,6 @@ pub(crate) struct Record {
     pub boot_id: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
-    pub restarts: u32,
-    pub last_exit: Option<ExitInfo>,
-    /// When the grace period of a stop in progress ends, so a restarted server can finish
-    /// the stop on the original schedule.
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    pub stop_deadline: Option<OffsetDateTime>,
 }
 
 /// Paths of one instance's state.

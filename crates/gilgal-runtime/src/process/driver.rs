@@ -1,63 +1,53 @@
-//! The per-instance supervisor task: spawns the process, watches it (as a child, or through a
-//! pidfd when re-adopted), tails its logs, restarts it with backoff, and carries out stops.
+//! The process driver: what the shared [`crate::host::Supervisor`] needs to run one instance
+//! as local processes. It spawns the process (record first, see the crate docs), waits for it
+//! (as a child, or through a pidfd when re-adopted), tails its log files, stops every process
+//! of the instance (SIGTERM, grace, SIGKILL) and sweeps leftovers by marker, cgroup and
+//! process group.
 //!
-//! One task owns one instance; every record write for that instance happens here (and in
-//! `ProcessRuntime::start`, before the task exists), so records are never written concurrently.
+//! One driver lives in one supervisor task; every record write for that instance happens here
+//! (and in `ProcessRuntime::start`, before the task exists), so records are never written
+//! concurrently.
 
-use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokio::io::unix::AsyncFd;
 use tokio::process::Child;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::{sleep, Instant};
 
 use super::cgroup::InstanceCgroup;
 use super::logs::LogTailer;
 use super::members::Members;
 use super::procfs;
-use super::record::{InstancePaths, Record, RecordKind};
+use super::record::{InstancePaths, Record};
 use super::spawn;
 use super::user;
 use super::Inner;
-use crate::backoff::BackoffState;
+use crate::backoff::BackoffPolicy;
 use crate::error::{Result, RuntimeError};
-use crate::spec::{
-    ExitInfo, InstanceId, InstanceState, InstanceStatus, LogLine, RunAs, RuntimeEvent,
-    RuntimeEventKind,
+use crate::host::{
+    lock, lost_exit, Hosted, InstanceCore, InstanceDriver, InstanceHub, Lifecycle, RunEnd,
+    StartFailure,
 };
+use crate::spec::{ExitInfo, InstanceState, InstanceStatus, LogLine, RunAs, RuntimeEventKind};
 
 /// After SIGKILL, how long to wait for the kernel to finish off every process.
 const KILL_SETTLE: Duration = Duration::from_secs(5);
 /// Poll interval while waiting for processes to disappear.
 const REAP_POLL: Duration = Duration::from_millis(50);
 
-/// Requests from the runtime API to the supervisor task.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// Stop the instance and report how it ended.
-    Stop {
-        grace: Duration,
-        reply: Option<oneshot::Sender<ExitInfo>>,
-    },
-}
-
 /// The runtime's view of one instance, shared between the API and its supervisor task.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    pub id: InstanceId,
-    pub kind: RecordKind,
+    pub core: InstanceCore,
     pub paths: InstancePaths,
     pub cgroup: InstanceCgroup,
     pub shared: Mutex<Shared>,
-    pub ring: Mutex<VecDeque<LogLine>>,
-    pub control: mpsc::Sender<Control>,
-    /// Lines delivered so far ([`LogLine::seq`]).
-    pub log_seq: std::sync::atomic::AtomicU64,
 }
 
 /// Mutable state of an instance.
@@ -67,38 +57,34 @@ pub(crate) struct Shared {
     pub adopted: bool,
 }
 
-/// Locks a mutex, recovering from poisoning (a panicked holder leaves plain data behind).
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+impl Hosted for Entry {
+    fn core(&self) -> &InstanceCore {
+        &self.core
+    }
+
+    fn lifecycle(&self) -> Lifecycle {
+        lock(&self.shared).record.lifecycle.clone()
+    }
+
+    fn status(&self) -> InstanceStatus {
+        let shared = lock(&self.shared);
+        let record = &shared.record;
+        let state = record.lifecycle.state;
+        let pid = record
+            .pid
+            .filter(|_| matches!(state, InstanceState::Running | InstanceState::Stopping))
+            .and_then(|pid| u32::try_from(pid).ok());
+        self.core.status(
+            &record.lifecycle,
+            pid,
+            record.spec.port,
+            record.started_at,
+            shared.adopted,
+        )
+    }
 }
 
 impl Entry {
-    pub fn status(&self) -> InstanceStatus {
-        let shared = lock(&self.shared);
-        let record = &shared.record;
-        InstanceStatus {
-            id: self.id.clone(),
-            labels: record.spec.labels.clone(),
-            state: record.state,
-            pid: record
-                .pid
-                .filter(|_| {
-                    matches!(
-                        record.state,
-                        InstanceState::Running | InstanceState::Stopping
-                    )
-                })
-                .and_then(|pid| u32::try_from(pid).ok()),
-            port: record.spec.port,
-            restarts: record.restarts,
-            started_at: record.started_at,
-            last_exit: record.last_exit.clone(),
-            adopted: shared.adopted,
-        }
-    }
-
     pub fn leader(&self) -> Option<(i32, u64)> {
         let shared = lock(&self.shared);
         shared.record.pid.zip(shared.record.start_time_ticks)
@@ -106,7 +92,7 @@ impl Entry {
 
     pub fn members(&self) -> Members<'_> {
         Members {
-            id: &self.id,
+            id: &self.core.id,
             cgroup: &self.cgroup,
             leader: self.leader(),
         }
@@ -192,88 +178,32 @@ impl Running {
     }
 }
 
-/// Where a one-off run's output and exit go.
-#[derive(Debug)]
-pub(crate) struct OneoffSinks {
-    pub lines: mpsc::UnboundedSender<LogLine>,
-    pub exit: Option<oneshot::Sender<ExitInfo>>,
-}
-
-/// What the supervisor task begins with.
-#[derive(Debug)]
-pub(crate) enum Begin {
-    /// A process already running (just spawned by `start`, or re-adopted).
-    Watch(Running),
-    /// The process died while the server was down: apply the restart policy now.
-    Lost(ExitInfo),
-    /// The server died during a stop: finish it (with the process if still alive).
-    FinishStop(Option<Running>, Duration),
-}
-
-/// Outcome of one watch period.
-enum Watched {
-    Exited(ExitInfo),
-    Stopped,
-}
-
-/// The per-instance supervisor.
-pub(crate) struct Supervisor {
+/// Runs one instance as local processes for its [`crate::host::Supervisor`].
+pub(crate) struct ProcessDriver {
     pub inner: Arc<Inner>,
     pub entry: Arc<Entry>,
     pub tailer: LogTailer,
-    pub backoff: BackoffState,
-    pub control: mpsc::Receiver<Control>,
-    pub oneoff: Option<OneoffSinks>,
+    /// A one-off run's output channel.
+    pub oneoff_lines: Option<mpsc::UnboundedSender<LogLine>>,
 }
 
-impl Supervisor {
-    fn emit(&self, kind: RuntimeEventKind) {
-        let labels = lock(&self.entry.shared).record.spec.labels.clone();
-        // No subscriber is fine: events are also reflected in `list`.
-        let _ = self.inner.events.send(RuntimeEvent {
-            instance: self.entry.id.clone(),
-            labels,
-            at: OffsetDateTime::now_utc(),
-            kind,
-        });
-    }
-
+impl ProcessDriver {
     fn save(&self, change: impl FnOnce(&mut Record)) {
         if let Err(err) = self.entry.update(change) {
-            tracing::error!(instance = %self.entry.id, error = %err, "cannot persist instance record");
+            tracing::error!(instance = %self.entry.core.id, error = %err, "cannot persist instance record");
         }
     }
 
     /// Reads new log lines and hands them out.
     fn pump_logs(&mut self, flush: bool) {
-        let lines = self.tailer.poll(flush);
-        if lines.is_empty() {
-            return;
-        }
-        let labels = lock(&self.entry.shared).record.spec.labels.clone();
-        let capacity = self.inner.config.log_ring_lines;
-        let mut ring = lock(&self.entry.ring);
-        for (stream, line) in lines {
-            let line = LogLine {
-                instance: self.entry.id.clone(),
-                labels: labels.clone(),
+        for (stream, line) in self.tailer.poll(flush) {
+            self.inner.hub.deliver(
+                &self.entry.core,
+                self.oneoff_lines.as_ref(),
                 stream,
-                at: OffsetDateTime::now_utc(),
+                OffsetDateTime::now_utc(),
                 line,
-                seq: self
-                    .entry
-                    .log_seq
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    + 1,
-            };
-            if let Some(sinks) = &self.oneoff {
-                let _ = sinks.lines.send(line.clone());
-            }
-            let _ = self.inner.logs.send(line.clone());
-            if ring.len() >= capacity {
-                ring.pop_front();
-            }
-            ring.push_back(line);
+            );
         }
     }
 
@@ -287,7 +217,7 @@ impl Supervisor {
         };
         let user_name = identity.map(|_| user::app_user_name(&spec.labels.app));
         self.entry.update(|record| {
-            record.state = InstanceState::Starting;
+            record.lifecycle.state = InstanceState::Starting;
             record.pid = None;
             record.start_time_ticks = None;
             record.boot_id = None;
@@ -302,7 +232,7 @@ impl Supervisor {
             _ => None,
         };
         let env = spawn::build_env(
-            &self.entry.id,
+            &self.entry.core.id,
             &spec,
             user_name.as_deref(),
             home.as_deref(),
@@ -329,7 +259,7 @@ impl Supervisor {
         let start_time = procfs::read_stat(pid).map_or(0, |stat| stat.start_time);
         let started_at = OffsetDateTime::now_utc();
         let recorded = self.entry.update(|record| {
-            record.state = InstanceState::Running;
+            record.lifecycle.state = InstanceState::Running;
             record.pid = Some(pid);
             record.start_time_ticks = Some(start_time);
             record.boot_id = procfs::boot_id();
@@ -345,11 +275,14 @@ impl Supervisor {
             return Err(err);
         }
         lock(&self.entry.shared).adopted = false;
-        let restarts = lock(&self.entry.shared).record.restarts;
-        self.emit(RuntimeEventKind::Started {
-            pid: u32::try_from(pid).unwrap_or(0),
-            restarts,
-        });
+        let restarts = lock(&self.entry.shared).record.lifecycle.restarts;
+        self.inner.hub.emit(
+            &self.entry.core,
+            RuntimeEventKind::Started {
+                pid: u32::try_from(pid).unwrap_or(0),
+                restarts,
+            },
+        );
         Ok(Running {
             proc: Proc::Child(child),
             pid,
@@ -359,85 +292,8 @@ impl Supervisor {
         })
     }
 
-    /// The task body.
-    pub async fn run(mut self, begin: Begin) {
-        let mut next = match begin {
-            Begin::Watch(running) => Some(running),
-            Begin::Lost(exit) => {
-                // Leftovers of the lost process (or of a spawn the old server never recorded)
-                // must be gone before a replacement starts.
-                self.entry.members().signal_all(libc::SIGKILL);
-                self.wait_members_gone(Instant::now() + KILL_SETTLE).await;
-                if !self.after_exit(exit, true).await {
-                    return;
-                }
-                None
-            }
-            Begin::FinishStop(running, grace) => {
-                let exit = match running {
-                    Some(running) => self.stop_running(running, grace).await,
-                    None => {
-                        self.entry.members().signal_all(libc::SIGKILL);
-                        self.wait_members_gone(Instant::now() + KILL_SETTLE).await;
-                        lost_exit("process ended while the server was down")
-                    }
-                };
-                self.finish_stopped(exit, None);
-                return;
-            }
-        };
-        loop {
-            let running = match next.take() {
-                Some(running) => running,
-                None => match self.spawn_process().await {
-                    Ok(running) => running,
-                    Err(err) => {
-                        self.emit(RuntimeEventKind::SpawnFailed {
-                            error: err.to_string(),
-                        });
-                        let exit = lost_exit(&format!("could not start: {err}"));
-                        if !self.after_exit(exit, false).await {
-                            return;
-                        }
-                        continue;
-                    }
-                },
-            };
-            match self.watch(running).await {
-                Watched::Exited(exit) => {
-                    if !self.after_exit(exit, false).await {
-                        return;
-                    }
-                }
-                Watched::Stopped => return,
-            }
-        }
-    }
-
-    /// Watches a running process until it exits or a stop is requested.
-    async fn watch(&mut self, mut running: Running) -> Watched {
-        let mut tick = tokio::time::interval(self.inner.config.log_poll_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                status = running.wait() => {
-                    let exit = self.collect_exit(&running, status, false).await;
-                    self.emit(RuntimeEventKind::Exited(exit.clone()));
-                    return Watched::Exited(exit);
-                }
-                Some(control) = self.control.recv() => {
-                    let Control::Stop { grace, reply } = control;
-                    let exit = self.stop_running(running, grace).await;
-                    self.finish_stopped(exit, reply);
-                    return Watched::Stopped;
-                }
-                _ = tick.tick() => self.pump_logs(false),
-            }
-        }
-    }
-
     /// After the main process exited: kill leftovers, drain logs, build the exit info.
-    async fn collect_exit(
+    async fn collect_exit_of(
         &mut self,
         running: &Running,
         status: Option<ExitStatus>,
@@ -462,8 +318,8 @@ impl Supervisor {
     /// SIGTERM to every process, up to `grace` for all to exit, then SIGKILL.
     async fn stop_running(&mut self, mut running: Running, grace: Duration) -> ExitInfo {
         self.save(|record| {
-            record.state = InstanceState::Stopping;
-            record.stop_deadline = Some(OffsetDateTime::now_utc() + grace);
+            record.lifecycle.state = InstanceState::Stopping;
+            record.lifecycle.stop_deadline = Some(OffsetDateTime::now_utc() + grace);
         });
         let deadline = Instant::now() + grace;
         self.entry.members().signal_all(libc::SIGTERM);
@@ -500,7 +356,7 @@ impl Supervisor {
             }
             self.wait_members_gone(Instant::now() + KILL_SETTLE).await;
         }
-        let mut exit = self.collect_exit(&running, status, true).await;
+        let mut exit = self.collect_exit_of(&running, status, true).await;
         if !all_gone && exit.note.is_none() {
             exit.note = Some(format!("killed after the {grace:?} grace period"));
         }
@@ -515,91 +371,79 @@ impl Supervisor {
                 return;
             }
             if Instant::now() >= deadline {
-                tracing::error!(instance = %self.entry.id, left, "processes survived SIGKILL");
+                tracing::error!(instance = %self.entry.core.id, left, "processes survived SIGKILL");
                 return;
             }
             sleep(REAP_POLL).await;
         }
     }
-
-    fn finish_stopped(&mut self, exit: ExitInfo, reply: Option<oneshot::Sender<ExitInfo>>) {
-        self.save(|record| {
-            record.state = InstanceState::Stopped;
-            record.last_exit = Some(exit.clone());
-            record.stop_deadline = None;
-        });
-        self.entry.cgroup.remove();
-        self.emit(RuntimeEventKind::Stopped(exit.clone()));
-        if let Some(reply) = reply {
-            let _ = reply.send(exit.clone());
-        }
-        self.finish_oneoff(exit);
-    }
-
-    fn finish_oneoff(&mut self, exit: ExitInfo) {
-        if let Some(mut sinks) = self.oneoff.take() {
-            if let Some(tx) = sinks.exit.take() {
-                let _ = tx.send(exit);
-            }
-            self.inner.forget(&self.entry.id);
-        }
-    }
-
-    /// Decides about a restart after an exit; returns false when the task should end.
-    async fn after_exit(&mut self, exit: ExitInfo, immediate: bool) -> bool {
-        let (policy, restarts) = {
-            let shared = lock(&self.entry.shared);
-            (shared.record.spec.restart, shared.record.restarts)
-        };
-        let restart = self.entry.kind == RecordKind::Instance && policy.should_restart(&exit);
-        if !restart {
-            self.save(|record| {
-                record.state = InstanceState::Exited;
-                record.last_exit = Some(exit.clone());
-            });
-            self.entry.cgroup.remove();
-            self.finish_oneoff(exit);
-            return false;
-        }
-        let delay = if immediate {
-            Duration::ZERO
-        } else {
-            self.backoff
-                .next_delay(&self.inner.config.backoff, exit.uptime)
-        };
-        self.save(|record| {
-            record.state = InstanceState::Backoff;
-            record.last_exit = Some(exit.clone());
-        });
-        self.emit(RuntimeEventKind::RestartScheduled {
-            attempt: restarts.saturating_add(1),
-            delay,
-        });
-        // A closed control channel disables its branch; the sleep then decides.
-        tokio::select! {
-            _ = sleep(delay) => {}
-            Some(control) = self.control.recv() => {
-                let Control::Stop { reply, .. } = control;
-                // Nothing runs during backoff, but sweep in case something lingers.
-                self.entry.members().signal_all(libc::SIGKILL);
-                self.finish_stopped(exit, reply);
-                return false;
-            }
-        }
-        self.save(|record| record.restarts = record.restarts.saturating_add(1));
-        true
-    }
 }
 
-/// An exit whose status cannot be known.
-pub(crate) fn lost_exit(note: &str) -> ExitInfo {
-    ExitInfo {
-        code: None,
-        signal: None,
-        oom_killed: false,
-        at: OffsetDateTime::now_utc(),
-        uptime: None,
-        note: Some(note.to_owned()),
+#[async_trait]
+impl InstanceDriver for ProcessDriver {
+    type Entry = Entry;
+    type Run = Running;
+    type Ended = Option<ExitStatus>;
+
+    fn hub(&self) -> &InstanceHub<Entry> {
+        &self.inner.hub
+    }
+
+    fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    fn backoff_policy(&self) -> &BackoffPolicy {
+        &self.inner.config.backoff
+    }
+
+    fn update_lifecycle(&self, change: impl FnOnce(&mut Lifecycle) + Send) {
+        self.save(|record| change(&mut record.lifecycle));
+    }
+
+    async fn start(&mut self) -> Result<Running, StartFailure> {
+        self.spawn_process()
+            .await
+            .map_err(|err| StartFailure::Failed(err.to_string()))
+    }
+
+    async fn wait(&mut self, running: &mut Running) -> Option<ExitStatus> {
+        running.wait().await
+    }
+
+    async fn collect_exit(&mut self, running: Running, status: Option<ExitStatus>) -> RunEnd {
+        RunEnd::Exited(self.collect_exit_of(&running, status, false).await)
+    }
+
+    async fn stop(&mut self, running: Option<Running>, grace: Duration) -> ExitInfo {
+        match running {
+            Some(running) => self.stop_running(running, grace).await,
+            None => {
+                self.sweep().await;
+                lost_exit("process ended while the server was down")
+            }
+        }
+    }
+
+    async fn sweep(&mut self) {
+        self.entry.members().signal_all(libc::SIGKILL);
+        self.wait_members_gone(Instant::now() + KILL_SETTLE).await;
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        Some(self.inner.config.log_poll_interval)
+    }
+
+    fn tick(&mut self) {
+        self.pump_logs(false);
+    }
+
+    fn release(&self) {
+        self.entry.cgroup.remove();
+    }
+
+    fn forget(&self) {
+        self.inner.forget(&self.entry.core.id);
     }
 }
 
