@@ -1,5 +1,8 @@
 //! [`DockerRuntime`]: the [`Runtime`] trait over dockerd, held to the process runtime's
-//! semantics.
+//! semantics by sharing its skeleton: the registry, log tail, broadcasts, recovery decision
+//! and supervisor loop (restart policy, backoff, stops, one-off runs) come from
+//! [`gilgal_runtime::host`]; this module is the Docker driver (`DockerDriver`) and what only
+//! Docker has (container bodies, labels, the log pump with its cursors, stats).
 //!
 //! - **One container per instance**, created with Gilgal's labels (see [`crate::labels`]) and
 //!   Docker's restart policy `no`: Gilgal supervises itself, because Docker's own backoff
@@ -39,9 +42,9 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 use gilgal_runtime::host::{
-    check_working_dir, create_state_dir, lock, lock_state_dir, lost_exit, oneoff_channels,
-    remaining_grace, Begin, Control, Hosted, InstanceCore, InstanceDriver, InstanceHub, Lifecycle,
-    OneoffSinks, RunEnd, StartFailure, Supervisor,
+    check_working_dir, create_state_dir, lock, lock_state_dir, lost_exit, oneoff_channels, Begin,
+    ControlReceiver, Hosted, InstanceCore, InstanceDriver, InstanceHub, Lifecycle, OneoffSinks,
+    RunEnd, StartFailure,
 };
 use gilgal_runtime::{
     BackoffPolicy, ExitInfo, InstanceId, InstanceLabels, InstanceSpec, InstanceState,
@@ -148,9 +151,6 @@ struct Shared {
     cursor_saved_at: Option<Instant>,
 }
 
-/// The receiving end of an instance's control channel, for its supervisor.
-type ControlReceiver = mpsc::Receiver<Control>;
-
 /// One container the runtime knows.
 struct Entry {
     core: InstanceCore,
@@ -167,10 +167,6 @@ struct Entry {
 impl Hosted for Entry {
     fn core(&self) -> &InstanceCore {
         &self.core
-    }
-
-    fn lifecycle(&self) -> Lifecycle {
-        lock(&self.shared).record.lifecycle.clone()
     }
 
     fn status(&self) -> InstanceStatus {
@@ -190,7 +186,7 @@ struct Inner {
     state_dir: PathBuf,
     config: DockerRuntimeConfig,
     /// The instances, their log tails and the log/event broadcasts.
-    hub: InstanceHub<Entry>,
+    hub: Arc<InstanceHub<Entry>>,
 }
 
 impl Inner {
@@ -335,7 +331,10 @@ impl DockerRuntime {
         let state_dir = state_dir.into();
         create_state_dir(&record::records_dir(&state_dir))?;
         let lock_file = lock_state_dir(&state_dir).await?;
-        let hub = InstanceHub::new(config.channel_capacity, config.log_ring_lines);
+        let hub = Arc::new(InstanceHub::new(
+            config.channel_capacity,
+            config.log_ring_lines,
+        ));
         let runtime = DockerRuntime {
             inner: Arc::new(Inner {
                 docker,
@@ -426,19 +425,19 @@ impl DockerRuntime {
         begin: Begin<()>,
         oneoff: Option<OneoffSinks>,
     ) {
-        let (oneoff_lines, oneoff_exit) = match oneoff {
-            Some(sinks) => (Some(sinks.lines), Some(sinks.exit)),
-            None => (None, None),
-        };
+        let (oneoff_lines, oneoff_exit) = OneoffSinks::split(oneoff);
         let pump = tokio::spawn(pump_logs(self.inner.clone(), entry.clone(), oneoff_lines));
         *lock(&entry.pump) = Some(pump.abort_handle());
         let driver = DockerDriver {
             inner: self.inner.clone(),
-            entry,
+            entry: entry.clone(),
         };
-        self.inner
+        let backoff = self.inner.config.backoff;
+        let supervisor = self
+            .inner
             .hub
-            .launch(Supervisor::new(driver, control, oneoff_exit), begin);
+            .supervisor(driver, entry, backoff, control, oneoff_exit);
+        self.inner.hub.launch(supervisor, begin);
     }
 
     /// Lists this namespace's containers and takes each over.
@@ -530,8 +529,7 @@ impl DockerRuntime {
             .unwrap_or(false);
         let record =
             record::load(&self.inner.state_dir, &id)?.unwrap_or_else(|| Record::new(id.clone()));
-        let recorded_state = record.lifecycle.state;
-        let grace = remaining_grace(record.lifecycle.stop_deadline);
+        let lifecycle = record.lifecycle.clone();
         let (entry, control) = self.new_entry(id.clone(), &parsed, record, running);
         {
             let mut shared = lock(&entry.shared);
@@ -541,49 +539,37 @@ impl DockerRuntime {
         // The log stream of the current (or last) run is delivered from the saved cursor.
         entry.log_generation.send_replace(1);
         self.inner.hub.insert(entry.clone());
-        let emit = |kind: RuntimeEventKind| self.inner.hub.emit_recovery(&entry.core, kind);
-        match recorded_state {
-            InstanceState::Exited | InstanceState::Stopped => {
-                if running {
-                    // Someone started it behind our back; it should not run.
-                    tracing::warn!(instance = %id, "stopped instance was running again; stopping it");
-                    self.launch(
-                        entry,
-                        control,
-                        Begin::FinishStop(Some(()), Duration::from_secs(10)),
-                        None,
-                    );
-                } else {
-                    // Nothing to supervise; keep it listed, with its log tail.
-                    let pump = tokio::spawn(pump_logs(self.inner.clone(), entry.clone(), None));
-                    *lock(&entry.pump) = Some(pump.abort_handle());
-                }
+        let pid = container_pid(&info).unwrap_or(0);
+        let lost = || {
+            let exit = exit_from_inspect(&info, false);
+            let reason = format!(
+                "container was not running when the server restarted ({})",
+                exit.describe()
+            );
+            (reason, exit)
+        };
+        let mark_running = || {
+            self.inner.update(&entry, |record| {
+                record.lifecycle.state = InstanceState::Running;
+            });
+        };
+        let live = running.then_some(());
+        match self
+            .inner
+            .hub
+            .recover(&entry, &lifecycle, live, pid, lost, mark_running)
+        {
+            Ok(begin) => self.launch(entry, control, begin, None),
+            Err(Some(())) => {
+                // Someone started it behind our back; it should not run.
+                tracing::warn!(instance = %id, "stopped instance was running again; stopping it");
+                let stop = Begin::FinishStop(Some(()), Duration::from_secs(10));
+                self.launch(entry, control, stop, None);
             }
-            InstanceState::Stopping => {
-                self.launch(entry, control, Begin::FinishStop(Some(()), grace), None);
-            }
-            InstanceState::Starting | InstanceState::Running | InstanceState::Backoff => {
-                if running {
-                    let pid = container_pid(&info).unwrap_or(0);
-                    tracing::info!(instance = %id, pid, "re-adopted running container");
-                    emit(RuntimeEventKind::Adopted { pid });
-                    if recorded_state != InstanceState::Running {
-                        self.inner.update(&entry, |record| {
-                            record.lifecycle.state = InstanceState::Running;
-                        });
-                    }
-                    self.launch(entry, control, Begin::Watch(()), None);
-                } else {
-                    let exit = exit_from_inspect(&info, false);
-                    let reason = format!(
-                        "container was not running when the server restarted ({})",
-                        exit.describe()
-                    );
-                    emit(RuntimeEventKind::Lost {
-                        reason: reason.clone(),
-                    });
-                    self.launch(entry, control, Begin::Lost(exit), None);
-                }
+            Err(None) => {
+                // Nothing to supervise; keep it listed, with its log tail.
+                let pump = tokio::spawn(pump_logs(self.inner.clone(), entry.clone(), None));
+                *lock(&entry.pump) = Some(pump.abort_handle());
             }
         }
         Ok(())
@@ -1023,18 +1009,6 @@ impl InstanceDriver for DockerDriver {
     type Entry = Entry;
     type Run = ();
     type Ended = Waited;
-
-    fn hub(&self) -> &InstanceHub<Entry> {
-        &self.inner.hub
-    }
-
-    fn entry(&self) -> &Entry {
-        &self.entry
-    }
-
-    fn backoff_policy(&self) -> &BackoffPolicy {
-        &self.inner.config.backoff
-    }
 
     fn update_lifecycle(&self, change: impl FnOnce(&mut Lifecycle) + Send) {
         self.inner

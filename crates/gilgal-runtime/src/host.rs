@@ -164,6 +164,9 @@ pub enum Control {
     },
 }
 
+/// The receiving end of an instance's control channel, owned by its [`Supervisor`].
+pub type ControlReceiver = mpsc::Receiver<Control>;
+
 /// The part of a registry entry every driver has: identity, the supervisor's control channel
 /// and the in-memory log tail.
 #[derive(Debug)]
@@ -248,9 +251,8 @@ impl InstanceCore {
 pub trait Hosted: Send + Sync + 'static {
     /// The shared part.
     fn core(&self) -> &InstanceCore;
-    /// The persisted lifecycle, as it is now.
-    fn lifecycle(&self) -> Lifecycle;
-    /// The status `list` and `status` report.
+    /// The status `list` and `status` report (also the skeleton's view of restarts and the
+    /// last exit).
     fn status(&self) -> InstanceStatus;
 }
 
@@ -261,6 +263,22 @@ pub struct OneoffSinks {
     pub lines: mpsc::UnboundedSender<LogLine>,
     /// The exit, once, after the last line.
     pub exit: oneshot::Sender<ExitInfo>,
+}
+
+impl OneoffSinks {
+    /// Splits optional sinks into the output channel (for whoever delivers lines) and the
+    /// exit channel (for the [`Supervisor`]).
+    pub fn split(
+        sinks: Option<OneoffSinks>,
+    ) -> (
+        Option<mpsc::UnboundedSender<LogLine>>,
+        Option<oneshot::Sender<ExitInfo>>,
+    ) {
+        match sinks {
+            Some(sinks) => (Some(sinks.lines), Some(sinks.exit)),
+            None => (None, None),
+        }
+    }
 }
 
 /// The caller's side of a one-off run's channels, turned into an [`OneoffHandle`] by
@@ -344,6 +362,27 @@ impl<E: Hosted> InstanceHub<E> {
         tasks.push(task);
     }
 
+    /// A supervisor for one instance: `control` is the receiver made with its
+    /// [`InstanceCore`]; `oneoff_exit` is where a one-off run's exit goes.
+    pub fn supervisor<D: InstanceDriver<Entry = E>>(
+        self: &Arc<Self>,
+        driver: D,
+        entry: Arc<E>,
+        backoff: BackoffPolicy,
+        control: mpsc::Receiver<Control>,
+        oneoff_exit: Option<oneshot::Sender<ExitInfo>>,
+    ) -> Supervisor<D> {
+        Supervisor {
+            driver,
+            hub: self.clone(),
+            entry,
+            backoff_policy: backoff,
+            control,
+            oneoff_exit,
+            backoff: BackoffState::default(),
+        }
+    }
+
     /// Starts an instance's supervisor task (tracked).
     pub fn launch<D: InstanceDriver<Entry = E>>(
         &self,
@@ -411,6 +450,50 @@ impl<E: Hosted> InstanceHub<E> {
             ring.pop_front();
         }
         ring.push_back(line);
+    }
+
+    /// Decides what becomes of an instance a new server found, from its recorded `lifecycle`
+    /// and its `live` run (if its process or container still runs), and announces `Adopted`
+    /// (with `pid`) or `Lost` (with the reason and exit `lost` gives) as recovery events.
+    /// `Ok`: supervise it from that [`Begin`] (`mark_running` was called if an adopted
+    /// instance's record said otherwise). `Err`: it is recorded as ended and must not run;
+    /// the driver ends what still runs of it (returned).
+    pub fn recover<R>(
+        &self,
+        entry: &E,
+        lifecycle: &Lifecycle,
+        live: Option<R>,
+        pid: u32,
+        lost: impl FnOnce() -> (String, ExitInfo),
+        mark_running: impl FnOnce(),
+    ) -> std::result::Result<Begin<R>, Option<R>> {
+        let core = entry.core();
+        match lifecycle.state {
+            InstanceState::Exited | InstanceState::Stopped => Err(live),
+            InstanceState::Stopping => Ok(Begin::FinishStop(
+                live,
+                remaining_grace(lifecycle.stop_deadline),
+            )),
+            InstanceState::Starting | InstanceState::Running | InstanceState::Backoff => {
+                match live {
+                    Some(run) => {
+                        tracing::info!(instance = %core.id, pid, "re-adopted running instance");
+                        self.emit_recovery(core, RuntimeEventKind::Adopted { pid });
+                        if lifecycle.state != InstanceState::Running {
+                            mark_running();
+                        }
+                        Ok(Begin::Watch(run))
+                    }
+                    None => {
+                        // Died (or never fully started) while the server was down; the
+                        // supervisor sweeps leftovers before restarting it.
+                        let (reason, exit) = lost();
+                        self.emit_recovery(core, RuntimeEventKind::Lost { reason });
+                        Ok(Begin::Lost(exit))
+                    }
+                }
+            }
+        }
     }
 
     /// [`crate::Runtime::stop`]: asks the supervisor, or reports the last exit when none runs.
@@ -496,7 +579,7 @@ async fn stop_entry(entry: &impl Hosted, grace: Duration) -> ExitInfo {
     }
     // No supervisor task (already exited or stopped): report the last exit.
     entry
-        .lifecycle()
+        .status()
         .last_exit
         .unwrap_or_else(|| lost_exit("instance was not running"))
 }
@@ -533,12 +616,6 @@ pub trait InstanceDriver: Send + 'static {
     /// [`InstanceDriver::collect_exit`].
     type Ended: Send;
 
-    /// The runtime's registry (for events).
-    fn hub(&self) -> &InstanceHub<Self::Entry>;
-    /// This instance's entry.
-    fn entry(&self) -> &Self::Entry;
-    /// The restart backoff policy.
-    fn backoff_policy(&self) -> &BackoffPolicy;
     /// Applies `change` to the persisted lifecycle and saves the record; a failed save is
     /// logged (supervision goes on with the in-memory state).
     fn update_lifecycle(&self, change: impl FnOnce(&mut Lifecycle) + Send);
@@ -586,36 +663,25 @@ enum Watched {
 
 /// The per-instance supervisor task: watches runs, restarts them per the restart policy with
 /// backoff, carries out stops, and hands a one-off run's exit to its handle.
-pub struct Supervisor<D> {
+/// Made by [`InstanceHub::supervisor`].
+pub struct Supervisor<D: InstanceDriver> {
     driver: D,
+    hub: Arc<InstanceHub<D::Entry>>,
+    entry: Arc<D::Entry>,
+    backoff_policy: BackoffPolicy,
     control: mpsc::Receiver<Control>,
     oneoff_exit: Option<oneshot::Sender<ExitInfo>>,
     backoff: BackoffState,
 }
 
 impl<D: InstanceDriver> Supervisor<D> {
-    /// A supervisor for one instance: `control` is the receiver made with its
-    /// [`InstanceCore`]; `oneoff_exit` is where a one-off run's exit goes.
-    pub fn new(
-        driver: D,
-        control: mpsc::Receiver<Control>,
-        oneoff_exit: Option<oneshot::Sender<ExitInfo>>,
-    ) -> Self {
-        Supervisor {
-            driver,
-            control,
-            oneoff_exit,
-            backoff: BackoffState::default(),
-        }
-    }
-
     /// The driver, for a first start before the task is launched.
     pub fn driver_mut(&mut self) -> &mut D {
         &mut self.driver
     }
 
     fn emit(&self, kind: RuntimeEventKind) {
-        self.driver.hub().emit(self.driver.entry().core(), kind);
+        self.hub.emit(self.entry.core(), kind);
     }
 
     /// The task body.
@@ -735,7 +801,7 @@ impl<D: InstanceDriver> Supervisor<D> {
 
     /// Decides about a restart after an exit; returns false when the task should end.
     async fn after_exit(&mut self, exit: ExitInfo, immediate: bool) -> bool {
-        let core = self.driver.entry().core();
+        let core = self.entry.core();
         let restart = core.kind == InstanceKind::Instance && core.restart.should_restart(&exit);
         if !restart {
             self.driver.update_lifecycle(|lifecycle| {
@@ -746,12 +812,11 @@ impl<D: InstanceDriver> Supervisor<D> {
             self.finish_oneoff(exit);
             return false;
         }
-        let restarts = self.driver.entry().lifecycle().restarts;
+        let restarts = self.entry.status().restarts;
         let delay = if immediate {
             Duration::ZERO
         } else {
-            self.backoff
-                .next_delay(self.driver.backoff_policy(), exit.uptime)
+            self.backoff.next_delay(&self.backoff_policy, exit.uptime)
         };
         self.driver.update_lifecycle(|lifecycle| {
             lifecycle.state = InstanceState::Backoff;

@@ -28,11 +28,9 @@ use super::record::{InstancePaths, Record};
 use super::spawn;
 use super::user;
 use super::Inner;
-use crate::backoff::BackoffPolicy;
 use crate::error::{Result, RuntimeError};
 use crate::host::{
-    lock, lost_exit, Hosted, InstanceCore, InstanceDriver, InstanceHub, Lifecycle, RunEnd,
-    StartFailure,
+    lock, lost_exit, Hosted, InstanceCore, InstanceDriver, Lifecycle, RunEnd, StartFailure,
 };
 use crate::spec::{ExitInfo, InstanceState, InstanceStatus, LogLine, RunAs, RuntimeEventKind};
 
@@ -60,10 +58,6 @@ pub(crate) struct Shared {
 impl Hosted for Entry {
     fn core(&self) -> &InstanceCore {
         &self.core
-    }
-
-    fn lifecycle(&self) -> Lifecycle {
-        lock(&self.shared).record.lifecycle.clone()
     }
 
     fn status(&self) -> InstanceStatus {
@@ -384,18 +378,6 @@ impl InstanceDriver for ProcessDriver {
     type Entry = Entry;
     type Run = Running;
     type Ended = Option<ExitStatus>;
-
-    fn hub(&self) -> &InstanceHub<Entry> {
-        &self.inner.hub
-    }
-
-    fn entry(&self) -> &Entry {
-        &self.entry
-    }
-
-    fn backoff_policy(&self) -> &BackoffPolicy {
-        &self.inner.config.backoff
-    }
 
     fn update_lifecycle(&self, change: impl FnOnce(&mut Lifecycle) + Send) {
         self.save(|record| change(&mut record.lifecycle));

@@ -32,18 +32,14 @@ use self::record::{create_instance_dir, instances_dir, InstancePaths, Record};
 use crate::backoff::BackoffPolicy;
 use crate::error::{Result, RuntimeError};
 use crate::host::{
-    check_working_dir, create_state_dir, lock_state_dir, lost_exit, oneoff_channels,
-    remaining_grace, Begin, InstanceCore, InstanceHub, InstanceKind, Lifecycle, OneoffSinks,
-    Supervisor,
+    check_working_dir, create_state_dir, lock_state_dir, lost_exit, oneoff_channels, Begin,
+    ControlReceiver, InstanceCore, InstanceHub, InstanceKind, Lifecycle, OneoffSinks, Supervisor,
 };
 use crate::runtime::{OneoffHandle, Runtime};
 use crate::spec::{
     ExitInfo, InstanceId, InstanceSpec, InstanceState, InstanceStatus, LogLine, ResourceStats,
-    RuntimeEvent, RuntimeEventKind,
+    RuntimeEvent,
 };
-
-/// The receiving end of an instance's control channel, for its supervisor.
-type ControlReceiver = tokio::sync::mpsc::Receiver<crate::host::Control>;
 
 /// Tunables of the process runtime; `Default` gives the production values.
 #[derive(Debug, Clone)]
@@ -93,7 +89,7 @@ pub(crate) struct Inner {
     config: ProcessRuntimeConfig,
     cgroups: Cgroups,
     /// The instances, their log tails and the log/event broadcasts.
-    hub: InstanceHub<Entry>,
+    hub: Arc<InstanceHub<Entry>>,
 }
 
 impl Inner {
@@ -135,7 +131,10 @@ impl ProcessRuntime {
         create_state_dir(&instances_dir(&state_dir))?;
         let lock = lock_state_dir(&state_dir).await?;
         let cgroups = Cgroups::detect(&config.cgroups);
-        let hub = InstanceHub::new(config.channel_capacity, config.log_ring_lines);
+        let hub = Arc::new(InstanceHub::new(
+            config.channel_capacity,
+            config.log_ring_lines,
+        ));
         let runtime = ProcessRuntime {
             inner: Arc::new(Inner {
                 state_dir,
@@ -178,10 +177,7 @@ impl ProcessRuntime {
         resume_logs: bool,
         oneoff: Option<OneoffSinks>,
     ) -> Supervisor<ProcessDriver> {
-        let (oneoff_lines, oneoff_exit) = match oneoff {
-            Some(sinks) => (Some(sinks.lines), Some(sinks.exit)),
-            None => (None, None),
-        };
+        let (oneoff_lines, oneoff_exit) = OneoffSinks::split(oneoff);
         let driver = ProcessDriver {
             inner: self.inner.clone(),
             tailer: LogTailer::new(
@@ -189,10 +185,13 @@ impl ProcessRuntime {
                 resume_logs,
                 self.inner.config.max_log_file_bytes,
             ),
-            entry,
+            entry: entry.clone(),
             oneoff_lines,
         };
-        Supervisor::new(driver, control, oneoff_exit)
+        let backoff = self.inner.config.backoff;
+        self.inner
+            .hub
+            .supervisor(driver, entry, backoff, control, oneoff_exit)
     }
 
     /// Re-adopts live instances, restarts lost ones, finishes interrupted stops and kills
@@ -260,8 +259,7 @@ impl ProcessRuntime {
                 )
             });
         let kind = record.kind;
-        let state = record.lifecycle.state;
-        let grace = remaining_grace(record.lifecycle.stop_deadline);
+        let lifecycle = record.lifecycle.clone();
         let adopted = live.is_some();
         let (entry, control) = self.new_entry(record, adopted);
         let id = entry.core.id.clone();
@@ -276,46 +274,30 @@ impl ProcessRuntime {
             return;
         }
         self.inner.hub.insert(entry.clone());
-        let emit = |kind: RuntimeEventKind| self.inner.hub.emit_recovery(&entry.core, kind);
-        match state {
-            InstanceState::Exited | InstanceState::Stopped => {
+        let pid = entry
+            .leader()
+            .and_then(|(pid, _)| u32::try_from(pid).ok())
+            .unwrap_or(0);
+        let lost = || {
+            let reason = "process was gone when the server restarted".to_owned();
+            let exit = lost_exit(&reason);
+            (reason, exit)
+        };
+        let mark_running = || {
+            let _ = entry.update(|record| record.lifecycle.state = InstanceState::Running);
+        };
+        match self
+            .inner
+            .hub
+            .recover(&entry, &lifecycle, live, pid, lost, mark_running)
+        {
+            Ok(begin) => {
+                let supervisor = self.supervisor(entry.clone(), control, true, None);
+                self.inner.hub.launch(supervisor, begin);
+            }
+            Err(_) => {
                 // Nothing should run; make sure nothing does.
                 entry.members().signal_all(libc::SIGKILL);
-            }
-            InstanceState::Stopping => {
-                let supervisor = self.supervisor(entry.clone(), control, true, None);
-                self.inner
-                    .hub
-                    .launch(supervisor, Begin::FinishStop(live, grace));
-            }
-            InstanceState::Starting | InstanceState::Running | InstanceState::Backoff => {
-                let supervisor = self.supervisor(entry.clone(), control, true, None);
-                match live {
-                    Some(running) => {
-                        let pid = entry
-                            .leader()
-                            .and_then(|(pid, _)| u32::try_from(pid).ok())
-                            .unwrap_or(0);
-                        tracing::info!(instance = %id, pid, "re-adopted running instance");
-                        emit(RuntimeEventKind::Adopted { pid });
-                        if state != InstanceState::Running {
-                            let _ = entry
-                                .update(|record| record.lifecycle.state = InstanceState::Running);
-                        }
-                        self.inner.hub.launch(supervisor, Begin::Watch(running));
-                    }
-                    None => {
-                        // Died (or never fully started) while the server was down. The
-                        // supervisor kills any leftovers before restarting it.
-                        let reason = "process was gone when the server restarted".to_owned();
-                        emit(RuntimeEventKind::Lost {
-                            reason: reason.clone(),
-                        });
-                        self.inner
-                            .hub
-                            .launch(supervisor, Begin::Lost(lost_exit(&reason)));
-                    }
-                }
             }
         }
     }
