@@ -1,4 +1,4 @@
-//! [`DockerRuntime`]: the [`Runtime`] trait over dockerd, held to the process runtime's
+//! [`DockerRuntime`]: the [`Runtime`](gilgal_runtime::Runtime) trait over dockerd, held to the process runtime's
 //! semantics by sharing its skeleton: the registry, log tail, broadcasts, recovery decision
 //! and supervisor loop (restart policy, backoff, stops, one-off runs) come from
 //! [`gilgal_runtime::host`]; this module is the Docker driver (`DockerDriver`) and what only
@@ -42,17 +42,16 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 use gilgal_runtime::host::{
-    check_working_dir, create_state_dir, lock, lock_state_dir, lost_exit, oneoff_channels, Begin,
-    ControlReceiver, Hosted, InstanceCore, InstanceDriver, InstanceHub, Lifecycle, OneoffSinks,
+    check_working_dir, create_state_dir, lock, lock_state_dir, lost_exit, Begin, ControlReceiver,
+    Hosted, HostedRuntime, InstanceCore, InstanceDriver, InstanceHub, Lifecycle, OneoffSinks,
     RunEnd, StartFailure,
 };
 use gilgal_runtime::{
     BackoffPolicy, ExitInfo, InstanceId, InstanceLabels, InstanceSpec, InstanceState,
-    InstanceStatus, LogLine, OneoffHandle, ResourceStats, RestartPolicy, Runtime, RuntimeError,
-    RuntimeEvent, RuntimeEventKind,
+    InstanceStatus, LogLine, ResourceStats, RestartPolicy, RuntimeError, RuntimeEventKind,
 };
 use time::OffsetDateTime;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::sleep;
 
@@ -103,7 +102,7 @@ pub struct DockerRuntimeConfig {
     pub publish_ip: IpAddr,
     /// Restart backoff for crashed instances (same policy as the process runtime).
     pub backoff: BackoffPolicy,
-    /// Log lines kept in memory per instance for [`Runtime::log_tail`].
+    /// Log lines kept in memory per instance for [`Runtime::log_tail`](gilgal_runtime::Runtime::log_tail).
     pub log_ring_lines: usize,
     /// Capacity of the log and event broadcast channels.
     pub channel_capacity: usize,
@@ -151,8 +150,9 @@ struct Shared {
     cursor_saved_at: Option<Instant>,
 }
 
-/// One container the runtime knows.
-struct Entry {
+/// One container the runtime knows (public only as the runtime's
+/// [`gilgal_runtime::host::HostedRuntime::Entry`]).
+pub struct Entry {
     core: InstanceCore,
     port: Option<u16>,
     shared: Mutex<Shared>,
@@ -287,9 +287,9 @@ impl Inner {
     }
 }
 
-/// The Docker [`Runtime`]. Dropping it detaches: supervision stops, containers keep running,
+/// The Docker [`Runtime`](gilgal_runtime::Runtime). Dropping it detaches: supervision stops, containers keep running,
 /// exactly as if the server had been killed; a new `DockerRuntime` with the same state dir
-/// and namespace re-adopts them. [`Runtime::shutdown`] stops them instead.
+/// and namespace re-adopts them. [`Runtime::shutdown`](gilgal_runtime::Runtime::shutdown) stops them instead.
 pub struct DockerRuntime {
     inner: Arc<Inner>,
     /// Exclusive `flock` on `<state_dir>/runtime.lock`: two servers must never supervise the
@@ -1058,44 +1058,32 @@ impl InstanceDriver for DockerDriver {
 }
 
 #[async_trait]
-impl Runtime for DockerRuntime {
-    fn name(&self) -> &'static str {
+impl HostedRuntime for DockerRuntime {
+    type Entry = Entry;
+
+    fn runtime_name(&self) -> &'static str {
         "docker"
     }
 
-    async fn start(&self, spec: InstanceSpec) -> Result<InstanceId> {
+    fn hub(&self) -> &InstanceHub<Entry> {
+        &self.inner.hub
+    }
+
+    async fn start_instance(&self, spec: InstanceSpec) -> Result<InstanceId> {
         let entry = self.create_and_start(spec, Kind::Instance, None).await?;
         Ok(entry.core.id.clone())
     }
 
-    async fn stop(&self, id: &InstanceId, grace: Duration) -> Result<ExitInfo> {
-        self.inner.hub.stop(id, grace).await
-    }
-
-    async fn remove(&self, id: &InstanceId) -> Result<()> {
-        self.inner.hub.removable(id)?;
-        self.inner.forget(id).await;
-        Ok(())
-    }
-
-    async fn list(&self) -> Result<Vec<InstanceStatus>> {
-        Ok(self.inner.hub.list())
-    }
-
-    async fn status(&self, id: &InstanceId) -> Result<InstanceStatus> {
-        self.inner.hub.status(id)
-    }
-
-    async fn run_oneoff(&self, mut spec: InstanceSpec) -> Result<OneoffHandle> {
+    async fn start_oneoff(&self, mut spec: InstanceSpec, sinks: OneoffSinks) -> Result<Arc<Entry>> {
         spec.restart = RestartPolicy::Never;
-        let (sinks, receivers) = oneoff_channels();
-        let entry = self
-            .create_and_start(spec, Kind::Oneoff, Some(sinks))
-            .await?;
-        Ok(self.inner.hub.oneoff_handle(&entry.core, receivers))
+        self.create_and_start(spec, Kind::Oneoff, Some(sinks)).await
     }
 
-    async fn stats(&self, id: &InstanceId) -> Result<ResourceStats> {
+    async fn forget_instance(&self, id: &InstanceId) {
+        self.inner.forget(id).await;
+    }
+
+    async fn instance_stats(&self, id: &InstanceId) -> Result<ResourceStats> {
         self.inner.hub.get(id)?;
         let options = StatsOptions {
             stream: false,
@@ -1153,33 +1141,10 @@ impl Runtime for DockerRuntime {
 
     /// The container's own address when it has one: a published port may accept
     /// connections before the app listens (userland proxy), the container address never does.
-    async fn probe_addr(&self, id: &InstanceId, published: SocketAddr) -> SocketAddr {
+    async fn instance_probe_addr(&self, id: &InstanceId, published: SocketAddr) -> SocketAddr {
         match self.container_addr(id).await {
             Ok(Some(addr)) => addr,
             _ => published,
         }
-    }
-
-    async fn log_tail(&self, id: &InstanceId, lines: usize) -> Result<Vec<LogLine>> {
-        self.inner.hub.log_tail(id, lines)
-    }
-
-    fn subscribe_logs(&self) -> broadcast::Receiver<LogLine> {
-        self.inner.hub.subscribe_logs()
-    }
-
-    fn subscribe_events(&self) -> broadcast::Receiver<RuntimeEvent> {
-        self.inner.hub.subscribe_events()
-    }
-
-    /// The `Adopted` and `Lost` events of the recovery done by [`DockerRuntime::new`].
-    fn take_recovery_events(&self) -> Vec<RuntimeEvent> {
-        self.inner.hub.take_recovery_events()
-    }
-
-    /// Stops every container (SIGTERM, `grace`, SIGKILL) and ends supervision. Containers and
-    /// records stay, marked stopped, so `list` still shows them.
-    async fn shutdown(&self, grace: Duration) {
-        self.inner.hub.shutdown(grace).await;
     }
 }

@@ -1,9 +1,12 @@
 //! The runtime skeleton every driver shares, written once: the instance registry, the log and
 //! event broadcasts with each instance's in-memory log tail, the recovery events, task
-//! tracking, and the per-instance [`Supervisor`] loop (restart policy with backoff, stops,
-//! one-off runs). A driver (the process runtime in [`crate::process`], the Docker runtime in
-//! `gilgal-docker`) implements only what differs through [`InstanceDriver`]: how an instance
-//! is started, waited for, stopped and swept, and how its record is persisted.
+//! tracking, the recovery decision after a server restart, the per-instance [`Supervisor`]
+//! loop (restart policy with backoff, stops, one-off runs), and the [`Runtime`] trait itself
+//! (implemented once for every [`HostedRuntime`]). A driver (the process runtime in
+//! [`crate::process`], the Docker runtime in `gilgal-docker`) implements only what differs:
+//! [`HostedRuntime`] for the runtime handle (start, one-off start, cleanup on remove, stats)
+//! and [`InstanceDriver`] for one instance (how it is started, waited for, stopped and swept,
+//! and how its record is persisted).
 //!
 //! The crash-safety rules of the crate docs stay with the drivers (they own the records and
 //! decide when a record is durable); the skeleton only calls them in the right order: a state
@@ -12,6 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,10 +30,10 @@ use tokio::time::sleep;
 
 use crate::backoff::{BackoffPolicy, BackoffState};
 use crate::error::{Result, RuntimeError};
-use crate::runtime::OneoffHandle;
+use crate::runtime::{OneoffHandle, Runtime};
 use crate::spec::{
-    ExitInfo, InstanceId, InstanceLabels, InstanceState, InstanceStatus, LogLine, LogStream,
-    RestartPolicy, RuntimeEvent, RuntimeEventKind,
+    ExitInfo, InstanceId, InstanceLabels, InstanceSpec, InstanceState, InstanceStatus, LogLine,
+    LogStream, ResourceStats, RestartPolicy, RuntimeEvent, RuntimeEventKind,
 };
 
 /// Locks a mutex, recovering from poisoning: the data behind the runtime's mutexes are plain
@@ -582,6 +586,107 @@ async fn stop_entry(entry: &impl Hosted, grace: Duration) -> ExitInfo {
         .status()
         .last_exit
         .unwrap_or_else(|| lost_exit("instance was not running"))
+}
+
+/// A runtime built on the skeleton: it supplies its hub and the few operations that differ per
+/// driver, and gets the whole [`Runtime`] trait from the skeleton (the blanket implementation
+/// below), so `stop`, `remove`, `list`, `status`, `log_tail`, the subscriptions, the recovery
+/// events and `shutdown` are written once for every driver.
+#[async_trait]
+pub trait HostedRuntime: Send + Sync {
+    /// The registry entry type.
+    type Entry: Hosted;
+
+    /// [`Runtime::name`].
+    fn runtime_name(&self) -> &'static str;
+    /// The runtime's registry.
+    fn hub(&self) -> &InstanceHub<Self::Entry>;
+    /// Starts a supervised instance (record durable first), registers and supervises it.
+    async fn start_instance(&self, spec: InstanceSpec) -> Result<InstanceId>;
+    /// Starts a one-off run whose output and exit go to `sinks`; returns its entry (the run
+    /// may already be over and forgotten, so the entry is not looked up again).
+    async fn start_oneoff(
+        &self,
+        spec: InstanceSpec,
+        sinks: OneoffSinks,
+    ) -> Result<Arc<Self::Entry>>;
+    /// Deletes an ended instance from the registry and from whatever else holds it.
+    async fn forget_instance(&self, id: &InstanceId);
+    /// [`Runtime::stats`].
+    async fn instance_stats(&self, id: &InstanceId) -> Result<ResourceStats>;
+    /// [`Runtime::probe_addr`]; by default the published address.
+    async fn instance_probe_addr(&self, id: &InstanceId, published: SocketAddr) -> SocketAddr {
+        let _ = id;
+        published
+    }
+}
+
+#[async_trait]
+impl<T: HostedRuntime> Runtime for T {
+    fn name(&self) -> &'static str {
+        self.runtime_name()
+    }
+
+    async fn start(&self, spec: InstanceSpec) -> Result<InstanceId> {
+        self.start_instance(spec).await
+    }
+
+    async fn stop(&self, id: &InstanceId, grace: Duration) -> Result<ExitInfo> {
+        self.hub().stop(id, grace).await
+    }
+
+    async fn remove(&self, id: &InstanceId) -> Result<()> {
+        self.hub().removable(id)?;
+        self.forget_instance(id).await;
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<InstanceStatus>> {
+        Ok(self.hub().list())
+    }
+
+    async fn status(&self, id: &InstanceId) -> Result<InstanceStatus> {
+        self.hub().status(id)
+    }
+
+    async fn run_oneoff(&self, spec: InstanceSpec) -> Result<OneoffHandle> {
+        let (sinks, receivers) = oneoff_channels();
+        let entry = self.start_oneoff(spec, sinks).await?;
+        Ok(self.hub().oneoff_handle(entry.core(), receivers))
+    }
+
+    async fn stats(&self, id: &InstanceId) -> Result<ResourceStats> {
+        self.instance_stats(id).await
+    }
+
+    async fn log_tail(&self, id: &InstanceId, lines: usize) -> Result<Vec<LogLine>> {
+        self.hub().log_tail(id, lines)
+    }
+
+    async fn probe_addr(&self, id: &InstanceId, published: SocketAddr) -> SocketAddr {
+        self.instance_probe_addr(id, published).await
+    }
+
+    fn subscribe_logs(&self) -> broadcast::Receiver<LogLine> {
+        self.hub().subscribe_logs()
+    }
+
+    fn subscribe_events(&self) -> broadcast::Receiver<RuntimeEvent> {
+        self.hub().subscribe_events()
+    }
+
+    /// The `Adopted` and `Lost` events of the recovery done when the runtime was opened.
+    /// Events of supervisors started by the recovery (restarts of lost instances) go to
+    /// [`Runtime::subscribe_events`] as usual; subscribe right after opening to see them.
+    fn take_recovery_events(&self) -> Vec<RuntimeEvent> {
+        self.hub().take_recovery_events()
+    }
+
+    /// Stops every instance (polite signal, `grace`, kill) and ends supervision. Records
+    /// stay, marked stopped, so `list` still shows them.
+    async fn shutdown(&self, grace: Duration) {
+        self.hub().shutdown(grace).await;
+    }
 }
 
 /// Why a driver could not start a run.

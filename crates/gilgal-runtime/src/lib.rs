@@ -7,8 +7,10 @@
 //! [`Runtime::log_tail`], the log and event broadcasts, recovery events, task tracking,
 //! `stop`/`shutdown`, one-off handles), the recovery decision after a restart
 //! ([`host::InstanceHub::recover`]), the persisted [`host::Lifecycle`], and the per-instance
-//! [`host::Supervisor`] loop (restart policy with backoff, stops, one-off exits). A driver
-//! implements [`host::InstanceDriver`]: the process driver here (`process/driver.rs`: spawn
+//! [`host::Supervisor`] loop (restart policy with backoff, stops, one-off exits). The
+//! [`Runtime`] trait itself is implemented once, for every [`host::HostedRuntime`] (a runtime
+//! handle supplies its hub, `start`, one-off start, `remove`'s cleanup and `stats`). A driver
+//! implements [`host::InstanceDriver`] for one instance: the process driver here (`process/driver.rs`: spawn
 //! with the record durable first, child or pidfd waits, log-file tailing, cgroups, sweeps by
 //! marker/cgroup/process group) and the Docker driver in `gilgal-docker` (`docker start`, the
 //! wait API, Docker's stop, exits from `inspect`, its log pump). The crash-safety rules below

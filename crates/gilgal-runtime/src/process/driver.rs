@@ -39,13 +39,14 @@ const KILL_SETTLE: Duration = Duration::from_secs(5);
 /// Poll interval while waiting for processes to disappear.
 const REAP_POLL: Duration = Duration::from_millis(50);
 
-/// The runtime's view of one instance, shared between the API and its supervisor task.
+/// The process runtime's view of one instance, shared between the API and its supervisor
+/// task (public only as the runtime's [`crate::host::HostedRuntime::Entry`]).
 #[derive(Debug)]
-pub(crate) struct Entry {
-    pub core: InstanceCore,
-    pub paths: InstancePaths,
-    pub cgroup: InstanceCgroup,
-    pub shared: Mutex<Shared>,
+pub struct Entry {
+    pub(crate) core: InstanceCore,
+    pub(crate) paths: InstancePaths,
+    pub(crate) cgroup: InstanceCgroup,
+    pub(crate) shared: Mutex<Shared>,
 }
 
 /// Mutable state of an instance.
@@ -79,12 +80,12 @@ impl Hosted for Entry {
 }
 
 impl Entry {
-    pub fn leader(&self) -> Option<(i32, u64)> {
+    pub(crate) fn leader(&self) -> Option<(i32, u64)> {
         let shared = lock(&self.shared);
         shared.record.pid.zip(shared.record.start_time_ticks)
     }
 
-    pub fn members(&self) -> Members<'_> {
+    pub(crate) fn members(&self) -> Members<'_> {
         Members {
             id: &self.core.id,
             cgroup: &self.cgroup,
@@ -93,7 +94,7 @@ impl Entry {
     }
 
     /// Applies `change` to the record and persists it.
-    pub fn update(&self, change: impl FnOnce(&mut Record)) -> Result<()> {
+    pub(crate) fn update(&self, change: impl FnOnce(&mut Record)) -> Result<()> {
         let snapshot = {
             let mut shared = lock(&self.shared);
             change(&mut shared.record);

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
 
 pub use cgroup::CgroupConfig;
 pub use confine::{Confinement, ConfinementSettings};
@@ -32,14 +31,10 @@ use self::record::{create_instance_dir, instances_dir, InstancePaths, Record};
 use crate::backoff::BackoffPolicy;
 use crate::error::{Result, RuntimeError};
 use crate::host::{
-    check_working_dir, create_state_dir, lock_state_dir, lost_exit, oneoff_channels, Begin,
-    ControlReceiver, InstanceCore, InstanceHub, InstanceKind, Lifecycle, OneoffSinks, Supervisor,
+    check_working_dir, create_state_dir, lock_state_dir, lost_exit, Begin, ControlReceiver,
+    HostedRuntime, InstanceCore, InstanceHub, InstanceKind, Lifecycle, OneoffSinks, Supervisor,
 };
-use crate::runtime::{OneoffHandle, Runtime};
-use crate::spec::{
-    ExitInfo, InstanceId, InstanceSpec, InstanceState, InstanceStatus, LogLine, ResourceStats,
-    RuntimeEvent,
-};
+use crate::spec::{InstanceId, InstanceSpec, InstanceState, ResourceStats};
 
 /// Tunables of the process runtime; `Default` gives the production values.
 #[derive(Debug, Clone)]
@@ -50,7 +45,7 @@ pub struct ProcessRuntimeConfig {
     pub cgroups: CgroupConfig,
     /// How often log files are polled for new lines (also the timestamp resolution).
     pub log_poll_interval: Duration,
-    /// Log lines kept in memory per instance for [`Runtime::log_tail`].
+    /// Log lines kept in memory per instance for [`Runtime::log_tail`](crate::Runtime::log_tail).
     pub log_ring_lines: usize,
     /// A log file that grows past this is truncated once fully read.
     pub max_log_file_bytes: u64,
@@ -104,11 +99,11 @@ impl Inner {
     }
 }
 
-/// The default [`Runtime`]: instances are local processes.
+/// The default [`Runtime`](crate::Runtime): instances are local processes.
 ///
 /// Dropping it detaches: supervision stops but instances keep running, exactly as if the
 /// server had been killed; a new `ProcessRuntime` on the same `state_dir` re-adopts them.
-/// [`Runtime::shutdown`] stops them instead.
+/// [`Runtime::shutdown`](crate::Runtime::shutdown) stops them instead.
 #[derive(Debug)]
 pub struct ProcessRuntime {
     inner: Arc<Inner>,
@@ -340,46 +335,37 @@ impl ProcessRuntime {
 }
 
 #[async_trait]
-impl Runtime for ProcessRuntime {
-    fn name(&self) -> &'static str {
+impl HostedRuntime for ProcessRuntime {
+    type Entry = Entry;
+
+    fn runtime_name(&self) -> &'static str {
         "process"
     }
 
-    async fn start(&self, spec: InstanceSpec) -> Result<InstanceId> {
+    fn hub(&self) -> &InstanceHub<Entry> {
+        &self.inner.hub
+    }
+
+    async fn start_instance(&self, spec: InstanceSpec) -> Result<InstanceId> {
         let (entry, running, supervisor) =
             self.start_entry(spec, InstanceKind::Instance, None).await?;
         self.inner.hub.launch(supervisor, Begin::Watch(running));
         Ok(entry.core.id.clone())
     }
 
-    async fn stop(&self, id: &InstanceId, grace: Duration) -> Result<ExitInfo> {
-        self.inner.hub.stop(id, grace).await
-    }
-
-    async fn remove(&self, id: &InstanceId) -> Result<()> {
-        self.inner.hub.removable(id)?;
-        self.inner.forget(id);
-        Ok(())
-    }
-
-    async fn list(&self) -> Result<Vec<InstanceStatus>> {
-        Ok(self.inner.hub.list())
-    }
-
-    async fn status(&self, id: &InstanceId) -> Result<InstanceStatus> {
-        self.inner.hub.status(id)
-    }
-
-    async fn run_oneoff(&self, spec: InstanceSpec) -> Result<OneoffHandle> {
-        let (sinks, receivers) = oneoff_channels();
+    async fn start_oneoff(&self, spec: InstanceSpec, sinks: OneoffSinks) -> Result<Arc<Entry>> {
         let (entry, running, supervisor) = self
             .start_entry(spec, InstanceKind::Oneoff, Some(sinks))
             .await?;
         self.inner.hub.launch(supervisor, Begin::Watch(running));
-        Ok(self.inner.hub.oneoff_handle(&entry.core, receivers))
+        Ok(entry)
     }
 
-    async fn stats(&self, id: &InstanceId) -> Result<ResourceStats> {
+    async fn forget_instance(&self, id: &InstanceId) {
+        self.inner.forget(id);
+    }
+
+    async fn instance_stats(&self, id: &InstanceId) -> Result<ResourceStats> {
         let entry = self.inner.hub.get(id)?;
         let pids = entry.members().live_pids();
         let ticks = procfs::clock_ticks_per_second();
@@ -401,30 +387,5 @@ impl Runtime for ProcessRuntime {
             memory_limit_bytes: entry.cgroup.memory_limit(),
             processes,
         })
-    }
-
-    async fn log_tail(&self, id: &InstanceId, lines: usize) -> Result<Vec<LogLine>> {
-        self.inner.hub.log_tail(id, lines)
-    }
-
-    fn subscribe_logs(&self) -> broadcast::Receiver<LogLine> {
-        self.inner.hub.subscribe_logs()
-    }
-
-    fn subscribe_events(&self) -> broadcast::Receiver<RuntimeEvent> {
-        self.inner.hub.subscribe_events()
-    }
-
-    /// The `Adopted` and `Lost` events of the recovery done by [`ProcessRuntime::new`].
-    /// Events of supervisors started by the recovery (restarts of lost instances) go to
-    /// [`Runtime::subscribe_events`] as usual; subscribe right after `new` to see them.
-    fn take_recovery_events(&self) -> Vec<RuntimeEvent> {
-        self.inner.hub.take_recovery_events()
-    }
-
-    /// Stops every instance (SIGTERM, `grace`, SIGKILL) and ends supervision. Records stay,
-    /// marked stopped, so `list` still shows them.
-    async fn shutdown(&self, grace: Duration) {
-        self.inner.hub.shutdown(grace).await;
     }
 }
