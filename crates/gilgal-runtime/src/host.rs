@@ -67,6 +67,30 @@ pub fn create_state_dir(dir: &Path) -> Result<()> {
         .map_err(|err| RuntimeError::state(dir, err))
 }
 
+/// Writes `bytes` to `path` atomically and durably (temp file 0600, fsync, rename, fsync of
+/// the directory), so a `kill -9` of the server leaves the old or the new record, never a
+/// torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| RuntimeError::state(path, std::io::Error::other("no parent directory")))?;
+    let tmp = path.with_extension("tmp");
+    let result = (|| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    result.map_err(|err| RuntimeError::state(path, err))
+}
+
 /// Takes the state dir's exclusive `flock` (`<state_dir>/runtime.lock`), so two servers never
 /// supervise the same instances; waits briefly for a just-dropped runtime in this same process
 /// to let go. The lock lasts as long as the returned file.

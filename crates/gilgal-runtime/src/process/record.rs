@@ -2,16 +2,14 @@
 //! temp-file + fsync + rename (+ fsync of the directory), so a `kill -9` of the server leaves
 //! either the old or the new record, never a torn one.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::{Result, RuntimeError};
-use crate::host::{InstanceKind, Lifecycle};
+use crate::host::{write_atomic, InstanceKind, Lifecycle};
 use crate::spec::{InstanceId, InstanceSpec};
 
 /// What survives a server restart about one instance.
@@ -66,27 +64,6 @@ impl InstancePaths {
 /// `<state_dir>/instances`.
 pub(crate) fn instances_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("instances")
-}
-
-/// Writes `bytes` to `path` atomically and durably.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| RuntimeError::state(path, std::io::Error::other("no parent directory")))?;
-    let tmp = path.with_extension("tmp");
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    result.map_err(|err| RuntimeError::state(path, err))
 }
 
 impl Record {
