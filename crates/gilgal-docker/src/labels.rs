@@ -29,21 +29,14 @@ pub const LABEL_PORT: &str = "dev.gilgal.port";
 /// Restart policy: `always`, `on-failure` or `never`.
 pub const LABEL_RESTART: &str = "dev.gilgal.restart";
 
-/// Whether a container is a supervised instance or a one-off run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// Supervised, restarted per its policy, listed.
-    Instance,
-    /// Runs once; removed when done (or when found after a server restart).
-    Oneoff,
-}
+/// Whether a container is a supervised instance or a one-off run (one-off containers are
+/// removed when done, or when found after a server restart).
+pub(crate) use gilgal_runtime::host::InstanceKind as Kind;
 
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Instance => "instance",
-            Kind::Oneoff => "oneoff",
-        }
+fn kind_str(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Instance => "instance",
+        Kind::Oneoff => "oneoff",
     }
 }
 
@@ -66,7 +59,7 @@ pub(crate) fn container_labels(
     let mut map = HashMap::new();
     map.insert(LABEL_MANAGED.to_owned(), "true".to_owned());
     map.insert(LABEL_NAMESPACE.to_owned(), namespace.to_owned());
-    map.insert(LABEL_KIND.to_owned(), kind.as_str().to_owned());
+    map.insert(LABEL_KIND.to_owned(), kind_str(kind).to_owned());
     map.insert(LABEL_APP.to_owned(), labels.app.clone());
     map.insert(LABEL_ENV.to_owned(), labels.env.clone());
     map.insert(LABEL_RELEASE.to_owned(), labels.release.to_string());

@@ -5,10 +5,10 @@
 //! Ownership itself lives in container labels, so a lost record only loses this detail.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use gilgal_runtime::{ExitInfo, InstanceId, InstanceState, RuntimeError};
+use gilgal_runtime::host::{write_atomic, Lifecycle};
+use gilgal_runtime::{InstanceId, RuntimeError};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -17,11 +17,9 @@ use time::OffsetDateTime;
 pub(crate) struct Record {
     pub version: u32,
     pub id: InstanceId,
-    pub state: InstanceState,
-    pub restarts: u32,
-    pub last_exit: Option<ExitInfo>,
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    pub stop_deadline: Option<OffsetDateTime>,
+    /// State, restarts, last exit and stop deadline (flattened: the file keeps its shape).
+    #[serde(flatten)]
+    pub lifecycle: Lifecycle,
     /// Timestamp (from Docker's log) of the last stdout line delivered. One per stream:
     /// Docker orders lines within a stream, not across the two.
     #[serde(with = "time::serde::rfc3339::option", default)]
@@ -36,10 +34,7 @@ impl Record {
         Record {
             version: 1,
             id,
-            state: InstanceState::Starting,
-            restarts: 0,
-            last_exit: None,
-            stop_deadline: None,
+            lifecycle: Lifecycle::starting(),
             stdout_cursor: None,
             stderr_cursor: None,
         }
@@ -89,30 +84,14 @@ pub(crate) fn load(state_dir: &Path, id: &InstanceId) -> Result<Option<Record>, 
     }
 }
 
-/// Writes a record: temp file, fsync, rename, so a crash never leaves a torn file.
+/// Writes a record atomically and durably, so a crash never leaves a torn file.
 pub(crate) fn save(state_dir: &Path, record: &Record) -> Result<(), RuntimeError> {
     let path = record_path(state_dir, &record.id);
-    let temp = path.with_extension("json.tmp");
-    let state = |source| RuntimeError::State {
+    let bytes = serde_json::to_vec_pretty(record).map_err(|err| RuntimeError::State {
         path: path.clone(),
-        source,
-    };
-    let bytes =
-        serde_json::to_vec_pretty(record).map_err(|err| state(std::io::Error::other(err)))?;
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(state)?;
-        file.write_all(&bytes).map_err(state)?;
-        file.sync_all().map_err(state)?;
-    }
-    fs::rename(&temp, &path).map_err(state)?;
-    Ok(())
+        source: std::io::Error::other(err),
+    })?;
+    write_atomic(&path, &bytes)
 }
 
 /// Deletes a record (missing is fine).

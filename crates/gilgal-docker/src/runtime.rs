@@ -1,5 +1,8 @@
-//! [`DockerRuntime`]: the [`Runtime`] trait over dockerd, held to the process runtime's
-//! semantics.
+//! [`DockerRuntime`]: the [`Runtime`](gilgal_runtime::Runtime) trait over dockerd, held to the process runtime's
+//! semantics by sharing its skeleton: the registry, log tail, broadcasts, recovery decision
+//! and supervisor loop (restart policy, backoff, stops, one-off runs) come from
+//! [`gilgal_runtime::host`]; this module is the Docker driver (`DockerDriver`) and what only
+//! Docker has (container bodies, labels, the log pump with its cursors, stats).
 //!
 //! - **One container per instance**, created with Gilgal's labels (see [`crate::labels`]) and
 //!   Docker's restart policy `no`: Gilgal supervises itself, because Docker's own backoff
@@ -20,10 +23,10 @@
 //!   adopted (same id, no restart), stopped ones are classified from the small record kept in
 //!   the state dir ([`crate::record`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -38,13 +41,17 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::StreamExt;
+use gilgal_runtime::host::{
+    check_working_dir, create_state_dir, lock, lock_state_dir, lost_exit, Begin, ControlReceiver,
+    Hosted, HostedRuntime, InstanceCore, InstanceDriver, InstanceHub, Lifecycle, OneoffSinks,
+    RunEnd, StartFailure,
+};
 use gilgal_runtime::{
-    BackoffPolicy, BackoffState, ExitInfo, InstanceId, InstanceLabels, InstanceSpec, InstanceState,
-    InstanceStatus, LogLine, OneoffHandle, ResourceStats, RestartPolicy, Runtime, RuntimeError,
-    RuntimeEvent, RuntimeEventKind,
+    BackoffPolicy, ExitInfo, InstanceId, InstanceLabels, InstanceSpec, InstanceState,
+    InstanceStatus, LogLine, ResourceStats, RestartPolicy, RuntimeError, RuntimeEventKind,
 };
 use time::OffsetDateTime;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::sleep;
 
@@ -95,7 +102,7 @@ pub struct DockerRuntimeConfig {
     pub publish_ip: IpAddr,
     /// Restart backoff for crashed instances (same policy as the process runtime).
     pub backoff: BackoffPolicy,
-    /// Log lines kept in memory per instance for [`Runtime::log_tail`].
+    /// Log lines kept in memory per instance for [`Runtime::log_tail`](gilgal_runtime::Runtime::log_tail).
     pub log_ring_lines: usize,
     /// Capacity of the log and event broadcast channels.
     pub channel_capacity: usize,
@@ -133,13 +140,6 @@ impl Default for DockerRuntimeConfig {
     }
 }
 
-/// Locks a mutex, ignoring poisoning: the data are plain values, valid after any panic.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Mutable state of one instance.
 #[derive(Debug)]
 struct Shared {
@@ -150,50 +150,33 @@ struct Shared {
     cursor_saved_at: Option<Instant>,
 }
 
-/// A message to an instance's supervisor task.
-enum Control {
-    Stop {
-        grace: Duration,
-        reply: Option<oneshot::Sender<ExitInfo>>,
-    },
-}
-
-/// One container the runtime knows.
-struct Entry {
-    id: InstanceId,
-    kind: Kind,
-    labels: InstanceLabels,
+/// One container the runtime knows (public only as the runtime's
+/// [`gilgal_runtime::host::HostedRuntime::Entry`]).
+pub struct Entry {
+    core: InstanceCore,
     port: Option<u16>,
-    restart: RestartPolicy,
     shared: Mutex<Shared>,
-    ring: Mutex<VecDeque<LogLine>>,
-    control: mpsc::Sender<Control>,
     /// Bumped after every successful `docker start`; the log pump follows each run.
     log_generation: watch::Sender<u64>,
     /// The last generation whose log stream ended (all its lines delivered).
     log_drained: watch::Sender<u64>,
     /// The log pump task, aborted on `remove`.
     pump: Mutex<Option<AbortHandle>>,
-    /// Lines delivered so far ([`LogLine::seq`]).
-    log_seq: std::sync::atomic::AtomicU64,
 }
 
-impl Entry {
+impl Hosted for Entry {
+    fn core(&self) -> &InstanceCore {
+        &self.core
+    }
+
     fn status(&self) -> InstanceStatus {
         let shared = lock(&self.shared);
-        InstanceStatus {
-            id: self.id.clone(),
-            labels: self.labels.clone(),
-            state: shared.record.state,
-            pid: shared
-                .pid
-                .filter(|_| shared.record.state == InstanceState::Running),
-            port: self.port,
-            restarts: shared.record.restarts,
-            started_at: shared.started_at,
-            last_exit: shared.record.last_exit.clone(),
-            adopted: shared.adopted,
-        }
+        let lifecycle = &shared.record.lifecycle;
+        let pid = shared
+            .pid
+            .filter(|_| lifecycle.state == InstanceState::Running);
+        self.core
+            .status(lifecycle, pid, self.port, shared.started_at, shared.adopted)
     }
 }
 
@@ -202,53 +185,26 @@ struct Inner {
     docker: Docker,
     state_dir: PathBuf,
     config: DockerRuntimeConfig,
-    instances: Mutex<HashMap<InstanceId, Arc<Entry>>>,
-    logs: broadcast::Sender<LogLine>,
-    events: broadcast::Sender<RuntimeEvent>,
-    tasks: Mutex<Vec<AbortHandle>>,
-    recovery_events: Mutex<Vec<RuntimeEvent>>,
+    /// The instances, their log tails and the log/event broadcasts.
+    hub: Arc<InstanceHub<Entry>>,
 }
 
 impl Inner {
-    fn entry(&self, id: &InstanceId) -> Result<Arc<Entry>> {
-        lock(&self.instances)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| RuntimeError::UnknownInstance(id.clone()))
-    }
-
-    fn track(&self, handle: AbortHandle) {
-        let mut tasks = lock(&self.tasks);
-        tasks.retain(|task| !task.is_finished());
-        tasks.push(handle);
-    }
-
-    fn emit(&self, entry: &Entry, kind: RuntimeEventKind) {
-        // No subscriber is fine: events are also reflected in `list`.
-        let _ = self.events.send(RuntimeEvent {
-            instance: entry.id.clone(),
-            labels: entry.labels.clone(),
-            at: OffsetDateTime::now_utc(),
-            kind,
-        });
-    }
-
     /// Changes an instance's record and persists it (instances only; one-off runs are swept
     /// by label after a crash and need no record).
     fn update(&self, entry: &Entry, change: impl FnOnce(&mut Record)) {
         let mut shared = lock(&entry.shared);
         change(&mut shared.record);
-        if entry.kind == Kind::Instance {
+        if entry.core.kind == Kind::Instance {
             if let Err(err) = record::save(&self.state_dir, &shared.record) {
-                tracing::error!(instance = %entry.id, error = %err, "cannot persist container record");
+                tracing::error!(instance = %entry.core.id, error = %err, "cannot persist container record");
             }
         }
     }
 
     /// Removes an instance from memory, disk and dockerd.
     async fn forget(&self, id: &InstanceId) {
-        let entry = lock(&self.instances).remove(id);
-        if let Some(entry) = entry {
+        if let Some(entry) = self.hub.remove(id) {
             if let Some(pump) = lock(&entry.pump).take() {
                 pump.abort();
             }
@@ -271,11 +227,17 @@ impl Inner {
 
     /// `docker start`, then reads the pid and start time; bumps the log generation.
     async fn start_container(&self, entry: &Entry) -> Result<(), BollardError> {
-        self.docker.start_container(entry.id.as_str(), None).await?;
-        let (pid, started_at) = match self.docker.inspect_container(entry.id.as_str(), None).await {
+        self.docker
+            .start_container(entry.core.id.as_str(), None)
+            .await?;
+        let (pid, started_at) = match self
+            .docker
+            .inspect_container(entry.core.id.as_str(), None)
+            .await
+        {
             Ok(info) => (container_pid(&info), container_started_at(&info)),
             Err(err) => {
-                tracing::warn!(instance = %entry.id, error = %err, "cannot inspect started container");
+                tracing::warn!(instance = %entry.core.id, error = %err, "cannot inspect started container");
                 (None, Some(OffsetDateTime::now_utc()))
             }
         };
@@ -286,15 +248,15 @@ impl Inner {
             shared.adopted = false;
         }
         self.update(entry, |record| {
-            record.state = InstanceState::Running;
-            record.stop_deadline = None;
+            record.lifecycle.state = InstanceState::Running;
+            record.lifecycle.stop_deadline = None;
         });
         entry
             .log_generation
             .send_modify(|generation| *generation += 1);
-        let restarts = lock(&entry.shared).record.restarts;
-        self.emit(
-            entry,
+        let restarts = lock(&entry.shared).record.lifecycle.restarts;
+        self.hub.emit(
+            &entry.core,
             RuntimeEventKind::Started {
                 pid: pid.unwrap_or(0),
                 restarts,
@@ -305,7 +267,11 @@ impl Inner {
 
     /// How the container's last run ended, from `inspect`.
     async fn read_exit(&self, entry: &Entry, stop_requested: bool) -> ExitInfo {
-        match self.docker.inspect_container(entry.id.as_str(), None).await {
+        match self
+            .docker
+            .inspect_container(entry.core.id.as_str(), None)
+            .await
+        {
             Ok(info) => exit_from_inspect(&info, stop_requested),
             Err(err) => lost_exit(&format!("exit status unknown: {err}")),
         }
@@ -321,9 +287,9 @@ impl Inner {
     }
 }
 
-/// The Docker [`Runtime`]. Dropping it detaches: supervision stops, containers keep running,
+/// The Docker [`Runtime`](gilgal_runtime::Runtime). Dropping it detaches: supervision stops, containers keep running,
 /// exactly as if the server had been killed; a new `DockerRuntime` with the same state dir
-/// and namespace re-adopts them. [`Runtime::shutdown`] stops them instead.
+/// and namespace re-adopts them. [`Runtime::shutdown`](gilgal_runtime::Runtime::shutdown) stops them instead.
 pub struct DockerRuntime {
     inner: Arc<Inner>,
     /// Exclusive `flock` on `<state_dir>/runtime.lock`: two servers must never supervise the
@@ -342,10 +308,8 @@ impl std::fmt::Debug for DockerRuntime {
 
 impl Drop for DockerRuntime {
     fn drop(&mut self) {
-        for task in lock(&self.inner.tasks).drain(..) {
-            task.abort();
-        }
-        for entry in lock(&self.inner.instances).values() {
+        self.inner.hub.abort_tasks();
+        for entry in self.inner.hub.entries() {
             if let Some(pump) = lock(&entry.pump).take() {
                 pump.abort();
             }
@@ -365,33 +329,18 @@ impl DockerRuntime {
     ) -> Result<Self> {
         validate_namespace(&config.namespace)?;
         let state_dir = state_dir.into();
-        let dir = record::records_dir(&state_dir);
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|source| RuntimeError::State {
-                    path: dir.clone(),
-                    source,
-                })?;
-        }
+        create_state_dir(&record::records_dir(&state_dir))?;
         let lock_file = lock_state_dir(&state_dir).await?;
-        let (logs, _) = broadcast::channel(config.channel_capacity.max(16));
-        // Events are rare (starts, exits, restarts): a short buffer, since a broadcast
-        // reserves every slot up front.
-        let (events, _) = broadcast::channel(config.channel_capacity.clamp(16, 1024));
+        let hub = Arc::new(InstanceHub::new(
+            config.channel_capacity,
+            config.log_ring_lines,
+        ));
         let runtime = DockerRuntime {
             inner: Arc::new(Inner {
                 docker,
                 state_dir,
                 config,
-                instances: Mutex::new(HashMap::new()),
-                logs,
-                events,
-                tasks: Mutex::new(Vec::new()),
-                recovery_events: Mutex::new(Vec::new()),
+                hub,
             }),
             _lock: lock_file,
         };
@@ -419,7 +368,7 @@ impl DockerRuntime {
     /// `127.0.0.1:<port>` for TCP health probes when dockerd runs its userland proxy (the
     /// default), which accepts connections on the published port before the app is up.
     pub async fn container_addr(&self, id: &InstanceId) -> Result<Option<SocketAddr>> {
-        let entry = self.inner.entry(id)?;
+        let entry = self.inner.hub.get(id)?;
         let Some(port) = entry.port else {
             return Ok(None);
         };
@@ -446,16 +395,14 @@ impl DockerRuntime {
         parsed: &labels::ParsedLabels,
         record: Record,
         adopted: bool,
-    ) -> (Arc<Entry>, mpsc::Receiver<Control>) {
-        let (control, control_rx) = mpsc::channel(8);
+    ) -> (Arc<Entry>, ControlReceiver) {
+        let (core, control) =
+            InstanceCore::new(id, parsed.kind, parsed.labels.clone(), parsed.restart);
         let (log_generation, _) = watch::channel(0);
         let (log_drained, _) = watch::channel(0);
         let entry = Arc::new(Entry {
-            id,
-            kind: parsed.kind,
-            labels: parsed.labels.clone(),
+            core,
             port: parsed.port,
-            restart: parsed.restart,
             shared: Mutex::new(Shared {
                 record,
                 pid: None,
@@ -463,38 +410,34 @@ impl DockerRuntime {
                 adopted,
                 cursor_saved_at: None,
             }),
-            ring: Mutex::new(VecDeque::new()),
-            control,
             log_generation,
             log_drained,
             pump: Mutex::new(None),
-            log_seq: std::sync::atomic::AtomicU64::new(0),
         });
-        (entry, control_rx)
+        (entry, control)
     }
 
+    /// Starts the instance's log pump and its supervisor.
     fn launch(
         &self,
         entry: Arc<Entry>,
-        control: mpsc::Receiver<Control>,
-        begin: Begin,
+        control: ControlReceiver,
+        begin: Begin<()>,
         oneoff: Option<OneoffSinks>,
     ) {
-        let pump = tokio::spawn(pump_logs(
-            self.inner.clone(),
-            entry.clone(),
-            oneoff.as_ref().map(|sinks| sinks.lines.clone()),
-        ));
+        let (oneoff_lines, oneoff_exit) = OneoffSinks::split(oneoff);
+        let pump = tokio::spawn(pump_logs(self.inner.clone(), entry.clone(), oneoff_lines));
         *lock(&entry.pump) = Some(pump.abort_handle());
-        let supervisor = Supervisor {
+        let driver = DockerDriver {
             inner: self.inner.clone(),
-            entry,
-            backoff: BackoffState::default(),
-            control,
-            oneoff,
+            entry: entry.clone(),
         };
-        let handle = tokio::spawn(supervisor.run(begin));
-        self.inner.track(handle.abort_handle());
+        let backoff = self.inner.config.backoff;
+        let supervisor = self
+            .inner
+            .hub
+            .supervisor(driver, entry, backoff, control, oneoff_exit);
+        self.inner.hub.launch(supervisor, begin);
     }
 
     /// Lists this namespace's containers and takes each over.
@@ -586,12 +529,7 @@ impl DockerRuntime {
             .unwrap_or(false);
         let record =
             record::load(&self.inner.state_dir, &id)?.unwrap_or_else(|| Record::new(id.clone()));
-        let recorded_state = record.state;
-        let grace = record
-            .stop_deadline
-            .map(|deadline| deadline - OffsetDateTime::now_utc())
-            .and_then(|left| Duration::try_from(left).ok())
-            .unwrap_or(Duration::ZERO);
+        let lifecycle = record.lifecycle.clone();
         let (entry, control) = self.new_entry(id.clone(), &parsed, record, running);
         {
             let mut shared = lock(&entry.shared);
@@ -600,58 +538,38 @@ impl DockerRuntime {
         }
         // The log stream of the current (or last) run is delivered from the saved cursor.
         entry.log_generation.send_replace(1);
-        lock(&self.inner.instances).insert(id.clone(), entry.clone());
-        let emit = |kind: RuntimeEventKind| {
-            let event = RuntimeEvent {
-                instance: id.clone(),
-                labels: entry.labels.clone(),
-                at: OffsetDateTime::now_utc(),
-                kind,
-            };
-            lock(&self.inner.recovery_events).push(event.clone());
-            let _ = self.inner.events.send(event);
+        self.inner.hub.insert(entry.clone());
+        let pid = container_pid(&info).unwrap_or(0);
+        let lost = || {
+            let exit = exit_from_inspect(&info, false);
+            let reason = format!(
+                "container was not running when the server restarted ({})",
+                exit.describe()
+            );
+            (reason, exit)
         };
-        match recorded_state {
-            InstanceState::Exited | InstanceState::Stopped => {
-                if running {
-                    // Someone started it behind our back; it should not run.
-                    tracing::warn!(instance = %id, "stopped instance was running again; stopping it");
-                    self.launch(
-                        entry,
-                        control,
-                        Begin::FinishStop(Duration::from_secs(10)),
-                        None,
-                    );
-                } else {
-                    // Nothing to supervise; keep it listed, with its log tail.
-                    let pump = tokio::spawn(pump_logs(self.inner.clone(), entry.clone(), None));
-                    *lock(&entry.pump) = Some(pump.abort_handle());
-                }
+        let mark_running = || {
+            self.inner.update(&entry, |record| {
+                record.lifecycle.state = InstanceState::Running;
+            });
+        };
+        let live = running.then_some(());
+        match self
+            .inner
+            .hub
+            .recover(&entry, &lifecycle, live, pid, lost, mark_running)
+        {
+            Ok(begin) => self.launch(entry, control, begin, None),
+            Err(Some(())) => {
+                // Someone started it behind our back; it should not run.
+                tracing::warn!(instance = %id, "stopped instance was running again; stopping it");
+                let stop = Begin::FinishStop(Some(()), Duration::from_secs(10));
+                self.launch(entry, control, stop, None);
             }
-            InstanceState::Stopping => {
-                self.launch(entry, control, Begin::FinishStop(grace), None);
-            }
-            InstanceState::Starting | InstanceState::Running | InstanceState::Backoff => {
-                if running {
-                    let pid = container_pid(&info).unwrap_or(0);
-                    tracing::info!(instance = %id, pid, "re-adopted running container");
-                    emit(RuntimeEventKind::Adopted { pid });
-                    if recorded_state != InstanceState::Running {
-                        self.inner
-                            .update(&entry, |record| record.state = InstanceState::Running);
-                    }
-                    self.launch(entry, control, Begin::Watch, None);
-                } else {
-                    let exit = exit_from_inspect(&info, false);
-                    let reason = format!(
-                        "container was not running when the server restarted ({})",
-                        exit.describe()
-                    );
-                    emit(RuntimeEventKind::Lost {
-                        reason: reason.clone(),
-                    });
-                    self.launch(entry, control, Begin::Lost(exit), None);
-                }
+            Err(None) => {
+                // Nothing to supervise; keep it listed, with its log tail.
+                let pump = tokio::spawn(pump_logs(self.inner.clone(), entry.clone(), None));
+                *lock(&entry.pump) = Some(pump.abort_handle());
             }
         }
         Ok(())
@@ -758,21 +676,7 @@ impl DockerRuntime {
     ) -> Result<Arc<Entry>> {
         spec.validate()?;
         if self.inner.config.working_dir == WorkingDirMode::BindMount {
-            match std::fs::metadata(&spec.working_dir) {
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => {
-                    return Err(RuntimeError::WorkingDir {
-                        path: spec.working_dir.clone(),
-                        reason: "not a directory".into(),
-                    })
-                }
-                Err(err) => {
-                    return Err(RuntimeError::WorkingDir {
-                        path: spec.working_dir.clone(),
-                        reason: err.to_string(),
-                    })
-                }
-            }
+            check_working_dir(&spec.working_dir)?;
         }
         let image = spec
             .image
@@ -821,12 +725,12 @@ impl DockerRuntime {
         // Record first (state Starting), so a crash between here and `start` leaves a record
         // the next server run reads as "should run".
         self.inner.update(&entry, |_| {});
-        lock(&self.inner.instances).insert(id.clone(), entry.clone());
+        self.inner.hub.insert(entry.clone());
         if let Err(err) = self.inner.start_container(&entry).await {
             self.inner.forget(&id).await;
             return Err(spawn_error(format!("starting the container failed: {err}")));
         }
-        self.launch(entry.clone(), control, Begin::Watch, oneoff);
+        self.launch(entry.clone(), control, Begin::Watch(()), oneoff);
         Ok(entry)
     }
 }
@@ -844,34 +748,6 @@ fn validate_namespace(namespace: &str) -> Result<()> {
             "docker runtime namespace {namespace:?} must be 1-32 characters of [a-z0-9-]"
         )))
     }
-}
-
-/// Takes the state dir's exclusive lock, waiting briefly for a just-dropped runtime in this
-/// same process to let go.
-async fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let path = state_dir.join("runtime.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| RuntimeError::State {
-            path: path.clone(),
-            source,
-        })?;
-    for _ in 0..50 {
-        // SAFETY: flock on a valid fd we own; no memory involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(file);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::WouldBlock {
-            return Err(RuntimeError::State { path, source: err });
-        }
-        sleep(Duration::from_millis(20)).await;
-    }
-    Err(RuntimeError::StateDirInUse(state_dir.to_path_buf()))
 }
 
 fn container_pid(info: &ContainerInspectResponse) -> Option<u32> {
@@ -927,18 +803,6 @@ fn exit_from_inspect(info: &ContainerInspectResponse, stop_requested: bool) -> E
     }
 }
 
-/// An exit whose status cannot be known.
-fn lost_exit(note: &str) -> ExitInfo {
-    ExitInfo {
-        code: None,
-        signal: None,
-        oom_killed: false,
-        at: OffsetDateTime::now_utc(),
-        uptime: None,
-        note: Some(note.to_owned()),
-    }
-}
-
 /// Follows an instance's logs run after run, delivering each line once to the broadcast
 /// channel, the ring buffer and (for one-off runs) the handle.
 async fn pump_logs(
@@ -968,7 +832,7 @@ async fn pump_logs(
             timestamps: true,
             ..Default::default()
         };
-        let mut stream = inner.docker.logs(entry.id.as_str(), Some(options));
+        let mut stream = inner.docker.logs(entry.core.id.as_str(), Some(options));
         let mut splitter = LineSplitter::default();
         let mut failed = false;
         while let Some(item) = stream.next().await {
@@ -979,7 +843,7 @@ async fn pump_logs(
                     return;
                 }
                 Err(err) => {
-                    tracing::debug!(instance = %entry.id, error = %err, "log stream broke");
+                    tracing::debug!(instance = %entry.core.id, error = %err, "log stream broke");
                     failed = true;
                     break;
                 }
@@ -994,7 +858,7 @@ async fn pump_logs(
         // The stream ends when the container stops; if it still runs, something else ended
         // it: follow again from the cursor.
         let running = matches!(
-            inner.docker.inspect_container(entry.id.as_str(), None).await,
+            inner.docker.inspect_container(entry.core.id.as_str(), None).await,
             Ok(info) if info.state.as_ref().and_then(|state| state.running).unwrap_or(false)
         );
         if running && *generations.borrow() == generation {
@@ -1017,7 +881,6 @@ fn deliver(
     if lines.is_empty() {
         return;
     }
-    let capacity = inner.config.log_ring_lines;
     for raw in lines {
         {
             let mut shared = lock(&entry.shared);
@@ -1027,33 +890,16 @@ fn deliver(
             }
             *cursor = Some(raw.at);
         }
-        let line = LogLine {
-            instance: entry.id.clone(),
-            labels: entry.labels.clone(),
-            stream: raw.stream,
-            at: raw.at,
-            line: raw.text,
-            seq: entry
-                .log_seq
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1,
-        };
-        if let Some(sink) = oneoff {
-            let _ = sink.send(line.clone());
-        }
-        let _ = inner.logs.send(line.clone());
-        let mut ring = lock(&entry.ring);
-        if ring.len() >= capacity {
-            ring.pop_front();
-        }
-        ring.push_back(line);
+        inner
+            .hub
+            .deliver(&entry.core, oneoff, raw.stream, raw.at, raw.text);
     }
     save_cursor(inner, entry, false);
 }
 
 /// Persists the log cursor, at most once per [`CURSOR_SAVE_INTERVAL`] unless `force`.
 fn save_cursor(inner: &Inner, entry: &Entry, force: bool) {
-    if entry.kind != Kind::Instance {
+    if entry.core.kind != Kind::Instance {
         return;
     }
     let mut shared = lock(&entry.shared);
@@ -1066,30 +912,8 @@ fn save_cursor(inner: &Inner, entry: &Entry, force: bool) {
     }
     shared.cursor_saved_at = Some(Instant::now());
     if let Err(err) = record::save(&inner.state_dir, &shared.record) {
-        tracing::warn!(instance = %entry.id, error = %err, "cannot persist log cursor");
+        tracing::warn!(instance = %entry.core.id, error = %err, "cannot persist log cursor");
     }
-}
-
-/// How a supervisor task begins.
-enum Begin {
-    /// The container runs: watch it.
-    Watch,
-    /// The container died while nobody watched: apply the restart policy now.
-    Lost(ExitInfo),
-    /// A stop was interrupted by a server crash: finish it with what is left of the grace.
-    FinishStop(Duration),
-}
-
-/// Where a one-off run's output and exit go.
-struct OneoffSinks {
-    lines: mpsc::UnboundedSender<LogLine>,
-    exit: Option<oneshot::Sender<ExitInfo>>,
-}
-
-enum Watched {
-    Exited(ExitInfo),
-    Stopped,
-    Gone,
 }
 
 /// Result of one wait on the wait API.
@@ -1114,119 +938,19 @@ async fn wait_not_running(docker: &Docker, id: &InstanceId) -> Waited {
     }
 }
 
-/// One task per instance: watches the container, restarts it with backoff, stops it on
-/// request.
-struct Supervisor {
+/// Runs one container for its [`Supervisor`]: `docker start`, the wait API, Docker's stop,
+/// exits read from `inspect`. A run has no handle of its own: the container id says it all.
+struct DockerDriver {
     inner: Arc<Inner>,
     entry: Arc<Entry>,
-    backoff: BackoffState,
-    control: mpsc::Receiver<Control>,
-    oneoff: Option<OneoffSinks>,
 }
 
-impl Supervisor {
-    async fn run(mut self, begin: Begin) {
-        let mut needs_start = false;
-        match begin {
-            Begin::Watch => {}
-            Begin::Lost(exit) => {
-                if !self.after_exit(exit, true).await {
-                    return;
-                }
-                needs_start = true;
-            }
-            Begin::FinishStop(grace) => {
-                let exit = self.stop_container(grace).await;
-                self.finish_stopped(exit, None);
-                return;
-            }
-        }
-        loop {
-            if needs_start {
-                if let Err(err) = self.inner.start_container(&self.entry).await {
-                    if is_not_found(&err) {
-                        self.gone();
-                        return;
-                    }
-                    self.inner.emit(
-                        &self.entry,
-                        RuntimeEventKind::SpawnFailed {
-                            error: err.to_string(),
-                        },
-                    );
-                    let exit = lost_exit(&format!("could not start: {err}"));
-                    if !self.after_exit(exit, false).await {
-                        return;
-                    }
-                    continue;
-                }
-            }
-            needs_start = true;
-            match self.watch().await {
-                Watched::Exited(exit) => {
-                    if !self.after_exit(exit, false).await {
-                        return;
-                    }
-                }
-                Watched::Stopped => return,
-                Watched::Gone => {
-                    self.gone();
-                    return;
-                }
-            }
-        }
-    }
-
-    /// The container was removed outside Gilgal.
-    fn gone(&mut self) {
-        let exit = lost_exit("container was removed outside Gilgal");
-        self.inner.update(&self.entry, |record| {
-            record.state = InstanceState::Exited;
-            record.last_exit = Some(exit.clone());
-        });
-        self.inner
-            .emit(&self.entry, RuntimeEventKind::Exited(exit.clone()));
-        self.finish_oneoff(exit);
-    }
-
-    /// Watches the running container until it exits or a stop is requested.
-    async fn watch(&mut self) -> Watched {
-        loop {
-            let waited = {
-                let wait = wait_not_running(&self.inner.docker, &self.entry.id);
-                tokio::select! {
-                    waited = wait => waited,
-                    Some(control) = self.control.recv() => {
-                        let Control::Stop { grace, reply } = control;
-                        let exit = self.stop_container(grace).await;
-                        self.finish_stopped(exit, reply);
-                        return Watched::Stopped;
-                    }
-                }
-            };
-            match waited {
-                Waited::NotRunning => {
-                    self.inner.drain_logs(&self.entry).await;
-                    let exit = self.inner.read_exit(&self.entry, false).await;
-                    self.inner
-                        .emit(&self.entry, RuntimeEventKind::Exited(exit.clone()));
-                    return Watched::Exited(exit);
-                }
-                Waited::Gone => return Watched::Gone,
-                Waited::Broken(error) => {
-                    // dockerd restarting or a dropped connection: ask again shortly.
-                    tracing::warn!(instance = %self.entry.id, %error, "waiting on container failed; retrying");
-                    sleep(RETRY_PAUSE).await;
-                }
-            }
-        }
-    }
-
+impl DockerDriver {
     /// Docker's stop: SIGTERM (or the image's STOPSIGNAL), `grace`, SIGKILL.
     async fn stop_container(&mut self, grace: Duration) -> ExitInfo {
         self.inner.update(&self.entry, |record| {
-            record.state = InstanceState::Stopping;
-            record.stop_deadline = Some(OffsetDateTime::now_utc() + grace);
+            record.lifecycle.state = InstanceState::Stopping;
+            record.lifecycle.stop_deadline = Some(OffsetDateTime::now_utc() + grace);
         });
         let began = Instant::now();
         let seconds = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
@@ -1241,7 +965,7 @@ impl Supervisor {
             .clone()
             .with_timeout(Duration::from_secs(seconds.saturating_add(60)));
         match docker
-            .stop_container(self.entry.id.as_str(), Some(options))
+            .stop_container(self.entry.core.id.as_str(), Some(options))
             .await
         {
             Ok(()) => {}
@@ -1249,18 +973,18 @@ impl Supervisor {
                 return lost_exit("container was removed outside Gilgal");
             }
             Err(err) => {
-                tracing::warn!(instance = %self.entry.id, error = %err, "stop failed; killing");
+                tracing::warn!(instance = %self.entry.core.id, error = %err, "stop failed; killing");
                 let kill = KillContainerOptions {
                     signal: "SIGKILL".to_owned(),
                 };
                 if let Err(err) = self
                     .inner
                     .docker
-                    .kill_container(self.entry.id.as_str(), Some(kill))
+                    .kill_container(self.entry.core.id.as_str(), Some(kill))
                     .await
                 {
                     if !is_conflict(&err) && !is_not_found(&err) {
-                        tracing::error!(instance = %self.entry.id, error = %err, "kill failed");
+                        tracing::error!(instance = %self.entry.core.id, error = %err, "kill failed");
                     }
                 }
             }
@@ -1268,7 +992,7 @@ impl Supervisor {
         // Make sure it is down before reading the exit (the stop API returns once it is).
         let _ = tokio::time::timeout(
             Duration::from_secs(10),
-            wait_not_running(&self.inner.docker, &self.entry.id),
+            wait_not_running(&self.inner.docker, &self.entry.core.id),
         )
         .await;
         self.inner.drain_logs(&self.entry).await;
@@ -1278,169 +1002,89 @@ impl Supervisor {
         }
         exit
     }
-
-    fn finish_stopped(&mut self, exit: ExitInfo, reply: Option<oneshot::Sender<ExitInfo>>) {
-        self.inner.update(&self.entry, |record| {
-            record.state = InstanceState::Stopped;
-            record.last_exit = Some(exit.clone());
-            record.stop_deadline = None;
-        });
-        self.inner
-            .emit(&self.entry, RuntimeEventKind::Stopped(exit.clone()));
-        if let Some(reply) = reply {
-            let _ = reply.send(exit.clone());
-        }
-        self.finish_oneoff(exit);
-    }
-
-    fn finish_oneoff(&mut self, exit: ExitInfo) {
-        if let Some(mut sinks) = self.oneoff.take() {
-            if let Some(tx) = sinks.exit.take() {
-                let _ = tx.send(exit);
-            }
-            let inner = self.inner.clone();
-            let id = self.entry.id.clone();
-            // Close the output channel (the pump holds the other sender) and remove the
-            // container; its lines are already delivered.
-            drop(sinks);
-            tokio::spawn(async move { inner.forget(&id).await });
-        }
-    }
-
-    /// Decides about a restart after an exit; returns false when the task should end.
-    async fn after_exit(&mut self, exit: ExitInfo, immediate: bool) -> bool {
-        let restarts = lock(&self.entry.shared).record.restarts;
-        let restart = self.entry.kind == Kind::Instance && self.entry.restart.should_restart(&exit);
-        if !restart {
-            self.inner.update(&self.entry, |record| {
-                record.state = InstanceState::Exited;
-                record.last_exit = Some(exit.clone());
-            });
-            self.finish_oneoff(exit);
-            return false;
-        }
-        let delay = if immediate {
-            Duration::ZERO
-        } else {
-            self.backoff
-                .next_delay(&self.inner.config.backoff, exit.uptime)
-        };
-        self.inner.update(&self.entry, |record| {
-            record.state = InstanceState::Backoff;
-            record.last_exit = Some(exit.clone());
-        });
-        self.inner.emit(
-            &self.entry,
-            RuntimeEventKind::RestartScheduled {
-                attempt: restarts.saturating_add(1),
-                delay,
-            },
-        );
-        tokio::select! {
-            _ = sleep(delay) => {}
-            Some(control) = self.control.recv() => {
-                let Control::Stop { reply, .. } = control;
-                self.finish_stopped(exit, reply);
-                return false;
-            }
-        }
-        self.inner.update(&self.entry, |record| {
-            record.restarts = record.restarts.saturating_add(1);
-        });
-        true
-    }
-}
-
-async fn stop_entry(entry: &Entry, grace: Duration) -> ExitInfo {
-    let (reply, answer) = oneshot::channel();
-    let sent = entry
-        .control
-        .send(Control::Stop {
-            grace,
-            reply: Some(reply),
-        })
-        .await;
-    if sent.is_ok() {
-        if let Ok(exit) = answer.await {
-            return exit;
-        }
-    }
-    // No supervisor task (already exited or stopped): report the last exit.
-    entry
-        .status()
-        .last_exit
-        .unwrap_or_else(|| lost_exit("instance was not running"))
 }
 
 #[async_trait]
-impl Runtime for DockerRuntime {
-    fn name(&self) -> &'static str {
+impl InstanceDriver for DockerDriver {
+    type Entry = Entry;
+    type Run = ();
+    type Ended = Waited;
+
+    fn update_lifecycle(&self, change: impl FnOnce(&mut Lifecycle) + Send) {
+        self.inner
+            .update(&self.entry, |record| change(&mut record.lifecycle));
+    }
+
+    async fn start(&mut self) -> Result<(), StartFailure> {
+        match self.inner.start_container(&self.entry).await {
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Err(StartFailure::Gone),
+            Err(err) => Err(StartFailure::Failed(err.to_string())),
+        }
+    }
+
+    async fn wait(&mut self, _run: &mut ()) -> Waited {
+        loop {
+            match wait_not_running(&self.inner.docker, &self.entry.core.id).await {
+                Waited::Broken(error) => {
+                    // dockerd restarting or a dropped connection: ask again shortly.
+                    tracing::warn!(instance = %self.entry.core.id, %error, "waiting on container failed; retrying");
+                    sleep(RETRY_PAUSE).await;
+                }
+                waited => return waited,
+            }
+        }
+    }
+
+    async fn collect_exit(&mut self, _run: (), waited: Waited) -> RunEnd {
+        if matches!(waited, Waited::Gone) {
+            return RunEnd::Gone;
+        }
+        self.inner.drain_logs(&self.entry).await;
+        RunEnd::Exited(self.inner.read_exit(&self.entry, false).await)
+    }
+
+    async fn stop(&mut self, _run: Option<()>, grace: Duration) -> ExitInfo {
+        self.stop_container(grace).await
+    }
+
+    /// Removes the finished one-off container; its lines are already delivered, and the
+    /// output channel closes with the aborted log pump.
+    fn forget(&self) {
+        let inner = self.inner.clone();
+        let id = self.entry.core.id.clone();
+        tokio::spawn(async move { inner.forget(&id).await });
+    }
+}
+
+#[async_trait]
+impl HostedRuntime for DockerRuntime {
+    type Entry = Entry;
+
+    fn runtime_name(&self) -> &'static str {
         "docker"
     }
 
-    async fn start(&self, spec: InstanceSpec) -> Result<InstanceId> {
+    fn hub(&self) -> &InstanceHub<Entry> {
+        &self.inner.hub
+    }
+
+    async fn start_instance(&self, spec: InstanceSpec) -> Result<InstanceId> {
         let entry = self.create_and_start(spec, Kind::Instance, None).await?;
-        Ok(entry.id.clone())
+        Ok(entry.core.id.clone())
     }
 
-    async fn stop(&self, id: &InstanceId, grace: Duration) -> Result<ExitInfo> {
-        let entry = self.inner.entry(id)?;
-        Ok(stop_entry(&entry, grace).await)
-    }
-
-    async fn remove(&self, id: &InstanceId) -> Result<()> {
-        let entry = self.inner.entry(id)?;
-        if entry.status().state.is_active() {
-            return Err(RuntimeError::StillRunning(id.clone()));
-        }
-        self.inner.forget(id).await;
-        Ok(())
-    }
-
-    async fn list(&self) -> Result<Vec<InstanceStatus>> {
-        let entries: Vec<Arc<Entry>> = lock(&self.inner.instances).values().cloned().collect();
-        let mut list: Vec<InstanceStatus> = entries
-            .iter()
-            .filter(|entry| entry.kind == Kind::Instance)
-            .map(|entry| entry.status())
-            .collect();
-        list.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(list)
-    }
-
-    async fn status(&self, id: &InstanceId) -> Result<InstanceStatus> {
-        Ok(self.inner.entry(id)?.status())
-    }
-
-    async fn run_oneoff(&self, mut spec: InstanceSpec) -> Result<OneoffHandle> {
+    async fn start_oneoff(&self, mut spec: InstanceSpec, sinks: OneoffSinks) -> Result<Arc<Entry>> {
         spec.restart = RestartPolicy::Never;
-        let (lines_tx, lines_rx) = mpsc::unbounded_channel();
-        let (exit_tx, exit_rx) = oneshot::channel();
-        let sinks = OneoffSinks {
-            lines: lines_tx,
-            exit: Some(exit_tx),
-        };
-        let entry = self
-            .create_and_start(spec, Kind::Oneoff, Some(sinks))
-            .await?;
-        let (cancel_tx, mut cancel_rx) = mpsc::channel::<Duration>(1);
-        let control = entry.control.clone();
-        let forwarder = tokio::spawn(async move {
-            if let Some(grace) = cancel_rx.recv().await {
-                let _ = control.send(Control::Stop { grace, reply: None }).await;
-            }
-        });
-        self.inner.track(forwarder.abort_handle());
-        Ok(OneoffHandle::new(
-            entry.id.clone(),
-            lines_rx,
-            exit_rx,
-            cancel_tx,
-        ))
+        self.create_and_start(spec, Kind::Oneoff, Some(sinks)).await
     }
 
-    async fn stats(&self, id: &InstanceId) -> Result<ResourceStats> {
-        self.inner.entry(id)?;
+    async fn forget_instance(&self, id: &InstanceId) {
+        self.inner.forget(id).await;
+    }
+
+    async fn instance_stats(&self, id: &InstanceId) -> Result<ResourceStats> {
+        self.inner.hub.get(id)?;
         let options = StatsOptions {
             stream: false,
             one_shot: true,
@@ -1497,44 +1141,10 @@ impl Runtime for DockerRuntime {
 
     /// The container's own address when it has one: a published port may accept
     /// connections before the app listens (userland proxy), the container address never does.
-    async fn probe_addr(&self, id: &InstanceId, published: SocketAddr) -> SocketAddr {
+    async fn instance_probe_addr(&self, id: &InstanceId, published: SocketAddr) -> SocketAddr {
         match self.container_addr(id).await {
             Ok(Some(addr)) => addr,
             _ => published,
-        }
-    }
-
-    async fn log_tail(&self, id: &InstanceId, lines: usize) -> Result<Vec<LogLine>> {
-        let entry = self.inner.entry(id)?;
-        let ring = lock(&entry.ring);
-        let skip = ring.len().saturating_sub(lines);
-        Ok(ring.iter().skip(skip).cloned().collect())
-    }
-
-    fn subscribe_logs(&self) -> broadcast::Receiver<LogLine> {
-        self.inner.logs.subscribe()
-    }
-
-    fn subscribe_events(&self) -> broadcast::Receiver<RuntimeEvent> {
-        self.inner.events.subscribe()
-    }
-
-    /// The `Adopted` and `Lost` events of the recovery done by [`DockerRuntime::new`].
-    fn take_recovery_events(&self) -> Vec<RuntimeEvent> {
-        std::mem::take(&mut *lock(&self.inner.recovery_events))
-    }
-
-    /// Stops every container (SIGTERM, `grace`, SIGKILL) and ends supervision. Containers and
-    /// records stay, marked stopped, so `list` still shows them.
-    async fn shutdown(&self, grace: Duration) {
-        let entries: Vec<Arc<Entry>> = lock(&self.inner.instances).values().cloned().collect();
-        let mut stops = tokio::task::JoinSet::new();
-        for entry in entries {
-            stops.spawn(async move { stop_entry(&entry, grace).await });
-        }
-        while stops.join_next().await.is_some() {}
-        for task in lock(&self.inner.tasks).drain(..) {
-            task.abort();
         }
     }
 }

@@ -1,6 +1,21 @@
 //! Runs Gilgal app instances: the [`Runtime`] trait the deploy pipeline and reconciler use,
 //! the default [`ProcessRuntime`], restart [`backoff`], and [`health`] checks.
 //!
+//! # One skeleton, two drivers
+//! What every runtime does the same way is written once in [`host`]: the instance registry
+//! ([`host::InstanceHub`]: lookups, `list`, the in-memory log tail behind
+//! [`Runtime::log_tail`], the log and event broadcasts, recovery events, task tracking,
+//! `stop`/`shutdown`, one-off handles), the recovery decision after a restart
+//! ([`host::InstanceHub::recover`]), the persisted [`host::Lifecycle`], and the per-instance
+//! [`host::Supervisor`] loop (restart policy with backoff, stops, one-off exits). The
+//! [`Runtime`] trait itself is implemented once, for every [`host::HostedRuntime`] (a runtime
+//! handle supplies its hub, `start`, one-off start, `remove`'s cleanup and `stats`). A driver
+//! implements [`host::InstanceDriver`] for one instance: the process driver here (`process/driver.rs`: spawn
+//! with the record durable first, child or pidfd waits, log-file tailing, cgroups, sweeps by
+//! marker/cgroup/process group) and the Docker driver in `gilgal-docker` (`docker start`, the
+//! wait API, Docker's stop, exits from `inspect`, its log pump). The crash-safety rules below
+//! stay with the drivers, which own their records; the skeleton calls them in order.
+//!
 //! # Isolation (for ARCHITECTURE.md)
 //! Each app runs as its own unprivileged system user `gilgal-<app>` (no extra groups,
 //! `no_new_privs`, own session, environment built from scratch): the cheapest isolation that
@@ -78,6 +93,7 @@
 pub mod backoff;
 pub mod error;
 pub mod health;
+pub mod host;
 pub mod process;
 pub mod runtime;
 pub mod spec;

@@ -1,5 +1,6 @@
 //! The [`Runtime`] trait: the one interface the deploy pipeline and the reconciler use to run
-//! instances, implemented by the process runtime now and by the Docker runtime later.
+//! instances, implemented once in [`crate::host`] for every runtime built on the skeleton (the
+//! process runtime, the Docker runtime).
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{write_atomic, InstancePaths};
+use super::record::InstancePaths;
+use crate::host::write_atomic;
 use crate::spec::LogStream;
 
 /// Longest line kept whole; longer output is cut into pieces of this size.

@@ -4,23 +4,20 @@
 
 mod cgroup;
 mod confine;
+mod driver;
 mod logs;
 mod members;
 mod procfs;
 mod record;
 mod spawn;
-mod supervisor;
 mod user;
 
-use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::task::AbortHandle;
 
 pub use cgroup::CgroupConfig;
 pub use confine::{Confinement, ConfinementSettings};
@@ -28,18 +25,16 @@ pub use spawn::{MountIsolation, DEFAULT_PATH, INSTANCE_ID_ENV};
 pub use user::{app_user_ids, app_user_name};
 
 use self::cgroup::Cgroups;
+use self::driver::{Entry, ProcessDriver, Running, Shared};
 use self::logs::LogTailer;
-use self::record::{create_instance_dir, instances_dir, InstancePaths, Record, RecordKind};
-use self::supervisor::{
-    lock, lost_exit, Begin, Control, Entry, OneoffSinks, Running, Shared, Supervisor,
-};
-use crate::backoff::{BackoffPolicy, BackoffState};
+use self::record::{create_instance_dir, instances_dir, InstancePaths, Record};
+use crate::backoff::BackoffPolicy;
 use crate::error::{Result, RuntimeError};
-use crate::runtime::{OneoffHandle, Runtime};
-use crate::spec::{
-    ExitInfo, InstanceId, InstanceSpec, InstanceState, InstanceStatus, LogLine, ResourceStats,
-    RuntimeEvent, RuntimeEventKind,
+use crate::host::{
+    check_working_dir, create_state_dir, lock_state_dir, lost_exit, Begin, ControlReceiver,
+    HostedRuntime, InstanceCore, InstanceHub, InstanceKind, Lifecycle, OneoffSinks, Supervisor,
 };
+use crate::spec::{InstanceId, InstanceSpec, InstanceState, ResourceStats};
 
 /// Tunables of the process runtime; `Default` gives the production values.
 #[derive(Debug, Clone)]
@@ -50,7 +45,7 @@ pub struct ProcessRuntimeConfig {
     pub cgroups: CgroupConfig,
     /// How often log files are polled for new lines (also the timestamp resolution).
     pub log_poll_interval: Duration,
-    /// Log lines kept in memory per instance for [`Runtime::log_tail`].
+    /// Log lines kept in memory per instance for [`Runtime::log_tail`](crate::Runtime::log_tail).
     pub log_ring_lines: usize,
     /// A log file that grows past this is truncated once fully read.
     pub max_log_file_bytes: u64,
@@ -88,26 +83,14 @@ pub(crate) struct Inner {
     state_dir: PathBuf,
     config: ProcessRuntimeConfig,
     cgroups: Cgroups,
-    instances: Mutex<HashMap<InstanceId, Arc<Entry>>>,
-    logs: broadcast::Sender<LogLine>,
-    events: broadcast::Sender<RuntimeEvent>,
-    tasks: Mutex<Vec<AbortHandle>>,
-    /// Adopted/Lost events produced while opening, before anyone could subscribe.
-    recovery_events: Mutex<Vec<RuntimeEvent>>,
+    /// The instances, their log tails and the log/event broadcasts.
+    hub: Arc<InstanceHub<Entry>>,
 }
 
 impl Inner {
-    fn entry(&self, id: &InstanceId) -> Result<Arc<Entry>> {
-        lock(&self.instances)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| RuntimeError::UnknownInstance(id.clone()))
-    }
-
     /// Drops an instance from memory and disk (used for finished one-off runs and `remove`).
     fn forget(&self, id: &InstanceId) {
-        let entry = lock(&self.instances).remove(id);
-        if let Some(entry) = entry {
+        if let Some(entry) = self.hub.remove(id) {
             entry.cgroup.remove();
             if let Err(err) = fs::remove_dir_all(&entry.paths.dir) {
                 tracing::warn!(instance = %id, error = %err, "cannot delete instance state");
@@ -116,11 +99,11 @@ impl Inner {
     }
 }
 
-/// The default [`Runtime`]: instances are local processes.
+/// The default [`Runtime`](crate::Runtime): instances are local processes.
 ///
 /// Dropping it detaches: supervision stops but instances keep running, exactly as if the
 /// server had been killed; a new `ProcessRuntime` on the same `state_dir` re-adopts them.
-/// [`Runtime::shutdown`] stops them instead.
+/// [`Runtime::shutdown`](crate::Runtime::shutdown) stops them instead.
 #[derive(Debug)]
 pub struct ProcessRuntime {
     inner: Arc<Inner>,
@@ -131,9 +114,7 @@ pub struct ProcessRuntime {
 
 impl Drop for ProcessRuntime {
     fn drop(&mut self) {
-        for task in lock(&self.inner.tasks).drain(..) {
-            task.abort();
-        }
+        self.inner.hub.abort_tasks();
     }
 }
 
@@ -142,31 +123,19 @@ impl ProcessRuntime {
     /// sweeps whatever a previous server run left there. Must be called inside a Tokio runtime.
     pub async fn new(state_dir: impl Into<PathBuf>, config: ProcessRuntimeConfig) -> Result<Self> {
         let state_dir = state_dir.into();
-        let dir = instances_dir(&state_dir);
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|err| RuntimeError::state(&dir, err))?;
-        }
+        create_state_dir(&instances_dir(&state_dir))?;
         let lock = lock_state_dir(&state_dir).await?;
         let cgroups = Cgroups::detect(&config.cgroups);
-        let (logs, _) = broadcast::channel(config.channel_capacity.max(16));
-        // Events are rare (starts, exits, restarts): a short buffer, since a broadcast
-        // reserves every slot up front.
-        let (events, _) = broadcast::channel(config.channel_capacity.clamp(16, 1024));
+        let hub = Arc::new(InstanceHub::new(
+            config.channel_capacity,
+            config.log_ring_lines,
+        ));
         let runtime = ProcessRuntime {
             inner: Arc::new(Inner {
                 state_dir,
                 config,
                 cgroups,
-                instances: Mutex::new(HashMap::new()),
-                logs,
-                events,
-                tasks: Mutex::new(Vec::new()),
-                recovery_events: Mutex::new(Vec::new()),
+                hub,
             }),
             _lock: lock,
         };
@@ -179,48 +148,45 @@ impl ProcessRuntime {
         &self.inner.state_dir
     }
 
-    fn launch(&self, supervisor: Supervisor, begin: Begin) {
-        let handle = tokio::spawn(supervisor.run(begin));
-        let mut tasks = lock(&self.inner.tasks);
-        tasks.retain(|task| !task.is_finished());
-        tasks.push(handle.abort_handle());
-    }
-
-    fn new_entry(&self, record: Record, adopted: bool) -> (Arc<Entry>, mpsc::Receiver<Control>) {
-        let (control, control_rx) = mpsc::channel(8);
+    fn new_entry(&self, record: Record, adopted: bool) -> (Arc<Entry>, ControlReceiver) {
         let id = record.id.clone();
+        let (core, control) = InstanceCore::new(
+            id.clone(),
+            record.kind,
+            record.spec.labels.clone(),
+            record.spec.restart,
+        );
         let entry = Arc::new(Entry {
+            core,
             paths: InstancePaths::new(&self.inner.state_dir, &id),
             cgroup: self.inner.cgroups.instance(&id),
-            kind: record.kind,
-            id,
             shared: Mutex::new(Shared { record, adopted }),
-            ring: Mutex::new(VecDeque::new()),
-            control,
-            log_seq: std::sync::atomic::AtomicU64::new(0),
         });
-        (entry, control_rx)
+        (entry, control)
     }
 
     fn supervisor(
         &self,
         entry: Arc<Entry>,
-        control: mpsc::Receiver<Control>,
+        control: ControlReceiver,
         resume_logs: bool,
         oneoff: Option<OneoffSinks>,
-    ) -> Supervisor {
-        Supervisor {
+    ) -> Supervisor<ProcessDriver> {
+        let (oneoff_lines, oneoff_exit) = OneoffSinks::split(oneoff);
+        let driver = ProcessDriver {
             inner: self.inner.clone(),
             tailer: LogTailer::new(
                 &entry.paths,
                 resume_logs,
                 self.inner.config.max_log_file_bytes,
             ),
-            entry,
-            backoff: BackoffState::default(),
-            control,
-            oneoff,
-        }
+            entry: entry.clone(),
+            oneoff_lines,
+        };
+        let backoff = self.inner.config.backoff;
+        self.inner
+            .hub
+            .supervisor(driver, entry, backoff, control, oneoff_exit)
     }
 
     /// Re-adopts live instances, restarts lost ones, finishes interrupted stops and kills
@@ -288,18 +254,12 @@ impl ProcessRuntime {
                 )
             });
         let kind = record.kind;
-        let state = record.state;
-        // What is left of an interrupted stop's grace period.
-        let grace = record
-            .stop_deadline
-            .map(|deadline| deadline - time::OffsetDateTime::now_utc())
-            .and_then(|left| Duration::try_from(left).ok())
-            .unwrap_or(Duration::ZERO);
+        let lifecycle = record.lifecycle.clone();
         let adopted = live.is_some();
         let (entry, control) = self.new_entry(record, adopted);
-        let id = entry.id.clone();
+        let id = entry.core.id.clone();
 
-        if kind == RecordKind::Oneoff {
+        if kind == InstanceKind::Oneoff {
             // Nobody is waiting for its output any more: end it.
             drop(live);
             entry.members().signal_all(libc::SIGKILL);
@@ -308,52 +268,31 @@ impl ProcessRuntime {
             tracing::info!(instance = %id, "killed one-off run left by a previous server");
             return;
         }
-        lock(&self.inner.instances).insert(id.clone(), entry.clone());
-        let emit = |kind: RuntimeEventKind| {
-            let labels = lock(&entry.shared).record.spec.labels.clone();
-            let event = RuntimeEvent {
-                instance: id.clone(),
-                labels,
-                at: time::OffsetDateTime::now_utc(),
-                kind,
-            };
-            lock(&self.inner.recovery_events).push(event.clone());
-            let _ = self.inner.events.send(event);
+        self.inner.hub.insert(entry.clone());
+        let pid = entry
+            .leader()
+            .and_then(|(pid, _)| u32::try_from(pid).ok())
+            .unwrap_or(0);
+        let lost = || {
+            let reason = "process was gone when the server restarted".to_owned();
+            let exit = lost_exit(&reason);
+            (reason, exit)
         };
-        match state {
-            InstanceState::Exited | InstanceState::Stopped => {
+        let mark_running = || {
+            let _ = entry.update(|record| record.lifecycle.state = InstanceState::Running);
+        };
+        match self
+            .inner
+            .hub
+            .recover(&entry, &lifecycle, live, pid, lost, mark_running)
+        {
+            Ok(begin) => {
+                let supervisor = self.supervisor(entry.clone(), control, true, None);
+                self.inner.hub.launch(supervisor, begin);
+            }
+            Err(_) => {
                 // Nothing should run; make sure nothing does.
                 entry.members().signal_all(libc::SIGKILL);
-            }
-            InstanceState::Stopping => {
-                let supervisor = self.supervisor(entry.clone(), control, true, None);
-                self.launch(supervisor, Begin::FinishStop(live, grace));
-            }
-            InstanceState::Starting | InstanceState::Running | InstanceState::Backoff => {
-                let supervisor = self.supervisor(entry.clone(), control, true, None);
-                match live {
-                    Some(running) => {
-                        let pid = entry
-                            .leader()
-                            .and_then(|(pid, _)| u32::try_from(pid).ok())
-                            .unwrap_or(0);
-                        tracing::info!(instance = %id, pid, "re-adopted running instance");
-                        emit(RuntimeEventKind::Adopted { pid });
-                        if state != InstanceState::Running {
-                            let _ = entry.update(|record| record.state = InstanceState::Running);
-                        }
-                        self.launch(supervisor, Begin::Watch(running));
-                    }
-                    None => {
-                        // Died (or never fully started) while the server was down. The
-                        // supervisor kills any leftovers before restarting it.
-                        let reason = "process was gone when the server restarted".to_owned();
-                        emit(RuntimeEventKind::Lost {
-                            reason: reason.clone(),
-                        });
-                        self.launch(supervisor, Begin::Lost(lost_exit(&reason)));
-                    }
-                }
             }
         }
     }
@@ -361,46 +300,29 @@ impl ProcessRuntime {
     async fn start_entry(
         &self,
         spec: InstanceSpec,
-        kind: RecordKind,
+        kind: InstanceKind,
         oneoff: Option<OneoffSinks>,
-    ) -> Result<(Arc<Entry>, Running, Supervisor)> {
+    ) -> Result<(Arc<Entry>, Running, Supervisor<ProcessDriver>)> {
         spec.validate()?;
-        match fs::metadata(&spec.working_dir) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
-                return Err(RuntimeError::WorkingDir {
-                    path: spec.working_dir.clone(),
-                    reason: "not a directory".into(),
-                })
-            }
-            Err(err) => {
-                return Err(RuntimeError::WorkingDir {
-                    path: spec.working_dir.clone(),
-                    reason: err.to_string(),
-                })
-            }
-        }
+        check_working_dir(&spec.working_dir)?;
         let id = InstanceId::generate();
         let record = Record {
             version: 1,
             id: id.clone(),
             kind,
             spec,
-            state: InstanceState::Starting,
+            lifecycle: Lifecycle::starting(),
             pid: None,
             start_time_ticks: None,
             boot_id: None,
             started_at: None,
-            restarts: 0,
-            last_exit: None,
-            stop_deadline: None,
         };
         let (entry, control) = self.new_entry(record, false);
         create_instance_dir(&entry.paths)?;
         let mut supervisor = self.supervisor(entry.clone(), control, false, oneoff);
-        match supervisor.spawn_process().await {
+        match supervisor.driver_mut().spawn_process().await {
             Ok(running) => {
-                lock(&self.inner.instances).insert(id, entry.clone());
+                self.inner.hub.insert(entry.clone());
                 Ok((entry, running, supervisor))
             }
             Err(err) => {
@@ -412,123 +334,39 @@ impl ProcessRuntime {
     }
 }
 
-/// Takes the state dir's exclusive lock, waiting briefly for a previous owner in this same
-/// process (a just-dropped runtime) to let go.
-async fn lock_state_dir(state_dir: &Path) -> Result<fs::File> {
-    use std::os::fd::AsRawFd;
-    let path = state_dir.join("runtime.lock");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|err| RuntimeError::state(&path, err))?;
-    for _ in 0..50 {
-        // SAFETY: flock on a valid fd we own; no memory involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(file);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::WouldBlock {
-            return Err(RuntimeError::state(&path, err));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(RuntimeError::StateDirInUse(state_dir.to_path_buf()))
-}
-
-async fn stop_entry(entry: &Entry, grace: Duration) -> ExitInfo {
-    let (reply, answer) = oneshot::channel();
-    let sent = entry
-        .control
-        .send(Control::Stop {
-            grace,
-            reply: Some(reply),
-        })
-        .await;
-    if sent.is_ok() {
-        if let Ok(exit) = answer.await {
-            return exit;
-        }
-    }
-    // No supervisor task (already exited or stopped): report the last exit.
-    let status = entry.status();
-    status
-        .last_exit
-        .unwrap_or_else(|| lost_exit("instance was not running"))
-}
-
 #[async_trait]
-impl Runtime for ProcessRuntime {
-    fn name(&self) -> &'static str {
+impl HostedRuntime for ProcessRuntime {
+    type Entry = Entry;
+
+    fn runtime_name(&self) -> &'static str {
         "process"
     }
 
-    async fn start(&self, spec: InstanceSpec) -> Result<InstanceId> {
+    fn hub(&self) -> &InstanceHub<Entry> {
+        &self.inner.hub
+    }
+
+    async fn start_instance(&self, spec: InstanceSpec) -> Result<InstanceId> {
         let (entry, running, supervisor) =
-            self.start_entry(spec, RecordKind::Instance, None).await?;
-        self.launch(supervisor, Begin::Watch(running));
-        Ok(entry.id.clone())
+            self.start_entry(spec, InstanceKind::Instance, None).await?;
+        self.inner.hub.launch(supervisor, Begin::Watch(running));
+        Ok(entry.core.id.clone())
     }
 
-    async fn stop(&self, id: &InstanceId, grace: Duration) -> Result<ExitInfo> {
-        let entry = self.inner.entry(id)?;
-        Ok(stop_entry(&entry, grace).await)
-    }
-
-    async fn remove(&self, id: &InstanceId) -> Result<()> {
-        let entry = self.inner.entry(id)?;
-        if entry.status().state.is_active() {
-            return Err(RuntimeError::StillRunning(id.clone()));
-        }
-        self.inner.forget(id);
-        Ok(())
-    }
-
-    async fn list(&self) -> Result<Vec<InstanceStatus>> {
-        let entries: Vec<Arc<Entry>> = lock(&self.inner.instances).values().cloned().collect();
-        let mut list: Vec<InstanceStatus> = entries
-            .iter()
-            .filter(|entry| entry.kind == RecordKind::Instance)
-            .map(|entry| entry.status())
-            .collect();
-        list.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(list)
-    }
-
-    async fn status(&self, id: &InstanceId) -> Result<InstanceStatus> {
-        Ok(self.inner.entry(id)?.status())
-    }
-
-    async fn run_oneoff(&self, spec: InstanceSpec) -> Result<OneoffHandle> {
-        let (lines_tx, lines_rx) = mpsc::unbounded_channel();
-        let (exit_tx, exit_rx) = oneshot::channel();
-        let sinks = OneoffSinks {
-            lines: lines_tx,
-            exit: Some(exit_tx),
-        };
+    async fn start_oneoff(&self, spec: InstanceSpec, sinks: OneoffSinks) -> Result<Arc<Entry>> {
         let (entry, running, supervisor) = self
-            .start_entry(spec, RecordKind::Oneoff, Some(sinks))
+            .start_entry(spec, InstanceKind::Oneoff, Some(sinks))
             .await?;
-        self.launch(supervisor, Begin::Watch(running));
-        let (cancel_tx, mut cancel_rx) = mpsc::channel::<Duration>(1);
-        let control = entry.control.clone();
-        let forwarder = tokio::spawn(async move {
-            if let Some(grace) = cancel_rx.recv().await {
-                let _ = control.send(Control::Stop { grace, reply: None }).await;
-            }
-        });
-        lock(&self.inner.tasks).push(forwarder.abort_handle());
-        Ok(OneoffHandle::new(
-            entry.id.clone(),
-            lines_rx,
-            exit_rx,
-            cancel_tx,
-        ))
+        self.inner.hub.launch(supervisor, Begin::Watch(running));
+        Ok(entry)
     }
 
-    async fn stats(&self, id: &InstanceId) -> Result<ResourceStats> {
-        let entry = self.inner.entry(id)?;
+    async fn forget_instance(&self, id: &InstanceId) {
+        self.inner.forget(id);
+    }
+
+    async fn instance_stats(&self, id: &InstanceId) -> Result<ResourceStats> {
+        let entry = self.inner.hub.get(id)?;
         let pids = entry.members().live_pids();
         let ticks = procfs::clock_ticks_per_second();
         let page = procfs::page_size();
@@ -549,41 +387,5 @@ impl Runtime for ProcessRuntime {
             memory_limit_bytes: entry.cgroup.memory_limit(),
             processes,
         })
-    }
-
-    async fn log_tail(&self, id: &InstanceId, lines: usize) -> Result<Vec<LogLine>> {
-        let entry = self.inner.entry(id)?;
-        let ring = lock(&entry.ring);
-        let skip = ring.len().saturating_sub(lines);
-        Ok(ring.iter().skip(skip).cloned().collect())
-    }
-
-    fn subscribe_logs(&self) -> broadcast::Receiver<LogLine> {
-        self.inner.logs.subscribe()
-    }
-
-    fn subscribe_events(&self) -> broadcast::Receiver<RuntimeEvent> {
-        self.inner.events.subscribe()
-    }
-
-    /// The `Adopted` and `Lost` events of the recovery done by [`ProcessRuntime::new`].
-    /// Events of supervisors started by the recovery (restarts of lost instances) go to
-    /// [`Runtime::subscribe_events`] as usual; subscribe right after `new` to see them.
-    fn take_recovery_events(&self) -> Vec<RuntimeEvent> {
-        std::mem::take(&mut *lock(&self.inner.recovery_events))
-    }
-
-    /// Stops every instance (SIGTERM, `grace`, SIGKILL) and ends supervision. Records stay,
-    /// marked stopped, so `list` still shows them.
-    async fn shutdown(&self, grace: Duration) {
-        let entries: Vec<Arc<Entry>> = lock(&self.inner.instances).values().cloned().collect();
-        let mut stops = tokio::task::JoinSet::new();
-        for entry in entries {
-            stops.spawn(async move { stop_entry(&entry, grace).await });
-        }
-        while stops.join_next().await.is_some() {}
-        for task in lock(&self.inner.tasks).drain(..) {
-            task.abort();
-        }
     }
 }

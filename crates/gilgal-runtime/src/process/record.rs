@@ -2,23 +2,15 @@
 //! temp-file + fsync + rename (+ fsync of the directory), so a `kill -9` of the server leaves
 //! either the old or the new record, never a torn one.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::{Result, RuntimeError};
-use crate::spec::{ExitInfo, InstanceId, InstanceSpec, InstanceState};
-
-/// Whether a record is a supervised instance or a one-off run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum RecordKind {
-    Instance,
-    Oneoff,
-}
+use crate::host::{write_atomic, InstanceKind, Lifecycle};
+use crate::spec::{InstanceId, InstanceSpec};
 
 /// What survives a server restart about one instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,10 +18,12 @@ pub(crate) struct Record {
     /// Format version, for future migrations.
     pub version: u32,
     pub id: InstanceId,
-    pub kind: RecordKind,
+    pub kind: InstanceKind,
     /// The full spec, so the instance can be restarted after re-adoption.
     pub spec: InstanceSpec,
-    pub state: InstanceState,
+    /// State, restarts, last exit and stop deadline (flattened: the file keeps its shape).
+    #[serde(flatten)]
+    pub lifecycle: Lifecycle,
     /// PID (= process group id) of the current process; `None` before spawn.
     pub pid: Option<i32>,
     /// `/proc/PID/stat` field 22 of that process: PID + start time identify it uniquely.
@@ -39,12 +33,6 @@ pub(crate) struct Record {
     pub boot_id: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
-    pub restarts: u32,
-    pub last_exit: Option<ExitInfo>,
-    /// When the grace period of a stop in progress ends, so a restarted server can finish
-    /// the stop on the original schedule.
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    pub stop_deadline: Option<OffsetDateTime>,
 }
 
 /// Paths of one instance's state.
@@ -76,27 +64,6 @@ impl InstancePaths {
 /// `<state_dir>/instances`.
 pub(crate) fn instances_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("instances")
-}
-
-/// Writes `bytes` to `path` atomically and durably.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| RuntimeError::state(path, std::io::Error::other("no parent directory")))?;
-    let tmp = path.with_extension("tmp");
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    result.map_err(|err| RuntimeError::state(path, err))
 }
 
 impl Record {
