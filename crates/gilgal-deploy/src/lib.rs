@@ -153,7 +153,7 @@ pub struct Deployer {
     running: Mutex<HashMap<Uuid, CancellationToken>>,
     /// The runtime's log lines, subscribed at construction so that nothing printed before
     /// [`Deployer::run_log_ingest`] starts is missed; taken by it.
-    log_lines: Mutex<Option<tokio::sync::broadcast::Receiver<gilgal_runtime::LogLine>>>,
+    log_lines: Mutex<Option<tokio::sync::broadcast::Receiver<Arc<gilgal_runtime::LogLine>>>>,
     /// The runtime's events, subscribed at construction for [`Deployer::run_event_recorder`].
     runtime_events: Mutex<Option<tokio::sync::broadcast::Receiver<gilgal_runtime::RuntimeEvent>>>,
     /// One rollout at a time per environment.

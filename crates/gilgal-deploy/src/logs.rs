@@ -227,7 +227,9 @@ impl Deployer {
                     tracing::warn!(%environment, error = %e, "cannot record an error group");
                 }
             }
-            self.config.logs.append(environment, record(line));
+            self.config
+                .logs
+                .append(environment, record(std::sync::Arc::unwrap_or_clone(line)));
             if last_seq.len() > 100_000 {
                 // Instances come and go; forget them all rather than grow without bound
                 // (the next line of each instance starts it over).

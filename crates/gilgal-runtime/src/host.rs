@@ -208,7 +208,7 @@ pub struct InstanceCore {
     /// What to do after it exits.
     pub restart: RestartPolicy,
     control: mpsc::Sender<Control>,
-    ring: Mutex<VecDeque<LogLine>>,
+    ring: Mutex<VecDeque<Arc<LogLine>>>,
     /// Lines delivered so far ([`LogLine::seq`]).
     log_seq: AtomicU64,
 }
@@ -271,7 +271,10 @@ impl InstanceCore {
     fn log_tail(&self, lines: usize) -> Vec<LogLine> {
         let ring = lock(&self.ring);
         let skip = ring.len().saturating_sub(lines);
-        ring.iter().skip(skip).cloned().collect()
+        ring.iter()
+            .skip(skip)
+            .map(|line| LogLine::clone(line))
+            .collect()
     }
 }
 
@@ -334,7 +337,7 @@ pub fn oneoff_channels() -> (OneoffSinks, OneoffReceivers) {
 #[derive(Debug)]
 pub struct InstanceHub<E> {
     instances: Mutex<HashMap<InstanceId, Arc<E>>>,
-    logs: broadcast::Sender<LogLine>,
+    logs: broadcast::Sender<Arc<LogLine>>,
     events: broadcast::Sender<RuntimeEvent>,
     tasks: Mutex<Vec<AbortHandle>>,
     /// Adopted/Lost events produced while opening, before anyone could subscribe.
@@ -461,16 +464,16 @@ impl<E: Hosted> InstanceHub<E> {
         at: OffsetDateTime,
         text: String,
     ) {
-        let line = LogLine {
+        let line = Arc::new(LogLine {
             instance: core.id.clone(),
             labels: core.labels.clone(),
             stream,
             at,
             line: text,
             seq: core.log_seq.fetch_add(1, Ordering::Relaxed) + 1,
-        };
+        });
         if let Some(sink) = oneoff {
-            let _ = sink.send(line.clone());
+            let _ = sink.send(LogLine::clone(&line));
         }
         let _ = self.logs.send(line.clone());
         let mut ring = lock(&core.ring);
@@ -562,7 +565,7 @@ impl<E: Hosted> InstanceHub<E> {
     }
 
     /// [`crate::Runtime::subscribe_logs`].
-    pub fn subscribe_logs(&self) -> broadcast::Receiver<LogLine> {
+    pub fn subscribe_logs(&self) -> broadcast::Receiver<Arc<LogLine>> {
         self.logs.subscribe()
     }
 
@@ -691,7 +694,7 @@ impl<T: HostedRuntime> Runtime for T {
         self.instance_probe_addr(id, published).await
     }
 
-    fn subscribe_logs(&self) -> broadcast::Receiver<LogLine> {
+    fn subscribe_logs(&self) -> broadcast::Receiver<Arc<LogLine>> {
         self.hub().subscribe_logs()
     }
 

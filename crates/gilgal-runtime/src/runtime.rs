@@ -64,8 +64,10 @@ pub trait Runtime: Send + Sync {
     }
 
     /// Every log line of every instance from now on. A receiver that falls behind by more
-    /// than the channel capacity loses the oldest lines (`RecvError::Lagged`).
-    fn subscribe_logs(&self) -> broadcast::Receiver<LogLine>;
+    /// than the channel capacity loses the oldest lines (`RecvError::Lagged`). Lines are
+    /// shared (`Arc`): a broadcast fills every slot of its buffer up front, so slots the size
+    /// of a pointer keep an idle server's memory small.
+    fn subscribe_logs(&self) -> broadcast::Receiver<std::sync::Arc<LogLine>>;
 
     /// Every lifecycle event (start, exit, OOM, restart, stop, adoption) from now on.
     fn subscribe_events(&self) -> broadcast::Receiver<RuntimeEvent>;

@@ -174,14 +174,14 @@ where
 
 /// Receives log lines until one satisfies `matches`.
 pub async fn wait_line(
-    rx: &mut broadcast::Receiver<LogLine>,
+    rx: &mut broadcast::Receiver<std::sync::Arc<LogLine>>,
     limit: Duration,
     matches: impl Fn(&LogLine) -> bool,
 ) -> LogLine {
     tokio::time::timeout(limit, async {
         loop {
             match rx.recv().await {
-                Ok(line) if matches(&line) => return line,
+                Ok(line) if matches(&line) => return LogLine::clone(&line),
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => panic!("log channel closed"),
             }
