@@ -18,9 +18,7 @@ use gilgal_runtime::{wait_healthy, InstanceId, InstanceStatus};
 use gilgal_store::EnvironmentRecord;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::{
-    formation_of, free_port, health_check, instance_spec, DeployLog, FAILURE_TAIL_LINES,
-};
+use crate::pipeline::{formation_of, health_check, instance_spec, DeployLog, FAILURE_TAIL_LINES};
 use crate::Deployer;
 
 /// What an environment should run: one release, with the environment's formation and sizes.
@@ -134,12 +132,6 @@ fn slot_name(slot: &Slot) -> String {
     format!("{}.{} of v{}", slot.process_type, slot.index, slot.release)
 }
 
-/// The loopback address of a published port (item 4 of the engine issue moves this into the
-/// runtime).
-fn published(port: Option<u16>) -> Option<SocketAddr> {
-    port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
-}
-
 impl Deployer {
     /// Diffs what `desired` asks for against what the runtime runs for `environment`.
     /// Instances in `replace` count as gone: their slot gets a new instance and they leave
@@ -188,7 +180,7 @@ impl Deployer {
         let staying = staying
             .into_iter()
             .filter(|s| s.labels.release == desired.release && s.state.is_active())
-            .map(|s| (s.id, published(s.port)))
+            .map(|s| (s.id, s.addr))
             .collect();
         Ok(Plan {
             starts,
@@ -240,11 +232,8 @@ impl Deployer {
                 slot: slot_name(slot),
                 reason,
             };
-            let port = if slot.process_type == "web" {
-                Some(free_port().map_err(|e| start_failed(e.to_string()))?)
-            } else {
-                None
-            };
+            // Web instances listen on a port the runtime picks (and says where it is).
+            let port = (slot.process_type == "web").then_some(0);
             let spec = instance_spec(
                 desired.artifact,
                 environment,
@@ -256,11 +245,12 @@ impl Deployer {
                 self.run_as(),
             )
             .map_err(|e| start_failed(format!("{e:?}")))?;
-            let id = self
+            let instance = self
                 .runtime
                 .start(spec)
                 .await
                 .map_err(|e| start_failed(e.to_string()))?;
+            let id = instance.id;
             tracing::info!(app = %environment.project_name, env = %environment.name, release = slot.release, instance = %id, "instance started");
             if let Some(log) = log {
                 log.system(format!(
@@ -269,7 +259,7 @@ impl Deployer {
                 ))
                 .await;
             }
-            started.push((slot.clone(), id, published(port)));
+            started.push((slot.clone(), id, instance.addr));
         }
         let check = health_check(desired.artifact);
         for (slot, id, addr) in started.iter() {

@@ -5,7 +5,6 @@
 //! environment's events timeline.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -305,9 +304,10 @@ impl Deployer {
                 .iter()
                 .filter(|s| is_running_web(s, &environment, number))
             {
-                let Some(port) = status.port else { continue };
+                let Some(published) = status.addr else {
+                    continue;
+                };
                 seen.push(status.id.clone());
-                let published = SocketAddr::from(([127, 0, 0, 1], port));
                 let addr = self.runtime.probe_addr(&status.id, published).await;
                 match health::probe(addr, &check.probe, check.timeout).await {
                     Ok(()) => {

@@ -79,13 +79,6 @@ fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
-/// A free loopback port for a web instance.
-pub(crate) fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Batches log lines into the store from a channel, so builders never wait on SQL per line.
 /// Secret values are redacted before anything is stored.
 pub(crate) struct DeployLog {

@@ -423,11 +423,10 @@ impl Deployer {
         let scrapes = statuses
             .into_iter()
             .filter(|s| crate::health::is_running_web(s, environment, release))
-            .filter_map(|s| s.port.map(|port| (s, port)))
-            .map(|(status, port)| {
+            .filter_map(|s| s.addr.map(|published| (s, published)))
+            .map(|(status, published)| {
                 let http = http.clone();
                 async move {
-                    let published = std::net::SocketAddr::from(([127, 0, 0, 1], port));
                     let addr = self.runtime.probe_addr(&status.id, published).await;
                     let result = read_exposition(&http, &format!("http://{addr}{path}")).await;
                     AppScrape {

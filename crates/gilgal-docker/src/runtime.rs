@@ -331,9 +331,11 @@ impl DockerRuntime {
         let state_dir = state_dir.into();
         create_state_dir(&record::records_dir(&state_dir))?;
         let lock_file = lock_state_dir(&state_dir).await?;
+        // Ports are published on `publish_ip`: that is where the edge reaches containers.
         let hub = Arc::new(InstanceHub::new(
             config.channel_capacity,
             config.log_ring_lines,
+            config.publish_ip,
         ));
         let runtime = DockerRuntime {
             inner: Arc::new(Inner {
@@ -396,8 +398,13 @@ impl DockerRuntime {
         record: Record,
         adopted: bool,
     ) -> (Arc<Entry>, ControlReceiver) {
-        let (core, control) =
-            InstanceCore::new(id, parsed.kind, parsed.labels.clone(), parsed.restart);
+        let (core, control) = InstanceCore::new(
+            id,
+            parsed.kind,
+            parsed.labels.clone(),
+            parsed.restart,
+            self.inner.hub.edge_ip(),
+        );
         let (log_generation, _) = watch::channel(0);
         let (log_drained, _) = watch::channel(0);
         let entry = Arc::new(Entry {

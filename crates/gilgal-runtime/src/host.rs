@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,7 +33,7 @@ use crate::error::{Result, RuntimeError};
 use crate::runtime::{OneoffHandle, Runtime};
 use crate::spec::{
     ExitInfo, InstanceId, InstanceLabels, InstanceSpec, InstanceState, InstanceStatus, LogLine,
-    LogStream, ResourceStats, RestartPolicy, RuntimeEvent, RuntimeEventKind,
+    LogStream, ResourceStats, RestartPolicy, RuntimeEvent, RuntimeEventKind, StartedInstance,
 };
 
 /// Locks a mutex, recovering from poisoning: the data behind the runtime's mutexes are plain
@@ -211,6 +211,8 @@ pub struct InstanceCore {
     ring: Mutex<VecDeque<Arc<LogLine>>>,
     /// Lines delivered so far ([`LogLine::seq`]).
     log_seq: AtomicU64,
+    /// The address its port is reached at by the edge.
+    edge_ip: IpAddr,
 }
 
 impl InstanceCore {
@@ -220,6 +222,7 @@ impl InstanceCore {
         kind: InstanceKind,
         labels: InstanceLabels,
         restart: RestartPolicy,
+        edge_ip: IpAddr,
     ) -> (Self, mpsc::Receiver<Control>) {
         let (control, control_rx) = mpsc::channel(8);
         let core = InstanceCore {
@@ -230,6 +233,7 @@ impl InstanceCore {
             control,
             ring: Mutex::new(VecDeque::new()),
             log_seq: AtomicU64::new(0),
+            edge_ip,
         };
         (core, control_rx)
     }
@@ -254,6 +258,7 @@ impl InstanceCore {
             started_at,
             last_exit: lifecycle.last_exit.clone(),
             adopted,
+            addr: port.map(|port| SocketAddr::new(self.edge_ip, port)),
         }
     }
 
@@ -343,13 +348,16 @@ pub struct InstanceHub<E> {
     /// Adopted/Lost events produced while opening, before anyone could subscribe.
     recovery_events: Mutex<Vec<RuntimeEvent>>,
     log_ring_lines: usize,
+    /// Where the edge reaches instances' ports (loopback for processes, the publish address
+    /// for containers).
+    edge_ip: IpAddr,
 }
 
 impl<E: Hosted> InstanceHub<E> {
     /// An empty hub; `channel_capacity` sizes the log broadcast (events get a short buffer,
     /// since a broadcast reserves every slot up front and events are rare), `log_ring_lines`
     /// the per-instance log tail.
-    pub fn new(channel_capacity: usize, log_ring_lines: usize) -> Self {
+    pub fn new(channel_capacity: usize, log_ring_lines: usize, edge_ip: IpAddr) -> Self {
         let (logs, _) = broadcast::channel(channel_capacity.max(16));
         let (events, _) = broadcast::channel(channel_capacity.clamp(16, 1024));
         InstanceHub {
@@ -359,6 +367,36 @@ impl<E: Hosted> InstanceHub<E> {
             tasks: Mutex::new(Vec::new()),
             recovery_events: Mutex::new(Vec::new()),
             log_ring_lines,
+            edge_ip,
+        }
+    }
+
+    /// The address the edge reaches instances' ports at.
+    pub fn edge_ip(&self) -> IpAddr {
+        self.edge_ip
+    }
+
+    /// Turns a `port` of `Some(0)` into a port free on the edge address now (the kernel's
+    /// choice, as a bind to port 0 makes it), so the runtime, not its caller, picks ports.
+    pub fn assign_port(&self, port: Option<u16>) -> Result<Option<u16>> {
+        match port {
+            Some(0) => {
+                let probe = std::net::TcpListener::bind(SocketAddr::new(self.edge_ip, 0)).map_err(
+                    |source| RuntimeError::Io {
+                        context: format!("finding a free port on {}", self.edge_ip),
+                        source,
+                    },
+                )?;
+                let port = probe
+                    .local_addr()
+                    .map_err(|source| RuntimeError::Io {
+                        context: "reading the free port".to_owned(),
+                        source,
+                    })?
+                    .port();
+                Ok(Some(port))
+            }
+            other => Ok(other),
         }
     }
 
@@ -654,8 +692,13 @@ impl<T: HostedRuntime> Runtime for T {
         self.runtime_name()
     }
 
-    async fn start(&self, spec: InstanceSpec) -> Result<InstanceId> {
-        self.start_instance(spec).await
+    async fn start(&self, mut spec: InstanceSpec) -> Result<StartedInstance> {
+        spec.port = self.hub().assign_port(spec.port)?;
+        let addr = spec
+            .port
+            .map(|port| SocketAddr::new(self.hub().edge_ip(), port));
+        let id = self.start_instance(spec).await?;
+        Ok(StartedInstance { id, addr })
     }
 
     async fn stop(&self, id: &InstanceId, grace: Duration) -> Result<ExitInfo> {

@@ -111,4 +111,5 @@ pub use runtime::{OneoffHandle, Runtime};
 pub use spec::{
     ExitInfo, InstanceId, InstanceLabels, InstanceSpec, InstanceState, InstanceStatus, LogLine,
     LogStream, ResourceLimits, ResourceStats, RestartPolicy, RunAs, RuntimeEvent, RuntimeEventKind,
+    StartedInstance,
 };

@@ -11,6 +11,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::error::{Result, RuntimeError};
 use crate::spec::{
     ExitInfo, InstanceId, InstanceSpec, InstanceStatus, LogLine, ResourceStats, RuntimeEvent,
+    StartedInstance,
 };
 
 /// Runs and supervises app instances. Object safe: share it as `Arc<dyn Runtime>`.
@@ -26,8 +27,9 @@ pub trait Runtime: Send + Sync {
     /// Short name for logs and `gilgal server` status (`"process"`, `"docker"`).
     fn name(&self) -> &'static str;
 
-    /// Starts a supervised instance and returns its id.
-    async fn start(&self, spec: InstanceSpec) -> Result<InstanceId>;
+    /// Starts a supervised instance; returns its id and the address the edge must use
+    /// (a `port` of `Some(0)` gets a free one).
+    async fn start(&self, spec: InstanceSpec) -> Result<StartedInstance>;
 
     /// Stops an instance: SIGTERM to all its processes, up to `grace` for them to exit, then
     /// SIGKILL. Returns how the main process ended. Stopping an ended instance returns its last

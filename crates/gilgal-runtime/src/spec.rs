@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -173,7 +174,8 @@ pub struct InstanceSpec {
     /// Environment variables (config vars, `GILGAL_RELEASE`, ...). The server's own environment
     /// is NOT inherited: only a minimal PATH/HOME/LANG is added under these.
     pub env: BTreeMap<String, String>,
-    /// The port the instance must listen on; exported as `PORT` when set.
+    /// The port the instance must listen on; exported as `PORT` when set. `Some(0)`: any
+    /// free port, chosen by the runtime (the address `start` returns says where).
     pub port: Option<u16>,
     /// Memory/CPU/pids ceilings.
     pub limits: ResourceLimits,
@@ -332,6 +334,19 @@ pub struct InstanceStatus {
     pub last_exit: Option<ExitInfo>,
     /// True when the current process was re-adopted after a server restart.
     pub adopted: bool,
+    /// Where the edge reaches it (its port on the runtime's edge address), if it listens.
+    #[serde(default)]
+    pub addr: Option<SocketAddr>,
+}
+
+/// What [`crate::Runtime::start`] started: the instance and where the edge must send its
+/// traffic (the runtime decides, so instances need not live on loopback or on this host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedInstance {
+    /// The new instance.
+    pub id: InstanceId,
+    /// Its address for the edge, when it listens on a port.
+    pub addr: Option<SocketAddr>,
 }
 
 /// Which output stream a log line came from.

@@ -204,7 +204,7 @@ async fn docker_builds_and_runs_a_python_app_from_a_generated_dockerfile() {
     let port = free_port();
     let mut web = spec("web", &["python", "app.py"]);
     web.port = Some(port);
-    let id = runtime.start(web).await.expect("starts");
+    let id = runtime.start(web).await.expect("starts").id;
     if let Err(err) = wait_healthy(&runtime, &id, local(port), &HealthCheck::default()).await {
         let tail = runtime.log_tail(&id, 20).await.unwrap_or_default();
         panic!("not healthy: {err}; {tail:?}");

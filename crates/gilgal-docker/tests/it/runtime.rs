@@ -36,7 +36,7 @@ async fn docker_web_instance_is_healthy_logs_and_stops_with_grace() {
     spec.port = Some(port);
     spec.limits.memory_mb = Some(256);
     spec.limits.cpu_millicores = Some(500);
-    let id = runtime.start(spec).await.expect("starts");
+    let id = runtime.start(spec).await.expect("starts").id;
     assert_eq!(
         sandbox.container_ids().await,
         vec![id.to_string()],
@@ -122,7 +122,8 @@ async fn docker_container_ignoring_sigterm_is_killed_after_grace() {
     let id = runtime
         .start(spec("worker", &["python3", "ignores_sigterm.py"]))
         .await
-        .expect("starts");
+        .expect("starts")
+        .id;
     wait_line(&mut logs, Duration::from_secs(20), |line| {
         line.instance == id && line.line.contains("ignoring SIGTERM")
     })
@@ -233,14 +234,15 @@ async fn docker_server_restart_readopts_containers_without_restarting_them() {
     );
     web.port = Some(port);
     web.restart = RestartPolicy::Always;
-    let web_id = runtime.start(web).await.expect("web starts");
+    let web_id = runtime.start(web).await.expect("web starts").id;
     let mut worker = spec("worker", &["python3", "counter.py"]);
     worker.restart = RestartPolicy::Always;
-    let worker_id = runtime.start(worker).await.expect("worker starts");
+    let worker_id = runtime.start(worker).await.expect("worker starts").id;
     let stopped_id = runtime
         .start(spec("clock", &["sleep", "600"]))
         .await
-        .expect("third starts");
+        .expect("third starts")
+        .id;
     runtime
         .stop(&stopped_id, Duration::from_secs(5))
         .await
@@ -330,7 +332,7 @@ async fn docker_crashing_instance_restarts_with_backoff() {
     let mut events = runtime.subscribe_events();
     let mut spec = spec("worker", &["python3", "crash_on_boot.py"]);
     spec.restart = RestartPolicy::Always;
-    let id = runtime.start(spec).await.expect("starts");
+    let id = runtime.start(spec).await.expect("starts").id;
 
     let mut delays = Vec::new();
     let mut exits = Vec::new();
@@ -398,7 +400,8 @@ async fn docker_missing_image_or_program_fails_start_cleanly() {
     let id = runtime
         .start(spec("web", &["no-such-program-anywhere"]))
         .await
-        .expect("container starts");
+        .expect("container starts")
+        .id;
     let status = eventually(Duration::from_secs(20), "exit", || async {
         let status = runtime.status(&id).await.expect("status");
         (status.state == InstanceState::Exited).then_some(status)

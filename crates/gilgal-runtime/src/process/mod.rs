@@ -126,9 +126,11 @@ impl ProcessRuntime {
         create_state_dir(&instances_dir(&state_dir))?;
         let lock = lock_state_dir(&state_dir).await?;
         let cgroups = Cgroups::detect(&config.cgroups);
+        // Apps listen on loopback (`HOST`), where the edge on this machine reaches them.
         let hub = Arc::new(InstanceHub::new(
             config.channel_capacity,
             config.log_ring_lines,
+            std::net::Ipv4Addr::LOCALHOST.into(),
         ));
         let runtime = ProcessRuntime {
             inner: Arc::new(Inner {
@@ -155,6 +157,7 @@ impl ProcessRuntime {
             record.kind,
             record.spec.labels.clone(),
             record.spec.restart,
+            self.inner.hub.edge_ip(),
         );
         let entry = Arc::new(Entry {
             core,

@@ -30,7 +30,7 @@ async fn crash_on_boot_fails_fast_with_exit_status_and_log_tail() {
     let mut spec = sandbox.spec("crash_on_boot.py", &[]);
     spec.port = Some(port);
     spec.restart = RestartPolicy::Always;
-    let id = runtime.start(spec).await.unwrap();
+    let id = runtime.start(spec).await.unwrap().id;
     let started = Instant::now();
     let result = wait_healthy(
         &runtime,
@@ -62,7 +62,7 @@ async fn never_binding_hits_the_boot_deadline() {
     let port = free_port();
     let mut spec = sandbox.spec("never_binds.py", &[]);
     spec.port = Some(port);
-    let id = runtime.start(spec).await.unwrap();
+    let id = runtime.start(spec).await.unwrap().id;
     let started = Instant::now();
     let deadline = Duration::from_millis(1500);
     match wait_healthy(
@@ -97,7 +97,7 @@ async fn http_probe_variants_and_continuous_monitor() {
     let port = free_port();
     let mut spec = sandbox.spec("http_app.py", &[]);
     spec.port = Some(port);
-    let id = runtime.start(spec).await.unwrap();
+    let id = runtime.start(spec).await.unwrap().id;
     let healthy = Probe::Http {
         path: "/health".into(),
         host: Some("testapp.localhost".into()),
@@ -162,4 +162,51 @@ async fn http_probe_variants_and_continuous_monitor() {
         }
         other => panic!("expected unhealthy, got {other:?}"),
     }
+}
+
+/// A port of 0 asks the runtime to choose: `start` returns where the app listens, `status`
+/// and `list` report the same address, and the app answers there.
+#[tokio::test]
+async fn the_runtime_chooses_the_port_and_says_where_the_instance_listens() {
+    let sandbox = Sandbox::new();
+    let runtime = sandbox.runtime().await;
+    let mut spec = sandbox.spec("http_app.py", &[]);
+    spec.port = Some(0);
+    let started = runtime.start(spec).await.unwrap();
+    let addr = started.addr.expect("a listening instance has an address");
+    assert!(addr.ip().is_loopback(), "{addr}");
+    assert_ne!(addr.port(), 0);
+    let status = runtime.status(&started.id).await.unwrap();
+    assert_eq!(status.addr, Some(addr));
+    assert_eq!(status.port, Some(addr.port()));
+    let listed = runtime.list().await.unwrap();
+    assert!(listed
+        .iter()
+        .any(|s| s.id == started.id && s.addr == Some(addr)));
+    let health = Probe::Http {
+        path: "/health".into(),
+        host: None,
+    };
+    wait_healthy(
+        &runtime,
+        &started.id,
+        addr,
+        &fast_check(health, Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    // Workers (no port) have no address.
+    let worker = runtime
+        .start(sandbox.spec("counter.py", &[]))
+        .await
+        .unwrap();
+    assert_eq!(worker.addr, None);
+    runtime
+        .stop(&started.id, Duration::from_secs(1))
+        .await
+        .unwrap();
+    runtime
+        .stop(&worker.id, Duration::from_secs(1))
+        .await
+        .unwrap();
 }

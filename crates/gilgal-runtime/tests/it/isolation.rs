@@ -22,7 +22,7 @@ async fn memory_limit_gets_the_instance_oom_killed_and_reported() {
     spec.limits.cpu_shares = Some(256);
     spec.limits.max_pids = Some(64);
     spec.restart = RestartPolicy::Never;
-    let id = runtime.start(spec).await.unwrap();
+    let id = runtime.start(spec).await.unwrap().id;
 
     if !memory_cgroups_writable() {
         // Degraded mode: no limit is enforced and stats say so.
@@ -132,7 +132,7 @@ async fn limits_are_written_to_the_instance_cgroups_and_removed_after_stop() {
     spec.limits.cpu_shares = Some(256);
     spec.limits.cpu_millicores = Some(500);
     spec.limits.max_pids = Some(32);
-    let id = runtime.start(spec).await.unwrap();
+    let id = runtime.start(spec).await.unwrap().id;
     let pid = runtime.status(&id).await.unwrap().pid.unwrap();
     let stats = runtime.stats(&id).await.unwrap();
     if !memory_cgroups_writable() {
@@ -218,7 +218,7 @@ async fn without_cgroups_escaped_children_are_still_found_and_killed() {
     let mut logs = runtime.subscribe_logs();
     let mut spec = sandbox.spec("forks_grandchild.py", &[]);
     spec.limits.memory_mb = Some(64);
-    let id = runtime.start(spec).await.unwrap();
+    let id = runtime.start(spec).await.unwrap().id;
     let escaped = wait_line(&mut logs, Duration::from_secs(5), |l| {
         l.line.starts_with("escaped ")
     })
@@ -473,7 +473,7 @@ async fn all_isolation_serves_http(parent: &Path) {
     };
     spec.limits.memory_mb = Some(128);
     spec.limits.cpu_millicores = Some(1000);
-    let id = runtime.start(spec).await.unwrap();
+    let id = runtime.start(spec).await.unwrap().id;
     let check = gilgal_runtime::HealthCheck {
         probe: gilgal_runtime::Probe::Http {
             path: "/env".into(),

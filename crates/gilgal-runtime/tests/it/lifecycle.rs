@@ -20,7 +20,7 @@ async fn http_app_serves_logs_with_timestamps_and_stops_gracefully() {
     let port = free_port();
     let mut spec = sandbox.spec("http_app.py", &[]);
     spec.port = Some(port);
-    let id = runtime.start(spec).await.unwrap();
+    let id = runtime.start(spec).await.unwrap().id;
 
     let check = HealthCheck {
         probe: Probe::Http {
@@ -135,7 +135,8 @@ async fn ignoring_sigterm_gets_sigkill_after_grace() {
     let id = runtime
         .start(sandbox.spec("ignores_sigterm.py", &[]))
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     wait_line(&mut logs, Duration::from_secs(5), |l| {
         l.line.starts_with("ready")
     })
@@ -162,7 +163,8 @@ async fn stop_kills_the_whole_group_and_escaped_children() {
     let id = runtime
         .start(sandbox.spec("forks_grandchild.py", &[]))
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let child = wait_line(&mut logs, Duration::from_secs(5), |l| {
         l.line.starts_with("child ")
     })
@@ -193,7 +195,7 @@ async fn crash_loop_restarts_with_exponential_backoff() {
     let mut events = runtime.subscribe_events();
     let mut spec = sandbox.spec("crash_on_boot.py", &[]);
     spec.restart = RestartPolicy::Always;
-    let id = runtime.start(spec).await.unwrap();
+    let id = runtime.start(spec).await.unwrap().id;
 
     let mut delays = Vec::new();
     let mut starts = Vec::new();
@@ -240,7 +242,7 @@ async fn on_failure_policy_does_not_restart_a_clean_exit() {
     let runtime = sandbox.runtime().await;
     let mut spec = sandbox.spec("env_dump.py", &[]);
     spec.restart = RestartPolicy::OnFailure;
-    let id = runtime.start(spec).await.unwrap();
+    let id = runtime.start(spec).await.unwrap().id;
     let status = eventually(Duration::from_secs(10), "clean exit", || async {
         let status = runtime.status(&id).await.unwrap();
         (status.state == InstanceState::Exited).then_some(status)
@@ -331,7 +333,7 @@ async fn node_app_serves_and_shuts_down_cleanly() {
     let mut spec = sandbox.spec("node_app.js", &[]);
     spec.argv = vec!["node".into(), "node_app.js".into()];
     spec.port = Some(port);
-    let id = runtime.start(spec).await.unwrap();
+    let id = runtime.start(spec).await.unwrap().id;
     let check = HealthCheck {
         probe: Probe::Http {
             path: "/health".into(),

@@ -19,7 +19,7 @@ async fn dropped_runtime_leaves_instance_running_and_new_runtime_adopts_it() {
     let mut logs = first.subscribe_logs();
     let mut spec = sandbox.spec("counter.py", &[]);
     spec.restart = RestartPolicy::Always;
-    let id = first.start(spec).await.unwrap();
+    let id = first.start(spec).await.unwrap().id;
     let seen = wait_line(&mut logs, Duration::from_secs(5), |l| {
         tick_number(&l.line).is_some_and(|n| n >= 3)
     })
@@ -86,11 +86,11 @@ async fn instance_that_died_while_server_was_down_is_marked_or_restarted() {
     let first = sandbox.runtime().await;
     let mut once = sandbox.spec("never_binds.py", &[]);
     once.restart = RestartPolicy::Never;
-    let once = first.start(once).await.unwrap();
+    let once = first.start(once).await.unwrap().id;
     let mut always = sandbox.spec("never_binds.py", &[]);
     always.restart = RestartPolicy::Always;
     always.labels.index = 1;
-    let always = first.start(always).await.unwrap();
+    let always = first.start(always).await.unwrap().id;
     let once_pid = first.status(&once).await.unwrap().pid.unwrap();
     let always_pid = first.status(&always).await.unwrap().pid.unwrap();
     drop(first);
@@ -146,7 +146,7 @@ async fn process_spawned_just_before_a_crash_is_swept() {
     let mut spec = sandbox.spec("forks_grandchild.py", &[]);
     spec.restart = RestartPolicy::Always;
     let mut logs = first.subscribe_logs();
-    let id = first.start(spec).await.unwrap();
+    let id = first.start(spec).await.unwrap().id;
     let escaped = wait_line(&mut logs, Duration::from_secs(5), |l| {
         l.line.starts_with("escaped ")
     })
@@ -194,7 +194,7 @@ async fn adopted_instance_that_crashes_later_is_noticed_and_restarted() {
     let first = sandbox.runtime().await;
     let mut spec = sandbox.spec("never_binds.py", &[]);
     spec.restart = RestartPolicy::Always;
-    let id = first.start(spec).await.unwrap();
+    let id = first.start(spec).await.unwrap().id;
     let pid = first.status(&id).await.unwrap().pid.unwrap();
     drop(first);
 
@@ -259,10 +259,10 @@ async fn host_process() {
     let mut new = sandbox.spec("counter.py", &[]);
     new.restart = RestartPolicy::Always;
     new.labels.release = 8;
-    let new = runtime.start(new).await.unwrap();
+    let new = runtime.start(new).await.unwrap().id;
     let mut old = sandbox.spec("ignores_sigterm.py", &[]);
     old.restart = RestartPolicy::Always;
-    let old = runtime.start(old).await.unwrap();
+    let old = runtime.start(old).await.unwrap().id;
     wait_line(&mut logs, Duration::from_secs(10), |l| {
         l.instance == old && l.line.starts_with("ready")
     })
