@@ -232,8 +232,17 @@ impl Deployer {
                 slot: slot_name(slot),
                 reason,
             };
-            // Web instances listen on a port the runtime picks (and says where it is).
-            let port = (slot.process_type == "web").then_some(0);
+            // Web instances listen on a port the runtime picks; their command line may name
+            // it, so it is chosen before the spec is written.
+            let port = if slot.process_type == "web" {
+                Some(
+                    self.runtime
+                        .choose_port()
+                        .map_err(|e| start_failed(e.to_string()))?,
+                )
+            } else {
+                None
+            };
             let spec = instance_spec(
                 desired.artifact,
                 environment,

@@ -701,6 +701,10 @@ impl<T: HostedRuntime> Runtime for T {
         Ok(StartedInstance { id, addr })
     }
 
+    fn choose_port(&self) -> Result<u16> {
+        Ok(self.hub().assign_port(Some(0))?.unwrap_or_default())
+    }
+
     async fn stop(&self, id: &InstanceId, grace: Duration) -> Result<ExitInfo> {
         self.hub().stop(id, grace).await
     }

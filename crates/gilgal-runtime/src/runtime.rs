@@ -31,6 +31,11 @@ pub trait Runtime: Send + Sync {
     /// (a `port` of `Some(0)` gets a free one).
     async fn start(&self, spec: InstanceSpec) -> Result<StartedInstance>;
 
+    /// A port free now on the runtime's edge address, for a spec whose command line must name
+    /// its port before `start` (a Procfile's `--bind 0.0.0.0:$PORT`). The runtime, not its
+    /// caller, knows where instances listen.
+    fn choose_port(&self) -> Result<u16>;
+
     /// Stops an instance: SIGTERM to all its processes, up to `grace` for them to exit, then
     /// SIGKILL. Returns how the main process ended. Stopping an ended instance returns its last
     /// exit.
