@@ -123,20 +123,15 @@ pub fn validate_addon_name(name: &str) -> Result<(), DeployError> {
 /// Add-on use-cases: provision, attach (as config vars), back up, restore and destroy.
 #[derive(Debug)]
 pub struct Addons {
-    pub(crate) platform: std::sync::Arc<crate::Platform>,
-    pub(crate) changes: std::sync::Arc<crate::Changes>,
+    pub(crate) platform: Arc<crate::Platform>,
+    pub(crate) changes: Arc<crate::Changes>,
 }
 
 impl Addons {
-    pub(crate) fn new(
-        platform: std::sync::Arc<crate::Platform>,
-        changes: std::sync::Arc<crate::Changes>,
-    ) -> Self {
+    pub(crate) fn new(platform: Arc<crate::Platform>, changes: Arc<crate::Changes>) -> Self {
         Self { platform, changes }
     }
-}
 
-impl Addons {
     fn addons_config(&self) -> &AddonsConfig {
         &self.platform.config.addons
     }
@@ -754,20 +749,15 @@ impl Addons {
 /// The loop that keeps add-on servers up and takes their scheduled backups.
 #[derive(Debug)]
 pub struct AddonSupervisor {
-    pub(crate) platform: std::sync::Arc<crate::Platform>,
-    pub(crate) addons: std::sync::Arc<Addons>,
+    pub(crate) platform: Arc<crate::Platform>,
+    pub(crate) addons: Arc<Addons>,
 }
 
 impl AddonSupervisor {
-    pub(crate) fn new(
-        platform: std::sync::Arc<crate::Platform>,
-        addons: std::sync::Arc<Addons>,
-    ) -> Self {
+    pub(crate) fn new(platform: Arc<crate::Platform>, addons: Arc<Addons>) -> Self {
         Self { platform, addons }
     }
-}
 
-impl AddonSupervisor {
     /// Keeps every add-on's server running and takes scheduled backups, until `shutdown`.
     pub async fn run_addon_supervisor(
         self: Arc<Self>,

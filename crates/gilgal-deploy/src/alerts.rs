@@ -132,16 +132,14 @@ impl Platform {
 /// the API makes on alert channels.
 #[derive(Debug)]
 pub struct AlertEvaluator {
-    pub(crate) platform: std::sync::Arc<crate::Platform>,
+    pub(crate) platform: Arc<crate::Platform>,
 }
 
 impl AlertEvaluator {
-    pub(crate) fn new(platform: std::sync::Arc<crate::Platform>) -> Self {
+    pub(crate) fn new(platform: Arc<crate::Platform>) -> Self {
         Self { platform }
     }
-}
 
-impl AlertEvaluator {
     /// Delivers notifications (shared with the API, which checks channels against it).
     pub fn notifier(&self) -> &Notifier {
         &self.platform.config.alerts.notifier

@@ -115,16 +115,16 @@ fn describe(edits: &[ConfigEdit]) -> String {
 /// refresh): ordered per environment, then queued as deployments or converged directly.
 #[derive(Debug)]
 pub struct Changes {
-    pub(crate) platform: std::sync::Arc<crate::Platform>,
-    pub(crate) engine: std::sync::Arc<crate::RolloutEngine>,
-    pub(crate) deployments: std::sync::Arc<crate::Deployments>,
+    pub(crate) platform: Arc<crate::Platform>,
+    pub(crate) engine: Arc<crate::RolloutEngine>,
+    pub(crate) deployments: Arc<crate::Deployments>,
 }
 
 impl Changes {
     pub(crate) fn new(
-        platform: std::sync::Arc<crate::Platform>,
-        engine: std::sync::Arc<crate::RolloutEngine>,
-        deployments: std::sync::Arc<crate::Deployments>,
+        platform: Arc<crate::Platform>,
+        engine: Arc<crate::RolloutEngine>,
+        deployments: Arc<crate::Deployments>,
     ) -> Self {
         Self {
             platform,
@@ -132,9 +132,7 @@ impl Changes {
             deployments,
         }
     }
-}
 
-impl Changes {
     /// A config change asked for by a user: validates `edits`, checks the quota, then
     /// applies them (`apply_config_edits`, described by what it sets and unsets). Returns the
     /// deployment rolling it out, when something is live.

@@ -150,9 +150,7 @@ impl RolloutEngine {
     pub(crate) fn new(platform: std::sync::Arc<crate::Platform>) -> Self {
         Self { platform }
     }
-}
 
-impl RolloutEngine {
     /// Diffs what `desired` asks for against what the runtime runs for `environment`.
     /// Instances in `replace` count as gone: their slot gets a new instance and they leave
     /// once it is routed (a health replacement).

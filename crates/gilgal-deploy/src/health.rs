@@ -107,22 +107,20 @@ impl Platform {
 /// environments' timelines.
 #[derive(Debug)]
 pub struct EventRecorder {
-    pub(crate) platform: std::sync::Arc<crate::Platform>,
+    pub(crate) platform: Arc<crate::Platform>,
     /// Subscribed at construction, so nothing reported before the loop starts is missed.
     pub(crate) runtime_events:
         std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<RuntimeEvent>>>,
 }
 
 impl EventRecorder {
-    pub(crate) fn new(platform: std::sync::Arc<crate::Platform>) -> Self {
+    pub(crate) fn new(platform: Arc<crate::Platform>) -> Self {
         Self {
             runtime_events: std::sync::Mutex::new(Some(platform.runtime.subscribe_events())),
             platform,
         }
     }
-}
 
-impl EventRecorder {
     /// Records runtime events of long-running instances (not one-off runs or release phases)
     /// in their environment's timeline until `stop`.
     pub async fn run_event_recorder(self: &Arc<Self>, stop: CancellationToken) {
@@ -172,20 +170,15 @@ impl EventRecorder {
 /// converged on its desired state (replacing what failed or drifted).
 #[derive(Debug)]
 pub struct HealthWatch {
-    pub(crate) platform: std::sync::Arc<crate::Platform>,
-    pub(crate) engine: std::sync::Arc<crate::RolloutEngine>,
+    pub(crate) platform: Arc<crate::Platform>,
+    pub(crate) engine: Arc<crate::RolloutEngine>,
 }
 
 impl HealthWatch {
-    pub(crate) fn new(
-        platform: std::sync::Arc<crate::Platform>,
-        engine: std::sync::Arc<crate::RolloutEngine>,
-    ) -> Self {
+    pub(crate) fn new(platform: Arc<crate::Platform>, engine: Arc<crate::RolloutEngine>) -> Self {
         Self { platform, engine }
     }
-}
 
-impl HealthWatch {
     /// Health-checks every running web instance of each live release every
     /// `PlatformConfig::health_interval` until `stop`; records uptime and replaces instances
     /// that keep failing.

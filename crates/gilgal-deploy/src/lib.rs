@@ -12,6 +12,13 @@
 //! are failed (never left "in progress"), each environment's desired state (live release ×
 //! formation) is diffed against what the runtime reports (re-adopted instances included), the
 //! difference is applied, and routes are reinstalled.
+//!
+//! One struct per job, each over the shared [`Platform`] and only the services it really
+//! uses, so that none carries more than a couple of dozen methods: the use-cases the API calls
+//! ([`Deployments`], [`Changes`], [`Addons`], [`Teardown`], [`Runs`], [`AppMetrics`]), the
+//! [`RolloutEngine`] they converge through, and the loops the server starts ([`LogIngest`],
+//! [`EventRecorder`], [`AlertEvaluator`], [`Recovery`], [`HealthWatch`], [`AddonSupervisor`],
+//! the cron of [`Runs`]). [`Services::new`] wires them.
 
 mod addons;
 mod alerts;

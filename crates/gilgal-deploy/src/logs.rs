@@ -156,21 +156,19 @@ impl Platform {
 /// The loop that writes the runtime's output and the edge's access log to the log store.
 #[derive(Debug)]
 pub struct LogIngest {
-    pub(crate) platform: std::sync::Arc<crate::Platform>,
+    pub(crate) platform: Arc<crate::Platform>,
     /// Subscribed at construction, so nothing printed before the loop starts is missed.
     pub(crate) log_lines: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<LogLine>>>,
 }
 
 impl LogIngest {
-    pub(crate) fn new(platform: std::sync::Arc<crate::Platform>) -> Self {
+    pub(crate) fn new(platform: Arc<crate::Platform>) -> Self {
         Self {
             log_lines: std::sync::Mutex::new(Some(platform.runtime.subscribe_logs())),
             platform,
         }
     }
-}
 
-impl LogIngest {
     /// Copies runtime log lines into the log store until `stop`. Call once (later calls
     /// return at once); lines printed since the deployer was created are not missed.
     pub async fn run_log_ingest(self: &Arc<Self>, stop: CancellationToken) {

@@ -387,26 +387,21 @@ pub(crate) struct Prepared {
 /// changes were accepted; the use-cases that record a deployment go through it.
 #[derive(Debug)]
 pub struct Deployments {
-    pub(crate) platform: std::sync::Arc<crate::Platform>,
-    pub(crate) engine: std::sync::Arc<crate::RolloutEngine>,
+    pub(crate) platform: Arc<crate::Platform>,
+    pub(crate) engine: Arc<crate::RolloutEngine>,
     /// Cancellation tokens of deployments in progress.
     pub(crate) running: std::sync::Mutex<std::collections::HashMap<Uuid, CancellationToken>>,
 }
 
 impl Deployments {
-    pub(crate) fn new(
-        platform: std::sync::Arc<crate::Platform>,
-        engine: std::sync::Arc<crate::RolloutEngine>,
-    ) -> Self {
+    pub(crate) fn new(platform: Arc<crate::Platform>, engine: Arc<crate::RolloutEngine>) -> Self {
         Self {
             platform,
             engine,
             running: std::sync::Mutex::default(),
         }
     }
-}
 
-impl Deployments {
     /// Whether this server would fetch from `url`: an accepted transport (`file://` only
     /// with `--allow-local-git`) and, unless private URLs are allowed, a host that resolves to
     /// public addresses only. Checked before anything is recorded, and when a webhook is made.

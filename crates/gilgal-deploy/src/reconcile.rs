@@ -19,18 +19,18 @@ use crate::{Changes, DeployError, DeploySource, Platform, ReuseKind, ReuseReleas
 /// environment owns.
 #[derive(Debug)]
 pub struct Recovery {
-    pub(crate) platform: std::sync::Arc<crate::Platform>,
-    pub(crate) engine: std::sync::Arc<crate::RolloutEngine>,
-    pub(crate) teardown: std::sync::Arc<crate::Teardown>,
-    pub(crate) runs: std::sync::Arc<crate::Runs>,
+    pub(crate) platform: Arc<crate::Platform>,
+    pub(crate) engine: Arc<crate::RolloutEngine>,
+    pub(crate) teardown: Arc<crate::Teardown>,
+    pub(crate) runs: Arc<crate::Runs>,
 }
 
 impl Recovery {
     pub(crate) fn new(
-        platform: std::sync::Arc<crate::Platform>,
-        engine: std::sync::Arc<crate::RolloutEngine>,
-        teardown: std::sync::Arc<crate::Teardown>,
-        runs: std::sync::Arc<crate::Runs>,
+        platform: Arc<crate::Platform>,
+        engine: Arc<crate::RolloutEngine>,
+        teardown: Arc<crate::Teardown>,
+        runs: Arc<crate::Runs>,
     ) -> Self {
         Self {
             platform,
@@ -39,9 +39,7 @@ impl Recovery {
             runs,
         }
     }
-}
 
-impl Recovery {
     /// Converges after a (re)start: fails interrupted deployments, then makes every
     /// environment run exactly its live release's formation and routes traffic to it.
     /// When it returns, every environment that can serve is routed (the server opens the
@@ -404,16 +402,14 @@ impl Platform {
 /// What runs, measured on request: instance counts and resource use, and apps' own metrics.
 #[derive(Debug)]
 pub struct AppMetrics {
-    pub(crate) platform: std::sync::Arc<crate::Platform>,
+    pub(crate) platform: Arc<crate::Platform>,
 }
 
 impl AppMetrics {
-    pub(crate) fn new(platform: std::sync::Arc<crate::Platform>) -> Self {
+    pub(crate) fn new(platform: Arc<crate::Platform>) -> Self {
         Self { platform }
     }
-}
 
-impl AppMetrics {
     /// Instances running now per process type of the live release.
     pub async fn running_counts(
         &self,

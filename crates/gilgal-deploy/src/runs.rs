@@ -73,16 +73,14 @@ pub(crate) fn latest_due_tick(cron: &croner::Cron, after: i64, now: DateTime<Utc
 /// that starts them on schedule.
 #[derive(Debug)]
 pub struct Runs {
-    pub(crate) platform: std::sync::Arc<crate::Platform>,
+    pub(crate) platform: Arc<crate::Platform>,
 }
 
 impl Runs {
-    pub(crate) fn new(platform: std::sync::Arc<crate::Platform>) -> Self {
+    pub(crate) fn new(platform: Arc<crate::Platform>) -> Self {
         Self { platform }
     }
-}
 
-impl Runs {
     /// Starts a one-off instance of the environment's live release running `request.argv`
     /// and returns the run's id at once; output goes to the run's log. For a cron tick that
     /// was already claimed, returns `Ok(None)`.

@@ -20,16 +20,16 @@ use crate::DeployError;
 /// deletions a crash interrupted.
 #[derive(Debug)]
 pub struct Teardown {
-    pub(crate) platform: std::sync::Arc<crate::Platform>,
-    pub(crate) engine: std::sync::Arc<crate::RolloutEngine>,
-    pub(crate) addons: std::sync::Arc<crate::Addons>,
+    pub(crate) platform: Arc<crate::Platform>,
+    pub(crate) engine: Arc<crate::RolloutEngine>,
+    pub(crate) addons: Arc<crate::Addons>,
 }
 
 impl Teardown {
     pub(crate) fn new(
-        platform: std::sync::Arc<crate::Platform>,
-        engine: std::sync::Arc<crate::RolloutEngine>,
-        addons: std::sync::Arc<crate::Addons>,
+        platform: Arc<crate::Platform>,
+        engine: Arc<crate::RolloutEngine>,
+        addons: Arc<crate::Addons>,
     ) -> Self {
         Self {
             platform,
@@ -37,9 +37,7 @@ impl Teardown {
             addons,
         }
     }
-}
 
-impl Teardown {
     /// Deletes a project: final add-on backups first (if one fails, nothing is deleted),
     /// then every environment is torn down and the project's rows, artifacts, build caches
     /// and logs go. The caller has checked that the user may.
