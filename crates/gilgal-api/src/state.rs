@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use gilgal_auth::access::AccessTokenCodec;
 use gilgal_auth::keys::SigningKey;
-use gilgal_deploy::Deployer;
+use gilgal_deploy::{
+    Addons, AlertEvaluator, AppMetrics, Changes, Deployments, Platform, Runs, Services, Teardown,
+};
 use gilgal_proxy::ProxyHandle;
 use gilgal_store::Store;
 
@@ -69,7 +71,7 @@ pub struct AppState {
 struct Inner {
     store: Store,
     proxy: ProxyHandle,
-    deployer: Arc<Deployer>,
+    services: Services,
     codec: AccessTokenCodec,
     decoy_hash: String,
     account_failures: crate::limits::FailureLimiter,
@@ -85,7 +87,7 @@ impl AppState {
     pub fn new(
         store: Store,
         proxy: ProxyHandle,
-        deployer: Arc<Deployer>,
+        services: Services,
         signing_key: &SigningKey,
         config: ApiConfig,
     ) -> Result<Self, gilgal_auth::AuthError> {
@@ -93,7 +95,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 store,
                 proxy,
-                deployer,
+                services,
                 codec: AccessTokenCodec::new(signing_key),
                 decoy_hash: gilgal_auth::password::timing_decoy_hash()?,
                 account_failures: crate::limits::FailureLimiter::new(
@@ -126,9 +128,44 @@ impl AppState {
         &self.inner.proxy
     }
 
-    /// The deploy pipeline.
-    pub fn deployer(&self) -> &Arc<Deployer> {
-        &self.inner.deployer
+    /// The shared platform: vault, settings, quotas, logs, certificates, URLs.
+    pub fn platform(&self) -> &Arc<Platform> {
+        &self.inner.services.platform
+    }
+
+    /// Deployments (upload, git, image) and their cancellation.
+    pub fn deployments(&self) -> &Arc<Deployments> {
+        &self.inner.services.deployments
+    }
+
+    /// Changes that start from what runs (config, rollback, promote, redeploy, scale, domains).
+    pub fn changes(&self) -> &Arc<Changes> {
+        &self.inner.services.changes
+    }
+
+    /// Add-on use-cases.
+    pub fn addons(&self) -> &Arc<Addons> {
+        &self.inner.services.addons
+    }
+
+    /// Project and environment deletion.
+    pub fn teardown(&self) -> &Arc<Teardown> {
+        &self.inner.services.teardown
+    }
+
+    /// One-off runs.
+    pub fn runs(&self) -> &Arc<Runs> {
+        &self.inner.services.runs
+    }
+
+    /// Alert rules, channels and notifications.
+    pub fn alerts(&self) -> &Arc<AlertEvaluator> {
+        &self.inner.services.alerts
+    }
+
+    /// Instance counts, resource use and apps' own metrics.
+    pub fn metrics(&self) -> &Arc<AppMetrics> {
+        &self.inner.services.metrics
     }
 
     /// The access-token codec.

@@ -2,7 +2,7 @@
 //! attachment through sealed config vars and a zero-downtime rollout, scheduled and manual
 //! backups with retention, restores, and the supervisor that keeps every server running.
 //!
-//! The store's add-on rows are the desired state; [`Deployer::run_addon_supervisor`] drives
+//! The store's add-on rows are the desired state; [`AddonSupervisor::run_addon_supervisor`] drives
 //! the servers to it every few seconds (a killed PostgreSQL or Redis is started again, with
 //! its own crash recovery) and takes the scheduled backups. A backup is recorded as
 //! `running` before it starts and ends `succeeded` (size, SHA-256) or `failed` (the error):
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::changes::ConfigEdit;
-use crate::{DeployError, Deployer};
+use crate::DeployError;
 
 /// Where add-ons live and which PostgreSQL server hosts their databases.
 #[derive(Debug, Clone, Default)]
@@ -120,9 +120,20 @@ pub fn validate_addon_name(name: &str) -> Result<(), DeployError> {
     }
 }
 
-impl Deployer {
+/// Add-on use-cases: provision, attach (as config vars), back up, restore and destroy.
+#[derive(Debug)]
+pub struct Addons {
+    pub(crate) platform: Arc<crate::Platform>,
+    pub(crate) changes: Arc<crate::Changes>,
+}
+
+impl Addons {
+    pub(crate) fn new(platform: Arc<crate::Platform>, changes: Arc<crate::Changes>) -> Self {
+        Self { platform, changes }
+    }
+
     fn addons_config(&self) -> &AddonsConfig {
-        &self.config.addons
+        &self.platform.config.addons
     }
 
     fn postgres_server(&self) -> Result<PostgresServer, DeployError> {
@@ -177,6 +188,7 @@ impl Deployer {
 
     async fn credentials(&self, addon: &AddonRecord) -> Result<Credentials, DeployError> {
         let opened = self
+            .platform
             .vault
             .open(
                 addon.environment_id,
@@ -313,16 +325,17 @@ impl Deployer {
                 secret,
             })
             .collect();
-        self.apply_config_edits(
-            environment.id,
-            &edits,
-            format!(
-                "Attach {} ({})",
-                addon.name,
-                addon_var_names(addon).join(", ")
-            ),
-        )
-        .await
+        self.changes
+            .apply_config_edits(
+                environment.id,
+                &edits,
+                format!(
+                    "Attach {} ({})",
+                    addon.name,
+                    addon_var_names(addon).join(", ")
+                ),
+            )
+            .await
     }
 
     /// Creates an add-on of `kind` in `environment`, named `name` (default: the kind for the
@@ -341,7 +354,7 @@ impl Deployer {
                 KINDS.join(" or ")
             )));
         }
-        let existing = self.store.addons(environment.id).await?;
+        let existing = self.platform.store.addons(environment.id).await?;
         let (name, var_prefix) = match name {
             Some(name) => {
                 validate_addon_name(name)?;
@@ -367,7 +380,8 @@ impl Deployer {
             )));
         }
         // Attaching starts a rollout when something is live: refused before anything exists.
-        self.check_quota(environment.project_id, crate::quotas::Work::Rollout)
+        self.platform
+            .check_quota(environment.project_id, crate::quotas::Work::Rollout)
             .await?;
         // Fail before recording anything when the server software is missing.
         match kind {
@@ -396,15 +410,20 @@ impl Deployer {
         let json =
             serde_json::to_string(&credentials).map_err(|e| DeployError::Invalid(e.to_string()))?;
         let sealed = self
+            .platform
             .vault
             .seal(environment.id, &sealed_name(id), &json)
             .await?;
         // Under the environment's lock: a deletion's teardown either ran before (the
         // environment is gone: nothing is created) or runs after (and destroys this one).
-        let lock = self.environment_lock(environment.id);
+        let lock = self.platform.environment_lock(environment.id);
         let no_teardown_meanwhile = lock.lock().await;
-        self.store.environment_by_id(environment.id).await?;
+        self.platform
+            .store
+            .environment_by_id(environment.id)
+            .await?;
         let addon = self
+            .platform
             .store
             .create_addon(&NewAddon {
                 id,
@@ -423,13 +442,19 @@ impl Deployer {
                 other => other.into(),
             })?;
         if let Err(e) = self.provision(&addon).await {
-            self.store.set_addon_state(addon.id, "failed").await?;
+            self.platform
+                .store
+                .set_addon_state(addon.id, "failed")
+                .await?;
             return Err(e);
         }
-        self.store.set_addon_state(addon.id, "ready").await?;
+        self.platform
+            .store
+            .set_addon_state(addon.id, "ready")
+            .await?;
         drop(no_teardown_meanwhile);
         let deployment = self.attach(environment, &addon).await?;
-        let addon = self.store.addon(addon.id).await?;
+        let addon = self.platform.store.addon(addon.id).await?;
         tracing::info!(addon = %addon.id, kind, name = %addon.name, environment = %environment.id, "add-on created");
         Ok((addon, deployment))
     }
@@ -452,9 +477,9 @@ impl Deployer {
             ));
         }
         let addon = {
-            let lock = self.environment_lock(addon.environment_id);
+            let lock = self.platform.environment_lock(addon.environment_id);
             let _no_teardown_meanwhile = lock.lock().await;
-            let addon = self.store.addon(addon.id).await?;
+            let addon = self.platform.store.addon(addon.id).await?;
             if final_backup {
                 self.final_backup(&addon).await?;
             }
@@ -467,6 +492,7 @@ impl Deployer {
         let names = addon_var_names(&addon);
         let unset: Vec<ConfigEdit> = names.iter().cloned().map(ConfigEdit::Unset).collect();
         let detached = self
+            .changes
             .apply_config_edits(
                 addon.environment_id,
                 &unset,
@@ -478,7 +504,10 @@ impl Deployer {
             // Deleted meanwhile: nothing is left to detach from.
             Err(_)
                 if matches!(
-                    self.store.environment_by_id(addon.environment_id).await,
+                    self.platform
+                        .store
+                        .environment_by_id(addon.environment_id)
+                        .await,
                     Err(gilgal_store::StoreError::NotFound)
                 ) =>
             {
@@ -512,7 +541,10 @@ impl Deployer {
         &self,
         addon: &AddonRecord,
     ) -> Result<(), DeployError> {
-        self.store.set_addon_state(addon.id, "deleting").await?;
+        self.platform
+            .store
+            .set_addon_state(addon.id, "deleting")
+            .await?;
         let credentials = self.credentials(addon).await?;
         match addon.kind.as_str() {
             "postgres" => {
@@ -539,7 +571,7 @@ impl Deployer {
                 .map_err(addon_error)?,
             _ => {}
         }
-        self.store.delete_addon(addon.id).await?;
+        self.platform.store.delete_addon(addon.id).await?;
         Ok(())
     }
 
@@ -561,7 +593,7 @@ impl Deployer {
         cause: &str,
         tick: Option<i64>,
     ) -> Result<BackupRecord, DeployError> {
-        let Some(id) = self.store.start_backup(addon, cause, tick).await? else {
+        let Some(id) = self.platform.store.start_backup(addon, cause, tick).await? else {
             return Err(DeployError::Invalid(
                 "this backup tick was already taken".to_owned(),
             ));
@@ -570,42 +602,45 @@ impl Deployer {
         let outcome = self.write_backup(addon, &path).await;
         match &outcome {
             Ok(file) => {
-                self.store
+                self.platform
+                    .store
                     .finish_backup(
                         id,
                         Ok((&file.path.to_string_lossy(), file.size, &file.sha256)),
                     )
                     .await?;
                 tracing::info!(addon = %addon.id, backup = %id, bytes = file.size, "add-on backup succeeded");
-                self.event(
-                    addon.environment_id,
-                    "backup",
-                    format!(
-                        "{} backup of {} succeeded ({} bytes, sha256 {})",
-                        cause,
-                        addon.name,
-                        file.size,
-                        &file.sha256[..16.min(file.sha256.len())]
-                    ),
-                )
-                .await;
+                self.platform
+                    .event(
+                        addon.environment_id,
+                        "backup",
+                        format!(
+                            "{} backup of {} succeeded ({} bytes, sha256 {})",
+                            cause,
+                            addon.name,
+                            file.size,
+                            &file.sha256[..16.min(file.sha256.len())]
+                        ),
+                    )
+                    .await;
                 if let Err(e) = self.apply_retention(addon).await {
                     tracing::warn!(addon = %addon.id, error = %e, "backup retention failed");
                 }
             }
             Err(e) => {
                 let message = e.to_string();
-                self.store.finish_backup(id, Err(&message)).await?;
+                self.platform.store.finish_backup(id, Err(&message)).await?;
                 tracing::error!(addon = %addon.id, backup = %id, error = %message, "add-on backup FAILED");
-                self.event(
-                    addon.environment_id,
-                    "backup_failed",
-                    format!("{cause} backup of {} FAILED: {message}", addon.name),
-                )
-                .await;
+                self.platform
+                    .event(
+                        addon.environment_id,
+                        "backup_failed",
+                        format!("{cause} backup of {} FAILED: {message}", addon.name),
+                    )
+                    .await;
             }
         }
-        Ok(self.store.backup(id).await?)
+        Ok(self.platform.store.backup(id).await?)
     }
 
     async fn write_backup(
@@ -646,6 +681,7 @@ impl Deployer {
     async fn apply_retention(&self, addon: &AddonRecord) -> Result<(), DeployError> {
         let keep = usize::try_from(addon.backup_retention).unwrap_or(7).max(1);
         let old: Vec<BackupRecord> = self
+            .platform
             .store
             .backups(addon.id)
             .await?
@@ -661,7 +697,7 @@ impl Deployer {
                     Err(e) => return Err(e.into()),
                 }
             }
-            self.store.delete_backup(backup.id).await?;
+            self.platform.store.delete_backup(backup.id).await?;
         }
         Ok(())
     }
@@ -708,13 +744,26 @@ impl Deployer {
         tracing::info!(addon = %addon.id, backup = %backup.id, "add-on restored");
         Ok(())
     }
+}
+
+/// The loop that keeps add-on servers up and takes their scheduled backups.
+#[derive(Debug)]
+pub struct AddonSupervisor {
+    pub(crate) platform: Arc<crate::Platform>,
+    pub(crate) addons: Arc<Addons>,
+}
+
+impl AddonSupervisor {
+    pub(crate) fn new(platform: Arc<crate::Platform>, addons: Arc<Addons>) -> Self {
+        Self { platform, addons }
+    }
 
     /// Keeps every add-on's server running and takes scheduled backups, until `shutdown`.
     pub async fn run_addon_supervisor(
         self: Arc<Self>,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        match self.store.fail_running_backups().await {
+        match self.platform.store.fail_running_backups().await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(count = n, "backups interrupted by a restart marked failed"),
             Err(e) => tracing::warn!(error = %e, "cannot mark interrupted backups"),
@@ -733,7 +782,7 @@ impl Deployer {
     async fn addon_pass(self: &Arc<Self>, now: DateTime<Utc>) -> Result<(), DeployError> {
         // PostgreSQL and S3 are one server for all their add-ons: checked once a pass.
         let mut shared_checked: Vec<&'static str> = Vec::new();
-        for addon in self.store.all_addons().await? {
+        for addon in self.platform.store.all_addons().await? {
             if addon.state != "ready" {
                 continue;
             }
@@ -743,7 +792,7 @@ impl Deployer {
                 _ => None,
             };
             if !shared.is_some_and(|kind| shared_checked.contains(&kind)) {
-                if let Err(e) = self.ensure_server(&addon).await {
+                if let Err(e) = self.addons.ensure_server(&addon).await {
                     tracing::warn!(addon = %addon.id, error = %e, "add-on server is down; retrying");
                     continue;
                 }
@@ -768,6 +817,7 @@ impl Deployer {
             crate::runs::parse_schedule(&addon.backup_schedule).map_err(DeployError::Invalid)?;
         let created = addon.created_at.unix_timestamp();
         let after = self
+            .platform
             .store
             .last_backup_tick(addon.id)
             .await?
@@ -775,7 +825,9 @@ impl Deployer {
             .max(created);
         let due = crate::runs::latest_due_tick(&cron, after, now);
         if let Some(tick) = due {
-            self.backup_addon(addon, "scheduled", Some(tick)).await?;
+            self.addons
+                .backup_addon(addon, "scheduled", Some(tick))
+                .await?;
         }
         Ok(())
     }

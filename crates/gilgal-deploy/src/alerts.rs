@@ -22,7 +22,7 @@ use gilgal_store::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{DeployError, Deployer};
+use crate::{DeployError, Platform};
 
 /// How often rules are evaluated when the server does not say.
 pub const DEFAULT_ALERT_INTERVAL: Duration = Duration::from_secs(15);
@@ -90,7 +90,7 @@ fn retry_after_ms(attempts: u32) -> u64 {
     (5_000u64 << attempts.min(10)).min(600_000)
 }
 
-impl Deployer {
+impl Platform {
     /// Sets the streak of every environment the health watch did not check this round (no
     /// live release, no web process, deleted) to 0: nothing of theirs is failing.
     pub(crate) fn clear_health_streaks_except(&self, checked: &[Uuid]) {
@@ -126,17 +126,30 @@ impl Deployer {
             })
             .collect()
     }
+}
+
+/// The loop that evaluates alert rules and delivers their notifications, and the checks
+/// the API makes on alert channels.
+#[derive(Debug)]
+pub struct AlertEvaluator {
+    pub(crate) platform: Arc<crate::Platform>,
+}
+
+impl AlertEvaluator {
+    pub(crate) fn new(platform: Arc<crate::Platform>) -> Self {
+        Self { platform }
+    }
 
     /// Delivers notifications (shared with the API, which checks channels against it).
     pub fn notifier(&self) -> &Notifier {
-        &self.config.alerts.notifier
+        &self.platform.config.alerts.notifier
     }
 
     /// Refuses a notification URL whose host is on the server's own network, unless the
     /// administrator allowed private URLs (as for git sources).
     pub async fn check_notification_url(&self, url: &str) -> Result<(), DeployError> {
         gilgal_notify::check_url(url).map_err(|e| DeployError::Invalid(e.to_string()))?;
-        if self.config.allow_private_urls {
+        if self.platform.config.allow_private_urls {
             return Ok(());
         }
         crate::ssrf::check_public(url)
@@ -147,7 +160,11 @@ impl Deployer {
     /// The environment's rules, defaults included.
     pub async fn alert_rules(&self, environment: Uuid) -> Result<Vec<AlertRule>, StoreError> {
         Ok(effective_rules(
-            &self.store.alert_rule_overrides(environment).await?,
+            &self
+                .platform
+                .store
+                .alert_rule_overrides(environment)
+                .await?,
         ))
     }
 
@@ -158,7 +175,7 @@ impl Deployer {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(self.config.alerts.interval) => {}
+                _ = tokio::time::sleep(self.platform.config.alerts.interval) => {}
             }
             if let Err(e) = self.evaluate_alerts(&mut state).await {
                 tracing::warn!(error = %e, "alert evaluation failed");
@@ -171,9 +188,11 @@ impl Deployer {
 
     async fn evaluate_alerts(&self, state: &mut EvaluatorState) -> Result<(), StoreError> {
         let now = now_ms();
-        let interval_ms = u64::try_from(self.config.alerts.interval.as_millis()).unwrap_or(0);
-        let environments = self.store.all_environments().await?;
+        let interval_ms =
+            u64::try_from(self.platform.config.alerts.interval.as_millis()).unwrap_or(0);
+        let environments = self.platform.store.all_environments().await?;
         let mut open: HashMap<(Uuid, String), AlertRecord> = self
+            .platform
             .store
             .open_alerts()
             .await?
@@ -181,14 +200,14 @@ impl Deployer {
             .map(|a| ((a.environment_id, a.kind.clone()), a))
             .collect();
         let mut overrides: HashMap<Uuid, Vec<AlertRuleRecord>> = HashMap::new();
-        for (environment, rule) in self.store.all_alert_rule_overrides().await? {
+        for (environment, rule) in self.platform.store.all_alert_rule_overrides().await? {
             overrides.entry(environment).or_default().push(rule);
         }
-        let snapshot = self.proxy.metrics();
-        let streaks = self.take_health_streaks();
+        let snapshot = self.platform.proxy.metrics();
+        let streaks = self.platform.take_health_streaks();
         let keep_ms = MAX_TRAFFIC_WINDOW_MS + 2 * interval_ms;
         for environment in &environments {
-            let route = self.route_of(environment);
+            let route = self.platform.route_of(environment);
             if let Some(m) = snapshot.route(&route) {
                 state.traffic.entry(route.clone()).or_default().push(
                     TrafficSample {
@@ -225,6 +244,7 @@ impl Deployer {
                         let message =
                             format!("{condition}: {}{window}", measured.unwrap_or_default());
                         if self
+                            .platform
                             .store
                             .fire_alert(
                                 environment.id,
@@ -236,7 +256,8 @@ impl Deployer {
                             .await?
                         {
                             tracing::warn!(environment = %environment.id, rule = %rule.kind, %message, "alert firing");
-                            self.event(environment.id, "alert", format!("firing: {message}"))
+                            self.platform
+                                .event(environment.id, "alert", format!("firing: {message}"))
                                 .await;
                         }
                     }
@@ -250,14 +271,20 @@ impl Deployer {
                             }
                             None => "back to normal: no traffic to measure".to_owned(),
                         };
-                        if self.store.resolve_alert(alert.id, &message).await? {
+                        if self
+                            .platform
+                            .store
+                            .resolve_alert(alert.id, &message)
+                            .await?
+                        {
                             tracing::info!(environment = %environment.id, rule = %rule.kind, %message, "alert resolved");
-                            self.event(
-                                environment.id,
-                                "alert",
-                                format!("resolved: {condition} ({message})"),
-                            )
-                            .await;
+                            self.platform
+                                .event(
+                                    environment.id,
+                                    "alert",
+                                    format!("resolved: {condition} ({message})"),
+                                )
+                                .await;
                         }
                     }
                     _ => {}
@@ -265,8 +292,10 @@ impl Deployer {
             }
         }
         // Forget what belongs to deleted environments.
-        let routes: std::collections::HashSet<String> =
-            environments.iter().map(|e| self.route_of(e)).collect();
+        let routes: std::collections::HashSet<String> = environments
+            .iter()
+            .map(|e| self.platform.route_of(e))
+            .collect();
         state.traffic.retain(|route, _| routes.contains(route));
         let ids: std::collections::HashSet<Uuid> = environments.iter().map(|e| e.id).collect();
         state.pending.retain(|(id, _), _| ids.contains(id));
@@ -291,7 +320,7 @@ impl Deployer {
                     .for_seconds
                     .saturating_mul(1000)
                     .clamp(2 * interval_ms, MAX_TRAFFIC_WINDOW_MS.max(2 * interval_ms));
-                let history = state.traffic.get(&self.route_of(environment));
+                let history = state.traffic.get(&self.platform.route_of(environment));
                 let known = history.is_some_and(|h| h.spans(window_ms));
                 let delta = history.and_then(|h| h.over(window_ms));
                 let value = delta.and_then(|d| match rule.kind {
@@ -315,13 +344,19 @@ impl Deployer {
             AlertKind::CrashLoop => {
                 let since = now.saturating_sub(rule.for_seconds.saturating_mul(1000));
                 let crashes = self
+                    .platform
                     .store
                     .crashes_since(environment.id, i64::try_from(since).unwrap_or(0))
                     .await?;
                 (Some(crashes as f64), true, String::new())
             }
             AlertKind::BackupFailed => (
-                Some(self.store.addons_with_failed_backup(environment.id).await? as f64),
+                Some(
+                    self.platform
+                        .store
+                        .addons_with_failed_backup(environment.id)
+                        .await? as f64,
+                ),
                 true,
                 String::new(),
             ),
@@ -331,6 +366,7 @@ impl Deployer {
     /// Delivers the notifications that are due, concurrently; each attempt is recorded.
     async fn deliver_notifications(&self) -> Result<(), StoreError> {
         let due = self
+            .platform
             .store
             .due_notifications(MAX_DELIVERY_ATTEMPTS, 100)
             .await?;
@@ -364,13 +400,17 @@ impl Deployer {
             environment: environment.name.clone(),
             fired_at: time::OffsetDateTime::now_utc(),
             resolved_at: None,
-            url: Some(self.url(&environment.project_name, &environment.name)),
+            url: Some(
+                self.platform
+                    .url(&environment.project_name, &environment.name),
+            ),
         };
         self.send(&target, &notification).await
     }
 
     async fn send(&self, target: &Channel, notification: &Notification) -> Result<(), String> {
-        self.config
+        self.platform
+            .config
             .alerts
             .notifier
             .send(target, notification)
@@ -379,10 +419,11 @@ impl Deployer {
     }
 
     async fn deliver(&self, pending: &NotificationRecord) -> Result<(), StoreError> {
-        let alert = self.store.alert(pending.alert_id).await?;
+        let alert = self.platform.store.alert(pending.alert_id).await?;
         if pending.event == Event::Resolved.as_str() {
             // Never let "resolved" overtake its "firing" (still being retried) on a channel.
             let firing_waits = self
+                .platform
                 .store
                 .alert_notifications(alert.id)
                 .await?
@@ -397,8 +438,16 @@ impl Deployer {
                 return Ok(());
             }
         }
-        let channel = self.store.alert_channel(pending.channel_id).await?;
-        let environment = self.store.environment_by_id(alert.environment_id).await?;
+        let channel = self
+            .platform
+            .store
+            .alert_channel(pending.channel_id)
+            .await?;
+        let environment = self
+            .platform
+            .store
+            .environment_by_id(alert.environment_id)
+            .await?;
         let outcome = match self.channel(&channel).await {
             Ok(target) => {
                 let notification = self.notification(&alert, &environment, &pending.event);
@@ -410,10 +459,11 @@ impl Deployer {
         if let Err(error) = &outcome {
             tracing::warn!(alert = %alert.id, channel = %channel.id, attempts, %error, "alert notification failed");
             if attempts >= MAX_DELIVERY_ATTEMPTS {
-                self.event(
-                    environment.id,
-                    "alert",
-                    format!(
+                self.platform
+                    .event(
+                        environment.id,
+                        "alert",
+                        format!(
                         "the {} notification to {} {} failed {attempts} times; giving up: {error}",
                         pending.event,
                         channel.kind,
@@ -423,11 +473,12 @@ impl Deployer {
                             gilgal_notify::redact_url(&channel.target)
                         }
                     ),
-                )
-                .await;
+                    )
+                    .await;
             }
         }
-        self.store
+        self.platform
+            .store
             .notification_attempted(
                 pending,
                 outcome.as_ref().map(|_| ()).map_err(String::as_str),
@@ -451,6 +502,7 @@ impl Deployer {
                     .as_deref()
                     .ok_or("the webhook channel has no secret")?;
                 let secret = self
+                    .platform
                     .vault
                     .open(
                         channel.environment_id,
@@ -509,7 +561,10 @@ impl Deployer {
             environment: environment.name.clone(),
             fired_at: alert.fired_at,
             resolved_at: alert.resolved_at,
-            url: Some(self.url(&environment.project_name, &environment.name)),
+            url: Some(
+                self.platform
+                    .url(&environment.project_name, &environment.name),
+            ),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Changes to an environment's desired state, each through the environment's one ordering
 //! point (its intake lock): read what the change starts from, record the change in the store
 //! (config vars, the rolled-back config), and queue its rollout, all before the next change
-//! may start. Rollouts then run in that order (`Deployer::enqueue`), so each starts from what
+//! may start. Rollouts then run in that order (`Deployments::enqueue`), so each starts from what
 //! the previous one left and an acknowledged change is never overwritten by an earlier one.
 //!
 //! These are also the use-cases `gilgal-api`'s handlers call once they have parsed the request
@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::config::ConfigSnapshot;
 use crate::pipeline::{DeploySource, ReuseKind, ReuseRelease};
 use crate::quotas::Work;
-use crate::{DeployError, Deployer};
+use crate::DeployError;
 
 /// Longest config var value accepted, in characters (as the OpenAPI document's maxLength
 /// counts them): config is for settings and credentials, not files.
@@ -111,7 +111,28 @@ fn describe(edits: &[ConfigEdit]) -> String {
         .join(", ")
 }
 
-impl Deployer {
+/// Changes that start from what runs (config, rollback, promote, redeploy, scale, domain
+/// refresh): ordered per environment, then queued as deployments or converged directly.
+#[derive(Debug)]
+pub struct Changes {
+    pub(crate) platform: Arc<crate::Platform>,
+    pub(crate) engine: Arc<crate::RolloutEngine>,
+    pub(crate) deployments: Arc<crate::Deployments>,
+}
+
+impl Changes {
+    pub(crate) fn new(
+        platform: Arc<crate::Platform>,
+        engine: Arc<crate::RolloutEngine>,
+        deployments: Arc<crate::Deployments>,
+    ) -> Self {
+        Self {
+            platform,
+            engine,
+            deployments,
+        }
+    }
+
     /// A config change asked for by a user: validates `edits`, checks the quota, then
     /// applies them (`apply_config_edits`, described by what it sets and unsets). Returns the
     /// deployment rolling it out, when something is live.
@@ -126,7 +147,8 @@ impl Deployer {
         for edit in edits {
             edit.validate()?;
         }
-        self.check_quota(environment.project_id, Work::Rollout)
+        self.platform
+            .check_quota(environment.project_id, Work::Rollout)
             .await?;
         self.apply_config_edits(environment.id, edits, describe(edits))
             .await
@@ -143,7 +165,7 @@ impl Deployer {
         edits: &[ConfigEdit],
         description: String,
     ) -> Result<Option<Uuid>, DeployError> {
-        let intake = self.intake_lock(environment);
+        let intake = self.platform.intake_lock(environment);
         let _in_order = intake.lock().await;
         let mut changes = Vec::with_capacity(edits.len());
         for edit in edits {
@@ -155,7 +177,7 @@ impl Deployer {
                 } => ConfigChange::Set(ConfigVarRecord {
                     name: name.clone(),
                     value: if *secret {
-                        self.vault.seal(environment, name, value).await?
+                        self.platform.vault.seal(environment, name, value).await?
                     } else {
                         value.clone()
                     },
@@ -164,7 +186,7 @@ impl Deployer {
                 ConfigEdit::Unset(name) => ConfigChange::Unset(name.clone()),
             });
         }
-        let current = self.store.config_vars(environment).await?;
+        let current = self.platform.store.config_vars(environment).await?;
         let mut names: std::collections::BTreeSet<&str> =
             current.iter().map(|r| r.name.as_str()).collect();
         for edit in edits {
@@ -178,12 +200,16 @@ impl Deployer {
                 "an environment can have at most {MAX_CONFIG_VARS} config vars"
             )));
         }
-        self.store.change_config_vars(environment, &changes).await?;
-        let environment = self.store.environment_by_id(environment).await?;
+        self.platform
+            .store
+            .change_config_vars(environment, &changes)
+            .await?;
+        let environment = self.platform.store.environment_by_id(environment).await?;
         let Some(number) = environment.live_release else {
             return Ok(None);
         };
         let id = self
+            .deployments
             .enqueue(
                 environment.clone(),
                 DeploySource::Release(ReuseRelease {
@@ -208,11 +234,16 @@ impl Deployer {
         target: Option<u64>,
         run_release_phase: bool,
     ) -> Result<Uuid, DeployError> {
-        self.check_quota(environment.project_id, Work::Rollout)
+        self.platform
+            .check_quota(environment.project_id, Work::Rollout)
             .await?;
-        let intake = self.intake_lock(environment.id);
+        let intake = self.platform.intake_lock(environment.id);
         let _in_order = intake.lock().await;
-        let environment = self.store.environment_by_id(environment.id).await?;
+        let environment = self
+            .platform
+            .store
+            .environment_by_id(environment.id)
+            .await?;
         let Some(live) = environment.live_release else {
             return Err(DeployError::Invalid(
                 "nothing is live in this environment".to_owned(),
@@ -222,7 +253,7 @@ impl Deployer {
             Some(number) => number,
             None => self.default_rollback_target(environment.id, live).await?,
         };
-        let snapshot = match self.store.release(environment.id, target).await {
+        let snapshot = match self.platform.store.release(environment.id, target).await {
             Ok(release) => ConfigSnapshot::parse(&release.config_json)
                 .map_err(|e| DeployError::Invalid(format!("release v{target}: {e}")))?,
             Err(gilgal_store::StoreError::NotFound) => {
@@ -233,6 +264,7 @@ impl Deployer {
             Err(other) => return Err(other.into()),
         };
         let id = self
+            .deployments
             .enqueue(
                 environment.clone(),
                 DeploySource::Release(ReuseRelease {
@@ -244,7 +276,9 @@ impl Deployer {
                 }),
             )
             .await?;
-        self.restore_config(&environment, &snapshot).await?;
+        self.deployments
+            .restore_config(&environment, &snapshot)
+            .await?;
         Ok(id)
     }
 
@@ -261,24 +295,27 @@ impl Deployer {
                 "an environment cannot be promoted to itself".to_owned(),
             ));
         }
-        self.check_quota(target.project_id, Work::Rollout).await?;
+        self.platform
+            .check_quota(target.project_id, Work::Rollout)
+            .await?;
         let Some(number) = source.live_release else {
             return Err(DeployError::Invalid(format!(
                 "{} has no live release to promote",
                 source.name
             )));
         };
-        self.queue_in_order(
-            target.clone(),
-            DeploySource::Release(ReuseRelease {
-                kind: ReuseKind::Promote,
-                from_environment: source.id,
-                number,
-                run_release_phase: true,
-                description: format!("Promote {} v{number}", source.name),
-            }),
-        )
-        .await
+        self.deployments
+            .queue_in_order(
+                target.clone(),
+                DeploySource::Release(ReuseRelease {
+                    kind: ReuseKind::Promote,
+                    from_environment: source.id,
+                    number,
+                    run_release_phase: true,
+                    description: format!("Promote {} v{number}", source.name),
+                }),
+            )
+            .await
     }
 
     /// Starts `release` (what an earlier deployment made, `None` when it made none) again
@@ -290,24 +327,26 @@ impl Deployer {
         release: Option<u64>,
         run_release_phase: bool,
     ) -> Result<Uuid, DeployError> {
-        self.check_quota(environment.project_id, Work::Rollout)
+        self.platform
+            .check_quota(environment.project_id, Work::Rollout)
             .await?;
         let Some(number) = release else {
             return Err(DeployError::Invalid(
                 "this deployment made no release; deploy the source again".to_owned(),
             ));
         };
-        self.queue_in_order(
-            environment.clone(),
-            DeploySource::Release(ReuseRelease {
-                kind: ReuseKind::Redeploy,
-                from_environment: environment.id,
-                number,
-                run_release_phase,
-                description: format!("Redeploy v{number}"),
-            }),
-        )
-        .await
+        self.deployments
+            .queue_in_order(
+                environment.clone(),
+                DeploySource::Release(ReuseRelease {
+                    kind: ReuseKind::Redeploy,
+                    from_environment: environment.id,
+                    number,
+                    run_release_phase,
+                    description: format!("Redeploy v{number}"),
+                }),
+            )
+            .await
     }
 
     /// The last release that was live before `live` and still has its artifact.
@@ -316,7 +355,7 @@ impl Deployer {
         environment: Uuid,
         live: u64,
     ) -> Result<u64, DeployError> {
-        let releases = self.store.releases(environment).await?;
+        let releases = self.platform.store.releases(environment).await?;
         releases
             .iter()
             .find(|r| r.number < live && r.outcome.was_live() && !r.pruned)

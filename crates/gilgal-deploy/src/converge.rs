@@ -1,8 +1,8 @@
 //! The one rollout engine: every change to what an environment runs goes through it.
 //!
 //! A deploy, a rollback, a config change, a scale, a health replacement, a domain change and
-//! the start-up pass after a crash all say what should run ([`Desired`]), [`Deployer::plan`]
-//! the difference from what runs, and [`Deployer::apply`] it (or its steps in order, when
+//! the start-up pass after a crash all say what should run ([`Desired`]), [`RolloutEngine::plan`]
+//! the difference from what runs, and [`RolloutEngine::apply`] it (or its steps in order, when
 //! the caller records something between them, as a deployment does). One order, whoever calls: start what is missing → health gate → route → drain →
 //! stop. A new web instance that fails its health gate never gets traffic: everything this
 //! rollout started is stopped, the route is left as it was, and [`RolloutError`] says which
@@ -19,7 +19,6 @@ use gilgal_store::EnvironmentRecord;
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::{formation_of, health_check, instance_spec, DeployLog, FAILURE_TAIL_LINES};
-use crate::Deployer;
 
 /// What an environment should run: one release, with the environment's formation and sizes.
 pub(crate) struct Desired<'a> {
@@ -132,7 +131,18 @@ fn slot_name(slot: &Slot) -> String {
     format!("{}.{} of v{}", slot.process_type, slot.index, slot.release)
 }
 
-impl Deployer {
+/// The rollout engine: converges an environment on what should run (plan, start and gate,
+/// switch the route, drain and stop), for every use-case and loop that changes what runs.
+#[derive(Debug)]
+pub struct RolloutEngine {
+    pub(crate) platform: std::sync::Arc<crate::Platform>,
+}
+
+impl RolloutEngine {
+    pub(crate) fn new(platform: std::sync::Arc<crate::Platform>) -> Self {
+        Self { platform }
+    }
+
     /// Diffs what `desired` asks for against what the runtime runs for `environment`.
     /// Instances in `replace` count as gone: their slot gets a new instance and they leave
     /// once it is routed (a health replacement).
@@ -143,6 +153,7 @@ impl Deployer {
         replace: &[InstanceId],
     ) -> Result<Plan, RolloutError> {
         let statuses: Vec<InstanceStatus> = self
+            .platform
             .runtime
             .list()
             .await
@@ -236,7 +247,8 @@ impl Deployer {
             // it, so it is chosen before the spec is written.
             let port = if slot.process_type == "web" {
                 Some(
-                    self.runtime
+                    self.platform
+                        .runtime
                         .choose_port()
                         .map_err(|e| start_failed(e.to_string()))?,
                 )
@@ -251,10 +263,11 @@ impl Deployer {
                 &slot.process_type,
                 slot.index,
                 port,
-                self.run_as(),
+                self.platform.run_as(),
             )
             .map_err(|e| start_failed(format!("{e:?}")))?;
             let instance = self
+                .platform
                 .runtime
                 .start(spec)
                 .await
@@ -273,13 +286,14 @@ impl Deployer {
         let check = health_check(desired.artifact);
         for (slot, id, addr) in started.iter() {
             let Some(addr) = addr else { continue };
-            let addr = self.runtime.probe_addr(id, *addr).await;
+            let addr = self.platform.runtime.probe_addr(id, *addr).await;
             let healthy = tokio::select! {
-                result = wait_healthy(self.runtime.as_ref(), id, addr, &check) => result,
+                result = wait_healthy(self.platform.runtime.as_ref(), id, addr, &check) => result,
                 _ = cancel.cancelled() => return Err(RolloutError::Cancelled),
             };
             if let Err(e) = healthy {
                 let tail = self
+                    .platform
                     .runtime
                     .log_tail(id, FAILURE_TAIL_LINES)
                     .await
@@ -302,7 +316,10 @@ impl Deployer {
     /// The instances the environment's route sends traffic to now, or `None` when the edge
     /// has no route for it (after a restart, or when nothing serves).
     pub(crate) fn routed_backends(&self, environment: &EnvironmentRecord) -> Option<Vec<Routable>> {
-        let route = self.edge.route(&crate::identity::route_id(environment))?;
+        let route = self
+            .platform
+            .edge
+            .route(&crate::identity::route_id(environment))?;
         Some(match route.target {
             gilgal_proxy::RouteTarget::Upstream { backends, .. } => backends
                 .into_iter()
@@ -335,8 +352,8 @@ impl Deployer {
             .map(|(id, addr)| {
                 let check = &check;
                 async move {
-                    let addr = self.runtime.probe_addr(id, (*addr)?).await;
-                    match wait_healthy(self.runtime.as_ref(), id, addr, check).await {
+                    let addr = self.platform.runtime.probe_addr(id, (*addr)?).await;
+                    match wait_healthy(self.platform.runtime.as_ref(), id, addr, check).await {
                         Ok(()) => None,
                         Err(e) => {
                             tracing::warn!(instance = %id, error = %e, "an unrouted instance failed its health gate; it gets a successor");
@@ -355,8 +372,8 @@ impl Deployer {
     /// Stops instances a rollout started but will not route (a cancel after the gate).
     pub(crate) async fn stop_started(&self, started: &[Routable]) {
         for (id, _) in started {
-            let _ = self.runtime.stop(id, Duration::from_secs(5)).await;
-            let _ = self.runtime.remove(id).await;
+            let _ = self.platform.runtime.stop(id, Duration::from_secs(5)).await;
+            let _ = self.platform.runtime.remove(id).await;
         }
     }
 
@@ -369,13 +386,15 @@ impl Deployer {
         serving: &[Routable],
     ) -> Result<(), RolloutError> {
         let domains = self
+            .platform
             .store
             .domains(environment.id)
             .await
             .map_err(|e| RolloutError::Observe(e.to_string()))?;
         let route_id = crate::identity::route_id(environment);
         let route = self.route_for(environment, &domains, artifact, serving);
-        self.edge
+        self.platform
+            .edge
             .update(|edge| match route {
                 Some(route) => {
                     edge.routes.insert(route_id, route);
@@ -408,17 +427,22 @@ impl Deployer {
         let drains = leaving.iter().filter(|s| s.port.is_some()).map(|status| {
             let grace = grace_of(status.labels.release);
             async move {
-                let outcome = self.proxy.wait_drained(status.id.as_str(), grace).await;
+                let outcome = self
+                    .platform
+                    .proxy
+                    .wait_drained(status.id.as_str(), grace)
+                    .await;
                 tracing::info!(instance = %status.id, ?outcome, "drained");
             }
         });
         futures_util::future::join_all(drains).await;
         for status in leaving {
             let _ = self
+                .platform
                 .runtime
                 .stop(&status.id, grace_of(status.labels.release))
                 .await;
-            let _ = self.runtime.remove(&status.id).await;
+            let _ = self.platform.runtime.remove(&status.id).await;
         }
     }
 
@@ -428,12 +452,14 @@ impl Deployer {
         &self,
         environment: &EnvironmentRecord,
     ) -> Result<(), RolloutError> {
-        self.edge
+        self.platform
+            .edge
             .update(|edge| {
                 edge.routes.remove(&crate::identity::route_id(environment));
             })
             .map_err(|e| RolloutError::Route(e.to_string()))?;
         let owned: Vec<InstanceStatus> = self
+            .platform
             .runtime
             .list()
             .await
@@ -445,7 +471,7 @@ impl Deployer {
         Ok(())
     }
 
-    /// Carries out a plan made by [`Deployer::plan`]: start and gate, route, drain, stop.
+    /// Carries out a plan made by [`RolloutEngine::plan`]: start and gate, route, drain, stop.
     /// Idempotent: applying the plan of a converged environment only re-applies its route.
     pub(crate) async fn apply(
         &self,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use gilgal_proxy::{CertificatePem, ProxyError, ProxyHandle, RouteDiff, RouteSpec};
 
-use crate::{DeployError, Deployer};
+use crate::{DeployError, Platform};
 
 /// What the edge should serve: routes by id and certificates by domain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,7 +106,7 @@ pub enum CertificateError {
     Deploy(#[from] DeployError),
 }
 
-impl Deployer {
+impl Platform {
     /// The single writer of the edge's routes and certificates.
     pub fn edge(&self) -> &Edge {
         &self.edge

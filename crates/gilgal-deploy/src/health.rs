@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::logs::Environments;
 use crate::pipeline::{formation_of, health_check, RELEASE_PROCESS};
 use crate::runs::RUN_PROCESS;
-use crate::Deployer;
+use crate::Platform;
 
 /// Health minutes and events older than this are deleted (uptime is reported up to 30 days).
 const KEEP_DAYS: i64 = 90;
@@ -83,7 +83,7 @@ const FIRST_RETRY: Duration = Duration::from_secs(10);
 /// The longest such delay.
 const LONGEST_RETRY: Duration = Duration::from_secs(300);
 
-impl Deployer {
+impl Platform {
     /// Seconds since the health watch last finished a round (`None` before the first): how
     /// far behind the running instances the reconciler's view may be.
     pub fn reconciler_lag(&self) -> Option<Duration> {
@@ -100,6 +100,25 @@ impl Deployer {
             tracing::warn!(%environment, kind, error = %e, "cannot record an event");
         }
     }
+}
+
+/// The loop that records the runtime's events (exits, restarts, OOM kills) on
+/// environments' timelines.
+#[derive(Debug)]
+pub struct EventRecorder {
+    pub(crate) platform: Arc<crate::Platform>,
+    /// Subscribed at construction, so nothing reported before the loop starts is missed.
+    pub(crate) runtime_events:
+        std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<RuntimeEvent>>>,
+}
+
+impl EventRecorder {
+    pub(crate) fn new(platform: Arc<crate::Platform>) -> Self {
+        Self {
+            runtime_events: std::sync::Mutex::new(Some(platform.runtime.subscribe_events())),
+            platform,
+        }
+    }
 
     /// Records runtime events of long-running instances (not one-off runs or release phases)
     /// in their environment's timeline until `stop`.
@@ -112,7 +131,7 @@ impl Deployer {
             return;
         };
         let mut environments = Environments::default();
-        let recovered = self.runtime.take_recovery_events();
+        let recovered = self.platform.runtime.take_recovery_events();
         let mut backlog = recovered.into_iter();
         loop {
             let event = match backlog.next() {
@@ -137,16 +156,30 @@ impl Deployer {
                 continue;
             };
             if let Some(environment) = environments
-                .resolve(&self.store, &event.labels.app, &event.labels.env)
+                .resolve(&self.platform.store, &event.labels.app, &event.labels.env)
                 .await
             {
-                self.event(environment, kind, message).await;
+                self.platform.event(environment, kind, message).await;
             }
         }
     }
+}
+
+/// The loop that health-checks running web instances and keeps every environment
+/// converged on its desired state (replacing what failed or drifted).
+#[derive(Debug)]
+pub struct HealthWatch {
+    pub(crate) platform: Arc<crate::Platform>,
+    pub(crate) engine: Arc<crate::RolloutEngine>,
+}
+
+impl HealthWatch {
+    pub(crate) fn new(platform: Arc<crate::Platform>, engine: Arc<crate::RolloutEngine>) -> Self {
+        Self { platform, engine }
+    }
 
     /// Health-checks every running web instance of each live release every
-    /// `DeployerConfig::health_interval` until `stop`; records uptime and replaces instances
+    /// `PlatformConfig::health_interval` until `stop`; records uptime and replaces instances
     /// that keep failing.
     pub async fn run_health_watch(self: &Arc<Self>, stop: CancellationToken) {
         let mut failures: HashMap<InstanceId, (Option<u32>, u32)> = HashMap::new();
@@ -155,7 +188,7 @@ impl Deployer {
         loop {
             if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(std::time::Instant::now());
-                match self.store.prune_health_and_events(KEEP_DAYS).await {
+                match self.platform.store.prune_health_and_events(KEEP_DAYS).await {
                     Ok(0) => {}
                     Ok(rows) => tracing::info!(rows, "old health minutes and events pruned"),
                     Err(e) => {
@@ -165,11 +198,11 @@ impl Deployer {
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(self.config.health_interval) => {}
+                _ = tokio::time::sleep(self.platform.config.health_interval) => {}
             }
             match self.check_health_once(&mut failures).await {
                 Ok(()) => {
-                    if let Ok(mut at) = self.last_health_round.lock() {
+                    if let Ok(mut at) = self.platform.last_health_round.lock() {
                         *at = Some(std::time::Instant::now());
                     }
                 }
@@ -188,11 +221,17 @@ impl Deployer {
     /// change in progress are left to it.
     async fn converge_drifted(self: &Arc<Self>, retries: &mut Retries) -> Result<(), String> {
         let environments = self
+            .platform
             .store
             .live_environments()
             .await
             .map_err(|e| e.to_string())?;
-        let statuses = self.runtime.list().await.map_err(|e| e.to_string())?;
+        let statuses = self
+            .platform
+            .runtime
+            .list()
+            .await
+            .map_err(|e| e.to_string())?;
         let now = Instant::now();
         retries.retain(|id, _| environments.iter().any(|e| e.id == *id));
         for environment in environments {
@@ -205,7 +244,7 @@ impl Deployer {
             {
                 continue;
             }
-            let Ok(release) = self.store.release(environment.id, number).await else {
+            let Ok(release) = self.platform.store.release(environment.id, number).await else {
                 continue;
             };
             let Ok(artifact) = serde_json::from_str::<Artifact>(&release.artifact_json) else {
@@ -232,38 +271,40 @@ impl Deployer {
                 retries.remove(&environment.id);
                 continue;
             }
-            let lock = self.environment_lock(environment.id);
+            let lock = self.platform.environment_lock(environment.id);
             let Ok(_no_change_in_progress) = lock.try_lock() else {
                 continue;
             };
-            let Ok(Some(current)) = self.live_environment(environment.id).await else {
+            let Ok(Some(current)) = self.engine.live_environment(environment.id).await else {
                 continue;
             };
-            match self.reconcile_environment(&current, &[]).await {
+            match self.engine.reconcile_environment(&current, &[]).await {
                 Ok(()) => {
                     retries.remove(&environment.id);
-                    self.event(
-                        environment.id,
-                        "health",
-                        format!("restored missing instances ({})", missing.join(", ")),
-                    )
-                    .await;
+                    self.platform
+                        .event(
+                            environment.id,
+                            "health",
+                            format!("restored missing instances ({})", missing.join(", ")),
+                        )
+                        .await;
                 }
                 Err(e) => {
                     let delay = retries
                         .get(&environment.id)
                         .map_or(FIRST_RETRY, |(_, delay)| (*delay * 2).min(LONGEST_RETRY));
                     retries.insert(environment.id, (Instant::now() + delay, delay));
-                    self.event(
-                        environment.id,
-                        "health",
-                        format!(
-                            "cannot restore missing instances ({}); next try in {}s: {e}",
-                            missing.join(", "),
-                            delay.as_secs()
-                        ),
-                    )
-                    .await;
+                    self.platform
+                        .event(
+                            environment.id,
+                            "health",
+                            format!(
+                                "cannot restore missing instances ({}); next try in {}s: {e}",
+                                missing.join(", "),
+                                delay.as_secs()
+                            ),
+                        )
+                        .await;
                 }
             }
         }
@@ -275,18 +316,24 @@ impl Deployer {
         failures: &mut HashMap<InstanceId, (Option<u32>, u32)>,
     ) -> Result<(), String> {
         let environments = self
+            .platform
             .store
             .live_environments()
             .await
             .map_err(|e| e.to_string())?;
-        let statuses = self.runtime.list().await.map_err(|e| e.to_string())?;
+        let statuses = self
+            .platform
+            .runtime
+            .list()
+            .await
+            .map_err(|e| e.to_string())?;
         let mut seen = Vec::new();
         let mut checked = Vec::new();
         for environment in environments {
             let Some(number) = environment.live_release else {
                 continue;
             };
-            let Ok(release) = self.store.release(environment.id, number).await else {
+            let Ok(release) = self.platform.store.release(environment.id, number).await else {
                 continue;
             };
             let Ok(artifact) = serde_json::from_str::<Artifact>(&release.artifact_json) else {
@@ -308,7 +355,11 @@ impl Deployer {
                     continue;
                 };
                 seen.push(status.id.clone());
-                let addr = self.runtime.probe_addr(&status.id, published).await;
+                let addr = self
+                    .platform
+                    .runtime
+                    .probe_addr(&status.id, published)
+                    .await;
                 match health::probe(addr, &check.probe, check.timeout).await {
                     Ok(()) => {
                         any_up = true;
@@ -330,26 +381,32 @@ impl Deployer {
                     }
                 }
             }
-            self.note_health_streak(environment.id, streak);
-            if let Err(e) = self.store.record_health_check(environment.id, any_up).await {
+            self.platform.note_health_streak(environment.id, streak);
+            if let Err(e) = self
+                .platform
+                .store
+                .record_health_check(environment.id, any_up)
+                .await
+            {
                 tracing::warn!(environment = %environment.id, error = %e, "cannot record a health check");
             }
             for (id, who, error) in replace {
-                self.event(
-                    environment.id,
-                    "health",
-                    format!(
+                self.platform
+                    .event(
+                        environment.id,
+                        "health",
+                        format!(
                         "{who} failed its health check {} times in a row ({error}); replacing it",
                         check.failure_threshold.max(1)
                     ),
-                )
-                .await;
+                    )
+                    .await;
                 self.replace_instance(environment.id, &id).await;
                 failures.remove(&id);
             }
         }
         failures.retain(|id, _| seen.contains(id));
-        self.clear_health_streaks_except(&checked);
+        self.platform.clear_health_streaks_except(&checked);
         Ok(())
     }
 
@@ -358,17 +415,19 @@ impl Deployer {
     /// the sick one drain and stop. A successor that fails its gate gets no traffic; the
     /// sick instance stays (its failures are counted again) and the failure is recorded.
     async fn replace_instance(self: &Arc<Self>, environment: Uuid, id: &InstanceId) {
-        let lock = self.environment_lock(environment);
+        let lock = self.platform.environment_lock(environment);
         let _one_change_at_a_time = lock.lock().await;
-        let Ok(Some(current)) = self.live_environment(environment).await else {
+        let Ok(Some(current)) = self.engine.live_environment(environment).await else {
             return;
         };
         if let Err(e) = self
+            .engine
             .reconcile_environment(&current, std::slice::from_ref(id))
             .await
         {
             tracing::warn!(%environment, error = %e, "replacing an unhealthy instance failed");
-            self.event(environment, "health", format!("replacing {id} failed: {e}"))
+            self.platform
+                .event(environment, "health", format!("replacing {id} failed: {e}"))
                 .await;
         }
     }

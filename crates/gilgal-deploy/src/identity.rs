@@ -28,7 +28,7 @@ pub fn owns(environment: &EnvironmentRecord, labels: &InstanceLabels) -> bool {
 }
 
 /// The environment an instance belongs to, from its labels: `None` for labels that are not
-/// ids (instances started before labels were ids, see [`Deployer::recover`](crate::Deployer)).
+/// ids (instances started before labels were ids, see [`Recovery::recover`](crate::Recovery::recover)).
 pub(crate) fn owner_of(labels: &InstanceLabels) -> Option<(Uuid, Uuid)> {
     Some((labels.app.parse().ok()?, labels.env.parse().ok()?))
 }

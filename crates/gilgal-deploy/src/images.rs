@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigSnapshot;
 use crate::pipeline::{forward_build_log, DeployLog, Failure, Prepared};
-use crate::Deployer;
+use crate::Deployments;
 
 /// Where and how releases are built as images (the Docker runtime's build step).
 #[derive(Debug, Clone)]
@@ -61,7 +61,7 @@ fn node_default_web(source: &Path) -> Option<CommandLine> {
         .flatten()
 }
 
-impl Deployer {
+impl Deployments {
     /// Builds `source` into the image of the environment's next release.
     pub(crate) async fn build_image(
         &self,
@@ -73,7 +73,11 @@ impl Deployer {
         log: &DeployLog,
     ) -> Result<Prepared, Failure> {
         let started = Instant::now();
-        let number = self.store.next_release_number(environment.id).await?;
+        let number = self
+            .platform
+            .store
+            .next_release_number(environment.id)
+            .await?;
         // Validate what the user wrote (with line numbers) before asking dockerd for anything.
         let bad_source =
             |e: gilgal_build::BuildError| Failure::Failed(format!("build failed: {e}"));
@@ -154,7 +158,7 @@ impl Deployer {
             build_millis,
             image: Some(built.id),
         };
-        let records = self.store.config_vars(environment.id).await?;
+        let records = self.platform.store.config_vars(environment.id).await?;
         Ok(Prepared {
             artifact,
             artifact_dir: PathBuf::from(tag),
@@ -175,7 +179,11 @@ impl Deployer {
         log: &DeployLog,
     ) -> Result<Prepared, Failure> {
         let started = Instant::now();
-        let number = self.store.next_release_number(environment.id).await?;
+        let number = self
+            .platform
+            .store
+            .next_release_number(environment.id)
+            .await?;
         let tag = app_image_tag(
             &crate::identity::app_label(environment),
             &crate::identity::env_label(environment),
@@ -194,8 +202,8 @@ impl Deployer {
             ))
         })?;
         // No source: the plan of an empty directory with the image's CMD as `web`.
-        tokio::fs::create_dir_all(&self.config.work_dir).await?;
-        let empty = tempfile::tempdir_in(&self.config.work_dir)?;
+        tokio::fs::create_dir_all(&self.platform.config.work_dir).await?;
+        let empty = tempfile::tempdir_in(&self.platform.config.work_dir)?;
         let plan = gilgal_build::plan_source(empty.path(), &environment.name, Some(web))
             .map_err(|e| Failure::Failed(format!("cannot plan the image's processes: {e}")))?;
         let build_millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -215,7 +223,7 @@ impl Deployer {
             build_millis,
             image: Some(adopted.id),
         };
-        let records = self.store.config_vars(environment.id).await?;
+        let records = self.platform.store.config_vars(environment.id).await?;
         Ok(Prepared {
             artifact,
             artifact_dir: PathBuf::from(tag),

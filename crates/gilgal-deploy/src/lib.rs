@@ -1,6 +1,6 @@
 //! The deploy pipeline and the reconciler.
 //!
-//! [`Deployer::deploy_upload`] turns an uploaded tarball into a live release through the
+//! [`Deployments::deploy_upload`] turns an uploaded tarball into a live release through the
 //! explicit lifecycle of `gilgal-core` (Pending → Building → Releasing → Starting → Healthy →
 //! Live; the previous release Draining → Retired), recording every transition in the store:
 //! unpack safely and build (`gilgal-build`), run the release phase once from the new build,
@@ -8,10 +8,17 @@
 //! route atomically (`gilgal-proxy`), then drain and stop the old instances. A release that
 //! never becomes healthy never gets traffic: the old one keeps serving.
 //!
-//! [`Deployer::recover`] is the reconciler's start-up pass: deployments interrupted by a crash
+//! [`Recovery::recover`] is the reconciler's start-up pass: deployments interrupted by a crash
 //! are failed (never left "in progress"), each environment's desired state (live release ×
 //! formation) is diffed against what the runtime reports (re-adopted instances included), the
 //! difference is applied, and routes are reinstalled.
+//!
+//! One struct per job, each over the shared [`Platform`] and only the services it really
+//! uses, so that none carries more than a couple of dozen methods: the use-cases the API calls
+//! ([`Deployments`], [`Changes`], [`Addons`], [`Teardown`], [`Runs`], [`AppMetrics`]), the
+//! [`RolloutEngine`] they converge through, and the loops the server starts ([`LogIngest`],
+//! [`EventRecorder`], [`AlertEvaluator`], [`Recovery`], [`HealthWatch`], [`AddonSupervisor`],
+//! the cron of [`Runs`]). [`Services::new`] wires them.
 
 mod addons;
 mod alerts;
@@ -32,28 +39,29 @@ mod ssrf;
 mod teardown;
 
 pub use addons::{
-    config_var_names, validate_addon_name, AddonsConfig, DEFAULT_BACKUP_RETENTION,
-    DEFAULT_BACKUP_SCHEDULE, KINDS as ADDON_KINDS,
+    config_var_names, validate_addon_name, AddonSupervisor, Addons, AddonsConfig,
+    DEFAULT_BACKUP_RETENTION, DEFAULT_BACKUP_SCHEDULE, KINDS as ADDON_KINDS,
 };
 pub use alerts::{
-    channel_secret_name, effective_rules, AlertsConfig, DEFAULT_ALERT_INTERVAL,
+    channel_secret_name, effective_rules, AlertEvaluator, AlertsConfig, DEFAULT_ALERT_INTERVAL,
     MAX_DELIVERY_ATTEMPTS,
 };
-pub use changes::{ConfigEdit, MAX_CONFIG_VALUE_BYTES, MAX_CONFIG_VARS};
+pub use changes::{Changes, ConfigEdit, MAX_CONFIG_VALUE_BYTES, MAX_CONFIG_VARS};
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
-pub use converge::RolloutError;
+pub use converge::{RolloutEngine, RolloutError};
 pub use edge::{CertificateError, Edge, EdgeState};
 /// Credentials in git URLs: split off for sealing, put back for a fetch, redacted for display.
 pub use gilgal_build::git::{redact_urls, split_credential, with_credential, GitCredential};
 pub use gilgal_build::GitSource;
-pub use health::DEFAULT_HEALTH_INTERVAL;
+pub use health::{EventRecorder, HealthWatch, DEFAULT_HEALTH_INTERVAL};
 pub use identity::owns as instance_belongs_to;
 pub use images::ImageSettings;
-pub use logs::{BUILD_PROCESS, ROUTER_PROCESS};
-pub use pipeline::{DeploySource, ReuseKind, ReuseRelease};
+pub use logs::{LogIngest, BUILD_PROCESS, ROUTER_PROCESS};
+pub use pipeline::{DeploySource, Deployments, ReuseKind, ReuseRelease};
 pub use quotas::{QuotaError, Quotas, Work};
-pub use reconcile::{AppScrape, InstanceUsage};
-pub use runs::{parse_schedule, RunOutput, RunRequest};
+pub use reconcile::{AppMetrics, AppScrape, InstanceUsage, Recovery};
+pub use runs::{parse_schedule, RunOutput, RunRequest, Runs};
+pub use teardown::Teardown;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -62,12 +70,11 @@ use std::sync::{Arc, Mutex};
 use gilgal_proxy::ProxyHandle;
 use gilgal_runtime::Runtime;
 use gilgal_store::Store;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Where the pipeline keeps its files and how apps are addressed.
 #[derive(Debug, Clone)]
-pub struct DeployerConfig {
+pub struct PlatformConfig {
     /// Scratch space for uploads and unpacked sources.
     pub work_dir: PathBuf,
     /// Immutable release directories, `<project id>/<environment id>/v<N>`.
@@ -97,7 +104,7 @@ pub struct DeployerConfig {
     /// Where add-ons' servers and backups live.
     pub addons: AddonsConfig,
     /// Where every environment's output (instances, release phase, runs, builds) is kept;
-    /// fed by [`Deployer::run_log_ingest`] and the deploy log.
+    /// fed by [`LogIngest::run_log_ingest`] and the deploy log.
     pub logs: gilgal_logs::LogStore,
     /// How often running web instances are health-checked after their deploy
     /// ([`DEFAULT_HEALTH_INTERVAL`]; tests use less).
@@ -139,23 +146,17 @@ pub enum DeployError {
     Rollout(#[from] RolloutError),
 }
 
-/// Runs deployments and reconciles environments; shared as `Arc<Deployer>`.
-pub struct Deployer {
+/// The parts every service shares (store, runtime, edge, vault, settings, per-environment
+/// locks), so that no service reaches into another for them; shared as `Arc<Platform>`.
+pub struct Platform {
     store: Store,
     runtime: Arc<dyn Runtime>,
     /// Read side of the edge (metrics, in-flight counts, drains); writes go through `edge`.
     proxy: ProxyHandle,
     /// The single writer of routes and certificates.
     edge: Edge,
-    config: DeployerConfig,
+    config: PlatformConfig,
     vault: Arc<Vault>,
-    /// Cancellation tokens of deployments in progress.
-    running: Mutex<HashMap<Uuid, CancellationToken>>,
-    /// The runtime's log lines, subscribed at construction so that nothing printed before
-    /// [`Deployer::run_log_ingest`] starts is missed; taken by it.
-    log_lines: Mutex<Option<tokio::sync::broadcast::Receiver<Arc<gilgal_runtime::LogLine>>>>,
-    /// The runtime's events, subscribed at construction for [`Deployer::run_event_recorder`].
-    runtime_events: Mutex<Option<tokio::sync::broadcast::Receiver<gilgal_runtime::RuntimeEvent>>>,
     /// One rollout at a time per environment.
     environment_locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     /// The per-environment ordering point of changes (deploy, config, rollback, promote,
@@ -172,25 +173,100 @@ pub struct Deployer {
     last_health_round: Mutex<Option<std::time::Instant>>,
 }
 
-impl std::fmt::Debug for Deployer {
+impl std::fmt::Debug for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deployer")
+        f.debug_struct("Platform")
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
-impl Deployer {
-    /// A deployer over the platform's parts.
+/// Every service wired over one [`Platform`], built in one place so that the server and the
+/// tests wire them alike; the server starts the loops, the API calls the use-cases.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// The shared parts.
+    pub platform: Arc<Platform>,
+    /// Converges environments on what should run (plan, gate, route, drain).
+    pub engine: Arc<RolloutEngine>,
+    /// Builds and rolls out releases (deploy, upload, git, cancel).
+    pub deployments: Arc<Deployments>,
+    /// Changes to what runs that start from the live release (config, rollback, promote,
+    /// redeploy, scale).
+    pub changes: Arc<Changes>,
+    /// Add-on provisioning, attachment, backups and restores.
+    pub addons: Arc<Addons>,
+    /// Deletes projects and environments, and finishes deletions a crash interrupted.
+    pub teardown: Arc<Teardown>,
+    /// One-off runs and the cron scheduler that starts them.
+    pub runs: Arc<Runs>,
+    /// Evaluates alert rules and delivers their notifications.
+    pub alerts: Arc<AlertEvaluator>,
+    /// Instance resource use and apps' own metrics, read on request.
+    pub metrics: Arc<AppMetrics>,
+    /// The start-up pass: converge after a (re)start, then stop leftovers.
+    pub recovery: Arc<Recovery>,
+    /// Keeps running instances healthy and converged.
+    pub health_watch: Arc<HealthWatch>,
+    /// Keeps add-on servers up and takes scheduled backups.
+    pub addon_supervisor: Arc<AddonSupervisor>,
+    /// Records the runtime's events on environments' timelines.
+    pub event_recorder: Arc<EventRecorder>,
+    /// Writes the runtime's output and the edge's access log to the log store.
+    pub log_ingest: Arc<LogIngest>,
+}
+
+impl Services {
+    /// Wires every service over `platform`. The log and event subscriptions are taken here,
+    /// so nothing the runtime prints or reports before the loops start is missed.
+    pub fn new(platform: Arc<Platform>) -> Self {
+        let engine = Arc::new(RolloutEngine::new(platform.clone()));
+        let deployments = Arc::new(Deployments::new(platform.clone(), engine.clone()));
+        let changes = Arc::new(Changes::new(
+            platform.clone(),
+            engine.clone(),
+            deployments.clone(),
+        ));
+        let addons = Arc::new(Addons::new(platform.clone(), changes.clone()));
+        let teardown = Arc::new(Teardown::new(
+            platform.clone(),
+            engine.clone(),
+            addons.clone(),
+        ));
+        let runs = Arc::new(Runs::new(platform.clone()));
+        Self {
+            alerts: Arc::new(AlertEvaluator::new(platform.clone())),
+            metrics: Arc::new(AppMetrics::new(platform.clone())),
+            recovery: Arc::new(Recovery::new(
+                platform.clone(),
+                engine.clone(),
+                teardown.clone(),
+                runs.clone(),
+            )),
+            health_watch: Arc::new(HealthWatch::new(platform.clone(), engine.clone())),
+            addon_supervisor: Arc::new(AddonSupervisor::new(platform.clone(), addons.clone())),
+            event_recorder: Arc::new(EventRecorder::new(platform.clone())),
+            log_ingest: Arc::new(LogIngest::new(platform.clone())),
+            engine,
+            deployments,
+            changes,
+            addons,
+            teardown,
+            runs,
+            platform,
+        }
+    }
+}
+
+impl Platform {
+    /// The shared parts, from the server's store, runtime, proxy, settings and vault.
     pub fn new(
         store: Store,
         runtime: Arc<dyn Runtime>,
         proxy: ProxyHandle,
-        config: DeployerConfig,
+        config: PlatformConfig,
         vault: Arc<Vault>,
     ) -> Arc<Self> {
-        let log_lines = runtime.subscribe_logs();
-        let runtime_events = runtime.subscribe_events();
         Arc::new(Self {
             store,
             runtime,
@@ -198,9 +274,6 @@ impl Deployer {
             proxy,
             config,
             vault,
-            running: Mutex::new(HashMap::new()),
-            log_lines: Mutex::new(Some(log_lines)),
-            runtime_events: Mutex::new(Some(runtime_events)),
             environment_locks: Mutex::new(HashMap::new()),
             intake_locks: Mutex::new(HashMap::new()),
             rollout_tails: Mutex::new(HashMap::new()),
@@ -234,23 +307,6 @@ impl Deployer {
         match self.config.public_port {
             Some(80) | None => format!("http://{host}"),
             Some(port) => format!("http://{host}:{port}"),
-        }
-    }
-
-    /// Asks a deployment in progress to stop; the previous release keeps serving.
-    /// Returns false when it is not running here.
-    pub fn cancel(&self, deployment: Uuid) -> bool {
-        match self
-            .running
-            .lock()
-            .ok()
-            .and_then(|map| map.get(&deployment).cloned())
-        {
-            Some(token) => {
-                token.cancel();
-                true
-            }
-            None => false,
         }
     }
 
@@ -295,5 +351,24 @@ impl Deployer {
             Err(poisoned) => poisoned.into_inner(),
         };
         (tails.insert(environment, finished), done)
+    }
+}
+
+impl Deployments {
+    /// Asks a deployment in progress to stop; the previous release keeps serving.
+    /// Returns false when it is not running here.
+    pub fn cancel(&self, deployment: Uuid) -> bool {
+        match self
+            .running
+            .lock()
+            .ok()
+            .and_then(|map| map.get(&deployment).cloned())
+        {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::Deployer;
+use crate::Platform;
 
 /// Process type of build output in environment logs.
 pub const BUILD_PROCESS: &str = "build";
@@ -136,7 +136,7 @@ fn access_record(entry: &gilgal_proxy::AccessLogEntry) -> LogRecord {
     record
 }
 
-impl Deployer {
+impl Platform {
     /// The persistent log store.
     pub fn logs(&self) -> &gilgal_logs::LogStore {
         &self.config.logs
@@ -151,6 +151,24 @@ impl Deployer {
             tracing::warn!(%environment, error = %e, "cannot delete the environment's logs");
         }
     }
+}
+
+/// The loop that writes the runtime's output and the edge's access log to the log store.
+#[derive(Debug)]
+pub struct LogIngest {
+    pub(crate) platform: Arc<crate::Platform>,
+    /// Subscribed at construction, so nothing printed before the loop starts is missed.
+    pub(crate) log_lines:
+        std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<std::sync::Arc<LogLine>>>>,
+}
+
+impl LogIngest {
+    pub(crate) fn new(platform: Arc<crate::Platform>) -> Self {
+        Self {
+            log_lines: std::sync::Mutex::new(Some(platform.runtime.subscribe_logs())),
+            platform,
+        }
+    }
 
     /// Copies runtime log lines into the log store until `stop`. Call once (later calls
     /// return at once); lines printed since the deployer was created are not missed.
@@ -163,7 +181,7 @@ impl Deployer {
             return;
         };
         let (access_tx, mut access) = tokio::sync::mpsc::channel(ACCESS_LOG_QUEUE);
-        self.proxy.set_access_log(access_tx);
+        self.platform.proxy.set_access_log(access_tx);
         let mut environments = Environments::default();
         // Last sequence number seen per instance, with its environment.
         let mut last_seq: HashMap<String, u64> = HashMap::new();
@@ -177,8 +195,8 @@ impl Deployer {
                     let Some((app, env)) = entry.route.split_once('/') else {
                         continue;
                     };
-                    if let Some(environment) = environments.resolve(&self.store, app, env).await {
-                        self.config.logs.append(environment, access_record(&entry));
+                    if let Some(environment) = environments.resolve(&self.platform.store, app, env).await {
+                        self.platform.config.logs.append(environment, access_record(&entry));
                     }
                     continue;
                 }
@@ -193,7 +211,7 @@ impl Deployer {
                 },
             };
             let Some(environment) = environments
-                .resolve(&self.store, &line.labels.app, &line.labels.env)
+                .resolve(&self.platform.store, &line.labels.app, &line.labels.env)
                 .await
             else {
                 continue;
@@ -201,7 +219,8 @@ impl Deployer {
             let previous = last_seq.insert(line.instance.as_str().to_owned(), line.seq);
             if let Some(previous) = previous {
                 if line.seq > previous + 1 {
-                    self.config
+                    self.platform
+                        .config
                         .logs
                         .count_dropped(environment, line.seq - previous - 1);
                 }
@@ -214,6 +233,7 @@ impl Deployer {
                 .or_default();
             if let Some(traceback) = detector.feed(&line.line) {
                 if let Err(e) = self
+                    .platform
                     .store
                     .record_error(
                         environment,
@@ -227,7 +247,8 @@ impl Deployer {
                     tracing::warn!(%environment, error = %e, "cannot record an error group");
                 }
             }
-            self.config
+            self.platform
+                .config
                 .logs
                 .append(environment, record(std::sync::Arc::unwrap_or_clone(line)));
             if last_seq.len() > 100_000 {

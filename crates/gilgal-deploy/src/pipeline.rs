@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::config::ConfigSnapshot;
 use crate::converge::{Desired, RolloutError};
-use crate::{DeployError, Deployer};
+use crate::{DeployError, RolloutEngine};
 
 /// Copies build/git log lines into the deployment log until the builder closes its sink.
 pub(crate) fn forward_build_log(
@@ -376,7 +376,25 @@ pub(crate) struct Prepared {
     pub(crate) description: String,
 }
 
-impl Deployer {
+/// Builds releases and rolls them out (upload, git, image, reuse), in the order their
+/// changes were accepted; the use-cases that record a deployment go through it.
+#[derive(Debug)]
+pub struct Deployments {
+    pub(crate) platform: Arc<crate::Platform>,
+    pub(crate) engine: Arc<crate::RolloutEngine>,
+    /// Cancellation tokens of deployments in progress.
+    pub(crate) running: std::sync::Mutex<std::collections::HashMap<Uuid, CancellationToken>>,
+}
+
+impl Deployments {
+    pub(crate) fn new(platform: Arc<crate::Platform>, engine: Arc<crate::RolloutEngine>) -> Self {
+        Self {
+            platform,
+            engine,
+            running: std::sync::Mutex::default(),
+        }
+    }
+
     /// Whether this server would fetch from `url`: an accepted transport (`file://` only
     /// with `--allow-local-git`) and, unless private URLs are allowed, a host that resolves to
     /// public addresses only. Checked before anything is recorded, and when a webhook is made.
@@ -384,16 +402,16 @@ impl Deployer {
         self.check_git_source(url, None).await
     }
 
-    /// [`Deployer::check_git_url`], and the ref when there is one (before any DNS lookup).
+    /// [`Deployments::check_git_url`], and the ref when there is one (before any DNS lookup).
     async fn check_git_source(
         &self,
         url: &str,
         reference: Option<&str>,
     ) -> Result<(), DeployError> {
-        gilgal_build::git::validate_url(url, self.config.allow_local_git)
+        gilgal_build::git::validate_url(url, self.platform.config.allow_local_git)
             .and_then(|()| reference.map_or(Ok(()), gilgal_build::git::validate_ref))
             .map_err(|e| DeployError::Invalid(e.to_string()))?;
-        if !self.config.allow_private_urls {
+        if !self.platform.config.allow_private_urls {
             crate::ssrf::check_public(url)
                 .await
                 .map_err(DeployError::Invalid)?;
@@ -410,24 +428,25 @@ impl Deployer {
         environment: EnvironmentRecord,
         source: DeploySource,
     ) -> Result<Uuid, DeployError> {
-        self.check_quota(environment.project_id, source.work())
+        self.platform
+            .check_quota(environment.project_id, source.work())
             .await?;
         self.queue_in_order(environment, source).await
     }
 
-    /// [`Deployer::deploy`] for a use-case that has checked the quota itself: takes the
+    /// [`Deployments::deploy`] for a use-case that has checked the quota itself: takes the
     /// environment's intake lock and queues the rollout.
     pub(crate) async fn queue_in_order(
         self: &Arc<Self>,
         environment: EnvironmentRecord,
         source: DeploySource,
     ) -> Result<Uuid, DeployError> {
-        let intake = self.intake_lock(environment.id);
+        let intake = self.platform.intake_lock(environment.id);
         let _in_order = intake.lock().await;
         self.enqueue(environment, source).await
     }
 
-    /// [`Deployer::deploy`] for a caller that already holds the environment's intake lock.
+    /// [`Deployments::deploy`] for a caller that already holds the environment's intake lock.
     pub(crate) async fn enqueue(
         self: &Arc<Self>,
         environment: EnvironmentRecord,
@@ -436,6 +455,7 @@ impl Deployer {
         match &source {
             DeploySource::Release(reuse) => {
                 let release = self
+                    .platform
                     .store
                     .release(reuse.from_environment, reuse.number)
                     .await
@@ -448,7 +468,7 @@ impl Deployer {
                 if release.pruned {
                     return Err(DeployError::Invalid(format!(
                         "release v{} was pruned (only the last {} releases keep their build); deploy the source again",
-                        reuse.number, self.config.keep_releases
+                        reuse.number, self.platform.config.keep_releases
                     )));
                 }
             }
@@ -457,7 +477,7 @@ impl Deployer {
                     .await?;
             }
             DeploySource::Image(reference) => {
-                if self.config.images.is_none() {
+                if self.platform.config.images.is_none() {
                     return Err(DeployError::Invalid(
                         "deploying an existing image needs the Docker runtime (gilgal server --runtime docker)".to_owned(),
                     ));
@@ -468,6 +488,7 @@ impl Deployer {
             DeploySource::Upload(_) => {}
         }
         let id = self
+            .platform
             .store
             .create_deployment(environment.project_id, environment.id, &source.to_json())
             .await?;
@@ -475,14 +496,14 @@ impl Deployer {
         if let Ok(mut running) = self.running.lock() {
             running.insert(id, token.clone());
         }
-        let (previous, done) = self.join_rollout_queue(environment.id);
+        let (previous, done) = self.platform.join_rollout_queue(environment.id);
         let this = Arc::clone(self);
         tokio::spawn(async move {
             if let Some(previous) = previous {
                 // Ended (or dropped) when the rollout queued before this one is over.
                 let _ = previous.await;
             }
-            let redactor = match this.vault.current(environment.id).await {
+            let redactor = match this.platform.vault.current(environment.id).await {
                 Ok(config) => config.redactor,
                 Err(e) => {
                     tracing::error!(deployment = %id, error = %e, "cannot open the environment's config");
@@ -490,13 +511,13 @@ impl Deployer {
                 }
             };
             let log = DeployLog::start(
-                this.store.clone(),
+                this.platform.store.clone(),
                 id,
                 redactor,
-                Some((this.config.logs.clone(), environment.id)),
+                Some((this.platform.config.logs.clone(), environment.id)),
             );
             let result = this.run(id, &environment, &source, &token, &log).await;
-            let release = match this.store.deployment_by_id(id).await {
+            let release = match this.platform.store.deployment_by_id(id).await {
                 Ok(record) => record
                     .release_number
                     .map(|n| format!("v{n} "))
@@ -505,34 +526,38 @@ impl Deployer {
             };
             match &result {
                 Ok(()) => {
-                    this.event(
-                        environment.id,
-                        "deploy",
-                        format!("{release}is live (deployment {id})"),
-                    )
-                    .await
+                    this.platform
+                        .event(
+                            environment.id,
+                            "deploy",
+                            format!("{release}is live (deployment {id})"),
+                        )
+                        .await
                 }
                 Err(Failure::Cancelled) => {
-                    this.event(
-                        environment.id,
-                        "deploy",
-                        format!("deployment {id} was cancelled"),
-                    )
-                    .await
+                    this.platform
+                        .event(
+                            environment.id,
+                            "deploy",
+                            format!("deployment {id} was cancelled"),
+                        )
+                        .await
                 }
                 Err(Failure::Failed(reason)) => {
-                    this.event(
-                        environment.id,
-                        "deploy",
-                        format!("deployment {id} {release}failed: {}", log.redact(reason)),
-                    )
-                    .await
+                    this.platform
+                        .event(
+                            environment.id,
+                            "deploy",
+                            format!("deployment {id} {release}failed: {}", log.redact(reason)),
+                        )
+                        .await
                 }
             }
             if let DeploySource::Upload(tarball) = &source {
                 let _ = tokio::fs::remove_file(tarball).await;
             }
-            let _ = tokio::fs::remove_dir_all(this.config.work_dir.join(id.to_string())).await;
+            let _ =
+                tokio::fs::remove_dir_all(this.platform.config.work_dir.join(id.to_string())).await;
             if let Err(failure) = result {
                 let (state, note) = match failure {
                     Failure::Cancelled => (
@@ -543,6 +568,7 @@ impl Deployer {
                 };
                 log.system(format!("deployment {state}: {note}")).await;
                 if let Err(e) = this
+                    .platform
                     .store
                     .transition_deployment(id, state, Some(&note))
                     .await
@@ -559,7 +585,7 @@ impl Deployer {
         Ok(id)
     }
 
-    /// Records a deployment of the uploaded tarball (see [`Deployer::deploy`]).
+    /// Records a deployment of the uploaded tarball (see [`Deployments::deploy`]).
     pub async fn deploy_upload(
         self: &Arc<Self>,
         environment: EnvironmentRecord,
@@ -579,7 +605,10 @@ impl Deployer {
         if token.is_cancelled() {
             return Err(Failure::Cancelled);
         }
-        self.store.transition_deployment(id, to, None).await?;
+        self.platform
+            .store
+            .transition_deployment(id, to, None)
+            .await?;
         log.system(format!("-----> {to}")).await;
         Ok(())
     }
@@ -592,14 +621,18 @@ impl Deployer {
         token: &CancellationToken,
         log: &DeployLog,
     ) -> Result<(), Failure> {
-        let lock = self.environment_lock(environment.id);
+        let lock = self.platform.environment_lock(environment.id);
         let _one_rollout_at_a_time = lock.lock().await;
         if token.is_cancelled() {
             return Err(Failure::Cancelled);
         }
         // Re-read: the formation, sizes or live release may have changed while this
         // deployment waited.
-        let environment = &self.store.environment_by_id(environment.id).await?;
+        let environment = &self
+            .platform
+            .store
+            .environment_by_id(environment.id)
+            .await?;
         let prepared = match source {
             DeploySource::Upload(tarball) => {
                 self.step(id, DeploymentState::Building, token, log).await?;
@@ -615,11 +648,16 @@ impl Deployer {
             }
             DeploySource::Git(git) => {
                 self.step(id, DeploymentState::Building, token, log).await?;
-                let source_dir = self.config.work_dir.join(id.to_string()).join("src");
+                let source_dir = self
+                    .platform
+                    .config
+                    .work_dir
+                    .join(id.to_string())
+                    .join("src");
                 let (lines_tx, lines_rx) = mpsc::channel::<gilgal_build::LogLine>(1024);
                 let forward = forward_build_log(lines_rx, log.sender());
                 let options = GitFetchOptions {
-                    allow_local: self.config.allow_local_git,
+                    allow_local: self.platform.config.allow_local_git,
                     ..GitFetchOptions::default()
                 };
                 let fetched = gilgal_build::fetch_git(
@@ -651,7 +689,7 @@ impl Deployer {
             DeploySource::Release(reuse) => self.reuse(environment, reuse, log).await?,
             DeploySource::Image(reference) => {
                 self.step(id, DeploymentState::Building, token, log).await?;
-                let images = self.config.images.as_ref().ok_or_else(|| {
+                let images = self.platform.config.images.as_ref().ok_or_else(|| {
                     Failure::Failed("this server does not run the Docker runtime".to_owned())
                 })?;
                 self.adopt_image(images, environment, reference, log)
@@ -659,12 +697,14 @@ impl Deployer {
             }
         };
         let config = self
+            .platform
             .vault
             .resolve(environment.id, &prepared.config)
             .await
             .map_err(|e| Failure::Failed(format!("cannot open the release's config: {e}")))?;
         let manifest = serde_json::to_string(&prepared.artifact)?;
         let number = self
+            .platform
             .store
             .create_release(
                 environment.id,
@@ -676,7 +716,10 @@ impl Deployer {
                 },
             )
             .await?;
-        self.store.set_deployment_release(id, number).await?;
+        self.platform
+            .store
+            .set_deployment_release(id, number)
+            .await?;
         log.system(format!("release v{number}: {}", prepared.description))
             .await;
         let artifact = &prepared.artifact;
@@ -725,7 +768,12 @@ impl Deployer {
 
     /// Unpacks an uploaded tarball into the deployment's scratch dir, refusing unsafe entries.
     async fn unpack(&self, id: Uuid, tarball: &Path, log: &DeployLog) -> Result<PathBuf, Failure> {
-        let source = self.config.work_dir.join(id.to_string()).join("src");
+        let source = self
+            .platform
+            .config
+            .work_dir
+            .join(id.to_string())
+            .join("src");
         tokio::fs::create_dir_all(&source).await?;
         let (from, into) = (tarball.to_path_buf(), source.clone());
         let summary = tokio::task::spawn_blocking(move || {
@@ -756,14 +804,19 @@ impl Deployer {
         token: &CancellationToken,
         log: &DeployLog,
     ) -> Result<Prepared, Failure> {
-        if let Some(images) = &self.config.images {
+        if let Some(images) = &self.platform.config.images {
             return self
                 .build_image(images, environment, source, description, token, log)
                 .await;
         }
-        let number = self.store.next_release_number(environment.id).await?;
-        let artifact_dir = crate::identity::environment_dir(&self.config.releases_dir, environment)
-            .join(format!("v{number}"));
+        let number = self
+            .platform
+            .store
+            .next_release_number(environment.id)
+            .await?;
+        let artifact_dir =
+            crate::identity::environment_dir(&self.platform.config.releases_dir, environment)
+                .join(format!("v{number}"));
         if artifact_dir.exists() {
             // Left by a build that crashed before its release was recorded.
             tokio::fs::remove_dir_all(&artifact_dir).await?;
@@ -771,17 +824,18 @@ impl Deployer {
         if let Some(parent) = artifact_dir.parent() {
             tokio::fs::create_dir_all(parent).await?;
         }
-        let cache_dir = crate::identity::environment_dir(&self.config.cache_dir, environment);
+        let cache_dir =
+            crate::identity::environment_dir(&self.platform.config.cache_dir, environment);
         let mut request = BuildRequest::new(source, artifact_dir.clone(), cache_dir);
         request.environment = environment.name.clone();
         request.cancel = token.child_token();
-        if self.config.app_users {
+        if self.platform.config.app_users {
             // The build runs as the app's own user, hidden from Gilgal's data as its instances
             // are: build with interpreters every user can run.
             let (uid, gid) =
                 gilgal_runtime::app_user_ids(&crate::identity::app_label(environment)).await?;
             request.run_as = Some(gilgal_build::BuildUser { uid, gid });
-            request.sandbox = self.config.build_sandbox.clone();
+            request.sandbox = self.platform.config.build_sandbox.clone();
             request
                 .env
                 .insert("PATH".to_owned(), gilgal_runtime::DEFAULT_PATH.to_owned());
@@ -803,8 +857,10 @@ impl Deployer {
         };
         log.system(format!("built in {} ms", artifact.build_millis))
             .await;
-        self.share_with_app(environment, &artifact_dir).await?;
-        let records = self.store.config_vars(environment.id).await?;
+        self.engine
+            .share_with_app(environment, &artifact_dir)
+            .await?;
+        let records = self.platform.store.config_vars(environment.id).await?;
         Ok(Prepared {
             artifact,
             artifact_dir,
@@ -832,7 +888,11 @@ impl Deployer {
             }
             _ => reuse.number,
         };
-        let release = self.store.release(reuse.from_environment, number).await?;
+        let release = self
+            .platform
+            .store
+            .release(reuse.from_environment, number)
+            .await?;
         if release.pruned {
             return Err(Failure::Failed(format!(
                 "release v{number} was pruned; deploy the source again"
@@ -841,7 +901,9 @@ impl Deployer {
         let mut artifact: Artifact = serde_json::from_str(&release.artifact_json)?;
         let config = match reuse.kind {
             ReuseKind::Rollback => ConfigSnapshot::parse(&release.config_json)?,
-            _ => ConfigSnapshot::from_records(&self.store.config_vars(environment.id).await?),
+            _ => ConfigSnapshot::from_records(
+                &self.platform.store.config_vars(environment.id).await?,
+            ),
         };
         if reuse.from_environment != environment.id && artifact.image.is_none() {
             // Same bytes, this environment's `gilgal.toml` overrides (health check, sizes…).
@@ -851,11 +913,13 @@ impl Deployer {
         }
         let artifact_dir = PathBuf::from(&release.artifact_dir);
         if !artifact_dir.starts_with(crate::identity::project_dir(
-            &self.config.releases_dir,
+            &self.platform.config.releases_dir,
             environment,
         )) {
             // Built before directories and users were keyed by ids: its group is a name's.
-            self.share_with_app(environment, &artifact_dir).await?;
+            self.engine
+                .share_with_app(environment, &artifact_dir)
+                .await?;
         }
         log.system(format!(
             "reusing the artifact of release v{number} (no build)"
@@ -869,7 +933,9 @@ impl Deployer {
             description: reuse.description.clone(),
         })
     }
+}
 
+impl RolloutEngine {
     /// With per-app users: the project's release tree becomes `root:<app group>` 0750 and the
     /// artifact (built as the app's user) root's and group-readable, so the app can read (not
     /// change) its own releases and no other app can reach them. The app's user is its project
@@ -881,17 +947,17 @@ impl Deployer {
         environment: &EnvironmentRecord,
         artifact_dir: &Path,
     ) -> Result<(), Failure> {
-        if !self.config.app_users {
+        if !self.platform.config.app_users {
             return Ok(());
         }
         let Some(top) = artifact_dir
-            .strip_prefix(&self.config.releases_dir)
+            .strip_prefix(&self.platform.config.releases_dir)
             .ok()
             .and_then(|rest| rest.components().next())
         else {
             return Ok(());
         };
-        let project_dir = self.config.releases_dir.join(top);
+        let project_dir = self.platform.config.releases_dir.join(top);
         let (uid, gid) =
             gilgal_runtime::app_user_ids(&crate::identity::app_label(environment)).await?;
         let artifact_dir = artifact_dir.to_path_buf();
@@ -901,14 +967,16 @@ impl Deployer {
         .await?
         .map_err(|e| Failure::Failed(format!("cannot share the release with the app's user: {e}")))
     }
+}
 
+impl Deployments {
     /// Makes an environment's config vars exactly those of `snapshot`.
     pub(crate) async fn restore_config(
         &self,
         environment: &EnvironmentRecord,
         snapshot: &ConfigSnapshot,
     ) -> Result<(), DeployError> {
-        let current = self.store.config_vars(environment.id).await?;
+        let current = self.platform.store.config_vars(environment.id).await?;
         let mut changes: Vec<ConfigChange> = current
             .iter()
             .filter(|var| !snapshot.vars.contains_key(&var.name))
@@ -921,7 +989,8 @@ impl Deployer {
                 secret: var.secret,
             })
         }));
-        self.store
+        self.platform
+            .store
             .change_config_vars(environment.id, &changes)
             .await?;
         Ok(())
@@ -930,8 +999,8 @@ impl Deployer {
     /// Keeps the artifacts of the newest `keep_releases` releases (and the live one); older
     /// ones are deleted once no release of any environment still uses them.
     async fn prune_releases(&self, environment: &EnvironmentRecord, live: u64) {
-        let keep = self.config.keep_releases.max(1);
-        let releases = match self.store.releases(environment.id).await {
+        let keep = self.platform.config.keep_releases.max(1);
+        let releases = match self.platform.store.releases(environment.id).await {
             Ok(list) => list,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list releases to prune");
@@ -943,6 +1012,7 @@ impl Deployer {
                 continue;
             }
             if let Err(e) = self
+                .platform
                 .store
                 .mark_release_pruned(environment.id, release.number)
                 .await
@@ -950,14 +1020,19 @@ impl Deployer {
                 tracing::warn!(error = %e, "cannot mark a release pruned");
                 continue;
             }
-            match self.store.artifact_in_use(&release.artifact_dir).await {
+            match self
+                .platform
+                .store
+                .artifact_in_use(&release.artifact_dir)
+                .await
+            {
                 Ok(false) => {
                     let dir = PathBuf::from(&release.artifact_dir);
-                    if dir.starts_with(&self.config.releases_dir) {
+                    if dir.starts_with(&self.platform.config.releases_dir) {
                         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
                             tracing::warn!(dir = %dir.display(), error = %e, "cannot delete a pruned artifact");
                         }
-                    } else if let Some(images) = &self.config.images {
+                    } else if let Some(images) = &self.platform.config.images {
                         crate::images::remove_tag(images, &release.artifact_dir).await;
                     }
                 }
@@ -992,9 +1067,9 @@ impl Deployer {
         let mut spec = InstanceSpec::new(labels, argv, artifact.app_dir.clone());
         spec.env = env;
         spec.restart = RestartPolicy::Never;
-        spec.run_as = self.run_as();
+        spec.run_as = self.platform.run_as();
         spec.image = artifact.image.clone();
-        let mut handle = self.runtime.run_oneoff(spec).await?;
+        let mut handle = self.platform.runtime.run_oneoff(spec).await?;
         let timeout = Duration::from_secs(release.timeout_secs.max(1));
         let waited = tokio::select! {
             exit = handle.wait(Some(timeout)) => exit,
@@ -1035,10 +1110,12 @@ impl Deployer {
     ) -> Result<(), Failure> {
         let number = desired.release;
         let plan = self
+            .engine
             .plan(environment, desired, &[])
             .await
             .map_err(rollout_failure)?;
         let started = self
+            .engine
             .start_gated(environment, desired, &plan, token, Some(log))
             .await
             .map_err(rollout_failure)?;
@@ -1046,46 +1123,56 @@ impl Deployer {
             self.step(id, DeploymentState::Healthy, token, log).await?;
             let mut serving = plan.staying().to_vec();
             serving.extend(started.iter().cloned());
-            self.switch_route(environment, desired.artifact, &serving)
+            self.engine
+                .switch_route(environment, desired.artifact, &serving)
                 .await
                 .map_err(rollout_failure)
         }
         .await;
         if let Err(failure) = routed {
-            self.stop_started(&started).await;
+            self.engine.stop_started(&started).await;
             return Err(failure);
         }
         tracing::info!(deployment = %id, release = number, "route switched");
-        let previous = self.store.live_deployment(environment.id).await?;
-        self.store
+        let previous = self.platform.store.live_deployment(environment.id).await?;
+        self.platform
+            .store
             .set_live_release(environment.id, number, replaced)
             .await?;
-        self.store
+        self.platform
+            .store
             .transition_deployment(id, DeploymentState::Live, None)
             .await?;
         log.system(format!(
             "release v{number} is live at {}",
-            self.url(&environment.project_name, &environment.name)
+            self.platform
+                .url(&environment.project_name, &environment.name)
         ))
         .await;
         if let Some(previous) = previous {
             let _ = self
+                .platform
                 .store
                 .transition_deployment(previous, DeploymentState::Draining, None)
                 .await;
         }
         tracing::info!(deployment = %id, leaving = plan.leaving().len(), "draining the previous release");
-        self.drain_and_stop(environment, plan.leaving()).await;
+        self.engine
+            .drain_and_stop(environment, plan.leaving())
+            .await;
         if let Some(previous) = previous {
             log.system("previous release drained and stopped").await;
             let _ = self
+                .platform
                 .store
                 .transition_deployment(previous, DeploymentState::Retired, None)
                 .await;
         }
         Ok(())
     }
+}
 
+impl RolloutEngine {
     /// The route serving `artifact`'s web instances (or its static files).
     pub(crate) fn route_for(
         &self,
@@ -1097,7 +1184,7 @@ impl Deployer {
         let mut hosts = vec![gilgal_core::hostnames::default_hostname(
             &environment.project_name,
             &environment.name,
-            &self.config.base_domain,
+            &self.platform.config.base_domain,
         )];
         hosts.extend(domains.iter().cloned());
         let id = crate::identity::route_id(environment);
@@ -1122,7 +1209,7 @@ impl Deployer {
         environment: &EnvironmentRecord,
         number: u64,
     ) -> Duration {
-        match self.store.release(environment.id, number).await {
+        match self.platform.store.release(environment.id, number).await {
             Ok(release) => serde_json::from_str::<Artifact>(&release.artifact_json)
                 .map(|a| a.config.grace_period())
                 .unwrap_or(DEFAULT_GRACE),

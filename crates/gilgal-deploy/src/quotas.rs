@@ -4,9 +4,9 @@
 //!
 //! Every way a rollout starts (upload, git, image, webhook, config change, rollback, promote,
 //! redeploy, scale, add-on attach) is checked by [`Quotas::check`], through
-//! [`Deployer::check_quota`], before it records anything. What counts is the team's
+//! [`Platform::check_quota`](crate::Platform::check_quota), before it records anything. What counts is the team's
 //! deployment records: each of those rollouts records one, except a scale that only changes
-//! instance counts (see [`Deployer::scale`]).
+//! instance counts (see [`Changes::scale`](crate::Changes::scale)).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +14,7 @@ use gilgal_store::Store;
 use uuid::Uuid;
 
 use crate::pipeline::DeploySource;
-use crate::{DeployError, Deployer};
+use crate::{DeployError, Platform};
 
 /// What a change asks of the machine, which decides the quotas it is checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,7 @@ impl Quotas {
     }
 }
 
-impl Deployer {
+impl Platform {
     /// The quotas this server enforces (the API's upload guard reuses the build limit).
     pub fn quotas(&self) -> Quotas {
         self.config.quotas

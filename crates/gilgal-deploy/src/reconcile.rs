@@ -13,78 +13,124 @@ use uuid::Uuid;
 
 use crate::config::ConfigSnapshot;
 use crate::converge::{Desired, RolloutError};
-use crate::{DeployError, DeploySource, Deployer, ReuseKind, ReuseRelease};
+use crate::{Changes, DeployError, DeploySource, Platform, ReuseKind, ReuseRelease, RolloutEngine};
 
-impl Deployer {
+/// The start-up pass: converges every environment after a (re)start, then stops what no
+/// environment owns.
+#[derive(Debug)]
+pub struct Recovery {
+    pub(crate) platform: Arc<crate::Platform>,
+    pub(crate) engine: Arc<crate::RolloutEngine>,
+    pub(crate) teardown: Arc<crate::Teardown>,
+    pub(crate) runs: Arc<crate::Runs>,
+}
+
+impl Recovery {
+    pub(crate) fn new(
+        platform: Arc<crate::Platform>,
+        engine: Arc<crate::RolloutEngine>,
+        teardown: Arc<crate::Teardown>,
+        runs: Arc<crate::Runs>,
+    ) -> Self {
+        Self {
+            platform,
+            engine,
+            teardown,
+            runs,
+        }
+    }
+
     /// Converges after a (re)start: fails interrupted deployments, then makes every
     /// environment run exactly its live release's formation and routes traffic to it.
     /// When it returns, every environment that can serve is routed (the server opens the
-    /// edge then); [`Deployer::sweep_leftovers`] stops what no environment owns.
+    /// edge then); [`Recovery::sweep_leftovers`] stops what no environment owns.
     /// Idempotent: running it twice changes nothing the second time.
     pub async fn recover(&self) -> Result<(), crate::DeployError> {
-        self.recover_runs().await?;
+        self.runs.recover_runs().await?;
         // Deletions a crash interrupted finish first: nothing of them comes back.
-        self.finish_deletions().await?;
-        for id in self.store.in_progress_deployments().await? {
-            let deployment = self.store.deployment_by_id(id).await?;
+        self.teardown.finish_deletions().await?;
+        for id in self.platform.store.in_progress_deployments().await? {
+            let deployment = self.platform.store.deployment_by_id(id).await?;
             let (to, note) = if deployment.state == DeploymentState::Draining {
                 (DeploymentState::Retired, "server restarted while draining")
             } else {
                 (DeploymentState::Failed, "the server restarted during this deployment; the previous release kept serving")
             };
-            if let Err(e) = self.store.transition_deployment(id, to, Some(note)).await {
+            if let Err(e) = self
+                .platform
+                .store
+                .transition_deployment(id, to, Some(note))
+                .await
+            {
                 tracing::warn!(deployment = %id, error = %e, "could not close an interrupted deployment");
             }
         }
-        for listed in self.store.live_environments().await? {
-            let lock = self.environment_lock(listed.id);
+        for listed in self.platform.store.live_environments().await? {
+            let lock = self.platform.environment_lock(listed.id);
             let _one_change_at_a_time = lock.lock().await;
             // A change may have landed while this pass waited for the lock (the API serves
             // during recovery): converge on what the store says now.
-            let Some(environment) = self.live_environment(listed.id).await? else {
+            let Some(environment) = self.engine.live_environment(listed.id).await? else {
                 continue;
             };
-            if let Err(e) = self.reconcile_environment(&environment, &[]).await {
+            if let Err(e) = self.engine.reconcile_environment(&environment, &[]).await {
                 tracing::error!(app = %environment.project_name, env = %environment.name, error = %e, "reconcile failed");
-                self.event(
-                    environment.id,
-                    "recovery",
-                    format!("converging after a restart failed: {e}"),
-                )
-                .await;
+                self.platform
+                    .event(
+                        environment.id,
+                        "recovery",
+                        format!("converging after a restart failed: {e}"),
+                    )
+                    .await;
             }
         }
         Ok(())
     }
 
-    /// Stops the instances no live environment owns, after [`Deployer::recover`].
+    /// Stops the instances no live environment owns, after [`Recovery::recover`].
     pub async fn sweep_leftovers(&self) -> Result<(), crate::DeployError> {
         // Instances of environments with nothing live (e.g. a first deploy cut short, or a
         // deleted one) go away. So do instances labelled with names (started before labels
         // were ids): their environment's live release was started above under id labels,
         // health-gated and routed, so they are replaced, not orphaned.
         let live: BTreeSet<(Uuid, Uuid)> = self
+            .platform
             .store
             .live_environments()
             .await?
             .iter()
             .map(|e| (e.project_id, e.id))
             .collect();
-        for status in self.runtime.list().await.map_err(std::io::Error::other)? {
+        for status in self
+            .platform
+            .runtime
+            .list()
+            .await
+            .map_err(std::io::Error::other)?
+        {
             let owner = crate::identity::owner_of(&status.labels);
             // A first rollout in progress holds its environment's lock: its instances are
             // not leftovers.
             let in_progress = owner.is_some_and(|(_, environment)| {
-                self.environment_lock(environment).try_lock().is_err()
+                self.platform
+                    .environment_lock(environment)
+                    .try_lock()
+                    .is_err()
             });
             if !in_progress && !owner.is_some_and(|owner| live.contains(&owner)) {
-                let _ = self.runtime.stop(&status.id, Duration::from_secs(10)).await;
-                let _ = self.runtime.remove(&status.id).await;
+                let _ = self
+                    .platform
+                    .runtime
+                    .stop(&status.id, Duration::from_secs(10))
+                    .await;
+                let _ = self.platform.runtime.remove(&status.id).await;
             }
         }
         Ok(())
     }
+}
 
+impl Changes {
     /// Changes an environment's process formation and sizes with zero downtime: new
     /// instances pass health checks before they get traffic, removed ones leave the route,
     /// drain, then get SIGTERM and their grace period. A size change rolls the live release
@@ -102,17 +148,22 @@ impl Deployer {
         counts: &BTreeMap<String, u32>,
         sizes: &BTreeMap<String, ProcessSizeRecord>,
     ) -> Result<Option<Uuid>, DeployError> {
-        self.check_quota(environment.project_id, crate::quotas::Work::Rollout)
+        self.platform
+            .check_quota(environment.project_id, crate::quotas::Work::Rollout)
             .await?;
-        let intake = self.intake_lock(environment.id);
+        let intake = self.platform.intake_lock(environment.id);
         let _in_order = intake.lock().await;
         let resized;
         {
-            let lock = self.environment_lock(environment.id);
+            let lock = self.platform.environment_lock(environment.id);
             let _one_change_at_a_time = lock.lock().await;
-            let current = self.store.environment_by_id(environment.id).await?;
+            let current = self
+                .platform
+                .store
+                .environment_by_id(environment.id)
+                .await?;
             if let Some(number) = current.live_release {
-                let release = self.store.release(environment.id, number).await?;
+                let release = self.platform.store.release(environment.id, number).await?;
                 let artifact: Artifact = serde_json::from_str(&release.artifact_json)
                     .map_err(|e| DeployError::Invalid(e.to_string()))?;
                 for name in counts.keys().chain(sizes.keys()) {
@@ -146,37 +197,49 @@ impl Deployer {
                 }
             }
             resized = new_sizes != current.sizes;
-            self.store
+            self.platform
+                .store
                 .set_formation(environment.id, &formation, &new_sizes)
                 .await?;
             let described: Vec<String> =
                 formation.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            self.event(
-                environment.id,
-                "scale",
-                format!("formation is now {}", described.join(" ")),
-            )
-            .await;
-            let updated = self.store.environment_by_id(environment.id).await?;
+            self.platform
+                .event(
+                    environment.id,
+                    "scale",
+                    format!("formation is now {}", described.join(" ")),
+                )
+                .await;
+            let updated = self
+                .platform
+                .store
+                .environment_by_id(environment.id)
+                .await?;
             if !resized {
-                if let Err(e) = self.reconcile_environment(&updated, &[]).await {
+                if let Err(e) = self.engine.reconcile_environment(&updated, &[]).await {
                     // Nothing of the failed change stays: the formation goes back to what
                     // runs, so the health watch does not retry a scale-up that was refused.
-                    self.store
+                    self.platform
+                        .store
                         .set_formation(environment.id, &current.formation, &current.sizes)
                         .await?;
-                    self.event(
-                        environment.id,
-                        "scale",
-                        format!("scaling failed, the formation is unchanged: {e}"),
-                    )
-                    .await;
+                    self.platform
+                        .event(
+                            environment.id,
+                            "scale",
+                            format!("scaling failed, the formation is unchanged: {e}"),
+                        )
+                        .await;
                     return Err(e.into());
                 }
                 return Ok(None);
             }
         }
-        let updated = self.store.environment_by_id(environment.id).await?;
+        let updated = self
+            .platform
+            .store
+            .environment_by_id(environment.id)
+            .await?;
         let Some(number) = updated.live_release else {
             return Ok(None);
         };
@@ -198,6 +261,7 @@ impl Deployer {
                 .join("; ")
         );
         let id = self
+            .deployments
             .enqueue(
                 updated.clone(),
                 DeploySource::Release(ReuseRelease {
@@ -211,7 +275,9 @@ impl Deployer {
             .await?;
         Ok(Some(id))
     }
+}
 
+impl RolloutEngine {
     /// Converges an environment on its live release and formation through the rollout
     /// engine; instances in `replace` get a successor in their slot before they go.
     pub(crate) async fn reconcile_environment(
@@ -224,6 +290,7 @@ impl Deployer {
         };
         let unreadable = |e: String| RolloutError::Observe(format!("release v{number}: {e}"));
         let release = self
+            .platform
             .store
             .release(environment.id, number)
             .await
@@ -233,6 +300,7 @@ impl Deployer {
         let snapshot =
             ConfigSnapshot::parse(&release.config_json).map_err(|e| unreadable(e.to_string()))?;
         let config = self
+            .platform
             .vault
             .resolve(environment.id, &snapshot)
             .await
@@ -253,7 +321,7 @@ impl Deployer {
         let artifact_dir = std::path::PathBuf::from(&release.artifact_dir);
         if plan.starts_any()
             && !artifact_dir.starts_with(crate::identity::project_dir(
-                &self.config.releases_dir,
+                &self.platform.config.releases_dir,
                 environment,
             ))
         {
@@ -287,39 +355,59 @@ impl Deployer {
         id: Uuid,
     ) -> Result<Option<EnvironmentRecord>, DeployError> {
         Ok(self
+            .platform
             .store
             .live_environments()
             .await?
             .into_iter()
             .find(|e| e.id == id))
     }
+}
 
+impl Changes {
     /// Re-applies an environment's route with its current hostnames (after its custom
     /// domains changed or its project was renamed).
     pub async fn refresh_route(&self, environment: &EnvironmentRecord) -> Result<(), DeployError> {
-        let lock = self.environment_lock(environment.id);
+        let lock = self.platform.environment_lock(environment.id);
         let _one_change_at_a_time = lock.lock().await;
-        let Some(current) = self.live_environment(environment.id).await? else {
+        let Some(current) = self.engine.live_environment(environment.id).await? else {
             return Ok(());
         };
         let Some(number) = current.live_release else {
             return Ok(());
         };
-        let release = self.store.release(current.id, number).await?;
+        let release = self.platform.store.release(current.id, number).await?;
         let artifact: Artifact = serde_json::from_str(&release.artifact_json)
             .map_err(|e| DeployError::Invalid(e.to_string()))?;
         // Only the route changes: the instances it names stay as they are (no start, no
         // gate), so a domain change never fails on an instance's health.
-        let serving = self.routed_backends(&current).unwrap_or_default();
+        let serving = self.engine.routed_backends(&current).unwrap_or_default();
         if serving.is_empty() && artifact.static_dir.is_none() {
             return Ok(());
         }
-        Ok(self.switch_route(&current, &artifact, &serving).await?)
+        Ok(self
+            .engine
+            .switch_route(&current, &artifact, &serving)
+            .await?)
     }
+}
 
+impl Platform {
     /// The hostname suffix apps get by default; custom domains may not use it.
     pub fn base_domain(&self) -> &str {
         &self.config.base_domain
+    }
+}
+
+/// What runs, measured on request: instance counts and resource use, and apps' own metrics.
+#[derive(Debug)]
+pub struct AppMetrics {
+    pub(crate) platform: Arc<crate::Platform>,
+}
+
+impl AppMetrics {
+    pub(crate) fn new(platform: Arc<crate::Platform>) -> Self {
+        Self { platform }
     }
 
     /// Instances running now per process type of the live release.
@@ -332,6 +420,7 @@ impl Deployer {
             return Ok(counts);
         };
         for status in self
+            .platform
             .runtime
             .list()
             .await
@@ -359,10 +448,11 @@ pub struct InstanceUsage {
     pub stats: Option<gilgal_runtime::ResourceStats>,
 }
 
-impl Deployer {
+impl AppMetrics {
     /// Every instance the runtime knows, with CPU and memory (for `/metrics`).
     pub async fn instance_usage(&self) -> Result<Vec<InstanceUsage>, DeployError> {
         let statuses = self
+            .platform
             .runtime
             .list()
             .await
@@ -370,7 +460,7 @@ impl Deployer {
         let mut usage = Vec::with_capacity(statuses.len());
         for status in statuses {
             let stats = if status.state.is_active() {
-                self.runtime.stats(&status.id).await.ok()
+                self.platform.runtime.stats(&status.id).await.ok()
             } else {
                 None
             };
@@ -378,7 +468,9 @@ impl Deployer {
         }
         Ok(usage)
     }
+}
 
+impl Platform {
     /// The proxy route id of an environment (metrics are kept per route).
     pub fn route_of(&self, environment: &EnvironmentRecord) -> String {
         crate::identity::route_id(environment)
@@ -399,7 +491,7 @@ const MAX_APP_METRICS_BYTES: usize = 4 << 20;
 /// How long one instance may take to answer.
 const APP_SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-impl Deployer {
+impl AppMetrics {
     /// Reads `path` (e.g. `/metrics`) from every running web instance of the environment's
     /// live release, concurrently, each bounded in time and size.
     pub async fn scrape_app_metrics(
@@ -411,6 +503,7 @@ impl Deployer {
             return Ok(Vec::new());
         };
         let statuses = self
+            .platform
             .runtime
             .list()
             .await
@@ -427,7 +520,11 @@ impl Deployer {
             .map(|(status, published)| {
                 let http = http.clone();
                 async move {
-                    let addr = self.runtime.probe_addr(&status.id, published).await;
+                    let addr = self
+                        .platform
+                        .runtime
+                        .probe_addr(&status.id, published)
+                        .await;
                     let result = read_exposition(&http, &format!("http://{addr}{path}")).await;
                     AppScrape {
                         labels: status.labels,

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::config::ConfigSnapshot;
 use crate::pipeline::release_env;
-use crate::{DeployError, Deployer};
+use crate::DeployError;
 
 /// Process type of one-off instances in labels and logs.
 pub(crate) const RUN_PROCESS: &str = "run";
@@ -69,7 +69,18 @@ pub(crate) fn latest_due_tick(cron: &croner::Cron, after: i64, now: DateTime<Utc
     latest
 }
 
-impl Deployer {
+/// One-off runs (a command in a fresh instance of the live release) and the cron scheduler
+/// that starts them on schedule.
+#[derive(Debug)]
+pub struct Runs {
+    pub(crate) platform: Arc<crate::Platform>,
+}
+
+impl Runs {
+    pub(crate) fn new(platform: Arc<crate::Platform>) -> Self {
+        Self { platform }
+    }
+
     /// Starts a one-off instance of the environment's live release running `request.argv`
     /// and returns the run's id at once; output goes to the run's log. For a cron tick that
     /// was already claimed, returns `Ok(None)`.
@@ -86,13 +97,18 @@ impl Deployer {
         if request.argv.is_empty() {
             return Err(DeployError::Invalid("the command is empty".to_owned()));
         }
-        let release = self.store.release(environment.id, number).await?;
+        let release = self.platform.store.release(environment.id, number).await?;
         let artifact: gilgal_build::Artifact = serde_json::from_str(&release.artifact_json)
             .map_err(|e| DeployError::Invalid(format!("release v{number} is unreadable: {e}")))?;
         let snapshot = ConfigSnapshot::parse(&release.config_json)?;
-        let config = self.vault.resolve(environment.id, &snapshot).await?;
+        let config = self
+            .platform
+            .vault
+            .resolve(environment.id, &snapshot)
+            .await?;
         let command_json = serde_json::to_string(&request.argv).unwrap_or_default();
         let Some(run_id) = self
+            .platform
             .store
             .create_run(
                 environment.id,
@@ -118,19 +134,20 @@ impl Deployer {
         let mut spec = InstanceSpec::new(labels, request.argv.clone(), artifact.app_dir.clone());
         spec.env = env;
         spec.restart = RestartPolicy::Never;
-        spec.run_as = self.run_as();
+        spec.run_as = self.platform.run_as();
         spec.image = artifact.image.clone();
-        let handle = match self.runtime.run_oneoff(spec).await {
+        let handle = match self.platform.runtime.run_oneoff(spec).await {
             Ok(handle) => handle,
             Err(e) => {
                 let reason = config.redactor.redact(&e.to_string()).into_owned();
-                self.store
+                self.platform
+                    .store
                     .finish_run(run_id, "failed", None, Some(&reason))
                     .await?;
                 return Ok(Some(run_id));
             }
         };
-        let store = self.store.clone();
+        let store = self.platform.store.clone();
         let redactor = config.redactor;
         tokio::spawn(async move {
             let mut handle = handle;
@@ -182,8 +199,9 @@ impl Deployer {
 
     /// Fails runs that were going when the server stopped (their processes are gone).
     pub(crate) async fn recover_runs(&self) -> Result<(), DeployError> {
-        for run in self.store.running_runs().await? {
-            self.store
+        for run in self.platform.store.running_runs().await? {
+            self.platform
+                .store
                 .finish_run(
                     run.id,
                     "failed",
@@ -210,7 +228,7 @@ impl Deployer {
 
     /// Starts (or records as skipped) every job's latest due tick not yet claimed.
     async fn cron_pass(self: &Arc<Self>, now: DateTime<Utc>) -> Result<(), DeployError> {
-        for job in self.store.cron_jobs(None).await? {
+        for job in self.platform.store.cron_jobs(None).await? {
             if let Err(e) = self.cron_job_pass(&job, now).await {
                 tracing::warn!(job = %job.id, error = %e, "cron job could not run");
             }
@@ -226,6 +244,7 @@ impl Deployer {
         let cron = parse_schedule(&job.schedule).map_err(DeployError::Invalid)?;
         let created = job.created_at.unix_timestamp();
         let after = self
+            .platform
             .store
             .last_cron_tick(job.id)
             .await?
@@ -234,12 +253,17 @@ impl Deployer {
         let Some(tick) = latest_due_tick(&cron, after, now) else {
             return Ok(());
         };
-        let environment = self.store.environment_by_id(job.environment_id).await?;
+        let environment = self
+            .platform
+            .store
+            .environment_by_id(job.environment_id)
+            .await?;
         if environment.live_release.is_none() {
             return Ok(());
         }
-        if !job.allow_overlap && self.store.cron_job_running(job.id).await? {
+        if !job.allow_overlap && self.platform.store.cron_job_running(job.id).await? {
             let claimed = self
+                .platform
                 .store
                 .create_run(
                     environment.id,
@@ -250,7 +274,8 @@ impl Deployer {
                 )
                 .await?;
             if let Some(run) = claimed {
-                self.store
+                self.platform
+                    .store
                     .finish_run(
                         run,
                         "skipped",

@@ -88,11 +88,11 @@ impl TestServer {
             )
             .expect("master key"),
         );
-        let deployer = gilgal_deploy::Deployer::new(
+        let platform = gilgal_deploy::Platform::new(
             store.clone(),
             std::sync::Arc::new(runtime),
             proxy.clone(),
-            gilgal_deploy::DeployerConfig {
+            gilgal_deploy::PlatformConfig {
                 work_dir: data_dir.path().join("work"),
                 releases_dir: data_dir.path().join("releases"),
                 cache_dir: data_dir.path().join("cache"),
@@ -123,25 +123,26 @@ impl TestServer {
             },
             vault,
         );
+        let services = gilgal_deploy::Services::new(platform);
         {
             // Runtime output into the persistent logs, as `gilgal server` does.
-            let deployer = deployer.clone();
+            let ingest = services.log_ingest.clone();
             tokio::spawn(async move {
-                deployer
+                ingest
                     .run_log_ingest(tokio_util::sync::CancellationToken::new())
                     .await
             });
         }
         {
             // Alert rules evaluated every 200 ms (no channels unless a test adds them).
-            let deployer = deployer.clone();
+            let alerts = services.alerts.clone();
             tokio::spawn(async move {
-                deployer
+                alerts
                     .run_alerts(tokio_util::sync::CancellationToken::new())
                     .await
             });
         }
-        let state = AppState::new(store, proxy, deployer, &key, config).expect("app state");
+        let state = AppState::new(store, proxy, services, &key, config).expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

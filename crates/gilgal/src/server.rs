@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use gilgal_api::{ApiConfig, AppState};
 use gilgal_auth::keys::SigningKey;
-use gilgal_deploy::{Deployer, DeployerConfig};
+use gilgal_deploy::{Platform, PlatformConfig, Services};
 use gilgal_proxy::{ProxyHandle, ProxySettings};
 use gilgal_store::{Store, StoreBackend};
 use tracing_subscriber::EnvFilter;
@@ -197,11 +197,11 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
         None => None,
     };
     let notifier = gilgal_notify::Notifier::new(smtp).context("cannot set up notifications")?;
-    let deployer = Deployer::new(
+    let platform = Platform::new(
         store.clone(),
         runtime.clone(),
         proxy.clone(),
-        DeployerConfig {
+        PlatformConfig {
             work_dir: data_dir.join("work"),
             releases_dir: data_dir.join("releases"),
             cache_dir: data_dir.join("cache"),
@@ -233,10 +233,12 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
         },
         vault,
     );
+    // Every service over the one platform; the log and event subscriptions start here.
+    let services = Services::new(platform);
     let state = AppState::new(
         store.clone(),
         proxy.clone(),
-        deployer.clone(),
+        services.clone(),
         &key,
         ApiConfig {
             cors_origins: args.cors_origins.clone(),
@@ -245,7 +247,8 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
             ..ApiConfig::default()
         },
     )?;
-    deployer
+    services
+        .platform
         .restore_certificates()
         .await
         .context("cannot load TLS certificates from the store")?;
@@ -307,40 +310,47 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
     // then start the cron scheduler.
     let cron_stop = tokio_util::sync::CancellationToken::new();
     {
-        let deployer = deployer.clone();
+        let ingest = services.log_ingest.clone();
         let stop = cron_stop.clone();
-        tokio::spawn(async move { deployer.run_log_ingest(stop).await });
+        tokio::spawn(async move { ingest.run_log_ingest(stop).await });
     }
     {
-        let deployer = deployer.clone();
+        let recorder = services.event_recorder.clone();
         let stop = cron_stop.clone();
-        tokio::spawn(async move { deployer.run_event_recorder(stop).await });
+        tokio::spawn(async move { recorder.run_event_recorder(stop).await });
     }
     {
-        let deployer = deployer.clone();
+        let alerts = services.alerts.clone();
         let stop = cron_stop.clone();
-        tokio::spawn(async move { deployer.run_alerts(stop).await });
+        tokio::spawn(async move { alerts.run_alerts(stop).await });
     }
     {
         let cron_stop = cron_stop.clone();
+        let Services {
+            recovery,
+            health_watch,
+            addon_supervisor,
+            runs,
+            ..
+        } = services;
         tokio::spawn(async move {
-            match deployer.recover().await {
+            match recovery.recover().await {
                 Ok(()) => tracing::info!("desired state reconciled"),
                 Err(e) => tracing::error!(error = %e, "reconciling desired state failed"),
             }
             let _ = routes_restored.send(true);
-            if let Err(e) = deployer.sweep_leftovers().await {
+            if let Err(e) = recovery.sweep_leftovers().await {
                 tracing::error!(error = %e, "stopping instances no environment owns failed");
             }
             // The health watch converges too: it starts from what recovery left, never
             // beside it.
-            let watch = deployer.clone();
             let watch_stop = cron_stop.clone();
-            tokio::spawn(async move { watch.run_health_watch(watch_stop).await });
-            let supervisor = deployer.clone();
+            tokio::spawn(async move { health_watch.run_health_watch(watch_stop).await });
             let supervisor_stop = cron_stop.clone();
-            tokio::spawn(async move { supervisor.run_addon_supervisor(supervisor_stop).await });
-            deployer.run_cron(cron_stop).await;
+            tokio::spawn(
+                async move { addon_supervisor.run_addon_supervisor(supervisor_stop).await },
+            );
+            runs.run_cron(cron_stop).await;
         });
     }
     tokio::spawn(async move {

@@ -134,7 +134,7 @@ async fn create_addon(
     let request = request.parse()?;
     crate::audit::note("kind", serde_json::json!(request.kind));
     let (addon, deployment) = state
-        .deployer()
+        .addons()
         .create_addon(&environment, &request.kind, request.name.as_deref())
         .await
         .map_err(deploy_error)?;
@@ -179,7 +179,7 @@ async fn destroy_addon(
     let final_backup = query.backup.unwrap_or(true);
     crate::audit::note("final_backup", serde_json::json!(final_backup));
     let deployment = state
-        .deployer()
+        .addons()
         .destroy_addon(&addon, final_backup)
         .await
         .map_err(|e| match e {
@@ -233,7 +233,7 @@ async fn create_backup(
 ) -> Result<(StatusCode, Json<Backup>), ApiError> {
     let addon = visible_addon(&state, &caller, &id, Role::Developer).await?;
     let backup = state
-        .deployer()
+        .addons()
         .backup_addon(&addon, "manual", None)
         .await
         .map_err(deploy_error)?;
@@ -288,7 +288,7 @@ async fn restore(
     }
     crate::audit::note("backup", serde_json::json!(backup.id));
     state
-        .deployer()
+        .addons()
         .restore_addon(&addon, &backup)
         .await
         .map_err(deploy_error)?;
@@ -347,7 +347,7 @@ async fn credentials(
     let addon = visible_addon(&state, &caller, &id, Role::Developer).await?;
     crate::audit::note("addon", serde_json::json!(addon.id));
     let url = state
-        .deployer()
+        .addons()
         .addon_url(&addon)
         .await
         .map_err(deploy_error)?;

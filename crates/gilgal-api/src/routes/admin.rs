@@ -38,7 +38,7 @@ async fn rotate_key(
 ) -> Result<Json<KeyRotated>, ApiError> {
     require_admin(&caller)?;
     let rewrapped = state
-        .deployer()
+        .platform()
         .vault()
         .rotate_master_key()
         .await

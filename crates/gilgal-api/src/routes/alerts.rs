@@ -223,7 +223,7 @@ async fn update_rule(
     let change = change.parse()?;
     let kind = AlertKind::parse(&kind).ok_or_else(|| ApiError::not_found("alert rule kind"))?;
     let current = state
-        .deployer()
+        .alerts()
         .alert_rules(environment.id)
         .await?
         .into_iter()
@@ -306,13 +306,13 @@ async fn create_channel(
     }
     match request.kind.as_str() {
         "webhook" | "slack" => state
-            .deployer()
+            .alerts()
             .check_notification_url(target)
             .await
             .map_err(|e| ApiError::invalid(e.to_string()))?,
         "email" => {
             gilgal_notify::check_email(target).map_err(|e| ApiError::invalid(e.to_string()))?;
-            if !state.deployer().notifier().has_smtp() {
+            if !state.alerts().notifier().has_smtp() {
                 return Err(ApiError::invalid(
                     "this server has no SMTP relay for email alerts; its administrator starts it with --smtp-url and --smtp-from",
                 ));
@@ -336,7 +336,7 @@ async fn create_channel(
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let secret = format!("gilgal_alsec_{}", hex::encode(bytes));
         let sealed = state
-            .deployer()
+            .platform()
             .vault()
             .seal(
                 environment.id,
@@ -432,13 +432,13 @@ async fn test_channel(
     // Checked when the channel was added, but its host may resolve elsewhere now.
     if record.kind != "email" {
         state
-            .deployer()
+            .alerts()
             .check_notification_url(&record.target)
             .await
             .map_err(|e| ApiError::invalid(e.to_string()))?;
     }
     state
-        .deployer()
+        .alerts()
         .test_alert_channel(&record, &environment)
         .await
         .map_err(|e| {

@@ -136,7 +136,7 @@ async fn put_certificate(
         key_pem: request.key_pem,
     };
     state
-        .deployer()
+        .platform()
         .put_certificate(certificate, not_after_ms)
         .await
         .map_err(|e| match e {
@@ -172,7 +172,7 @@ async fn delete_certificate(
     require_admin(&caller)?;
     let domain = parse_domain(&domain)?;
     state
-        .deployer()
+        .platform()
         .delete_certificate(domain.as_str())
         .await
         .map_err(|e| match e {

@@ -74,7 +74,7 @@ pub(crate) fn to_wire(
         record.state,
         DeploymentState::Live | DeploymentState::Draining | DeploymentState::Retired
     )
-    .then(|| state.deployer().url(project_name, &record.environment_name));
+    .then(|| state.platform().url(project_name, &record.environment_name));
     Deployment {
         id: record.id,
         project_id: record.project_id,
@@ -175,7 +175,7 @@ async fn create_deployment(
             JsonDeployRequest::Image(image) => DeploySource::Image(image.image),
         };
         let deployment_id = state
-            .deployer()
+            .deployments()
             .deploy(environment, source)
             .await
             .map_err(crate::routes::environments::deploy_error)?;
@@ -185,12 +185,12 @@ async fn create_deployment(
     // Checked before a byte of the body is received, so a refused upload costs nothing; the
     // deployment checks again once the body is here.
     state
-        .deployer()
+        .platform()
         .check_quota(project_id, Work::Build)
         .await
         .map_err(crate::routes::environments::deploy_error)?;
     // Held until the deployment exists (and so counts against the quota itself).
-    let concurrent_builds = state.deployer().quotas().concurrent_builds;
+    let concurrent_builds = state.platform().quotas().concurrent_builds;
     let _uploading = state
         .uploads_in_flight()
         .claim(caller.user.id, concurrent_builds.max(1))
@@ -203,7 +203,7 @@ async fn create_deployment(
                 Duration::from_secs(10),
             )
         })?;
-    let uploads = state.deployer().work_dir().join("uploads");
+    let uploads = state.platform().work_dir().join("uploads");
     tokio::fs::create_dir_all(&uploads)
         .await
         .map_err(|e| ApiError::internal(&e))?;
@@ -225,7 +225,7 @@ async fn create_deployment(
         ));
     }
     let deployment_id = match state
-        .deployer()
+        .deployments()
         .deploy_upload(environment, upload.clone())
         .await
     {
@@ -331,7 +331,7 @@ async fn cancel_deployment(
         .map_err(not_found)?;
     caller.check_scope(record.project_id, Some(record.environment_id), "deployment")?;
     crate::routes::teams::require_for_method(&state, &caller, record.project_id).await?;
-    if !record.state.is_in_progress() || !state.deployer().cancel(id) {
+    if !record.state.is_in_progress() || !state.deployments().cancel(id) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_in_progress",
@@ -512,7 +512,7 @@ async fn redeploy(
         .await
         .map_err(not_found)?;
     let deployment = state
-        .deployer()
+        .changes()
         .redeploy(&environment, record.release_number, body.run_release_phase)
         .await
         .map_err(crate::routes::environments::deploy_error)?;

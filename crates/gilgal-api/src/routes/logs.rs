@@ -231,7 +231,7 @@ async fn environment_logs(
             gilgal_logs::MAX_LIMIT as u32,
         )? as usize,
     };
-    let logs = state.deployer().logs().clone();
+    let logs = state.platform().logs().clone();
     let first = run_query(&logs, environment.id, filter.clone()).await?;
     let headers = [
         (header::CONTENT_TYPE, "application/x-ndjson"),

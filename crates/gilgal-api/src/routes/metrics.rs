@@ -74,7 +74,7 @@ async fn app_metrics(
         ));
     }
     let scrapes = state
-        .deployer()
+        .metrics()
         .scrape_app_metrics(&environment, &path)
         .await
         .map_err(|e| ApiError::internal(&e))?;
@@ -279,12 +279,12 @@ async fn prometheus(
         );
     }
     render_build_durations(&mut out, &state.store().build_durations_ms().await?);
-    if let Some(lag) = state.deployer().reconciler_lag() {
+    if let Some(lag) = state.platform().reconciler_lag() {
         let _ = writeln!(out, "# TYPE gilgal_reconciler_lag_seconds gauge");
         let _ = writeln!(out, "gilgal_reconciler_lag_seconds {}", lag.as_secs_f64());
     }
     let usage = state
-        .deployer()
+        .metrics()
         .instance_usage()
         .await
         .map_err(|e| ApiError::internal(&e))?;
@@ -399,7 +399,7 @@ async fn project_metrics(
         })?;
     let snapshot = state.proxy().metrics();
     let usage = state
-        .deployer()
+        .metrics()
         .instance_usage()
         .await
         .map_err(|e| ApiError::internal(&e))?;
@@ -412,7 +412,7 @@ async fn project_metrics(
                     .is_ok()
             })
             .map(|e| {
-                let route = state.deployer().route_of(e);
+                let route = state.platform().route_of(e);
                 environment_figures(e, snapshot.route(&route), &usage, None)
             })
             .collect(),
@@ -449,11 +449,11 @@ async fn deployment_metrics(
         .await?;
     let snapshot = state.proxy().metrics();
     let usage = state
-        .deployer()
+        .metrics()
         .instance_usage()
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    let route = state.deployer().route_of(&environment);
+    let route = state.platform().route_of(&environment);
     Ok(Json(environment_figures(
         &environment,
         snapshot.route(&route),

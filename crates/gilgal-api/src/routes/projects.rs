@@ -157,7 +157,7 @@ async fn update_project(
         for environment in state.store().list_environments(caller.user.id, id).await? {
             if environment.live_release.is_some() {
                 state
-                    .deployer()
+                    .changes()
                     .refresh_route(&environment)
                     .await
                     .map_err(crate::routes::environments::deploy_error)?;
@@ -193,7 +193,7 @@ async fn delete_project(
     // Everything it owned stops and goes (instances, routes, add-ons after their final
     // backups, artifacts, logs), then its rows.
     state
-        .deployer()
+        .teardown()
         .delete_project(id)
         .await
         .map_err(|e| match e {

@@ -156,7 +156,7 @@ async fn create_webhook(
         )
     })?;
     state
-        .deployer()
+        .deployments()
         .check_git_url(&request.repo_url)
         .await
         .map_err(|e| ApiError::invalid(e.to_string()))?;
@@ -166,7 +166,7 @@ async fn create_webhook(
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let secret = format!("gilgal_whsec_{}", hex::encode(bytes));
     let sealed = state
-        .deployer()
+        .platform()
         .vault()
         .seal(environment.id, &secret_name(id), &secret)
         .await
@@ -176,7 +176,7 @@ async fn create_webhook(
     let credential_sealed = match credential {
         Some(credential) => Some(
             state
-                .deployer()
+                .platform()
                 .vault()
                 .seal(
                     environment.id,
@@ -380,7 +380,7 @@ async fn deliver(
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     crate::audit::note("webhook", serde_json::json!(id));
     let secret = state
-        .deployer()
+        .platform()
         .vault()
         .open(
             webhook.environment_id,
@@ -482,7 +482,7 @@ async fn deliver(
     let url = match &webhook.git_credential_sealed {
         Some(sealed) => {
             let userinfo = state
-                .deployer()
+                .platform()
                 .vault()
                 .open(webhook.environment_id, &credential_name(id), sealed)
                 .await
@@ -498,7 +498,7 @@ async fn deliver(
         url,
         reference: commit.clone(),
     });
-    match state.deployer().deploy(environment, source).await {
+    match state.deployments().deploy(environment, source).await {
         Ok(deployment) => {
             state
                 .store()

@@ -676,7 +676,7 @@ async fn uploads_in_flight_count_against_the_build_quota() {
     );
     slow.write_all(head.as_bytes()).await.unwrap();
     slow.write_all(&[0x1f; 16]).await.unwrap();
-    let uploads = server.state.deployer().work_dir().join("uploads");
+    let uploads = server.state.platform().work_dir().join("uploads");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::fs::read_dir(&uploads).map_or(0, |d| d.count()) == 0 {
         assert!(

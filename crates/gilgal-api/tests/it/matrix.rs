@@ -194,7 +194,7 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
     let addon_id = uuid::Uuid::new_v4();
     let sealed_credentials = server
         .state
-        .deployer()
+        .platform()
         .vault()
         .seal(
             env_uuid,
@@ -237,7 +237,7 @@ async fn every_documented_operation_answers_each_role_as_documented(backend: Bac
     let webhook_id = uuid::Uuid::new_v4();
     let sealed = server
         .state
-        .deployer()
+        .platform()
         .vault()
         .seal(env_uuid, &format!("webhook:{webhook_id}"), "fixture-secret")
         .await

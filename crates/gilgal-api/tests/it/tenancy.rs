@@ -600,7 +600,7 @@ async fn the_webhook_receiver_audits_only_signed_calls_and_has_a_budget(backend:
     let webhook_id = uuid::Uuid::new_v4();
     let sealed = server
         .state
-        .deployer()
+        .platform()
         .vault()
         .seal(
             env_id.parse().unwrap(),

@@ -80,7 +80,7 @@ async fn change_config(
     );
     crate::audit::note("unset", serde_json::json!(body.unset));
     let deployment = state
-        .deployer()
+        .changes()
         .change_config(&environment, &edits)
         .await
         .map_err(deploy_error)?;

@@ -45,7 +45,7 @@ fn custom_domain(state: &AppState, raw: &str) -> Result<String, ApiError> {
         .parse()
         .map_err(|e: gilgal_types::NameError| ApiError::invalid(e.to_string()))?;
     let hostname = hostname.as_str().to_owned();
-    let base = state.deployer().base_domain().to_ascii_lowercase();
+    let base = state.platform().base_domain().to_ascii_lowercase();
     if hostname == base || hostname.ends_with(&format!(".{base}")) {
         return Err(ApiError::invalid(format!(
             "{hostname} is under the platform's base domain {base}, where apps get their default hostnames; use a domain you own"
@@ -92,7 +92,7 @@ async fn add_domain(
             other => other.into(),
         })?;
     state
-        .deployer()
+        .changes()
         .refresh_route(&environment)
         .await
         .map_err(deploy_error)?;
@@ -128,7 +128,7 @@ async fn remove_domain(
             other => other.into(),
         })?;
     state
-        .deployer()
+        .changes()
         .refresh_route(&environment)
         .await
         .map_err(deploy_error)?;

@@ -37,7 +37,7 @@ async fn get_formation(
 ) -> Result<Json<Formation>, ApiError> {
     let environment = owned_environment(&state, &caller, &id).await?;
     let counts = state
-        .deployer()
+        .metrics()
         .running_counts(&environment)
         .await
         .map_err(deploy_error)?;
@@ -102,13 +102,13 @@ async fn change_formation(
         );
     }
     let deployment = state
-        .deployer()
+        .changes()
         .scale(&environment, &body.counts, &sizes)
         .await
         .map_err(deploy_error)?;
     let updated = state.store().environment_by_id(environment.id).await?;
     let counts = state
-        .deployer()
+        .metrics()
         .running_counts(&updated)
         .await
         .map_err(deploy_error)?;

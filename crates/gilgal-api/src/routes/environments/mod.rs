@@ -88,7 +88,7 @@ pub(crate) fn deploy_error(err: DeployError) -> ApiError {
 
 fn to_wire(state: &AppState, record: EnvironmentRecord) -> Environment {
     Environment {
-        url: state.deployer().url(&record.project_name, &record.name),
+        url: state.platform().url(&record.project_name, &record.name),
         id: record.id,
         project_id: record.project_id,
         name: record.name,
@@ -279,7 +279,7 @@ async fn delete_environment(
     }
     // Instances, route, add-ons (final backups first), artifacts, logs, then the rows.
     state
-        .deployer()
+        .teardown()
         .delete_environment(&environment)
         .await
         .map_err(|e| match e {

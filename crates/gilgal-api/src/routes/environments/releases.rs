@@ -77,7 +77,7 @@ async fn rollback(
     let environment = owned_environment(&state, &caller, &id).await?;
     let body = body.parse()?;
     let deployment = state
-        .deployer()
+        .changes()
         .rollback(&environment, body.release, body.run_release_phase)
         .await
         .map_err(deploy_error)?;
@@ -118,7 +118,7 @@ async fn promote(
         &format!("environment {:?}", body.from),
     )?;
     let deployment = state
-        .deployer()
+        .changes()
         .promote(&target, &source)
         .await
         .map_err(deploy_error)?;

@@ -83,7 +83,7 @@ async fn create_run(
         ));
     }
     let run = state
-        .deployer()
+        .runs()
         .start_run(
             &environment,
             Oneoff {
