@@ -184,11 +184,11 @@ pub(crate) fn run(dir: &Path, query: &Query) -> Result<Vec<LogRecord>, LogError>
                 continue;
             }
             read_segment(segment, query, &mut out)?;
-            if out.len() >= limit {
-                out.truncate(limit);
+            if content_count(&out) >= limit {
                 break;
             }
         }
+        keep_first(&mut out, limit);
         return Ok(out);
     }
     // Tail: newest segments first until `limit` matches are found.
@@ -200,15 +200,75 @@ pub(crate) fn run(dir: &Path, query: &Query) -> Result<Vec<LogRecord>, LogError>
         }
         let mut chunk = Vec::new();
         read_segment(segment, query, &mut chunk)?;
-        found += chunk.len();
+        found += content_count(&chunk);
         chunks.push_front(chunk);
         if found >= limit {
             break;
         }
     }
     let mut out: Vec<LogRecord> = chunks.into_iter().flatten().collect();
-    if out.len() > limit {
-        out.drain(..out.len() - limit);
-    }
+    keep_last(&mut out, limit);
     Ok(out)
+}
+
+/// Records that are lines, not drop markers: only they count toward a query's limit, so a
+/// storm of drops cannot push every real match out of a view.
+fn content_count(records: &[LogRecord]) -> usize {
+    records.iter().filter(|r| r.dropped.is_none()).count()
+}
+
+/// Keeps the first `limit` lines and the drop markers among them and right after them.
+fn keep_first(records: &mut Vec<LogRecord>, limit: usize) {
+    let mut lines = 0;
+    let end = records
+        .iter()
+        .position(|r| {
+            if r.dropped.is_none() {
+                lines += 1;
+            }
+            lines > limit
+        })
+        .unwrap_or(records.len());
+    records.truncate(end);
+    coalesce_markers(records);
+}
+
+/// Keeps the last `limit` lines and the drop markers among and after them; markers before
+/// the first kept line explain a gap outside the view and go too.
+fn keep_last(records: &mut Vec<LogRecord>, limit: usize) {
+    let total = content_count(records);
+    if total > limit {
+        let mut skipped = 0;
+        let start = records
+            .iter()
+            .position(|r| {
+                if r.dropped.is_none() {
+                    skipped += 1;
+                }
+                skipped > total - limit
+            })
+            .unwrap_or(records.len());
+        records.drain(..start);
+    }
+    coalesce_markers(records);
+}
+
+/// Merges drop markers with no line between them into the last of them (its id and time,
+/// their summed count), so a view holds one note per gap however the drops were recorded.
+fn coalesce_markers(records: &mut Vec<LogRecord>) {
+    let mut merged: Vec<LogRecord> = Vec::with_capacity(records.len());
+    for record in records.drain(..) {
+        let previous_count = merged.last().and_then(|previous| previous.dropped);
+        match (previous_count, record.dropped) {
+            (Some(before), Some(now)) => {
+                let total = before.saturating_add(now);
+                let mut note = LogRecord::dropped_marker(record.at, total);
+                note.id = record.id;
+                merged.pop();
+                merged.push(note);
+            }
+            _ => merged.push(record),
+        }
+    }
+    *records = merged;
 }

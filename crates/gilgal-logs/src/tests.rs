@@ -285,3 +285,58 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
     assert_eq!(stats.accepted, offered - refused);
     assert_eq!(stats.dropped, refused + 5);
 }
+
+/// A storm of drops cannot push the lines a view asks for out of it: only lines count toward
+/// the limit, and drop markers with no line between them read as one note with their sum.
+#[test]
+fn drop_markers_neither_fill_the_limit_nor_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = store(dir.path(), Retention::default(), 1024);
+    let env = Uuid::new_v4();
+    assert!(logs.append(env, line(1_000, "web", 1, "needle-a")));
+    assert!(logs.append(env, line(2_000, "web", 1, "needle-b")));
+    assert!(logs.append(env, line(3_000, "web", 1, "needle-c")));
+    logs.flush().unwrap();
+    for _ in 0..50 {
+        logs.count_dropped(env, 2);
+        logs.flush().unwrap();
+    }
+    assert!(logs.append(env, line(9_000, "web", 1, "haystack")));
+    logs.flush().unwrap();
+
+    let tail = logs
+        .query(
+            env,
+            &Query {
+                grep: Some("needle".into()),
+                limit: 2,
+                ..Query::default()
+            },
+        )
+        .unwrap();
+    let lines: Vec<&str> = tail
+        .iter()
+        .filter(|r| r.dropped.is_none())
+        .map(|r| r.line.as_str())
+        .collect();
+    assert_eq!(lines, ["needle-b", "needle-c"]);
+    let notes: Vec<u64> = tail.iter().filter_map(|r| r.dropped).collect();
+    assert_eq!(
+        notes,
+        [100],
+        "one note for the gap, with every dropped line: {tail:?}"
+    );
+    assert!(tail.windows(2).all(|w| w[0].id < w[1].id), "in order");
+
+    let first = logs
+        .query(
+            env,
+            &Query {
+                after: Some(0),
+                limit: 1,
+                ..Query::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(texts(&first), ["needle-a"], "following stops at the limit");
+}

@@ -360,6 +360,7 @@ async fn crash_loops_and_failed_backups_fire_and_resolve(backend: Backend) {
             .await
             .unwrap();
     }
+    let last_crash = Instant::now();
     let alerts = alerts_wait(&server, &token, &env, "a crash-loop alert", |a| {
         a.iter().any(|x| x["kind"] == "crash_loop")
     })
@@ -368,7 +369,9 @@ async fn crash_loops_and_failed_backups_fire_and_resolve(backend: Backend) {
     assert_eq!(crash["state"], "firing");
     assert_eq!(crash["value"], 3.0);
     assert_eq!(crash["message"], "3 crashes within 5 min: 3 crashes");
-    // Counting over the last second only, the crashes are behind it: resolved.
+    // Counting over the last second only, the crashes are behind it: resolved. (Once they
+    // all are: events a few ms apart could otherwise straddle the window's edge.)
+    tokio::time::sleep(Duration::from_millis(1100).saturating_sub(last_crash.elapsed())).await;
     let (status, _, _) = raw(
         &server,
         Method::PUT,
