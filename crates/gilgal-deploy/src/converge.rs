@@ -152,15 +152,7 @@ impl RolloutEngine {
         desired: &Desired<'_>,
         replace: &[InstanceId],
     ) -> Result<Plan, RolloutError> {
-        let statuses: Vec<InstanceStatus> = self
-            .platform
-            .runtime
-            .list()
-            .await
-            .map_err(|e| RolloutError::Observe(e.to_string()))?
-            .into_iter()
-            .filter(|s| crate::identity::owns(environment, &s.labels))
-            .collect();
+        let statuses = self.owned_instances(environment).await?;
         let observed: Vec<Observed> = statuses
             .iter()
             .map(|s| Observed {
@@ -458,7 +450,17 @@ impl RolloutEngine {
                 edge.routes.remove(&crate::identity::route_id(environment));
             })
             .map_err(|e| RolloutError::Route(e.to_string()))?;
-        let owned: Vec<InstanceStatus> = self
+        let owned = self.owned_instances(environment).await?;
+        self.drain_and_stop(environment, &owned).await;
+        Ok(())
+    }
+
+    /// Every instance the runtime runs (or ran) for `environment`.
+    async fn owned_instances(
+        &self,
+        environment: &EnvironmentRecord,
+    ) -> Result<Vec<InstanceStatus>, RolloutError> {
+        Ok(self
             .platform
             .runtime
             .list()
@@ -466,9 +468,7 @@ impl RolloutEngine {
             .map_err(|e| RolloutError::Observe(e.to_string()))?
             .into_iter()
             .filter(|status| crate::identity::owns(environment, &status.labels))
-            .collect();
-        self.drain_and_stop(environment, &owned).await;
-        Ok(())
+            .collect())
     }
 
     /// Carries out a plan made by [`RolloutEngine::plan`]: start and gate, route, drain, stop.
