@@ -16,7 +16,8 @@ pub struct EdgeState {
     /// Every route, by its id (one per environment, see `identity::route_id`).
     pub routes: BTreeMap<String, RouteSpec>,
     /// Every certificate the TLS listener serves, by domain (`*.example.com` included).
-    pub certificates: BTreeMap<String, CertificatePem>,
+    /// Shared, so the many route changes do not copy every certificate's PEM text.
+    pub certificates: Arc<BTreeMap<String, CertificatePem>>,
 }
 
 impl EdgeState {
@@ -44,6 +45,9 @@ impl EdgeState {
 pub struct Edge {
     proxy: ProxyHandle,
     state: Arc<Mutex<EdgeState>>,
+    /// Held across a certificate change's store write and reload, so concurrent changes
+    /// reach the edge in the order the store took them.
+    certificate_changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Edge {
@@ -52,6 +56,7 @@ impl Edge {
         Self {
             proxy,
             state: Arc::new(Mutex::new(EdgeState::default())),
+            certificate_changes: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -69,7 +74,8 @@ impl Edge {
         let mut next = current.clone();
         change(&mut next);
         let routes = current.route_diff(&next);
-        let certificates_changed = current.certificates != next.certificates;
+        let certificates_changed = !Arc::ptr_eq(&current.certificates, &next.certificates)
+            && current.certificates != next.certificates;
         if certificates_changed {
             self.proxy
                 .set_certificates(next.certificates.values().cloned().collect())?;
@@ -114,21 +120,30 @@ impl Platform {
 
     /// Serves every stored certificate (at start-up: the difference from an empty edge).
     pub async fn restore_certificates(&self) -> Result<(), DeployError> {
-        let stored = self.store.certificates().await?;
-        self.edge
-            .update(|state| {
-                state.certificates = stored
-                    .into_iter()
-                    .map(|c| {
-                        let pem = CertificatePem {
-                            domain: c.domain,
-                            cert_chain_pem: c.cert_chain_pem,
-                            key_pem: c.key_pem,
-                        };
-                        (pem.domain.clone(), pem)
-                    })
-                    .collect();
+        let _in_order = self.edge.certificate_changes.lock().await;
+        self.serve_stored_certificates().await
+    }
+
+    /// Makes the edge serve exactly the store's certificates: the store is the truth, so
+    /// the edge never keeps one the store lost or misses one it holds. The caller holds
+    /// `certificate_changes`.
+    async fn serve_stored_certificates(&self) -> Result<(), DeployError> {
+        let stored: BTreeMap<String, CertificatePem> = self
+            .store
+            .certificates()
+            .await?
+            .into_iter()
+            .map(|c| {
+                let pem = CertificatePem {
+                    domain: c.domain,
+                    cert_chain_pem: c.cert_chain_pem,
+                    key_pem: c.key_pem,
+                };
+                (pem.domain.clone(), pem)
             })
+            .collect();
+        self.edge
+            .update(|state| state.certificates = Arc::new(stored))
             .map_err(|e| DeployError::Runtime(format!("cannot serve the stored certificates: {e}")))
     }
 
@@ -141,6 +156,7 @@ impl Platform {
         not_after_ms: i64,
     ) -> Result<(), CertificateError> {
         gilgal_proxy::check_certificate(&certificate).map_err(CertificateError::Rejected)?;
+        let _in_order = self.edge.certificate_changes.lock().await;
         self.store
             .put_certificate(
                 &certificate.domain,
@@ -150,22 +166,13 @@ impl Platform {
             )
             .await
             .map_err(DeployError::from)?;
-        self.edge
-            .update(|state| {
-                state
-                    .certificates
-                    .insert(certificate.domain.clone(), certificate);
-            })
-            .map_err(CertificateError::Rejected)
+        Ok(self.serve_stored_certificates().await?)
     }
 
     /// Stops serving a domain's certificate and deletes it.
     pub async fn delete_certificate(&self, domain: &str) -> Result<(), DeployError> {
+        let _in_order = self.edge.certificate_changes.lock().await;
         self.store.delete_certificate(domain).await?;
-        self.edge
-            .update(|state| {
-                state.certificates.remove(domain);
-            })
-            .map_err(|e| DeployError::Runtime(e.to_string()))
+        self.serve_stored_certificates().await
     }
 }

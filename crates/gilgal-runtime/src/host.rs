@@ -376,28 +376,16 @@ impl<E: Hosted> InstanceHub<E> {
         self.edge_ip
     }
 
-    /// Turns a `port` of `Some(0)` into a port free on the edge address now (the kernel's
-    /// choice, as a bind to port 0 makes it), so the runtime, not its caller, picks ports.
-    pub fn assign_port(&self, port: Option<u16>) -> Result<Option<u16>> {
-        match port {
-            Some(0) => {
-                let probe = std::net::TcpListener::bind(SocketAddr::new(self.edge_ip, 0)).map_err(
-                    |source| RuntimeError::Io {
-                        context: format!("finding a free port on {}", self.edge_ip),
-                        source,
-                    },
-                )?;
-                let port = probe
-                    .local_addr()
-                    .map_err(|source| RuntimeError::Io {
-                        context: "reading the free port".to_owned(),
-                        source,
-                    })?
-                    .port();
-                Ok(Some(port))
-            }
-            other => Ok(other),
-        }
+    /// A port free on the edge address now (the kernel's choice, as a bind to port 0 makes
+    /// it), so the runtime, not its caller, picks ports.
+    pub fn free_port(&self) -> Result<u16> {
+        std::net::TcpListener::bind(SocketAddr::new(self.edge_ip, 0))
+            .and_then(|probe| probe.local_addr())
+            .map(|addr| addr.port())
+            .map_err(|source| RuntimeError::Io {
+                context: format!("finding a free port on {}", self.edge_ip),
+                source,
+            })
     }
 
     /// The entry of `id`, or [`RuntimeError::UnknownInstance`].
@@ -693,7 +681,9 @@ impl<T: HostedRuntime> Runtime for T {
     }
 
     async fn start(&self, mut spec: InstanceSpec) -> Result<StartedInstance> {
-        spec.port = self.hub().assign_port(spec.port)?;
+        if spec.port == Some(0) {
+            spec.port = Some(self.hub().free_port()?);
+        }
         let addr = spec
             .port
             .map(|port| SocketAddr::new(self.hub().edge_ip(), port));
@@ -702,7 +692,7 @@ impl<T: HostedRuntime> Runtime for T {
     }
 
     fn choose_port(&self) -> Result<u16> {
-        Ok(self.hub().assign_port(Some(0))?.unwrap_or_default())
+        self.hub().free_port()
     }
 
     async fn stop(&self, id: &InstanceId, grace: Duration) -> Result<ExitInfo> {
