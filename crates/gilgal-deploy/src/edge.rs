@@ -113,11 +113,6 @@ pub enum CertificateError {
 }
 
 impl Platform {
-    /// The single writer of the edge's routes and certificates.
-    pub fn edge(&self) -> &Edge {
-        &self.edge
-    }
-
     /// Serves every stored certificate (at start-up: the difference from an empty edge).
     pub async fn restore_certificates(&self) -> Result<(), DeployError> {
         let _in_order = self.edge.certificate_changes.lock().await;
