@@ -8,7 +8,6 @@ use gilgal_auth::keys::SigningKey;
 use gilgal_deploy::{
     Addons, AlertEvaluator, AppMetrics, Changes, Deployments, Platform, Runs, Services, Teardown,
 };
-use gilgal_proxy::ProxyHandle;
 use gilgal_store::Store;
 
 /// Tunables of the API, with production defaults.
@@ -70,7 +69,6 @@ pub struct AppState {
 
 struct Inner {
     store: Store,
-    proxy: ProxyHandle,
     services: Services,
     codec: AccessTokenCodec,
     decoy_hash: String,
@@ -86,7 +84,6 @@ impl AppState {
     /// Builds the state. Computes the timing-decoy hash once (tens of milliseconds).
     pub fn new(
         store: Store,
-        proxy: ProxyHandle,
         services: Services,
         signing_key: &SigningKey,
         config: ApiConfig,
@@ -94,7 +91,6 @@ impl AppState {
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
-                proxy,
                 services,
                 codec: AccessTokenCodec::new(signing_key),
                 decoy_hash: gilgal_auth::password::timing_decoy_hash()?,
@@ -123,9 +119,16 @@ impl AppState {
         &self.inner.store
     }
 
-    /// The edge proxy's control handle (routes, certificates, metrics).
-    pub fn proxy(&self) -> &ProxyHandle {
-        &self.inner.proxy
+    /// Every route's counters at the edge; 503 while the edge process cannot be reached.
+    pub async fn edge_metrics(&self) -> Result<gilgal_proxy::MetricsSnapshot, crate::ApiError> {
+        self.platform().edge().link().metrics().await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot read the edge's metrics");
+            crate::ApiError::unavailable(
+                "edge_unavailable",
+                "the edge's metrics cannot be read right now; retry shortly",
+                std::time::Duration::from_secs(1),
+            )
+        })
     }
 
     /// The shared platform: vault, settings, quotas, logs, certificates, URLs.

@@ -203,7 +203,14 @@ impl AlertEvaluator {
         for (environment, rule) in self.platform.store.all_alert_rule_overrides().await? {
             overrides.entry(environment).or_default().push(rule);
         }
-        let snapshot = self.platform.proxy.metrics();
+        let snapshot = match self.platform.edge.link().metrics().await {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                // Traffic alerts wait for the edge's next answer; nothing is judged blind.
+                tracing::warn!(error = %e, "cannot read the edge's metrics; alerts skip this round");
+                return Ok(());
+            }
+        };
         let streaks = self.platform.take_health_streaks();
         let keep_ms = MAX_TRAFFIC_WINDOW_MS + 2 * interval_ms;
         for environment in &environments {

@@ -307,11 +307,15 @@ impl RolloutEngine {
 
     /// The instances the environment's route sends traffic to now, or `None` when the edge
     /// has no route for it (after a restart, or when nothing serves).
-    pub(crate) fn routed_backends(&self, environment: &EnvironmentRecord) -> Option<Vec<Routable>> {
+    pub(crate) async fn routed_backends(
+        &self,
+        environment: &EnvironmentRecord,
+    ) -> Option<Vec<Routable>> {
         let route = self
             .platform
             .edge
-            .route(&crate::identity::route_id(environment))?;
+            .route(&crate::identity::route_id(environment))
+            .await?;
         Some(match route.target {
             gilgal_proxy::RouteTarget::Upstream { backends, .. } => backends
                 .into_iter()
@@ -332,6 +336,7 @@ impl RolloutEngine {
     ) -> Vec<InstanceId> {
         let routed: Vec<InstanceId> = self
             .routed_backends(environment)
+            .await
             .unwrap_or_default()
             .into_iter()
             .map(|(id, _)| id)
@@ -395,6 +400,7 @@ impl RolloutEngine {
                     edge.routes.remove(&route_id);
                 }
             })
+            .await
             .map_err(|e| RolloutError::Route(e.to_string()))
     }
 
@@ -421,7 +427,8 @@ impl RolloutEngine {
             async move {
                 let outcome = self
                     .platform
-                    .proxy
+                    .edge
+                    .link()
                     .wait_drained(status.id.as_str(), grace)
                     .await;
                 tracing::info!(instance = %status.id, ?outcome, "drained");
@@ -449,6 +456,7 @@ impl RolloutEngine {
             .update(|edge| {
                 edge.routes.remove(&crate::identity::route_id(environment));
             })
+            .await
             .map_err(|e| RolloutError::Route(e.to_string()))?;
         let owned = self.owned_instances(environment).await?;
         self.drain_and_stop(environment, &owned).await;
@@ -488,7 +496,7 @@ impl RolloutEngine {
                 // One slot that cannot be filled must not keep the healthy ones off the edge:
                 // with no route yet (after a restart), those that stay are routed anyway
                 // (unrouted ones passed their gate in `unproven_failing_gate`).
-                if self.routed_backends(environment).is_none() {
+                if self.routed_backends(environment).await.is_none() {
                     if let Err(route) = self
                         .switch_route(environment, desired.artifact, &plan.staying)
                         .await

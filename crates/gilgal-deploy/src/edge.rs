@@ -1,12 +1,14 @@
 //! The edge's desired state — every route and every TLS certificate — as one value with one
 //! writer. Rollouts change routes and the certificate use-cases change certificates, both
-//! through [`Edge::update`], which applies only the difference to the proxy; start-up is the
-//! difference from the empty state. Nothing else writes to the proxy's tables.
+//! through [`Edge::update`], which applies only the difference to the edge; start-up is the
+//! difference from the empty state, or from what an adopted edge process serves. Nothing
+//! else writes to the edge's tables.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use gilgal_proxy::{CertificatePem, ProxyError, ProxyHandle, RouteDiff, RouteSpec};
+use gilgal_edge::{EdgeError, EdgeLink};
+use gilgal_proxy::{CertificatePem, ProxyError, RouteDiff, RouteSpec};
 
 use crate::{DeployError, Platform};
 
@@ -40,53 +42,66 @@ impl EdgeState {
     }
 }
 
-/// The single writer of the proxy's routes and certificates. Cheap to clone (shared state).
+/// The single writer of the edge's routes and certificates. Cheap to clone (shared state).
 #[derive(Debug, Clone)]
 pub struct Edge {
-    proxy: ProxyHandle,
-    state: Arc<Mutex<EdgeState>>,
+    link: EdgeLink,
+    /// What the edge serves; held across each change's call to the edge, so changes reach
+    /// it one at a time and in order.
+    state: Arc<tokio::sync::Mutex<EdgeState>>,
     /// Held across a certificate change's store write and reload, so concurrent changes
     /// reach the edge in the order the store took them.
     certificate_changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Edge {
-    /// An edge over `proxy`, whose tables start empty.
-    pub fn new(proxy: ProxyHandle) -> Self {
+    /// An edge over `link` that serves nothing yet.
+    pub fn new(link: EdgeLink) -> Self {
         Self {
-            proxy,
-            state: Arc::new(Mutex::new(EdgeState::default())),
+            link,
+            state: Arc::new(tokio::sync::Mutex::new(EdgeState::default())),
             certificate_changes: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
-    fn state(&self) -> MutexGuard<'_, EdgeState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The link to the edge (metrics, drains, access log).
+    pub fn link(&self) -> &EdgeLink {
+        &self.link
     }
 
-    /// Changes the desired state and applies the difference to the proxy, certificates
-    /// first (they are all parsed before any is swapped in). If the proxy refuses any part,
-    /// neither the proxy nor the desired state changes.
-    pub fn update(&self, change: impl FnOnce(&mut EdgeState)) -> Result<(), ProxyError> {
-        let mut current = self.state();
+    /// Takes over an edge that already serves (an edge process that outlived a restart of
+    /// the server): its routes become the starting state, so recovery changes only what
+    /// differs and what runs keeps its traffic throughout.
+    pub async fn adopt(&self) -> Result<usize, EdgeError> {
+        let routes = self.link.routes().await?;
+        let mut state = self.state.lock().await;
+        state.routes = routes.into_iter().map(|r| (r.id.clone(), r)).collect();
+        Ok(state.routes.len())
+    }
+
+    /// Changes the desired state and applies the difference to the edge, certificates
+    /// first (they are all parsed before any is swapped in). If the edge refuses any part,
+    /// neither the edge nor the desired state changes.
+    pub async fn update(&self, change: impl FnOnce(&mut EdgeState)) -> Result<(), EdgeError> {
+        let mut current = self.state.lock().await;
         let mut next = current.clone();
         change(&mut next);
         let routes = current.route_diff(&next);
         let certificates_changed = !Arc::ptr_eq(&current.certificates, &next.certificates)
             && current.certificates != next.certificates;
         if certificates_changed {
-            self.proxy
-                .set_certificates(next.certificates.values().cloned().collect())?;
+            self.link
+                .set_certificates(next.certificates.values().cloned().collect())
+                .await?;
         }
         if !routes.upsert.is_empty() || !routes.remove.is_empty() {
-            if let Err(e) = self.proxy.apply(routes) {
+            if let Err(e) = self.link.apply(routes).await {
                 if certificates_changed {
                     // Parsed and served a moment ago, so they load again.
                     let _ = self
-                        .proxy
-                        .set_certificates(current.certificates.values().cloned().collect());
+                        .link
+                        .set_certificates(current.certificates.values().cloned().collect())
+                        .await;
                 }
                 return Err(e);
             }
@@ -96,8 +111,13 @@ impl Edge {
     }
 
     /// The route with this id, as the edge serves it now.
-    pub fn route(&self, id: &str) -> Option<RouteSpec> {
-        self.state().routes.get(id).cloned()
+    pub async fn route(&self, id: &str) -> Option<RouteSpec> {
+        self.state.lock().await.routes.get(id).cloned()
+    }
+
+    /// The ids of every route the edge serves.
+    pub async fn route_ids(&self) -> Vec<String> {
+        self.state.lock().await.routes.keys().cloned().collect()
     }
 }
 
@@ -139,6 +159,7 @@ impl Platform {
             .collect();
         self.edge
             .update(|state| state.certificates = Arc::new(stored))
+            .await
             .map_err(|e| DeployError::Runtime(format!("cannot serve the stored certificates: {e}")))
     }
 

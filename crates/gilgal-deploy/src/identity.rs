@@ -38,6 +38,12 @@ pub(crate) fn route_id(environment: &EnvironmentRecord) -> String {
     format!("{}/{}", environment.project_id, environment.id)
 }
 
+/// The environment a route id names (the inverse of [`route_id`]).
+pub(crate) fn route_owner(route_id: &str) -> Option<(Uuid, Uuid)> {
+    let (project, environment) = route_id.split_once('/')?;
+    Some((project.parse().ok()?, environment.parse().ok()?))
+}
+
 /// The project's directory under `root` (releases, build caches): `root/<project id>`.
 pub(crate) fn project_dir(root: &Path, environment: &EnvironmentRecord) -> PathBuf {
     root.join(environment.project_id.to_string())

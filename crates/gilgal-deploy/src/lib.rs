@@ -67,7 +67,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use gilgal_proxy::ProxyHandle;
+use gilgal_edge::EdgeLink;
 use gilgal_runtime::Runtime;
 use gilgal_store::Store;
 use uuid::Uuid;
@@ -151,9 +151,8 @@ pub enum DeployError {
 pub struct Platform {
     store: Store,
     runtime: Arc<dyn Runtime>,
-    /// Read side of the edge (metrics, in-flight counts, drains); writes go through `edge`.
-    proxy: ProxyHandle,
-    /// The single writer of routes and certificates.
+    /// The single writer of routes and certificates, and the link to the edge for metrics,
+    /// drains and the access log.
     edge: Edge,
     config: PlatformConfig,
     vault: Arc<Vault>,
@@ -263,15 +262,14 @@ impl Platform {
     pub fn new(
         store: Store,
         runtime: Arc<dyn Runtime>,
-        proxy: ProxyHandle,
+        edge: EdgeLink,
         config: PlatformConfig,
         vault: Arc<Vault>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             runtime,
-            edge: Edge::new(proxy.clone()),
-            proxy,
+            edge: Edge::new(edge),
             config,
             vault,
             environment_locks: Mutex::new(HashMap::new()),
@@ -280,6 +278,12 @@ impl Platform {
             health_streaks: Mutex::new(HashMap::new()),
             last_health_round: Mutex::new(None),
         })
+    }
+
+    /// The edge: its routes and certificates (written through the platform's use-cases)
+    /// and its link (metrics, drains).
+    pub fn edge(&self) -> &Edge {
+        &self.edge
     }
 
     /// Seals and opens secret config values.

@@ -181,7 +181,7 @@ impl LogIngest {
             return;
         };
         let (access_tx, mut access) = tokio::sync::mpsc::channel(ACCESS_LOG_QUEUE);
-        self.platform.proxy.set_access_log(access_tx);
+        self.platform.edge.link().set_access_log(access_tx);
         let mut environments = Environments::default();
         // Last sequence number seen per instance, with its environment.
         let mut last_seq: HashMap<String, u64> = HashMap::new();

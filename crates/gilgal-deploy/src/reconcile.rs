@@ -126,6 +126,35 @@ impl Recovery {
                 let _ = self.platform.runtime.remove(&status.id).await;
             }
         }
+        // Routes no live environment owns: an edge process that outlived a crash may still
+        // serve the route of an environment deleted or never brought live meanwhile.
+        let stale: Vec<String> = self
+            .platform
+            .edge
+            .route_ids()
+            .await
+            .into_iter()
+            .filter(|id| {
+                crate::identity::route_owner(id).is_none_or(|owner| {
+                    !live.contains(&owner)
+                        && self.platform.environment_lock(owner.1).try_lock().is_ok()
+                })
+            })
+            .collect();
+        if !stale.is_empty() {
+            tracing::info!(routes = ?stale, "removing routes no live environment owns");
+            self.platform
+                .edge
+                .update(|edge| {
+                    for id in &stale {
+                        edge.routes.remove(id);
+                    }
+                })
+                .await
+                .map_err(|e| {
+                    crate::DeployError::Runtime(format!("cannot remove stale routes: {e}"))
+                })?;
+        }
         Ok(())
     }
 }
@@ -335,7 +364,7 @@ impl RolloutEngine {
         }
         if plan.starts_any()
             && plan.staying().iter().any(|(_, addr)| addr.is_some())
-            && self.routed_backends(environment).is_none()
+            && self.routed_backends(environment).await.is_none()
         {
             // After a restart the edge has no route yet: what stays (gated above) serves
             // while the missing instances boot, instead of waiting for them.
@@ -381,7 +410,11 @@ impl Changes {
             .map_err(|e| DeployError::Invalid(e.to_string()))?;
         // Only the route changes: the instances it names stay as they are (no start, no
         // gate), so a domain change never fails on an instance's health.
-        let serving = self.engine.routed_backends(&current).unwrap_or_default();
+        let serving = self
+            .engine
+            .routed_backends(&current)
+            .await
+            .unwrap_or_default();
         if serving.is_empty() && artifact.static_dir.is_none() {
             return Ok(());
         }

@@ -20,7 +20,7 @@ use crate::tls::SniResolver;
 pub const UNROUTED: &str = "_unrouted";
 
 /// How a drain ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DrainOutcome {
     /// Every in-flight request finished before the deadline (or none was open). WebSockets
     /// count as finished once the proxy closed them with 1001 Going Away.

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Upper bounds (seconds) of the latency histogram buckets; a final `+Inf` bucket is implied.
 pub const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
@@ -78,7 +78,7 @@ impl RouteMetrics {
 }
 
 /// Plain copy of one route's counters.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouteMetricsSnapshot {
     /// Responses by status class: index 0 = 1xx ... index 4 = 5xx.
     pub status_classes: [u64; 5],
@@ -102,7 +102,7 @@ impl RouteMetricsSnapshot {
 }
 
 /// Copy of every route's counters plus connection-level gauges.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsSnapshot {
     /// Per route id (the pseudo-route `"_unrouted"` holds 404s, redirects and rejections).
     pub routes: Vec<(String, RouteMetricsSnapshot)>,

@@ -32,6 +32,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The server's state (store, token codec) for white-box checks.
     pub state: AppState,
+    /// The in-process proxy the platform routes through, for white-box checks.
+    pub proxy: gilgal_proxy::ProxyHandle,
     /// The data directory (removed on drop).
     pub data_dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
@@ -91,7 +93,7 @@ impl TestServer {
         let platform = gilgal_deploy::Platform::new(
             store.clone(),
             std::sync::Arc::new(runtime),
-            proxy.clone(),
+            proxy.clone().into(),
             gilgal_deploy::PlatformConfig {
                 work_dir: data_dir.path().join("work"),
                 releases_dir: data_dir.path().join("releases"),
@@ -142,7 +144,7 @@ impl TestServer {
                     .await
             });
         }
-        let state = AppState::new(store, proxy, services, &key, config).expect("app state");
+        let state = AppState::new(store, services, &key, config).expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -159,6 +161,7 @@ impl TestServer {
             url: format!("http://{addr}"),
             addr,
             state,
+            proxy,
             data_dir,
             shutdown: Some(tx),
         }

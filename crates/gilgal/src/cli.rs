@@ -33,8 +33,11 @@ pub struct GlobalArgs {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the platform: API server (and, as it grows, proxy and supervisor).
+    /// Run the platform: API server, edge proxy and supervisor.
     Server(ServerArgs),
+    /// The edge proxy as its own process; started (and re-adopted) by `gilgal server`.
+    #[command(hide = true)]
+    Edge(EdgeArgs),
     /// Create an account on a server (the first account becomes the administrator) and log in.
     Register(CredentialArgs),
     /// Log in and keep an API token in ~/.config/gilgal (0600).
@@ -673,9 +676,10 @@ pub struct ServerArgs {
     /// Open or close self-service registration (kept in the store; omitted: unchanged).
     #[arg(long, value_enum)]
     pub registration: Option<Registration>,
-    /// Stop every app instance when the server exits. By default instances keep running and
-    /// are re-adopted by the next `gilgal server`, so a server upgrade or crash costs apps no
-    /// downtime; tests and throwaway installs want a clean exit instead.
+    /// Stop every app instance (and the edge process) when the server exits. By default
+    /// instances and the edge keep running and are re-adopted by the next `gilgal server`,
+    /// so a server upgrade or crash costs apps no downtime; tests and throwaway installs want
+    /// a clean exit instead.
     #[arg(long, env = "GILGAL_STOP_APPS_ON_EXIT")]
     pub stop_apps_on_exit: bool,
     /// How many releases per environment keep their build artifact (for rollback); older
@@ -737,6 +741,28 @@ pub struct ServerArgs {
     /// `docker` (releases are built as images and run as containers on the local dockerd).
     #[arg(long, value_enum, default_value_t = RuntimeKind::Process, env = "GILGAL_RUNTIME")]
     pub runtime: RuntimeKind,
+    /// Where the edge proxy runs: `process` (its own process, which outlives a crash or
+    /// restart of the server, so no request in flight is cut) or `in-process` (inside the
+    /// server: one process less, but a server crash cuts the requests it holds).
+    #[arg(long, value_enum, default_value_t = EdgeKind::Process, env = "GILGAL_EDGE")]
+    pub edge: EdgeKind,
+}
+
+/// `--edge` values.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum EdgeKind {
+    /// The edge runs as its own process (`gilgal edge`), adopted across server restarts.
+    Process,
+    /// The edge runs inside the server.
+    InProcess,
+}
+
+/// `gilgal edge` (started by `gilgal server`, never by hand).
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// The edge's directory (`DATA_DIR/edge`): admin socket, pid file.
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
 }
 
 /// `--runtime` values.

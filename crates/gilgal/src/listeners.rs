@@ -49,6 +49,18 @@ impl InheritedListeners {
         Ok(Self { by_name })
     }
 
+    /// The address of the inherited socket named `name`, if one was passed.
+    pub fn addr_of(&self, name: &str) -> Option<SocketAddr> {
+        self.by_name.get(name)?.local_addr().ok()
+    }
+
+    /// Closes the inherited sockets with these names (another process serves them).
+    pub fn discard(&mut self, names: &[&str]) {
+        for name in names {
+            self.by_name.remove(*name);
+        }
+    }
+
     /// The listener named `name`: the inherited socket when one was passed (its address
     /// wins over `addr`), otherwise a new one bound to `addr`.
     pub async fn listen(

@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod credentials;
+mod edge;
 mod listeners;
 mod output;
 mod server;
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
 fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
     match args.command {
         cli::Command::Server(server_args) => server::run(server_args),
+        cli::Command::Edge(edge_args) => edge::run(edge_args),
         command => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -13,7 +13,7 @@ use gilgal_proxy::{ProxyHandle, ProxySettings};
 use gilgal_store::{Store, StoreBackend};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Isolation, LogFormat, Registration, RuntimeKind, ServerArgs};
+use crate::cli::{EdgeKind, Isolation, LogFormat, Registration, RuntimeKind, ServerArgs};
 use crate::listeners::InheritedListeners;
 
 /// How long the edge waits for recovery to route what runs before it accepts anyway.
@@ -51,7 +51,7 @@ fn tune_allocator() {
     }
 }
 
-fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     let filter =
         EnvFilter::try_from_env("GILGAL_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
@@ -138,8 +138,8 @@ fn restrict_database_files(dir: &Path) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::Result<()> {
-    let data_dir = match args.data_dir {
-        Some(dir) => dir,
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
         None => default_data_dir()?,
     };
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -165,7 +165,6 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
     if let Some(tls) = args.proxy_tls_listen {
         proxy_settings.https_port = tls.port();
     }
-    let proxy = ProxyHandle::new(proxy_settings);
     let (runtime, images): (std::sync::Arc<dyn gilgal_runtime::Runtime>, _) = match args.runtime {
         RuntimeKind::Process => (process_runtime(&data_dir, app_users).await?, None),
         RuntimeKind::Docker => {
@@ -177,10 +176,38 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
         Some(images) => gilgal_docker::bridge_gateway(&images.docker).await,
         None => None,
     };
-    let proxy_listener = inherited
-        .listen("proxy", args.proxy_listen, "proxy")
-        .await?;
-    let proxy_addr = proxy_listener.local_addr()?;
+    // Where the proxy runs: its own process (started, or adopted from a previous run) or
+    // this one.
+    let (edge_link, edge_run) = match args.edge {
+        EdgeKind::Process => {
+            let running =
+                crate::edge::start_or_adopt(&data_dir, &args, &mut inherited, &proxy_settings)
+                    .await?;
+            (
+                gilgal_edge::EdgeLink::Process(running.client.clone()),
+                EdgeRun::Process(running),
+            )
+        }
+        EdgeKind::InProcess => {
+            let proxy = ProxyHandle::new(proxy_settings.clone());
+            let listener = inherited
+                .listen("proxy", args.proxy_listen, "proxy")
+                .await?;
+            let tls = match args.proxy_tls_listen {
+                Some(addr) => Some(inherited.listen("proxy-tls", addr, "proxy TLS").await?),
+                None => None,
+            };
+            (
+                proxy.clone().into(),
+                EdgeRun::InProcess {
+                    proxy,
+                    listener,
+                    tls,
+                },
+            )
+        }
+    };
+    let (proxy_addr, tls_addr) = edge_run.addrs()?;
     let vault = std::sync::Arc::new(
         gilgal_deploy::Vault::open_or_create(
             &data_dir.join("keys").join("master.key"),
@@ -200,7 +227,7 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
     let platform = Platform::new(
         store.clone(),
         runtime.clone(),
-        proxy.clone(),
+        edge_link,
         PlatformConfig {
             work_dir: data_dir.join("work"),
             releases_dir: data_dir.join("releases"),
@@ -237,7 +264,6 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
     let services = Services::new(platform);
     let state = AppState::new(
         store.clone(),
-        proxy.clone(),
         services.clone(),
         &key,
         ApiConfig {
@@ -247,6 +273,20 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
             ..ApiConfig::default()
         },
     )?;
+    if let EdgeRun::Process(running) = &edge_run {
+        if running.adopted {
+            let routes = services
+                .platform
+                .edge()
+                .adopt()
+                .await
+                .context("cannot read the routes of the running edge process")?;
+            tracing::info!(
+                routes,
+                "the edge kept serving; recovery starts from its routes"
+            );
+        }
+    }
     services
         .platform
         .restore_certificates()
@@ -254,12 +294,7 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
         .context("cannot load TLS certificates from the store")?;
 
     let api_listener = inherited.listen("api", args.listen, "API").await?;
-    let tls_listener = match args.proxy_tls_listen {
-        Some(addr) => Some(inherited.listen("proxy-tls", addr, "proxy TLS").await?),
-        None => None,
-    };
     let api_addr = api_listener.local_addr()?;
-    let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
     // One shutdown signal fans out to every listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -281,20 +316,42 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
-    {
-        let (proxy, open, stop) = (proxy.clone(), edge_open(), stopped());
-        tasks.spawn(async move {
-            open.await;
-            gilgal_proxy::serve(proxy_listener, proxy, stop).await
-        });
-    }
-    if let Some(listener) = tls_listener {
-        let (proxy, open, stop) = (proxy.clone(), edge_open(), stopped());
-        tasks.spawn(async move {
-            open.await;
-            gilgal_proxy::serve_tls(listener, proxy, stop).await
-        });
-    }
+    let edge_process = match edge_run {
+        EdgeRun::InProcess {
+            proxy,
+            listener,
+            tls,
+        } => {
+            {
+                let (proxy, open, stop) = (proxy.clone(), edge_open(), stopped());
+                tasks.spawn(async move {
+                    open.await;
+                    gilgal_proxy::serve(listener, proxy, stop).await
+                });
+            }
+            if let Some(listener) = tls {
+                let (proxy, open, stop) = (proxy.clone(), edge_open(), stopped());
+                tasks.spawn(async move {
+                    open.await;
+                    gilgal_proxy::serve_tls(listener, proxy, stop).await
+                });
+            }
+            None
+        }
+        EdgeRun::Process(running) => {
+            if !running.adopted {
+                // A new edge holds its connections until recovery has routed what runs.
+                let (client, open) = (running.client.clone(), edge_open());
+                tokio::spawn(async move {
+                    open.await;
+                    if let Err(e) = client.open().await {
+                        tracing::warn!(error = %e, "cannot open the edge");
+                    }
+                });
+            }
+            Some(running)
+        }
+    };
     tracing::info!(
         api = %format!("http://{api_addr}"),
         proxy = %format!("http://{proxy_addr}"),
@@ -367,6 +424,10 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
         }
     }
     if args.stop_apps_on_exit {
+        if let Some(edge) = &edge_process {
+            tracing::info!("stopping the edge process (--stop-apps-on-exit)");
+            crate::edge::stop(&edge.client, edge.status.pid, proxy_settings.shutdown_grace).await;
+        }
         tracing::info!("stopping every app instance (--stop-apps-on-exit)");
         runtime.shutdown(std::time::Duration::from_secs(10)).await;
         let addons_dir = data_dir.join("addons");
@@ -379,6 +440,31 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
     store.close().await;
     tracing::info!("gilgal server stopped");
     Ok(())
+}
+
+/// Where this server's edge proxy runs.
+enum EdgeRun {
+    /// In this process, on these listeners.
+    InProcess {
+        proxy: ProxyHandle,
+        listener: tokio::net::TcpListener,
+        tls: Option<tokio::net::TcpListener>,
+    },
+    /// In the edge process.
+    Process(crate::edge::RunningEdge),
+}
+
+impl EdgeRun {
+    /// The proxy's plain and TLS addresses.
+    fn addrs(&self) -> anyhow::Result<(std::net::SocketAddr, Option<std::net::SocketAddr>)> {
+        Ok(match self {
+            Self::InProcess { listener, tls, .. } => (
+                listener.local_addr()?,
+                tls.as_ref().map(|l| l.local_addr()).transpose()?,
+            ),
+            Self::Process(running) => (running.status.proxy_addr, running.status.tls_addr),
+        })
+    }
 }
 
 /// The persistent log store in `DATA_DIR/logs` (0700) with the retention flags.
@@ -498,7 +584,7 @@ fn docker_namespace(state_dir: &Path) -> anyhow::Result<String> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

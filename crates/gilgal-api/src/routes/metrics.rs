@@ -269,7 +269,7 @@ async fn prometheus(
     caller: AuthUser,
 ) -> Result<impl IntoResponse, ApiError> {
     crate::routes::admin::require_admin(&caller)?;
-    let mut out = state.proxy().metrics().render_prometheus();
+    let mut out = state.edge_metrics().await?.render_prometheus();
     let _ = writeln!(out, "# TYPE gilgal_deployments_total counter");
     for (deployment_state, n) in state.store().deployment_outcomes().await? {
         let _ = writeln!(
@@ -397,7 +397,7 @@ async fn project_metrics(
             StoreError::NotFound => ApiError::not_found("project"),
             other => other.into(),
         })?;
-    let snapshot = state.proxy().metrics();
+    let snapshot = state.edge_metrics().await?;
     let usage = state
         .metrics()
         .instance_usage()
@@ -447,7 +447,7 @@ async fn deployment_metrics(
         .store()
         .environment_by_id(record.environment_id)
         .await?;
-    let snapshot = state.proxy().metrics();
+    let snapshot = state.edge_metrics().await?;
     let usage = state
         .metrics()
         .instance_usage()

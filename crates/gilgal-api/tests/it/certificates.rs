@@ -48,7 +48,7 @@ async fn certificates_are_validated_stored_and_loaded(backend: Backend) {
         "keys are never returned"
     );
     assert_eq!(
-        server.state.proxy().certificate_domains(),
+        server.proxy.certificate_domains(),
         vec!["shop.example.com".to_owned()]
     );
 
@@ -128,7 +128,7 @@ async fn certificates_are_validated_stored_and_loaded(backend: Backend) {
     )
     .await;
     assert_eq!(wildcard.0, StatusCode::OK, "{}", wildcard.2);
-    assert_eq!(server.state.proxy().certificate_domains().len(), 2);
+    assert_eq!(server.proxy.certificate_domains().len(), 2);
 
     let deleted = raw(
         &server,
@@ -140,7 +140,7 @@ async fn certificates_are_validated_stored_and_loaded(backend: Backend) {
     .await;
     assert_eq!(deleted.0, StatusCode::NO_CONTENT);
     assert_eq!(
-        server.state.proxy().certificate_domains(),
+        server.proxy.certificate_domains(),
         vec!["*.apps.example.com".to_owned()]
     );
     let again = raw(

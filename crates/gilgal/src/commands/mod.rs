@@ -22,8 +22,10 @@ use crate::credentials::{self, Credentials, DEFAULT_SERVER, TOKEN_VAR};
 pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCode> {
     let session = Session::resolve(&global)?;
     match command {
-        Command::Server(_) => {
-            unreachable!("`gilgal server` is dispatched before the client runtime starts")
+        Command::Server(_) | Command::Edge(_) => {
+            unreachable!(
+                "`gilgal server` and `gilgal edge` are dispatched before the client runtime starts"
+            )
         }
         Command::Register(args) => account::register(&session, args).await,
         Command::Login(args) => account::login(&session, args).await,

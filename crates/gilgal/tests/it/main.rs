@@ -240,12 +240,35 @@ impl Drop for ServerProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // The edge process outlives a killed server by design; a test's must not outlive it.
+        stop_edge(&self.dir.path().join("data/edge/edge.pid"));
         // Add-on servers outlive a killed server by design; a test's must not outlive it.
         gilgal_addons::stop_all(
             &self.dir.path().join("data/addons"),
             Duration::from_secs(10),
         );
     }
+}
+
+/// Stops the edge process named by its pid file (SIGTERM; SIGKILL after 15 s), if it runs.
+fn stop_edge(pid_file: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    // SAFETY: kill(2) on the pid the test's own edge wrote; no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    for _ in 0..150 {
+        // SAFETY: as above; signal 0 only checks the process exists.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 fn cli_with(
