@@ -110,6 +110,25 @@ impl Edge {
         Ok(())
     }
 
+    /// Makes an edge that lost its state (a restarted edge process) serve the whole desired
+    /// state again: every certificate, every route, and none it holds beside them.
+    pub async fn resync(&self) -> Result<(), EdgeError> {
+        let state = self.state.lock().await;
+        self.link
+            .set_certificates(state.certificates.values().cloned().collect())
+            .await?;
+        let served = self.link.routes().await?;
+        let diff = RouteDiff {
+            upsert: state.routes.values().cloned().collect(),
+            remove: served
+                .into_iter()
+                .map(|r| r.id)
+                .filter(|id| !state.routes.contains_key(id))
+                .collect(),
+        };
+        self.link.apply(diff).await
+    }
+
     /// The route with this id, as the edge serves it now.
     pub async fn route(&self, id: &str) -> Option<RouteSpec> {
         self.state.lock().await.routes.get(id).cloned()

@@ -223,7 +223,16 @@ pub async fn run_edge(
         admin = %socket.display(),
         "gilgal edge ready"
     );
-    let admin = serve_admin(admin_listener, proxy, status, stop.clone(), open_tx).await;
+    // The admin API keeps answering while the edge drains; its streams (the access log)
+    // never end on their own, so it is cut once the listeners have drained.
+    let admin = tokio::spawn(serve_admin(
+        admin_listener,
+        proxy,
+        status,
+        stop.clone(),
+        open_tx,
+    ));
+    stop.cancelled().await;
     // No new server may adopt an edge that is going away.
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(paths.pid_file());
@@ -233,8 +242,9 @@ pub async fn run_edge(
             tracing::warn!(error = %e, "a listener ended with an error");
         }
     }
+    admin.abort();
     tracing::info!("gilgal edge stopped");
-    admin.map_err(EdgeError::from)
+    Ok(())
 }
 
 fn write_pid_file(path: &Path) -> Result<(), EdgeError> {

@@ -45,6 +45,14 @@ pub struct RunningEdge {
     pub status: EdgeStatus,
     /// Whether it outlived a previous server (its routes are read back, not rebuilt).
     pub adopted: bool,
+    /// This server's copies of the listening sockets (none for an adopted edge started
+    /// without socket activation): a restarted edge gets them, so connections that arrive
+    /// while it is down wait in the queue instead of being refused.
+    listeners: Option<EdgeListeners>,
+    /// The edge, when this server started it (to reap it).
+    child: Option<tokio::process::Child>,
+    paths: EdgePaths,
+    settings: ProxySettings,
 }
 
 /// Adopts the edge process that answers on `DATA_DIR/edge/admin.sock` when it runs with
@@ -67,11 +75,21 @@ pub async fn start_or_adopt(
             && listens_where_asked(status.tls_addr, wanted_tls);
         if fits {
             tracing::info!(pid = status.pid, proxy = %status.proxy_addr, "adopting the running edge process");
-            inherited.discard(&["proxy", "proxy-tls"]);
+            let listeners = match inherited.take("proxy") {
+                Some(proxy) => Some(EdgeListeners {
+                    proxy,
+                    tls: inherited.take("proxy-tls"),
+                }),
+                None => None,
+            };
             return Ok(RunningEdge {
                 client,
                 status,
                 adopted: true,
+                listeners,
+                child: None,
+                paths,
+                settings: settings.clone(),
             });
         }
         tracing::info!(
@@ -95,25 +113,122 @@ pub async fn start_or_adopt(
         None => None,
     };
     let listeners = EdgeListeners { proxy, tls };
-    let exe = std::env::current_exe().context("cannot find the gilgal binary to run the edge")?;
-    let (client, status, mut child) = gilgal_edge::spawn_edge(&exe, &paths, &listeners, settings)
-        .await
-        .context("cannot start the edge process")?;
-    // The edge holds the sockets now; this process's copies would only keep the ports open
-    // after the edge stopped.
-    drop(listeners);
-    tokio::spawn(async move {
-        match child.wait().await {
-            Ok(exit) => tracing::warn!(%exit, "the edge process exited"),
-            Err(e) => tracing::warn!(error = %e, "cannot wait for the edge process"),
-        }
-    });
+    let (client, status, child) = spawn(&paths, &listeners, settings).await?;
     tracing::info!(pid = status.pid, proxy = %status.proxy_addr, "edge process started");
     Ok(RunningEdge {
         client,
         status,
         adopted: false,
+        listeners: Some(listeners),
+        child: Some(child),
+        paths,
+        settings: settings.clone(),
     })
+}
+
+async fn spawn(
+    paths: &EdgePaths,
+    listeners: &EdgeListeners,
+    settings: &ProxySettings,
+) -> anyhow::Result<(EdgeClient, EdgeStatus, tokio::process::Child)> {
+    let exe = std::env::current_exe().context("cannot find the gilgal binary to run the edge")?;
+    gilgal_edge::spawn_edge(&exe, paths, listeners, settings)
+        .await
+        .context("cannot start the edge process")
+}
+
+/// How often the server checks that its edge process answers.
+const EDGE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Checks failed in a row before the edge counts as gone and is restarted.
+const EDGE_CHECKS_BEFORE_RESTART: u32 = 2;
+
+impl RunningEdge {
+    /// Keeps the edge process running until `stop`: an edge that no longer answers (it
+    /// crashed or was killed) is replaced on the same sockets and given the whole desired
+    /// state before it accepts. Connections that arrive meanwhile wait in the socket's queue
+    /// when this server holds a copy of it.
+    pub async fn supervise(
+        mut self,
+        platform: std::sync::Arc<gilgal_deploy::Platform>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        let mut failed_checks = 0;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return self,
+                _ = tokio::time::sleep(EDGE_CHECK_INTERVAL) => {}
+            }
+            if let Some(child) = &mut self.child {
+                if let Ok(Some(exit)) = child.try_wait() {
+                    tracing::warn!(%exit, pid = self.status.pid, "the edge process exited");
+                    self.child = None;
+                }
+            }
+            match self.client.status().await {
+                Ok(status) if status.pid == self.status.pid => {
+                    failed_checks = 0;
+                    continue;
+                }
+                Ok(status) => {
+                    tracing::warn!(
+                        pid = status.pid,
+                        "another edge process answers; giving it the desired state"
+                    );
+                    self.status = status;
+                }
+                Err(e) => {
+                    failed_checks += 1;
+                    if failed_checks < EDGE_CHECKS_BEFORE_RESTART {
+                        continue;
+                    }
+                    tracing::error!(error = %e, pid = self.status.pid, "the edge process does not answer; restarting it");
+                    if let Err(e) = self.restart().await {
+                        tracing::error!(error = %e, "cannot restart the edge process");
+                        continue;
+                    }
+                }
+            }
+            failed_checks = 0;
+            match platform.edge().resync().await {
+                Ok(()) => tracing::info!(
+                    pid = self.status.pid,
+                    "the edge process serves the desired state again"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot give the edge process the desired state")
+                }
+            }
+            if let Err(e) = self.client.open().await {
+                tracing::warn!(error = %e, "cannot open the edge");
+            }
+        }
+    }
+
+    /// Starts a new edge process on this server's copies of the sockets, or on new ones
+    /// bound to the previous edge's addresses.
+    async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.listeners.is_none() {
+            let bind = |addr: SocketAddr| -> anyhow::Result<std::net::TcpListener> {
+                let listener = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("cannot listen on {addr} for the edge"))?;
+                Ok(listener)
+            };
+            self.listeners = Some(EdgeListeners {
+                proxy: bind(self.status.proxy_addr)?,
+                tls: self.status.tls_addr.map(bind).transpose()?,
+            });
+        }
+        let Some(listeners) = &self.listeners else {
+            anyhow::bail!("no sockets for the edge");
+        };
+        let (client, status, child) = spawn(&self.paths, listeners, &self.settings).await?;
+        tracing::info!(pid = status.pid, "edge process restarted");
+        self.client = client;
+        self.status = status;
+        self.child = Some(child);
+        Ok(())
+    }
 }
 
 /// Whether an edge listening on `actual` serves what `wanted` asks for (port 0: any port).
@@ -142,13 +257,26 @@ async fn wait_for_exit(pid: u32, deadline: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stops the edge process and waits until it has drained (`--stop-apps-on-exit`).
-pub async fn stop(client: &EdgeClient, pid: u32, grace: Duration) {
-    if let Err(e) = client.shutdown().await {
-        tracing::warn!(error = %e, "cannot ask the edge process to stop");
-        return;
-    }
-    if let Err(e) = wait_for_exit(pid, grace + Duration::from_secs(5)).await {
-        tracing::warn!(error = %e, "the edge process is still running");
+impl RunningEdge {
+    /// Stops the edge process and waits until it has drained (`--stop-apps-on-exit`).
+    pub async fn stop(mut self) {
+        if let Err(e) = self.client.shutdown().await {
+            tracing::warn!(error = %e, "cannot ask the edge process to stop");
+            return;
+        }
+        let deadline = self.settings.shutdown_grace + Duration::from_secs(5);
+        let stopped = match &mut self.child {
+            // This server's child: reap it (a zombie would look alive to kill(2)).
+            Some(child) => match tokio::time::timeout(deadline, child.wait()).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(anyhow::anyhow!(
+                    "the edge process did not stop within {deadline:?}"
+                )),
+            },
+            None => wait_for_exit(self.status.pid, deadline).await,
+        };
+        if let Err(e) = stopped {
+            tracing::warn!(error = %e, "the edge process is still running");
+        }
     }
 }

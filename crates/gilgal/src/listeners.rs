@@ -54,11 +54,9 @@ impl InheritedListeners {
         self.by_name.get(name)?.local_addr().ok()
     }
 
-    /// Closes the inherited sockets with these names (another process serves them).
-    pub fn discard(&mut self, names: &[&str]) {
-        for name in names {
-            self.by_name.remove(*name);
-        }
+    /// Takes the inherited socket named `name` as it is, if one was passed.
+    pub fn take(&mut self, name: &str) -> Option<std::net::TcpListener> {
+        self.by_name.remove(name)
     }
 
     /// The listener named `name`: the inherited socket when one was passed (its address

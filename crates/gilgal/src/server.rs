@@ -316,6 +316,7 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
+    let edge_watch = tokio_util::sync::CancellationToken::new();
     let edge_process = match edge_run {
         EdgeRun::InProcess {
             proxy,
@@ -349,7 +350,10 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
                     }
                 });
             }
-            Some(running)
+            let platform = services.platform.clone();
+            Some(tokio::spawn(
+                running.supervise(platform, edge_watch.clone()),
+            ))
         }
     };
     tracing::info!(
@@ -423,10 +427,15 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
             tracing::warn!(error = %e, "proxy listener ended with an error");
         }
     }
+    edge_watch.cancel();
+    let edge_process = match edge_process {
+        Some(supervisor) => supervisor.await.ok(),
+        None => None,
+    };
     if args.stop_apps_on_exit {
-        if let Some(edge) = &edge_process {
+        if let Some(edge) = edge_process {
             tracing::info!("stopping the edge process (--stop-apps-on-exit)");
-            crate::edge::stop(&edge.client, edge.status.pid, proxy_settings.shutdown_grace).await;
+            edge.stop().await;
         }
         tracing::info!("stopping every app instance (--stop-apps-on-exit)");
         runtime.shutdown(std::time::Duration::from_secs(10)).await;

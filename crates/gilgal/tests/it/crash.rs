@@ -221,3 +221,61 @@ async fn kill_9_at_each_rollout_step_converges_and_fails_no_request() {
         .iter()
         .any(|o| o.starts_with("Draining") && o.ends_with("live")));
 }
+
+/// The edge process's pid, from its pid file.
+fn edge_pid(server: &ServerProcess) -> i32 {
+    std::fs::read_to_string(server.dir.path().join("data/edge/edge.pid"))
+        .expect("the edge writes its pid file")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+/// GET /who through the proxy: the status and the app's answer.
+async fn who(proxy: &str) -> Result<(u16, Value), reqwest::Error> {
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+        .get(format!("{proxy}/who"))
+        .header("host", HOST)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_edge_process_is_restarted_with_every_route_and_loses_no_new_connection() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    ok(server.cli(
+        &["register", "--email", "ops@example.com", "--password-stdin"],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "steps"], None));
+    let fixture = fixture_dir("rollout-steps");
+    ok(server.cli(&["deploy", fixture.to_str().unwrap(), "-p", "steps"], None));
+    let (status, app) = who(&server.proxy_url).await.unwrap();
+    assert_eq!(status, 200, "{app}");
+
+    let killed = edge_pid(&server);
+    // SAFETY: kill(2) on the pid of this test's own edge process.
+    assert_eq!(unsafe { libc::kill(killed, libc::SIGKILL) }, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Sent while no edge runs: the connection waits in the socket's queue (the server keeps
+    // a copy of it) and is served by the edge the server starts in its place.
+    let started = Instant::now();
+    let (status, answered) = who(&server.proxy_url)
+        .await
+        .expect("a connection made while the edge was down is served, not refused");
+    let waited = started.elapsed();
+    assert_eq!(status, 200, "{answered}");
+    assert_eq!(
+        answered["pid"], app["pid"],
+        "the same instance serves: the app was never touched"
+    );
+    let restarted = edge_pid(&server);
+    assert_ne!(restarted, killed, "a new edge process serves");
+    eprintln!("served after {waited:?} by edge {restarted} (killed {killed})");
+    assert_eq!(count_processes_with_env("GILGAL_APP=steps"), 1);
+}
