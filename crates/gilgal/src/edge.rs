@@ -75,13 +75,10 @@ pub async fn start_or_adopt(
             && listens_where_asked(status.tls_addr, wanted_tls);
         if fits {
             tracing::info!(pid = status.pid, proxy = %status.proxy_addr, "adopting the running edge process");
-            let listeners = match inherited.take("proxy") {
-                Some(proxy) => Some(EdgeListeners {
-                    proxy,
-                    tls: inherited.take("proxy-tls"),
-                }),
-                None => None,
-            };
+            let listeners = inherited.take("proxy").map(|proxy| EdgeListeners {
+                proxy,
+                tls: inherited.take("proxy-tls"),
+            });
             return Ok(RunningEdge {
                 client,
                 status,

@@ -185,7 +185,7 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
                     .await?;
             (
                 gilgal_edge::EdgeLink::Process(running.client.clone()),
-                EdgeRun::Process(running),
+                EdgeRun::Process(Box::new(running)),
             )
         }
         EdgeKind::InProcess => {
@@ -460,7 +460,7 @@ enum EdgeRun {
         tls: Option<tokio::net::TcpListener>,
     },
     /// In the edge process.
-    Process(crate::edge::RunningEdge),
+    Process(Box<crate::edge::RunningEdge>),
 }
 
 impl EdgeRun {
