@@ -101,6 +101,10 @@ pub(crate) struct Plan {
     starts: Vec<Slot>,
     /// Web instances of the desired release that stay (routed alongside the new ones).
     staying: Vec<Routable>,
+    /// Staying instances whose process is not the one the edge was given: the runtime
+    /// restarted it (a lost instance restarted as the server re-adopted it, or a crash), so
+    /// a route naming it proves nothing about the new process.
+    restarted: Vec<InstanceId>,
     /// Instances to drain and stop once the route no longer names them.
     leaving: Vec<InstanceStatus>,
 }
@@ -180,14 +184,19 @@ impl RolloutEngine {
         let (leaving, staying): (Vec<_>, Vec<_>) = statuses
             .into_iter()
             .partition(|s| stops.iter().any(|id| id == s.id.as_str()));
-        let staying = staying
+        let staying: Vec<InstanceStatus> = staying
             .into_iter()
             .filter(|s| s.labels.release == desired.release && s.state.is_active())
-            .map(|s| (s.id, s.addr))
+            .collect();
+        let restarted = staying
+            .iter()
+            .filter(|s| s.restarts > 0 && !s.adopted)
+            .map(|s| s.id.clone())
             .collect();
         Ok(Plan {
             starts,
-            staying,
+            staying: staying.into_iter().map(|s| (s.id, s.addr)).collect(),
+            restarted,
             leaving,
         })
     }
@@ -325,9 +334,10 @@ impl RolloutEngine {
         })
     }
 
-    /// Staying web instances the edge does not route yet (after a restart the route table
-    /// starts empty, and the runtime may have just restarted a lost instance): each must pass
-    /// the health gate before it gets traffic. Returns those that fail it.
+    /// Staying web instances the edge does not route yet (after a restart with a new edge
+    /// the route table starts empty), or whose process the runtime restarted since (a lost
+    /// instance restarted as the server re-adopted it): each must pass the health gate
+    /// before it gets traffic. Returns those that fail it.
     pub(crate) async fn unproven_failing_gate(
         &self,
         environment: &EnvironmentRecord,
@@ -345,7 +355,9 @@ impl RolloutEngine {
         let gates = plan
             .staying
             .iter()
-            .filter(|(id, addr)| addr.is_some() && !routed.contains(id))
+            .filter(|(id, addr)| {
+                addr.is_some() && (!routed.contains(id) || plan.restarted.contains(id))
+            })
             .map(|(id, addr)| {
                 let check = &check;
                 async move {

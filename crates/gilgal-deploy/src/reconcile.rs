@@ -344,6 +344,19 @@ impl RolloutEngine {
             .unproven_failing_gate(environment, &desired, &plan)
             .await;
         if !failing.is_empty() {
+            // An instance that failed its gate gets no traffic, even from a route an adopted
+            // edge kept: it leaves the route now, before its successor boots.
+            if let Some(routed) = self.routed_backends(environment).await {
+                if routed.iter().any(|(id, _)| failing.contains(id)) {
+                    let proven: Vec<_> = routed
+                        .into_iter()
+                        .filter(|(id, _)| !failing.contains(id))
+                        .collect();
+                    self.switch_route(environment, desired.artifact, &proven)
+                        .await
+                        .map_err(|e| e.redacted(&config.redactor))?;
+                }
+            }
             let replace: Vec<InstanceId> = replace.iter().cloned().chain(failing).collect();
             plan = self.plan(environment, &desired, &replace).await?;
         }

@@ -158,6 +158,7 @@ async fn kill_9_at_each_rollout_step_converges_and_fails_no_request() {
     let mut live = first["id"].as_str().unwrap().to_owned();
     assert_eq!(converged(&server, &token, &live).await, "live");
 
+    let edge = edge_pid(&server);
     let traffic = Arc::new(Traffic::default());
     let stop = Arc::new(AtomicBool::new(false));
     let client = tokio::spawn(request_continuously(
@@ -212,6 +213,11 @@ async fn kill_9_at_each_rollout_step_converges_and_fails_no_request() {
         "the edge process outlives the server: no request may be cut by a kill"
     );
     assert!(served > kills * 10, "the client kept requesting: {served}");
+    assert_eq!(
+        edge_pid(&server),
+        edge,
+        "every restarted server adopted the one edge process"
+    );
     // The interrupted rollouts settled both ways: killed before the switch they failed and
     // the previous release kept serving; killed while draining, the new release is live.
     assert!(outcomes
