@@ -238,13 +238,13 @@ fn edge_pid(server: &ServerProcess) -> i32 {
 }
 
 /// GET /who through the proxy: the status and the app's answer.
-async fn who(proxy: &str) -> Result<(u16, Value), reqwest::Error> {
+async fn who(proxy: &str, host: &str) -> Result<(u16, Value), reqwest::Error> {
     let response = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
         .get(format!("{proxy}/who"))
-        .header("host", HOST)
+        .header("host", host)
         .send()
         .await?;
     let status = response.status().as_u16();
@@ -258,10 +258,14 @@ async fn a_killed_edge_process_is_restarted_with_every_route_and_loses_no_new_co
         &["register", "--email", "ops@example.com", "--password-stdin"],
         Some(PASSWORD),
     ));
-    ok(server.cli(&["projects", "create", "steps"], None));
+    // Its own project name: the other test here counts the processes of `steps`.
+    ok(server.cli(&["projects", "create", "edgekill"], None));
     let fixture = fixture_dir("rollout-steps");
-    ok(server.cli(&["deploy", fixture.to_str().unwrap(), "-p", "steps"], None));
-    let (status, app) = who(&server.proxy_url).await.unwrap();
+    ok(server.cli(
+        &["deploy", fixture.to_str().unwrap(), "-p", "edgekill"],
+        None,
+    ));
+    let (status, app) = who(&server.proxy_url, "edgekill.localhost").await.unwrap();
     assert_eq!(status, 200, "{app}");
 
     let killed = edge_pid(&server);
@@ -271,7 +275,7 @@ async fn a_killed_edge_process_is_restarted_with_every_route_and_loses_no_new_co
     // Sent while no edge runs: the connection waits in the socket's queue (the server keeps
     // a copy of it) and is served by the edge the server starts in its place.
     let started = Instant::now();
-    let (status, answered) = who(&server.proxy_url)
+    let (status, answered) = who(&server.proxy_url, "edgekill.localhost")
         .await
         .expect("a connection made while the edge was down is served, not refused");
     let waited = started.elapsed();
@@ -283,5 +287,5 @@ async fn a_killed_edge_process_is_restarted_with_every_route_and_loses_no_new_co
     let restarted = edge_pid(&server);
     assert_ne!(restarted, killed, "a new edge process serves");
     eprintln!("served after {waited:?} by edge {restarted} (killed {killed})");
-    assert_eq!(count_processes_with_env("GILGAL_APP=steps"), 1);
+    assert_eq!(count_processes_with_env("GILGAL_APP=edgekill"), 1);
 }
