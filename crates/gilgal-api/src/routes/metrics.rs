@@ -373,7 +373,8 @@ async fn prometheus(
 }
 
 /// Traffic (requests by status class, error rate, latency percentiles) and instance CPU and
-/// memory of each of the project's environments, since the server started.
+/// memory of each of the project's environments; traffic since the edge process started (its
+/// counters outlive restarts of the server).
 #[utoipa::path(get, path = "/api/projects/{id}/metrics", tag = "metrics",
     params(("id" = String, Path, description = "Project id")),
     responses(
