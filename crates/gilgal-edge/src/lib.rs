@@ -20,4 +20,6 @@ pub use admin::{serve_admin, EdgeStatus, EDGE_PROTOCOL};
 pub use client::EdgeClient;
 pub use error::EdgeError;
 pub use link::EdgeLink;
-pub use process::{run_edge, spawn_edge, EdgeListeners, EdgePaths, LISTENERS_ENV, SETTINGS_ENV};
+pub use process::{
+    listener_from_fd, run_edge, spawn_edge, EdgeListeners, EdgePaths, LISTENERS_ENV, SETTINGS_ENV,
+};

@@ -110,7 +110,11 @@ impl EdgeListeners {
             let fd: RawFd = fd
                 .parse()
                 .map_err(|_| start(format!("{LISTENERS_ENV}: {fd:?} is not a descriptor")))?;
-            let listener = Some(listener_from_fd(fd)?);
+            // SAFETY: the server passed `fd` to this process for it to own, named once in
+            // the variable just removed, so no other owner exists.
+            let listener = unsafe { listener_from_fd(fd) }
+                .map_err(|e| start(format!("descriptor {fd} ({name}): {e}")))?;
+            let listener = Some(listener);
             match name {
                 "proxy" => proxy = listener,
                 "proxy-tls" => tls = listener,
@@ -127,8 +131,15 @@ impl EdgeListeners {
     }
 }
 
-/// Wraps a passed descriptor after checking it is a listening TCP socket.
-fn listener_from_fd(fd: RawFd) -> Result<TcpListener, EdgeError> {
+/// Takes ownership of a passed descriptor after checking it is a listening TCP socket: the
+/// one check both the server (sockets from a service manager) and the edge (sockets from
+/// the server) make before serving on an inherited descriptor.
+///
+/// # Safety
+///
+/// `fd` must be open and owned by nobody else in this process: the returned listener
+/// closes it when dropped.
+pub unsafe fn listener_from_fd(fd: RawFd) -> std::io::Result<TcpListener> {
     let mut accepting: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `accepting`, which outlives the call.
@@ -141,13 +152,13 @@ fn listener_from_fd(fd: RawFd) -> Result<TcpListener, EdgeError> {
             &mut len,
         )
     };
-    if rc != 0 || accepting == 0 {
-        return Err(EdgeError::Start(format!(
-            "descriptor {fd} is not a listening socket"
-        )));
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: the server passed `fd` to this process for it to own, named once in the
-    // environment variable just removed, so no other owner exists.
+    if accepting == 0 {
+        return Err(std::io::Error::other("the socket is not listening"));
+    }
+    // SAFETY: the caller guarantees `fd` is open and has no other owner.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     listener.local_addr()?;
     Ok(listener)

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, RawFd};
 
 use anyhow::Context;
 
@@ -40,7 +39,9 @@ impl InheritedListeners {
                     LISTENER_NAMES.join(", ")
                 );
             }
-            let listener = listener_from_fd(fd)
+            // SAFETY: the service manager passed `fd` to this process for it to own; it is
+            // read once (the environment variables are gone) so no other owner exists.
+            let listener = unsafe { gilgal_edge::listener_from_fd(fd) }
                 .with_context(|| format!("the socket passed as {name:?} is not a TCP listener"))?;
             if by_name.insert(name.clone(), listener).is_some() {
                 anyhow::bail!("two sockets were passed with the name {name:?}");
@@ -77,31 +78,4 @@ impl InheritedListeners {
             format!("cannot listen on {addr} for the {what}; pick another address")
         })
     }
-}
-
-/// Wraps a passed descriptor after checking it is a listening TCP socket.
-fn listener_from_fd(fd: RawFd) -> std::io::Result<std::net::TcpListener> {
-    let mut accepting: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `accepting`, which outlives the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            (&mut accepting as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if accepting == 0 {
-        return Err(std::io::Error::other("the socket is not listening"));
-    }
-    // SAFETY: the service manager passed `fd` to this process for it to own; it is read
-    // once (the environment variables are gone) so no other owner exists.
-    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-    listener.local_addr()?;
-    Ok(listener)
 }
