@@ -42,6 +42,10 @@ pub struct EdgeStatus {
     pub tls_addr: Option<SocketAddr>,
     /// The settings its proxy runs with.
     pub settings: ProxySettings,
+    /// Which executable it runs ([`crate::binary_identity`]): a server upgraded to another
+    /// binary replaces the edge instead of adopting the old proxy code.
+    #[serde(default)]
+    pub binary: String,
 }
 
 /// A drain request: wait until the backend has no request in flight, up to the deadline.

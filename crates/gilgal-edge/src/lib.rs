@@ -21,5 +21,6 @@ pub use client::EdgeClient;
 pub use error::EdgeError;
 pub use link::EdgeLink;
 pub use process::{
-    listener_from_fd, run_edge, spawn_edge, EdgeListeners, EdgePaths, LISTENERS_ENV, SETTINGS_ENV,
+    binary_identity, listener_from_fd, run_edge, spawn_edge, EdgeListeners, EdgePaths,
+    LISTENERS_ENV, SETTINGS_ENV,
 };

@@ -131,6 +131,17 @@ impl EdgeListeners {
     }
 }
 
+/// This process's executable as `device:inode` (of the file it was started from, even if it
+/// was since replaced on disk): equal for the server and an edge started from the same
+/// binary, different after an upgrade.
+pub fn binary_identity() -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/proc/self/exe") {
+        Ok(meta) => format!("{}:{}", meta.dev(), meta.ino()),
+        Err(_) => String::from("unknown"),
+    }
+}
+
 /// Takes ownership of a passed descriptor after checking it is a listening TCP socket: the
 /// one check both the server (sockets from a service manager) and the edge (sockets from
 /// the server) make before serving on an inherited descriptor.
@@ -201,6 +212,7 @@ pub async fn run_edge(
         proxy_addr: proxy_listener.local_addr()?,
         tls_addr: tls_listener.as_ref().map(|l| l.local_addr()).transpose()?,
         settings: settings.clone(),
+        binary: binary_identity(),
     };
     let proxy = ProxyHandle::new(settings);
     let (open_tx, open_rx) = tokio::sync::watch::channel(false);

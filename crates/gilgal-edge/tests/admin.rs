@@ -91,6 +91,8 @@ async fn the_control_plane_drives_the_edge_over_its_admin_socket() {
     assert_eq!(status.protocol, gilgal_edge::EDGE_PROTOCOL);
     assert_eq!(status.proxy_addr, edge.proxy);
     assert_eq!(status.pid, std::process::id());
+    assert_eq!(status.binary, gilgal_edge::binary_identity());
+    assert_ne!(status.binary, "unknown");
 
     // Only root may reach the admin API.
     let mode =

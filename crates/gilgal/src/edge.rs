@@ -55,8 +55,8 @@ pub struct RunningEdge {
     settings: ProxySettings,
 }
 
-/// Adopts the edge process that answers on `DATA_DIR/edge/admin.sock` when it runs with
-/// these settings and listens where asked; otherwise stops it (gracefully: it drains) and
+/// Adopts the edge process that answers on `DATA_DIR/edge/admin.sock` when it runs this
+/// binary with these settings and listens where asked; otherwise stops it (gracefully: it drains) and
 /// starts a new one on the configured listeners.
 pub async fn start_or_adopt(
     data_dir: &Path,
@@ -70,6 +70,7 @@ pub async fn start_or_adopt(
         let wanted_proxy = inherited.addr_of("proxy").unwrap_or(args.proxy_listen);
         let wanted_tls = inherited.addr_of("proxy-tls").or(args.proxy_tls_listen);
         let fits = status.protocol == EDGE_PROTOCOL
+            && status.binary == gilgal_edge::binary_identity()
             && &status.settings == settings
             && listens_where_asked(Some(status.proxy_addr), Some(wanted_proxy))
             && listens_where_asked(status.tls_addr, wanted_tls);
@@ -91,7 +92,7 @@ pub async fn start_or_adopt(
         }
         tracing::info!(
             pid = status.pid,
-            "replacing the edge process: its settings or listeners differ"
+            "replacing the edge process: its binary, settings or listeners differ"
         );
         let _ = client.shutdown().await;
         wait_for_exit(status.pid, settings.shutdown_grace + Duration::from_secs(5)).await?;

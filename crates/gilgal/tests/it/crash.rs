@@ -289,3 +289,41 @@ async fn a_killed_edge_process_is_restarted_with_every_route_and_loses_no_new_co
     eprintln!("served after {waited:?} by edge {restarted} (killed {killed})");
     assert_eq!(count_processes_with_env("GILGAL_APP=edgekill"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_other_edge_settings_replaces_the_edge_and_keeps_the_apps() {
+    let mut server = ServerProcess::start(Backend::Sqlite).await;
+    ok(server.cli(
+        &["register", "--email", "ops@example.com", "--password-stdin"],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "edgeswap"], None));
+    let fixture = fixture_dir("rollout-steps");
+    ok(server.cli(
+        &["deploy", fixture.to_str().unwrap(), "-p", "edgeswap"],
+        None,
+    ));
+    let (status, app) = who(&server.proxy_url, "edgeswap.localhost").await.unwrap();
+    assert_eq!(status, 200, "{app}");
+    let first = edge_pid(&server);
+
+    // Restarted with settings the running edge does not have: it is stopped (it drains)
+    // and a new one serves every route, from the same app instance.
+    server.extra_args.extend([
+        "--proxy-trusted-proxies".to_owned(),
+        "10.0.0.0/8".to_owned(),
+    ]);
+    server.crash_and_restart();
+    let second = edge_pid(&server);
+    assert_ne!(second, first, "the edge was replaced");
+    // SAFETY: signal 0 only checks whether the process exists.
+    assert_ne!(unsafe { libc::kill(first, 0) }, 0, "the old edge is gone");
+    let (status, answered) = who(&server.proxy_url, "edgeswap.localhost").await.unwrap();
+    assert_eq!(status, 200, "{answered}");
+    assert_eq!(answered["pid"], app["pid"], "the app kept running");
+    assert_eq!(count_processes_with_env("GILGAL_APP=edgeswap"), 1);
+
+    // Restarted with the same settings: adopted, not replaced.
+    server.crash_and_restart();
+    assert_eq!(edge_pid(&server), second, "the edge was adopted");
+}
