@@ -69,7 +69,7 @@ pub struct UnpackSummary {
 }
 
 /// What a pack produced; for the CLI's progress output.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PackSummary {
     /// Regular files packed.
     pub files: u64,
@@ -81,7 +81,24 @@ pub struct PackSummary {
     pub bytes: u64,
     /// Sockets, FIFOs and devices skipped.
     pub skipped: u64,
+    /// Paths [`LEFT_OUT_BY_DEFAULT`] kept out (relative, sorted), so the CLI can say so.
+    pub left_out: Vec<String>,
 }
+
+/// What `gilgal deploy` never uploads unless the top-level `.gilgalignore` re-includes it
+/// (`!.env`): local secrets (`.env`, `.env.*` but not their `.example`/`.sample`/`.template`),
+/// and what the build recreates (virtualenvs, bytecode, installed Node modules). A `.env`
+/// must not reach the server just because the project has no `.gitignore`.
+pub const LEFT_OUT_BY_DEFAULT: &[&str] = &[
+    ".env",
+    ".env.*",
+    "!.env.example",
+    "!.env.sample",
+    "!.env.template",
+    ".venv/",
+    "__pycache__/",
+    "node_modules/",
+];
 
 /// Why an archive was refused or could not be processed; every variant names the entry.
 #[derive(Debug, thiserror::Error)]
@@ -583,9 +600,16 @@ fn push_components(queue: &mut VecDeque<OsString>, path: &Path, front: bool) -> 
 /// `.gitignore` and `.gilgalignore` files inside `src_dir` (at any depth) are honoured even
 /// without a git repository; ignore files above `src_dir` and the user's global git excludes
 /// are not, so the result does not depend on where the directory sits. `.git` is always left
-/// out. Symlinks are stored as links, never followed; sockets, FIFOs and devices are skipped.
-/// Entries are sorted and carry no owner or time stamp, so the same tree packs identically.
+/// out, and so is what [`LEFT_OUT_BY_DEFAULT`] names unless the top-level `.gilgalignore`
+/// re-includes it. Symlinks are stored as links, never followed; sockets, FIFOs and devices
+/// are skipped. Entries are sorted and carry no owner or time stamp, so the same tree packs
+/// identically.
 pub fn pack_dir<W: Write>(src_dir: &Path, writer: W) -> Result<PackSummary, ArchiveError> {
+    let defaults = default_exclusions(src_dir)?;
+    let reincluded = top_level_gilgalignore(src_dir)?;
+    let left_out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = left_out.clone();
+    let root = src_dir.to_owned();
     let walker = ignore::WalkBuilder::new(src_dir)
         .hidden(false)
         .ignore(false)
@@ -597,7 +621,22 @@ pub fn pack_dir<W: Write>(src_dir: &Path, writer: W) -> Result<PackSummary, Arch
         .follow_links(false)
         .add_custom_ignore_filename(GILGAL_IGNORE_FILE)
         .sort_by_file_name(|a, b| a.cmp(b))
-        .filter_entry(|entry| entry.file_name() != ".git")
+        .filter_entry(move |entry| {
+            if entry.file_name() == ".git" {
+                return false;
+            }
+            let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
+            let path = entry.path();
+            let excluded = entry.depth() > 0
+                && defaults.matched(path, is_dir).is_ignore()
+                && !reincluded.matched(path, is_dir).is_whitelist();
+            if excluded {
+                if let (Ok(relative), Ok(mut names)) = (path.strip_prefix(&root), record.lock()) {
+                    names.push(relative.display().to_string());
+                }
+            }
+            !excluded
+        })
         .build();
 
     let mut builder = tar::Builder::new(GzEncoder::new(writer, Compression::default()));
@@ -643,7 +682,33 @@ pub fn pack_dir<W: Write>(src_dir: &Path, writer: W) -> Result<PackSummary, Arch
         .map_err(io_error("cannot finish archive of", src_dir))?
         .flush()
         .map_err(io_error("cannot finish archive of", src_dir))?;
+    summary.left_out = left_out
+        .lock()
+        .map(|names| names.clone())
+        .unwrap_or_default();
+    summary.left_out.sort();
     Ok(summary)
+}
+
+/// [`LEFT_OUT_BY_DEFAULT`] as a matcher rooted at `src_dir`.
+fn default_exclusions(src_dir: &Path) -> Result<ignore::gitignore::Gitignore, ArchiveError> {
+    let mut builder = ignore::gitignore::GitignoreBuilder::new(src_dir);
+    for line in LEFT_OUT_BY_DEFAULT {
+        builder.add_line(None, line)?;
+    }
+    Ok(builder.build()?)
+}
+
+/// The rules of `src_dir/.gilgalignore` (none when it is absent), to see what it re-includes.
+fn top_level_gilgalignore(src_dir: &Path) -> Result<ignore::gitignore::Gitignore, ArchiveError> {
+    let mut builder = ignore::gitignore::GitignoreBuilder::new(src_dir);
+    let path = src_dir.join(GILGAL_IGNORE_FILE);
+    if path.is_file() {
+        if let Some(e) = builder.add(&path) {
+            return Err(e.into());
+        }
+    }
+    Ok(builder.build()?)
 }
 
 /// Checks a tree that did not come from [`unpack_tar_gz`] (a git checkout) against the same

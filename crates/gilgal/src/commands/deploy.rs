@@ -67,6 +67,16 @@ pub async fn run(session: &Session, args: DeployArgs, json: bool) -> anyhow::Res
         size.div_ceil(1024),
         args.dir.display()
     );
+    if !summary.left_out.is_empty() {
+        const SHOWN: usize = 5;
+        let mut names = summary.left_out[..summary.left_out.len().min(SHOWN)].join(", ");
+        if summary.left_out.len() > SHOWN {
+            names.push_str(&format!(" and {} more", summary.left_out.len() - SHOWN));
+        }
+        eprintln!(
+            "Left out {names}: local secrets and what the build recreates are never uploaded (re-include one with `!NAME` in .gilgalignore)"
+        );
+    }
 
     let bar = ProgressBar::new(size);
     bar.set_style(

@@ -1041,3 +1041,41 @@ async fn third_party_apps_from_pypi_and_npm() {
     assert_eq!(status, 200);
     assert!(body.contains("served by http-server from npm"), "{body}");
 }
+
+/// `gilgal deploy` of a directory with no `.gitignore` keeps local secrets and installed
+/// dependencies on the developer's machine, says so, and the app still builds and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_leaves_local_secrets_and_virtualenvs_behind() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    ok(server.cli(
+        &["register", "--email", "dev@example.com", "--password-stdin"],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "dotenv"], None));
+    let src = tempfile::tempdir().unwrap();
+    for file in ["Procfile", "app.py", "gilgal.toml", "requirements.txt"] {
+        std::fs::copy(
+            example_dir("python-hello").join(file),
+            src.path().join(file),
+        )
+        .unwrap();
+    }
+    std::fs::write(src.path().join(".env"), "SECRET_TOKEN=do-not-upload\n").unwrap();
+    std::fs::create_dir_all(src.path().join(".venv/bin")).unwrap();
+    std::fs::write(src.path().join(".venv/bin/python"), "not a python").unwrap();
+    let out = server.cli(
+        &["deploy", src.path().to_str().unwrap(), "-p", "dotenv"],
+        None,
+    );
+    let said = stderr(&out);
+    ok(out);
+    assert!(said.contains("Left out .env, .venv"), "{said}");
+    let releases = server.dir.path().join("data/releases");
+    assert!(
+        build_isolation::find_named(&releases, "app.py").len() == 1,
+        "the app was built"
+    );
+    assert!(build_isolation::find_named(&releases, ".env").is_empty());
+    let (status, _) = get_via_proxy(&server, "dotenv.localhost").await;
+    assert_eq!(status, 200);
+}
