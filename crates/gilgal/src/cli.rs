@@ -49,8 +49,9 @@ pub enum Command {
     /// Manage projects.
     #[command(subcommand)]
     Projects(ProjectsCommand),
-    /// Deploy a directory: pack it (honouring .gitignore and .gilgalignore), upload it, stream
-    /// the build log, and print the app's URL once it is live.
+    /// Deploy a directory: pack it (honouring .gitignore and .gilgalignore; never .env,
+    /// .venv or node_modules unless re-included), upload it, stream the build log, and print
+    /// the app's URL once it is live.
     Deploy(DeployArgs),
     /// Manage personal API tokens (for CI and scripts).
     #[command(subcommand)]
@@ -168,7 +169,7 @@ pub enum Command {
     /// failed backups) and where notifications go (webhooks, Slack, email).
     #[command(subcommand)]
     Alerts(AlertsCommand),
-    /// Managed PostgreSQL and Redis: create, back up, restore, connect.
+    /// Managed PostgreSQL, Redis and S3 storage: create, back up, restore, connect.
     #[command(subcommand)]
     Addons(AddonsCommand),
     /// Who did what, when, from where (your own calls; everyone's for administrators).
