@@ -46,6 +46,11 @@ pub enum Command {
     Logout,
     /// Show who you are logged in as.
     Whoami,
+    /// Link this directory (and those below it) to a project and environment, so commands
+    /// run here need no `-p`/`-e`; without `-p`, show the link.
+    Link(LinkArgs),
+    /// Remove this directory's link.
+    Unlink,
     /// Manage projects.
     #[command(subcommand)]
     Projects(ProjectsCommand),
@@ -82,7 +87,7 @@ pub enum Command {
     /// Ship one environment's live artifact to another with the target's config.
     Promote {
         /// Project name.
-        #[arg(long, short = 'p')]
+        #[arg(long, short = 'p', env = "GILGAL_PROJECT")]
         project: String,
         /// Source environment.
         #[arg(long)]
@@ -222,10 +227,10 @@ pub struct DeployArgs {
     #[arg(default_value = ".")]
     pub dir: PathBuf,
     /// Project to deploy to.
-    #[arg(long, short = 'p')]
+    #[arg(long, short = 'p', env = "GILGAL_PROJECT")]
     pub project: String,
     /// Environment to deploy to.
-    #[arg(long, short = 'e', default_value = "production")]
+    #[arg(long, short = 'e', env = "GILGAL_ENV", default_value = "production")]
     pub env: String,
     /// Return once the upload is accepted instead of following the build.
     #[arg(long)]
@@ -242,14 +247,25 @@ pub struct DeployArgs {
     pub image: Option<String>,
 }
 
+/// `gilgal link` options.
+#[derive(Debug, Args)]
+pub struct LinkArgs {
+    /// Project to link to (checked on the server).
+    #[arg(long, short = 'p')]
+    pub project: Option<String>,
+    /// Environment to link to (default `production`).
+    #[arg(long, short = 'e', requires = "project")]
+    pub env: Option<String>,
+}
+
 /// Which project and environment a command acts on.
 #[derive(Debug, Args, Clone)]
 pub struct Target {
     /// Project name.
-    #[arg(long, short = 'p')]
+    #[arg(long, short = 'p', env = "GILGAL_PROJECT")]
     pub project: String,
     /// Environment name.
-    #[arg(long, short = 'e', default_value = "production")]
+    #[arg(long, short = 'e', env = "GILGAL_ENV", default_value = "production")]
     pub env: String,
 }
 
@@ -304,13 +320,13 @@ pub enum EnvironmentsCommand {
         /// Name, e.g. `staging`.
         name: String,
         /// Project name.
-        #[arg(long, short = 'p')]
+        #[arg(long, short = 'p', env = "GILGAL_PROJECT")]
         project: String,
     },
     /// List a project's environments.
     List {
         /// Project name.
-        #[arg(long, short = 'p')]
+        #[arg(long, short = 'p', env = "GILGAL_PROJECT")]
         project: String,
     },
     /// Delete an environment, stopping what it runs.
@@ -318,7 +334,7 @@ pub enum EnvironmentsCommand {
         /// Name.
         name: String,
         /// Project name.
-        #[arg(long, short = 'p')]
+        #[arg(long, short = 'p', env = "GILGAL_PROJECT")]
         project: String,
         /// Do not ask for confirmation.
         #[arg(long, short = 'y')]
@@ -514,7 +530,7 @@ pub enum WebhooksCommand {
     /// List a project's webhooks.
     List {
         /// Project name.
-        #[arg(long, short = 'p')]
+        #[arg(long, short = 'p', env = "GILGAL_PROJECT")]
         project: String,
     },
     /// Recent deliveries of a webhook and what each did.

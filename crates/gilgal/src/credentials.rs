@@ -23,14 +23,18 @@ pub struct Credentials {
     pub token_id: uuid::Uuid,
 }
 
-fn path() -> anyhow::Result<PathBuf> {
-    let base = match std::env::var_os("GILGAL_CONFIG_DIR") {
+/// The CLI's config directory: `GILGAL_CONFIG_DIR`, else `~/.config/gilgal`.
+pub fn config_dir() -> anyhow::Result<PathBuf> {
+    Ok(match std::env::var_os("GILGAL_CONFIG_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => dirs::config_dir()
             .context("cannot find a config directory; set GILGAL_CONFIG_DIR")?
             .join("gilgal"),
-    };
-    Ok(base.join("credentials.json"))
+    })
+}
+
+fn path() -> anyhow::Result<PathBuf> {
+    Ok(config_dir()?.join("credentials.json"))
 }
 
 /// The stored login, if any.
@@ -66,4 +70,23 @@ pub fn remove() -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Where `gilgal logout` leaves the server it logged out of, for the next `login`.
+fn server_path() -> anyhow::Result<PathBuf> {
+    Ok(config_dir()?.join("server"))
+}
+
+/// Remembers the server after a logout, so the next `gilgal login` needs no `--server`.
+pub fn remember_server(server: &str) -> anyhow::Result<()> {
+    let path = server_path()?;
+    gilgal_auth::keys::write_secret_file(&path, server.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The server remembered by the last logout, if any.
+pub fn remembered_server() -> Option<String> {
+    let text = std::fs::read_to_string(server_path().ok()?).ok()?;
+    let server = text.trim();
+    (!server.is_empty()).then(|| server.to_owned())
 }

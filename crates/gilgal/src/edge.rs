@@ -18,6 +18,7 @@ use crate::listeners::InheritedListeners;
 pub fn run(args: EdgeArgs) -> anyhow::Result<ExitCode> {
     // Before any thread exists: it edits the environment.
     let (listeners, settings) = EdgeListeners::take_from_env()?;
+    crate::link::forget_defaults();
     crate::server::init_logging(crate::cli::LogFormat::Json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

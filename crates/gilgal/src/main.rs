@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod credentials;
 mod edge;
+mod link;
 mod listeners;
 mod output;
 mod server;
@@ -15,6 +16,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before parsing (and before any thread): a linked directory's project and environment
+    // become the defaults of `-p`/`-e`.
+    link::export_defaults();
     let args = cli::Cli::parse();
     match run(args) {
         Ok(code) => code,

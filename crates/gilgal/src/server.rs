@@ -27,6 +27,7 @@ const LOG_CHANNEL_CAPACITY: usize = 32 * 1024;
 pub fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     // Before any thread exists: it edits the environment.
     let inherited = InheritedListeners::take_from_env()?;
+    crate::link::forget_defaults();
     tune_allocator();
     init_logging(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()

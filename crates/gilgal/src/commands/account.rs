@@ -99,6 +99,9 @@ pub async fn logout(session: &Session) -> anyhow::Result<()> {
     let revoked = client.logout().await;
     credentials::remove()
         .context("the token was revoked but the local copy could not be deleted")?;
+    if let Err(e) = credentials::remember_server(&session.server) {
+        eprintln!("warning: {e:#}; the next login needs --server");
+    }
     match revoked {
         Ok(()) => println!("Logged out of {}", session.server),
         Err(e) => {

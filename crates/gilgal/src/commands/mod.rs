@@ -5,6 +5,7 @@ mod addons;
 mod alerts;
 mod apps;
 mod deploy;
+mod link;
 mod logs;
 mod metrics;
 mod projects;
@@ -31,6 +32,8 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
         Command::Login(args) => account::login(&session, args).await,
         Command::Logout => account::logout(&session).await,
         Command::Whoami => account::whoami(&session, global.json).await,
+        Command::Link(args) => link::link(&session, args, global.json).await,
+        Command::Unlink => link::unlink(),
         Command::Projects(cmd) => projects::run(&session, cmd, global.json).await,
         Command::Deploy(args) => return deploy::run(&session, args, global.json).await,
         Command::Tokens(cmd) => tokens::run(&session, cmd, global.json).await,
@@ -101,6 +104,7 @@ impl Session {
             .server
             .clone()
             .or_else(|| stored.as_ref().map(|c| c.server.clone()))
+            .or_else(credentials::remembered_server)
             .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
         let server = server.trim_end_matches('/').to_owned();
         let stored = stored.filter(|c| c.server.trim_end_matches('/') == server);

@@ -287,6 +287,8 @@ fn cli_with(
         .env("GILGAL_CONFIG_DIR", config)
         .env_remove("GILGAL_TOKEN")
         .env_remove("GILGAL_SERVER")
+        .env_remove("GILGAL_PROJECT")
+        .env_remove("GILGAL_ENV")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -1078,4 +1080,85 @@ async fn deploy_leaves_local_secrets_and_virtualenvs_behind() {
     assert!(build_isolation::find_named(&releases, ".env").is_empty());
     let (status, _) = get_via_proxy(&server, "dotenv.localhost").await;
     assert_eq!(status, 200);
+}
+
+/// `gilgal link` ties a directory (and those below it) to a project and environment: commands
+/// run there need no `-p`/`-e`, a `-p` wins over the link (without dragging the linked
+/// environment along), an unknown project is refused, and `unlink` undoes it. `logout` keeps
+/// the server for the next `login`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_directory_needs_no_project_or_environment_flags() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    ok(server.cli(
+        &["register", "--email", "dev@example.com", "--password-stdin"],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "linked"], None));
+    ok(server.cli(&["projects", "create", "other"], None));
+    ok(server.cli(&["environments", "create", "staging", "-p", "linked"], None));
+    let tree = tempfile::tempdir().unwrap();
+    let sub = tree.path().join("web/src");
+    std::fs::create_dir_all(&sub).unwrap();
+    let run_in = |cwd: &Path, args: &[&str]| -> Output {
+        Command::new(BIN)
+            .args(["--server", server.url.as_str()])
+            .args(args)
+            .current_dir(cwd)
+            .env("GILGAL_CONFIG_DIR", server.config_dir())
+            .env_remove("GILGAL_TOKEN")
+            .env_remove("GILGAL_SERVER")
+            .env_remove("GILGAL_PROJECT")
+            .env_remove("GILGAL_ENV")
+            .output()
+            .unwrap()
+    };
+
+    let unlinked = run_in(tree.path(), &["env", "list"]);
+    assert!(!unlinked.status.success());
+    assert!(
+        stderr(&unlinked).contains("--project"),
+        "{}",
+        stderr(&unlinked)
+    );
+    let unknown = run_in(tree.path(), &["link", "-p", "nope"]);
+    assert!(
+        !unknown.status.success(),
+        "an unknown project is not linked"
+    );
+    assert!(
+        !run_in(tree.path(), &["link"]).status.success(),
+        "nothing linked"
+    );
+
+    ok(run_in(
+        tree.path(),
+        &["link", "-p", "linked", "-e", "staging"],
+    ));
+    let shown = ok(run_in(&sub, &["link"]));
+    assert!(shown.contains("linked (staging)"), "{shown}");
+    ok(run_in(&sub, &["env", "set", "WHERE=by-link"]));
+    let staging = ok(server.cli(&["env", "list", "-p", "linked", "-e", "staging"], None));
+    assert!(staging.contains("WHERE"), "{staging}");
+    let production = ok(server.cli(&["env", "list", "-p", "linked"], None));
+    assert!(!production.contains("WHERE"), "{production}");
+
+    // -p wins over the link, and the linked environment does not follow it.
+    ok(run_in(&sub, &["env", "set", "-p", "other", "WHERE=named"]));
+    let other = ok(server.cli(&["env", "list", "-p", "other"], None));
+    assert!(other.contains("WHERE"), "{other}");
+
+    ok(run_in(&sub, &["unlink"]));
+    assert!(!run_in(tree.path(), &["env", "list"]).status.success());
+
+    // Logged out, the next login goes to the same server without --server.
+    ok(server.cli(&["logout"], None));
+    ok(cli_with(
+        &server.config_dir(),
+        None,
+        &["login", "--email", "dev@example.com", "--password-stdin"],
+        Some(PASSWORD),
+        &[],
+    ));
+    let me = ok(cli_with(&server.config_dir(), None, &["whoami"], None, &[]));
+    assert!(me.contains("dev@example.com"), "{me}");
 }
