@@ -96,6 +96,13 @@ fn names_a_project(args: impl Iterator<Item = String>) -> bool {
     })
 }
 
+/// Removes the defaults again: `gilgal server` and `gilgal edge` pass no link on to what
+/// they start.
+pub fn forget_defaults() {
+    std::env::remove_var(PROJECT_VAR);
+    std::env::remove_var(ENV_VAR);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,11 +139,4 @@ mod tests {
         assert_eq!(found("/src/other").as_deref(), Some("outer"));
         assert_eq!(found("/elsewhere"), None);
     }
-}
-
-/// Removes the defaults again: `gilgal server` and `gilgal edge` pass no link on to what
-/// they start.
-pub fn forget_defaults() {
-    std::env::remove_var(PROJECT_VAR);
-    std::env::remove_var(ENV_VAR);
 }
