@@ -27,9 +27,9 @@ pub fn run(args: EdgeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let stop = tokio_util::sync::CancellationToken::new();
         {
-            let stop = stop.clone();
+            let (stop, signal) = (stop.clone(), crate::server::ShutdownSignal::install());
             tokio::spawn(async move {
-                crate::server::shutdown_signal().await;
+                signal.received().await;
                 stop.cancel();
             });
         }

@@ -139,6 +139,8 @@ fn restrict_database_files(dir: &Path) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::Result<()> {
+    // First: from here on SIGTERM is a graceful stop.
+    let shutdown = ShutdownSignal::install();
     let data_dir = match &args.data_dir {
         Some(dir) => dir.clone(),
         None => default_data_dir()?,
@@ -416,7 +418,7 @@ async fn serve(args: ServerArgs, mut inherited: InheritedListeners) -> anyhow::R
         });
     }
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown.received().await;
         let _ = stop_tx.send(true);
     });
     gilgal_api::serve(api_listener, state, stopped())
@@ -593,20 +595,53 @@ fn docker_namespace(state_dir: &Path) -> anyhow::Result<String> {
     Ok(namespace)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGINT and SIGTERM, caught from the moment it is made: a signal that arrives while the
+/// server is still starting (even before it said it was ready) is a graceful stop, never the
+/// default action that kills the process and leaves its apps behind.
+pub(crate) struct ShutdownSignal {
+    term: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignal {
+    /// Installs the handlers now (inside the async runtime).
+    pub(crate) fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let watch = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch {name}");
+                None
+            }
+        };
+        Self {
+            term: watch(SignalKind::terminate(), "SIGTERM"),
+            interrupt: watch(SignalKind::interrupt(), "SIGINT"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
-    tracing::info!("shutting down");
+
+    /// Resolves on the first SIGINT or SIGTERM.
+    pub(crate) async fn received(mut self) {
+        let term = async {
+            match &mut self.term {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let interrupt = async {
+            match &mut self.interrupt {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term => {}
+            _ = interrupt => {}
+        }
+        tracing::info!("shutting down");
+    }
 }

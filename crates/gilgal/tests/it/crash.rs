@@ -327,3 +327,50 @@ async fn a_server_with_other_edge_settings_replaces_the_edge_and_keeps_the_apps(
     server.crash_and_restart();
     assert_eq!(edge_pid(&server), second, "the edge was adopted");
 }
+
+/// Whether process `pid` has exited (a zombie until its parent reaps it, or gone).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// A SIGTERM that reaches a restarted server the moment it says it is ready is a graceful
+/// stop (with `--stop-apps-on-exit`: its apps and its edge stop too), never the default
+/// action that kills the server and leaves them running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_right_after_ready_stops_the_apps_and_the_edge() {
+    let mut server = ServerProcess::start(Backend::Sqlite).await;
+    ok(server.cli(
+        &["register", "--email", "ops@example.com", "--password-stdin"],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", "sigterm"], None));
+    let fixture = fixture_dir("rollout-steps");
+    ok(server.cli(
+        &["deploy", fixture.to_str().unwrap(), "-p", "sigterm"],
+        None,
+    ));
+    assert_eq!(count_processes_with_env("GILGAL_APP=sigterm"), 1);
+    server.crash_and_restart();
+    let edge = edge_pid(&server);
+    let pid = server.child.id();
+    // SAFETY: kill(2) on this test's own server process, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !exited(pid) {
+        assert!(Instant::now() < deadline, "the server did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        count_processes_with_env("GILGAL_APP=sigterm"),
+        0,
+        "the app was stopped"
+    );
+    // SAFETY: signal 0 only checks whether the process exists.
+    assert_ne!(unsafe { libc::kill(edge, 0) }, 0, "the edge was stopped");
+}
