@@ -44,7 +44,8 @@ async fn get_config(
     request_body = ConfigUpdate,
     responses(
         (status = 200, description = "Changed; `deployment` rolls it out", body = ConfigChanged),
-        (status = 400, description = "Invalid name or value", body = ErrorBody),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 422, description = "Invalid name or value", body = ErrorBody),
         (status = 404, description = "No such environment", body = ErrorBody),
         (status = 429, description = "Deploy quota reached (or this credential's request budget); see Retry-After", body = ErrorBody),
     ),

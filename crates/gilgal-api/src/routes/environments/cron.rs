@@ -45,7 +45,8 @@ async fn list_cron_jobs(
     request_body = CronJobRequest,
     responses(
         (status = 201, description = "Scheduled", body = CronJob),
-        (status = 400, description = "Invalid schedule or command", body = ErrorBody),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 422, description = "Invalid schedule or command", body = ErrorBody),
         (status = 404, description = "No such environment", body = ErrorBody),
     ),
     security(("bearer" = [])))]

@@ -54,7 +54,8 @@ async fn get_formation(
     request_body = FormationUpdate,
     responses(
         (status = 200, description = "Scaled", body = Formation),
-        (status = 400, description = "Invalid counts or sizes", body = ErrorBody),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 422, description = "Invalid counts or sizes", body = ErrorBody),
         (status = 404, description = "No such environment", body = ErrorBody),
         (status = 409, description = "The live release has no such process type, or a new instance never passed its health check (it got no traffic and the formation is unchanged)", body = ErrorBody),
         (status = 429, description = "Deploy quota reached (or this credential's request budget); see Retry-After", body = ErrorBody),

@@ -165,7 +165,8 @@ async fn list_environments(
     request_body = EnvironmentRequest,
     responses(
         (status = 201, description = "Created", body = Environment),
-        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 422, description = "Invalid name", body = ErrorBody),
         (status = 404, description = "No such project", body = ErrorBody),
         (status = 409, description = "Name or hostname taken", body = ErrorBody),
     ),
