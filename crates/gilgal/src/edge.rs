@@ -235,7 +235,7 @@ fn listens_where_asked(actual: Option<SocketAddr>, wanted: Option<SocketAddr>) -
     match (actual, wanted) {
         (None, None) => true,
         (Some(actual), Some(wanted)) => {
-            wanted.port() == 0 && wanted.ip() == actual.ip() || wanted == actual
+            (wanted.port() == 0 && wanted.ip() == actual.ip()) || wanted == actual
         }
         _ => false,
     }

@@ -13,18 +13,12 @@ pub async fn link(session: &Session, args: LinkArgs, json: bool) -> anyhow::Resu
         match link::find(&links, &dir) {
             Some((linked_dir, found)) => {
                 let env = found.env.as_deref().unwrap_or("production");
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"dir": linked_dir, "project": found.project, "env": env})
-                    );
-                } else {
-                    println!(
-                        "{} is linked to {} ({env})",
-                        linked_dir.display(),
-                        found.project
-                    );
-                }
+                let text = format!(
+                    "{} is linked to {} ({env})",
+                    linked_dir.display(),
+                    found.project
+                );
+                print_link(&linked_dir, &found.project, env, json, &text);
             }
             None => anyhow::bail!(
                 "{} is not linked; run `gilgal link -p PROJECT [-e ENV]`",
@@ -47,19 +41,25 @@ pub async fn link(session: &Session, args: LinkArgs, json: bool) -> anyhow::Resu
         },
     );
     link::save_all(&links)?;
+    let project = found.name.to_string();
+    let text = format!(
+        "Linked {} to {project} ({env}): commands run here need no -p/-e",
+        dir.display()
+    );
+    print_link(&dir, &project, &env, json, &text);
+    Ok(())
+}
+
+/// Prints a link as JSON (`dir`, `project`, `env`) or as `text`.
+fn print_link(dir: &std::path::Path, project: &str, env: &str, json: bool, text: &str) {
     if json {
         println!(
             "{}",
-            serde_json::json!({"dir": dir, "project": found.name, "env": env})
+            serde_json::json!({"dir": dir, "project": project, "env": env})
         );
     } else {
-        println!(
-            "Linked {} to {} ({env}): commands run here need no -p/-e",
-            dir.display(),
-            found.name
-        );
+        println!("{text}");
     }
-    Ok(())
 }
 
 /// Removes the link of the working directory (or of the linked directory it is in).

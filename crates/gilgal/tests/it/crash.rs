@@ -228,6 +228,17 @@ async fn kill_9_at_each_rollout_step_converges_and_fails_no_request() {
         .any(|o| o.starts_with("Draining") && o.ends_with("live")));
 }
 
+/// Registers on a fresh server and deploys the `rollout-steps` fixture as `project`.
+fn deploy_steps_fixture(server: &ServerProcess, project: &str) {
+    ok(server.cli(
+        &["register", "--email", "ops@example.com", "--password-stdin"],
+        Some(PASSWORD),
+    ));
+    ok(server.cli(&["projects", "create", project], None));
+    let fixture = fixture_dir("rollout-steps");
+    ok(server.cli(&["deploy", fixture.to_str().unwrap(), "-p", project], None));
+}
+
 /// The edge process's pid, from its pid file.
 fn edge_pid(server: &ServerProcess) -> i32 {
     std::fs::read_to_string(server.dir.path().join("data/edge/edge.pid"))
@@ -254,17 +265,8 @@ async fn who(proxy: &str, host: &str) -> Result<(u16, Value), reqwest::Error> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_edge_process_is_restarted_with_every_route_and_loses_no_new_connection() {
     let server = ServerProcess::start(Backend::Sqlite).await;
-    ok(server.cli(
-        &["register", "--email", "ops@example.com", "--password-stdin"],
-        Some(PASSWORD),
-    ));
     // Its own project name: the other test here counts the processes of `steps`.
-    ok(server.cli(&["projects", "create", "edgekill"], None));
-    let fixture = fixture_dir("rollout-steps");
-    ok(server.cli(
-        &["deploy", fixture.to_str().unwrap(), "-p", "edgekill"],
-        None,
-    ));
+    deploy_steps_fixture(&server, "edgekill");
     let (status, app) = who(&server.proxy_url, "edgekill.localhost").await.unwrap();
     assert_eq!(status, 200, "{app}");
 
@@ -293,16 +295,7 @@ async fn a_killed_edge_process_is_restarted_with_every_route_and_loses_no_new_co
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_other_edge_settings_replaces_the_edge_and_keeps_the_apps() {
     let mut server = ServerProcess::start(Backend::Sqlite).await;
-    ok(server.cli(
-        &["register", "--email", "ops@example.com", "--password-stdin"],
-        Some(PASSWORD),
-    ));
-    ok(server.cli(&["projects", "create", "edgeswap"], None));
-    let fixture = fixture_dir("rollout-steps");
-    ok(server.cli(
-        &["deploy", fixture.to_str().unwrap(), "-p", "edgeswap"],
-        None,
-    ));
+    deploy_steps_fixture(&server, "edgeswap");
     let (status, app) = who(&server.proxy_url, "edgeswap.localhost").await.unwrap();
     assert_eq!(status, 200, "{app}");
     let first = edge_pid(&server);
@@ -345,16 +338,7 @@ fn exited(pid: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_right_after_ready_stops_the_apps_and_the_edge() {
     let mut server = ServerProcess::start(Backend::Sqlite).await;
-    ok(server.cli(
-        &["register", "--email", "ops@example.com", "--password-stdin"],
-        Some(PASSWORD),
-    ));
-    ok(server.cli(&["projects", "create", "sigterm"], None));
-    let fixture = fixture_dir("rollout-steps");
-    ok(server.cli(
-        &["deploy", fixture.to_str().unwrap(), "-p", "sigterm"],
-        None,
-    ));
+    deploy_steps_fixture(&server, "sigterm");
     assert_eq!(count_processes_with_env("GILGAL_APP=sigterm"), 1);
     server.crash_and_restart();
     let edge = edge_pid(&server);
