@@ -618,6 +618,18 @@ impl Client {
             .await
     }
 
+    /// `GET /api/deployments/{id}/metrics`: the figures of the release a deployment made.
+    pub async fn deployment_metrics(
+        &self,
+        deployment: Uuid,
+    ) -> Result<gilgal_types::EnvironmentMetrics, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/deployments/{deployment}/metrics"),
+        ))
+        .await
+    }
+
     /// `GET /api/environments/{id}/events`: the newest `limit` events, oldest first.
     pub async fn environment_events(
         &self,

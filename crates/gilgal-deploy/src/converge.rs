@@ -391,6 +391,7 @@ impl RolloutEngine {
     pub(crate) async fn switch_route(
         &self,
         environment: &EnvironmentRecord,
+        release: u64,
         artifact: &Artifact,
         serving: &[Routable],
     ) -> Result<(), RolloutError> {
@@ -401,7 +402,7 @@ impl RolloutEngine {
             .await
             .map_err(|e| RolloutError::Observe(e.to_string()))?;
         let route_id = crate::identity::route_id(environment);
-        let route = self.route_for(environment, &domains, artifact, serving);
+        let route = self.route_for(environment, &domains, release, artifact, serving);
         self.platform
             .edge
             .update(|edge| match route {
@@ -510,7 +511,12 @@ impl RolloutEngine {
                 // (unrouted ones passed their gate in `unproven_failing_gate`).
                 if self.routed_backends(environment).await.is_none() {
                     if let Err(route) = self
-                        .switch_route(environment, desired.artifact, &plan.staying)
+                        .switch_route(
+                            environment,
+                            desired.release,
+                            desired.artifact,
+                            &plan.staying,
+                        )
                         .await
                     {
                         tracing::warn!(error = %route, "cannot route the instances that stay");
@@ -522,7 +528,7 @@ impl RolloutEngine {
         let mut serving = plan.staying.clone();
         serving.extend(started.iter().cloned());
         if let Err(e) = self
-            .switch_route(environment, desired.artifact, &serving)
+            .switch_route(environment, desired.release, desired.artifact, &serving)
             .await
         {
             self.stop_started(&started).await;

@@ -54,6 +54,12 @@ pub(crate) fn environment_dir(root: &Path, environment: &EnvironmentRecord) -> P
     project_dir(root, environment).join(environment.id.to_string())
 }
 
+/// The backend group (and metrics label) of release `number` at the edge: `v7`. The edge
+/// counts each group's answers apart, which is what per-release figures and canaries read.
+pub fn release_group(number: u64) -> String {
+    format!("v{number}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

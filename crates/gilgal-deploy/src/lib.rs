@@ -55,6 +55,7 @@ pub use gilgal_build::git::{redact_urls, split_credential, with_credential, GitC
 pub use gilgal_build::GitSource;
 pub use health::{EventRecorder, HealthWatch, DEFAULT_HEALTH_INTERVAL};
 pub use identity::owns as instance_belongs_to;
+pub use identity::release_group;
 pub use images::ImageSettings;
 pub use logs::{LogIngest, BUILD_PROCESS, ROUTER_PROCESS};
 pub use pipeline::{DeploySource, Deployments, ReuseKind, ReuseRelease};

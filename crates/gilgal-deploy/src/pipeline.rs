@@ -1124,7 +1124,7 @@ impl Deployments {
             let mut serving = plan.staying().to_vec();
             serving.extend(started.iter().cloned());
             self.engine
-                .switch_route(environment, desired.artifact, &serving)
+                .switch_route(environment, desired.release, desired.artifact, &serving)
                 .await
                 .map_err(rollout_failure)
         }
@@ -1173,11 +1173,13 @@ impl Deployments {
 }
 
 impl RolloutEngine {
-    /// The route serving `artifact`'s web instances (or its static files).
+    /// The route serving `artifact`'s web instances of release `release` (or its static
+    /// files); the backends carry the release, so the edge keeps figures per release.
     pub(crate) fn route_for(
         &self,
         environment: &EnvironmentRecord,
         domains: &[String],
+        release: u64,
         artifact: &Artifact,
         instances: &[(InstanceId, Option<SocketAddr>)],
     ) -> Option<RouteSpec> {
@@ -1198,7 +1200,15 @@ impl RolloutEngine {
         }
         let backends: Vec<Backend> = instances
             .iter()
-            .filter_map(|(instance, addr)| addr.map(|a| Backend::new(instance.as_str(), a)))
+            .filter_map(|(instance, addr)| {
+                addr.map(|a| {
+                    Backend::in_group(
+                        instance.as_str(),
+                        a,
+                        crate::identity::release_group(release),
+                    )
+                })
+            })
             .collect();
         (!backends.is_empty()).then(|| RouteSpec::upstream(id, hosts, backends))
     }

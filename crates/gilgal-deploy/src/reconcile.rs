@@ -352,7 +352,7 @@ impl RolloutEngine {
                         .into_iter()
                         .filter(|(id, _)| !failing.contains(id))
                         .collect();
-                    self.switch_route(environment, desired.artifact, &proven)
+                    self.switch_route(environment, desired.release, desired.artifact, &proven)
                         .await
                         .map_err(|e| e.redacted(&config.redactor))?;
                 }
@@ -381,9 +381,14 @@ impl RolloutEngine {
         {
             // After a restart the edge has no route yet: what stays (gated above) serves
             // while the missing instances boot, instead of waiting for them.
-            self.switch_route(environment, desired.artifact, plan.staying())
-                .await
-                .map_err(|e| e.redacted(&config.redactor))?;
+            self.switch_route(
+                environment,
+                desired.release,
+                desired.artifact,
+                plan.staying(),
+            )
+            .await
+            .map_err(|e| e.redacted(&config.redactor))?;
         }
         self.apply(environment, &desired, &plan)
             .await
@@ -433,7 +438,7 @@ impl Changes {
         }
         Ok(self
             .engine
-            .switch_route(&current, &artifact, &serving)
+            .switch_route(&current, number, &artifact, &serving)
             .await?)
     }
 }

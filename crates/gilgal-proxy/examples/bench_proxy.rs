@@ -93,7 +93,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             RouteSpec::upstream(
                 format!("route{i}"),
                 vec![host.clone()],
-                vec![Backend::new(format!("upstream{i}"), *addr)],
+                // Labelled with a release, as Gilgal routes apps: its figures are counted too.
+                vec![Backend::in_group(format!("upstream{i}"), *addr, "v1")],
             )
         })
         .collect();

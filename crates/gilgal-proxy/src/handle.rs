@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 
 use crate::backend::BackendState;
 use crate::error::ProxyError;
-use crate::metrics::{MetricsSnapshot, RouteMetrics};
+use crate::metrics::{MetricsSnapshot, ReleaseMetricsSnapshot, RouteMetrics};
 use crate::spec::{CertificatePem, ProxySettings, RouteDiff, RouteSpec};
 use crate::table::{compile_route, CompiledRoute, CompiledTarget, Registry, RouteTable};
 use crate::tls::SniResolver;
@@ -60,8 +60,14 @@ struct Control {
     /// Backends whose drain started and that are still remembered.
     draining: Vec<Arc<str>>,
     route_metrics: BTreeMap<String, Arc<RouteMetrics>>,
+    /// Per route id, its releases' counters, oldest first (at most [`RELEASES_KEPT`]).
+    release_metrics: BTreeMap<String, Vec<(String, Arc<RouteMetrics>)>>,
     settings: ProxySettings,
 }
+
+/// Releases per route whose counters are kept: enough for a canary, a blue-green window and
+/// a few rollbacks; older ones are forgotten (the route's own totals keep counting them).
+pub(crate) const RELEASES_KEPT: usize = 8;
 
 fn backends_of(route: &CompiledRoute) -> &[Arc<BackendState>] {
     match &route.target {
@@ -136,6 +142,23 @@ impl Registry for Control {
             .or_default()
             .clone()
     }
+
+    fn release_metrics(&mut self, id: &str, release: &str) -> Arc<RouteMetrics> {
+        let releases = self.release_metrics.entry(id.to_string()).or_default();
+        if let Some(i) = releases.iter().position(|(r, _)| r == release) {
+            // Most recently used last, so the oldest are the ones forgotten.
+            let entry = releases.remove(i);
+            let metrics = entry.1.clone();
+            releases.push(entry);
+            return metrics;
+        }
+        if releases.len() >= RELEASES_KEPT {
+            releases.remove(0);
+        }
+        let metrics = Arc::new(RouteMetrics::default());
+        releases.push((release.to_string(), metrics.clone()));
+        metrics
+    }
 }
 
 /// The control plane's handle on the proxy: swap routes, drain backends, install certificates,
@@ -169,6 +192,7 @@ impl ProxyHandle {
             backend_refs: HashMap::new(),
             draining: Vec::new(),
             route_metrics: BTreeMap::new(),
+            release_metrics: BTreeMap::new(),
             settings: settings.clone(),
         };
         Self {
@@ -412,8 +436,20 @@ impl ProxyHandle {
             .map(|(id, m)| (id.clone(), m.snapshot()))
             .collect();
         routes.push((UNROUTED.to_string(), self.shared.unrouted.snapshot()));
+        let releases = control
+            .release_metrics
+            .iter()
+            .flat_map(|(route, releases)| {
+                releases.iter().map(|(release, m)| ReleaseMetricsSnapshot {
+                    route: route.clone(),
+                    release: release.clone(),
+                    metrics: m.snapshot(),
+                })
+            })
+            .collect();
         MetricsSnapshot {
             routes,
+            releases,
             open_client_connections: self
                 .shared
                 .open_client_connections

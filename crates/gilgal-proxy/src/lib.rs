@@ -44,7 +44,9 @@ pub use error::ProxyError;
 pub use handle::{DrainOutcome, ProxyHandle, UNROUTED};
 /// Network ranges, as [`ProxySettings::trusted_proxies`] names trusted peers.
 pub use ipnet::IpNet;
-pub use metrics::{MetricsSnapshot, RouteMetricsSnapshot, LATENCY_BUCKETS_SECONDS};
+pub use metrics::{
+    MetricsSnapshot, ReleaseMetricsSnapshot, RouteMetricsSnapshot, LATENCY_BUCKETS_SECONDS,
+};
 pub use proxy::forwarded_client;
 pub use server::{serve, serve_tls};
 pub use spec::{

@@ -101,11 +101,26 @@ impl RouteMetricsSnapshot {
     }
 }
 
+/// Answers of one release (a backend group) of a route: what a canary is judged by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseMetricsSnapshot {
+    /// The route id.
+    pub route: String,
+    /// The release (backend group) name, e.g. `v7`.
+    pub release: String,
+    /// Its responses and latencies (byte and connection figures stay with the route).
+    pub metrics: RouteMetricsSnapshot,
+}
+
 /// Copy of every route's counters plus connection-level gauges.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsSnapshot {
     /// Per route id (the pseudo-route `"_unrouted"` holds 404s, redirects and rejections).
     pub routes: Vec<(String, RouteMetricsSnapshot)>,
+    /// Per route and release: responses from that release's instances, including the 502s
+    /// and 504s the edge answered for them. Each is also counted in its route's totals.
+    #[serde(default)]
+    pub releases: Vec<ReleaseMetricsSnapshot>,
     /// Client connections currently open on all listeners.
     pub open_client_connections: u64,
 }
@@ -114,6 +129,14 @@ impl MetricsSnapshot {
     /// Counters for one route id, if it has seen traffic or exists.
     pub fn route(&self, id: &str) -> Option<&RouteMetricsSnapshot> {
         self.routes.iter().find(|(r, _)| r == id).map(|(_, m)| m)
+    }
+
+    /// Counters of `release` on route `id`, if that release has been routed.
+    pub fn release(&self, id: &str, release: &str) -> Option<&RouteMetricsSnapshot> {
+        self.releases
+            .iter()
+            .find(|r| r.route == id && r.release == release)
+            .map(|r| &r.metrics)
     }
 
     /// Prometheus text exposition of the snapshot (for the observability endpoint).
@@ -135,26 +158,12 @@ impl MetricsSnapshot {
             "# TYPE gilgal_proxy_request_duration_seconds histogram"
         );
         for (route, m) in &self.routes {
-            let route = escape_label(route);
-            let mut cumulative = 0;
-            for (i, n) in m.latency_buckets.iter().enumerate() {
-                cumulative += n;
-                let le = LATENCY_BUCKETS_SECONDS
-                    .get(i)
-                    .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
-                let _ = writeln!(
-                    out,
-                    "gilgal_proxy_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "gilgal_proxy_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                m.latency_sum_seconds
-            );
-            let _ = writeln!(
-                out,
-                "gilgal_proxy_request_duration_seconds_count{{route=\"{route}\"}} {cumulative}"
+            let labels = format!("route=\"{}\"", escape_label(route));
+            write_histogram(
+                &mut out,
+                "gilgal_proxy_request_duration_seconds",
+                &labels,
+                m,
             );
         }
         for (name, kind, pick) in [
@@ -168,6 +177,34 @@ impl MetricsSnapshot {
                 let _ = writeln!(out, "{name}{{route=\"{}\"}} {value}", escape_label(route));
             }
         }
+        let _ = writeln!(out, "# TYPE gilgal_proxy_release_requests_total counter");
+        for r in &self.releases {
+            let (route, release) = (escape_label(&r.route), escape_label(&r.release));
+            for (i, n) in r.metrics.status_classes.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "gilgal_proxy_release_requests_total{{route=\"{route}\",release=\"{release}\",class=\"{}xx\"}} {n}",
+                    i + 1
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE gilgal_proxy_release_request_duration_seconds histogram"
+        );
+        for r in &self.releases {
+            let labels = format!(
+                "route=\"{}\",release=\"{}\"",
+                escape_label(&r.route),
+                escape_label(&r.release)
+            );
+            write_histogram(
+                &mut out,
+                "gilgal_proxy_release_request_duration_seconds",
+                &labels,
+                &r.metrics,
+            );
+        }
         let _ = writeln!(out, "# TYPE gilgal_proxy_client_connections gauge");
         let _ = writeln!(
             out,
@@ -176,6 +213,20 @@ impl MetricsSnapshot {
         );
         out
     }
+}
+
+/// One histogram's `_bucket`, `_sum` and `_count` lines for `labels` (already escaped).
+fn write_histogram(out: &mut String, name: &str, labels: &str, m: &RouteMetricsSnapshot) {
+    let mut cumulative = 0;
+    for (i, n) in m.latency_buckets.iter().enumerate() {
+        cumulative += n;
+        let le = LATENCY_BUCKETS_SECONDS
+            .get(i)
+            .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", m.latency_sum_seconds);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
 }
 
 fn escape_label(value: &str) -> String {

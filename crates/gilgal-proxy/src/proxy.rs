@@ -346,7 +346,7 @@ fn finish(
 
 /// Which backends of a route a request may go to.
 #[derive(Clone, Copy)]
-enum Group {
+pub(crate) enum Group {
     All,
     Primary,
     Canary,
@@ -488,30 +488,47 @@ impl Forward {
         };
     }
 
-    fn candidates<'r>(&self, route: &'r CompiledRoute) -> &'r [Arc<BackendState>] {
-        let CompiledTarget::Upstream { all, split } = &route.target else {
-            return &[];
+    /// The backends this request may go to, and the group they belong to (a split group
+    /// with no backends left falls back to the other one).
+    fn candidates<'r>(&self, route: &'r CompiledRoute) -> (&'r [Arc<BackendState>], Group) {
+        let CompiledTarget::Upstream { all, split, .. } = &route.target else {
+            return (&[], Group::All);
         };
         let Some(split) = split else {
-            return all;
+            return (all, Group::All);
         };
-        let (group, other): (&[Arc<BackendState>], &[Arc<BackendState>]) = match self.group {
-            Group::All => return all,
-            Group::Primary => (&split.primary, &split.canary),
-            Group::Canary => (&split.canary, &split.primary),
+        let (group, other) = match self.group {
+            Group::All => return (all, Group::All),
+            Group::Primary => (Group::Primary, Group::Canary),
+            Group::Canary => (Group::Canary, Group::Primary),
         };
-        if !group.is_empty() {
-            group
-        } else if !other.is_empty() {
-            other
+        let members = |g: Group| match g {
+            Group::Canary => &split.canary,
+            _ => &split.primary,
+        };
+        if !members(group).is_empty() {
+            (members(group), group)
+        } else if !members(other).is_empty() {
+            (members(other), other)
         } else {
-            all
+            (all, Group::All)
+        }
+    }
+
+    /// Count the answer in the route's figures and in those of the release that gave it.
+    fn record(&self, status: StatusCode) {
+        let latency = self.start.elapsed();
+        self.route.metrics.record_response(status.as_u16(), latency);
+        if let Some(release) = self.route.release_metrics(self.group) {
+            release.record_response(status.as_u16(), latency);
         }
     }
 
     async fn run(&mut self) -> Response<ProxyBody> {
         let route = self.route.clone();
-        let candidates = self.candidates(&route);
+        let (candidates, group) = self.candidates(&route);
+        // From here on `group` says which release answered (a fallback may change it).
+        self.group = group;
         let attempts = candidates.len().clamp(1, 3);
         let mut failed: Option<Arc<BackendState>> = None;
         for attempt in 1..=attempts {
@@ -643,9 +660,7 @@ impl Forward {
 
     fn fail(&mut self, status: StatusCode, why: &str) -> Response<ProxyBody> {
         let mut resp = error_page(status, why, &self.request_id.value());
-        self.route
-            .metrics
-            .record_response(resp.status().as_u16(), self.start.elapsed());
+        self.record(resp.status());
         if let Some(guard) = self.guard.take() {
             resp.body_mut().set_guard(guard);
         }
@@ -671,7 +686,7 @@ impl Forward {
             Exchanged::Upgrade(mut resp) => {
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_upgrade) = self.client_upgrade.take() {
-                        metrics.record_response(resp.status().as_u16(), self.start.elapsed());
+                        self.record(resp.status());
                         let protocol = Protocol::switched_to(resp.headers().get(header::UPGRADE));
                         let upstream_upgrade = hyper::upgrade::on(&mut resp);
                         spawn_tunnel(
@@ -695,7 +710,7 @@ impl Forward {
                 (resp.map(ProxyBody::hyper), hop)
             }
         };
-        metrics.record_response(resp.status().as_u16(), self.start.elapsed());
+        self.record(resp.status());
         strip_hop_by_hop(resp.headers_mut(), hop);
         if let Some(cookie) = self.set_cookie.take() {
             resp.headers_mut().append(header::SET_COOKIE, cookie);

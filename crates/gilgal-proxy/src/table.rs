@@ -24,10 +24,27 @@ pub(crate) struct CompiledRoute {
     pub(crate) metrics: Arc<RouteMetrics>,
 }
 
+impl CompiledRoute {
+    /// Counters of the release that `group` names on this route, if its backends name one.
+    pub(crate) fn release_metrics(&self, group: crate::proxy::Group) -> Option<&RouteMetrics> {
+        let CompiledTarget::Upstream { release, split, .. } = &self.target else {
+            return None;
+        };
+        match (group, split) {
+            (crate::proxy::Group::Primary, Some(split)) => Some(&split.primary_metrics),
+            (crate::proxy::Group::Canary, Some(split)) => Some(&split.canary_metrics),
+            _ => release.as_deref(),
+        }
+    }
+}
+
 /// Where a compiled route sends requests.
 pub(crate) enum CompiledTarget {
     Upstream {
         all: Vec<Arc<BackendState>>,
+        /// Counters of the one release every backend belongs to (`None` when the backends
+        /// name no release, or several without a split).
+        release: Option<Arc<RouteMetrics>>,
         split: Option<CompiledSplit>,
     },
     Static {
@@ -40,8 +57,10 @@ pub(crate) enum CompiledTarget {
 pub(crate) struct CompiledSplit {
     pub(crate) primary_group: Box<str>,
     pub(crate) primary: Vec<Arc<BackendState>>,
+    pub(crate) primary_metrics: Arc<RouteMetrics>,
     pub(crate) canary_group: Box<str>,
     pub(crate) canary: Vec<Arc<BackendState>>,
+    pub(crate) canary_metrics: Arc<RouteMetrics>,
     pub(crate) canary_basis_points: u32,
     pub(crate) sticky_cookie: Option<Box<str>>,
 }
@@ -113,6 +132,8 @@ impl std::fmt::Debug for RouteTable {
 pub(crate) trait Registry {
     fn backend(&mut self, id: &str, addr: std::net::SocketAddr) -> Arc<BackendState>;
     fn route_metrics(&mut self, id: &str) -> Arc<RouteMetrics>;
+    /// Counters of one release (backend group) of route `id`; they outlive table swaps too.
+    fn release_metrics(&mut self, id: &str, release: &str) -> Arc<RouteMetrics>;
 }
 
 /// Validate one spec and resolve it against the registry (backend state, metrics).
@@ -338,14 +359,31 @@ fn compile_target(
                     Some(CompiledSplit {
                         primary_group: s.primary_group.as_str().into(),
                         primary: members(&s.primary_group),
+                        primary_metrics: registry.release_metrics(&spec.id, &s.primary_group),
                         canary_group: s.canary_group.as_str().into(),
                         canary: members(&s.canary_group),
+                        canary_metrics: registry.release_metrics(&spec.id, &s.canary_group),
                         canary_basis_points: s.canary_basis_points,
                         sticky_cookie: s.sticky_cookie.as_deref().map(Into::into),
                     })
                 }
             };
-            Ok(CompiledTarget::Upstream { all, split })
+            // Without a split, the backends' common release (if they name one) gets the figures.
+            let release = match backends.split_first() {
+                Some((first, rest))
+                    if split.is_none()
+                        && !first.group.is_empty()
+                        && rest.iter().all(|b| b.group == first.group) =>
+                {
+                    Some(registry.release_metrics(&spec.id, &first.group))
+                }
+                _ => None,
+            };
+            Ok(CompiledTarget::Upstream {
+                all,
+                release,
+                split,
+            })
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct ReleaseRecord {
     pub outcome: ReleaseOutcome,
     /// When it was made.
     pub created_at: time::OffsetDateTime,
+    /// The deployment that made it (its figures, logs and `redeploy` go by this id).
+    pub deployment_id: Option<Uuid>,
 }
 
 /// What a new release is made of.
@@ -125,7 +127,10 @@ pub struct LogRecord {
 }
 
 const RELEASE_SELECT: &str =
-    "SELECT number, artifact_dir, artifact, config, description, pruned, outcome, created_at FROM releases";
+    "SELECT number, artifact_dir, artifact, config, description, pruned, outcome, created_at, \
+     (SELECT d.id FROM deployments d WHERE d.environment_id = releases.environment_id \
+      AND d.release_number = releases.number ORDER BY d.created_at LIMIT 1) AS deployment_id \
+     FROM releases";
 
 fn release_from_row(row: &sqlx::any::AnyRow) -> Result<ReleaseRecord, StoreError> {
     Ok(ReleaseRecord {
@@ -140,6 +145,10 @@ fn release_from_row(row: &sqlx::any::AnyRow) -> Result<ReleaseRecord, StoreError
             .parse()
             .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
         created_at: from_millis(row.try_get("created_at")?),
+        deployment_id: row
+            .try_get::<Option<String>, _>("deployment_id")?
+            .map(|id| parse_id(&id))
+            .transpose()?,
     })
 }
 

@@ -139,6 +139,10 @@ pub struct Release {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    /// The deployment that made it: its logs, figures (`/api/deployments/{id}/metrics`) and
+    /// `redeploy` go by this id.
+    #[serde(default)]
+    pub deployment_id: Option<Uuid>,
 }
 
 /// What became of a release, as recorded at each step of its rollout.
@@ -428,6 +432,10 @@ pub struct EnvironmentMetrics {
     pub latency_buckets: Vec<LatencyBucket>,
     /// Running instances.
     pub instances: Vec<InstanceMetrics>,
+    /// The release these figures are limited to (a deployment's figures), or none for the
+    /// whole environment.
+    #[serde(default)]
+    pub release: Option<u64>,
 }
 
 /// One bucket of a latency histogram.

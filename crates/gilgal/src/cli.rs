@@ -137,6 +137,9 @@ pub enum Command {
         /// Length of the window: `10s`, `1m`, or `0`.
         #[arg(long, default_value = "10s")]
         window: String,
+        /// Only the requests one release answered (`v7`), e.g. a canary against the stable one.
+        #[arg(long, value_name = "RELEASE")]
+        release: Option<String>,
         /// Where.
         #[command(flatten)]
         target: Target,

@@ -215,6 +215,7 @@ fn environment_figures(
                 restarts: u.status.restarts,
             })
             .collect(),
+        release,
     }
 }
 
@@ -420,7 +421,9 @@ async fn project_metrics(
     ))
 }
 
-/// The figures of a deployment's environment, with only the instances of its release.
+/// The figures of the release a deployment made: the requests its instances answered
+/// (including the edge's 502/504 for them), error rate and latency percentiles, and its
+/// instances' CPU and memory. A deployment whose build failed has no release: all zero.
 #[utoipa::path(get, path = "/api/deployments/{id}/metrics", tag = "metrics",
     params(("id" = String, Path, description = "Deployment id")),
     responses(
@@ -455,11 +458,12 @@ async fn deployment_metrics(
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let route = state.platform().route_of(&environment);
+    let release = record.release_number.unwrap_or(0);
     Ok(Json(environment_figures(
         &environment,
-        snapshot.route(&route),
+        snapshot.release(&route, &gilgal_deploy::release_group(release)),
         &usage,
-        Some(record.release_number.unwrap_or(0)),
+        Some(release),
     )))
 }
 

@@ -457,6 +457,19 @@ async fn weighted_split_holds_its_ratio_and_sticks_by_cookie() {
     let share = to_canary as f64 / total as f64;
     println!("canary share over {total} requests: {share:.4} (target 0.10)");
     assert!((share - 0.10).abs() <= 0.03, "canary share {share}");
+    // Each answer is counted once for the route and once for the release that gave it.
+    let metrics = proxy.handle.metrics();
+    let requests_of = |release| metrics.release("r", release).map(|m| m.requests());
+    assert_eq!(requests_of("v2"), Some(to_canary));
+    assert_eq!(requests_of("v1"), Some(total - to_canary));
+    assert_eq!(metrics.route("r").map(|m| m.requests()), Some(total));
+    let exposition = metrics.render_prometheus();
+    assert!(
+        exposition.contains(&format!(
+            "gilgal_proxy_release_requests_total{{route=\"r\",release=\"v2\",class=\"2xx\"}} {to_canary}\n"
+        )),
+        "{exposition}"
+    );
 
     // Sticky: a new client gets a cookie naming its group and then always lands there.
     if let RouteTarget::Upstream { split: Some(s), .. } = &mut spec.target {
@@ -653,4 +666,36 @@ async fn lookup_cost_is_flat_from_one_to_ten_thousand_hosts() {
         times[1] < times[0] * 4 + std::time::Duration::from_nanos(200),
         "lookup not flat: {times:?}"
     );
+}
+
+#[tokio::test]
+async fn a_release_without_a_split_gets_its_answers_and_the_edges_errors_for_it() {
+    let live = Upstream::start("live").await;
+    let proxy = Proxy::start().await;
+    let spec = route("r", &["app.localhost"], None, vec![live.backend_in("v3")]);
+    proxy.handle.replace(vec![spec]).unwrap();
+    let c = client();
+    for _ in 0..5 {
+        assert_eq!(get(&c, &proxy, "app.localhost", "/").await.status, 200);
+    }
+    // The next release's only instance accepts nothing: the edge's 502s are that release's.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let spec = route(
+        "r",
+        &["app.localhost"],
+        None,
+        vec![Backend::in_group("dead", dead, "v4")],
+    );
+    proxy.handle.replace(vec![spec]).unwrap();
+    for _ in 0..3 {
+        assert_eq!(get(&c, &proxy, "app.localhost", "/").await.status, 502);
+    }
+    let metrics = proxy.handle.metrics();
+    let v3 = metrics.release("r", "v3").expect("v3 counted");
+    assert_eq!((v3.requests(), v3.status_classes[1]), (5, 5));
+    let v4 = metrics.release("r", "v4").expect("v4 counted");
+    assert_eq!((v4.requests(), v4.status_classes[4]), (3, 3));
+    assert_eq!(metrics.route("r").map(|m| m.requests()), Some(8));
 }

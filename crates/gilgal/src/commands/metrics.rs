@@ -133,17 +133,54 @@ pub fn window(
     }
 }
 
+/// What one sample reads: a whole environment, or the release one deployment made.
+enum Source {
+    Environment { project: uuid::Uuid, env: String },
+    Release { deployment: uuid::Uuid },
+}
+
 async fn sample(
     client: &gilgal_client::Client,
-    project: uuid::Uuid,
-    env: &str,
+    source: &Source,
 ) -> anyhow::Result<EnvironmentMetrics> {
-    client
-        .project_metrics(project)
+    match source {
+        Source::Environment { project, env } => client
+            .project_metrics(*project)
+            .await?
+            .into_iter()
+            .find(|m| &m.environment == env)
+            .with_context(|| format!("no environment {env:?} in this project")),
+        Source::Release { deployment } => Ok(client.deployment_metrics(*deployment).await?),
+    }
+}
+
+/// The deployment that made release `text` (`v7` or `7`) of the target environment.
+async fn release_source(
+    client: &gilgal_client::Client,
+    target: &Target,
+    text: &str,
+) -> anyhow::Result<(u64, Source)> {
+    let number: u64 = text
+        .trim_start_matches('v')
+        .parse()
+        .ok()
+        .with_context(|| format!("{text:?} is not a release like v7"))?;
+    let env = super::apps::environment(client, target).await?;
+    let release = client
+        .releases(env.id)
         .await?
         .into_iter()
-        .find(|m| m.environment == env)
-        .with_context(|| format!("no environment {env:?} in this project"))
+        .find(|r| r.number == number)
+        .with_context(|| {
+            format!(
+                "{}/{} has no release v{number}; see `gilgal releases`",
+                target.project, target.env
+            )
+        })?;
+    let deployment = release
+        .deployment_id
+        .with_context(|| format!("release v{number} has no deployment to read figures from"))?;
+    Ok((number, Source::Release { deployment }))
 }
 
 fn millis(seconds: Option<f64>) -> String {
@@ -158,20 +195,40 @@ fn millis(seconds: Option<f64>) -> String {
 pub async fn metrics(
     session: &Session,
     window_text: &str,
+    release: Option<String>,
     target: Target,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let length = parse_window(window_text)?;
     let client = session.authenticated()?;
-    let project = client.project_by_name(&target.project).await?;
+    let (release, source) = match &release {
+        Some(text) => {
+            let (number, source) = release_source(&client, &target, text).await?;
+            (Some(number), source)
+        }
+        None => {
+            let project = client.project_by_name(&target.project).await?;
+            let env = target.env.clone();
+            (
+                None,
+                Source::Environment {
+                    project: project.id,
+                    env,
+                },
+            )
+        }
+    };
     let figures = if length.is_zero() {
-        let now = sample(&client, project.id, &target.env).await?;
+        let now = sample(&client, &source).await?;
         window(None, &now, 0.0)
     } else {
-        let first = sample(&client, project.id, &target.env).await?;
+        let first = sample(&client, &source).await?;
+        if !json {
+            eprintln!("Sampling for {} s…", length.as_secs());
+        }
         let started = std::time::Instant::now();
         tokio::time::sleep(length).await;
-        let second = sample(&client, project.id, &target.env).await?;
+        let second = sample(&client, &source).await?;
         window(Some(&first), &second, started.elapsed().as_secs_f64())
     };
     if json {
@@ -183,7 +240,10 @@ pub async fn metrics(
     } else {
         format!("over {:.0} s", figures.seconds)
     };
-    println!("{}/{} {over}", target.project, target.env);
+    let which = release
+        .map(|n| format!(" release v{n}"))
+        .unwrap_or_default();
+    println!("{}/{}{which} {over}", target.project, target.env);
     println!(
         "requests  {} ({:.1}/s), errors {:.2} %",
         figures.requests,
@@ -245,6 +305,7 @@ mod tests {
                 memory_bytes: Some(1 << 20),
                 restarts: 0,
             }],
+            release: None,
         }
     }
 

@@ -68,9 +68,11 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
             return logs::events(&session, lines, target, global.json).await
         }
         Command::Errors { target } => return logs::errors(&session, target, global.json).await,
-        Command::Metrics { window, target } => {
-            return metrics::metrics(&session, &window, target, global.json).await
-        }
+        Command::Metrics {
+            window,
+            release,
+            target,
+        } => return metrics::metrics(&session, &window, release, target, global.json).await,
         Command::Cron(cmd) => return apps::cron(&session, cmd, global.json).await,
         Command::Domains(cmd) => return apps::domains(&session, cmd, global.json).await,
         Command::Webhooks(cmd) => return apps::webhooks(&session, cmd, global.json).await,

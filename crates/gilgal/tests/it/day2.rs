@@ -931,3 +931,106 @@ async fn injection_attempts_stay_inert() {
         "the canary was created: something reached a shell"
     );
 }
+
+/// The answers of `count` requests to `host` through the edge, all expected to be 200.
+async fn send_requests(server: &ServerProcess, host: &str, count: u64) {
+    let client = reqwest::Client::new();
+    for _ in 0..count {
+        let response = client
+            .get(format!("{}/config?name=X", server.proxy_url))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+/// Requests a deployment's release answered, as `GET /api/deployments/{id}/metrics` says.
+async fn release_requests(server: &ServerProcess, deployment: &str) -> u64 {
+    let figures: serde_json::Value = serde_json::from_str(
+        &api_get(server, &format!("/api/deployments/{deployment}/metrics")).await,
+    )
+    .unwrap();
+    figures["requests"].as_u64().unwrap()
+}
+
+/// The edge counts each release's answers apart: a deployment's figures are its release's
+/// alone, the CLI reads them with `--release`, and Prometheus has them labelled by release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_release_has_its_own_figures() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    setup(&server, "split");
+    deploy(&server, &fixture("config-echo"), "split", "production");
+    let releases = |server: &ServerProcess| -> Vec<serde_json::Value> {
+        serde_json::from_str(&ok(server.cli(&["releases", "-p", "split", "--json"], None))).unwrap()
+    };
+    let v1 = releases(&server)[0]["deployment_id"]
+        .as_str()
+        .expect("a release names its deployment")
+        .to_owned();
+    let before = release_requests(&server, &v1).await;
+    send_requests(&server, "split.localhost", 20).await;
+    assert_eq!(release_requests(&server, &v1).await, before + 20);
+
+    ok(server.cli(&["env", "set", "GREETING=two", "-p", "split"], None));
+    let list = releases(&server);
+    assert_eq!(list[0]["number"], 2);
+    let v2 = list[0]["deployment_id"].as_str().unwrap().to_owned();
+    assert_ne!(v1, v2);
+    let v1_total = release_requests(&server, &v1).await;
+    let v2_before = release_requests(&server, &v2).await;
+    send_requests(&server, "split.localhost", 30).await;
+    assert_eq!(release_requests(&server, &v2).await, v2_before + 30);
+    assert_eq!(
+        release_requests(&server, &v1).await,
+        v1_total,
+        "v1 no longer serves"
+    );
+    let figures: serde_json::Value =
+        serde_json::from_str(&api_get(&server, &format!("/api/deployments/{v2}/metrics")).await)
+            .unwrap();
+    assert_eq!(figures["release"], 2);
+    assert_eq!(figures["status_classes"]["5xx"], 0);
+
+    // The CLI reads one release's figures; a release that does not exist is named.
+    let out = ok(server.cli(
+        &[
+            "metrics",
+            "--release",
+            "v1",
+            "--window",
+            "0",
+            "-p",
+            "split",
+            "--json",
+        ],
+        None,
+    ));
+    let cli: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cli["requests"].as_u64(), Some(v1_total), "{out}");
+    let missing = server.cli(&["metrics", "--release", "v9", "-p", "split"], None);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no release v9"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let text = api_get(&server, "/metrics").await;
+    let pid = project_id(&server, "split").await;
+    let v2_line = text
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "gilgal_proxy_release_requests_total{{route=\"{pid}/"
+            )) && l.contains("release=\"v2\",class=\"2xx\"")
+        })
+        .unwrap_or_else(|| panic!("no v2 series in {text}"));
+    let counted: u64 = v2_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(counted, v2_before + 30, "{v2_line}");
+    assert!(
+        text.contains("gilgal_proxy_release_request_duration_seconds_bucket{route=\""),
+        "{text}"
+    );
+}

@@ -38,6 +38,7 @@ async fn list_releases(
                     .map(|s| s.vars.into_keys().collect())
                     .unwrap_or_default(),
                 created_at: r.created_at,
+                deployment_id: r.deployment_id,
             })
             .collect(),
     ))
