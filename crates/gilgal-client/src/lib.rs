@@ -310,6 +310,7 @@ impl Client {
         &self,
         project_id: Uuid,
         environment: &str,
+        canary: Option<&gilgal_types::CanaryOptions>,
         tarball: reqwest::Body,
     ) -> Result<Deployment, ClientError> {
         let request = self
@@ -318,6 +319,7 @@ impl Client {
                 &format!("/api/projects/{project_id}/deployments"),
             )
             .query(&[("environment", environment)])
+            .query(&canary)
             .header(reqwest::header::CONTENT_TYPE, "application/gzip")
             .body(tarball);
         self.json(request).await
@@ -353,9 +355,11 @@ impl Client {
         &self,
         project_id: Uuid,
         environment: &str,
+        canary: Option<&gilgal_types::CanaryOptions>,
         request: &GitDeployRequest,
     ) -> Result<Deployment, ClientError> {
-        self.json_deployment(project_id, environment, request).await
+        self.json_deployment(project_id, environment, canary, request)
+            .await
     }
 
     /// `POST /api/projects/{id}/deployments` with a JSON body (git source or image).
@@ -363,6 +367,7 @@ impl Client {
         &self,
         project_id: Uuid,
         environment: &str,
+        canary: Option<&gilgal_types::CanaryOptions>,
         body: &B,
     ) -> Result<Deployment, ClientError> {
         let builder = self
@@ -371,6 +376,7 @@ impl Client {
                 &format!("/api/projects/{project_id}/deployments"),
             )
             .query(&[("environment", environment)])
+            .query(&canary)
             .json(body);
         self.json(builder).await
     }
@@ -381,12 +387,14 @@ impl Client {
         &self,
         project_id: Uuid,
         environment: &str,
+        canary: Option<&gilgal_types::CanaryOptions>,
         image: &str,
     ) -> Result<Deployment, ClientError> {
         let body = gilgal_types::ImageDeployRequest {
             image: image.to_owned(),
         };
-        self.json_deployment(project_id, environment, &body).await
+        self.json_deployment(project_id, environment, canary, &body)
+            .await
     }
 
     /// `POST /api/deployments/{id}/redeploy`.
@@ -616,6 +624,41 @@ impl Client {
     ) -> Result<Vec<gilgal_types::EnvironmentMetrics>, ClientError> {
         self.json(self.request(Method::GET, &format!("/api/projects/{project}/metrics")))
             .await
+    }
+
+    /// `GET /api/environments/{id}/canary`.
+    pub async fn canary_status(
+        &self,
+        environment: Uuid,
+    ) -> Result<gilgal_types::CanaryStatus, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/environments/{environment}/canary"),
+        ))
+        .await
+    }
+
+    /// `POST /api/environments/{id}/canary/promote`.
+    pub async fn promote_canary(
+        &self,
+        environment: Uuid,
+        full: bool,
+    ) -> Result<gilgal_types::CanaryStatus, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/environments/{environment}/canary/promote"),
+            &gilgal_types::CanaryPromoteRequest { full },
+        )
+        .await
+    }
+
+    /// `POST /api/environments/{id}/canary/abort`.
+    pub async fn abort_canary(&self, environment: Uuid) -> Result<Deployment, ClientError> {
+        self.json(self.request(
+            Method::POST,
+            &format!("/api/environments/{environment}/canary/abort"),
+        ))
+        .await
     }
 
     /// `GET /api/deployments/{id}/metrics`: the figures of the release a deployment made.

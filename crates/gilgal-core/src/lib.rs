@@ -11,6 +11,7 @@
 //!   (windowed rates, histogram quantiles, the pending period).
 
 pub mod alerts;
+pub mod canary;
 pub mod desired;
 pub mod exposition;
 pub mod hostnames;

@@ -20,6 +20,9 @@ pub enum DeploymentState {
     Starting,
     /// Every new instance passed its health check; traffic has not moved yet.
     Healthy,
+    /// A share of the traffic goes to the new release while its figures are compared with
+    /// the live one's (a canary); it ends live, or failed with the live release untouched.
+    Canary,
     /// The proxy sends traffic to this release.
     Live,
     /// A newer release took over; in-flight requests are finishing.
@@ -32,13 +35,18 @@ pub enum DeploymentState {
     Cancelled,
 }
 
+/// The longest a canary may run (most of it waiting at a `pause` step for `promote`) before
+/// it is rolled back.
+pub const CANARY_LONGEST: Duration = Duration::from_secs(24 * 3600);
+
 /// All states, in lifecycle order.
-pub const ALL_STATES: [DeploymentState; 10] = [
+pub const ALL_STATES: [DeploymentState; 11] = [
     DeploymentState::Pending,
     DeploymentState::Building,
     DeploymentState::Releasing,
     DeploymentState::Starting,
     DeploymentState::Healthy,
+    DeploymentState::Canary,
     DeploymentState::Live,
     DeploymentState::Draining,
     DeploymentState::Retired,
@@ -65,6 +73,7 @@ impl DeploymentState {
             Self::Releasing => "releasing",
             Self::Starting => "starting",
             Self::Healthy => "healthy",
+            Self::Canary => "canary",
             Self::Live => "live",
             Self::Draining => "draining",
             Self::Retired => "retired",
@@ -77,7 +86,12 @@ impl DeploymentState {
     pub fn is_in_progress(self) -> bool {
         matches!(
             self,
-            Self::Pending | Self::Building | Self::Releasing | Self::Starting | Self::Healthy
+            Self::Pending
+                | Self::Building
+                | Self::Releasing
+                | Self::Starting
+                | Self::Healthy
+                | Self::Canary
         )
     }
 
@@ -96,7 +110,8 @@ impl DeploymentState {
             Building => &[Releasing, Starting, Failed, Cancelled],
             Releasing => &[Starting, Failed, Cancelled],
             Starting => &[Healthy, Failed, Cancelled],
-            Healthy => &[Live, Failed, Cancelled],
+            Healthy => &[Canary, Live, Failed, Cancelled],
+            Canary => &[Live, Failed, Cancelled],
             Live => &[Draining],
             Draining => &[Retired],
             Retired | Failed | Cancelled => &[],
@@ -122,6 +137,9 @@ impl DeploymentState {
             Self::Starting => Some(Duration::from_secs(2 * 60)),
             Self::Healthy => Some(Duration::from_secs(60)),
             Self::Draining => Some(Duration::from_secs(2 * 60)),
+            // A canary ends by its own analysis deadlines; one left waiting at a pause for a
+            // day is rolled back.
+            Self::Canary => Some(CANARY_LONGEST),
             Self::Live | Self::Retired | Self::Failed | Self::Cancelled => None,
         }
     }
@@ -237,6 +255,13 @@ mod tests {
             Building.transition(Starting),
             Ok(Starting),
             "no release phase"
+        );
+        for pair in [Healthy, Canary, Live].windows(2) {
+            assert_eq!(pair[0].transition(pair[1]), Ok(pair[1]), "a canary");
+        }
+        assert!(
+            Canary.transition(Healthy).is_err(),
+            "a canary does not go back"
         );
     }
 

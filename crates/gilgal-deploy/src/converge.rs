@@ -201,6 +201,52 @@ impl RolloutEngine {
         })
     }
 
+    /// The plan of a canary: `web` instances of `desired`'s release alone, next to what
+    /// serves (nothing else of the environment is touched; what serves neither stays nor leaves).
+    pub(crate) async fn plan_canary(
+        &self,
+        environment: &EnvironmentRecord,
+        desired: &Desired<'_>,
+        web: u32,
+    ) -> Result<Plan, RolloutError> {
+        let statuses: Vec<InstanceStatus> = self
+            .owned_instances(environment)
+            .await?
+            .into_iter()
+            .filter(|s| s.labels.release == desired.release)
+            .collect();
+        let observed: Vec<Observed> = statuses
+            .iter()
+            .map(|s| Observed {
+                id: s.id.to_string(),
+                slot: Slot {
+                    release: s.labels.release,
+                    process_type: s.labels.process_type.clone(),
+                    index: s.labels.index,
+                },
+                alive: s.state.is_active(),
+            })
+            .collect();
+        let wanted = desired::slots(desired.release, &BTreeMap::from([("web".to_owned(), web)]));
+        let mut starts = Vec::new();
+        let mut stops = Vec::new();
+        for action in desired::diff(&wanted, &observed) {
+            match action {
+                Action::Start(slot) => starts.push(slot),
+                Action::Stop(id) => stops.push(id),
+            }
+        }
+        let (leaving, staying): (Vec<_>, Vec<_>) = statuses
+            .into_iter()
+            .partition(|s| stops.iter().any(|id| id == s.id.as_str()));
+        Ok(Plan {
+            starts,
+            staying: staying.into_iter().map(|s| (s.id, s.addr)).collect(),
+            restarted: Vec::new(),
+            leaving,
+        })
+    }
+
     /// Starts an instance for every slot the plan lacks and waits for each new web instance
     /// to pass its health check; returns every instance it started (workers without an
     /// address). On any failure (or `cancel`), every instance it started is
@@ -417,6 +463,58 @@ impl RolloutEngine {
             .map_err(|e| RolloutError::Route(e.to_string()))
     }
 
+    /// Splits the environment's route: `percent` of new requests to the canary's instances,
+    /// the rest to stable's, each group labelled with its release (so the edge counts them
+    /// apart). With `sticky`, a cookie keeps each client on the release it first got.
+    pub(crate) async fn switch_split(
+        &self,
+        environment: &EnvironmentRecord,
+        stable: (u64, &Artifact, &[Routable]),
+        canary: (u64, &[Routable]),
+        percent: u32,
+        sticky: bool,
+    ) -> Result<(), RolloutError> {
+        let domains = self
+            .platform
+            .store
+            .domains(environment.id)
+            .await
+            .map_err(|e| RolloutError::Observe(e.to_string()))?;
+        let route_id = crate::identity::route_id(environment);
+        let (stable_release, stable_artifact, stable_serving) = stable;
+        let mut route = self
+            .route_for(
+                environment,
+                &domains,
+                stable_release,
+                stable_artifact,
+                stable_serving,
+            )
+            .ok_or_else(|| RolloutError::Route("nothing serves to split traffic with".into()))?;
+        let gilgal_proxy::RouteTarget::Upstream { backends, split } = &mut route.target else {
+            return Err(RolloutError::Route(
+                "a static site has no instances to split traffic between".into(),
+            ));
+        };
+        let canary_group = crate::identity::release_group(canary.0);
+        backends.extend(canary.1.iter().filter_map(|(id, addr)| {
+            addr.map(|a| gilgal_proxy::Backend::in_group(id.as_str(), a, canary_group.clone()))
+        }));
+        *split = Some(gilgal_proxy::WeightedSplit {
+            primary_group: crate::identity::release_group(stable_release),
+            canary_group,
+            canary_basis_points: percent.min(100) * 100,
+            sticky_cookie: sticky.then(|| "gilgal-release".to_owned()),
+        });
+        self.platform
+            .edge
+            .update(|edge| {
+                edge.routes.insert(route_id, route);
+            })
+            .await
+            .map_err(|e| RolloutError::Route(e.to_string()))
+    }
+
     /// Drains every leaving web instance at once (each with its own release's grace period;
     /// WebSockets are closed right away), then stops and forgets every leaving instance.
     pub(crate) async fn drain_and_stop(
@@ -477,7 +575,7 @@ impl RolloutEngine {
     }
 
     /// Every instance the runtime runs (or ran) for `environment`.
-    async fn owned_instances(
+    pub(crate) async fn owned_instances(
         &self,
         environment: &EnvironmentRecord,
     ) -> Result<Vec<InstanceStatus>, RolloutError> {

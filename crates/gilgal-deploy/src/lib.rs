@@ -22,6 +22,7 @@
 
 mod addons;
 mod alerts;
+mod canary;
 mod changes;
 mod config;
 mod converge;
@@ -46,6 +47,7 @@ pub use alerts::{
     channel_secret_name, effective_rules, AlertEvaluator, AlertsConfig, DEFAULT_ALERT_INTERVAL,
     MAX_DELIVERY_ATTEMPTS,
 };
+pub use canary::CanaryStatus;
 pub use changes::{Changes, ConfigEdit, MAX_CONFIG_VALUE_BYTES, MAX_CONFIG_VARS};
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
 pub use converge::{RolloutEngine, RolloutError};
@@ -58,7 +60,7 @@ pub use identity::owns as instance_belongs_to;
 pub use identity::release_group;
 pub use images::ImageSettings;
 pub use logs::{LogIngest, BUILD_PROCESS, ROUTER_PROCESS};
-pub use pipeline::{DeploySource, Deployments, ReuseKind, ReuseRelease};
+pub use pipeline::{DeploySource, Deployments, ReuseKind, ReuseRelease, Strategy};
 pub use quotas::{QuotaError, Quotas, Work};
 pub use reconcile::{AppMetrics, AppScrape, InstanceUsage, Recovery};
 pub use runs::{parse_schedule, RunOutput, RunRequest, Runs};

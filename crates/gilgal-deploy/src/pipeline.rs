@@ -52,7 +52,7 @@ pub(crate) enum Failure {
 }
 
 /// A rollout engine failure as a deployment's: a cancel stays a cancel.
-fn rollout_failure(err: RolloutError) -> Failure {
+pub(crate) fn rollout_failure(err: RolloutError) -> Failure {
     match err {
         RolloutError::Cancelled => Failure::Cancelled,
         other => Failure::Failed(other.to_string()),
@@ -289,6 +289,17 @@ pub(crate) fn formation_of(
         .collect()
 }
 
+/// How a new release takes over from the live one.
+#[derive(Debug, Clone, Default)]
+pub enum Strategy {
+    /// All traffic moves once every new instance is healthy (the default).
+    #[default]
+    Immediate,
+    /// A share of traffic, step by step, judged against the live release (see
+    /// [`gilgal_core::canary`]); a failing canary is rolled back on its own.
+    Canary(gilgal_core::canary::Policy),
+}
+
 /// Where a deployment's artifact comes from.
 #[derive(Debug, Clone)]
 pub enum DeploySource {
@@ -384,6 +395,8 @@ pub struct Deployments {
     pub(crate) engine: Arc<crate::RolloutEngine>,
     /// Cancellation tokens of deployments in progress.
     pub(crate) running: std::sync::Mutex<std::collections::HashMap<Uuid, CancellationToken>>,
+    /// Canaries in progress, by environment: their status and `promote` signal.
+    pub(crate) canaries: crate::canary::CanaryRegistry,
 }
 
 impl Deployments {
@@ -392,6 +405,7 @@ impl Deployments {
             platform,
             engine,
             running: std::sync::Mutex::default(),
+            canaries: crate::canary::CanaryRegistry::default(),
         }
     }
 
@@ -428,10 +442,23 @@ impl Deployments {
         environment: EnvironmentRecord,
         source: DeploySource,
     ) -> Result<Uuid, DeployError> {
+        self.deploy_with(environment, source, Strategy::Immediate)
+            .await
+    }
+
+    /// [`Deployments::deploy`] with a release strategy (a canary) asked for by the caller.
+    pub async fn deploy_with(
+        self: &Arc<Self>,
+        environment: EnvironmentRecord,
+        source: DeploySource,
+        strategy: Strategy,
+    ) -> Result<Uuid, DeployError> {
         self.platform
             .check_quota(environment.project_id, source.work())
             .await?;
-        self.queue_in_order(environment, source).await
+        let intake = self.platform.intake_lock(environment.id);
+        let _in_order = intake.lock().await;
+        self.enqueue_with(environment, source, strategy).await
     }
 
     /// [`Deployments::deploy`] for a use-case that has checked the quota itself: takes the
@@ -451,6 +478,16 @@ impl Deployments {
         self: &Arc<Self>,
         environment: EnvironmentRecord,
         source: DeploySource,
+    ) -> Result<Uuid, DeployError> {
+        self.enqueue_with(environment, source, Strategy::Immediate)
+            .await
+    }
+
+    async fn enqueue_with(
+        self: &Arc<Self>,
+        environment: EnvironmentRecord,
+        source: DeploySource,
+        strategy: Strategy,
     ) -> Result<Uuid, DeployError> {
         match &source {
             DeploySource::Release(reuse) => {
@@ -516,7 +553,9 @@ impl Deployments {
                 redactor,
                 Some((this.platform.config.logs.clone(), environment.id)),
             );
-            let result = this.run(id, &environment, &source, &token, &log).await;
+            let result = this
+                .run(id, &environment, &source, &strategy, &token, &log)
+                .await;
             let release = match this.platform.store.deployment_by_id(id).await {
                 Ok(record) => record
                     .release_number
@@ -618,6 +657,7 @@ impl Deployments {
         id: Uuid,
         environment: &EnvironmentRecord,
         source: &DeploySource,
+        strategy: &Strategy,
         token: &CancellationToken,
         log: &DeployLog,
     ) -> Result<(), Failure> {
@@ -749,19 +789,21 @@ impl Deployments {
             }) => ReleaseOutcome::RolledBack,
             _ => ReleaseOutcome::Superseded,
         };
-        self.roll_out(
-            id,
-            environment,
-            &Desired {
-                release: number,
-                artifact,
-                vars: &config.vars,
-            },
-            replaced,
-            token,
-            log,
-        )
-        .await?;
+        let desired = Desired {
+            release: number,
+            artifact,
+            vars: &config.vars,
+        };
+        match strategy {
+            Strategy::Canary(policy) => {
+                self.roll_out_canary(id, environment, &desired, policy, token, log)
+                    .await?
+            }
+            Strategy::Immediate => {
+                self.roll_out(id, environment, &desired, replaced, token, log, false)
+                    .await?
+            }
+        }
         self.prune_releases(environment, number).await;
         Ok(())
     }
@@ -1098,8 +1140,10 @@ impl Deployments {
     /// Rolls the environment onto a new release through the rollout engine, recording the
     /// deployment's steps between the engine's: Starting → (gate) → Healthy → (route) → Live,
     /// and the previous deployment Draining → Retired around the drain.
+    /// A canary that walked all its steps comes here too (`after_canary`): its web instances
+    /// stay (the plan finds them), the rest of its formation starts, and it goes live.
     #[allow(clippy::too_many_arguments)]
-    async fn roll_out(
+    pub(crate) async fn roll_out(
         &self,
         id: Uuid,
         environment: &EnvironmentRecord,
@@ -1107,6 +1151,7 @@ impl Deployments {
         replaced: ReleaseOutcome,
         token: &CancellationToken,
         log: &DeployLog,
+        after_canary: bool,
     ) -> Result<(), Failure> {
         let number = desired.release;
         let plan = self
@@ -1120,7 +1165,9 @@ impl Deployments {
             .await
             .map_err(rollout_failure)?;
         let routed = async {
-            self.step(id, DeploymentState::Healthy, token, log).await?;
+            if !after_canary {
+                self.step(id, DeploymentState::Healthy, token, log).await?;
+            }
             let mut serving = plan.staying().to_vec();
             serving.extend(started.iter().cloned());
             self.engine

@@ -61,3 +61,73 @@ pub struct DeploymentLogLine {
     /// The text, without the newline.
     pub line: String,
 }
+
+/// One release's answers over a canary step's window.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Default)]
+pub struct CanaryFigures {
+    /// Requests answered.
+    pub requests: u64,
+    /// 5xx answers among them (the edge's 502/504 for the release included).
+    pub errors: u64,
+    /// Share of 5xx answers (0 to 1).
+    pub error_rate: f64,
+    /// 99th-percentile latency (upper bound of its histogram bucket), when any request.
+    pub p99_seconds: Option<f64>,
+}
+
+/// `GET /api/environments/{id}/canary`: where the canary in progress stands.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct CanaryStatus {
+    /// The deployment running it (cancelling it is `abort`).
+    pub deployment_id: Uuid,
+    /// The release under test.
+    pub release: u64,
+    /// The live release it is judged against.
+    pub stable_release: u64,
+    /// Its steps (`10,25,pause,50,100`).
+    pub steps: String,
+    /// Index of the current step (0-based).
+    pub step: usize,
+    /// Percentage of new requests the canary gets now.
+    pub weight: u32,
+    /// `starting`, `analysing`, `waiting for traffic`, `paused` or `promoting`.
+    pub phase: String,
+    /// Seconds the current step has run.
+    pub step_seconds: u64,
+    /// The canary's figures in the current step's window.
+    pub canary: CanaryFigures,
+    /// The live release's figures over the same window.
+    pub stable: CanaryFigures,
+}
+
+/// Body of `POST /api/environments/{id}/canary/promote`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct CanaryPromoteRequest {
+    /// Skip every remaining step: the canary goes live now (default: past the current step
+    /// or pause only).
+    #[serde(default)]
+    pub full: bool,
+}
+
+/// Query parameters of `POST /api/projects/{id}/deployments` that roll the release out as a
+/// canary (the field names are the query's).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CanaryOptions {
+    /// Steps: `10,25,pause,50,100`.
+    pub canary: String,
+    /// Seconds each step is held and judged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<u64>,
+    /// Keep each client on the release it first got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<bool>,
+    /// Canary requests a step needs before it can pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    /// Seconds past the interval a step waits for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_deadline_seconds: Option<u64>,
+    /// `rollback` or `proceed` at that deadline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_traffic: Option<String>,
+}

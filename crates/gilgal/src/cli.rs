@@ -67,6 +67,9 @@ pub enum Command {
     /// Environments of a project (production, staging, …).
     #[command(subcommand)]
     Environments(EnvironmentsCommand),
+    /// The canary in progress (`gilgal deploy --canary`): status, promote, abort.
+    #[command(subcommand)]
+    Canary(CanaryCommand),
     /// An environment's release history.
     Releases {
         /// Where.
@@ -248,6 +251,76 @@ pub struct DeployArgs {
     /// web process (servers on the Docker runtime).
     #[arg(long, conflicts_with_all = ["dir", "git"])]
     pub image: Option<String>,
+    /// Roll out as a canary: percentages of new requests rising to 100, `pause` waiting for
+    /// `gilgal canary promote` (e.g. `10,25,pause,50,100`). Before each step the canary is
+    /// judged against the live release over the same window (5xx share and p99); one that
+    /// fails is rolled back on its own.
+    #[arg(long, value_name = "STEPS")]
+    pub canary: Option<String>,
+    /// How long each canary step is held and judged (`30s`, `1m`; default 1m).
+    #[arg(long, requires = "canary", value_name = "DURATION")]
+    pub interval: Option<String>,
+    /// Keep each client on the release it first got during the canary (a cookie).
+    #[arg(long, requires = "canary")]
+    pub sticky: bool,
+    /// Canary requests a step needs before it can pass (default 100).
+    #[arg(long, requires = "canary", value_name = "N")]
+    pub min_requests: Option<u64>,
+    /// How long past the interval a step waits for those requests (default 5m).
+    #[arg(long, requires = "canary", value_name = "DURATION")]
+    pub traffic_deadline: Option<String>,
+    /// What happens when that deadline passes: `rollback` (default) or `proceed`.
+    #[arg(long, requires = "canary", value_parser = ["rollback", "proceed"])]
+    pub no_traffic: Option<String>,
+}
+
+impl DeployArgs {
+    /// The canary options to send, if a canary was asked for.
+    pub fn canary_options(&self) -> anyhow::Result<Option<gilgal_types::CanaryOptions>> {
+        let Some(steps) = &self.canary else {
+            return Ok(None);
+        };
+        let seconds = |text: &Option<String>| -> anyhow::Result<Option<u64>> {
+            text.as_deref()
+                .map(|t| crate::commands::metrics::parse_window(t).map(|d| d.as_secs()))
+                .transpose()
+        };
+        Ok(Some(gilgal_types::CanaryOptions {
+            canary: steps.clone(),
+            interval_seconds: seconds(&self.interval)?,
+            sticky: self.sticky.then_some(true),
+            min_requests: self.min_requests,
+            traffic_deadline_seconds: seconds(&self.traffic_deadline)?,
+            no_traffic: self.no_traffic.clone(),
+        }))
+    }
+}
+
+/// `gilgal canary …`.
+#[derive(Debug, Subcommand)]
+pub enum CanaryCommand {
+    /// Where the canary in progress stands: step, weight, and its figures against the live
+    /// release's over the same window.
+    Status {
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Move the canary past its pause (or current step); `--full` makes it live now.
+    Promote {
+        /// Skip every remaining step.
+        #[arg(long)]
+        full: bool,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Roll the canary back: weight 0 at once, its instances drained and stopped.
+    Abort {
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// `gilgal link` options.

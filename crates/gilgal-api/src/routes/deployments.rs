@@ -44,6 +44,74 @@ pub struct DeployQuery {
     /// Environment to deploy to (default `production`).
     #[serde(default)]
     pub environment: Option<String>,
+    /// Roll out as a canary with these steps: percentages rising to 100, `pause` waits for
+    /// `promote` (e.g. `10,25,pause,50,100`). Judged against the live release; a canary
+    /// that fails is rolled back on its own.
+    #[serde(default)]
+    pub canary: Option<String>,
+    /// Seconds each canary step is held and judged (default 60, 1 to 3600).
+    #[serde(default)]
+    pub interval_seconds: Option<u64>,
+    /// Keep each client on the release it first got (a cookie).
+    #[serde(default)]
+    pub sticky: Option<bool>,
+    /// Canary requests a step needs before it can pass (default 100).
+    #[serde(default)]
+    pub min_requests: Option<u64>,
+    /// Seconds past the interval a step waits for that many requests (default 300).
+    #[serde(default)]
+    pub traffic_deadline_seconds: Option<u64>,
+    /// At that deadline: `rollback` (default) or `proceed`.
+    #[serde(default)]
+    pub no_traffic: Option<String>,
+}
+
+impl DeployQuery {
+    /// The release strategy the query asks for; an invalid one is a 422 naming the field.
+    pub fn strategy(&self) -> Result<gilgal_deploy::Strategy, ApiError> {
+        let Some(steps) = &self.canary else {
+            let canary_only = self.interval_seconds.is_some()
+                || self.sticky.is_some()
+                || self.min_requests.is_some()
+                || self.traffic_deadline_seconds.is_some()
+                || self.no_traffic.is_some();
+            if canary_only {
+                return Err(ApiError::invalid(
+                    "interval_seconds, sticky, min_requests, traffic_deadline_seconds and no_traffic need canary=STEPS",
+                ));
+            }
+            return Ok(gilgal_deploy::Strategy::Immediate);
+        };
+        let mut policy = gilgal_core::canary::Policy {
+            steps: gilgal_core::canary::parse_steps(steps)
+                .map_err(|e| ApiError::invalid(format!("canary: {e}")))?,
+            ..Default::default()
+        };
+        if let Some(seconds) = self.interval_seconds {
+            if !(1..=3600).contains(&seconds) {
+                return Err(ApiError::invalid("interval_seconds: from 1 to 3600"));
+            }
+            policy.interval = Duration::from_secs(seconds);
+        }
+        if let Some(n) = self.min_requests {
+            if !(1..=1_000_000).contains(&n) {
+                return Err(ApiError::invalid("min_requests: from 1 to 1000000"));
+            }
+            policy.min_requests = n;
+        }
+        if let Some(seconds) = self.traffic_deadline_seconds {
+            if seconds > 86_400 {
+                return Err(ApiError::invalid("traffic_deadline_seconds: at most 86400"));
+            }
+            policy.traffic_deadline = Duration::from_secs(seconds);
+        }
+        if let Some(text) = &self.no_traffic {
+            policy.no_traffic = gilgal_core::canary::NoTraffic::parse(text)
+                .ok_or_else(|| ApiError::invalid("no_traffic: `rollback` or `proceed`"))?;
+        }
+        policy.sticky = self.sticky.unwrap_or(false);
+        Ok(gilgal_deploy::Strategy::Canary(policy))
+    }
 }
 
 /// Query of the logs endpoint.
@@ -133,7 +201,11 @@ async fn create_deployment(
             StoreError::NotFound => ApiError::not_found("project"),
             other => other.into(),
         })?;
-    let environment_name = query.environment.unwrap_or_else(|| "production".to_owned());
+    let strategy = query.strategy()?;
+    let environment_name = query
+        .environment
+        .clone()
+        .unwrap_or_else(|| "production".to_owned());
     let environment = state
         .store()
         .environment(caller.user.id, project_id, &environment_name)
@@ -176,7 +248,7 @@ async fn create_deployment(
         };
         let deployment_id = state
             .deployments()
-            .deploy(environment, source)
+            .deploy_with(environment, source, strategy)
             .await
             .map_err(crate::routes::environments::deploy_error)?;
         tracing::info!(deployment = %deployment_id, project = %project.name, environment = %environment_name, "git deployment accepted");
@@ -226,7 +298,11 @@ async fn create_deployment(
     }
     let deployment_id = match state
         .deployments()
-        .deploy_upload(environment, upload.clone())
+        .deploy_with(
+            environment,
+            gilgal_deploy::DeploySource::Upload(upload.clone()),
+            strategy,
+        )
         .await
     {
         Ok(id) => id,

@@ -12,12 +12,19 @@ use crate::cli::DeployArgs;
 
 /// Runs a deploy; exits non-zero when the deployment does not go live.
 pub async fn run(session: &Session, args: DeployArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let canary = args.canary_options()?;
+    if let Some(options) = &canary {
+        // Refused here with the server's own words before anything is packed.
+        gilgal_core::canary::parse_steps(&options.canary)
+            .map_err(|e| anyhow::anyhow!("--canary {}: {e}", options.canary))?;
+    }
+    let canary = canary.as_ref();
     let client = session.authenticated()?;
     let project = client.project_by_name(&args.project).await?;
     let accepted = if let Some(image) = &args.image {
         Some(
             client
-                .create_image_deployment(project.id, &args.env, image)
+                .create_image_deployment(project.id, &args.env, canary, image)
                 .await?,
         )
     } else if let Some(url) = args.git {
@@ -26,6 +33,7 @@ pub async fn run(session: &Session, args: DeployArgs, json: bool) -> anyhow::Res
                 .create_git_deployment(
                     project.id,
                     &args.env,
+                    canary,
                     &gilgal_types::GitDeployRequest {
                         url,
                         reference: args.reference,
@@ -91,7 +99,7 @@ pub async fn run(session: &Session, args: DeployArgs, json: bool) -> anyhow::Res
         }
     });
     let created = client
-        .create_deployment(project.id, &args.env, reqwest_body(stream))
+        .create_deployment(project.id, &args.env, canary, reqwest_body(stream))
         .await;
     bar.finish_and_clear();
     let _ = std::fs::remove_file(&packed);
@@ -152,7 +160,14 @@ pub async fn follow(
 }
 
 /// The states of a deployment that has not settled yet.
-const IN_PROGRESS: [&str; 5] = ["pending", "building", "releasing", "starting", "healthy"];
+const IN_PROGRESS: [&str; 6] = [
+    "pending",
+    "building",
+    "releasing",
+    "starting",
+    "healthy",
+    "canary",
+];
 
 /// `gilgal deployments …`.
 pub async fn deployments(
@@ -248,4 +263,90 @@ where
 fn tempfile_path() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir();
     Ok(dir.join(format!("gilgal-deploy-{}.tar.gz", uuid::Uuid::new_v4())))
+}
+
+fn describe(figures: &gilgal_types::CanaryFigures) -> String {
+    let p99 = figures
+        .p99_seconds
+        .map(|s| format!(", p99 ≤ {:.0} ms", s * 1000.0))
+        .unwrap_or_default();
+    format!(
+        "{} requests, {:.1} % 5xx{p99}",
+        figures.requests,
+        figures.error_rate * 100.0
+    )
+}
+
+/// `gilgal canary …`.
+pub async fn canary(
+    session: &Session,
+    command: crate::cli::CanaryCommand,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::cli::CanaryCommand;
+    let client = session.authenticated()?;
+    let (target, action) = match command {
+        CanaryCommand::Status { target } => (target, None),
+        CanaryCommand::Promote { full, target } => (target, Some(Some(full))),
+        CanaryCommand::Abort { target } => (target, Some(None)),
+    };
+    let env = super::apps::environment(&client, &target).await?;
+    let status = match action {
+        None => client.canary_status(env.id).await?,
+        Some(Some(full)) => client.promote_canary(env.id, full).await?,
+        Some(None) => {
+            let mut deployment = client.abort_canary(env.id).await?;
+            // The rollback is asynchronous: the canary drains and stops first.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+            while IN_PROGRESS.contains(&deployment.state.as_str())
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                deployment = client.deployment(deployment.id).await?;
+            }
+            if json {
+                crate::output::json(&deployment)?;
+            } else if deployment.state == "cancelled" {
+                println!(
+                    "Aborted the canary of {}/{}: all traffic is back on the live release, the canary's instances are stopped",
+                    target.project, target.env
+                );
+            } else {
+                eprintln!(
+                    "error: the canary's deployment {} is {}: it was past its last step before the abort reached it",
+                    deployment.id, deployment.state
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if json {
+        crate::output::json(&status)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(full) = action.flatten() {
+        println!(
+            "Promoted the canary v{}{}",
+            status.release,
+            if full {
+                " to live"
+            } else {
+                " past its current step"
+            }
+        );
+    }
+    println!(
+        "canary v{} against v{}: step {} of [{}], {} % of new requests, {} ({} s)",
+        status.release,
+        status.stable_release,
+        status.step + 1,
+        status.steps,
+        status.weight,
+        status.phase,
+        status.step_seconds
+    );
+    println!("  v{}  {}", status.release, describe(&status.canary));
+    println!("  v{}  {}", status.stable_release, describe(&status.stable));
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ mod apps;
 mod deploy;
 mod link;
 mod logs;
-mod metrics;
+pub(crate) mod metrics;
 mod projects;
 mod tokens;
 
@@ -40,6 +40,7 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
         Command::Env(cmd) => return apps::env(&session, cmd, global.json).await,
         Command::Environments(cmd) => return apps::environments(&session, cmd, global.json).await,
         Command::Releases { target } => return apps::releases(&session, target, global.json).await,
+        Command::Canary(cmd) => return deploy::canary(&session, cmd, global.json).await,
         Command::Rollback {
             release,
             run_release_phase,

@@ -19,6 +19,7 @@ mod identity;
 mod logs;
 mod rollout;
 mod schemathesis;
+mod strategies;
 mod webhooks;
 use day2::config_secrets_rollback_and_promotion;
 

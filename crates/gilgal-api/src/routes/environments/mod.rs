@@ -2,6 +2,7 @@
 //! releases with rollback and promotion, process formation, one-off runs and cron jobs.
 //! Another user's environment, run or job is a 404.
 
+mod canary;
 mod config;
 mod cron;
 mod domains;
@@ -46,6 +47,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(update_environment, delete_environment))
         .merge(config::routes())
         .merge(releases::routes())
+        .merge(canary::routes())
         .merge(formation::routes())
         .merge(runs::routes())
         .merge(cron::routes())

@@ -1,0 +1,612 @@
+//! Canary rollouts: the new release's web instances take a share of the traffic, step by
+//! step, and are judged against the live release over the same window before each step
+//! (`gilgal_core::canary`). A failing canary is rolled back on its own: its weight goes to 0
+//! at once, its instances drain and stop, the live release is never touched, and the
+//! figures that failed go to the deployment log, the timeline and the alert channels.
+//!
+//! The deployment holds its environment's rollout lock throughout, like any rollout, so no
+//! other change interleaves; `promote` and `abort` (a cancel) reach it through the registry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gilgal_build::Artifact;
+use gilgal_core::canary::{judge, Figures, NoTraffic, Policy, Step, Verdict};
+use gilgal_core::lifecycle::{DeploymentState, ReleaseOutcome, CANARY_LONGEST};
+use gilgal_proxy::{MetricsSnapshot, RouteMetricsSnapshot, LATENCY_BUCKETS_SECONDS};
+use gilgal_store::EnvironmentRecord;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::converge::{Desired, Routable};
+use crate::pipeline::{formation_of, rollout_failure, DeployLog, Failure};
+use crate::Deployments;
+
+/// How often a running step reads the edge's figures.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Where a canary stands, for `gilgal canary status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryStatus {
+    /// The deployment running it (`abort` cancels it).
+    pub deployment: Uuid,
+    /// The release under test.
+    pub release: u64,
+    /// The live release it is compared with.
+    pub stable_release: u64,
+    /// Its steps as text (`10,25,pause,100`).
+    pub steps: String,
+    /// Index of the current step.
+    pub step: usize,
+    /// Share of new requests it gets now (percent).
+    pub weight: u32,
+    /// `starting`, `analysing`, `waiting for traffic`, `paused`, `promoting`.
+    pub phase: String,
+    /// The canary's figures in the current step's window.
+    pub canary: Figures,
+    /// Stable's figures over the same window.
+    pub stable: Figures,
+    /// Seconds the current step has run.
+    pub step_seconds: u64,
+}
+
+/// A canary in progress: its status and the signal `promote` sends.
+#[derive(Debug)]
+struct Running {
+    status: Mutex<CanaryStatus>,
+    promote: Notify,
+    /// Set by a `promote --full`: skip the remaining steps.
+    full: std::sync::atomic::AtomicBool,
+}
+
+/// The canaries in progress on this server, by environment.
+#[derive(Debug, Default)]
+pub(crate) struct CanaryRegistry {
+    running: Mutex<HashMap<Uuid, Arc<Running>>>,
+}
+
+impl CanaryRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Running>>> {
+        match self.running.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn get(&self, environment: Uuid) -> Option<Arc<Running>> {
+        self.lock().get(&environment).cloned()
+    }
+}
+
+/// Removes a canary from the registry when its rollout ends, however it ends.
+struct Registered<'a> {
+    registry: &'a CanaryRegistry,
+    environment: Uuid,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.environment);
+    }
+}
+
+/// The p99 (upper bound of its bucket) of non-cumulative latency bucket counts.
+fn p99_of(buckets: &[u64; 15]) -> Option<Duration> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let wanted = (0.99 * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= wanted {
+            return Some(
+                LATENCY_BUCKETS_SECONDS
+                    .get(i)
+                    .map_or(Duration::from_secs(3600), |s| Duration::from_secs_f64(*s)),
+            );
+        }
+    }
+    None
+}
+
+/// A release's figures between two snapshots of its counters (an edge restarted in between
+/// counts from zero again).
+fn window(before: Option<&RouteMetricsSnapshot>, after: Option<&RouteMetricsSnapshot>) -> Figures {
+    let Some(after) = after else {
+        return Figures::default();
+    };
+    let before = before.filter(|b| b.requests() <= after.requests());
+    let buckets: [u64; 15] = std::array::from_fn(|i| {
+        after.latency_buckets[i].saturating_sub(before.map_or(0, |b| b.latency_buckets[i]))
+    });
+    Figures {
+        requests: after.requests() - before.map_or(0, RouteMetricsSnapshot::requests),
+        errors: after.status_classes[4].saturating_sub(before.map_or(0, |b| b.status_classes[4])),
+        p99: p99_of(&buckets),
+    }
+}
+
+fn describe(figures: &Figures) -> String {
+    let p99 = figures
+        .p99
+        .map(|d| format!(", p99 ≤ {} ms", d.as_millis()))
+        .unwrap_or_default();
+    format!(
+        "{} requests, {:.1} % 5xx{p99}",
+        figures.requests,
+        figures.error_rate() * 100.0
+    )
+}
+
+/// How one step ended.
+enum StepEnd {
+    /// Passed (or promoted past): on to the next step.
+    Next,
+    /// `promote --full`: straight to live.
+    Promote,
+}
+
+/// What the canary's steps need, gathered once.
+struct Walk<'a> {
+    environment: &'a EnvironmentRecord,
+    route: String,
+    stable: (u64, &'a Artifact, &'a [Routable]),
+    canary: (u64, &'a [Routable]),
+    policy: &'a Policy,
+    running: Arc<Running>,
+}
+
+impl Deployments {
+    /// The canary in progress in `environment`, if any.
+    pub fn canary_status(&self, environment: Uuid) -> Option<CanaryStatus> {
+        let running = self.canaries.get(environment)?;
+        let status = match running.status.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        Some(status)
+    }
+
+    /// Moves a canary on: past its `pause` (or its current step) or, with `full`, straight
+    /// to live. Returns false when no canary runs in `environment`.
+    pub fn promote_canary(&self, environment: Uuid, full: bool) -> bool {
+        let Some(running) = self.canaries.get(environment) else {
+            return false;
+        };
+        if full {
+            running
+                .full
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        running.promote.notify_one();
+        true
+    }
+
+    /// Rolls a release out as a canary (see the module docs). Without a live release to
+    /// compare with (a first deploy) or web instances to split (a static site, a worker-only
+    /// app), it is an ordinary rollout, and the log says so.
+    pub(crate) async fn roll_out_canary(
+        &self,
+        id: Uuid,
+        environment: &EnvironmentRecord,
+        desired: &Desired<'_>,
+        policy: &Policy,
+        token: &CancellationToken,
+        log: &DeployLog,
+    ) -> Result<(), Failure> {
+        let web = formation_of(desired.artifact, environment)
+            .get("web")
+            .copied()
+            .unwrap_or(0);
+        let stable_serving = self
+            .engine
+            .routed_backends(environment)
+            .await
+            .unwrap_or_default();
+        let stable = match environment.live_release {
+            Some(number) if web > 0 && desired.artifact.static_dir.is_none() => {
+                let release = self.platform.store.release(environment.id, number).await?;
+                serde_json::from_str::<Artifact>(&release.artifact_json)
+                    .ok()
+                    .filter(|a| a.static_dir.is_none() && !stable_serving.is_empty())
+                    .map(|artifact| (number, artifact))
+            }
+            _ => None,
+        };
+        let Some((stable_release, stable_artifact)) = stable else {
+            log.system("no live web release to compare a canary with: rolling out at once")
+                .await;
+            return self
+                .roll_out(
+                    id,
+                    environment,
+                    desired,
+                    ReleaseOutcome::Superseded,
+                    token,
+                    log,
+                    false,
+                )
+                .await;
+        };
+        let plan = self
+            .engine
+            .plan_canary(environment, desired, web)
+            .await
+            .map_err(rollout_failure)?;
+        let started = self
+            .engine
+            .start_gated(environment, desired, &plan, token, Some(log))
+            .await
+            .map_err(rollout_failure)?;
+        let mut canary_serving = plan.staying().to_vec();
+        canary_serving.extend(started.iter().cloned());
+
+        let running = Arc::new(Running {
+            status: Mutex::new(CanaryStatus {
+                deployment: id,
+                release: desired.release,
+                stable_release,
+                steps: gilgal_core::canary::steps_text(&policy.steps),
+                step: 0,
+                weight: 0,
+                phase: "starting".to_owned(),
+                canary: Figures::default(),
+                stable: Figures::default(),
+                step_seconds: 0,
+            }),
+            promote: Notify::new(),
+            full: std::sync::atomic::AtomicBool::new(false),
+        });
+        self.canaries
+            .lock()
+            .insert(environment.id, Arc::clone(&running));
+        let _registered = Registered {
+            registry: &self.canaries,
+            environment: environment.id,
+        };
+        let walk = Walk {
+            environment,
+            route: crate::identity::route_id(environment),
+            stable: (stable_release, &stable_artifact, &stable_serving),
+            canary: (desired.release, &canary_serving),
+            policy,
+            running,
+        };
+        let walked = async {
+            for to in [DeploymentState::Healthy, DeploymentState::Canary] {
+                self.platform
+                    .store
+                    .transition_deployment(id, to, None)
+                    .await?;
+                log.system(format!("-----> {to}")).await;
+            }
+            self.walk(&walk, token, log).await
+        }
+        .await;
+        match walked {
+            Ok(()) => {
+                walk.set_phase("promoting");
+                log.system(format!(
+                    "canary v{} passed every step: it becomes the live release",
+                    desired.release
+                ))
+                .await;
+                self.roll_out(
+                    id,
+                    environment,
+                    desired,
+                    ReleaseOutcome::Superseded,
+                    token,
+                    log,
+                    true,
+                )
+                .await
+            }
+            Err(failure) => {
+                self.roll_back_canary(&walk, &failure, log).await;
+                Err(failure)
+            }
+        }
+    }
+
+    /// Walks the steps; `Ok` when the last one passed (or someone promoted it fully).
+    async fn walk(
+        &self,
+        walk: &Walk<'_>,
+        token: &CancellationToken,
+        log: &DeployLog,
+    ) -> Result<(), Failure> {
+        let mut weight = 0;
+        for (index, step) in walk.policy.steps.iter().enumerate() {
+            let end = match step {
+                Step::Weight(percent) => {
+                    weight = *percent;
+                    self.engine
+                        .switch_split(
+                            walk.environment,
+                            walk.stable,
+                            walk.canary,
+                            weight,
+                            walk.policy.sticky,
+                        )
+                        .await
+                        .map_err(rollout_failure)?;
+                    log.system(format!(
+                        "canary: {weight} % of new requests go to v{} (judged against v{} every {} s)",
+                        walk.canary.0,
+                        walk.stable.0,
+                        walk.policy.interval.as_secs()
+                    ))
+                    .await;
+                    self.judge_step(walk, index, weight, token, log).await?
+                }
+                Step::Pause => {
+                    walk.update(|s| {
+                        s.step = index;
+                        s.phase = "paused".to_owned();
+                    });
+                    log.system(format!(
+                        "canary: paused at {weight} %: `gilgal canary promote` goes on, `gilgal canary abort` rolls back"
+                    ))
+                    .await;
+                    tokio::select! {
+                        _ = walk.running.promote.notified() => {}
+                        _ = token.cancelled() => return Err(Failure::Cancelled),
+                        _ = tokio::time::sleep(CANARY_LONGEST) => {
+                            return Err(Failure::Failed("the canary waited at its pause for a day without a promote".to_owned()));
+                        }
+                    }
+                    if walk.running.full.load(std::sync::atomic::Ordering::SeqCst) {
+                        StepEnd::Promote
+                    } else {
+                        log.system("canary: promoted past the pause").await;
+                        StepEnd::Next
+                    }
+                }
+            };
+            if matches!(end, StepEnd::Promote) {
+                log.system("canary: promoted to live by request").await;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds one weight for the policy's interval, judging the window every second: a
+    /// failed threshold ends the canary at once; passing needs the whole interval.
+    async fn judge_step(
+        &self,
+        walk: &Walk<'_>,
+        index: usize,
+        weight: u32,
+        token: &CancellationToken,
+        log: &DeployLog,
+    ) -> Result<StepEnd, Failure> {
+        let policy = walk.policy;
+        let started = Instant::now();
+        let baseline = self.platform.edge.link().metrics().await.ok();
+        walk.update(|s| {
+            s.step = index;
+            s.weight = weight;
+            s.phase = "analysing".to_owned();
+            s.canary = Figures::default();
+            s.stable = Figures::default();
+            s.step_seconds = 0;
+        });
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(CHECK_EVERY) => {}
+                _ = walk.running.promote.notified() => {
+                    if walk.running.full.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Ok(StepEnd::Promote);
+                    }
+                    log.system(format!("canary: promoted past {weight} % by request")).await;
+                    return Ok(StepEnd::Next);
+                }
+                _ = token.cancelled() => return Err(Failure::Cancelled),
+            }
+            let Ok(now) = self.platform.edge.link().metrics().await else {
+                continue;
+            };
+            let (canary, stable) = walk.figures(baseline.as_ref(), &now);
+            let elapsed = started.elapsed();
+            let verdict = judge(&canary, &stable, policy);
+            walk.update(|s| {
+                s.canary = canary;
+                s.stable = stable;
+                s.step_seconds = elapsed.as_secs();
+                s.phase = match verdict {
+                    Verdict::NotEnoughTraffic if elapsed >= policy.interval => {
+                        "waiting for traffic".to_owned()
+                    }
+                    _ => "analysing".to_owned(),
+                };
+            });
+            match verdict {
+                Verdict::Fail(why) => {
+                    return Err(Failure::Failed(format!(
+                        "canary v{} failed at {weight} % after {} s: {why}",
+                        walk.canary.0,
+                        elapsed.as_secs()
+                    )));
+                }
+                Verdict::Pass if elapsed >= policy.interval => {
+                    log.system(format!(
+                        "canary: {weight} % passed: v{} {} against v{} {}",
+                        walk.canary.0,
+                        describe(&canary),
+                        walk.stable.0,
+                        describe(&stable)
+                    ))
+                    .await;
+                    return Ok(StepEnd::Next);
+                }
+                Verdict::NotEnoughTraffic
+                    if elapsed >= policy.interval + policy.traffic_deadline =>
+                {
+                    let figures = format!(
+                        "only {} canary requests in {} s (it needs {})",
+                        canary.requests,
+                        elapsed.as_secs(),
+                        policy.min_requests
+                    );
+                    return match policy.no_traffic {
+                        NoTraffic::Rollback => Err(Failure::Failed(format!(
+                            "canary v{} got too little traffic at {weight} % to be judged: {figures}; rolled back (no-traffic policy: rollback)",
+                            walk.canary.0
+                        ))),
+                        NoTraffic::Proceed => {
+                            log.system(format!(
+                                "canary: {figures}; going on (no-traffic policy: proceed)"
+                            ))
+                            .await;
+                            Ok(StepEnd::Next)
+                        }
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Weight 0 at once (stable alone again), then the canary's instances drain and stop;
+    /// the figures that failed go to the timeline and the alert channels.
+    async fn roll_back_canary(&self, walk: &Walk<'_>, failure: &Failure, log: &DeployLog) {
+        let (stable_release, stable_artifact, stable_serving) = walk.stable;
+        if let Err(e) = self
+            .engine
+            .switch_route(
+                walk.environment,
+                stable_release,
+                stable_artifact,
+                stable_serving,
+            )
+            .await
+        {
+            tracing::error!(error = %e, "cannot take the canary out of the route");
+        }
+        let reason = match failure {
+            Failure::Cancelled => format!("canary v{} aborted", walk.canary.0),
+            Failure::Failed(reason) => reason.clone(),
+        };
+        log.system(format!(
+            "{reason}; all traffic is back on v{stable_release}, draining the canary"
+        ))
+        .await;
+        let leaving: Vec<_> = match self.engine.owned_instances(walk.environment).await {
+            Ok(owned) => owned
+                .into_iter()
+                .filter(|s| s.labels.release == walk.canary.0)
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the canary's instances");
+                Vec::new()
+            }
+        };
+        self.engine.drain_and_stop(walk.environment, &leaving).await;
+        if let Failure::Failed(reason) = failure {
+            let environment = walk.environment.id;
+            let message = format!("canary: {reason}");
+            match self
+                .platform
+                .store
+                .fire_alert(
+                    environment,
+                    "canary",
+                    &message,
+                    None,
+                    walk.policy.max_error_rate,
+                )
+                .await
+            {
+                Ok(_) => {
+                    // A canary failing is an event, not a condition that lasts: the alert
+                    // resolves with the rollback, so the next canary's failure notifies too.
+                    if let Ok(alerts) = self.platform.store.open_alerts().await {
+                        for alert in alerts
+                            .iter()
+                            .filter(|a| a.environment_id == environment && a.kind == "canary")
+                        {
+                            let _ = self
+                                .platform
+                                .store
+                                .resolve_alert(
+                                    alert.id,
+                                    &format!("rolled back to v{stable_release}"),
+                                )
+                                .await;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot notify about a failed canary"),
+            }
+        }
+    }
+}
+
+impl Walk<'_> {
+    fn update(&self, change: impl FnOnce(&mut CanaryStatus)) {
+        match self.running.status.lock() {
+            Ok(mut guard) => change(&mut guard),
+            Err(poisoned) => change(&mut poisoned.into_inner()),
+        }
+    }
+
+    fn set_phase(&self, phase: &str) {
+        self.update(|s| s.phase = phase.to_owned());
+    }
+
+    /// The canary's and stable's figures since `baseline`.
+    fn figures(
+        &self,
+        baseline: Option<&MetricsSnapshot>,
+        now: &MetricsSnapshot,
+    ) -> (Figures, Figures) {
+        let of = |release: u64| {
+            let group = crate::identity::release_group(release);
+            window(
+                baseline.and_then(|b| b.release(&self.route, &group)),
+                now.release(&self.route, &group),
+            )
+        };
+        (of(self.canary.0), of(self.stable.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(requests_2xx: u64, errors: u64, fast: u64) -> RouteMetricsSnapshot {
+        let mut latency_buckets = [0; 15];
+        latency_buckets[0] = fast;
+        latency_buckets[9] = requests_2xx + errors - fast;
+        RouteMetricsSnapshot {
+            status_classes: [0, requests_2xx, 0, 0, errors],
+            latency_buckets,
+            latency_sum_seconds: 0.0,
+            bytes_in: 0,
+            bytes_out: 0,
+            open_connections: 0,
+        }
+    }
+
+    #[test]
+    fn a_window_is_the_difference_of_two_snapshots() {
+        let before = snapshot(100, 0, 100);
+        let after = snapshot(290, 10, 297);
+        let figures = window(Some(&before), Some(&after));
+        assert_eq!(figures.requests, 200);
+        assert_eq!(figures.errors, 10);
+        // 197 of 200 in the fastest bucket, 3 at 0.5 s: the 99th percentile is 0.5 s.
+        assert_eq!(figures.p99, Some(Duration::from_millis(500)));
+        // An edge that restarted counts from zero: the window is what it counted since.
+        let restarted = window(Some(&after), Some(&before));
+        assert_eq!(restarted.requests, 100);
+        assert_eq!(window(Some(&before), None), Figures::default());
+    }
+}
