@@ -87,6 +87,8 @@ struct RawLayer {
     /// Static sites served by the proxy itself.
     #[serde(rename = "static")]
     static_site: Option<RawStatic>,
+    /// How a new release takes over from the live one.
+    deploy: Option<RawDeploy>,
     /// Per-environment overrides, `[environments.<name>]`, with any of the keys above.
     /// Values given there replace the top-level ones for deploys to that environment.
     environments: Option<BTreeMap<Spanned<String>, RawLayer>>,
@@ -147,6 +149,28 @@ struct RawProcessSize {
     count: Option<Spanned<u32>>,
 }
 
+/// `[deploy]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeploy {
+    /// `"immediate"` (default: all traffic moves once the new instances are healthy) or
+    /// `"canary"` (a share of traffic, step by step, judged against the live release).
+    strategy: Option<Spanned<String>>,
+    /// Canary steps: percentages rising to 100, `pause` waiting for `gilgal canary promote`;
+    /// default `"10,25,50,100"`.
+    canary: Option<Spanned<String>>,
+    /// Seconds each canary step is held and judged, 1 to 3600, default 60.
+    interval_secs: Option<Spanned<u64>>,
+    /// Keep each client on the release it first got (a cookie), default false.
+    sticky: Option<bool>,
+    /// Canary requests a step needs before it can pass, 1 to 1000000, default 100.
+    min_requests: Option<Spanned<u64>>,
+    /// Seconds past the interval a step waits for them, 0 to 86400, default 300.
+    traffic_deadline_secs: Option<Spanned<u64>>,
+    /// What happens at that deadline: `"rollback"` (default) or `"proceed"`.
+    no_traffic: Option<Spanned<String>>,
+}
+
 /// `[static]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,6 +205,45 @@ pub struct ConfigLayer {
     pub grace_period_secs: Option<u64>,
     /// `[static] dir`, relative to the app root.
     pub static_dir: Option<PathBuf>,
+    /// `[deploy]`.
+    pub deploy: DeployLayer,
+}
+
+/// `[deploy]` settings of one layer; unset fields fall through to the next layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployLayer {
+    /// `strategy = "canary"` (true) or `"immediate"` (false).
+    pub canary: Option<bool>,
+    /// Canary steps, validated.
+    pub steps: Option<String>,
+    /// Seconds per step.
+    pub interval_secs: Option<u64>,
+    /// Sticky clients.
+    pub sticky: Option<bool>,
+    /// Requests a step needs.
+    pub min_requests: Option<u64>,
+    /// Seconds to wait for them.
+    pub traffic_deadline_secs: Option<u64>,
+    /// `rollback` or `proceed`.
+    pub no_traffic: Option<String>,
+}
+
+/// A canary as `gilgal.toml` asks for it (defaults filled in); `gilgal-deploy` turns it into
+/// its policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanarySettings {
+    /// Steps, e.g. `10,25,pause,50,100`.
+    pub steps: String,
+    /// Seconds each step is held and judged.
+    pub interval_secs: u64,
+    /// Keep each client on the release it first got.
+    pub sticky: bool,
+    /// Canary requests a step needs before it can pass.
+    pub min_requests: u64,
+    /// Seconds past the interval a step waits for them.
+    pub traffic_deadline_secs: u64,
+    /// `rollback` or `proceed` at that deadline.
+    pub no_traffic: String,
 }
 
 /// Health-check settings of one layer; unset fields fall through to the next layer.
@@ -241,6 +304,9 @@ pub struct EffectiveConfig {
     pub grace_period_secs: u64,
     /// Directory served for static sites, relative to the app root.
     pub static_dir: Option<PathBuf>,
+    /// `[deploy] strategy = "canary"`: how this release's deploys roll out (none: at once).
+    #[serde(default)]
+    pub canary: Option<CanarySettings>,
 }
 
 /// How a new `web` instance is judged healthy.
@@ -438,6 +504,31 @@ impl AppConfig {
                 .or(base.grace_period_secs)
                 .unwrap_or(DEFAULT_GRACE_PERIOD_SECS),
             static_dir: over.static_dir.clone().or_else(|| base.static_dir.clone()),
+            canary: {
+                let (b, o) = (&base.deploy, &over.deploy);
+                o.canary
+                    .or(b.canary)
+                    .unwrap_or(false)
+                    .then(|| CanarySettings {
+                        steps: o
+                            .steps
+                            .clone()
+                            .or_else(|| b.steps.clone())
+                            .unwrap_or_else(|| "10,25,50,100".to_owned()),
+                        interval_secs: o.interval_secs.or(b.interval_secs).unwrap_or(60),
+                        sticky: o.sticky.or(b.sticky).unwrap_or(false),
+                        min_requests: o.min_requests.or(b.min_requests).unwrap_or(100),
+                        traffic_deadline_secs: o
+                            .traffic_deadline_secs
+                            .or(b.traffic_deadline_secs)
+                            .unwrap_or(300),
+                        no_traffic: o
+                            .no_traffic
+                            .clone()
+                            .or_else(|| b.no_traffic.clone())
+                            .unwrap_or_else(|| "rollback".to_owned()),
+                    })
+            },
         }
     }
 }
@@ -650,6 +741,46 @@ impl Validator<'_> {
                     ));
                 }
                 layer.static_dir = Some(path);
+            }
+        }
+
+        if let Some(deploy) = raw.deploy {
+            if let Some(strategy) = deploy.strategy {
+                layer.deploy.canary = Some(match strategy.get_ref().as_str() {
+                    "canary" => true,
+                    "immediate" => false,
+                    _ => {
+                        return Err(self.error(
+                            strategy.span(),
+                            "`strategy` must be \"immediate\" or \"canary\"",
+                        ))
+                    }
+                });
+            }
+            if let Some(steps) = deploy.canary {
+                gilgal_core::canary::parse_steps(steps.get_ref())
+                    .map_err(|e| self.error(steps.span(), format!("`canary`: {e}")))?;
+                layer.deploy.steps = Some(steps.into_inner());
+            }
+            layer.deploy.interval_secs =
+                self.ranged(deploy.interval_secs, "interval_secs", 1, 3600)?;
+            layer.deploy.sticky = deploy.sticky;
+            layer.deploy.min_requests =
+                self.ranged(deploy.min_requests, "min_requests", 1, 1_000_000)?;
+            layer.deploy.traffic_deadline_secs = self.ranged(
+                deploy.traffic_deadline_secs,
+                "traffic_deadline_secs",
+                0,
+                86_400,
+            )?;
+            if let Some(policy) = deploy.no_traffic {
+                if !matches!(policy.get_ref().as_str(), "rollback" | "proceed") {
+                    return Err(self.error(
+                        policy.span(),
+                        "`no_traffic` must be \"rollback\" or \"proceed\"",
+                    ));
+                }
+                layer.deploy.no_traffic = Some(policy.into_inner());
             }
         }
         Ok(layer)

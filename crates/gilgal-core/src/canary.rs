@@ -10,8 +10,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// One step of a canary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Step {
     /// Send this percentage (1–100) of new requests to the canary, then judge it.
     Weight(u32),
@@ -91,7 +93,7 @@ pub fn steps_text(steps: &[Step]) -> String {
 }
 
 /// What happens when a step's window never gets enough canary requests by its deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum NoTraffic {
     /// Roll back: nothing proves the canary good (the default).
     #[default]
@@ -120,7 +122,8 @@ impl NoTraffic {
 }
 
 /// How a canary walks and is judged; [`Policy::default`] holds the documented defaults.
-#[derive(Debug, Clone, PartialEq)]
+/// Serialisable so a restarted server resumes a canary with the policy it started with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     /// The steps, ending at 100 %.
     pub steps: Vec<Step>,

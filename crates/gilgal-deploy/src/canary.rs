@@ -15,14 +15,30 @@ use gilgal_build::Artifact;
 use gilgal_core::canary::{judge, Figures, NoTraffic, Policy, Step, Verdict};
 use gilgal_core::lifecycle::{DeploymentState, ReleaseOutcome, CANARY_LONGEST};
 use gilgal_proxy::{MetricsSnapshot, RouteMetricsSnapshot, LATENCY_BUCKETS_SECONDS};
-use gilgal_store::EnvironmentRecord;
+use gilgal_store::{CanaryRecord, EnvironmentRecord};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::converge::{Desired, Routable};
 use crate::pipeline::{formation_of, rollout_failure, DeployLog, Failure};
-use crate::Deployments;
+use crate::{DeployError, Deployments};
+
+/// The policy a `gilgal.toml` `[deploy]` section asks for.
+pub(crate) fn policy_from_settings(
+    settings: &gilgal_build::config::CanarySettings,
+) -> Result<Policy, String> {
+    Ok(Policy {
+        steps: gilgal_core::canary::parse_steps(&settings.steps)
+            .map_err(|e| format!("gilgal.toml [deploy] canary: {e}"))?,
+        interval: Duration::from_secs(settings.interval_secs.max(1)),
+        min_requests: settings.min_requests.max(1),
+        traffic_deadline: Duration::from_secs(settings.traffic_deadline_secs),
+        no_traffic: NoTraffic::parse(&settings.no_traffic).unwrap_or_default(),
+        sticky: settings.sticky,
+        ..Policy::default()
+    })
+}
 
 /// How often a running step reads the edge's figures.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -152,6 +168,7 @@ enum StepEnd {
 
 /// What the canary's steps need, gathered once.
 struct Walk<'a> {
+    deployment: Uuid,
     environment: &'a EnvironmentRecord,
     route: String,
     stable: (u64, &'a Artifact, &'a [Routable]),
@@ -169,6 +186,221 @@ impl Deployments {
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         Some(status)
+    }
+
+    /// Makes a canary visible to `status`, `promote` and `abort` until the guard drops.
+    fn register_canary(
+        &self,
+        deployment: Uuid,
+        environment: Uuid,
+        release: u64,
+        stable_release: u64,
+        policy: &Policy,
+    ) -> (Arc<Running>, Registered<'_>) {
+        let running = Arc::new(Running {
+            status: Mutex::new(CanaryStatus {
+                deployment,
+                release,
+                stable_release,
+                steps: gilgal_core::canary::steps_text(&policy.steps),
+                step: 0,
+                weight: 0,
+                phase: "starting".to_owned(),
+                canary: Figures::default(),
+                stable: Figures::default(),
+                step_seconds: 0,
+            }),
+            promote: Notify::new(),
+            full: std::sync::atomic::AtomicBool::new(false),
+        });
+        self.canaries
+            .lock()
+            .insert(environment, Arc::clone(&running));
+        let registered = Registered {
+            registry: &self.canaries,
+            environment,
+        };
+        (running, registered)
+    }
+
+    /// The canaries a stopped server left that can go on: their deployment is still a
+    /// canary and their environment still serves the release they are judged against.
+    /// Records that cannot are dropped (their instances then leave as the environment
+    /// converges). Called by recovery before it converges anything.
+    pub(crate) async fn resumable_canaries(&self) -> Result<Vec<CanaryRecord>, DeployError> {
+        let mut resumable = Vec::new();
+        for record in self.platform.store.canaries().await? {
+            let deployment = self
+                .platform
+                .store
+                .deployment_by_id(record.deployment_id)
+                .await;
+            let environment = self
+                .platform
+                .store
+                .environment_by_id(record.environment_id)
+                .await;
+            let goes_on = matches!(&deployment, Ok(d) if d.state == DeploymentState::Canary)
+                && matches!(&environment, Ok(e) if e.live_release == Some(record.stable_release));
+            if goes_on {
+                resumable.push(record);
+            } else {
+                self.platform
+                    .store
+                    .delete_canary(record.deployment_id)
+                    .await?;
+            }
+        }
+        Ok(resumable)
+    }
+
+    /// Resumes a canary after a restart. Its environment's lock is taken before this
+    /// returns, so nothing converges the environment meanwhile; then, in the background, its
+    /// instances pass their health check again (or it is rolled back), the traffic is split
+    /// at its recorded step, and the step is judged afresh from there.
+    pub(crate) async fn resume_canary(self: &Arc<Self>, record: CanaryRecord) {
+        let lock = self.platform.environment_lock(record.environment_id);
+        let one_rollout_at_a_time = lock.lock_owned().await;
+        let (_, done) = self.platform.join_rollout_queue(record.environment_id);
+        let id = record.deployment_id;
+        let token = CancellationToken::new();
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(id, token.clone());
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let _held = one_rollout_at_a_time;
+            let environment = match this
+                .platform
+                .store
+                .environment_by_id(record.environment_id)
+                .await
+            {
+                Ok(environment) => environment,
+                Err(e) => {
+                    tracing::error!(deployment = %id, error = %e, "cannot resume a canary");
+                    return;
+                }
+            };
+            let redactor = match this.platform.vault.current(environment.id).await {
+                Ok(config) => config.redactor,
+                Err(_) => gilgal_secrets::Redactor::default(),
+            };
+            let log = DeployLog::start(
+                this.platform.store.clone(),
+                id,
+                redactor,
+                Some((this.platform.config.logs.clone(), environment.id)),
+            );
+            let result = this.resume(&record, &environment, &token, &log).await;
+            this.conclude(id, &environment, result, log).await;
+            drop(done);
+        });
+    }
+
+    async fn resume(
+        &self,
+        record: &CanaryRecord,
+        environment: &EnvironmentRecord,
+        token: &CancellationToken,
+        log: &DeployLog,
+    ) -> Result<(), Failure> {
+        let policy: Policy = serde_json::from_str(&record.policy_json)?;
+        let from = usize::try_from(record.step)
+            .unwrap_or(0)
+            .min(policy.steps.len().saturating_sub(1));
+        log.system(format!(
+            "the server restarted during the canary: resuming at step {} of [{}]",
+            from + 1,
+            gilgal_core::canary::steps_text(&policy.steps)
+        ))
+        .await;
+        let release = |number| self.platform.store.release(environment.id, number);
+        let canary_release = release(record.release_number).await?;
+        let artifact: Artifact = serde_json::from_str(&canary_release.artifact_json)?;
+        let snapshot = crate::ConfigSnapshot::parse(&canary_release.config_json)?;
+        let config = self
+            .platform
+            .vault
+            .resolve(environment.id, &snapshot)
+            .await?;
+        let desired = Desired {
+            release: record.release_number,
+            artifact: &artifact,
+            vars: &config.vars,
+            aside: None,
+        };
+        let stable_artifact: Artifact =
+            serde_json::from_str(&release(record.stable_release).await?.artifact_json)?;
+        let stable_serving = self
+            .engine
+            .routed_backends(environment)
+            .await
+            .unwrap_or_default();
+        let canary_instances: Vec<_> = self
+            .engine
+            .owned_instances(environment)
+            .await
+            .map_err(rollout_failure)?
+            .into_iter()
+            .filter(|s| {
+                s.labels.release == record.release_number
+                    && s.labels.process_type == "web"
+                    && s.state.is_active()
+            })
+            .collect();
+        let canary_serving: Vec<Routable> = canary_instances
+            .iter()
+            .map(|s| (s.id.clone(), s.addr))
+            .collect();
+        let (running, _registered) = self.register_canary(
+            record.deployment_id,
+            environment.id,
+            record.release_number,
+            record.stable_release,
+            &policy,
+        );
+        let walk = Walk {
+            deployment: record.deployment_id,
+            environment,
+            route: crate::identity::route_id(environment),
+            stable: (record.stable_release, &stable_artifact, &stable_serving),
+            canary: (record.release_number, &canary_serving),
+            policy: &policy,
+            running,
+        };
+        // Its instances prove themselves again: a restart may have lost or restarted them.
+        let check = crate::pipeline::health_check(&artifact);
+        let mut unhealthy = None;
+        for (id, addr) in &canary_serving {
+            let Some(addr) = addr else { continue };
+            let addr = self.platform.runtime.probe_addr(id, *addr).await;
+            if let Err(e) =
+                gilgal_runtime::wait_healthy(self.platform.runtime.as_ref(), id, addr, &check).await
+            {
+                unhealthy = Some(e.to_string());
+                break;
+            }
+        }
+        let lost = if canary_serving.is_empty() || stable_serving.is_empty() {
+            Some("its instances (or the live release's) did not survive the restart".to_owned())
+        } else {
+            unhealthy.map(|e| format!("an instance failed its health check after the restart: {e}"))
+        };
+        if let Some(why) = lost {
+            let failure = Failure::Failed(format!(
+                "canary v{} cannot resume: {why}",
+                record.release_number
+            ));
+            self.roll_back_canary(&walk, &failure, log).await;
+            let _ = self
+                .platform
+                .store
+                .delete_canary(record.deployment_id)
+                .await;
+            return Err(failure);
+        }
+        self.drive(&walk, &desired, from, token, log).await
     }
 
     /// Moves a canary on: past its `pause` (or its current step) or, with `full`, straight
@@ -245,30 +477,21 @@ impl Deployments {
         let mut canary_serving = plan.staying().to_vec();
         canary_serving.extend(started.iter().cloned());
 
-        let running = Arc::new(Running {
-            status: Mutex::new(CanaryStatus {
-                deployment: id,
-                release: desired.release,
+        let (running, _registered) =
+            self.register_canary(id, environment.id, desired.release, stable_release, policy);
+        self.platform
+            .store
+            .put_canary(&CanaryRecord {
+                deployment_id: id,
+                environment_id: environment.id,
+                release_number: desired.release,
                 stable_release,
-                steps: gilgal_core::canary::steps_text(&policy.steps),
+                policy_json: serde_json::to_string(policy)?,
                 step: 0,
-                weight: 0,
-                phase: "starting".to_owned(),
-                canary: Figures::default(),
-                stable: Figures::default(),
-                step_seconds: 0,
-            }),
-            promote: Notify::new(),
-            full: std::sync::atomic::AtomicBool::new(false),
-        });
-        self.canaries
-            .lock()
-            .insert(environment.id, Arc::clone(&running));
-        let _registered = Registered {
-            registry: &self.canaries,
-            environment: environment.id,
-        };
+            })
+            .await?;
         let walk = Walk {
+            deployment: id,
             environment,
             route: crate::identity::route_id(environment),
             stable: (stable_release, &stable_artifact, &stable_serving),
@@ -276,18 +499,34 @@ impl Deployments {
             policy,
             running,
         };
-        let walked = async {
-            for to in [DeploymentState::Healthy, DeploymentState::Canary] {
-                self.platform
-                    .store
-                    .transition_deployment(id, to, None)
-                    .await?;
-                log.system(format!("-----> {to}")).await;
+        for to in [DeploymentState::Healthy, DeploymentState::Canary] {
+            if let Err(e) = self
+                .platform
+                .store
+                .transition_deployment(id, to, None)
+                .await
+            {
+                let failure = Failure::from(e);
+                self.roll_back_canary(&walk, &failure, log).await;
+                let _ = self.platform.store.delete_canary(id).await;
+                return Err(failure);
             }
-            self.walk(&walk, token, log).await
+            log.system(format!("-----> {to}")).await;
         }
-        .await;
-        match walked {
+        self.drive(&walk, desired, 0, token, log).await
+    }
+
+    /// Walks the canary from step `from`, then makes it live or rolls it back; its record
+    /// goes once it has ended either way.
+    async fn drive(
+        &self,
+        walk: &Walk<'_>,
+        desired: &Desired<'_>,
+        from: usize,
+        token: &CancellationToken,
+        log: &DeployLog,
+    ) -> Result<(), Failure> {
+        let result = match self.walk(walk, from, token, log).await {
             Ok(()) => {
                 walk.set_phase("promoting");
                 log.system(format!(
@@ -296,8 +535,8 @@ impl Deployments {
                 ))
                 .await;
                 self.roll_out(
-                    id,
-                    environment,
+                    walk.deployment,
+                    walk.environment,
                     desired,
                     ReleaseOutcome::Superseded,
                     token,
@@ -307,21 +546,54 @@ impl Deployments {
                 .await
             }
             Err(failure) => {
-                self.roll_back_canary(&walk, &failure, log).await;
+                self.roll_back_canary(walk, &failure, log).await;
                 Err(failure)
             }
+        };
+        if let Err(e) = self.platform.store.delete_canary(walk.deployment).await {
+            tracing::warn!(deployment = %walk.deployment, error = %e, "cannot forget an ended canary");
         }
+        result
     }
 
     /// Walks the steps; `Ok` when the last one passed (or someone promoted it fully).
     async fn walk(
         &self,
         walk: &Walk<'_>,
+        from: usize,
         token: &CancellationToken,
         log: &DeployLog,
     ) -> Result<(), Failure> {
-        let mut weight = 0;
-        for (index, step) in walk.policy.steps.iter().enumerate() {
+        // Resuming at a pause: the weight the steps before it reached.
+        let mut weight = walk.policy.steps[..from.min(walk.policy.steps.len())]
+            .iter()
+            .filter_map(|step| match step {
+                Step::Weight(w) => Some(*w),
+                Step::Pause => None,
+            })
+            .next_back()
+            .unwrap_or(0);
+        if weight > 0 && walk.policy.steps.get(from) == Some(&Step::Pause) {
+            self.engine
+                .switch_split(
+                    walk.environment,
+                    walk.stable,
+                    walk.canary,
+                    weight,
+                    walk.policy.sticky,
+                )
+                .await
+                .map_err(rollout_failure)?;
+        }
+        for (index, step) in walk.policy.steps.iter().enumerate().skip(from) {
+            if let Err(e) = self
+                .platform
+                .store
+                .set_canary_step(walk.deployment, index as u64)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot record the canary's step");
+            }
             let end = match step {
                 Step::Weight(percent) => {
                     weight = *percent;
@@ -347,6 +619,7 @@ impl Deployments {
                 Step::Pause => {
                     walk.update(|s| {
                         s.step = index;
+                        s.weight = weight;
                         s.phase = "paused".to_owned();
                     });
                     log.system(format!(

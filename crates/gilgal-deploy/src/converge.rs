@@ -28,6 +28,9 @@ pub(crate) struct Desired<'a> {
     pub artifact: &'a Artifact,
     /// Its config vars, opened.
     pub vars: &'a BTreeMap<String, String>,
+    /// A canary's release running beside it: its web instances neither stay nor leave (the
+    /// canary's own rollout owns them), so converging the live release never stops them.
+    pub aside: Option<u64>,
 }
 
 /// A web instance the route may send traffic to, with the address the edge must use.
@@ -156,7 +159,14 @@ impl RolloutEngine {
         desired: &Desired<'_>,
         replace: &[InstanceId],
     ) -> Result<Plan, RolloutError> {
-        let statuses = self.owned_instances(environment).await?;
+        let statuses: Vec<InstanceStatus> = self
+            .owned_instances(environment)
+            .await?
+            .into_iter()
+            .filter(|s| {
+                !(Some(s.labels.release) == desired.aside && s.labels.process_type == "web")
+            })
+            .collect();
         let observed: Vec<Observed> = statuses
             .iter()
             .map(|s| Observed {

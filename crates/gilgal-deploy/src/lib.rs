@@ -244,6 +244,7 @@ impl Services {
                 engine.clone(),
                 teardown.clone(),
                 runs.clone(),
+                deployments.clone(),
             )),
             health_watch: Arc::new(HealthWatch::new(platform.clone(), engine.clone())),
             addon_supervisor: Arc::new(AddonSupervisor::new(platform.clone(), addons.clone())),

@@ -556,72 +556,63 @@ impl Deployments {
             let result = this
                 .run(id, &environment, &source, &strategy, &token, &log)
                 .await;
-            let release = match this.platform.store.deployment_by_id(id).await {
-                Ok(record) => record
-                    .release_number
-                    .map(|n| format!("v{n} "))
-                    .unwrap_or_default(),
-                Err(_) => String::new(),
-            };
-            match &result {
-                Ok(()) => {
-                    this.platform
-                        .event(
-                            environment.id,
-                            "deploy",
-                            format!("{release}is live (deployment {id})"),
-                        )
-                        .await
-                }
-                Err(Failure::Cancelled) => {
-                    this.platform
-                        .event(
-                            environment.id,
-                            "deploy",
-                            format!("deployment {id} was cancelled"),
-                        )
-                        .await
-                }
-                Err(Failure::Failed(reason)) => {
-                    this.platform
-                        .event(
-                            environment.id,
-                            "deploy",
-                            format!("deployment {id} {release}failed: {}", log.redact(reason)),
-                        )
-                        .await
-                }
-            }
             if let DeploySource::Upload(tarball) = &source {
                 let _ = tokio::fs::remove_file(tarball).await;
             }
             let _ =
                 tokio::fs::remove_dir_all(this.platform.config.work_dir.join(id.to_string())).await;
-            if let Err(failure) = result {
-                let (state, note) = match failure {
-                    Failure::Cancelled => (
-                        DeploymentState::Cancelled,
-                        "cancelled; the previous release kept serving".to_owned(),
-                    ),
-                    Failure::Failed(reason) => (DeploymentState::Failed, log.redact(&reason)),
-                };
-                log.system(format!("deployment {state}: {note}")).await;
-                if let Err(e) = this
-                    .platform
-                    .store
-                    .transition_deployment(id, state, Some(&note))
-                    .await
-                {
-                    tracing::error!(deployment = %id, error = %e, "could not record the deployment's end");
-                }
-            }
-            log.close().await;
-            if let Ok(mut running) = this.running.lock() {
-                running.remove(&id);
-            }
+            this.conclude(id, &environment, result, log).await;
             drop(done);
         });
         Ok(id)
+    }
+
+    /// Records how a deployment ended: an event on the timeline, the final state with its
+    /// reason (a success recorded `Live` itself), the log closed, the cancel token dropped.
+    pub(crate) async fn conclude(
+        &self,
+        id: Uuid,
+        environment: &EnvironmentRecord,
+        result: Result<(), Failure>,
+        log: DeployLog,
+    ) {
+        let release = match self.platform.store.deployment_by_id(id).await {
+            Ok(record) => record
+                .release_number
+                .map(|n| format!("v{n} "))
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let said = match &result {
+            Ok(()) => format!("{release}is live (deployment {id})"),
+            Err(Failure::Cancelled) => format!("deployment {id} was cancelled"),
+            Err(Failure::Failed(reason)) => {
+                format!("deployment {id} {release}failed: {}", log.redact(reason))
+            }
+        };
+        self.platform.event(environment.id, "deploy", said).await;
+        if let Err(failure) = result {
+            let (state, note) = match failure {
+                Failure::Cancelled => (
+                    DeploymentState::Cancelled,
+                    "cancelled; the previous release kept serving".to_owned(),
+                ),
+                Failure::Failed(reason) => (DeploymentState::Failed, log.redact(&reason)),
+            };
+            log.system(format!("deployment {state}: {note}")).await;
+            if let Err(e) = self
+                .platform
+                .store
+                .transition_deployment(id, state, Some(&note))
+                .await
+            {
+                tracing::error!(deployment = %id, error = %e, "could not record the deployment's end");
+            }
+        }
+        log.close().await;
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&id);
+        }
     }
 
     /// Records a deployment of the uploaded tarball (see [`Deployments::deploy`]).
@@ -793,6 +784,28 @@ impl Deployments {
             release: number,
             artifact,
             vars: &config.vars,
+            aside: None,
+        };
+        // A deploy of new source follows its gilgal.toml's `[deploy]` unless the request
+        // chose; reusing a release (rollback, config change, promotion…) is never a canary.
+        let from_config = match (strategy, source) {
+            (Strategy::Immediate, DeploySource::Release(_)) => None,
+            (Strategy::Immediate, _) => artifact
+                .config
+                .canary
+                .as_ref()
+                .map(crate::canary::policy_from_settings)
+                .transpose()
+                .map_err(Failure::Failed)?,
+            _ => None,
+        };
+        let strategy = match from_config {
+            Some(policy) => {
+                log.system("gilgal.toml asks for a canary ([deploy] strategy = \"canary\")")
+                    .await;
+                &Strategy::Canary(policy)
+            }
+            None => strategy,
         };
         match strategy {
             Strategy::Canary(policy) => {

@@ -23,6 +23,7 @@ pub struct Recovery {
     pub(crate) engine: Arc<crate::RolloutEngine>,
     pub(crate) teardown: Arc<crate::Teardown>,
     pub(crate) runs: Arc<crate::Runs>,
+    pub(crate) deployments: Arc<crate::Deployments>,
 }
 
 impl Recovery {
@@ -31,12 +32,14 @@ impl Recovery {
         engine: Arc<crate::RolloutEngine>,
         teardown: Arc<crate::Teardown>,
         runs: Arc<crate::Runs>,
+        deployments: Arc<crate::Deployments>,
     ) -> Self {
         Self {
             platform,
             engine,
             teardown,
             runs,
+            deployments,
         }
     }
 
@@ -49,7 +52,13 @@ impl Recovery {
         self.runs.recover_runs().await?;
         // Deletions a crash interrupted finish first: nothing of them comes back.
         self.teardown.finish_deletions().await?;
+        // Canaries go on where they were (their instances stay aside while their
+        // environment converges below); every other deployment in progress is closed.
+        let resuming = self.deployments.resumable_canaries().await?;
         for id in self.platform.store.in_progress_deployments().await? {
+            if resuming.iter().any(|c| c.deployment_id == id) {
+                continue;
+            }
             let deployment = self.platform.store.deployment_by_id(id).await?;
             let (to, note) = if deployment.state == DeploymentState::Draining {
                 (DeploymentState::Retired, "server restarted while draining")
@@ -83,6 +92,9 @@ impl Recovery {
                     )
                     .await;
             }
+        }
+        for canary in resuming {
+            self.deployments.resume_canary(canary).await;
         }
         Ok(())
     }
@@ -334,10 +346,19 @@ impl RolloutEngine {
             .resolve(environment.id, &snapshot)
             .await
             .map_err(|e| unreadable(e.to_string()))?;
+        let canary = self
+            .platform
+            .store
+            .environment_canary(environment.id)
+            .await
+            .map_err(|e| RolloutError::Observe(e.to_string()))?;
         let desired = Desired {
             release: number,
             artifact: &artifact,
             vars: &config.vars,
+            aside: canary
+                .map(|c| c.release_number)
+                .filter(|release| *release != number),
         };
         let mut plan = self.plan(environment, &desired, replace).await?;
         let failing = self

@@ -9,6 +9,7 @@
 mod addons;
 mod alerts;
 mod audit;
+mod canaries;
 mod certificates;
 mod deployments;
 mod environments;
@@ -31,6 +32,7 @@ use sqlx::AnyPool;
 pub use addons::{AddonRecord, BackupRecord, NewAddon};
 pub use alerts::{AlertChannelRecord, AlertRecord, AlertRuleRecord, NotificationRecord};
 pub use audit::{AuditFilter, AuditRecord};
+pub use canaries::CanaryRecord;
 pub use certificates::CertificateRecord;
 pub use deployments::{
     DeploymentRecord, EnvironmentRecord, LogRecord, NewRelease, ProcessSizeRecord, ReleaseRecord,

@@ -140,7 +140,28 @@ fn errors_carry_line_and_column() {
             "unknown field `intervall_secs`",
         ),
         // Unknown top-level section.
-        ("\n[deploy]\nx = 1\n", (2, 2), "unknown field `deploy`"),
+        ("\n[deplyo]\nx = 1\n", (2, 2), "unknown field `deplyo`"),
+        // Release strategies.
+        (
+            "[deploy]\nstrategy = \"blue\"\n",
+            (2, 12),
+            "\"immediate\" or \"canary\"",
+        ),
+        (
+            "[deploy]\nstrategy = \"canary\"\ncanary = \"10,50\"\n",
+            (3, 10),
+            "must be 100",
+        ),
+        (
+            "[deploy]\ninterval_secs = 0\n",
+            (2, 17),
+            "between 1 and 3600",
+        ),
+        (
+            "[deploy]\nno_traffic = \"wait\"\n",
+            (2, 14),
+            "\"rollback\" or \"proceed\"",
+        ),
         // Wrong type.
         (
             "[release]\ntimeout_secs = \"soon\"\n",
@@ -235,4 +256,30 @@ fn columns_count_characters_not_bytes() {
     let (line, column) = position(&err);
     assert_eq!(line, 3);
     assert!(column <= 2, "{err}");
+}
+
+#[test]
+fn a_canary_strategy_fills_in_defaults_and_environments_can_opt_out() {
+    let config = AppConfig::parse(
+        "[deploy]\nstrategy = \"canary\"\ncanary = \"5,pause,100\"\ninterval_secs = 30\n\n\
+         [environments.staging.deploy]\nstrategy = \"immediate\"\n",
+    )
+    .unwrap();
+    let production = config.for_environment("production").canary.unwrap();
+    assert_eq!(production.steps, "5,pause,100");
+    assert_eq!(production.interval_secs, 30);
+    assert_eq!(
+        (
+            production.min_requests,
+            production.traffic_deadline_secs,
+            production.no_traffic.as_str(),
+            production.sticky
+        ),
+        (100, 300, "rollback", false)
+    );
+    assert_eq!(config.for_environment("staging").canary, None);
+    assert_eq!(
+        AppConfig::parse("").unwrap().for_environment("x").canary,
+        None
+    );
 }

@@ -339,27 +339,30 @@ async fn a_canary_without_traffic_meets_its_policy_and_abort_rolls_back() {
     assert!(started.elapsed() < Duration::from_secs(60));
     assert_eq!(live_release(&server, "quiet"), 1);
 
-    let out = ok(server.cli(
-        &deploy_args(
-            next_release(0).path(),
-            "quiet",
-            &[
-                "--canary",
-                "10,100",
-                "--interval",
-                "1s",
-                "--traffic-deadline",
-                "1s",
-                "--no-traffic",
-                "proceed",
-            ],
-        )
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>(),
+    // The same from gilgal.toml, with the other policy.
+    let configured = next_release(0);
+    let toml = configured.path().join("gilgal.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push_str(
+        "\n[deploy]\nstrategy = \"canary\"\ncanary = \"10,100\"\ninterval_secs = 1\n\
+         traffic_deadline_secs = 1\nno_traffic = \"proceed\"\n",
+    );
+    std::fs::write(&toml, text).unwrap();
+    let out = server.cli(
+        &deploy_args(configured.path(), "quiet", &[])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
         None,
-    ));
-    assert!(out.contains("Deployed v3"), "{out}");
+    );
+    let said = stderr(&out) + &stdout(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("Deployed v3"), "{said}");
+    assert!(
+        said.contains("gilgal.toml asks for a canary")
+            && said.contains("going on (no-traffic policy: proceed)"),
+        "{said}"
+    );
     assert_eq!(live_release(&server, "quiet"), 3);
 
     let paused = next_release(0);
@@ -401,4 +404,93 @@ async fn a_canary_without_traffic_meets_its_policy_and_abort_rolls_back() {
             .unwrap();
         assert_eq!(r.headers()["x-release"], "v3");
     }
+}
+
+/// Share of `count` requests through the edge that release `release` answered (all 200).
+async fn share_of(server: &ServerProcess, host: &str, release: &str, count: u32) -> f64 {
+    let client = reqwest::Client::new();
+    let mut hits = 0;
+    for _ in 0..count {
+        let r = client
+            .get(format!("{}/config?name=X", server.proxy_url))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        if r.headers()["x-release"] == release {
+            hits += 1;
+        }
+    }
+    f64::from(hits) / f64::from(count)
+}
+
+/// A canary survives a `kill -9` of the server: the restarted server resumes it at its
+/// recorded step (the split holds, `promote` still works) and it goes live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_resumes_at_its_step_after_the_server_is_killed() {
+    let mut server = ServerProcess::start_with_proxy_socket(Backend::Sqlite).await;
+    setup(&server, "phoenix");
+    let next = next_release(0);
+    // Followed by a CLI whose server dies under it: its own outcome does not matter.
+    let _follower = cli_in_background(
+        &server,
+        deploy_args(
+            next.path(),
+            "phoenix",
+            &[
+                "--canary",
+                "30,pause,100",
+                "--interval",
+                "1s",
+                "--no-traffic",
+                "proceed",
+                "--traffic-deadline",
+                "0s",
+            ],
+        ),
+    );
+    let before = canary_status_when(&server, "phoenix", Duration::from_secs(120), |s| {
+        s["phase"] == "paused"
+    })
+    .await;
+    assert_eq!(
+        (before["step"].as_u64(), before["weight"].as_u64()),
+        (Some(1), Some(30))
+    );
+    server.crash_and_restart();
+    // The restarted server listens on a new API port: the CLI logs in to it.
+    ok(server.cli(
+        &["login", "--email", "ops@example.com", "--password-stdin"],
+        Some(PASSWORD),
+    ));
+    let after = canary_status_when(&server, "phoenix", Duration::from_secs(60), |s| {
+        s["phase"] == "paused"
+    })
+    .await;
+    assert_eq!(after["deployment_id"], before["deployment_id"]);
+    assert_eq!(
+        (
+            after["step"].as_u64(),
+            after["weight"].as_u64(),
+            after["release"].as_u64()
+        ),
+        (Some(1), Some(30), Some(2)),
+        "{after}"
+    );
+    let share = share_of(&server, "phoenix.localhost", "v2", 1000).await;
+    println!("after the restart {share:.3} of 1000 requests went to the canary");
+    assert!((share - 0.30).abs() <= 0.06, "the split holds: {share}");
+    ok(server.cli(&["canary", "promote", "-p", "phoenix"], None));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while live_release(&server, "phoenix") != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the resumed canary never went live"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(share_of(&server, "phoenix.localhost", "v2", 100).await, 1.0);
+    let events = ok(server.cli(&["events", "-p", "phoenix"], None));
+    assert!(events.contains("v2 is live"), "{events}");
 }
