@@ -626,11 +626,37 @@ impl Client {
             .await
     }
 
+    /// `GET /api/environments/{id}/edge`.
+    pub async fn edge_settings(
+        &self,
+        environment: Uuid,
+    ) -> Result<gilgal_types::EdgeSettings, ClientError> {
+        self.json(self.request(
+            Method::GET,
+            &format!("/api/environments/{environment}/edge"),
+        ))
+        .await
+    }
+
+    /// `PUT /api/environments/{id}/edge`.
+    pub async fn set_edge_settings(
+        &self,
+        environment: Uuid,
+        settings: &gilgal_types::EdgeSettings,
+    ) -> Result<gilgal_types::EdgeSettings, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/api/environments/{environment}/edge"),
+            settings,
+        )
+        .await
+    }
+
     /// `GET /api/environments/{id}/canary`.
     pub async fn canary_status(
         &self,
         environment: Uuid,
-    ) -> Result<gilgal_types::CanaryStatus, ClientError> {
+    ) -> Result<Option<gilgal_types::CanaryStatus>, ClientError> {
         self.json(self.request(
             Method::GET,
             &format!("/api/environments/{environment}/canary"),

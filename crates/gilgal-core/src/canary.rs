@@ -234,7 +234,9 @@ pub fn judge(canary: &Figures, stable: &Figures, policy: &Policy) -> Verdict {
             percent(policy.max_error_rate)
         ));
     }
-    if canary_rate > stable_rate + policy.max_error_rate_increase {
+    // Stable is a yardstick only with enough requests of its own (at 100 % it has none).
+    let stable_measured = stable.requests >= policy.min_requests.max(1);
+    if stable_measured && canary_rate > stable_rate + policy.max_error_rate_increase {
         return Verdict::Fail(format!(
             "{counts}: more than {:.1} points above stable",
             policy.max_error_rate_increase * 100.0
@@ -250,11 +252,7 @@ pub fn judge(canary: &Figures, stable: &Figures, policy: &Policy) -> Verdict {
                 ));
             }
         }
-        // Stable's p99 means something only with enough requests of its own.
-        if let Some(stable_p99) = stable
-            .p99
-            .filter(|_| stable.requests >= policy.min_requests)
-        {
+        if let Some(stable_p99) = stable.p99.filter(|_| stable_measured) {
             if p99 > policy.p99_floor
                 && p99.as_secs_f64() > stable_p99.as_secs_f64() * policy.max_p99_ratio
             {
@@ -346,6 +344,11 @@ mod tests {
             judge(&figures(200, 12, 10), &figures(1800, 108, 10), &policy),
             Verdict::Fail(why) if why.contains("ceiling")
         ));
+        // At 100 % stable gets (almost) nothing: its 0 % is no yardstick, the ceiling is.
+        assert_eq!(
+            judge(&figures(1000, 20, 10), &figures(3, 0, 10), &policy),
+            Verdict::Pass
+        );
     }
 
     #[test]

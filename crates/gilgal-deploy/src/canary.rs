@@ -72,6 +72,10 @@ pub struct CanaryStatus {
 #[derive(Debug)]
 struct Running {
     status: Mutex<CanaryStatus>,
+    /// How many promotes were asked for: a step goes on when the count grew since it began
+    /// (a count, not a stored permit, so a late promote never skips an unjudged step).
+    promotes: std::sync::atomic::AtomicU64,
+    /// Wakes a waiting step at once when a promote arrives.
     promote: Notify,
     /// Set by a `promote --full`: skip the remaining steps.
     full: std::sync::atomic::AtomicBool,
@@ -210,6 +214,7 @@ impl Deployments {
                 stable: Figures::default(),
                 step_seconds: 0,
             }),
+            promotes: std::sync::atomic::AtomicU64::new(0),
             promote: Notify::new(),
             full: std::sync::atomic::AtomicBool::new(false),
         });
@@ -279,6 +284,19 @@ impl Deployments {
                 Ok(environment) => environment,
                 Err(e) => {
                     tracing::error!(deployment = %id, error = %e, "cannot resume a canary");
+                    let _ = this.platform.store.delete_canary(id).await;
+                    let _ = this
+                        .platform
+                        .store
+                        .transition_deployment(
+                            id,
+                            DeploymentState::Failed,
+                            Some("the canary could not resume after a restart"),
+                        )
+                        .await;
+                    if let Ok(mut running) = this.running.lock() {
+                        running.remove(&id);
+                    }
                     return;
                 }
             };
@@ -293,9 +311,43 @@ impl Deployments {
                 Some((this.platform.config.logs.clone(), environment.id)),
             );
             let result = this.resume(&record, &environment, &token, &log).await;
+            if result.is_err() {
+                this.discard_canary(&record).await;
+            }
             this.conclude(id, &environment, result, log).await;
             drop(done);
         });
+    }
+
+    /// What a canary that could not go on leaves: its record, and its instances unless its
+    /// release became the live one. Idempotent (a rolled-back canary has neither).
+    async fn discard_canary(&self, record: &CanaryRecord) {
+        if let Err(e) = self
+            .platform
+            .store
+            .delete_canary(record.deployment_id)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot forget a canary");
+        }
+        let Ok(environment) = self
+            .platform
+            .store
+            .environment_by_id(record.environment_id)
+            .await
+        else {
+            return;
+        };
+        if environment.live_release == Some(record.release_number) {
+            return;
+        }
+        if let Ok(owned) = self.engine.owned_instances(&environment).await {
+            let leaving: Vec<_> = owned
+                .into_iter()
+                .filter(|s| s.labels.release == record.release_number)
+                .collect();
+            self.engine.drain_and_stop(&environment, &leaving).await;
+        }
     }
 
     async fn resume(
@@ -305,6 +357,14 @@ impl Deployments {
         token: &CancellationToken,
         log: &DeployLog,
     ) -> Result<(), Failure> {
+        // The API served while the server recovered: a change that got the environment
+        // first may have replaced the release this canary is judged against.
+        if environment.live_release != Some(record.stable_release) {
+            return Err(Failure::Failed(format!(
+                "canary v{} cannot resume: v{} is no longer the live release",
+                record.release_number, record.stable_release
+            )));
+        }
         let policy: Policy = serde_json::from_str(&record.policy_json)?;
         let from = usize::try_from(record.step)
             .unwrap_or(0)
@@ -414,7 +474,10 @@ impl Deployments {
                 .full
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
-        running.promote.notify_one();
+        running
+            .promotes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        running.promote.notify_waiters();
         true
     }
 
@@ -479,17 +542,26 @@ impl Deployments {
 
         let (running, _registered) =
             self.register_canary(id, environment.id, desired.release, stable_release, policy);
-        self.platform
-            .store
-            .put_canary(&CanaryRecord {
-                deployment_id: id,
-                environment_id: environment.id,
-                release_number: desired.release,
-                stable_release,
-                policy_json: serde_json::to_string(policy)?,
-                step: 0,
-            })
-            .await?;
+        let recorded = match serde_json::to_string(policy) {
+            Ok(policy_json) => self
+                .platform
+                .store
+                .put_canary(&CanaryRecord {
+                    deployment_id: id,
+                    environment_id: environment.id,
+                    release_number: desired.release,
+                    stable_release,
+                    policy_json,
+                    step: 0,
+                })
+                .await
+                .map_err(Failure::from),
+            Err(e) => Err(Failure::from(e)),
+        };
+        if let Err(failure) = recorded {
+            self.engine.stop_started(&started).await;
+            return Err(failure);
+        }
         let walk = Walk {
             deployment: id,
             environment,
@@ -534,16 +606,24 @@ impl Deployments {
                     desired.release
                 ))
                 .await;
-                self.roll_out(
-                    walk.deployment,
-                    walk.environment,
-                    desired,
-                    ReleaseOutcome::Superseded,
-                    token,
-                    log,
-                    true,
-                )
-                .await
+                // Past its last step the canary goes live: an abort now would race the
+                // switch, so the promotion is not cancellable; if it fails, the canary is
+                // rolled back like one that failed a step.
+                let promoted = self
+                    .roll_out(
+                        walk.deployment,
+                        walk.environment,
+                        desired,
+                        ReleaseOutcome::Superseded,
+                        &CancellationToken::new(),
+                        log,
+                        true,
+                    )
+                    .await;
+                if let Err(failure) = &promoted {
+                    self.roll_back_canary(walk, failure, log).await;
+                }
+                promoted
             }
             Err(failure) => {
                 self.roll_back_canary(walk, &failure, log).await;
@@ -626,11 +706,19 @@ impl Deployments {
                         "canary: paused at {weight} %: `gilgal canary promote` goes on, `gilgal canary abort` rolls back"
                     ))
                     .await;
-                    tokio::select! {
-                        _ = walk.running.promote.notified() => {}
-                        _ = token.cancelled() => return Err(Failure::Cancelled),
-                        _ = tokio::time::sleep(CANARY_LONGEST) => {
-                            return Err(Failure::Failed("the canary waited at its pause for a day without a promote".to_owned()));
+                    let seen = walk.promotes();
+                    let until = Instant::now() + CANARY_LONGEST;
+                    while walk.promotes() == seen {
+                        if Instant::now() >= until {
+                            return Err(Failure::Failed(
+                                "the canary waited at its pause for a day without a promote"
+                                    .to_owned(),
+                            ));
+                        }
+                        tokio::select! {
+                            _ = walk.running.promote.notified() => {}
+                            _ = tokio::time::sleep(CHECK_EVERY) => {}
+                            _ = token.cancelled() => return Err(Failure::Cancelled),
                         }
                     }
                     if walk.running.full.load(std::sync::atomic::Ordering::SeqCst) {
@@ -660,8 +748,10 @@ impl Deployments {
         log: &DeployLog,
     ) -> Result<StepEnd, Failure> {
         let policy = walk.policy;
-        let started = Instant::now();
-        let baseline = self.platform.edge.link().metrics().await.ok();
+        let mut started = Instant::now();
+        let seen = walk.promotes();
+        // The window starts at the first snapshot the edge gives (both releases from it).
+        let mut baseline = self.platform.edge.link().metrics().await.ok();
         walk.update(|s| {
             s.step = index;
             s.weight = weight;
@@ -673,19 +763,27 @@ impl Deployments {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(CHECK_EVERY) => {}
-                _ = walk.running.promote.notified() => {
-                    if walk.running.full.load(std::sync::atomic::Ordering::SeqCst) {
-                        return Ok(StepEnd::Promote);
-                    }
-                    log.system(format!("canary: promoted past {weight} % by request")).await;
-                    return Ok(StepEnd::Next);
-                }
+                _ = walk.running.promote.notified() => {}
                 _ = token.cancelled() => return Err(Failure::Cancelled),
             }
-            let Ok(now) = self.platform.edge.link().metrics().await else {
-                continue;
+            if walk.promotes() != seen {
+                if walk.running.full.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(StepEnd::Promote);
+                }
+                log.system(format!("canary: promoted past {weight} % by request"))
+                    .await;
+                return Ok(StepEnd::Next);
+            }
+            // An unreadable edge counts as no traffic: the deadline still applies.
+            let (canary, stable) = match (&baseline, self.platform.edge.link().metrics().await) {
+                (Some(before), Ok(now)) => walk.figures(Some(before), &now),
+                (None, Ok(now)) => {
+                    baseline = Some(now);
+                    started = Instant::now();
+                    (Figures::default(), Figures::default())
+                }
+                (_, Err(_)) => (Figures::default(), Figures::default()),
             };
-            let (canary, stable) = walk.figures(baseline.as_ref(), &now);
             let elapsed = started.elapsed();
             let verdict = judge(&canary, &stable, policy);
             walk.update(|s| {
@@ -750,17 +848,27 @@ impl Deployments {
     /// the figures that failed go to the timeline and the alert channels.
     async fn roll_back_canary(&self, walk: &Walk<'_>, failure: &Failure, log: &DeployLog) {
         let (stable_release, stable_artifact, stable_serving) = walk.stable;
-        if let Err(e) = self
-            .engine
-            .switch_route(
-                walk.environment,
-                stable_release,
-                stable_artifact,
-                stable_serving,
-            )
-            .await
-        {
-            tracing::error!(error = %e, "cannot take the canary out of the route");
+        for attempt in 1..=3 {
+            match self
+                .engine
+                .switch_route(
+                    walk.environment,
+                    stable_release,
+                    stable_artifact,
+                    stable_serving,
+                )
+                .await
+            {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, attempt, "cannot take the canary out of the route");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        // Out of the route: a restart from here on must not bring it back.
+        if let Err(e) = self.platform.store.delete_canary(walk.deployment).await {
+            tracing::warn!(error = %e, "cannot forget a rolled-back canary");
         }
         let reason = match failure {
             Failure::Cancelled => format!("canary v{} aborted", walk.canary.0),
@@ -829,6 +937,12 @@ impl Walk<'_> {
         }
     }
 
+    fn promotes(&self) -> u64 {
+        self.running
+            .promotes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn set_phase(&self, phase: &str) {
         self.update(|s| s.phase = phase.to_owned());
     }
@@ -865,6 +979,7 @@ mod tests {
             bytes_in: 0,
             bytes_out: 0,
             open_connections: 0,
+            rate_limited: 0,
         }
     }
 

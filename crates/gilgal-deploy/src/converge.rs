@@ -458,7 +458,10 @@ impl RolloutEngine {
             .await
             .map_err(|e| RolloutError::Observe(e.to_string()))?;
         let route_id = crate::identity::route_id(environment);
-        let route = self.route_for(environment, &domains, release, artifact, serving);
+        let mut route = self.route_for(environment, &domains, release, artifact, serving);
+        if let Some(route) = &mut route {
+            self.platform.edge_policy(environment.id).await.apply(route);
+        }
         self.platform
             .edge
             .update(|edge| match route {
@@ -516,6 +519,10 @@ impl RolloutEngine {
             canary_basis_points: percent.min(100) * 100,
             sticky_cookie: sticky.then(|| "gilgal-release".to_owned()),
         });
+        self.platform
+            .edge_policy(environment.id)
+            .await
+            .apply(&mut route);
         self.platform
             .edge
             .update(|edge| {

@@ -375,7 +375,9 @@ impl HealthWatch {
                         }
                         *count += 1;
                         streak = streak.max(*count);
-                        if *count == check.failure_threshold.max(1) {
+                        // At the threshold, and every round after it while a rollout
+                        // holds the environment and the replacement has to wait.
+                        if *count >= check.failure_threshold.max(1) {
                             replace.push((status.id.clone(), who(&status.labels), e.to_string()));
                         }
                     }
@@ -391,6 +393,13 @@ impl HealthWatch {
                 tracing::warn!(environment = %environment.id, error = %e, "cannot record a health check");
             }
             for (id, who, error) in replace {
+                // A rollout owns the environment (a canary can hold it for hours): the
+                // replacement waits for the next round, and checks of every other
+                // environment never wait for it.
+                let lock = self.platform.environment_lock(environment.id);
+                let Ok(held) = lock.try_lock_owned() else {
+                    continue;
+                };
                 self.platform
                     .event(
                         environment.id,
@@ -401,7 +410,7 @@ impl HealthWatch {
                     ),
                     )
                     .await;
-                self.replace_instance(environment.id, &id).await;
+                self.replace_instance(environment.id, &id, held).await;
                 failures.remove(&id);
             }
         }
@@ -414,9 +423,12 @@ impl HealthWatch {
     /// slot and passes its health check, takes its place in the route, and only then does
     /// the sick one drain and stop. A successor that fails its gate gets no traffic; the
     /// sick instance stays (its failures are counted again) and the failure is recorded.
-    async fn replace_instance(self: &Arc<Self>, environment: Uuid, id: &InstanceId) {
-        let lock = self.platform.environment_lock(environment);
-        let _one_change_at_a_time = lock.lock().await;
+    async fn replace_instance(
+        self: &Arc<Self>,
+        environment: Uuid,
+        id: &InstanceId,
+        _one_change_at_a_time: tokio::sync::OwnedMutexGuard<()>,
+    ) {
         let Ok(Some(current)) = self.engine.live_environment(environment).await else {
             return;
         };

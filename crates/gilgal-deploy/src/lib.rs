@@ -27,6 +27,7 @@ mod changes;
 mod config;
 mod converge;
 mod edge;
+mod edge_policy;
 mod health;
 mod identity;
 mod images;
@@ -52,6 +53,7 @@ pub use changes::{Changes, ConfigEdit, MAX_CONFIG_VALUE_BYTES, MAX_CONFIG_VARS};
 pub use config::{ConfigSnapshot, ResolvedConfig, SnapshotVar, Vault, VaultError};
 pub use converge::{RolloutEngine, RolloutError};
 pub use edge::{CertificateError, Edge, EdgeState};
+pub use edge_policy::{EdgePolicy, EdgeRateLimit, MAX_HSTS_SECONDS, MAX_RATE_LIMITS};
 /// Credentials in git URLs: split off for sealing, put back for a fetch, redacted for display.
 pub use gilgal_build::git::{redact_urls, split_credential, with_credential, GitCredential};
 pub use gilgal_build::GitSource;

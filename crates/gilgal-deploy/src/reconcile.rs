@@ -189,6 +189,11 @@ impl Changes {
         counts: &BTreeMap<String, u32>,
         sizes: &BTreeMap<String, ProcessSizeRecord>,
     ) -> Result<Option<Uuid>, DeployError> {
+        if self.deployments.canary_status(environment.id).is_some() {
+            return Err(DeployError::Invalid(
+                "a canary is in progress in this environment: make it live (`gilgal canary promote --full`) or roll it back (`gilgal canary abort`) first".to_owned(),
+            ));
+        }
         self.platform
             .check_quota(environment.project_id, crate::quotas::Work::Rollout)
             .await?;
@@ -436,6 +441,11 @@ impl Changes {
     /// Re-applies an environment's route with its current hostnames (after its custom
     /// domains changed or its project was renamed).
     pub async fn refresh_route(&self, environment: &EnvironmentRecord) -> Result<(), DeployError> {
+        if self.deployments.canary_status(environment.id).is_some() {
+            // The canary holds the environment, and writes its route at every step, at its
+            // rollback and as it goes live, each time with the current domains and policy.
+            return Ok(());
+        }
         let lock = self.platform.environment_lock(environment.id);
         let _one_change_at_a_time = lock.lock().await;
         let Some(current) = self.engine.live_environment(environment.id).await? else {

@@ -62,6 +62,9 @@ struct Control {
     route_metrics: BTreeMap<String, Arc<RouteMetrics>>,
     /// Per route id, its releases' counters, oldest first (at most [`RELEASES_KEPT`]).
     release_metrics: BTreeMap<String, Vec<(String, Arc<RouteMetrics>)>>,
+    /// Per route id, the buckets of each of its rate limits (rules no route has any more
+    /// are dropped when their route is next compiled).
+    rate_limiters: HashMap<String, Vec<(crate::spec::RateLimit, Arc<crate::rate::ClientLimiter>)>>,
     settings: ProxySettings,
 }
 
@@ -143,6 +146,24 @@ impl Registry for Control {
             .clone()
     }
 
+    fn rate_limiter(
+        &mut self,
+        id: &str,
+        rule: &crate::spec::RateLimit,
+    ) -> Result<Arc<crate::rate::ClientLimiter>, String> {
+        let rules = self.rate_limiters.entry(id.to_string()).or_default();
+        if let Some((_, limiter)) = rules.iter().find(|(r, _)| r == rule) {
+            return Ok(limiter.clone());
+        }
+        let limiter = Arc::new(crate::rate::ClientLimiter::new(rule)?);
+        // A route has a few rules; those it no longer names are dropped beyond that.
+        if rules.len() >= 16 {
+            rules.remove(0);
+        }
+        rules.push((rule.clone(), limiter.clone()));
+        Ok(limiter)
+    }
+
     fn release_metrics(&mut self, id: &str, release: &str) -> Arc<RouteMetrics> {
         let releases = self.release_metrics.entry(id.to_string()).or_default();
         if let Some(i) = releases.iter().position(|(r, _)| r == release) {
@@ -193,6 +214,7 @@ impl ProxyHandle {
             draining: Vec::new(),
             route_metrics: BTreeMap::new(),
             release_metrics: BTreeMap::new(),
+            rate_limiters: HashMap::new(),
             settings: settings.clone(),
         };
         Self {

@@ -31,6 +31,7 @@ mod handle;
 mod metrics;
 mod pool;
 mod proxy;
+mod rate;
 mod server;
 mod spec;
 mod table;
@@ -50,8 +51,8 @@ pub use metrics::{
 pub use proxy::forwarded_client;
 pub use server::{serve, serve_tls};
 pub use spec::{
-    Backend, CertificatePem, ProxySettings, RouteDiff, RouteLimits, RouteSpec, RouteTarget,
-    WeightedSplit,
+    Backend, CertificatePem, ProxySettings, RateLimit, RouteDiff, RouteLimits, RouteSpec,
+    RouteTarget, WeightedSplit,
 };
 pub use table::RouteTable;
 pub use tls::check_certificate;

@@ -28,6 +28,7 @@ pub struct RouteMetrics {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     open: AtomicI64,
+    rate_limited: AtomicU64,
 }
 
 impl RouteMetrics {
@@ -58,6 +59,11 @@ impl RouteMetrics {
         }
     }
 
+    /// Count one request refused by a rate limit (it is also counted as its 429).
+    pub(crate) fn add_rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Relaxed);
+    }
+
     /// A request or tunnel on this route opened (+1) or closed (-1).
     pub(crate) fn add_open(&self, delta: i64) {
         self.open.fetch_add(delta, Relaxed);
@@ -73,6 +79,7 @@ impl RouteMetrics {
             bytes_in: load(&self.bytes_in),
             bytes_out: load(&self.bytes_out),
             open_connections: self.open.load(Relaxed).max(0) as u64,
+            rate_limited: load(&self.rate_limited),
         }
     }
 }
@@ -92,6 +99,9 @@ pub struct RouteMetricsSnapshot {
     pub bytes_out: u64,
     /// Requests and upgraded tunnels currently open on the route.
     pub open_connections: u64,
+    /// Requests refused by a rate limit (429).
+    #[serde(default)]
+    pub rate_limited: u64,
 }
 
 impl RouteMetricsSnapshot {
@@ -170,10 +180,11 @@ impl MetricsSnapshot {
             ("gilgal_proxy_bytes_in_total", "counter", 0),
             ("gilgal_proxy_bytes_out_total", "counter", 1),
             ("gilgal_proxy_open_connections", "gauge", 2),
+            ("gilgal_proxy_rate_limited_total", "counter", 3),
         ] {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             for (route, m) in &self.routes {
-                let value = [m.bytes_in, m.bytes_out, m.open_connections][pick];
+                let value = [m.bytes_in, m.bytes_out, m.open_connections, m.rate_limited][pick];
                 let _ = writeln!(out, "{name}{{route=\"{}\"}} {value}", escape_label(route));
             }
         }

@@ -150,7 +150,8 @@ pub(crate) fn handle(
     // protocol switches, the connection must not carry another request.
     let close_unless_switched = ctx.activity.upgrade_asked.load(Ordering::Acquire);
     let mut route_id = None;
-    let mut routed = route_request(ctx, req, &mut route_id);
+    let mut hsts = None;
+    let mut routed = route_request(ctx, req, &mut route_id, &mut hsts);
     async move {
         let mut resp = match &mut routed {
             Routed::Done(resp) => resp
@@ -159,6 +160,11 @@ pub(crate) fn handle(
             Routed::Static(serve) => serve.as_mut().await,
             Routed::Upstream(forward) => forward.run().await,
         };
+        if let Some(hsts) = hsts {
+            resp.headers_mut()
+                .entry(header::STRICT_TRANSPORT_SECURITY)
+                .or_insert(hsts);
+        }
         if close_unless_switched && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -229,6 +235,7 @@ fn route_request(
     ctx: Arc<ConnContext>,
     req: Request<Incoming>,
     route_id: &mut Option<Arc<str>>,
+    hsts: &mut Option<HeaderValue>,
 ) -> Routed {
     let start = Instant::now();
     let mut guard = RequestGuard::new(ctx.clone());
@@ -273,10 +280,28 @@ fn route_request(
     guard.set_route(route.metrics.clone());
     *route_id = Some(Arc::clone(&route.id));
     let metrics = &route.metrics;
+    if ctx.https {
+        hsts.clone_from(&route.hsts);
+    }
 
     if route.redirect_https && !ctx.https {
         let resp = https_redirect(&host, req.uri(), ctx.shared.settings.https_port);
         return done(finish(resp, metrics, start, guard));
+    }
+    if let Some(rule) = crate::rate::rule_for(&route.rate, req.uri().path()) {
+        if let Err(wait) = rule.limiter.check(client_address(&ctx, req.headers())) {
+            metrics.add_rate_limited();
+            let mut resp = error_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests from your address; slow down",
+                &request_id.value(),
+            );
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::rate::retry_after_seconds(wait)),
+            );
+            return done(finish(resp, metrics, start, guard));
+        }
     }
     if let Some((status, reason)) = limit_violation(&route, &req, facts.bytes) {
         let mut resp = error_page(status, reason, &request_id.value());
@@ -330,6 +355,22 @@ fn route_request(
             Routed::Upstream(forward)
         }
     }
+}
+
+/// The client a request counts against: the peer, or behind a trusted proxy the address
+/// it forwarded for.
+fn client_address(ctx: &ConnContext, headers: &HeaderMap) -> std::net::IpAddr {
+    let peer = ctx
+        .client_ip
+        .to_str()
+        .ok()
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    if !ctx.trusted_peer {
+        return peer;
+    }
+    let chain = forwarded_chain(headers, &ctx.client_ip);
+    real_client(&ctx.shared.settings.trusted_proxies, &chain).unwrap_or(peer)
 }
 
 /// Record the status and latency of a generated response and attach the request guard.

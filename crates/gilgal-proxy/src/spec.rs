@@ -77,6 +77,9 @@ pub struct RouteLimits {
     pub connect_timeout: Duration,
     /// Time allowed for a backend to send response headers (504 past it).
     pub response_timeout: Duration,
+    /// Per-client request budgets (429 with `Retry-After` past them); the one with the
+    /// longest matching path prefix applies.
+    pub rate_limits: Vec<RateLimit>,
 }
 
 impl Default for RouteLimits {
@@ -87,8 +90,24 @@ impl Default for RouteLimits {
             max_header_count: 100,
             connect_timeout: Duration::from_secs(3),
             response_timeout: Duration::from_secs(60),
+            rate_limits: Vec::new(),
         }
     }
+}
+
+/// A request budget per client address: `requests` per `period` sustained, with up to
+/// `burst` at once (a token bucket, GCRA). Clients are told when to come back (`Retry-After`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Only requests under this path prefix count against it (`None`: every request).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Sustained requests per period (at least 1).
+    pub requests: u32,
+    /// The period (at least 1 ms).
+    pub period: Duration,
+    /// Requests a client may make at once (at least 1).
+    pub burst: u32,
 }
 
 /// What a route does with a matching request.
@@ -131,6 +150,10 @@ pub struct RouteSpec {
     /// Answer plain-HTTP requests with a permanent redirect to HTTPS.
     #[serde(default)]
     pub redirect_https: bool,
+    /// `Strict-Transport-Security` value added to every HTTPS answer (e.g.
+    /// `max-age=31536000; includeSubDomains`), unless the app sent its own.
+    #[serde(default)]
+    pub hsts: Option<String>,
 }
 
 impl RouteSpec {
@@ -146,6 +169,7 @@ impl RouteSpec {
             },
             limits: RouteLimits::default(),
             redirect_https: false,
+            hsts: None,
         }
     }
 }

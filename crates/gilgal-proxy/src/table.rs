@@ -21,6 +21,10 @@ pub(crate) struct CompiledRoute {
     pub(crate) target: CompiledTarget,
     pub(crate) limits: RouteLimits,
     pub(crate) redirect_https: bool,
+    /// `Strict-Transport-Security` for HTTPS answers.
+    pub(crate) hsts: Option<http::HeaderValue>,
+    /// Per-client request budgets, longest path prefix first.
+    pub(crate) rate: Box<[crate::rate::CompiledRate]>,
     pub(crate) metrics: Arc<RouteMetrics>,
 }
 
@@ -134,6 +138,12 @@ pub(crate) trait Registry {
     fn route_metrics(&mut self, id: &str) -> Arc<RouteMetrics>;
     /// Counters of one release (backend group) of route `id`; they outlive table swaps too.
     fn release_metrics(&mut self, id: &str, release: &str) -> Arc<RouteMetrics>;
+    /// The buckets of one rate limit of route `id` (the same rule keeps its buckets).
+    fn rate_limiter(
+        &mut self,
+        id: &str,
+        rule: &crate::spec::RateLimit,
+    ) -> Result<Arc<crate::rate::ClientLimiter>, String>;
 }
 
 /// Validate one spec and resolve it against the registry (backend state, metrics).
@@ -162,6 +172,36 @@ pub(crate) fn compile_route(
         hosts.push(host.into_boxed_str());
     }
     let target = compile_target(spec, registry).map_err(|r| invalid(&r))?;
+    let hsts = match &spec.hsts {
+        None => None,
+        Some(value) => Some(
+            http::HeaderValue::from_str(value)
+                .ok()
+                .filter(|_| value.starts_with("max-age="))
+                .ok_or_else(|| invalid("hsts must be a header value starting with max-age="))?,
+        ),
+    };
+    let mut rate = Vec::with_capacity(spec.limits.rate_limits.len());
+    for rule in &spec.limits.rate_limits {
+        let prefix: Option<Box<str>> = match rule.path_prefix.as_deref() {
+            None | Some("") | Some("/") => None,
+            Some(p) if !p.starts_with('/') => {
+                return Err(invalid("rate limit path prefix must start with '/'"))
+            }
+            Some(p) => Some(p.trim_end_matches('/').into()),
+        };
+        if rate
+            .iter()
+            .any(|r: &crate::rate::CompiledRate| r.prefix == prefix)
+        {
+            return Err(invalid("two rate limits for the same path prefix"));
+        }
+        let limiter = registry
+            .rate_limiter(&spec.id, rule)
+            .map_err(|r| invalid(&r))?;
+        rate.push(crate::rate::CompiledRate { prefix, limiter });
+    }
+    rate.sort_by_key(|r| std::cmp::Reverse(r.prefix.as_deref().map_or(0, str::len)));
     Ok(Arc::new(CompiledRoute {
         id: spec.id.as_str().into(),
         hosts: hosts.into_boxed_slice(),
@@ -169,6 +209,8 @@ pub(crate) fn compile_route(
         target,
         limits: spec.limits.clone(),
         redirect_https: spec.redirect_https,
+        hsts,
+        rate: rate.into_boxed_slice(),
         metrics: registry.route_metrics(&spec.id),
     }))
 }

@@ -1,4 +1,5 @@
-//! Canaries in progress, recorded so a restarted server resumes them where they were.
+//! Canaries in progress, recorded so a restarted server resumes them where they were, and
+//! the per-environment settings the edge enforces (both read by the rollout engine).
 
 use sqlx::Row;
 use uuid::Uuid;
@@ -106,5 +107,42 @@ impl Store {
         .as_ref()
         .map(record_of)
         .transpose()
+    }
+}
+
+impl Store {
+    /// The edge settings of an environment (JSON), if any were set.
+    pub async fn environment_edge(&self, environment: Uuid) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query("SELECT settings FROM environment_edge WHERE environment_id = $1")
+                .bind(environment.to_string())
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| row.try_get::<String, _>("settings"))
+                .transpose()?,
+        )
+    }
+
+    /// Replaces an environment's edge settings (JSON).
+    pub async fn set_environment_edge(
+        &self,
+        environment: Uuid,
+        settings: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM environment_edge WHERE environment_id = $1")
+            .bind(environment.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO environment_edge (environment_id, settings, updated_at) VALUES ($1, $2, $3)",
+        )
+        .bind(environment.to_string())
+        .bind(settings)
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }

@@ -204,6 +204,12 @@ impl Store {
     /// Deletes an environment's row with its releases, deployments, config and runs
     /// (internal: the last step of the deployer's teardown).
     pub async fn purge_environment(&self, id: Uuid) -> Result<(), StoreError> {
+        for table in ["environment_edge", "canaries"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE environment_id = $1"))
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await?;
+        }
         sqlx::query("DELETE FROM environments WHERE id = $1")
             .bind(id.to_string())
             .execute(&self.pool)

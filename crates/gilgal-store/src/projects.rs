@@ -244,6 +244,14 @@ impl Store {
     /// Deletes a project's row with everything that cascades from it (internal: the last
     /// step of the deployer's teardown).
     pub async fn purge_project(&self, id: Uuid) -> Result<(), StoreError> {
+        for table in ["environment_edge", "canaries"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE environment_id IN (SELECT id FROM environments WHERE project_id = $1)"
+            ))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        }
         sqlx::query("DELETE FROM projects WHERE id = $1")
             .bind(id.to_string())
             .execute(&self.pool)

@@ -463,3 +463,39 @@ pub struct InstanceMetrics {
     /// Restarts since it was started.
     pub restarts: u32,
 }
+
+/// `GET`/`PUT /api/environments/{id}/edge`: what the edge enforces for an environment, on
+/// its default hostname and every custom domain.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct EdgeSettings {
+    /// Answer plain-HTTP requests with a 308 to the same URL over HTTPS.
+    #[serde(default)]
+    pub https_only: bool,
+    /// `Strict-Transport-Security: max-age` (seconds, 1 to 63072000) on HTTPS answers; none
+    /// when absent. Browsers then refuse plain HTTP for that long: start small.
+    #[serde(default)]
+    pub hsts_max_age_seconds: Option<u64>,
+    /// Add `includeSubDomains` to that header.
+    #[serde(default)]
+    pub hsts_include_subdomains: bool,
+    /// Per-client request budgets (at most 16; one per path prefix). A client past one is
+    /// answered 429 with `Retry-After`.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitRule>,
+}
+
+/// A request budget per client address.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct RateLimitRule {
+    /// Only requests under this path prefix count (`/api` matches `/api` and `/api/…`);
+    /// every request when absent.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Requests allowed per period, sustained (1 to 1000000).
+    pub requests: u32,
+    /// The period in seconds (1 to 86400).
+    pub per_seconds: u32,
+    /// Requests a client may make at once (1 to 1000000; default: `requests`).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}

@@ -70,6 +70,26 @@ pub enum Command {
     /// The canary in progress (`gilgal deploy --canary`): status, promote, abort.
     #[command(subcommand)]
     Canary(CanaryCommand),
+    /// Enforce HTTPS for an environment: redirect plain HTTP (308) and, with `--hsts`, tell
+    /// browsers to use HTTPS only. `gilgal https` alone shows the setting.
+    Https {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: Option<String>,
+        /// Strict-Transport-Security max-age (`1d`, `30d`, `1y`, or seconds); start small.
+        #[arg(long, value_name = "DURATION")]
+        hsts: Option<String>,
+        /// Add includeSubDomains to the HSTS header.
+        #[arg(long, requires = "hsts")]
+        include_subdomains: bool,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Per-client rate limits at the edge: past one, a client is answered 429 with
+    /// Retry-After.
+    #[command(subcommand)]
+    Ratelimit(RatelimitCommand),
     /// An environment's release history.
     Releases {
         /// Where.
@@ -294,6 +314,41 @@ impl DeployArgs {
             no_traffic: self.no_traffic.clone(),
         }))
     }
+}
+
+/// `gilgal ratelimit …`.
+#[derive(Debug, Subcommand)]
+pub enum RatelimitCommand {
+    /// Set the limit for the environment (or one path prefix): `10/s`, `600/m`, `5000/h`.
+    Set {
+        /// Requests per period, sustained.
+        #[arg(value_name = "RATE")]
+        rate: String,
+        /// Requests a client may make at once (default: the rate's count).
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Only for requests under this path prefix (e.g. `/api/login`).
+        #[arg(long)]
+        path: Option<String>,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove the limit of the environment (or of one path prefix).
+    Remove {
+        /// The path prefix whose limit goes.
+        #[arg(long)]
+        path: Option<String>,
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The limits in force.
+    List {
+        /// Where.
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// `gilgal canary …`.

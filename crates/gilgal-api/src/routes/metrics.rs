@@ -168,6 +168,7 @@ fn environment_figures(
         bytes_in: 0,
         bytes_out: 0,
         open_connections: 0,
+        rate_limited: 0,
     };
     let m = route.unwrap_or(&empty);
     let requests = m.requests();

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gilgal_proxy::{Backend, ProxySettings, RouteLimits, RouteSpec};
+use gilgal_proxy::{Backend, ProxySettings, RateLimit, RouteLimits, RouteSpec};
 use std::convert::Infallible;
 
 use http_body_util::combinators::BoxBody;
@@ -378,4 +378,59 @@ async fn rejects_request_smuggling_attempts() {
     .await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.ends_with("3 bytes"), "{reply}");
+}
+
+#[tokio::test]
+async fn rate_limits_refuse_exactly_what_is_over_each_clients_budget() {
+    let up = Upstream::start("up").await;
+    let proxy = Proxy::start().await;
+    let per_minute = |path_prefix: Option<&str>, burst| RateLimit {
+        path_prefix: path_prefix.map(str::to_owned),
+        requests: 1,
+        period: Duration::from_secs(60),
+        burst,
+    };
+    let limits = RouteLimits {
+        rate_limits: vec![per_minute(None, 5), per_minute(Some("/login"), 2)],
+        ..RouteLimits::default()
+    };
+    proxy
+        .handle
+        .replace(vec![limited_route(vec![up.backend()], limits)])
+        .unwrap();
+    let c = client();
+    let mut answered = std::collections::BTreeMap::<(&str, u16), u32>::new();
+    for (path, count) in [("/", 20), ("/login/form", 10)] {
+        for _ in 0..count {
+            let a = get(&c, &proxy, "app.localhost", path).await;
+            if a.status == 429 {
+                let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
+                assert!((1..=60).contains(&retry), "Retry-After {retry}");
+            }
+            *answered.entry((path, a.status)).or_default() += 1;
+        }
+    }
+    // The longest matching prefix's budget applies, each one exact.
+    assert_eq!(answered[&("/", 200)], 5);
+    assert_eq!(answered[&("/", 429)], 15);
+    assert_eq!(answered[&("/login/form", 200)], 2);
+    assert_eq!(answered[&("/login/form", 429)], 8);
+    let metrics = proxy.handle.metrics();
+    let route = metrics.route("r").unwrap();
+    assert_eq!(route.rate_limited, 23);
+    assert_eq!(route.status_classes[3], 23);
+    assert!(metrics
+        .render_prometheus()
+        .contains("gilgal_proxy_rate_limited_total{route=\"r\"} 23\n"));
+    // A new table (a deploy) keeps the buckets: no free refill.
+    let limits = RouteLimits {
+        rate_limits: vec![per_minute(None, 5), per_minute(Some("/login"), 2)],
+        ..RouteLimits::default()
+    };
+    let up2 = Upstream::start("up2").await;
+    proxy
+        .handle
+        .replace(vec![limited_route(vec![up2.backend()], limits)])
+        .unwrap();
+    assert_eq!(get(&c, &proxy, "app.localhost", "/").await.status, 429);
 }

@@ -55,13 +55,13 @@ async fn terminates_tls_by_sni_over_http1_and_http2() {
         handle.certificate_domains(),
         vec!["*.apps.test", "a.test", "b.test"]
     );
-    handle
-        .replace(vec![RouteSpec::upstream(
-            "r",
-            vec!["a.test".into(), "b.test".into(), "shop.apps.test".into()],
-            vec![up.backend()],
-        )])
-        .unwrap();
+    let mut route = RouteSpec::upstream(
+        "r",
+        vec!["a.test".into(), "b.test".into(), "shop.apps.test".into()],
+        vec![up.backend()],
+    );
+    route.hsts = Some("max-age=300; includeSubDomains".into());
+    handle.replace(vec![route]).unwrap();
     let proxy = Proxy::serving(handle.clone(), true).await;
     let roots = [a_der.clone(), b_der.clone(), wild_der.clone()];
 
@@ -95,6 +95,11 @@ async fn terminates_tls_by_sni_over_http1_and_http2() {
             .unwrap();
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["strict-transport-security"],
+            "max-age=300; includeSubDomains",
+            "HSTS on every HTTPS answer"
+        );
         let body = String::from_utf8(
             resp.into_body()
                 .collect()
@@ -161,6 +166,7 @@ async fn redirects_plain_http_to_https_per_route() {
         vec![up.backend()],
     );
     secure.redirect_https = true;
+    secure.hsts = Some("max-age=300".into());
     let plain = RouteSpec::upstream("plain", vec!["plain.localhost".into()], vec![up.backend()]);
     proxy.handle.replace(vec![secure, plain]).unwrap();
     let c = client();
@@ -169,6 +175,11 @@ async fn redirects_plain_http_to_https_per_route() {
     assert_eq!(
         a.header("location"),
         Some("https://secure.localhost:8443/cart?item=3")
+    );
+    assert_eq!(
+        a.header("strict-transport-security"),
+        None,
+        "HSTS is only sent over HTTPS"
     );
     assert_eq!(get(&c, &proxy, "plain.localhost", "/").await.status, 200);
 }

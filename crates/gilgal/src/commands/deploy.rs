@@ -292,7 +292,12 @@ pub async fn canary(
     };
     let env = super::apps::environment(&client, &target).await?;
     let status = match action {
-        None => client.canary_status(env.id).await?,
+        None => client.canary_status(env.id).await?.with_context(|| {
+            format!(
+                "no canary is in progress in {}/{} (start one with `gilgal deploy --canary 10,25,50,100`)",
+                target.project, target.env
+            )
+        })?,
         Some(Some(full)) => client.promote_canary(env.id, full).await?,
         Some(None) => {
             let mut deployment = client.abort_canary(env.id).await?;

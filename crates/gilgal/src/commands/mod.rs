@@ -5,6 +5,7 @@ mod addons;
 mod alerts;
 mod apps;
 mod deploy;
+mod edge;
 mod link;
 mod logs;
 pub(crate) mod metrics;
@@ -41,6 +42,23 @@ pub async fn run(global: GlobalArgs, command: Command) -> anyhow::Result<ExitCod
         Command::Environments(cmd) => return apps::environments(&session, cmd, global.json).await,
         Command::Releases { target } => return apps::releases(&session, target, global.json).await,
         Command::Canary(cmd) => return deploy::canary(&session, cmd, global.json).await,
+        Command::Https {
+            state,
+            hsts,
+            include_subdomains,
+            target,
+        } => {
+            return edge::https(
+                &session,
+                state,
+                hsts,
+                include_subdomains,
+                target,
+                global.json,
+            )
+            .await
+        }
+        Command::Ratelimit(cmd) => return edge::ratelimit(&session, cmd, global.json).await,
         Command::Rollback {
             release,
             run_release_phase,

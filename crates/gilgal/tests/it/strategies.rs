@@ -1,5 +1,6 @@
-//! Release strategies end to end with real app processes: canaries judged against the live
-//! release, rolled back on their own when they fail, walked to live when they pass.
+//! Release strategies and edge policies end to end with real app processes: canaries judged
+//! against the live release, rolled back on their own when they fail, walked to live when they
+//! pass; HTTPS redirect and per-client rate limits.
 
 use std::path::Path;
 use std::process::Output;
@@ -389,6 +390,14 @@ async fn a_canary_without_traffic_meets_its_policy_and_abort_rolls_back() {
     .await;
     assert_eq!(status["release"], 4);
     assert_eq!(status["stable_release"], 3);
+    // Scaling during a canary is refused with what to do, never left hanging.
+    let refused = server.cli(&["scale", "web=2", "-p", "quiet"], None);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("a canary is in progress"),
+        "{}",
+        stderr(&refused)
+    );
     ok(server.cli(&["canary", "abort", "-p", "quiet"], None));
     let (out, _) = deploy.await.unwrap();
     assert!(!out.status.success());
@@ -493,4 +502,110 @@ async fn a_canary_resumes_at_its_step_after_the_server_is_killed() {
     assert_eq!(share_of(&server, "phoenix.localhost", "v2", 100).await, 1.0);
     let events = ok(server.cli(&["events", "-p", "phoenix"], None));
     assert!(events.contains("v2 is live"), "{events}");
+}
+
+fn token(server: &ServerProcess) -> String {
+    let text = std::fs::read_to_string(server.config_dir().join("credentials.json")).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value["token"].as_str().unwrap().to_owned()
+}
+
+/// HTTPS redirect, HSTS and per-client rate limits are set per environment with the CLI,
+/// applied at once, counted exactly, and kept across a new release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn https_redirect_and_rate_limits_are_enforced_at_the_edge() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    setup(&server, "guarded");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str| {
+        client
+            .get(format!("{}{path}", server.proxy_url))
+            .header("host", "guarded.localhost")
+            .send()
+    };
+    let out = ok(server.cli(&["https", "on", "--hsts", "300", "-p", "guarded"], None));
+    assert!(
+        out.contains("HTTPS only") && out.contains("max-age=300"),
+        "{out}"
+    );
+    let redirected = get("/config?name=X").await.unwrap();
+    assert_eq!(redirected.status(), 308);
+    let location = redirected.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        location.starts_with("https://guarded.localhost") && location.ends_with("/config?name=X"),
+        "{location}"
+    );
+    assert!(
+        redirected
+            .headers()
+            .get("strict-transport-security")
+            .is_none(),
+        "HSTS only over HTTPS"
+    );
+    ok(server.cli(&["https", "off", "-p", "guarded"], None));
+    assert_eq!(get("/").await.unwrap().status(), 200);
+
+    let out = ok(server.cli(
+        &["ratelimit", "set", "1/m", "--burst", "10", "-p", "guarded"],
+        None,
+    ));
+    assert!(out.contains("1/min, burst 10"), "{out}");
+    let (mut passed, mut refused) = (0, 0);
+    for _ in 0..50 {
+        let answer = get("/config?name=X").await.unwrap();
+        match answer.status().as_u16() {
+            200 => passed += 1,
+            429 => {
+                refused += 1;
+                assert!(answer.headers().contains_key("retry-after"));
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((passed, refused), (10, 40), "exactly the burst passes");
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(token(&server))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("gilgal_proxy_rate_limited_total{route=") && !l.contains("_unrouted")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(line.ends_with(" 40"), "{line}");
+    // A new release keeps the limit and the buckets.
+    ok(server.cli(&["env", "set", "A=1", "-p", "guarded"], None));
+    assert_eq!(get("/").await.unwrap().status(), 429);
+    // Invalid settings are refused with the reason, and nothing changes.
+    let bad = server.cli(&["ratelimit", "set", "10/w", "-p", "guarded"], None);
+    assert!(!bad.status.success());
+    let bad = server.cli(
+        &[
+            "ratelimit",
+            "set",
+            "5000/s",
+            "--path",
+            "/a b",
+            "-p",
+            "guarded",
+        ],
+        None,
+    );
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("path_prefix"), "{}", stderr(&bad));
+    let out = ok(server.cli(&["ratelimit", "remove", "-p", "guarded"], None));
+    assert!(out.contains("no rate limits"), "{out}");
+    assert_eq!(get("/").await.unwrap().status(), 200);
 }

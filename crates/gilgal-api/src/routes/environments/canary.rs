@@ -22,32 +22,37 @@ fn figures(f: &gilgal_core::canary::Figures) -> CanaryFigures {
 
 fn no_canary() -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
+        StatusCode::CONFLICT,
+        "no_canary",
         "no canary is in progress in this environment (start one with `gilgal deploy --canary 10,25,50,100`)",
     )
 }
 
 /// Where the canary in progress stands: its step and weight, and the canary's and the live
-/// release's figures over the current step's window.
+/// release's figures over the current step's window; `null` when none is in progress.
 #[utoipa::path(get, path = "/api/environments/{id}/canary", tag = "releases",
     params(("id" = String, Path, description = "Environment id")),
     responses(
-        (status = 200, description = "The canary in progress", body = CanaryStatus),
-        (status = 404, description = "No such environment, or no canary in progress", body = ErrorBody),
+        (status = 200, description = "The canary in progress, or null", body = Option<CanaryStatus>),
+        (status = 404, description = "No such environment", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn canary_status(
     State(state): State<AppState>,
     caller: AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<CanaryStatus>, ApiError> {
+) -> Result<Json<Option<CanaryStatus>>, ApiError> {
     let environment = owned_environment(&state, &caller, &id).await?;
-    let status = state
-        .deployments()
-        .canary_status(environment.id)
-        .ok_or_else(no_canary)?;
-    Ok(Json(CanaryStatus {
+    Ok(Json(
+        state
+            .deployments()
+            .canary_status(environment.id)
+            .map(wire_status),
+    ))
+}
+
+fn wire_status(status: gilgal_deploy::CanaryStatus) -> CanaryStatus {
+    CanaryStatus {
         deployment_id: status.deployment,
         release: status.release,
         stable_release: status.stable_release,
@@ -58,7 +63,7 @@ async fn canary_status(
         step_seconds: status.step_seconds,
         canary: figures(&status.canary),
         stable: figures(&status.stable),
-    }))
+    }
 }
 
 /// Moves the canary on: past its pause or current step, or (`full`) straight to live.
@@ -67,7 +72,8 @@ async fn canary_status(
     request_body = CanaryPromoteRequest,
     responses(
         (status = 202, description = "Promoting; the deployment goes on", body = CanaryStatus),
-        (status = 404, description = "No such environment, or no canary in progress", body = ErrorBody),
+        (status = 404, description = "No such environment", body = ErrorBody),
+        (status = 409, description = "No canary in progress", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn promote_canary(
@@ -84,8 +90,11 @@ async fn promote_canary(
     {
         return Err(no_canary());
     }
-    let Json(status) = canary_status(State(state), caller, Path(id)).await?;
-    Ok((StatusCode::ACCEPTED, Json(status)))
+    let status = state
+        .deployments()
+        .canary_status(environment.id)
+        .ok_or_else(no_canary)?;
+    Ok((StatusCode::ACCEPTED, Json(wire_status(status))))
 }
 
 /// Rolls the canary back: its weight goes to 0 at once, its instances drain and stop, and
@@ -94,7 +103,8 @@ async fn promote_canary(
     params(("id" = String, Path, description = "Environment id")),
     responses(
         (status = 202, description = "Rolling back; follow the deployment", body = gilgal_types::Deployment),
-        (status = 404, description = "No such environment, or no canary in progress", body = ErrorBody),
+        (status = 404, description = "No such environment", body = ErrorBody),
+        (status = 409, description = "No canary in progress", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 async fn abort_canary(

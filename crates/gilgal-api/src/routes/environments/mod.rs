@@ -6,6 +6,7 @@ mod canary;
 mod config;
 mod cron;
 mod domains;
+mod edge;
 mod formation;
 mod releases;
 mod runs;
@@ -52,6 +53,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(runs::routes())
         .merge(cron::routes())
         .merge(domains::routes())
+        .merge(edge::routes())
 }
 fn environment_error(err: StoreError) -> ApiError {
     match err {
