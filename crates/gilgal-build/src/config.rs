@@ -153,9 +153,12 @@ struct RawProcessSize {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDeploy {
-    /// `"immediate"` (default: all traffic moves once the new instances are healthy) or
-    /// `"canary"` (a share of traffic, step by step, judged against the live release).
+    /// `"immediate"` (default: all traffic moves once the new instances are healthy),
+    /// `"canary"` (a share of traffic, step by step, judged against the live release) or
+    /// `"blue-green"` (the new release on a private hostname, smoke-checked, then switched).
     strategy: Option<Spanned<String>>,
+    /// Blue-green smoke checks, e.g. `["GET /health 200", "GET /api/version 200"]`.
+    smoke: Option<Vec<Spanned<String>>>,
     /// Canary steps: percentages rising to 100, `pause` waiting for `gilgal canary promote`;
     /// default `"10,25,50,100"`.
     canary: Option<Spanned<String>>,
@@ -212,8 +215,10 @@ pub struct ConfigLayer {
 /// `[deploy]` settings of one layer; unset fields fall through to the next layer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeployLayer {
-    /// `strategy = "canary"` (true) or `"immediate"` (false).
-    pub canary: Option<bool>,
+    /// `strategy`: `immediate`, `canary` or `blue-green`.
+    pub strategy: Option<String>,
+    /// Blue-green smoke checks, validated.
+    pub smoke: Option<Vec<String>>,
     /// Canary steps, validated.
     pub steps: Option<String>,
     /// Seconds per step.
@@ -226,6 +231,13 @@ pub struct DeployLayer {
     pub traffic_deadline_secs: Option<u64>,
     /// `rollback` or `proceed`.
     pub no_traffic: Option<String>,
+}
+
+/// A blue-green deploy as `gilgal.toml` asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlueGreenSettings {
+    /// Smoke checks (`GET /health 200`) the new release must pass on its private hostname.
+    pub smoke: Vec<String>,
 }
 
 /// A canary as `gilgal.toml` asks for it (defaults filled in); `gilgal-deploy` turns it into
@@ -307,6 +319,9 @@ pub struct EffectiveConfig {
     /// `[deploy] strategy = "canary"`: how this release's deploys roll out (none: at once).
     #[serde(default)]
     pub canary: Option<CanarySettings>,
+    /// `[deploy] strategy = "blue-green"`.
+    #[serde(default)]
+    pub blue_green: Option<BlueGreenSettings>,
 }
 
 /// How a new `web` instance is judged healthy.
@@ -504,30 +519,47 @@ impl AppConfig {
                 .or(base.grace_period_secs)
                 .unwrap_or(DEFAULT_GRACE_PERIOD_SECS),
             static_dir: over.static_dir.clone().or_else(|| base.static_dir.clone()),
+            blue_green: {
+                let (b, o) = (&base.deploy, &over.deploy);
+                (o.strategy
+                    .as_ref()
+                    .or(b.strategy.as_ref())
+                    .map(String::as_str)
+                    == Some("blue-green"))
+                .then(|| BlueGreenSettings {
+                    smoke: o
+                        .smoke
+                        .clone()
+                        .or_else(|| b.smoke.clone())
+                        .unwrap_or_default(),
+                })
+            },
             canary: {
                 let (b, o) = (&base.deploy, &over.deploy);
-                o.canary
-                    .or(b.canary)
-                    .unwrap_or(false)
-                    .then(|| CanarySettings {
-                        steps: o
-                            .steps
-                            .clone()
-                            .or_else(|| b.steps.clone())
-                            .unwrap_or_else(|| "10,25,50,100".to_owned()),
-                        interval_secs: o.interval_secs.or(b.interval_secs).unwrap_or(60),
-                        sticky: o.sticky.or(b.sticky).unwrap_or(false),
-                        min_requests: o.min_requests.or(b.min_requests).unwrap_or(100),
-                        traffic_deadline_secs: o
-                            .traffic_deadline_secs
-                            .or(b.traffic_deadline_secs)
-                            .unwrap_or(300),
-                        no_traffic: o
-                            .no_traffic
-                            .clone()
-                            .or_else(|| b.no_traffic.clone())
-                            .unwrap_or_else(|| "rollback".to_owned()),
-                    })
+                (o.strategy
+                    .as_ref()
+                    .or(b.strategy.as_ref())
+                    .map(String::as_str)
+                    == Some("canary"))
+                .then(|| CanarySettings {
+                    steps: o
+                        .steps
+                        .clone()
+                        .or_else(|| b.steps.clone())
+                        .unwrap_or_else(|| "10,25,50,100".to_owned()),
+                    interval_secs: o.interval_secs.or(b.interval_secs).unwrap_or(60),
+                    sticky: o.sticky.or(b.sticky).unwrap_or(false),
+                    min_requests: o.min_requests.or(b.min_requests).unwrap_or(100),
+                    traffic_deadline_secs: o
+                        .traffic_deadline_secs
+                        .or(b.traffic_deadline_secs)
+                        .unwrap_or(300),
+                    no_traffic: o
+                        .no_traffic
+                        .clone()
+                        .or_else(|| b.no_traffic.clone())
+                        .unwrap_or_else(|| "rollback".to_owned()),
+                })
             },
         }
     }
@@ -746,16 +778,34 @@ impl Validator<'_> {
 
         if let Some(deploy) = raw.deploy {
             if let Some(strategy) = deploy.strategy {
-                layer.deploy.canary = Some(match strategy.get_ref().as_str() {
-                    "canary" => true,
-                    "immediate" => false,
-                    _ => {
-                        return Err(self.error(
-                            strategy.span(),
-                            "`strategy` must be \"immediate\" or \"canary\"",
-                        ))
-                    }
-                });
+                if !matches!(
+                    strategy.get_ref().as_str(),
+                    "immediate" | "canary" | "blue-green"
+                ) {
+                    return Err(self.error(
+                        strategy.span(),
+                        "`strategy` must be \"immediate\", \"canary\" or \"blue-green\"",
+                    ));
+                }
+                layer.deploy.strategy = Some(strategy.into_inner());
+            }
+            if let Some(checks) = deploy.smoke {
+                if checks.len() > gilgal_core::smoke::MAX_SMOKE_CHECKS {
+                    return Err(self.error(
+                        checks[gilgal_core::smoke::MAX_SMOKE_CHECKS].span(),
+                        format!(
+                            "at most {} smoke checks",
+                            gilgal_core::smoke::MAX_SMOKE_CHECKS
+                        ),
+                    ));
+                }
+                let mut valid = Vec::with_capacity(checks.len());
+                for check in checks {
+                    gilgal_core::smoke::parse_smoke(check.get_ref())
+                        .map_err(|e| self.error(check.span(), e.to_string()))?;
+                    valid.push(check.into_inner());
+                }
+                layer.deploy.smoke = Some(valid);
             }
             if let Some(steps) = deploy.canary {
                 gilgal_core::canary::parse_steps(steps.get_ref())

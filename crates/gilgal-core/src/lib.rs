@@ -16,3 +16,4 @@ pub mod desired;
 pub mod exposition;
 pub mod hostnames;
 pub mod lifecycle;
+pub mod smoke;

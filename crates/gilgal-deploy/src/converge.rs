@@ -532,6 +532,43 @@ impl RolloutEngine {
             .map_err(|e| RolloutError::Route(e.to_string()))
     }
 
+    /// Routes `host` alone to `serving` (a release's private hostname, `route_id` apart from
+    /// the environment's route), without the environment's domains or edge policy.
+    pub(crate) async fn switch_private_route(
+        &self,
+        route_id: &str,
+        host: &str,
+        release: u64,
+        serving: &[Routable],
+    ) -> Result<(), RolloutError> {
+        let group = crate::identity::release_group(release);
+        let backends = serving
+            .iter()
+            .filter_map(|(id, addr)| {
+                addr.map(|a| gilgal_proxy::Backend::in_group(id.as_str(), a, group.clone()))
+            })
+            .collect();
+        let route = gilgal_proxy::RouteSpec::upstream(route_id, vec![host.to_owned()], backends);
+        self.platform
+            .edge
+            .update(|edge| {
+                edge.routes.insert(route_id.to_owned(), route);
+            })
+            .await
+            .map_err(|e| RolloutError::Route(e.to_string()))
+    }
+
+    /// Removes a private route.
+    pub(crate) async fn remove_private_route(&self, route_id: &str) -> Result<(), RolloutError> {
+        self.platform
+            .edge
+            .update(|edge| {
+                edge.routes.remove(route_id);
+            })
+            .await
+            .map_err(|e| RolloutError::Route(e.to_string()))
+    }
+
     /// Drains every leaving web instance at once (each with its own release's grace period;
     /// WebSockets are closed right away), then stops and forgets every leaving instance.
     pub(crate) async fn drain_and_stop(

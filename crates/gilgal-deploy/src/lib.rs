@@ -22,6 +22,7 @@
 
 mod addons;
 mod alerts;
+mod blue_green;
 mod canary;
 mod changes;
 mod config;

@@ -292,12 +292,19 @@ pub(crate) fn formation_of(
 /// How a new release takes over from the live one.
 #[derive(Debug, Clone, Default)]
 pub enum Strategy {
-    /// All traffic moves once every new instance is healthy (the default).
+    /// What the release's `gilgal.toml` `[deploy] strategy` says for a deploy of new source
+    /// (immediate when it says nothing); a reused release (rollback, config change,
+    /// promotion…) always rolls out at once.
     #[default]
+    AsConfigured,
+    /// All traffic moves once every new instance is healthy.
     Immediate,
     /// A share of traffic, step by step, judged against the live release (see
     /// [`gilgal_core::canary`]); a failing canary is rolled back on its own.
     Canary(gilgal_core::canary::Policy),
+    /// The new release on a private hostname first; its smoke checks must pass before all
+    /// traffic moves (see `blue_green.rs`).
+    BlueGreen(Vec<gilgal_core::smoke::SmokeCheck>),
 }
 
 /// Where a deployment's artifact comes from.
@@ -442,7 +449,7 @@ impl Deployments {
         environment: EnvironmentRecord,
         source: DeploySource,
     ) -> Result<Uuid, DeployError> {
-        self.deploy_with(environment, source, Strategy::Immediate)
+        self.deploy_with(environment, source, Strategy::AsConfigured)
             .await
     }
 
@@ -789,21 +796,40 @@ impl Deployments {
         // A deploy of new source follows its gilgal.toml's `[deploy]` unless the request
         // chose; reusing a release (rollback, config change, promotion…) is never a canary.
         let from_config = match (strategy, source) {
-            (Strategy::Immediate, DeploySource::Release(_)) => None,
-            (Strategy::Immediate, _) => artifact
-                .config
-                .canary
-                .as_ref()
-                .map(crate::canary::policy_from_settings)
-                .transpose()
-                .map_err(Failure::Failed)?,
+            (Strategy::AsConfigured, DeploySource::Release(_)) => Some(Strategy::Immediate),
+            (Strategy::AsConfigured, _) => {
+                let config = &artifact.config;
+                match (&config.canary, &config.blue_green) {
+                    (Some(canary), _) => Some(Strategy::Canary(
+                        crate::canary::policy_from_settings(canary).map_err(Failure::Failed)?,
+                    )),
+                    (None, Some(blue_green)) => Some(Strategy::BlueGreen(
+                        blue_green
+                            .smoke
+                            .iter()
+                            .map(|c| gilgal_core::smoke::parse_smoke(c))
+                            .collect::<Result<_, _>>()
+                            .map_err(|e| {
+                                Failure::Failed(format!("gilgal.toml [deploy] smoke: {e}"))
+                            })?,
+                    )),
+                    (None, None) => Some(Strategy::Immediate),
+                }
+            }
             _ => None,
         };
-        let strategy = match from_config {
-            Some(policy) => {
-                log.system("gilgal.toml asks for a canary ([deploy] strategy = \"canary\")")
-                    .await;
-                &Strategy::Canary(policy)
+        let strategy = match &from_config {
+            Some(Strategy::Immediate) | None => from_config.as_ref().unwrap_or(strategy),
+            Some(chosen) => {
+                let name = match chosen {
+                    Strategy::Canary(_) => "canary",
+                    _ => "blue-green",
+                };
+                log.system(format!(
+                    "gilgal.toml asks for a {name} deploy ([deploy] strategy = \"{name}\")"
+                ))
+                .await;
+                chosen
             }
             None => strategy,
         };
@@ -812,7 +838,11 @@ impl Deployments {
                 self.roll_out_canary(id, environment, &desired, policy, token, log)
                     .await?
             }
-            Strategy::Immediate => {
+            Strategy::BlueGreen(smoke) => {
+                self.roll_out_blue_green(id, environment, &desired, smoke, token, log)
+                    .await?
+            }
+            Strategy::Immediate | Strategy::AsConfigured => {
                 self.roll_out(id, environment, &desired, replaced, token, log, false)
                     .await?
             }

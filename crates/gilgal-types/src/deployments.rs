@@ -109,12 +109,19 @@ pub struct CanaryPromoteRequest {
     pub full: bool,
 }
 
-/// Query parameters of `POST /api/projects/{id}/deployments` that roll the release out as a
-/// canary (the field names are the query's).
+/// Query parameters of `POST /api/projects/{id}/deployments` that choose how the release
+/// rolls out: a canary or blue-green (the field names are the query's).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CanaryOptions {
-    /// Steps: `10,25,pause,50,100`.
-    pub canary: String,
+    /// `blue-green`, or none for a canary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Blue-green smoke checks, `;`-separated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smoke: Option<String>,
+    /// Steps: `10,25,pause,50,100` (canaries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
     /// Seconds each step is held and judged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval_seconds: Option<u64>,

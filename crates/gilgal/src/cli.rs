@@ -292,11 +292,38 @@ pub struct DeployArgs {
     /// What happens when that deadline passes: `rollback` (default) or `proceed`.
     #[arg(long, requires = "canary", value_parser = ["rollback", "proceed"])]
     pub no_traffic: Option<String>,
+    /// Roll out blue-green: the new release answers on a private hostname (`v8.NAME…`)
+    /// first, and its `--smoke` checks must pass there before it gets any traffic.
+    #[arg(long, conflicts_with = "canary")]
+    pub blue_green: bool,
+    /// A blue-green smoke check, `GET /health 200` (repeat for more).
+    #[arg(long, requires = "blue_green", value_name = "CHECK")]
+    pub smoke: Vec<String>,
+    /// Roll out at once, whatever gilgal.toml's `[deploy] strategy` says.
+    #[arg(long, conflicts_with_all = ["canary", "blue_green"])]
+    pub immediate: bool,
 }
 
 impl DeployArgs {
     /// The canary options to send, if a canary was asked for.
     pub fn canary_options(&self) -> anyhow::Result<Option<gilgal_types::CanaryOptions>> {
+        if self.blue_green || self.immediate {
+            for check in &self.smoke {
+                gilgal_core::smoke::parse_smoke(check)?;
+            }
+            return Ok(Some(gilgal_types::CanaryOptions {
+                strategy: Some(
+                    if self.immediate {
+                        "immediate"
+                    } else {
+                        "blue-green"
+                    }
+                    .to_owned(),
+                ),
+                smoke: (!self.smoke.is_empty()).then(|| self.smoke.join(";")),
+                ..Default::default()
+            }));
+        }
         let Some(steps) = &self.canary else {
             return Ok(None);
         };
@@ -306,12 +333,13 @@ impl DeployArgs {
                 .transpose()
         };
         Ok(Some(gilgal_types::CanaryOptions {
-            canary: steps.clone(),
+            canary: Some(steps.clone()),
             interval_seconds: seconds(&self.interval)?,
             sticky: self.sticky.then_some(true),
             min_requests: self.min_requests,
             traffic_deadline_seconds: seconds(&self.traffic_deadline)?,
             no_traffic: self.no_traffic.clone(),
+            ..Default::default()
         }))
     }
 }

@@ -44,6 +44,13 @@ pub struct DeployQuery {
     /// Environment to deploy to (default `production`).
     #[serde(default)]
     pub environment: Option<String>,
+    /// `immediate`, `canary` (needs `canary=STEPS`) or `blue-green`; default: what the
+    /// source's `gilgal.toml` `[deploy] strategy` says, else immediate.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    /// Blue-green smoke checks, `;`-separated: `GET /health 200;GET /api/version 200`.
+    #[serde(default)]
+    pub smoke: Option<String>,
     /// Roll out as a canary with these steps: percentages rising to 100, `pause` waits for
     /// `promote` (e.g. `10,25,pause,50,100`). Judged against the live release; a canary
     /// that fails is rolled back on its own.
@@ -69,7 +76,46 @@ pub struct DeployQuery {
 impl DeployQuery {
     /// The release strategy the query asks for; an invalid one is a 422 naming the field.
     pub fn strategy(&self) -> Result<gilgal_deploy::Strategy, ApiError> {
+        if self.smoke.is_some() && self.strategy.as_deref() != Some("blue-green") {
+            return Err(ApiError::invalid("smoke needs strategy=blue-green"));
+        }
+        match (self.strategy.as_deref(), &self.canary) {
+            (Some("blue-green"), None) => {
+                let checks = self
+                    .smoke
+                    .as_deref()
+                    .unwrap_or("")
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(gilgal_core::smoke::parse_smoke)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| ApiError::invalid(format!("smoke: {e}")))?;
+                if checks.len() > gilgal_core::smoke::MAX_SMOKE_CHECKS {
+                    return Err(ApiError::invalid(format!(
+                        "smoke: at most {} checks",
+                        gilgal_core::smoke::MAX_SMOKE_CHECKS
+                    )));
+                }
+                return Ok(gilgal_deploy::Strategy::BlueGreen(checks));
+            }
+            (Some("immediate"), None) => return Ok(gilgal_deploy::Strategy::Immediate),
+            (None | Some("canary"), _) => {}
+            (Some("blue-green" | "immediate"), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "canary=STEPS needs strategy=canary (or none)",
+                ))
+            }
+            (Some(_), _) => {
+                return Err(ApiError::invalid(
+                    "strategy: `immediate`, `canary` or `blue-green`",
+                ))
+            }
+        }
         let Some(steps) = &self.canary else {
+            if self.strategy.as_deref() == Some("canary") {
+                return Err(ApiError::invalid("strategy=canary needs canary=STEPS"));
+            }
             let canary_only = self.interval_seconds.is_some()
                 || self.sticky.is_some()
                 || self.min_requests.is_some()
@@ -80,7 +126,7 @@ impl DeployQuery {
                     "interval_seconds, sticky, min_requests, traffic_deadline_seconds and no_traffic need canary=STEPS",
                 ));
             }
-            return Ok(gilgal_deploy::Strategy::Immediate);
+            return Ok(gilgal_deploy::Strategy::AsConfigured);
         };
         let mut policy = gilgal_core::canary::Policy {
             steps: gilgal_core::canary::parse_steps(steps)

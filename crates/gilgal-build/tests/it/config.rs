@@ -145,7 +145,7 @@ fn errors_carry_line_and_column() {
         (
             "[deploy]\nstrategy = \"blue\"\n",
             (2, 12),
-            "\"immediate\" or \"canary\"",
+            "\"immediate\", \"canary\" or \"blue-green\"",
         ),
         (
             "[deploy]\nstrategy = \"canary\"\ncanary = \"10,50\"\n",
@@ -161,6 +161,11 @@ fn errors_carry_line_and_column() {
             "[deploy]\nno_traffic = \"wait\"\n",
             (2, 14),
             "\"rollback\" or \"proceed\"",
+        ),
+        (
+            "[deploy]\nsmoke = [\"GET /health 200\", \"POST /x 201\"]\n",
+            (2, 28),
+            "must not change",
         ),
         // Wrong type.
         (
@@ -281,5 +286,19 @@ fn a_canary_strategy_fills_in_defaults_and_environments_can_opt_out() {
     assert_eq!(
         AppConfig::parse("").unwrap().for_environment("x").canary,
         None
+    );
+}
+
+#[test]
+fn a_blue_green_strategy_carries_its_smoke_checks() {
+    let config = AppConfig::parse(
+        "[deploy]\nstrategy = \"blue-green\"\nsmoke = [\"GET /health 200\", \"/ 200\"]\n",
+    )
+    .unwrap();
+    let effective = config.for_environment("production");
+    assert_eq!(effective.canary, None);
+    assert_eq!(
+        effective.blue_green.unwrap().smoke,
+        vec!["GET /health 200".to_owned(), "/ 200".to_owned()]
     );
 }

@@ -13,10 +13,10 @@ use crate::cli::DeployArgs;
 /// Runs a deploy; exits non-zero when the deployment does not go live.
 pub async fn run(session: &Session, args: DeployArgs, json: bool) -> anyhow::Result<ExitCode> {
     let canary = args.canary_options()?;
-    if let Some(options) = &canary {
+    if let Some(steps) = canary.as_ref().and_then(|o| o.canary.as_ref()) {
         // Refused here with the server's own words before anything is packed.
-        gilgal_core::canary::parse_steps(&options.canary)
-            .map_err(|e| anyhow::anyhow!("--canary {}: {e}", options.canary))?;
+        gilgal_core::canary::parse_steps(steps)
+            .map_err(|e| anyhow::anyhow!("--canary {steps}: {e}"))?;
     }
     let canary = canary.as_ref();
     let client = session.authenticated()?;

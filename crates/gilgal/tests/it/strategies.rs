@@ -500,8 +500,16 @@ async fn a_canary_resumes_at_its_step_after_the_server_is_killed() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(share_of(&server, "phoenix.localhost", "v2", 100).await, 1.0);
-    let events = ok(server.cli(&["events", "-p", "phoenix"], None));
-    assert!(events.contains("v2 is live"), "{events}");
+    // The deployment ends (and says so on the timeline) once the old release has drained.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = ok(server.cli(&["events", "-p", "phoenix"], None));
+        if events.contains("v2 is live") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{events}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 fn token(server: &ServerProcess) -> String {
@@ -608,4 +616,99 @@ async fn https_redirect_and_rate_limits_are_enforced_at_the_edge() {
     let out = ok(server.cli(&["ratelimit", "remove", "-p", "guarded"], None));
     assert!(out.contains("no rate limits"), "{out}");
     assert_eq!(get("/").await.unwrap().status(), 200);
+}
+
+/// Blue-green: the new release answers on a private hostname first; a failing smoke check
+/// leaves the live release serving (no public request ever reaches the new one), a passing
+/// one moves all traffic with no failed request; gilgal.toml can ask for it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blue_green_checks_the_new_release_privately_before_it_gets_traffic() {
+    let server = ServerProcess::start(Backend::Sqlite).await;
+    setup(&server, "teal");
+    let traffic = Traffic::start(&server, "teal.localhost", 2);
+    let bad = next_release(100);
+    let out = server.cli(
+        &deploy_args(
+            bad.path(),
+            "teal",
+            &[
+                "--blue-green",
+                "--smoke",
+                "GET /health 200",
+                "--smoke",
+                "GET /config 200",
+            ],
+        )
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+        None,
+    );
+    let said = stderr(&out) + &stdout(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("v2 answers at http://v2.teal.localhost"),
+        "{said}"
+    );
+    assert!(
+        said.contains("smoke check GET /health 200: passed"),
+        "{said}"
+    );
+    assert!(
+        said.contains("smoke check GET /config 200 failed on web.0: it answered 500"),
+        "{said}"
+    );
+    assert_eq!(live_release(&server, "teal"), 1);
+    let private = reqwest::Client::new()
+        .get(format!("{}/", server.proxy_url))
+        .header("host", "v2.teal.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(private.status(), 404, "the private hostname went with it");
+
+    let good = next_release(0);
+    let out = ok(server.cli(
+        &deploy_args(
+            good.path(),
+            "teal",
+            &["--blue-green", "--smoke", "GET /config?name=X 200"],
+        )
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+        None,
+    ));
+    assert!(out.contains("Deployed v3"), "{out}");
+    assert_eq!(live_release(&server, "teal"), 3);
+
+    // The same from gilgal.toml.
+    let configured = next_release(0);
+    let toml = configured.path().join("gilgal.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push_str("\n[deploy]\nstrategy = \"blue-green\"\nsmoke = [\"GET /health 200\"]\n");
+    std::fs::write(&toml, text).unwrap();
+    let out = server.cli(
+        &deploy_args(configured.path(), "teal", &[])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        None,
+    );
+    let said = stderr(&out) + &stdout(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("gilgal.toml asks for a blue-green deploy")
+            && said.contains("v4 answers at http://v4.teal.localhost"),
+        "{said}"
+    );
+
+    let (seen, failures) = traffic.stop().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(seen.iter().all(|s| s.status == 200), "no request failed");
+    assert!(
+        seen.iter().all(|s| s.release != "v2"),
+        "the release that failed its smoke check never got a public request"
+    );
+    assert!(seen.iter().any(|s| s.release == "v3"));
 }
