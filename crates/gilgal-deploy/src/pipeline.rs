@@ -831,7 +831,6 @@ impl Deployments {
                 .await;
                 chosen
             }
-            None => strategy,
         };
         match strategy {
             Strategy::Canary(policy) => {

@@ -164,7 +164,7 @@ fn errors_carry_line_and_column() {
         ),
         (
             "[deploy]\nsmoke = [\"GET /health 200\", \"POST /x 201\"]\n",
-            (2, 28),
+            (2, 29),
             "must not change",
         ),
         // Wrong type.
