@@ -247,8 +247,13 @@ pub async fn releases(session: &Session, target: Target, json: bool) -> anyhow::
             } else {
                 outcome.to_owned()
             };
+            // The deployment id is what `gilgal redeploy` and `metrics --release` go by.
+            let deployment = release
+                .deployment_id
+                .map(|id| id.to_string())
+                .unwrap_or_else(|| "-".to_owned());
             println!(
-                "v{:<5} {:<19} {}  {}",
+                "v{:<5} {:<19} {}  {deployment}  {}",
                 release.number,
                 marks,
                 release

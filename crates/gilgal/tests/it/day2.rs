@@ -978,6 +978,15 @@ async fn each_release_has_its_own_figures() {
     assert_eq!(list[0]["number"], 2);
     let v2 = list[0]["deployment_id"].as_str().unwrap().to_owned();
     assert_ne!(v1, v2);
+    let text = ok(server.cli(&["releases", "-p", "split"], None));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("v2 ") && l.contains(&v2))
+            && text
+                .lines()
+                .any(|l| l.starts_with("v1 ") && l.contains(&v1)),
+        "the history names each release's deployment: {text}"
+    );
     let v1_total = release_requests(&server, &v1).await;
     let v2_before = release_requests(&server, &v2).await;
     send_requests(&server, "split.localhost", 30).await;
