@@ -527,18 +527,11 @@ impl Deployments {
                 )
                 .await;
         };
-        let plan = self
+        let (started, canary_serving) = self
             .engine
-            .plan_canary(environment, desired, web)
+            .start_web_beside(environment, desired, web, token, log)
             .await
             .map_err(rollout_failure)?;
-        let started = self
-            .engine
-            .start_gated(environment, desired, &plan, token, Some(log))
-            .await
-            .map_err(rollout_failure)?;
-        let mut canary_serving = plan.staying().to_vec();
-        canary_serving.extend(started.iter().cloned());
 
         let (running, _registered) =
             self.register_canary(id, environment.id, desired.release, stable_release, policy);
