@@ -61,11 +61,18 @@ impl Deployments {
                 )
                 .await;
         }
-        let (started, serving) = self
+        let plan = self
             .engine
-            .start_web_beside(environment, desired, web, token, log)
+            .plan_canary(environment, desired, web)
             .await
             .map_err(rollout_failure)?;
+        let started = self
+            .engine
+            .start_gated(environment, desired, &plan, token, Some(log))
+            .await
+            .map_err(rollout_failure)?;
+        let mut serving = plan.staying().to_vec();
+        serving.extend(started.iter().cloned());
         let host = private_hostname(
             environment,
             &self.platform.config.base_domain,

@@ -527,11 +527,18 @@ impl Deployments {
                 )
                 .await;
         };
-        let (started, canary_serving) = self
+        let plan = self
             .engine
-            .start_web_beside(environment, desired, web, token, log)
+            .plan_canary(environment, desired, web)
             .await
             .map_err(rollout_failure)?;
+        let started = self
+            .engine
+            .start_gated(environment, desired, &plan, token, Some(log))
+            .await
+            .map_err(rollout_failure)?;
+        let mut canary_serving = plan.staying().to_vec();
+        canary_serving.extend(started.iter().cloned());
 
         let (running, _registered) =
             self.register_canary(id, environment.id, desired.release, stable_release, policy);

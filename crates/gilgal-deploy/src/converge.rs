@@ -134,39 +134,6 @@ impl Plan {
     }
 }
 
-/// The desired-state diff of `statuses` against `wanted` (instances in `replace` count as
-/// gone): the slots to start, then the instances that leave and those that stay.
-fn diff_statuses(
-    wanted: &BTreeSet<Slot>,
-    statuses: Vec<InstanceStatus>,
-    replace: &[InstanceId],
-) -> (Vec<Slot>, Vec<InstanceStatus>, Vec<InstanceStatus>) {
-    let observed: Vec<Observed> = statuses
-        .iter()
-        .map(|s| Observed {
-            id: s.id.to_string(),
-            slot: Slot {
-                release: s.labels.release,
-                process_type: s.labels.process_type.clone(),
-                index: s.labels.index,
-            },
-            alive: s.state.is_active() && !replace.contains(&s.id),
-        })
-        .collect();
-    let mut starts = Vec::new();
-    let mut stops = Vec::new();
-    for action in desired::diff(wanted, &observed) {
-        match action {
-            Action::Start(slot) => starts.push(slot),
-            Action::Stop(id) => stops.push(id),
-        }
-    }
-    let (leaving, staying) = statuses
-        .into_iter()
-        .partition(|s| stops.iter().any(|id| id == s.id.as_str()));
-    (starts, leaving, staying)
-}
-
 fn slot_name(slot: &Slot) -> String {
     format!("{}.{} of v{}", slot.process_type, slot.index, slot.release)
 }
@@ -200,11 +167,33 @@ impl RolloutEngine {
                 !(Some(s.labels.release) == desired.aside && s.labels.process_type == "web")
             })
             .collect();
+        let observed: Vec<Observed> = statuses
+            .iter()
+            .map(|s| Observed {
+                id: s.id.to_string(),
+                slot: Slot {
+                    release: s.labels.release,
+                    process_type: s.labels.process_type.clone(),
+                    index: s.labels.index,
+                },
+                alive: s.state.is_active() && !replace.contains(&s.id),
+            })
+            .collect();
         let wanted = desired::slots(
             desired.release,
             &formation_of(desired.artifact, environment),
         );
-        let (starts, leaving, staying) = diff_statuses(&wanted, statuses, replace);
+        let mut starts = Vec::new();
+        let mut stops = Vec::new();
+        for action in desired::diff(&wanted, &observed) {
+            match action {
+                Action::Start(slot) => starts.push(slot),
+                Action::Stop(id) => stops.push(id),
+            }
+        }
+        let (leaving, staying): (Vec<_>, Vec<_>) = statuses
+            .into_iter()
+            .partition(|s| stops.iter().any(|id| id == s.id.as_str()));
         let staying: Vec<InstanceStatus> = staying
             .into_iter()
             .filter(|s| s.labels.release == desired.release && s.state.is_active())
@@ -236,34 +225,36 @@ impl RolloutEngine {
             .into_iter()
             .filter(|s| s.labels.release == desired.release)
             .collect();
+        let observed: Vec<Observed> = statuses
+            .iter()
+            .map(|s| Observed {
+                id: s.id.to_string(),
+                slot: Slot {
+                    release: s.labels.release,
+                    process_type: s.labels.process_type.clone(),
+                    index: s.labels.index,
+                },
+                alive: s.state.is_active(),
+            })
+            .collect();
         let wanted = desired::slots(desired.release, &BTreeMap::from([("web".to_owned(), web)]));
-        let (starts, leaving, staying) = diff_statuses(&wanted, statuses, &[]);
+        let mut starts = Vec::new();
+        let mut stops = Vec::new();
+        for action in desired::diff(&wanted, &observed) {
+            match action {
+                Action::Start(slot) => starts.push(slot),
+                Action::Stop(id) => stops.push(id),
+            }
+        }
+        let (leaving, staying): (Vec<_>, Vec<_>) = statuses
+            .into_iter()
+            .partition(|s| stops.iter().any(|id| id == s.id.as_str()));
         Ok(Plan {
             starts,
             staying: staying.into_iter().map(|s| (s.id, s.addr)).collect(),
             restarted: Vec::new(),
             leaving,
         })
-    }
-
-    /// Starts `web` health-gated web instances of `desired`'s release beside what serves (a
-    /// canary, a blue-green candidate). Returns the instances it started, and every web
-    /// instance of that release that can serve now.
-    pub(crate) async fn start_web_beside(
-        &self,
-        environment: &EnvironmentRecord,
-        desired: &Desired<'_>,
-        web: u32,
-        cancel: &CancellationToken,
-        log: &DeployLog,
-    ) -> Result<(Vec<Routable>, Vec<Routable>), RolloutError> {
-        let plan = self.plan_canary(environment, desired, web).await?;
-        let started = self
-            .start_gated(environment, desired, &plan, cancel, Some(log))
-            .await?;
-        let mut serving = plan.staying().to_vec();
-        serving.extend(started.iter().cloned());
-        Ok((started, serving))
     }
 
     /// Starts an instance for every slot the plan lacks and waits for each new web instance
